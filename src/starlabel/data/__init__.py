@@ -1,0 +1,18 @@
+"""Spectral data: the dataset container, scalers, file IO, results, simulators."""
+
+from ._dataset import SpectralDataset as SpectralDataset
+from ._io import DATASET_SUFFIXES as DATASET_SUFFIXES
+from ._io import read_dataset as read_dataset
+from ._io import write_dataset as write_dataset
+from ._result import RESULT_SUFFIXES as RESULT_SUFFIXES
+from ._result import Flag as Flag
+from ._result import InferenceResult as InferenceResult
+from ._result import read_result as read_result
+from ._scaler import ShiftScale as ShiftScale
+from ._shared import SHARED_DATA_ENV as SHARED_DATA_ENV
+from ._shared import shared_data_dir as shared_data_dir
+from ._simulate import STELLAR_LABELS as STELLAR_LABELS
+from ._simulate import CannonSimulation as CannonSimulation
+from ._simulate import LatentSimulation as LatentSimulation
+from ._simulate import simulate_cannon as simulate_cannon
+from ._simulate import simulate_linear_latent as simulate_linear_latent

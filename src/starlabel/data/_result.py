@@ -1,0 +1,278 @@
+"""Per-star inference results and their tables (CSV, FITS, HDF5, Parquet)."""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._internal import check_label_names
+
+__all__ = ["Flag", "InferenceResult", "RESULT_SUFFIXES", "read_result"]
+
+
+class Flag(enum.IntFlag):
+    """Per-star quality flags, combined bitwise in the ``flags`` column.
+
+    A star with ``flags == 0`` passed every check the model ran.
+    """
+
+    NOT_CONVERGED = 1
+    """The optimiser stopped on its iteration cap, not on its tolerance."""
+    HIT_BOUND = 2
+    """At least one label finished on a user-given bound."""
+    OUTSIDE_TRAINING = 4
+    """Labels lie outside the training set's label distribution (extrapolation)."""
+    FEW_PIXELS = 8
+    """Too few unmasked pixels to constrain the labels."""
+    BAD_COVARIANCE = 16
+    """The Fisher/Hessian matrix was not positive definite; errors are NaN."""
+    MULTIMODAL = 32
+    """The posterior has a separated secondary mode."""
+    POOR_FIT = 64
+    """Reduced χ² far above 1: the model does not describe this spectrum."""
+
+    @classmethod
+    def describe(cls, value: int) -> str:
+        """Human-readable names of the bits set in ``value`` (``"ok"`` for 0)."""
+        names = [f.name for f in cls if value & f.value and f.name]
+        return "|".join(names) if names else "ok"
+
+
+RESULT_SUFFIXES: dict[str, str] = {
+    ".csv": "ascii.csv",
+    ".ecsv": "ascii.ecsv",
+    ".fits": "fits",
+    ".fit": "fits",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".parquet": "parquet",
+}
+
+
+def _result_format(path: Path) -> str:
+    try:
+        return RESULT_SUFFIXES[path.suffix.lower()]
+    except KeyError:
+        raise ValueError(
+            f"cannot tell the table format of {str(path)!r} from its suffix; use one of"
+            f" {sorted(RESULT_SUFFIXES)}."
+        ) from None
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """Labels inferred for a set of stars, with uncertainties, fit quality and flags.
+
+    Attributes
+    ----------
+    ids : ndarray of str, shape (stars,)
+        Star identifiers, matching the input dataset.
+    label_names : tuple of str
+        Names of the label columns.
+    labels : ndarray, shape (stars, labels)
+        Point estimates in the labels' own units.
+    cov : ndarray, shape (stars, labels, labels), optional
+        Label covariance matrices (NaN where unavailable).
+    chi2 : ndarray, shape (stars,)
+        χ² of the best fit over unmasked pixels, with the model's scatter in the noise.
+    dof : ndarray, shape (stars,)
+        Degrees of freedom: unmasked pixels minus fitted parameters.
+    flags : ndarray of int, shape (stars,)
+        Bitwise :class:`Flag` values; 0 means no problem found.
+    extra : mapping of str to ndarray
+        Further per-star columns a method reports (e.g. ``n_iter``, ``outlier_prob``).
+    meta : mapping
+        Run information (model kind, options, library version), written to table headers.
+    """
+
+    ids: np.ndarray
+    label_names: tuple[str, ...]
+    labels: np.ndarray
+    cov: np.ndarray | None
+    chi2: np.ndarray
+    dof: np.ndarray
+    flags: np.ndarray
+    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        labels = np.asarray(self.labels, dtype=float)
+        n_stars = labels.shape[0]
+        check_label_names(self.label_names, labels.shape[1] if labels.ndim == 2 else -1)
+        setter = object.__setattr__
+        setter(self, "labels", labels)
+        setter(self, "ids", np.asarray(self.ids).astype(str))
+        setter(self, "chi2", np.asarray(self.chi2, dtype=float))
+        setter(self, "dof", np.asarray(self.dof, dtype=float))
+        setter(self, "flags", np.asarray(self.flags, dtype=np.int64))
+        for name in ("ids", "chi2", "dof", "flags"):
+            if getattr(self, name).shape != (n_stars,):
+                raise ValueError(
+                    f"InferenceResult.{name} has shape {getattr(self, name).shape}; expected"
+                    f" ({n_stars},) to match labels {labels.shape}."
+                )
+        if self.cov is not None:
+            cov = np.asarray(self.cov, dtype=float)
+            k = labels.shape[1]
+            if cov.shape != (n_stars, k, k):
+                raise ValueError(f"InferenceResult.cov has shape {cov.shape}; expected {(n_stars, k, k)}.")
+            setter(self, "cov", cov)
+        for key, value in self.extra.items():
+            if np.shape(value)[:1] != (n_stars,):
+                raise ValueError(f"extra column {key!r} has shape {np.shape(value)}; expected ({n_stars}, …).")
+
+    @property
+    def n_stars(self) -> int:
+        """Number of stars."""
+        return self.labels.shape[0]
+
+    @property
+    def label_err(self) -> np.ndarray:
+        """1-σ label uncertainties, sqrt(diag(cov)); NaN without a covariance."""
+        if self.cov is None:
+            return np.full_like(self.labels, np.nan)
+        diag = np.diagonal(self.cov, axis1=1, axis2=2)
+        with np.errstate(invalid="ignore"):
+            return np.where(diag >= 0, np.sqrt(np.abs(diag)), np.nan)
+
+    @property
+    def reduced_chi2(self) -> np.ndarray:
+        """χ² per degree of freedom; NaN where ``dof <= 0``."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.dof > 0, self.chi2 / self.dof, np.nan)
+
+    def label(self, name: str) -> np.ndarray:
+        """Column of label ``name``, shape (stars,)."""
+        if name not in self.label_names:
+            raise KeyError(f"unknown label {name!r}; results have {list(self.label_names)}.")
+        return self.labels[:, self.label_names.index(name)]
+
+    def to_table(self) -> Any:
+        """As an ``astropy.table.Table``: id, labels, ``<label>_err``, χ², flags, extras.
+
+        Columns: ``id``, then for each label ``<label>`` and ``<label>_err``, then
+        ``chi2``, ``dof``, ``rchi2`` (reduced χ²), ``flags`` and any extra columns.
+        Covariances are kept as ``cov_<a>_<b>`` for a < b when present.
+        """
+        from astropy.table import Table
+
+        table = Table()
+        table["id"] = self.ids
+        errors = self.label_err
+        for i, name in enumerate(self.label_names):
+            table[name] = self.labels[:, i]
+            table[f"{name}_err"] = errors[:, i]
+        if self.cov is not None:
+            for i, a in enumerate(self.label_names):
+                for j in range(i + 1, len(self.label_names)):
+                    table[f"cov_{a}_{self.label_names[j]}"] = self.cov[:, i, j]
+        table["chi2"] = self.chi2
+        table["dof"] = self.dof
+        table["rchi2"] = self.reduced_chi2
+        table["flags"] = self.flags
+        for key, value in self.extra.items():
+            table[key] = np.asarray(value)
+        table.meta.update({str(k): v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool))})
+        table.meta["label_names"] = ",".join(self.label_names)
+        return table
+
+    def write(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
+        """Write the table to CSV, FITS, HDF5 (``.h5``) or Parquet, chosen by suffix."""
+        path = Path(path)
+        fmt = _result_format(path)
+        table = self.to_table()
+        tmp = path.with_name(path.name + ".partial" + path.suffix)
+        kwargs: dict[str, Any] = {"format": fmt, "overwrite": True}
+        if fmt == "hdf5":
+            kwargs.update(path="results", serialize_meta=True)
+        if fmt == "fits":
+            # FITS header keywords are ≤ 8 characters; keep meta in the table, not the header.
+            table.meta = {k: v for k, v in table.meta.items() if len(k) <= 8}
+        if fmt == "parquet":
+            table.meta = {}
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
+        table.write(tmp, **kwargs)
+        os.replace(tmp, path)
+        return path
+
+    def concatenate_with(self, others: Sequence[InferenceResult]) -> InferenceResult:
+        """Stack this result with ``others`` (same labels) along stars."""
+        parts = [self, *others]
+        for part in parts[1:]:
+            if part.label_names != self.label_names:
+                raise ValueError(f"cannot stack results with labels {part.label_names} and {self.label_names}.")
+        has_cov = all(p.cov is not None for p in parts)
+        keys = set.intersection(*(set(p.extra) for p in parts))
+        return InferenceResult(
+            ids=np.concatenate([p.ids for p in parts]),
+            label_names=self.label_names,
+            labels=np.concatenate([p.labels for p in parts]),
+            cov=np.concatenate([p.cov for p in parts]) if has_cov else None,  # type: ignore[misc]
+            chi2=np.concatenate([p.chi2 for p in parts]),
+            dof=np.concatenate([p.dof for p in parts]),
+            flags=np.concatenate([p.flags for p in parts]),
+            extra={k: np.concatenate([np.asarray(p.extra[k]) for p in parts]) for k in sorted(keys)},
+            meta=self.meta,
+        )
+
+
+def read_result(path: str | os.PathLike[str]) -> InferenceResult:
+    """Read a results table written by :meth:`InferenceResult.write`.
+
+    Label names come from the table's ``label_names`` metadata when present, otherwise
+    from columns that have a matching ``<name>_err`` column. Off-diagonal covariances
+    are restored when ``cov_<a>_<b>`` columns exist; otherwise only the diagonal.
+    """
+    from astropy.table import Table
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"results file {str(path)!r} does not exist.")
+    fmt = _result_format(path)
+    kwargs: dict[str, Any] = {"format": fmt}
+    if fmt == "hdf5":
+        kwargs["path"] = "results"
+    table = Table.read(path, **kwargs)
+    if "id" not in table.colnames:
+        raise KeyError(f"{str(path)!r} has no 'id' column; columns: {table.colnames}.")
+    names_meta = table.meta.get("label_names") or table.meta.get("LABEL_NAMES")
+    if names_meta:
+        names = tuple(str(names_meta).split(","))
+    else:
+        names = tuple(c for c in table.colnames if f"{c}_err" in table.colnames)
+    if not names:
+        raise KeyError(f"{str(path)!r} has no label columns with matching '<label>_err' columns.")
+    labels = np.stack([np.asarray(table[n], dtype=float) for n in names], axis=1)
+    errors = np.stack([np.asarray(table[f"{n}_err"], dtype=float) for n in names], axis=1)
+    cov = np.zeros((len(table), len(names), len(names)))
+    for i, a in enumerate(names):
+        cov[:, i, i] = errors[:, i] ** 2
+        for j in range(i + 1, len(names)):
+            column = f"cov_{a}_{names[j]}"
+            if column in table.colnames:
+                cov[:, i, j] = cov[:, j, i] = np.asarray(table[column], dtype=float)
+    known = {"id", "chi2", "dof", "rchi2", "flags", *names, *(f"{n}_err" for n in names)}
+    extra = {
+        c: np.asarray(table[c])
+        for c in table.colnames
+        if c not in known and not c.startswith("cov_")
+    }
+    n = len(table)
+    return InferenceResult(
+        ids=np.asarray(table["id"]).astype(str),
+        label_names=names,
+        labels=labels,
+        cov=cov,
+        chi2=np.asarray(table["chi2"], dtype=float) if "chi2" in table.colnames else np.full(n, np.nan),
+        dof=np.asarray(table["dof"], dtype=float) if "dof" in table.colnames else np.full(n, np.nan),
+        flags=np.asarray(table["flags"]) if "flags" in table.colnames else np.zeros(n, dtype=int),
+        extra=extra,
+        meta={k: v for k, v in table.meta.items() if isinstance(v, (str, int, float, bool))},
+    )

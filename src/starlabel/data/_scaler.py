@@ -1,0 +1,130 @@
+"""Shift-and-scale preprocessing with exact propagation of uncertainties."""
+
+from __future__ import annotations
+
+from typing import Any, overload
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+__all__ = ["ShiftScale"]
+
+
+class ShiftScale(eqx.Module):
+    """Affine map ``x' = (x - shift) / scale`` applied per column.
+
+    Used for labels (columns = labels) and for flux (columns = pixels). Because the map
+    is affine, uncertainties propagate exactly: ``err' = err / |scale|`` and
+    ``cov'_ij = cov_ij / (scale_i scale_j)``; the inverse multiplies back.
+
+    Attributes
+    ----------
+    shift : Float[Array, "columns"]
+        Subtracted first (e.g. the training-set median), in the data's units.
+    scale : Float[Array, "columns"]
+        Divisor (e.g. the training-set spread), in the data's units; strictly positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> scaler = ShiftScale.fit(np.array([[4000.0, 1.0], [5000.0, 3.0]]))
+    >>> x, err = scaler.transform(np.array([[4500.0, 2.0]]), np.array([[100.0, 0.1]]))
+    >>> np.allclose(scaler.inverse_transform(x, err)[1], [[100.0, 0.1]])
+    True
+    """
+
+    shift: Float[Array, " columns"]
+    scale: Float[Array, " columns"]
+
+    def __check_init__(self) -> None:
+        if self.shift.shape != self.scale.shape or self.shift.ndim != 1:
+            raise ValueError(
+                f"`shift` {self.shift.shape} and `scale` {self.scale.shape} must be 1-D and equal."
+            )
+
+    @classmethod
+    def fit(
+        cls,
+        x: ArrayLike,
+        *,
+        weights: ArrayLike | None = None,
+        robust: bool = True,
+    ) -> ShiftScale:
+        """Fit shift and scale per column of ``x`` (rows = samples), ignoring NaN.
+
+        Parameters
+        ----------
+        x : array-like, shape (samples, columns)
+            Training values; NaN entries are ignored (missing labels).
+        weights : array-like, shape (samples, columns), optional
+            Entries with weight 0 are ignored too (e.g. flux ``ivar``).
+        robust : bool
+            ``True`` (default): median and 1.4826·MAD, which outliers cannot move;
+            ``False``: mean and standard deviation.
+
+        Returns
+        -------
+        ShiftScale
+            Columns without usable entries, or with zero spread, get shift 0 / scale 1
+            or scale 1 so the transform never divides by zero.
+        """
+        values = np.array(x, dtype=np.float64)
+        if values.ndim != 2:
+            raise ValueError(f"`x` must be 2-D (samples, columns), got shape {values.shape}.")
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != values.shape:
+                raise ValueError(f"`weights` shape {w.shape} must match `x` shape {values.shape}.")
+            values = np.where(w > 0, values, np.nan)
+        usable = np.isfinite(values).any(axis=0)
+        safe = np.where(usable[None, :], values, 0.0)
+        if robust:
+            shift = np.nanmedian(safe, axis=0)
+            scale = 1.4826 * np.nanmedian(np.abs(safe - shift), axis=0)
+            # Fall back to the standard deviation for columns with a degenerate MAD
+            # (e.g. more than half the values identical).
+            scale = np.where(scale > 0, scale, np.nanstd(safe, axis=0))
+        else:
+            shift = np.nanmean(safe, axis=0)
+            scale = np.nanstd(safe, axis=0)
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        shift = np.where(np.isfinite(shift), shift, 0.0)
+        return cls(jnp.asarray(shift), jnp.asarray(scale))
+
+    @overload
+    def transform(self, x: ArrayLike) -> Array: ...
+    @overload
+    def transform(self, x: ArrayLike, err: ArrayLike) -> tuple[Array, Array]: ...
+
+    def transform(self, x: ArrayLike, err: ArrayLike | None = None) -> Any:
+        """Scale ``x`` (…, columns); with ``err`` also return scaled 1-σ errors."""
+        scaled = (jnp.asarray(x) - self.shift) / self.scale
+        if err is None:
+            return scaled
+        return scaled, jnp.asarray(err) / self.scale
+
+    @overload
+    def inverse_transform(self, x: ArrayLike) -> Array: ...
+    @overload
+    def inverse_transform(self, x: ArrayLike, err: ArrayLike) -> tuple[Array, Array]: ...
+
+    def inverse_transform(self, x: ArrayLike, err: ArrayLike | None = None) -> Any:
+        """Undo :meth:`transform`; with ``err`` also return unscaled 1-σ errors."""
+        unscaled = jnp.asarray(x) * self.scale + self.shift
+        if err is None:
+            return unscaled
+        return unscaled, jnp.asarray(err) * self.scale
+
+    def transform_cov(self, cov: ArrayLike) -> Array:
+        """Scale covariances (…, columns, columns) into the transformed space."""
+        return jnp.asarray(cov) / (self.scale[:, None] * self.scale[None, :])
+
+    def inverse_transform_cov(self, cov: ArrayLike) -> Array:
+        """Bring covariances (…, columns, columns) back to the data's units."""
+        return jnp.asarray(cov) * (self.scale[:, None] * self.scale[None, :])
+
+    def transform_ivar(self, ivar: ArrayLike) -> Array:
+        """Scale inverse variances (…, columns); zeros (no information) stay zero."""
+        return jnp.asarray(ivar) * self.scale**2

@@ -1,0 +1,1 @@
+"""starlabel.evaluate (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""starlabel.inference (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""starlabel.mixtures (see docs/architecture.md)."""

@@ -1,0 +1,169 @@
+"""The starlabel model file format: a JSON header plus named arrays, never pickle.
+
+A model file is a NumPy ``.npz`` archive (a zip; the suffix is conventionally
+``.starlabel``) holding
+
+* ``__header__``: UTF-8 JSON, one object::
+
+      {"format": "starlabel-model", "format_version": 1,
+       "library_version": "0.1.0", "kind": "cannon",
+       "label_names": ["teff", "logg", "m_h"], "config": {...}}
+
+* one array per array leaf of the fitted model, named by its pytree key path
+  (e.g. ``.theta``, ``.label_scaler.shift``).
+
+Loading reads the header, checks the format and version, rebuilds a skeleton from
+``kind`` and ``config`` and fills its array leaves from the archive. Reading never
+unpickles (``allow_pickle=False``), so a model file cannot execute code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._internal import x64
+from .._version import __version__
+from .base import AbstractFittedModel
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MODEL_KINDS",
+    "load_model",
+    "read_model_header",
+    "register_model_kind",
+    "save_model",
+]
+
+FORMAT_NAME = "starlabel-model"
+FORMAT_VERSION = 1
+"""Bump when the header or array naming changes incompatibly; loaders refuse newer files."""
+
+MODEL_KINDS: dict[str, str] = {
+    "cannon": "starlabel.models.cannon:FittedCannon",
+    "lux": "starlabel.models.lux:FittedLux",
+    "nn": "starlabel.models.nn:FittedNNRegressor",
+}
+"""Model kind → ``"module:Class"`` of its fitted class, imported only when loading."""
+
+
+def register_model_kind(kind: str, target: str) -> None:
+    """Register a third-party fitted-model class (``"package.module:Class"``) under ``kind``."""
+    if ":" not in target:
+        raise ValueError(f"`target` must look like 'package.module:Class', got {target!r}.")
+    MODEL_KINDS[kind] = target
+
+
+def _resolve(kind: str) -> type[AbstractFittedModel]:
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(MODEL_KINDS)}.")
+    module_name, class_name = MODEL_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def _array_leaves(model: eqx.Module) -> list[tuple[str, Any]]:
+    leaves = jax.tree_util.tree_flatten_with_path(model)[0]
+    return [(jax.tree_util.keystr(path), leaf) for path, leaf in leaves if eqx.is_array(leaf)]
+
+
+def save_model(model: AbstractFittedModel, path: str | os.PathLike[str]) -> Path:
+    """Save a fitted model to ``path`` (written atomically; see the module docstring).
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    if not isinstance(model, AbstractFittedModel):
+        raise TypeError(
+            f"save_model needs a fitted model (got {type(model).__name__}); call .fit(data) first."
+        )
+    path = Path(path)
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "kind": model.kind,
+        "label_names": list(model.label_names),
+        "config": model.config(),
+    }
+    arrays = {name: np.asarray(leaf) for name, leaf in _array_leaves(model)}
+    if "__header__" in arrays:
+        raise ValueError("a model leaf may not be called '__header__'.")
+    header_bytes = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, __header__=header_bytes, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def read_model_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the JSON header of a model file without loading its arrays."""
+    return _open(Path(path))[0]
+
+
+def _open(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    if not path.exists():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise ValueError(
+            f"{str(path)!r} is not a readable starlabel model file (corrupt or truncated?): {error}"
+        ) from error
+    if "__header__" not in arrays:
+        raise ValueError(f"{str(path)!r} has no starlabel header; was it written by save_model?")
+    try:
+        header = json.loads(arrays.pop("__header__").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(path)!r} has a corrupt header: {error}") from error
+    if header.get("format") != FORMAT_NAME:
+        raise ValueError(f"{str(path)!r} is not a starlabel model (format={header.get('format')!r}).")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} uses model format version {version}, but this starlabel"
+            f" ({__version__}) reads versions ≤ {FORMAT_VERSION}; upgrade starlabel"
+            f" (it was written by starlabel {header.get('library_version')})."
+        )
+    return header, arrays
+
+
+@x64
+def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
+    """Load a fitted model saved by :func:`save_model`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is corrupt, not a starlabel model, from a newer format version, of
+        an unknown kind, or its arrays do not match the model structure.
+    """
+    path = Path(path)
+    header, arrays = _open(path)
+    cls = _resolve(header["kind"])
+    skeleton = cls.skeleton(header["config"])
+    names = [name for name, _ in _array_leaves(skeleton)]
+    missing = sorted(set(names) - set(arrays))
+    if missing:
+        raise ValueError(f"{str(path)!r} lacks arrays {missing} needed by a {header['kind']!r} model.")
+    leaves, treedef = jax.tree_util.tree_flatten(skeleton)
+    filled = iter(jnp.asarray(arrays[name]) for name in names)
+    new_leaves = [next(filled) if eqx.is_array(leaf) else leaf for leaf in leaves]
+    model = jax.tree_util.tree_unflatten(treedef, new_leaves)
+    if tuple(model.label_names) != tuple(header["label_names"]):
+        raise ValueError(f"{str(path)!r}: header label names disagree with the model config.")
+    return model

@@ -1,0 +1,1 @@
+"""starlabel.pipeline (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""starlabel.survey (see docs/architecture.md)."""
