@@ -1,1 +1,12 @@
-"""starlabel.evaluate (see docs/architecture.md)."""
+"""Evaluation: label metrics, comparison tables and diagnostic plots."""
+
+from ._metrics import LabelMetrics as LabelMetrics
+from ._metrics import MetricsTable as MetricsTable
+from ._metrics import compare_models as compare_models
+from ._metrics import format_metrics as format_metrics
+from ._metrics import label_metrics as label_metrics
+from ._plots import find_kiel_labels as find_kiel_labels
+from ._plots import plot_kiel as plot_kiel
+from ._plots import plot_one_to_one as plot_one_to_one
+from ._plots import plot_residuals as plot_residuals
+from ._plots import plot_spectrum as plot_spectrum
