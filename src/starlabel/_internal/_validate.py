@@ -29,12 +29,12 @@ def check_shape(array: np.ndarray, expected: tuple[int | None, ...], name: str, 
     )
     if not ok:
         shown = tuple("?" if want is None else want for want in expected)
-        raise ValueError(
-            f"`{name}` has shape {array.shape} but must have shape {shown}, {hint}."
-        )
+        raise ValueError(f"`{name}` has shape {array.shape} but must have shape {shown}, {hint}.")
 
 
-def check_label_names(label_names: Sequence[str], n_labels: int, name: str = "label_names") -> tuple[str, ...]:
+def check_label_names(
+    label_names: Sequence[str], n_labels: int, name: str = "label_names"
+) -> tuple[str, ...]:
     """Return label names as a tuple of unique non-empty strings matching ``n_labels``."""
     if isinstance(label_names, str):
         raise TypeError(

@@ -194,8 +194,7 @@ class SpectralDataset:
             labels = _frozen(labels)
         elif label_names is not None and len(label_names) > 0:
             raise ValueError(
-                f"`label_names` {tuple(label_names)} were given without `labels`;"
-                " pass the label array too."
+                f"`label_names` {tuple(label_names)} were given without `labels`; pass the label array too."
             )
 
         if label_err is not None:
@@ -214,14 +213,10 @@ class SpectralDataset:
         else:
             id_array = np.asarray([str(i) for i in np.asarray(ids).ravel()])
             if id_array.shape != (n_stars,):
-                raise ValueError(
-                    f"`ids` has {id_array.shape[0]} entries but `flux` has {n_stars} stars."
-                )
+                raise ValueError(f"`ids` has {id_array.shape[0]} entries but `flux` has {n_stars} stars.")
             if len(np.unique(id_array)) != n_stars:
                 values, counts = np.unique(id_array, return_counts=True)
-                raise ValueError(
-                    f"`ids` must be unique; repeated: {list(values[counts > 1][:5])}."
-                )
+                raise ValueError(f"`ids` must be unique; repeated: {list(values[counts > 1][:5])}.")
 
         setter = object.__setattr__
         setter(self, "flux", _frozen(flux))
@@ -280,9 +275,7 @@ class SpectralDataset:
     def label_index(self, name: str) -> int:
         """Column index of label ``name``; raises ``KeyError`` listing the known names."""
         if name not in self.label_names:
-            raise KeyError(
-                f"unknown label {name!r}; this dataset has labels {list(self.label_names)}."
-            )
+            raise KeyError(f"unknown label {name!r}; this dataset has labels {list(self.label_names)}.")
         return self.label_names.index(name)
 
     def select_labels(self, names: Sequence[str]) -> SpectralDataset:
@@ -390,9 +383,7 @@ class SpectralDataset:
             labels=np.concatenate([d.labels for d in datasets]) if has_labels else None,
             label_names=first.label_names if has_labels else None,
             label_err=(
-                np.concatenate([d.label_err for d in datasets])
-                if first.label_err is not None
-                else None
+                np.concatenate([d.label_err for d in datasets]) if first.label_err is not None else None
             ),
             ids=np.concatenate([d.ids for d in datasets]),
             meta=first.meta,

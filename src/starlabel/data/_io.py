@@ -140,9 +140,7 @@ def read_dataset(
             errors = arrays.get("label_err")
             missing = [n for n in wanted if n not in declared]
             if missing:
-                raise KeyError(
-                    f"{str(path)!r} has no label(s) {missing}; its labels are {list(declared)}."
-                )
+                raise KeyError(f"{str(path)!r} has no label(s) {missing}; its labels are {list(declared)}.")
             columns = [declared.index(n) for n in wanted]
             label_array = table[:, columns]
             if errors is not None:
@@ -151,7 +149,8 @@ def read_dataset(
             missing = [n for n in wanted if n not in arrays]
             if missing:
                 candidates = [
-                    k for k in keys
+                    k
+                    for k in keys
                     if k not in _RESERVED and np.ndim(arrays[k]) == 1 and len(arrays[k]) == len(flux)
                 ]
                 raise KeyError(
@@ -160,9 +159,7 @@ def read_dataset(
                 )
             label_array = np.stack([np.asarray(arrays[n], dtype=float) for n in wanted], axis=1)
             if all(f"{n}_err" in arrays for n in wanted):
-                label_err = np.stack(
-                    [np.asarray(arrays[f"{n}_err"], dtype=float) for n in wanted], axis=1
-                )
+                label_err = np.stack([np.asarray(arrays[f"{n}_err"], dtype=float) for n in wanted], axis=1)
             elif any(f"{n}_err" in arrays for n in wanted):
                 # Partial errors: unknown ones become NaN rather than silently dropping all.
                 label_err = np.stack(

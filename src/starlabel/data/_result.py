@@ -125,7 +125,9 @@ class InferenceResult:
             setter(self, "cov", cov)
         for key, value in self.extra.items():
             if np.shape(value)[:1] != (n_stars,):
-                raise ValueError(f"extra column {key!r} has shape {np.shape(value)}; expected ({n_stars}, …).")
+                raise ValueError(
+                    f"extra column {key!r} has shape {np.shape(value)}; expected ({n_stars}, …)."
+                )
 
     @property
     def n_stars(self) -> int:
@@ -207,7 +209,9 @@ class InferenceResult:
         parts = [self, *others]
         for part in parts[1:]:
             if part.label_names != self.label_names:
-                raise ValueError(f"cannot stack results with labels {part.label_names} and {self.label_names}.")
+                raise ValueError(
+                    f"cannot stack results with labels {part.label_names} and {self.label_names}."
+                )
         has_cov = all(p.cov is not None for p in parts)
         keys = set.intersection(*(set(p.extra) for p in parts))
         return InferenceResult(
@@ -259,11 +263,7 @@ def read_result(path: str | os.PathLike[str]) -> InferenceResult:
             if column in table.colnames:
                 cov[:, i, j] = cov[:, j, i] = np.asarray(table[column], dtype=float)
     known = {"id", "chi2", "dof", "rchi2", "flags", *names, *(f"{n}_err" for n in names)}
-    extra = {
-        c: np.asarray(table[c])
-        for c in table.colnames
-        if c not in known and not c.startswith("cov_")
-    }
+    extra = {c: np.asarray(table[c]) for c in table.colnames if c not in known and not c.startswith("cov_")}
     n = len(table)
     return InferenceResult(
         ids=np.asarray(table["id"]).astype(str),

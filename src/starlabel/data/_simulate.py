@@ -242,7 +242,11 @@ def simulate_cannon(
     low, high = (snr, snr) if np.isscalar(snr) else snr  # type: ignore[misc]
     star_snr = rng.uniform(low, high, n_stars)
     flux_err = np.ones((n_stars, n_pixels)) / star_snr[:, None]
-    flux = true_flux + rng.normal(size=true_flux.shape) * pixel_scatter + rng.normal(size=true_flux.shape) * flux_err
+    flux = (
+        true_flux
+        + rng.normal(size=true_flux.shape) * pixel_scatter
+        + rng.normal(size=true_flux.shape) * flux_err
+    )
     mask = rng.uniform(size=flux.shape) < bad_pixel_fraction
     flux[mask] = np.nan
 

@@ -1,5 +1,7 @@
 """Evaluation: label metrics, comparison tables and diagnostic plots."""
 
+from ._against import evaluate_against as evaluate_against
+from ._against import match_by_id as match_by_id
 from ._metrics import LabelMetrics as LabelMetrics
 from ._metrics import MetricsTable as MetricsTable
 from ._metrics import compare_models as compare_models

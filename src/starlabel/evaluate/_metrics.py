@@ -67,7 +67,9 @@ class MetricsTable:
         return {
             "model": self.model,
             "labels": {
-                m.name: {k: getattr(m, k) for k in ("n", "rmse", "bias", "mae", "robust_scatter", "scaled_rmse")}
+                m.name: {
+                    k: getattr(m, k) for k in ("n", "rmse", "bias", "mae", "robust_scatter", "scaled_rmse")
+                }
                 for m in self.labels
             },
         }
@@ -162,11 +164,25 @@ def format_metrics(tables: Sequence[MetricsTable]) -> str:
     for table in tables:
         for m in table.labels:
             rows.append(
-                (table.model or "-", m.name, str(m.n), _fmt(m.rmse), _fmt(m.bias), _fmt(m.mae),
-                 _fmt(m.robust_scatter), _fmt(m.scaled_rmse))
+                (
+                    table.model or "-",
+                    m.name,
+                    str(m.n),
+                    _fmt(m.rmse),
+                    _fmt(m.bias),
+                    _fmt(m.mae),
+                    _fmt(m.robust_scatter),
+                    _fmt(m.scaled_rmse),
+                )
             )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) if i > 1 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+    lines = [
+        "  ".join(
+            cell.rjust(w) if i > 1 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

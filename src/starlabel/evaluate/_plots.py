@@ -30,7 +30,9 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _pair(predicted: np.ndarray, reference: np.ndarray, label_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _pair(
+    predicted: np.ndarray, reference: np.ndarray, label_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     predicted = np.atleast_2d(as_float_array(predicted, "predicted"))
     reference = np.atleast_2d(as_float_array(reference, "reference"))
     if predicted.shape != reference.shape:
@@ -80,7 +82,10 @@ def plot_one_to_one(
             ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="tab:green", lw=1, zorder=0)
             ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad))
         m = metrics[name]
-        ax.set_title(f"{name}: RMSE {m.rmse:.3g}, bias {m.bias:.2g}\nrobust σ {m.robust_scatter:.3g} (n={m.n})", fontsize=9)
+        ax.set_title(
+            f"{name}: RMSE {m.rmse:.3g}, bias {m.bias:.2g}\nrobust σ {m.robust_scatter:.3g} (n={m.n})",
+            fontsize=9,
+        )
         ax.set(xlabel=f"reference {name}", ylabel=f"inferred {name}")
     if title:
         fig.suptitle(title)
@@ -185,7 +190,9 @@ def plot_spectrum(
         bottom.plot(x, np.where(bad, np.nan, flux - model_flux), color="k", lw=0.6)
         bottom.axhline(0.0, color="tab:red", lw=0.8)
     for ax in (top, bottom):
-        ax.fill_between(x, 0, 1, where=bad, color="tab:orange", alpha=0.25, lw=0, transform=ax.get_xaxis_transform())
+        ax.fill_between(
+            x, 0, 1, where=bad, color="tab:orange", alpha=0.25, lw=0, transform=ax.get_xaxis_transform()
+        )
     top.set(ylabel="flux", title=title)
     top.legend(loc="lower left", fontsize=8)
     bottom.set(xlabel="wavelength [Å]" if wavelength is not None else "pixel", ylabel="residual")

@@ -1,0 +1,294 @@
+"""The ``starlabel`` command line: argument parsing and wiring only.
+
+Every command turns bad input (missing file, wrong keys, unknown label, bad option)
+into a one-line ``error: …`` on stderr and exit code 2; numerical work lives in the
+library so that it can be tested on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from ._version import __version__
+
+app = typer.Typer(
+    name="starlabel",
+    help="Data-driven stellar labels from survey spectra (The Cannon, Lux, NN) on JAX.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(help="Train a model on a labelled dataset.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+console = Console(stderr=True)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_USER_ERRORS = (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError, NotImplementedError)
+
+
+def _user_errors(fn: _F) -> _F:
+    """Report expected user errors as one line and exit 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _USER_ERRORS as error:
+            message = error.args[0] if error.args else repr(error)
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _split_labels(labels: str | None) -> tuple[str, ...] | None:
+    if labels is None:
+        return None
+    names = tuple(n.strip() for n in labels.split(",") if n.strip())
+    if not names:
+        raise ValueError("--labels is empty; give comma-separated names such as teff,logg,m_h.")
+    return names
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"starlabel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Data-driven stellar labels from survey spectra."""
+
+
+# ----------------------------------------------------------------------------- simulate
+class SimulationKind(StrEnum):
+    """Which simulator `starlabel simulate` runs."""
+
+    cannon = "cannon"
+    latent = "latent"
+
+
+@app.command()
+@_user_errors
+def simulate(
+    kind: Annotated[
+        SimulationKind,
+        typer.Argument(
+            help="cannon: polynomial-in-labels spectra; latent: the Lux seed's linear latent model."
+        ),
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Dataset file to write (.npz or .h5).")],
+    n_stars: Annotated[int, typer.Option(help="Number of stars.")] = 1000,
+    n_pixels: Annotated[int, typer.Option(help="Pixels per spectrum.")] = 500,
+    n_labels: Annotated[int, typer.Option(help="Number of labels.")] = 3,
+    snr: Annotated[float, typer.Option(help="Signal-to-noise per pixel (cannon only).")] = 100.0,
+    bad_pixel_fraction: Annotated[float, typer.Option(help="Fraction of pixels masked (cannon only).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write a simulated dataset with known labels."""
+    from .data import simulate_cannon, simulate_linear_latent, write_dataset
+
+    if kind is SimulationKind.cannon:
+        data = simulate_cannon(
+            n_stars, n_pixels, n_labels, snr=snr, bad_pixel_fraction=bad_pixel_fraction, seed=seed
+        ).dataset
+    else:
+        data = simulate_linear_latent(n_stars, n_labels=n_labels, n_pixels=n_pixels, seed=seed).dataset
+    write_dataset(data, output)
+    typer.echo(f"wrote {data} to {output}")
+
+
+# ----------------------------------------------------------------------------- train
+def _load_training_set(data: Path, labels: str) -> Any:
+    from .data import read_dataset
+
+    names = _split_labels(labels)
+    dataset = read_dataset(data, labels=names)
+    console.print(f"training set: {dataset}")
+    return dataset
+
+
+def _save_fitted(fitted: Any, output: Path) -> None:
+    fitted.save(output)
+    typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
+
+
+_LABELS_HELP = "Comma-separated label names to train on, e.g. teff,logg,m_h."
+
+
+@train_app.command("cannon")
+@_user_errors
+def train_cannon(
+    data: Annotated[Path, typer.Argument(help="Training dataset (.npz or .h5).")],
+    labels: Annotated[str, typer.Option(help=_LABELS_HELP)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")],
+    order: Annotated[int, typer.Option(help="Polynomial order in the labels.")] = 2,
+    terms: Annotated[
+        str | None,
+        typer.Option(help='Explicit terms instead of --order, e.g. "teff + logg + teff^2 + logg*teff".'),
+    ] = None,
+    censor: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file {label: [[start_Å, end_Å], ...]}: each label only acts inside its windows."
+        ),
+    ] = None,
+    l1: Annotated[float, typer.Option(help="L1 regularisation strength on non-constant θ terms.")] = 0.0,
+) -> None:
+    """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
+    from .models.cannon import Cannon
+
+    dataset = _load_training_set(data, labels)
+    windows = None
+    if censor is not None:
+        if not censor.exists():
+            raise FileNotFoundError(f"--censor file {str(censor)!r} does not exist.")
+        try:
+            windows = json.loads(censor.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--censor file {str(censor)!r} is not valid JSON: {error}") from None
+    model = Cannon(label_names=dataset.label_names, order=order, terms=terms, censor=windows, l1=l1)
+    with console.status("training The Cannon…"):
+        fitted = model.fit(dataset)
+    _save_fitted(fitted, output)
+
+
+class ScatterKind(StrEnum):
+    """Lux extra-scatter error model."""
+
+    pixel = "pixel"
+    scalar = "scalar"
+    none = "none"
+
+
+@train_app.command("lux")
+@_user_errors
+def train_lux(
+    data: Annotated[Path, typer.Argument(help="Training dataset (.npz or .h5).")],
+    labels: Annotated[str, typer.Option(help=_LABELS_HELP)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")],
+    latent_size: Annotated[int, typer.Option(help="Size of each star's latent vector.")] = 8,
+    scatter: Annotated[
+        ScatterKind, typer.Option(help="Learned extra flux scatter: per pixel, one scalar, or none.")
+    ] = ScatterKind.pixel,
+) -> None:
+    """Train Lux (latent-variable model of labels and flux, learned error model)."""
+    from .models.lux import Lux
+
+    dataset = _load_training_set(data, labels)
+    model = Lux(label_names=dataset.label_names, latent_size=latent_size, scatter=scatter.value)
+    with console.status("training Lux…"):
+        fitted = model.fit(dataset)
+    _save_fitted(fitted, output)
+
+
+@train_app.command("nn")
+@_user_errors
+def train_nn(
+    data: Annotated[Path, typer.Argument(help="Training dataset (.npz or .h5).")],
+    labels: Annotated[str, typer.Option(help=_LABELS_HELP)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")],
+    hidden: Annotated[str, typer.Option(help="Hidden layer widths, comma-separated.")] = "128,64",
+    epochs: Annotated[int, typer.Option(help="Training epochs (best validation epoch is kept).")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train the neural-network label regressor baseline."""
+    from .models.nn import NNRegressor
+
+    widths = tuple(int(w) for w in hidden.split(",") if w.strip())
+    dataset = _load_training_set(data, labels)
+    model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
+    with console.status("training the NN regressor…"):
+        fitted = model.fit(dataset)
+    _save_fitted(fitted, output)
+
+
+# ----------------------------------------------------------------------------- infer
+@app.command()
+@_user_errors
+def infer(
+    model: Annotated[Path, typer.Argument(help="Model file written by `starlabel train`.")],
+    inputs: Annotated[list[str], typer.Argument(help="Dataset files, globs or folders.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Results table: .csv, .fits, .h5 or .parquet.")
+    ],
+) -> None:
+    """Infer labels (with `<label>_err`) for every spectrum in the inputs."""
+    from .data import SpectralDataset, read_dataset
+    from .models import load_model
+
+    fitted = load_model(model)
+    datasets = [read_dataset(path) for path in inputs]
+    dataset = SpectralDataset.concatenate(datasets)
+    with console.status(f"inferring labels of {dataset.n_stars} spectra…"):
+        result = fitted.infer(dataset)
+    result.write(output)
+    typer.echo(f"wrote {result.n_stars} rows to {output}")
+
+
+# ----------------------------------------------------------------------------- evaluate
+@app.command()
+@_user_errors
+def evaluate(
+    results: Annotated[Path, typer.Argument(help="Results table from `starlabel infer`.")],
+    data: Annotated[Path, typer.Argument(help="Dataset holding the reference labels (matched by id).")],
+    labels: Annotated[str, typer.Option(help=_LABELS_HELP)],
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON.")] = None,
+    plots: Annotated[
+        Path | None, typer.Option(help="Folder for one-to-one, residual and Kiel plots.")
+    ] = None,
+) -> None:
+    """Print RMSE, bias, MAE and robust scatter per label against reference labels."""
+    from .data import read_dataset, read_result
+    from .evaluate import evaluate_against
+
+    names = _split_labels(labels)
+    result = read_result(results)
+    reference = read_dataset(data, labels=names)
+    table = evaluate_against(result, reference, names, plots=plots, model=results.stem)
+    typer.echo(str(table))
+    if json_path is not None:
+        table.write_json(json_path)
+        typer.echo(f"wrote {json_path}")
+
+
+# ----------------------------------------------------------------------------- demo
+@app.command()
+@_user_errors
+def demo(
+    out: Annotated[
+        Path, typer.Option(help="Folder for the demo's models, tables, plots and summary.")
+    ] = Path("starlabel-demo"),
+    quick: Annotated[bool, typer.Option(help="Smaller data and fewer epochs (for tests).")] = False,
+    real: Annotated[bool, typer.Option(help="Also run on the shared real APOGEE giants when found.")] = True,
+) -> None:
+    """Run the embedded default end to end: simulate, train, infer, evaluate, plot."""
+    from .demo import run_demo
+
+    summary = run_demo(out, quick=quick, real=real, console=console)
+    typer.echo(summary.text)
+    typer.echo(f"\nplots, tables and summary written to {out}/ (summary: {summary.path})")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

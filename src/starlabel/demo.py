@@ -1,0 +1,186 @@
+"""The embedded end-to-end demo behind ``starlabel demo``.
+
+Simulates Cannon-style spectra with known labels, trains every available model family
+on half of them, infers the other half, and compares the models in one metrics table
+with plots. When the shared real data are found it repeats this on the 500 real APOGEE
+giants (train/test split). Writes everything under one folder with a Markdown summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from .data import SpectralDataset, read_dataset, shared_data_dir, simulate_cannon, write_dataset
+from .evaluate import MetricsTable, evaluate_against, format_metrics, plot_spectrum
+from .models.base import AbstractFittedModel, AbstractSpectralModel
+
+__all__ = ["DemoSummary", "run_demo", "DEMO_MODELS"]
+
+
+def _cannon(names: tuple[str, ...], quick: bool) -> AbstractSpectralModel:
+    from .models.cannon import Cannon
+
+    return Cannon(label_names=names, order=2)
+
+
+def _lux(names: tuple[str, ...], quick: bool) -> AbstractSpectralModel:
+    from .models.lux import Lux
+
+    return Lux(label_names=names, latent_size=max(4, 2 * len(names)), scatter="pixel")
+
+
+def _nn(names: tuple[str, ...], quick: bool) -> AbstractSpectralModel:
+    from .models.nn import NNRegressor
+
+    return NNRegressor(label_names=names, epochs=150 if quick else 400, seed=0)
+
+
+DEMO_MODELS: dict[str, Callable[[tuple[str, ...], bool], AbstractSpectralModel]] = {
+    "cannon": _cannon,
+    "lux": _lux,
+    "nn": _nn,
+}
+"""Model name → factory of its default configuration, in the order the demo runs them."""
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """What the demo produced: the printed text and where the summary file is."""
+
+    text: str
+    path: Path
+    metrics: dict[str, dict[str, MetricsTable]]
+
+
+def _run_case(
+    case: str,
+    train: SpectralDataset,
+    test: SpectralDataset,
+    out: Path,
+    quick: bool,
+    console: Console,
+) -> tuple[dict[str, MetricsTable], list[str]]:
+    tables: dict[str, MetricsTable] = {}
+    notes: list[str] = []
+    names = train.label_names
+    for name, factory in DEMO_MODELS.items():
+        try:
+            model = factory(names, quick)
+        except ImportError as error:
+            notes.append(f"{name}: not available in this build ({error}).")
+            continue
+        folder = out / case / name
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with console.status(f"[{case}] training {name} on {train.n_stars} stars…"):
+            fitted: AbstractFittedModel = model.fit(train)
+        trained = time.perf_counter() - start
+        fitted.save(folder / f"{name}.starlabel")
+        start = time.perf_counter()
+        with console.status(f"[{case}] inferring {test.n_stars} test spectra with {name}…"):
+            result = fitted.infer(test)
+        inferred = time.perf_counter() - start
+        result.write(folder / "results.csv")
+        tables[name] = evaluate_against(result, test, names, plots=folder, model=name)
+        notes.append(
+            f"{name}: trained in {trained:.1f} s, inferred {test.n_stars} spectra in {inferred:.1f} s."
+        )
+        console.log(f"[{case}] {name}: train {trained:.1f} s, infer {inferred:.1f} s")
+        if name == "cannon" and hasattr(fitted, "predict_flux"):
+            model_flux = fitted.predict_flux(result.labels[:1])[0]
+            plot_spectrum(
+                test.wavelength,
+                test.flux[0],
+                folder / "spectrum.png",
+                model_flux=model_flux,
+                ivar=test.ivar[0],
+                mask=test.mask[0],
+                title=f"{case}: star {test.ids[0]} with the {name} model at its inferred labels",
+            )
+    return tables, notes
+
+
+def run_demo(
+    out: str | os.PathLike[str] = "starlabel-demo",
+    *,
+    quick: bool = False,
+    real: bool = True,
+    console: Console | None = None,
+) -> DemoSummary:
+    """Run the demo and write its outputs under ``out``.
+
+    Parameters
+    ----------
+    out : path-like
+        Output folder (created). Holds per-case/per-model models, result tables and
+        plots, ``metrics.json`` and ``summary.md``.
+    quick : bool
+        Smaller simulated set and shorter NN training (used by the tests).
+    real : bool
+        Also run on the shared real APOGEE giants when :func:`shared_data_dir` finds them.
+    console : rich.console.Console, optional
+        Where progress goes (default: stderr).
+
+    Returns
+    -------
+    DemoSummary
+    """
+    console = console or Console(stderr=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    n_stars, n_pixels = (600, 120) if quick else (2000, 300)
+    simulation = simulate_cannon(n_stars, n_pixels, 3, snr=(40.0, 150.0), bad_pixel_fraction=0.005, seed=0)
+    write_dataset(simulation.dataset, out / "simulated.h5")
+    cases: dict[str, tuple[SpectralDataset, SpectralDataset, str]] = {
+        "simulated": (
+            *simulation.dataset.split(0.5, seed=0),
+            f"{n_stars} simulated giants, {n_pixels} pixels, S/N 40–150, quadratic truth; half train, half test",
+        )
+    }
+    folder = shared_data_dir() if real else None
+    giants_path = None if folder is None else folder / "apogee" / "giants_100px.npz"
+    if giants_path is not None and giants_path.exists():
+        giants = read_dataset(giants_path, labels=("teff", "logg", "m_h"))
+        cases["apogee_giants"] = (
+            *giants.split(0.2, seed=0),
+            "500 real APOGEE giants (100 pixels, ASPCAP labels); 400 train, 100 test",
+        )
+
+    metrics: dict[str, dict[str, MetricsTable]] = {}
+    lines = ["# starlabel demo", ""]
+    text_parts = []
+    for case, (train, test, description) in cases.items():
+        tables, notes = _run_case(case, train, test, out, quick, console)
+        metrics[case] = tables
+        table_text = format_metrics(list(tables.values())) if tables else "(no model available)"
+        text_parts.append(f"== {case}: {description}\n{table_text}")
+        lines += [f"## {case}", "", description, "", "```", table_text, "```", ""]
+        lines += [f"- {note}" for note in notes] + [""]
+        for name in tables:
+            lines.append(f"![{name} one-to-one]({case}/{name}/one_to_one.png)")
+        lines.append("")
+    elapsed = time.perf_counter() - start
+    if "apogee_giants" not in cases:
+        note = "real APOGEE giants not found (set STARLABEL_SHARED_DATA to run on them)."
+        text_parts.append(note)
+        lines += [note, ""]
+    lines.append(f"Total time: {elapsed:.1f} s.")
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {case: {m: t.to_dict() for m, t in tables.items()} for case, tables in metrics.items()}, indent=2
+        )
+        + "\n"
+    )
+    summary_path = out / "summary.md"
+    summary_path.write_text("\n".join(lines) + "\n")
+    text = "\n\n".join(text_parts) + f"\n\ntotal {elapsed:.1f} s"
+    return DemoSummary(text=text, path=summary_path, metrics=metrics)
