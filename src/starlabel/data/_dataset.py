@@ -109,7 +109,7 @@ class SpectralDataset:
         labels: Any = None,
         label_names: Sequence[str] | None = None,
         label_err: Any = None,
-        ids: Sequence[Any] | None = None,
+        ids: Sequence[Any] | np.ndarray | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> None:
         flux = as_float_array(flux, "flux").copy()

@@ -51,13 +51,14 @@ def _format_of(path: Path) -> str:
 
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    fmt = _format_of(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset file {str(path)!r} does not exist.")
-    fmt = _format_of(path)
     try:
         if fmt == "npz":
-            with np.load(path, allow_pickle=False) as handle:
-                return {key: handle[key] for key in handle.files}
+            # Open the file ourselves: np.load leaks its handle when the zip is corrupt.
+            with open(path, "rb") as raw, np.load(raw, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
         import h5py
 
         with h5py.File(path, "r") as handle:
@@ -128,9 +129,9 @@ def read_dataset(
 
     declared: tuple[str, ...] = ()
     if "label_names" in arrays:
-        declared = tuple(_as_str_array(arrays["label_names"]))
+        declared = tuple(str(n) for n in _as_str_array(arrays["label_names"]))
     elif "attr:label_names" in arrays:
-        declared = tuple(_as_str_array(arrays["attr:label_names"]))
+        declared = tuple(str(n) for n in _as_str_array(arrays["attr:label_names"]))
 
     wanted = tuple(labels) if labels is not None else declared
     label_array = label_err = None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._internal import check_label_names
 
@@ -91,21 +92,25 @@ class InferenceResult:
         Run information (model kind, options, library version), written to table headers.
     """
 
-    ids: np.ndarray
-    label_names: tuple[str, ...]
-    labels: np.ndarray
-    cov: np.ndarray | None
-    chi2: np.ndarray
-    dof: np.ndarray
-    flags: np.ndarray
-    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # Annotated as array-like because construction accepts lists; __post_init__
+    # converts every field to a numpy array of the documented dtype.
+    ids: ArrayLike
+    label_names: Sequence[str]
+    labels: ArrayLike
+    cov: ArrayLike | None
+    chi2: ArrayLike
+    dof: ArrayLike
+    flags: ArrayLike
+    extra: Mapping[str, ArrayLike] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels, dtype=float)
         n_stars = labels.shape[0]
-        check_label_names(self.label_names, labels.shape[1] if labels.ndim == 2 else -1)
+        if labels.ndim != 2:
+            raise ValueError(f"InferenceResult.labels must be (stars, labels), got shape {labels.shape}.")
         setter = object.__setattr__
+        setter(self, "label_names", check_label_names(self.label_names, labels.shape[1]))
         setter(self, "labels", labels)
         setter(self, "ids", np.asarray(self.ids).astype(str))
         setter(self, "chi2", np.asarray(self.chi2, dtype=float))
@@ -123,6 +128,7 @@ class InferenceResult:
             if cov.shape != (n_stars, k, k):
                 raise ValueError(f"InferenceResult.cov has shape {cov.shape}; expected {(n_stars, k, k)}.")
             setter(self, "cov", cov)
+        setter(self, "extra", {key: np.asarray(value) for key, value in self.extra.items()})
         for key, value in self.extra.items():
             if np.shape(value)[:1] != (n_stars,):
                 raise ValueError(

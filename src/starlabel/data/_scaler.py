@@ -12,6 +12,11 @@ from jaxtyping import Array, ArrayLike, Float
 __all__ = ["ShiftScale"]
 
 
+def _expand(vector: Array, ndim: int) -> Array:
+    """Give a per-column vector explicit leading axes (we run with rank promotion off)."""
+    return vector.reshape((1,) * (ndim - vector.ndim) + vector.shape)
+
+
 class ShiftScale(eqx.Module):
     """Affine map ``x' = (x - shift) / scale`` applied per column.
 
@@ -100,10 +105,12 @@ class ShiftScale(eqx.Module):
 
     def transform(self, x: ArrayLike, err: ArrayLike | None = None) -> Any:
         """Scale ``x`` (…, columns); with ``err`` also return scaled 1-σ errors."""
-        scaled = (jnp.asarray(x) - self.shift) / self.scale
+        x = jnp.asarray(x)
+        scaled = (x - _expand(self.shift, x.ndim)) / _expand(self.scale, x.ndim)
         if err is None:
             return scaled
-        return scaled, jnp.asarray(err) / self.scale
+        err = jnp.asarray(err)
+        return scaled, err / _expand(self.scale, err.ndim)
 
     @overload
     def inverse_transform(self, x: ArrayLike) -> Array: ...
@@ -112,19 +119,24 @@ class ShiftScale(eqx.Module):
 
     def inverse_transform(self, x: ArrayLike, err: ArrayLike | None = None) -> Any:
         """Undo :meth:`transform`; with ``err`` also return unscaled 1-σ errors."""
-        unscaled = jnp.asarray(x) * self.scale + self.shift
+        x = jnp.asarray(x)
+        unscaled = x * _expand(self.scale, x.ndim) + _expand(self.shift, x.ndim)
         if err is None:
             return unscaled
-        return unscaled, jnp.asarray(err) * self.scale
+        err = jnp.asarray(err)
+        return unscaled, err * _expand(self.scale, err.ndim)
 
     def transform_cov(self, cov: ArrayLike) -> Array:
         """Scale covariances (…, columns, columns) into the transformed space."""
-        return jnp.asarray(cov) / (self.scale[:, None] * self.scale[None, :])
+        cov = jnp.asarray(cov)
+        return cov / _expand(jnp.outer(self.scale, self.scale), cov.ndim)
 
     def inverse_transform_cov(self, cov: ArrayLike) -> Array:
         """Bring covariances (…, columns, columns) back to the data's units."""
-        return jnp.asarray(cov) * (self.scale[:, None] * self.scale[None, :])
+        cov = jnp.asarray(cov)
+        return cov * _expand(jnp.outer(self.scale, self.scale), cov.ndim)
 
     def transform_ivar(self, ivar: ArrayLike) -> Array:
         """Scale inverse variances (…, columns); zeros (no information) stay zero."""
-        return jnp.asarray(ivar) * self.scale**2
+        ivar = jnp.asarray(ivar)
+        return ivar * _expand(self.scale**2, ivar.ndim)
