@@ -60,7 +60,7 @@ def _split_labels(labels: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def _version_callback(value: bool) -> None:
+def _version_callback(value: bool | None) -> None:
     if value:
         typer.echo(f"starlabel {__version__}")
         raise typer.Exit()
@@ -69,7 +69,8 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version.")
+        bool | None,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version."),
     ] = False,
 ) -> None:
     """Data-driven stellar labels from survey spectra."""
@@ -151,9 +152,9 @@ def train_cannon(
     l1: Annotated[float, typer.Option(help="L1 regularisation strength on non-constant θ terms.")] = 0.0,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
+    dataset = _load_training_set(data, labels)
     from .models.cannon import Cannon
 
-    dataset = _load_training_set(data, labels)
     windows = None
     if censor is not None:
         if not censor.exists():
@@ -188,9 +189,9 @@ def train_lux(
     ] = ScatterKind.pixel,
 ) -> None:
     """Train Lux (latent-variable model of labels and flux, learned error model)."""
+    dataset = _load_training_set(data, labels)
     from .models.lux import Lux
 
-    dataset = _load_training_set(data, labels)
     model = Lux(label_names=dataset.label_names, latent_size=latent_size, scatter=scatter.value)
     with console.status("training Lux…"):
         fitted = model.fit(dataset)
@@ -208,10 +209,10 @@ def train_nn(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train the neural-network label regressor baseline."""
-    from .models.nn import NNRegressor
-
     widths = tuple(int(w) for w in hidden.split(",") if w.strip())
     dataset = _load_training_set(data, labels)
+    from .models.nn import NNRegressor
+
     model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
     with console.status("training the NN regressor…"):
         fitted = model.fit(dataset)
