@@ -37,7 +37,10 @@ def test_per_label_arrays_and_label_selection(tmp_path):
     ds = read_dataset(tmp_path / "columns.npz", labels=["logg", "teff"])
     assert ds.label_names == ("logg", "teff")
     assert np.isnan(ds.label_err[:, 0]).all() and np.all(ds.label_err[:, 1] == 50.0)
-    with pytest.raises(KeyError, match=r"no label array\(s\) \['m_h'\]; 1-D per-star arrays present: \['logg', 'snr', 'teff', 'teff_err'\]"):
+    with pytest.raises(
+        KeyError,
+        match=r"no label array\(s\) \['m_h'\]; 1-D per-star arrays present: \['logg', 'snr', 'teff', 'teff_err'\]",
+    ):
         read_dataset(tmp_path / "columns.npz", labels=["m_h"])
     assert read_dataset(tmp_path / "columns.npz").labels is None
 

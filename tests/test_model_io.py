@@ -9,7 +9,13 @@ from jaxtyping import Array, Float
 
 from starlabel._internal import x64
 from starlabel.data import InferenceResult, SpectralDataset, ShiftScale, simulate_cannon
-from starlabel.models import AbstractFittedModel, load_model, read_model_header, register_model_kind, save_model
+from starlabel.models import (
+    AbstractFittedModel,
+    load_model,
+    read_model_header,
+    register_model_kind,
+    save_model,
+)
 
 
 class LinearLabels(AbstractFittedModel):
@@ -33,7 +39,9 @@ class LinearLabels(AbstractFittedModel):
         design = jnp.hstack([jnp.asarray(data.flux), jnp.ones((data.n_stars, 1))])
         labels = np.asarray(self.scaler.inverse_transform(design @ self.weights))
         n = data.n_stars
-        return InferenceResult(data.ids, self.label_names, labels, None, np.zeros(n), np.ones(n), np.zeros(n, int))
+        return InferenceResult(
+            data.ids, self.label_names, labels, None, np.zeros(n), np.ones(n), np.zeros(n, int)
+        )
 
     def config(self) -> dict[str, Any]:
         return {"label_names": list(self.label_names)}

@@ -15,11 +15,19 @@ def test_plots_are_written_and_not_blank(tmp_path):
     noisy = sim.true_labels * (1 + 0.01 * np.random.default_rng(0).normal(size=sim.true_labels.shape))
     names = sim.dataset.label_names
     paths = [
-        plot_one_to_one(noisy, sim.true_labels, names, tmp_path / "a" / "o2o.png", errors=np.abs(noisy) * 0.01),
+        plot_one_to_one(
+            noisy, sim.true_labels, names, tmp_path / "a" / "o2o.png", errors=np.abs(noisy) * 0.01
+        ),
         plot_residuals(noisy, sim.true_labels, names, tmp_path / "res.png"),
         plot_kiel(noisy[:, 0], noisy[:, 1], tmp_path / "kiel.png", metallicity=noisy[:, 2]),
-        plot_spectrum(sim.dataset.wavelength, sim.dataset.flux[0], tmp_path / "spec.png",
-                      model_flux=sim.true_flux[0], ivar=sim.dataset.ivar[0], mask=sim.dataset.mask[0]),
+        plot_spectrum(
+            sim.dataset.wavelength,
+            sim.dataset.flux[0],
+            tmp_path / "spec.png",
+            model_flux=sim.true_flux[0],
+            ivar=sim.dataset.ivar[0],
+            mask=sim.dataset.mask[0],
+        ),
     ]
     assert all(p.exists() and _nonblank(p) for p in paths)
 

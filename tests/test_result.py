@@ -48,7 +48,15 @@ def test_flags_describe_and_shape_validation(result):
     assert Flag.describe(0) == "ok"
     assert Flag.describe(3) == "NOT_CONVERGED|HIT_BOUND"
     with pytest.raises(ValueError, match=r"chi2 has shape \(3,\)"):
-        InferenceResult(ids=["a"] * 2, label_names=("x",), labels=np.zeros((2, 1)), cov=None, chi2=np.zeros(3), dof=np.ones(2), flags=np.zeros(2))
+        InferenceResult(
+            ids=["a"] * 2,
+            label_names=("x",),
+            labels=np.zeros((2, 1)),
+            cov=None,
+            chi2=np.zeros(3),
+            dof=np.ones(2),
+            flags=np.zeros(2),
+        )
     with pytest.raises(ValueError, match="suffix"):
         result.write("results.txt")
 
