@@ -1,1 +1,27 @@
-"""starlabel.pipeline (see docs/architecture.md)."""
+"""Survey-scale inference: chunked, streaming, resumable, on one machine or a Ray cluster.
+
+The pipeline drives a fitted model's ``infer`` over many files; it contains no model
+maths. Entry point: :func:`run_inference`. See ``docs/scaling.md``.
+"""
+
+from ._chunks import ChunkSpec as ChunkSpec
+from ._chunks import plan_chunks as plan_chunks
+from ._engine import AbstractEngine as AbstractEngine
+from ._engine import LocalEngine as LocalEngine
+from ._engine import WorkerSpec as WorkerSpec
+from ._engine import resolve_engine as resolve_engine
+from ._engine_ray import RayEngine as RayEngine
+from ._inputs import InputFile as InputFile
+from ._inputs import describe_inputs as describe_inputs
+from ._inputs import resolve_inputs as resolve_inputs
+from ._manifest import RunManifest as RunManifest
+from ._manifest import RunMismatchError as RunMismatchError
+from ._manifest import read_manifest as read_manifest
+from ._parts import ERRORS_NAME as ERRORS_NAME
+from ._rows import RowSource as RowSource
+from ._rows import open_rows as open_rows
+from ._run import RunSummary as RunSummary
+from ._run import run_dir_for as run_dir_for
+from ._run import run_inference as run_inference
+from ._worker import REFERENCE_PREFIX as REFERENCE_PREFIX
+from ._worker import ChunkOutcome as ChunkOutcome

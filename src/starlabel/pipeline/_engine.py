@@ -1,0 +1,159 @@
+"""The engine interface, the worker specification, and the local engine.
+
+An engine turns a sequence of :class:`ChunkSpec` into :class:`ChunkOutcome` values, in
+any order; the driver (:func:`starlabel.pipeline.run_inference`) writes the parts,
+the errors and the progress. Engines are configuration objects: the string names the
+CLI takes (``"local"``, ``"ray"``) are resolved to them in one place,
+:func:`resolve_engine`.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._chunks import ChunkSpec
+from ._worker import ChunkOutcome, ChunkProcessor, run_infer, run_read
+
+__all__ = ["AbstractEngine", "LocalEngine", "WorkerSpec", "resolve_engine", "ENGINE_NAMES"]
+
+ENGINE_NAMES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How a worker builds its :class:`ChunkProcessor` (small and picklable).
+
+    Attributes
+    ----------
+    model_path : str
+        Saved model file; must be readable by every worker.
+    infer_options : mapping
+        Keyword arguments for ``model.infer``.
+    labels_from_input : bool
+        Carry input labels as ``ref_<label>`` columns.
+    model_kind : tuple of (str, str), optional
+        ``(kind, "module:Class")`` registration for plug-in model kinds.
+    """
+
+    model_path: str
+    infer_options: Mapping[str, Any] = field(default_factory=dict)
+    labels_from_input: bool = False
+    model_kind: tuple[str, str] | None = None
+
+    def build(self) -> ChunkProcessor:
+        """Load the model and return a processor."""
+        return ChunkProcessor(self.model_path, self.infer_options, self.labels_from_input, self.model_kind)
+
+
+class AbstractEngine(abc.ABC):
+    """Runs chunks through workers; see the module docstring."""
+
+    @abc.abstractmethod
+    def run(self, spec: WorkerSpec, chunks: Sequence[ChunkSpec]) -> Iterator[ChunkOutcome]:
+        """Yield one outcome per chunk, as each finishes (order unspecified)."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description recorded in the manifest."""
+
+
+@dataclass(frozen=True)
+class LocalEngine(AbstractEngine):
+    """Run every chunk in this process, reading the next chunk while inferring one.
+
+    JAX already spreads one batched test step over all CPU cores (or runs it on the
+    GPU when JAX sees one), so one process is the efficient layout on one machine;
+    the background thread hides file reading behind the compute.
+
+    Parameters
+    ----------
+    prefetch : int
+        Chunks read ahead of the one being inferred (0 = none). Peak memory grows
+        by one chunk per prefetched chunk.
+    """
+
+    prefetch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.prefetch < 0:
+            raise ValueError(f"`prefetch` must be ≥ 0, got {self.prefetch}.")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description."""
+        return {"name": "local", "prefetch": self.prefetch}
+
+    def run(self, spec: WorkerSpec, chunks: Sequence[ChunkSpec]) -> Iterator[ChunkOutcome]:
+        """Yield outcomes in plan order."""
+        if not chunks:
+            return
+        processor = spec.build()
+        todo = iter(chunks)
+        pending: deque[tuple[ChunkSpec, float, Future[Any]]] = deque()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="starlabel-read") as reader:
+
+            def submit() -> None:
+                chunk = next(todo, None)
+                if chunk is not None:
+                    pending.append((chunk, time.perf_counter(), reader.submit(run_read, processor, chunk)))
+
+            for _ in range(self.prefetch + 1):
+                submit()
+            while pending:
+                chunk, began, future = pending.popleft()
+                data, error = future.result()
+                submit()
+                result = None
+                if data is not None:
+                    result, error = run_infer(processor, chunk, data)
+                    del data
+                yield ChunkOutcome(chunk, result, error, time.perf_counter() - began)
+
+
+def resolve_engine(
+    engine: Literal["local", "ray"] | AbstractEngine,
+    *,
+    address: str | None = None,
+    num_workers: int | None = None,
+) -> AbstractEngine:
+    """Turn an engine name (and its CLI options) into an engine object.
+
+    Parameters
+    ----------
+    engine : {"local", "ray"} or AbstractEngine
+        An engine object is returned unchanged (then ``address`` and
+        ``num_workers`` must be None).
+    address : str, optional
+        Ray cluster address (``"auto"``, ``"ray://host:10001"``); Ray only.
+    num_workers : int, optional
+        Ray actors to start (default: one per CPU of the cluster); Ray only.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or options that the engine does not take.
+    """
+    if isinstance(engine, AbstractEngine):
+        if address is not None or num_workers is not None:
+            raise ValueError(
+                "`address`/`num_workers` configure engine='ray'; with an engine object set"
+                " them on the object instead."
+            )
+        return engine
+    if engine == "local":
+        if address is not None or num_workers is not None:
+            raise ValueError(
+                "`address` and `num_workers` only apply to engine='ray' (CLI: --engine ray);"
+                " the local engine uses this process and all its cores."
+            )
+        return LocalEngine()
+    if engine == "ray":
+        from ._engine_ray import RayEngine
+
+        return RayEngine(address=address, num_workers=num_workers)
+    raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINE_NAMES)}.")

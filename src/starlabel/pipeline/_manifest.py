@@ -1,0 +1,178 @@
+"""The run manifest: what a run was asked to do, so a restart can continue or refuse.
+
+``RUN_DIR/manifest.json`` records the model file (path, SHA-256, kind, label names,
+the starlabel version that wrote it), the inference options, the chunk size, the
+output path and every input file with its checksum. A restart recomputes the same
+record and compares the parts that decide *which results* the run produces; any
+difference is refused with a message naming it, because mixing parts computed with
+two models or two option sets would give a silently inconsistent catalogue. The
+engine and the number of workers are recorded too but may change between attempts:
+both engines produce identical results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ._inputs import InputFile
+
+__all__ = ["MANIFEST_NAME", "RunManifest", "RunMismatchError", "read_manifest", "write_json_atomic"]
+
+MANIFEST_NAME = "manifest.json"
+_FORMAT = "starlabel-run"
+_FORMAT_VERSION = 1
+
+
+class RunMismatchError(RuntimeError):
+    """A run directory holds work done with a different model, inputs or options."""
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON so that a crash leaves either the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=1, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a (small) file such as a model."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """Everything that determines a run's results, as written to ``manifest.json``.
+
+    Attributes
+    ----------
+    model : mapping
+        ``path``, ``sha256``, ``kind``, ``label_names``, ``library_version`` (of the
+        starlabel that saved it) and ``config`` from the model header.
+    options : mapping
+        ``chunk_size``, ``infer_options`` and ``labels_from_input``.
+    output : str
+        Absolute path of the merged output table.
+    inputs : tuple of InputFile
+        The input files, in run order.
+    engine : mapping
+        Engine description of the latest attempt (informational; not compared).
+    library_version : str
+        starlabel version running the pipeline.
+    """
+
+    model: Mapping[str, Any]
+    options: Mapping[str, Any]
+    output: str
+    inputs: tuple[InputFile, ...]
+    engine: Mapping[str, Any] = field(default_factory=dict)
+    library_version: str = __version__
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "library_version": self.library_version,
+            "model": dict(self.model),
+            "options": dict(self.options),
+            "output": self.output,
+            "engine": dict(self.engine),
+            "inputs": [item.to_json() for item in self.inputs],
+        }
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> RunManifest:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            model=record["model"],
+            options=record["options"],
+            output=record["output"],
+            inputs=tuple(InputFile.from_json(item) for item in record["inputs"]),
+            engine=record.get("engine", {}),
+            library_version=record.get("library_version", "unknown"),
+        )
+
+    def write(self, run_dir: Path) -> Path:
+        """Write ``run_dir/manifest.json`` atomically."""
+        path = run_dir / MANIFEST_NAME
+        write_json_atomic(path, self.to_json())
+        return path
+
+    def check_compatible(self, previous: RunManifest, run_dir: Path) -> None:
+        """Raise :class:`RunMismatchError` unless ``previous`` would give the same results.
+
+        Compared: model checksum, options (chunk size, inference options, reference
+        labels), output path, and the input list (paths in order and checksums).
+        """
+        problems = []
+        if previous.model.get("sha256") != self.model.get("sha256"):
+            problems.append(
+                f"the model differs ({previous.model.get('path')} sha256"
+                f" {str(previous.model.get('sha256'))[:12]}… vs {self.model.get('path')}"
+                f" sha256 {str(self.model.get('sha256'))[:12]}…)"
+            )
+        for key in sorted(set(previous.options) | set(self.options)):
+            if previous.options.get(key) != self.options.get(key):
+                problems.append(
+                    f"option {key!r} differs ({previous.options.get(key)!r} before,"
+                    f" {self.options.get(key)!r} now)"
+                )
+        if previous.output != self.output:
+            problems.append(f"the output differs ({previous.output} vs {self.output})")
+        old_paths = [item.path for item in previous.inputs]
+        new_paths = [item.path for item in self.inputs]
+        if old_paths != new_paths:
+            added = sorted(set(new_paths) - set(old_paths))
+            removed = sorted(set(old_paths) - set(new_paths))
+            detail = (
+                f"{len(added)} added (e.g. {added[:2]}), {len(removed)} removed (e.g. {removed[:2]})"
+                if added or removed
+                else "same files in a different order"
+            )
+            problems.append(f"the input list differs: {detail}")
+        else:
+            changed = [
+                new.path for old, new in zip(previous.inputs, self.inputs, strict=True) if old.sha256 != new.sha256
+            ]
+            if changed:
+                problems.append(f"{len(changed)} input file(s) changed since the run started, e.g. {changed[:2]}")
+        if problems:
+            raise RunMismatchError(
+                f"run directory {str(run_dir)!r} belongs to a different run: "
+                + "; ".join(problems)
+                + ". Rerun with overwrite=True (CLI: --overwrite) to discard its work,"
+                " or choose another output path."
+            )
+
+
+def read_manifest(run_dir: Path) -> RunManifest | None:
+    """The manifest in ``run_dir``, or None when there is none yet.
+
+    Raises
+    ------
+    RunMismatchError
+        If the manifest exists but is not a starlabel run manifest or is unreadable.
+    """
+    path = run_dir / MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if record.get("format") != _FORMAT:
+            raise ValueError(f"format is {record.get('format')!r}")
+        return RunManifest.from_json(record)
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunMismatchError(
+            f"{str(path)!r} is not a readable starlabel run manifest ({error}); rerun with"
+            " overwrite=True (CLI: --overwrite) to start the run afresh."
+        ) from error

@@ -1,0 +1,253 @@
+"""Per-chunk result parts, per-chunk error records, the errors report and the merge.
+
+Every write here is atomic (temporary name, ``fsync``, ``os.replace``), so a process
+killed at any instant leaves each part either complete under its final name or
+absent. Parts are ``.npz`` archives (exact float64, no pickle) named after their
+chunk, so a part can exist at most once and the merge, which reads the planned
+chunks in plan order, emits every spectrum exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import InferenceResult
+from ._chunks import ChunkSpec
+from ._inputs import InputFile
+from ._manifest import write_json_atomic
+
+__all__ = [
+    "ERRORS_NAME",
+    "PARTS_DIR",
+    "clear_partials",
+    "done_chunk_names",
+    "merge_parts",
+    "read_part",
+    "write_chunk_error",
+    "write_errors_report",
+    "write_part",
+]
+
+PARTS_DIR = "parts"
+ERRORS_DIR = "errors"
+ERRORS_NAME = "errors.csv"
+_META_KEY = "__meta__"
+_EXTRA_PREFIX = "extra__"
+
+
+def _part_path(run_dir: Path, chunk: ChunkSpec) -> Path:
+    return run_dir / PARTS_DIR / f"{chunk.name}.npz"
+
+
+def _error_path(run_dir: Path, chunk: ChunkSpec) -> Path:
+    return run_dir / ERRORS_DIR / f"{chunk.name}.json"
+
+
+def clear_partials(run_dir: Path) -> int:
+    """Delete temporary files left by a killed attempt; return how many there were."""
+    count = 0
+    for folder in (run_dir / PARTS_DIR, run_dir / ERRORS_DIR, run_dir):
+        if folder.is_dir():
+            for leftover in folder.glob("*.partial*"):
+                leftover.unlink(missing_ok=True)
+                count += 1
+    return count
+
+
+def done_chunk_names(run_dir: Path) -> set[str]:
+    """Names of chunks whose part exists (finished in an earlier attempt)."""
+    folder = run_dir / PARTS_DIR
+    if not folder.is_dir():
+        return set()
+    return {p.name.removesuffix(".npz") for p in folder.glob("*.npz")}
+
+
+def write_part(run_dir: Path, chunk: ChunkSpec, result: InferenceResult) -> Path:
+    """Store one chunk's result atomically and drop any earlier error record for it."""
+    if result.n_stars != chunk.n_stars:
+        raise ValueError(
+            f"chunk {chunk.name} has {chunk.n_stars} spectra but the model returned"
+            f" {result.n_stars} results; a model must return one result per input spectrum."
+        )
+    arrays: dict[str, np.ndarray] = {
+        "ids": result.ids.astype(str),
+        "labels": result.labels,
+        "chi2": result.chi2,
+        "dof": result.dof,
+        "flags": result.flags,
+    }
+    if result.cov is not None:
+        arrays["cov"] = result.cov
+    for key, value in result.extra.items():
+        arrays[_EXTRA_PREFIX + key] = np.asarray(value)
+    meta = {
+        "label_names": list(result.label_names),
+        "meta": {k: v for k, v in result.meta.items() if isinstance(v, (str, int, float, bool))},
+    }
+    arrays[_META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path = _part_path(run_dir, chunk)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _error_path(run_dir, chunk).unlink(missing_ok=True)
+    return path
+
+
+def read_part(path: Path) -> InferenceResult:
+    """Read a part written by :func:`write_part`."""
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
+    return InferenceResult(
+        ids=arrays["ids"],
+        label_names=tuple(meta["label_names"]),
+        labels=arrays["labels"],
+        cov=arrays.get("cov"),
+        chi2=arrays["chi2"],
+        dof=arrays["dof"],
+        flags=arrays["flags"],
+        extra={k.removeprefix(_EXTRA_PREFIX): v for k, v in arrays.items() if k.startswith(_EXTRA_PREFIX)},
+        meta=meta["meta"],
+    )
+
+
+def write_chunk_error(run_dir: Path, chunk: ChunkSpec, error: str) -> Path:
+    """Record that ``chunk`` failed, with the reason (one JSON file per chunk)."""
+    path = _error_path(run_dir, chunk)
+    write_json_atomic(
+        path,
+        {
+            "scope": "chunk",
+            "input": chunk.path,
+            "file_index": chunk.file_index,
+            "chunk": chunk.name,
+            "rows": f"{chunk.start}-{chunk.stop}",
+            "n_spectra": chunk.n_stars,
+            "error": error,
+        },
+    )
+    return path
+
+
+def write_errors_report(run_dir: Path, inputs: Sequence[InputFile], chunks: Iterable[ChunkSpec]) -> tuple[Path, int, int]:
+    """Write ``run_dir/errors.csv`` listing bad files and failed chunks.
+
+    Columns: ``scope`` (``file`` or ``chunk``), ``input``, ``chunk``, ``rows``,
+    ``n_spectra`` (spectra left out of the output), ``error``. Written even when
+    empty, so its presence says the run finished its bookkeeping.
+
+    Returns
+    -------
+    (path, n_errors, n_spectra_missing)
+    """
+    rows: list[dict[str, Any]] = []
+    for item in inputs:
+        if item.error:
+            rows.append(
+                {"scope": "file", "input": item.path, "chunk": "", "rows": "", "n_spectra": "", "error": item.error}
+            )
+    done = done_chunk_names(run_dir)
+    missing = 0
+    for chunk in chunks:
+        record_path = _error_path(run_dir, chunk)
+        if chunk.name in done or not record_path.exists():
+            continue
+        record = json.loads(record_path.read_text())
+        missing += chunk.n_stars
+        rows.append({key: record.get(key, "") for key in ("scope", "input", "chunk", "rows", "n_spectra", "error")})
+    path = run_dir / ERRORS_NAME
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["scope", "input", "chunk", "rows", "n_spectra", "error"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path, len(rows), missing
+
+
+def _string_lengths(paths: Sequence[Path]) -> dict[str, int]:
+    """Longest string per text column over all parts (astropy needs it for Parquet)."""
+    lengths: dict[str, int] = {}
+    for path in paths:
+        with np.load(path, allow_pickle=False) as archive:
+            for key in archive.files:
+                if key == "ids" or key.startswith(_EXTRA_PREFIX):
+                    dtype = archive[key].dtype
+                    if dtype.kind == "U":
+                        column = "id" if key == "ids" else key.removeprefix(_EXTRA_PREFIX)
+                        lengths[column] = max(lengths.get(column, 1), dtype.itemsize // 4)
+    return lengths
+
+
+def _arrow_table(result: InferenceResult, schema: Any | None, lengths: dict[str, int]) -> Any:
+    import pyarrow as pa
+
+    table = result.to_table()
+    columns = {name: np.asarray(table[name]) for name in table.colnames}
+    if schema is None:
+        # astropy's Parquet reader restores fixed-width strings from these keys and
+        # warns without them.
+        metadata = {f"table::len::{name}": str(n) for name, n in lengths.items()}
+        return pa.table(columns).replace_schema_metadata(metadata)
+    if list(columns) != schema.names:
+        raise ValueError(
+            f"result parts disagree on columns ({list(columns)} vs {schema.names}); the model"
+            " returned different extra columns for different chunks."
+        )
+    return pa.table(columns).cast(schema)
+
+
+def merge_parts(run_dir: Path, chunks: Sequence[ChunkSpec], output: Path) -> int:
+    """Concatenate the finished parts, in plan order, into ``output`` (format by suffix).
+
+    Parquet output is streamed part by part (memory independent of the number of
+    spectra); CSV, FITS and HDF5 are assembled in memory (about 200 bytes per spectrum)
+    and written with :meth:`InferenceResult.write`. Either way the output appears
+    atomically.
+
+    Returns
+    -------
+    int
+        Number of spectra written.
+    """
+    done = done_chunk_names(run_dir)
+    paths = [_part_path(run_dir, chunk) for chunk in chunks if chunk.name in done]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        tmp = output.with_name(output.name + ".partial")
+        writer = None
+        total = 0
+        lengths = _string_lengths(paths)
+        try:
+            for path in paths:
+                part = read_part(path)
+                table = _arrow_table(part, writer.schema if writer is not None else None, lengths)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+                total += part.n_stars
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"no finished parts in {str(run_dir)!r}: nothing to merge.")
+        os.replace(tmp, output)
+        return total
+    parts = [read_part(path) for path in paths]
+    if not parts:
+        raise ValueError(f"no finished parts in {str(run_dir)!r}: nothing to merge.")
+    merged = parts[0].concatenate_with(parts[1:])
+    merged.write(output)
+    return merged.n_stars

@@ -1,0 +1,262 @@
+"""Read a range of rows (stars) from a dataset file without loading the whole file.
+
+:func:`starlabel.data.read_dataset` loads every array of a file, which is right for
+training sets and wrong for a survey file of 10⁵ spectra × 7214 pixels (≈ 12 GB of
+float64 flux + ivar). Here a file is opened once per chunk and only rows
+``[start, stop)`` of its per-star arrays are read, so memory follows the chunk size.
+
+* ``.npz`` written by :func:`numpy.savez` stores members uncompressed: each member's
+  array is memory-mapped at its byte offset inside the zip and sliced. Compressed
+  members (``savez_compressed``) are decompressed up to the rows needed, which is
+  correct but slow for large files; the docs recommend uncompressed ``.npz`` or HDF5.
+* HDF5 datasets are sliced by h5py (chunked/compressed datasets decompress only the
+  HDF5 chunks that overlap the rows).
+
+The file layout is the one documented in :mod:`starlabel.data._io`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from ..data import DATASET_SUFFIXES, SpectralDataset
+
+__all__ = ["RowSource", "open_rows"]
+
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+
+
+class _NpzMember:
+    """One ``.npy`` member of a zip archive, readable by row ranges."""
+
+    def __init__(self, path: Path, archive: zipfile.ZipFile, name: str) -> None:
+        info = archive.getinfo(name)
+        self.stored = info.compress_type == zipfile.ZIP_STORED
+        self._archive = archive
+        self._name = name
+        self._path = path
+        with archive.open(name) as member:
+            version = np.lib.format.read_magic(member)
+            reader = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = reader(member)
+            header_size = member.tell()
+        if fortran and len(shape) > 1:
+            raise ValueError(f"{str(path)!r}: member {name!r} is Fortran-ordered; rows cannot be streamed.")
+        if dtype.hasobject:
+            raise ValueError(f"{str(path)!r}: member {name!r} holds Python objects; refusing to unpickle.")
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype = dtype
+        self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self._header_size = header_size
+        self._offset = -1
+        if self.stored:
+            with open(path, "rb") as raw:
+                raw.seek(info.header_offset)
+                fields = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
+                name_len, extra_len = fields[-2], fields[-1]
+            self._offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + header_size
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if not self.shape:
+            with self._archive.open(self._name) as member:
+                return np.lib.format.read_array(member, allow_pickle=False)
+        stop = min(stop, self.shape[0])
+        count = max(stop - start, 0)
+        if self.stored:
+            per_row = self._row_bytes // self.dtype.itemsize if self.dtype.itemsize else 0
+            flat = np.fromfile(
+                self._path,
+                dtype=self.dtype,
+                count=count * per_row,
+                offset=self._offset + start * self._row_bytes,
+            )
+            return flat.reshape((count, *self.shape[1:]))
+        with self._archive.open(self._name) as member:
+            # Seeking a compressed member decompresses up to the target (see module docstring).
+            member.seek(self._header_size + start * self._row_bytes)
+            buffer = member.read(count * self._row_bytes)
+        return np.frombuffer(buffer, dtype=self.dtype).reshape((count, *self.shape[1:])).copy()
+
+
+class RowSource:
+    """An open dataset file from which row ranges are read as :class:`SpectralDataset`.
+
+    Use :func:`open_rows` to create one; use it as a context manager so the file
+    handle is closed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        suffix = path.suffix.lower()
+        if suffix not in DATASET_SUFFIXES:
+            raise ValueError(
+                f"cannot read {str(path)!r}: suffix {path.suffix!r} is not one of {sorted(DATASET_SUFFIXES)}."
+            )
+        self._format = DATASET_SUFFIXES[suffix]
+        self._handle: Any
+        self._members: dict[str, Any]
+        if self._format == "npz":
+            self._handle = zipfile.ZipFile(path)
+            self._members = {
+                name.removesuffix(".npy"): _NpzMember(path, self._handle, name)
+                for name in self._handle.namelist()
+                if name.endswith(".npy")
+            }
+            shapes = {key: member.shape for key, member in self._members.items()}
+        else:
+            import h5py
+
+            self._handle = h5py.File(path, "r")
+            self._members = {
+                key: value for key, value in self._handle.items() if isinstance(value, h5py.Dataset)
+            }
+            shapes = {key: tuple(value.shape) for key, value in self._members.items()}
+        if "flux" not in shapes:
+            raise KeyError(f"{str(path)!r} has no 'flux' array; keys present: {sorted(shapes)}.")
+        if len(shapes["flux"]) != 2:
+            raise ValueError(f"{str(path)!r}: 'flux' has shape {shapes['flux']}; expected (stars, pixels).")
+        if "ivar" not in shapes and "flux_err" not in shapes:
+            raise KeyError(
+                f"{str(path)!r} has neither 'ivar' nor 'flux_err' (flux uncertainties are required);"
+                f" keys present: {sorted(shapes)}."
+            )
+        self.n_stars, self.n_pixels = (int(n) for n in shapes["flux"])
+        self._shapes = shapes
+
+    def __enter__(self) -> RowSource:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the underlying file."""
+        self._handle.close()
+
+    def _rows(self, key: str, start: int, stop: int) -> np.ndarray:
+        if self._format == "npz":
+            return self._members[key].read(start, stop)
+        return np.asarray(self._members[key][start:stop])
+
+    def _whole(self, key: str) -> np.ndarray:
+        if self._format == "npz":
+            shape = self._shapes[key]
+            return self._members[key].read(0, shape[0] if shape else 0)
+        return np.asarray(self._members[key][()])
+
+    def _per_star(self, key: str) -> bool:
+        shape = self._shapes.get(key)
+        return shape is not None and len(shape) >= 1 and shape[0] == self.n_stars
+
+    def label_names(self) -> tuple[str, ...]:
+        """Label names the file declares (``label_names`` array or attribute), else ``()``."""
+        if "label_names" in self._shapes:
+            return tuple(str(n) for n in _strings(self._whole("label_names")))
+        if self._format == "hdf5" and "label_names" in self._handle.attrs:
+            return tuple(str(n) for n in _strings(np.asarray(self._handle.attrs["label_names"])))
+        return ()
+
+    def read(self, start: int, stop: int, labels: Sequence[str] = ()) -> SpectralDataset:
+        """Rows ``[start, stop)`` as a dataset.
+
+        Parameters
+        ----------
+        start, stop : int
+            Row range (stars), clipped to the file.
+        labels : sequence of str
+            Label columns to attach when the file has them (as 1-D ``<name>`` arrays or
+            as columns of a ``labels`` table named by ``label_names``). Names the file
+            lacks are left out rather than raising: reference labels are optional.
+
+        Returns
+        -------
+        SpectralDataset
+        """
+        if not 0 <= start <= stop:
+            raise ValueError(f"bad row range [{start}, {stop}) for {str(self.path)!r}.")
+        stop = min(stop, self.n_stars)
+        flux = self._rows("flux", start, stop)
+        errors: dict[str, Any] = (
+            {"ivar": self._rows("ivar", start, stop)}
+            if "ivar" in self._shapes
+            else {"flux_err": self._rows("flux_err", start, stop)}
+        )
+        mask = self._rows("mask", start, stop) != 0 if self._per_star("mask") else None
+        ids = (
+            _strings(self._rows("ids", start, stop))
+            if self._per_star("ids")
+            else np.array([str(i) for i in range(start, stop)])
+        )
+        wavelength = self._whole("wavelength") if "wavelength" in self._shapes else None
+        names, columns = self._label_columns(labels, start, stop)
+        meta: dict[str, Any] = {"source": str(self.path), "rows": [start, stop]}
+        if "meta_json" in self._shapes and self._format == "npz":
+            meta.update(json.loads(str(self._whole("meta_json").item())))
+            meta.update({"source": str(self.path), "rows": [start, stop]})
+        return SpectralDataset(
+            flux,
+            mask=mask,
+            wavelength=wavelength,
+            labels=np.stack(columns, axis=1) if columns else None,
+            label_names=names if columns else None,
+            ids=ids,
+            meta=meta,
+            **errors,
+        )
+
+    def _label_columns(
+        self, labels: Sequence[str], start: int, stop: int
+    ) -> tuple[tuple[str, ...], list[np.ndarray]]:
+        if not labels:
+            return (), []
+        declared = self.label_names()
+        table = None
+        if "labels" in self._shapes and declared and len(self._shapes["labels"]) == 2:
+            table = np.asarray(self._rows("labels", start, stop), dtype=float)
+        names, columns = [], []
+        for name in labels:
+            if name not in {"flux", "ivar", "flux_err", "mask", "ids"} and self._per_star(name):
+                columns.append(np.asarray(self._rows(name, start, stop), dtype=float).reshape(-1))
+            elif table is not None and name in declared:
+                columns.append(table[:, declared.index(name)])
+            else:
+                continue
+            names.append(name)
+        return tuple(names), columns
+
+
+def _strings(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values).ravel()
+    if values.dtype.kind == "S" or values.dtype == object:
+        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values])
+    return values.astype(str)
+
+
+def open_rows(path: str | Path) -> RowSource:
+    """Open a dataset file for row-range reading; see :class:`RowSource`.
+
+    Raises
+    ------
+    ValueError, KeyError, OSError
+        If the file is not a readable dataset (unknown suffix, no ``flux``, no
+        uncertainties, corrupt archive); the message names the file.
+    """
+    path = Path(path)
+    try:
+        return RowSource(path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"could not open {str(path)!r} as a dataset file: {error}") from error

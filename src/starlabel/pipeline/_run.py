@@ -1,0 +1,324 @@
+"""The survey-scale entry point: streaming, resumable inference over many files.
+
+Run directory layout (``OUT`` is the requested output table, e.g. ``labels.parquet``)::
+
+    OUT                      merged table (CSV/FITS/HDF5/Parquet by suffix), written last
+    OUT.run/
+        manifest.json        model + checksum, options, inputs + checksums, engine
+        parts/fNNNNN-cNNNNNN.npz   one result part per finished chunk (file N, chunk N)
+        errors/fNNNNN-cNNNNNN.json one record per failed chunk (removed if a retry works)
+        errors.csv           the errors report: bad files and failed chunks, with reasons
+        summary.json         counts and timings of the latest attempt
+
+Restarting the same command after a crash (even ``kill -9``) skips the chunks that
+have parts, retries failed chunks, and merges again; see :func:`run_inference`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..data import RESULT_SUFFIXES
+from ..models import read_model_header
+from ..models._io import MODEL_KINDS
+from ._chunks import plan_chunks
+from ._engine import AbstractEngine, WorkerSpec, resolve_engine
+from ._inputs import describe_inputs, resolve_inputs
+from ._manifest import RunManifest, file_sha256, read_manifest, write_json_atomic
+from ._parts import (
+    PARTS_DIR,
+    clear_partials,
+    done_chunk_names,
+    merge_parts,
+    write_chunk_error,
+    write_errors_report,
+    write_part,
+)
+from ._progress import Progress
+
+__all__ = ["RunSummary", "run_dir_for", "run_inference"]
+
+_ERRORS_DIR = "errors"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a call to :func:`run_inference` did (also written to ``summary.json``).
+
+    Attributes
+    ----------
+    output : pathlib.Path
+        The merged table (absent when no chunk succeeded).
+    run_dir : pathlib.Path
+        The run directory (manifest, parts, errors report).
+    errors_report : pathlib.Path
+        ``run_dir/errors.csv``.
+    n_inputs : int
+        Input files after expanding globs and folders.
+    n_bad_inputs : int
+        Files that could not be read (listed in the errors report).
+    n_spectra : int
+        Spectra in the readable input files.
+    n_written : int
+        Spectra in the output table.
+    n_resumed : int
+        Spectra whose results came from earlier attempts.
+    n_processed : int
+        Spectra inferred successfully by this call.
+    n_failed : int
+        Spectra in chunks that failed (listed in the errors report).
+    n_errors : int
+        Rows of the errors report.
+    first_error : str
+        The first failure's reason (empty if none), to show without opening the report.
+    seconds : float
+        Wall time of this call.
+    engine : str
+        Engine used by this call.
+    """
+
+    output: Path
+    run_dir: Path
+    errors_report: Path
+    n_inputs: int
+    n_bad_inputs: int
+    n_spectra: int
+    n_written: int
+    n_resumed: int
+    n_processed: int
+    n_failed: int
+    n_errors: int
+    first_error: str
+    seconds: float
+    engine: str
+
+    @property
+    def complete(self) -> bool:
+        """True when every input spectrum is in the output and no file was bad."""
+        return self.n_written == self.n_spectra and self.n_bad_inputs == 0
+
+    @property
+    def spectra_per_second(self) -> float:
+        """Throughput of this call (spectra inferred / wall time)."""
+        return self.n_processed / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        record = asdict(self)
+        record.update(
+            output=str(self.output),
+            run_dir=str(self.run_dir),
+            errors_report=str(self.errors_report),
+            complete=self.complete,
+            spectra_per_second=self.spectra_per_second,
+        )
+        return record
+
+
+def run_dir_for(output: str | os.PathLike[str]) -> Path:
+    """The run directory that belongs to output table ``output``: ``OUT.run`` beside it."""
+    output = Path(output).absolute()
+    return output.with_name(output.name + ".run")
+
+
+def _check_options(infer_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    if infer_options is None:
+        return {}
+    if not isinstance(infer_options, Mapping):
+        raise TypeError(
+            f"`infer_options` must be a mapping of keyword arguments for model.infer, got"
+            f" {type(infer_options).__name__}."
+        )
+    options = dict(infer_options)
+    try:
+        json.dumps(options, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"`infer_options` must be JSON-serialisable (they are recorded in the run manifest): {error}."
+        ) from error
+    return options
+
+
+def run_inference(
+    model: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    chunk_size: int = 1024,
+    engine: Literal["local", "ray"] | AbstractEngine = "local",
+    address: str | None = None,
+    num_workers: int | None = None,
+    overwrite: bool = False,
+    labels_from_input: bool = False,
+    infer_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Infer labels for every spectrum in many dataset files, chunk by chunk, resumably.
+
+    Each input file is split into chunks of ``chunk_size`` spectra. A chunk is read
+    on its own (memory follows the chunk size, not the survey size), passed to the
+    model's batched ``infer``, and its result stored as a part in the run directory
+    (``run_dir_for(output)``, layout in the module docstring). Finally the parts are
+    merged, in input order, into ``output``. A bad file or a failing chunk is recorded
+    in ``errors.csv`` and the run goes on.
+
+    Running the same call again after an interruption (including SIGKILL) continues
+    where it stopped: finished chunks are skipped, failed ones retried, and every
+    input spectrum appears in the output exactly once. A restart with a different
+    model file, different inputs or input contents, or different options is refused
+    unless ``overwrite=True``.
+
+    The code is device-agnostic: JAX runs the model on a GPU when it sees one.
+
+    Parameters
+    ----------
+    model : path-like
+        A model saved with :func:`starlabel.models.save_model`.
+    inputs : sequence of str or path-like
+        Dataset files (``.npz``, ``.h5``), globs or folders; see
+        :func:`starlabel.pipeline.resolve_inputs`.
+    output : path-like
+        Output table; the format follows the suffix (``.csv``, ``.ecsv``, ``.fits``,
+        ``.h5``, ``.parquet``). Parquet is merged in streaming fashion and suits
+        10⁷+ spectra; the others are assembled in memory (~200 bytes per spectrum).
+    chunk_size : int
+        Spectra per chunk (the unit of work, of resume and of peak memory: about
+        ``3 × chunk_size × pixels × 8`` bytes per chunk in flight).
+    engine : {"local", "ray"} or AbstractEngine
+        ``"local"`` runs in this process (no Ray import); ``"ray"`` runs on Ray actors
+        (:class:`starlabel.pipeline.RayEngine`). Both give identical results.
+    address : str, optional
+        Ray cluster address (``"auto"``, ``"ray://head:10001"``); ``engine="ray"`` only.
+    num_workers : int, optional
+        Ray actors (default: one per cluster CPU); ``engine="ray"`` only.
+    overwrite : bool
+        Discard an existing run directory and output instead of resuming.
+    labels_from_input : bool
+        Also copy the model's labels from the input files into the output as
+        ``ref_<label>`` columns (NaN where absent), for the report's one-to-one plots.
+    infer_options : mapping, optional
+        Keyword arguments for the model's ``infer`` (JSON-able; part of the manifest).
+    progress : bool
+        Show a progress bar (spectra done, spectra/s, ETA) on stderr.
+
+    Returns
+    -------
+    RunSummary
+
+    Raises
+    ------
+    FileNotFoundError
+        If the model or an input does not exist, or a glob/folder matches no files.
+    ValueError
+        For an unsupported output suffix, bad option values, or an unknown engine.
+    RunMismatchError
+        If the run directory belongs to a different run and ``overwrite`` is False.
+
+    Examples
+    --------
+    >>> summary = run_inference("cannon.starlabel", ["survey/*.npz"], "labels.parquet",
+    ...                         chunk_size=2048, progress=False)  # doctest: +SKIP
+    >>> summary.complete, summary.errors_report  # doctest: +SKIP
+    (True, PosixPath('.../labels.parquet.run/errors.csv'))
+    """
+    began = time.perf_counter()
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer (spectra per chunk), got {chunk_size!r}.")
+    output = Path(output).absolute()
+    if output.suffix.lower() not in RESULT_SUFFIXES:
+        raise ValueError(
+            f"output {str(output)!r} has suffix {output.suffix!r}; use one of {sorted(RESULT_SUFFIXES)}"
+            " (.parquet for large surveys)."
+        )
+    model_path = Path(model).absolute()
+    header = read_model_header(model_path)
+    options = _check_options(infer_options)
+    runner = resolve_engine(engine, address=address, num_workers=num_workers)
+    paths = resolve_inputs(inputs)
+
+    run_dir = run_dir_for(output)
+    if overwrite:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        output.unlink(missing_ok=True)
+    previous = read_manifest(run_dir)
+    described = describe_inputs(paths, known=previous.inputs if previous else ())
+    manifest = RunManifest(
+        model={
+            "path": str(model_path),
+            "sha256": file_sha256(model_path),
+            "kind": header.get("kind"),
+            "label_names": header.get("label_names"),
+            "library_version": header.get("library_version"),
+            "config": header.get("config"),
+        },
+        options={"chunk_size": chunk_size, "infer_options": options, "labels_from_input": labels_from_input},
+        output=str(output),
+        inputs=tuple(described),
+        engine=runner.describe(),
+    )
+    if previous is not None:
+        manifest.check_compatible(previous, run_dir)
+    for folder in (run_dir, run_dir / PARTS_DIR, run_dir / _ERRORS_DIR):
+        folder.mkdir(parents=True, exist_ok=True)
+    manifest.write(run_dir)
+    clear_partials(run_dir)
+
+    chunks = plan_chunks(described, chunk_size)
+    done = done_chunk_names(run_dir)
+    todo = [chunk for chunk in chunks if chunk.name not in done]
+    n_spectra = sum(chunk.n_stars for chunk in chunks)
+    n_resumed = n_spectra - sum(chunk.n_stars for chunk in todo)
+    kind = str(header.get("kind"))
+    spec = WorkerSpec(
+        model_path=str(model_path),
+        infer_options=options,
+        labels_from_input=labels_from_input,
+        model_kind=(kind, MODEL_KINDS[kind]) if kind in MODEL_KINDS else None,
+    )
+
+    n_processed = 0
+    first_error = next((item.error for item in described if item.error), "")
+    with Progress(n_spectra, n_resumed, enabled=progress) as bar:
+        for outcome in runner.run(spec, todo):
+            if outcome.result is not None:
+                try:
+                    write_part(run_dir, outcome.chunk, outcome.result)
+                except ValueError as error:
+                    write_chunk_error(run_dir, outcome.chunk, f"ValueError: {error}")
+                    first_error = first_error or str(error)
+                    bar.advance(outcome.chunk.n_stars, failed=True)
+                    continue
+                n_processed += outcome.chunk.n_stars
+                bar.advance(outcome.chunk.n_stars)
+            else:
+                write_chunk_error(run_dir, outcome.chunk, outcome.error)
+                first_error = first_error or outcome.error
+                bar.advance(outcome.chunk.n_stars, failed=True)
+
+    report, n_errors, n_failed = write_errors_report(run_dir, described, chunks)
+    n_written = merge_parts(run_dir, chunks, output) if done_chunk_names(run_dir) else 0
+    summary = RunSummary(
+        output=output,
+        run_dir=run_dir,
+        errors_report=report,
+        n_inputs=len(described),
+        n_bad_inputs=sum(1 for item in described if item.error),
+        n_spectra=n_spectra,
+        n_written=n_written,
+        n_resumed=n_resumed,
+        n_processed=n_processed,
+        n_failed=n_failed,
+        n_errors=n_errors,
+        first_error=first_error,
+        seconds=time.perf_counter() - began,
+        engine=str(runner.describe()["name"]),
+    )
+    write_json_atomic(run_dir / "summary.json", summary.to_json())
+    return summary
