@@ -1,0 +1,384 @@
+"""``FittedLux``: a trained Lux model — test step, predictions, likelihood, save/load."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from ..._internal import as_float_array, x64
+from ...data import Flag, InferenceResult, ShiftScale, SpectralDataset
+from ..base import AbstractGenerativeModel
+from ._error_models import AbstractScatter, error_model_from_config
+from ._objective import LOG_2PI, DataBlock, LuxOutput
+from ._prepare import OutputData, raw_outputs, scaled_block
+from ._test_step import latent_posterior
+from ._transforms import transform_from_config
+
+__all__ = ["FittedLux", "LuxFitInfo"]
+
+_RANGE_MARGIN = 0.1
+"""Labels beyond the training range by more than this fraction of it get OUTSIDE_TRAINING."""
+_POOR_FIT_SIGMA = 5.0
+"""POOR_FIT when χ² exceeds dof by this many standard deviations, √(2 dof)."""
+
+
+class LuxFitInfo(eqx.Module):
+    """How training went.
+
+    Attributes
+    ----------
+    loss_history : Float[Array, " steps"]
+        Objective (negative log posterior, nats) at each iteration.
+    final_loss : Float[Array, ""]
+        Objective at the returned parameters.
+    grad_norm : Float[Array, ""]
+        Euclidean norm of the objective's gradient there (parameters, and training
+        latents for joint MAP); small means a stationary point.
+    n_steps : Int[Array, ""]
+        Iterations run.
+    converged : Bool[Array, ""]
+        Whether the stopping tolerance was met before ``max_steps``.
+    objective, solver : str
+        What was minimised and how (``"marginal"``/``"map"``; ``"alternating"``, ...).
+    """
+
+    loss_history: Float[Array, " steps"]
+    final_loss: Float[Array, ""]
+    grad_norm: Float[Array, ""]
+    n_steps: Int[Array, ""]
+    converged: Bool[Array, ""]
+    objective: str = eqx.field(static=True)
+    solver: str = eqx.field(static=True)
+
+
+def _pad(block: DataBlock, start: int, stop: int, size: int) -> DataBlock:
+    """Rows [start, stop) padded with unobserved rows to ``size`` (fixed shapes → one compile)."""
+    pad = size - (stop - start)
+
+    def take(array, fill):
+        part = array[start:stop]
+        return jnp.concatenate([part, jnp.full((pad, *part.shape[1:]), fill, dtype=part.dtype)])
+
+    return DataBlock(take(block.values, 0.0), take(block.reported_var, 1.0), take(block.observed, False))
+
+
+class FittedLux(AbstractGenerativeModel):
+    """A trained Lux model (see :class:`Lux`).
+
+    Attributes
+    ----------
+    label_names : tuple of str
+    latent_size : int
+    outputs : tuple of LuxOutput
+        Fitted outputs, ``"labels"`` first, then ``"flux"``, then registered extras.
+    scalers : tuple of ShiftScale
+        Per-output standardisation (data units → the scaled units of ``outputs``).
+    label_range : Float[Array, "2 labels"]
+        Training label minimum and maximum (data units), for OUTSIDE_TRAINING.
+    fit_info : LuxFitInfo
+    """
+
+    kind: ClassVar[str] = "lux"
+    label_names: tuple[str, ...] = eqx.field(static=True)
+    latent_size: int = eqx.field(static=True)
+    outputs: tuple[LuxOutput, ...]
+    scalers: tuple[ShiftScale, ...]
+    label_range: Float[Array, "2 labels"]
+    fit_info: LuxFitInfo
+
+    # ------------------------------------------------------------------ access
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Names of the outputs, in model order."""
+        return tuple(o.name for o in self.outputs)
+
+    def _index(self, name: str) -> int:
+        if name not in self.output_names:
+            raise KeyError(f"unknown output {name!r}; this model has outputs {list(self.output_names)}.")
+        return self.output_names.index(name)
+
+    @x64
+    def scatter(self, name: str = "flux") -> np.ndarray:
+        """Learned extra scatter of output ``name`` per column, in data units (0 if none).
+
+        Returns
+        -------
+        ndarray, shape (columns,)
+            E.g. per pixel for ``"flux"`` in flux units.
+        """
+        index = self._index(name)
+        model = self.outputs[index].error_model
+        scale = np.asarray(self.scalers[index].scale)
+        if not isinstance(model, AbstractScatter):
+            return np.zeros_like(scale)
+        return np.abs(np.asarray(model.scatter)) * scale
+
+    # ------------------------------------------------------------------ pure JAX
+    def latents_to_labels(self, latents: Float[Array, "*batch latents"]) -> Float[Array, "*batch labels"]:
+        """Noise-free labels (data units) of latents of shape (..., latents). Pure JAX."""
+        index = self._index("labels")
+        transform, scaler = self.outputs[index].transform, self.scalers[index]
+        scaled = jnp.vectorize(transform, signature="(l)->(k)")(latents)
+        return scaled * scaler.scale + scaler.shift
+
+    def latent_log_prior(self, latents: Float[Array, " latents"]) -> Float[Array, ""]:
+        """log N(latents | 0, I), the prior every star's latents share. Pure JAX."""
+        return -0.5 * jnp.sum(latents**2) - 0.5 * latents.shape[0] * LOG_2PI
+
+    def log_likelihood(
+        self,
+        latents: Float[Array, " latents"],
+        flux: Float[Array, " pixels"],
+        ivar: Float[Array, " pixels"],
+    ) -> Float[Array, ""]:
+        """log p(flux | latents) in data units, with the learned scatter. Pure JAX.
+
+        ``Σ_j −½ [(f_j − μ_j)² / V_j + log 2πV_j]`` over pixels with ``ivar > 0``, where
+        μ is the model flux and ``V_j = 1/ivar_j + s_j²`` (the error model's variance,
+        converted to flux units). Call under ``jax.enable_x64(True)`` for float64.
+        """
+        index = self._index("flux")
+        output, scaler = self.outputs[index], self.scalers[index]
+        observed = ivar > 0
+        safe_ivar = jnp.where(observed, ivar, 1.0)
+        scale = scaler.scale
+        reported = 1.0 / safe_ivar / scale**2
+        var = output.error_model.variance(reported) * scale**2
+        mean = output.transform(latents) * scale + scaler.shift
+        terms = (flux - mean) ** 2 / var + jnp.log(var) + LOG_2PI
+        return -0.5 * jnp.sum(jnp.where(observed, terms, 0.0))
+
+    # ------------------------------------------------------------------ test step
+    def _blocks(
+        self, data: SpectralDataset, inputs: Sequence[str], extra: Mapping[str, OutputData] | None
+    ) -> tuple[tuple[LuxOutput, ...], tuple[DataBlock, ...]]:
+        if not isinstance(data, SpectralDataset):
+            raise TypeError(f"`data` must be a SpectralDataset, got {type(data).__name__}.")
+        inputs = tuple(inputs)
+        if not inputs:
+            raise ValueError("`inputs` must name at least one output, e.g. ('flux',).")
+        for name in inputs:
+            self._index(name)
+        flux_size = self.scalers[self._index("flux")].shift.shape[0]
+        if "flux" in inputs and data.n_pixels != flux_size:
+            raise ValueError(
+                f"`data` has {data.n_pixels} pixels but this Lux model was trained on {flux_size};"
+                " put the spectra on the training pixel grid."
+            )
+        unused = sorted(set(extra or {}) - set(inputs))
+        if unused:
+            raise ValueError(f"extra data given for {unused}, which are not in inputs={inputs}.")
+        raws = raw_outputs(data, inputs, self.label_names, extra, require_labels=True)
+        outputs = tuple(self.outputs[self._index(n)] for n in inputs)
+        blocks = tuple(scaled_block(raws[n], self.scalers[self._index(n)]) for n in inputs)
+        return outputs, blocks
+
+    def _posterior(self, outputs, blocks, chunk_size: int, steps: int):
+        n_stars = blocks[0].values.shape[0]
+        size = int(min(chunk_size, 1 << max(0, (n_stars - 1).bit_length())))
+        parts = []
+        for start in range(0, n_stars, size):
+            stop = min(start + size, n_stars)
+            chunk = tuple(_pad(b, start, stop, size) for b in blocks)
+            post = latent_posterior(outputs, chunk, self.latent_size, steps)
+            parts.append(jax.tree.map(lambda a, n=stop - start: np.asarray(a[:n]), post))
+        return jax.tree.map(lambda *a: np.concatenate(a), *parts)
+
+    @x64
+    def infer_latents(
+        self,
+        data: SpectralDataset,
+        *,
+        inputs: Sequence[str] = ("flux",),
+        extra: Mapping[str, OutputData] | None = None,
+        chunk_size: int = 4096,
+        steps: int = 50,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean (stars, latents) and covariance (stars, latents, latents) of latents.
+
+        Same arguments as :meth:`infer`.
+        """
+        outputs, blocks = self._blocks(data, inputs, extra)
+        post = self._posterior(outputs, blocks, chunk_size, steps)
+        return post.mean, post.cov
+
+    @x64
+    def infer(
+        self,
+        data: SpectralDataset,
+        *,
+        inputs: Sequence[str] = ("flux",),
+        extra: Mapping[str, OutputData] | None = None,
+        chunk_size: int = 4096,
+        steps: int = 50,
+    ) -> InferenceResult:
+        """Infer labels of every star in ``data`` from its flux (by default) alone.
+
+        Each star's latents get their posterior given the outputs in ``inputs`` with the
+        trained parameters fixed (exact for affine transforms, otherwise ``steps``
+        Levenberg–Marquardt iterations and the Laplace approximation). Labels are the
+        label transform of the latent mode; their covariance propagates the latent
+        covariance through the label transform's Jacobian, so it includes the flux noise
+        *and* the learned flux scatter.
+
+        Parameters
+        ----------
+        data : SpectralDataset
+            Spectra on the training pixel grid. Its labels are ignored unless
+            ``"labels"`` is in ``inputs``.
+        inputs : sequence of str
+            Outputs to condition on (default ``("flux",)``).
+        extra : mapping of str to OutputData, optional
+            Data for registered extra outputs named in ``inputs``.
+        chunk_size : int
+            Stars per compiled batch (padded, so every chunk reuses one compilation).
+        steps : int
+            Iterations for nonlinear transforms (ignored for affine ones).
+
+        Returns
+        -------
+        InferenceResult
+            ``labels`` (data units), ``cov`` (stars, labels, labels), ``chi2`` over the
+            used entries with the learned scatter in the variance, ``dof`` = used
+            entries − latent_size, ``flags`` (NOT_CONVERGED, FEW_PIXELS,
+            BAD_COVARIANCE, OUTSIDE_TRAINING, POOR_FIT).
+        """
+        outputs, blocks = self._blocks(data, inputs, extra)
+        post = self._posterior(outputs, blocks, chunk_size, steps)
+        labels, cov = self._labels_with_cov(jnp.asarray(post.mean), jnp.asarray(post.cov))
+        labels, cov = np.asarray(labels), np.asarray(cov)
+        dof = post.n_used - self.latent_size
+
+        flags = np.zeros(data.n_stars, dtype=np.int64)
+        flags |= np.where(~post.converged, int(Flag.NOT_CONVERGED), 0)
+        flags |= np.where(post.n_used <= self.latent_size, int(Flag.FEW_PIXELS), 0)
+        diag = np.diagonal(cov, axis1=1, axis2=2)
+        bad_cov = ~np.all(np.isfinite(cov), axis=(1, 2)) | np.any(diag <= 0, axis=1)
+        flags |= np.where(bad_cov, int(Flag.BAD_COVARIANCE), 0)
+        low, high = np.asarray(self.label_range)
+        margin = _RANGE_MARGIN * (high - low)
+        outside = np.any((labels < (low - margin)[None, :]) | (labels > (high + margin)[None, :]), axis=1)
+        flags |= np.where(outside, int(Flag.OUTSIDE_TRAINING), 0)
+        with np.errstate(invalid="ignore"):
+            poor = (dof > 0) & (post.chi2 > dof + _POOR_FIT_SIGMA * np.sqrt(2.0 * np.maximum(dof, 1)))
+        flags |= np.where(poor, int(Flag.POOR_FIT), 0)
+        return InferenceResult(
+            ids=data.ids,
+            label_names=self.label_names,
+            labels=labels,
+            cov=cov,
+            chi2=post.chi2,
+            dof=dof,
+            flags=flags,
+            meta={"model": "lux", "inputs": ",".join(inputs), "latent_size": self.latent_size},
+        )
+
+    @eqx.filter_jit
+    def _labels_with_cov(self, mean, cov):
+        index = self._index("labels")
+        transform, scaler = self.outputs[index].transform, self.scalers[index]
+        labels = jax.vmap(transform)(mean)
+        jac = jax.vmap(jax.jacfwd(transform))(mean)
+        label_cov = jnp.einsum("nki,nij,nlj->nkl", jac, cov, jac)
+        return scaler.inverse_transform(labels), scaler.inverse_transform_cov(label_cov)
+
+    # ------------------------------------------------------------------ generative
+    @x64
+    def predict(self, latents: ArrayLike) -> dict[str, np.ndarray]:
+        """Noise-free prediction of every output (data units) from latents (stars, latents)."""
+        z = jnp.asarray(as_float_array(latents, "latents"))
+        if z.ndim != 2 or z.shape[1] != self.latent_size:
+            raise ValueError(f"`latents` has shape {z.shape}; expected (stars, {self.latent_size}).")
+        return {
+            o.name: np.asarray(s.inverse_transform(jax.vmap(o.transform)(z)))
+            for o, s in zip(self.outputs, self.scalers, strict=True)
+        }
+
+    @x64
+    def predict_flux(self, labels: Float[Array, "stars labels"] | np.ndarray) -> np.ndarray:
+        """Expected flux (stars, pixels) of stars with the given labels (data units).
+
+        Lux generates labels and flux from shared latents, so the flux at given labels
+        is the flux of the latents' posterior mode given those labels (treated as
+        exact, up to the learned label scatter). For affine transforms this is
+        E[flux | labels] of the fitted linear-Gaussian model; latent directions the
+        labels do not constrain stay at their prior mean 0.
+        """
+        values = as_float_array(labels, "labels")
+        if values.ndim != 2 or values.shape[1] != len(self.label_names):
+            raise ValueError(
+                f"`labels` has shape {values.shape}; expected (stars, {len(self.label_names)})"
+                f" with columns {self.label_names}."
+            )
+        index = self._index("labels")
+        scaler = self.scalers[index]
+        scaled = (jnp.asarray(values) - scaler.shift[None, :]) / scaler.scale[None, :]
+        observed = jnp.isfinite(scaled)
+        # Conditioning on labels "as given": a tiny variance stands in for zero noise
+        # where the model has no learned label scatter.
+        block = DataBlock(
+            jnp.where(observed, scaled, 0.0), jnp.full(scaled.shape, 1e-6), observed
+        )
+        post = self._posterior((self.outputs[index],), (block,), 4096, 50)
+        return self.predict(post.mean)["flux"]
+
+    # ------------------------------------------------------------------ save/load
+    def config(self) -> dict[str, Any]:
+        """JSON-able structure (output names, sizes, transform and error-model types)."""
+        return {
+            "label_names": list(self.label_names),
+            "latent_size": self.latent_size,
+            "outputs": [
+                {
+                    "name": o.name,
+                    "size": int(s.shift.shape[0]),
+                    "transform": o.transform.config(),
+                    "error_model": o.error_model.config(),
+                }
+                for o, s in zip(self.outputs, self.scalers, strict=True)
+            ],
+            "history_length": int(self.fit_info.loss_history.shape[0]),
+            "objective": self.fit_info.objective,
+            "solver": self.fit_info.solver,
+        }
+
+    @classmethod
+    def skeleton(cls, config: dict[str, Any]) -> FittedLux:
+        """Placeholder-valued model with the structure described by ``config``."""
+        latent_size = int(config["latent_size"])
+        outputs, scalers = [], []
+        for item in config["outputs"]:
+            size = int(item["size"])
+            outputs.append(
+                LuxOutput(
+                    item["name"],
+                    transform_from_config(item["transform"], latent_size, size),
+                    error_model_from_config(item["error_model"], size),
+                )
+            )
+            scalers.append(ShiftScale(jnp.zeros(size), jnp.ones(size)))
+        n_labels = int(config["outputs"][0]["size"])
+        info = LuxFitInfo(
+            loss_history=jnp.zeros(int(config["history_length"])),
+            final_loss=jnp.zeros(()),
+            grad_norm=jnp.zeros(()),
+            n_steps=jnp.zeros((), dtype=int),
+            converged=jnp.zeros((), dtype=bool),
+            objective=config["objective"],
+            solver=config["solver"],
+        )
+        label_names = tuple(config.get("label_names", ()))
+        return cls(
+            label_names=label_names,
+            latent_size=latent_size,
+            outputs=tuple(outputs),
+            scalers=tuple(scalers),
+            label_range=jnp.zeros((2, n_labels)),
+            fit_info=info,
+        )
