@@ -50,7 +50,7 @@ class LinearFitted(AbstractFittedModel):
             cov=cov,
             chi2=chi2,
             dof=np.sum(data.ivar > 0, axis=1) - len(self.label_names),
-            flags=(chi2 > np.median(chi2)).astype(int),
+            flags=(chi2 > 1.5 * np.sum(data.ivar > 0, axis=1)).astype(int),
             extra={"n_good": np.sum(~data.mask, axis=1)},
             meta={"model": KIND},
         )

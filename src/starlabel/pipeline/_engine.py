@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ._chunks import ChunkSpec
 from ._worker import ChunkOutcome, ChunkProcessor, run_infer, run_read
@@ -116,7 +116,7 @@ class LocalEngine(AbstractEngine):
 
 
 def resolve_engine(
-    engine: Literal["local", "ray"] | AbstractEngine,
+    engine: str | AbstractEngine,
     *,
     address: str | None = None,
     num_workers: int | None = None,

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..data import RESULT_SUFFIXES
 from ..models import read_model_header
@@ -152,7 +152,7 @@ def run_inference(
     output: str | os.PathLike[str],
     *,
     chunk_size: int = 1024,
-    engine: Literal["local", "ray"] | AbstractEngine = "local",
+    engine: str | AbstractEngine = "local",
     address: str | None = None,
     num_workers: int | None = None,
     overwrite: bool = False,

@@ -1,0 +1,213 @@
+"""Chunking, row reading, resume, manifest refusal and error isolation of the pipeline."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_pipeline_support import LABELS, make_survey
+
+from starlabel.data import SpectralDataset, read_dataset, read_result, simulate_cannon, write_dataset
+from starlabel.models import load_model
+from starlabel.pipeline import (
+    ChunkSpec,
+    InputFile,
+    LocalEngine,
+    RunMismatchError,
+    open_rows,
+    plan_chunks,
+    resolve_engine,
+    resolve_inputs,
+    run_dir_for,
+    run_inference,
+)
+
+
+@pytest.fixture
+def survey(tmp_path: Path) -> tuple[Path, list[Path]]:
+    return make_survey(tmp_path, n_files=3, n_stars=50, n_pixels=24)
+
+
+def _expected(model_path: Path, files: list[Path]):
+    data = SpectralDataset.concatenate([read_dataset(f) for f in files])
+    return load_model(model_path).infer(data)
+
+
+@pytest.mark.parametrize(("sizes", "chunk_size"), [((10, 0, 7), 3), ((5,), 5), ((5, 6), 100), ((1, 1), 1)])
+def test_plan_covers_every_row_exactly_once(sizes: tuple[int, ...], chunk_size: int) -> None:
+    inputs = [InputFile(f"/f{i}.npz", 0, 0, "", n, 4) for i, n in enumerate(sizes)]
+    inputs.append(InputFile("/bad.npz", 0, 0, "", -1, -1, "ValueError: corrupt"))
+    chunks = plan_chunks(inputs, chunk_size)
+    for i, n in enumerate(sizes):
+        rows = np.concatenate([np.arange(c.start, c.stop) for c in chunks if c.file_index == i] or [np.array([], int)])
+        np.testing.assert_array_equal(rows, np.arange(n))
+    assert all(0 < c.n_stars <= chunk_size for c in chunks)
+    assert len({c.name for c in chunks}) == len(chunks)
+    assert not any(c.file_index == len(sizes) for c in chunks)
+
+
+def test_plan_rejects_bad_chunk_size() -> None:
+    with pytest.raises(ValueError, match="chunk_size"):
+        plan_chunks([], 0)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5", "compressed.npz"])
+def test_row_reader_matches_full_read(tmp_path: Path, suffix: str) -> None:
+    data = simulate_cannon(40, 16, 3, seed=3, bad_pixel_fraction=0.1).dataset
+    path = write_dataset(data, tmp_path / ("data" + suffix.removeprefix("compressed")))
+    if suffix.startswith("compressed"):
+        arrays = dict(np.load(path))
+        path = tmp_path / "compressed.npz"
+        np.savez_compressed(path, **arrays)
+    full = read_dataset(path)
+    with open_rows(path) as rows:
+        assert (rows.n_stars, rows.n_pixels) == (40, 16)
+        for start, stop in [(0, 7), (7, 33), (33, 40), (38, 99)]:
+            part = rows.read(start, stop, labels=("logg", "missing", "teff"))
+            np.testing.assert_array_equal(part.flux, full.flux[start:stop])
+            np.testing.assert_array_equal(part.ivar, full.ivar[start:stop])
+            np.testing.assert_array_equal(part.mask, full.mask[start:stop])
+            np.testing.assert_array_equal(part.ids, full.ids[start:stop])
+            np.testing.assert_array_equal(part.wavelength, full.wavelength)
+            assert part.label_names == ("logg", "teff")
+            np.testing.assert_array_equal(part.labels, full.labels[start:stop][:, [1, 0]])
+
+
+def test_row_reader_names_the_problem(tmp_path: Path) -> None:
+    np.savez(tmp_path / "noflux.npz", ivar=np.ones((2, 3)))
+    with pytest.raises(KeyError, match="no 'flux' array"):
+        open_rows(tmp_path / "noflux.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.npz"):
+        open_rows(tmp_path / "junk.npz")
+
+
+def test_resolve_inputs_files_globs_folders(survey: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    _, files = survey
+    folder = files[0].parent
+    assert resolve_inputs([str(folder)]) == files
+    assert resolve_inputs([str(folder / "part0[12].npz"), str(files[0]), str(files[1])]) == [files[1], files[2], files[0]]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_inputs([str(tmp_path / "nope.npz")])
+    with pytest.raises(FileNotFoundError, match="matches no dataset files"):
+        resolve_inputs([str(tmp_path / "*.h5")])
+    (tmp_path / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="suffix"):
+        resolve_inputs([str(tmp_path / "x.txt")])
+    with pytest.raises(ValueError, match="no inputs"):
+        resolve_inputs([])
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".h5", ".fits"])
+def test_run_matches_direct_inference(survey: tuple[Path, list[Path]], tmp_path: Path, suffix: str) -> None:
+    model_path, files = survey
+    output = tmp_path / f"labels{suffix}"
+    summary = run_inference(model_path, [str(files[0].parent)], output, chunk_size=16, progress=False)
+    assert summary.complete and summary.n_written == summary.n_spectra == 150
+    assert summary.n_processed == 150 and summary.n_errors == 0
+    got, want = read_result(output), _expected(model_path, files)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_allclose(got.labels, want.labels, rtol=1e-12)
+    np.testing.assert_allclose(got.chi2, want.chi2, rtol=1e-12)
+    np.testing.assert_array_equal(got.flags, want.flags)
+    np.testing.assert_array_equal(got.extra["n_good"], want.extra["n_good"])
+    run_dir = run_dir_for(output)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [Path(item["path"]) for item in manifest["inputs"]] == files
+    assert all(len(item["sha256"]) == 64 for item in manifest["inputs"])
+    assert manifest["options"]["chunk_size"] == 16
+    assert len(list((run_dir / "parts").glob("*.npz"))) == 3 * 4
+
+
+def test_progress_bar_and_reference_labels(survey: tuple[Path, list[Path]], tmp_path: Path, capsys) -> None:
+    model_path, files = survey
+    output = tmp_path / "labels.parquet"
+    run_inference(model_path, files[:2], output, chunk_size=20, labels_from_input=True, progress=True)
+    assert "spectra" in capsys.readouterr().err
+    got = read_result(output)
+    truth = SpectralDataset.concatenate([read_dataset(f) for f in files[:2]])
+    for k, name in enumerate(LABELS):
+        np.testing.assert_array_equal(got.extra[f"ref_{name}"], truth.labels[:, k])
+
+
+def test_restart_resumes_and_refuses_changes(survey: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    model_path, files = survey
+    output = tmp_path / "labels.parquet"
+    first = run_inference(model_path, files, output, chunk_size=16, progress=False)
+    # Drop two parts as if the run had been killed before finishing them.
+    parts = sorted((run_dir_for(output) / "parts").glob("*.npz"))
+    for part in parts[3:5]:
+        part.unlink()
+    again = run_inference(model_path, files, output, chunk_size=16, progress=False)
+    # parts[3] is file 0's last chunk (rows 48-50), parts[4] file 1's first (rows 0-16).
+    assert again.n_processed == 2 + 16
+    assert again.n_resumed + again.n_processed == 150 and again.n_written == 150
+    assert np.array_equal(read_result(output).ids, _expected(model_path, files).ids)
+    assert first.n_written == again.n_written
+
+    with pytest.raises(RunMismatchError, match="'chunk_size' differs"):
+        run_inference(model_path, files, output, chunk_size=8, progress=False)
+    with pytest.raises(RunMismatchError, match="input list differs"):
+        run_inference(model_path, files[:2], output, chunk_size=16, progress=False)
+    with pytest.raises(RunMismatchError, match="infer_options"):
+        run_inference(model_path, files, output, chunk_size=16, infer_options={"delay": 0.0}, progress=False)
+    other_model, _ = make_survey(tmp_path / "other", n_files=1, n_pixels=24, seed=7)
+    with pytest.raises(RunMismatchError, match="model differs"):
+        run_inference(other_model, files, output, chunk_size=16, progress=False)
+    data = read_dataset(files[1])
+    write_dataset(data.replace(flux=data.flux + 0.01), files[1])
+    with pytest.raises(RunMismatchError, match=r"input file\(s\) changed"):
+        run_inference(model_path, files, output, chunk_size=16, progress=False)
+    fresh = run_inference(model_path, files, output, chunk_size=8, overwrite=True, progress=False)
+    assert fresh.n_resumed == 0 and fresh.n_processed == 150 and fresh.complete
+
+
+def test_bad_file_and_bad_chunk_are_reported_and_run_continues(
+    survey: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    model_path, files = survey
+    corrupt = files[0].parent / "part99.npz"
+    corrupt.write_bytes(b"PK\x03\x04 truncated archive")
+    output = tmp_path / "labels.csv"
+    summary = run_inference(
+        model_path,
+        [str(files[0].parent)],
+        output,
+        chunk_size=10,
+        infer_options={"fail_on_id": "file1-star00023"},
+        progress=False,
+    )
+    assert not summary.complete
+    assert summary.n_bad_inputs == 1 and summary.n_failed == 10 and summary.n_errors == 2
+    assert summary.n_written == 140
+    with open(summary.errors_report, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["scope"], Path(r["input"]).name) for r in rows] == [("file", "part99.npz"), ("chunk", "part01.npz")]
+    assert rows[1]["rows"] == "20-30" and "refusing chunk with star file1-star00023" in rows[1]["error"]
+    ids = read_result(output).ids
+    assert len(ids) == len(set(ids)) == 140
+    assert not any(f"file1-star{j:05d}" in set(ids) for j in range(20, 30))
+
+
+def test_argument_errors_are_clear(survey: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    model_path, files = survey
+    with pytest.raises(ValueError, match="suffix '.txt'"):
+        run_inference(model_path, files, tmp_path / "out.txt", progress=False)
+    with pytest.raises(ValueError, match="chunk_size"):
+        run_inference(model_path, files, tmp_path / "out.csv", chunk_size=0, progress=False)
+    with pytest.raises(FileNotFoundError, match="model file"):
+        run_inference(tmp_path / "missing.starlabel", files, tmp_path / "out.csv", progress=False)
+    with pytest.raises(ValueError, match="JSON"):
+        run_inference(model_path, files, tmp_path / "out.csv", infer_options={"x": object()}, progress=False)
+    with pytest.raises(ValueError, match="only apply to engine='ray'"):
+        resolve_engine("local", num_workers=2)
+    with pytest.raises(ValueError, match="choose one of"):
+        resolve_engine("spark")  # type: ignore[arg-type]
+    assert resolve_engine(LocalEngine(prefetch=0)) == LocalEngine(prefetch=0)
+
+
+def test_chunk_spec_names_are_stable() -> None:
+    assert ChunkSpec(3, 12, "/x.npz", 0, 5).name == "f00003-c000012"
