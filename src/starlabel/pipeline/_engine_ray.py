@@ -85,11 +85,11 @@ class RayEngine(AbstractEngine):
 
     address: str | None = None
     num_workers: int | None = None
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    cpus_per_worker: float | int = 1.0
+    gpus_per_worker: float | int = 0.0
     worker_env: Mapping[str, str] = field(default_factory=dict)
     tasks_per_worker: int = 2
-    startup_timeout_s: float = 300.0
+    startup_timeout_s: float | int = 300.0
 
     def __post_init__(self) -> None:
         if self.num_workers is not None and self.num_workers < 1:
