@@ -23,7 +23,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from astropy.io import fits
@@ -61,8 +60,6 @@ releases store km/s. The names do not change with the release: check before usin
 
 _MISSING = -9998.0  # ASPCAP writes -9999 (sometimes -9999.99) for "no value"
 _APOGEE_ID = re.compile(r"(2M\d{8}[+-]\d{7}|AP\d{8}[+-]\d{7})")
-
-Combination = Literal["pixel", "global", "visits"]
 
 
 def apogee_id_from_name(path: str | os.PathLike[str]) -> str:
@@ -102,7 +99,7 @@ def _log_wavelength(header: fits.Header, n_pixels: int) -> np.ndarray | None:
 
 
 def read_apstar(
-    path: str | os.PathLike[str], *, combination: Combination | int = "global"
+    path: str | os.PathLike[str], *, combination: str | int = "global"
 ) -> SurveySpectra:
     """Read an APOGEE apStar file: raw flux, error and bitmask of one star.
 
@@ -474,8 +471,8 @@ def join_allstar(spectra: SurveySpectra, table: AllStarTable) -> tuple[SurveySpe
     safe = np.clip(np.searchsorted(table.ids, wanted), 0, max(len(table.ids) - 1, 0))
     found = (table.ids[safe] == wanted) if len(table.ids) else np.zeros(len(wanted), dtype=bool)
 
-    def gather(values: np.ndarray, fill: float) -> np.ndarray:
-        out = values[safe].astype(np.float64 if fill != 0 else values.dtype)
+    def gather(values: np.ndarray, fill: float | int) -> np.ndarray:
+        out = values[safe].copy()
         out[~found] = fill
         return out
 

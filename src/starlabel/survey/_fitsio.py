@@ -27,12 +27,18 @@ def open_fits(path: Path, notes: list[str]) -> Iterator[fits.HDUList]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+        except (OSError, ValueError, IndexError, TypeError) as error:
+            raise OSError(f"{path.name}: not a readable FITS file ({error}).") from error
+        try:
+            with hdul:
                 yield hdul
         except (OSError, ValueError, IndexError, KeyError, TypeError) as error:
-            truncated = any("truncat" in str(w.message).lower() for w in caught)
-            reason = "file is truncated" if truncated else f"{type(error).__name__}: {error}"
-            raise OSError(f"{path.name}: cannot read FITS data ({reason}).") from error
+            # Short data from a truncated file surfaces as a reshape error while reading;
+            # the warning astropy recorded says what really happened.
+            if any("truncat" in str(w.message).lower() for w in caught):
+                raise OSError(f"{path.name}: file is truncated ({error}).") from error
+            raise
     repaired = 0
     for warning in caught:
         message = str(warning.message)

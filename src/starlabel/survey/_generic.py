@@ -54,7 +54,7 @@ class ArrayLayout:
     labels : mapping of str to str
         Label name → location of a per-star label array.
     row : int, optional
-        Keep only this row of 2-D spectra.
+        Keep only this row of 2-D spectra (per-star values then refer to that one star).
     normalised : bool
         Whether the stored flux is already continuum-normalised.
 
@@ -96,12 +96,19 @@ def _assemble(path: Path, layout: ArrayLayout, get: Any, notes: list[str]) -> Su
         flux = flux[None, :]
     if flux.ndim != 2:
         raise ValueError(f"{path.name}: flux at {layout.flux!r} has shape {flux.shape}; expected (stars, pixels).")
+    stored_shape = flux.shape
+    if layout.row is not None:
+        if not 0 <= layout.row < flux.shape[0]:
+            raise ValueError(f"{path.name}: row {layout.row} requested but the flux has {flux.shape[0]} rows.")
+        flux = flux[[layout.row]]
 
     def per_pixel(location: str | None, what: str, dtype: Any) -> np.ndarray | None:
         if location is None:
             return None
         values = np.asarray(get(location), dtype=dtype)
         values = values[None, :] if values.ndim == 1 else values
+        if layout.row is not None and values.shape == stored_shape:
+            values = values[[layout.row]]
         if values.shape != flux.shape:
             raise ValueError(
                 f"{path.name}: {what} at {location!r} has shape {values.shape} but the flux at"
@@ -113,6 +120,8 @@ def _assemble(path: Path, layout: ArrayLayout, get: Any, notes: list[str]) -> Su
         if location is None:
             return None
         values = np.atleast_1d(np.asarray(get(location)))
+        if layout.row is not None and values.shape == (stored_shape[0],):
+            values = values[[layout.row]]
         if values.shape != (flux.shape[0],):
             raise ValueError(
                 f"{path.name}: {what} at {location!r} has shape {values.shape}; expected one"
@@ -154,7 +163,7 @@ def _assemble(path: Path, layout: ArrayLayout, get: Any, notes: list[str]) -> Su
         if names
         else None
     )
-    spectra = SurveySpectra(
+    return SurveySpectra(
         flux=flux,
         flux_err=err,
         bitmask=bitmask,
@@ -168,11 +177,6 @@ def _assemble(path: Path, layout: ArrayLayout, get: Any, notes: list[str]) -> Su
         label_names=names,
         notes=tuple(notes),
     )
-    if layout.row is not None:
-        if not 0 <= layout.row < spectra.n_stars:
-            raise ValueError(f"{path.name}: row {layout.row} requested but there are {spectra.n_stars}.")
-        spectra = spectra.take([layout.row])
-    return spectra
 
 
 def read_fits_spectra(path: str | os.PathLike[str], layout: ArrayLayout) -> SurveySpectra:
@@ -205,7 +209,7 @@ def read_fits_spectra(path: str | os.PathLike[str], layout: ArrayLayout) -> Surv
     notes: list[str] = []
     with open_fits(path, notes) as hdul:
 
-        def hdu_of(token: str) -> fits.hdu.base.ExtensionHDU:
+        def hdu_of(token: str) -> fits.hdu.base.ExtensionHDU | fits.PrimaryHDU:
             try:
                 return hdul[int(token)] if token.strip().lstrip("-").isdigit() else hdul[token]
             except (KeyError, IndexError):

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..data import SpectralDataset
-from ._apogee import Combination, join_allstar, read_allstar
+from ._apogee import join_allstar, read_allstar
 from ._bitmask import DEFAULT_BAD_BITS, count_bits, mask_pixels
 from ._continuum import AbstractContinuum, continuum_normalise, resolve_continuum
 from ._continuum_pixels import CONTINUUM_PIXELS_HELP, _from_array, load_continuum_pixels
@@ -175,7 +175,7 @@ def prepare(
     cuts: QualityCuts | None = None,
     bad_bits: str | Sequence[str | int] = DEFAULT_BAD_BITS,
     low_flux_fraction: float | None = None,
-    combination: Combination | int = "global",
+    combination: str | int = "global",
     format: str | None = None,
     layout: ArrayLayout | None = None,
     progress: bool = True,

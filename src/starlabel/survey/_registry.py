@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 from astropy.io import fits
 
-from ._apogee import Combination, read_apstar, read_aspcapstar
+from ._apogee import read_apstar, read_aspcapstar
 from ._generic import ArrayLayout, read_fits_spectra, read_hdf5_spectra, read_npz_spectra
 from ._spectra import SurveySpectra
 
@@ -46,7 +46,7 @@ class ReadOptions:
         Required by the generic ``fits``, ``hdf5`` and ``npz`` formats.
     """
 
-    combination: Combination | int = "global"
+    combination: str | int = "global"
     layout: ArrayLayout | None = None
 
 
