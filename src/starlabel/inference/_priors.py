@@ -1,0 +1,635 @@
+r"""Priors on stellar labels: none, a Gaussian or a kernel density of training labels, or any NumPyro distribution.
+
+A label prior is a density :math:`p(\ell)` over one star's label vector (labels in
+their own units: K, dex, …). It is an ``eqx.Module`` (so it passes through ``jit`` and
+``vmap``) and round-trips through plain JSON (:meth:`AbstractLabelPrior.to_dict`,
+:func:`prior_from_dict`), so a model file can carry the prior it was calibrated with.
+
+Why a kernel density: the training labels of a survey trace narrow sequences (the
+red-giant branch, the red clump) in Teff–logg–[Fe/H]; a Gaussian fills the space between
+them, whereas a kernel density keeps the posterior off label combinations no training
+star has, which is what breaks the χ² valleys of the test step (``docs/test_step.md``).
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .._internal import check_label_names, x64
+
+__all__ = [
+    "AbstractLabelPrior",
+    "FlatPrior",
+    "GaussianPrior",
+    "KDEPrior",
+    "DistributionPrior",
+    "PRIOR_KINDS",
+    "prior_from_dict",
+    "resolve_prior",
+]
+
+PRIOR_FORMAT = 1
+"""Version of the JSON layout written by ``to_dict``; bump on incompatible changes."""
+
+
+def _clean_training_labels(labels: Any, label_names: tuple[str, ...], what: str) -> np.ndarray:
+    array = np.asarray(labels, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != len(label_names):
+        raise ValueError(
+            f"`{what}` has shape {array.shape}; expected (stars, {len(label_names)}) with columns"
+            f" {list(label_names)}."
+        )
+    array = array[np.all(np.isfinite(array), axis=1)]
+    if len(array) < len(label_names) + 2:
+        raise ValueError(
+            f"`{what}` has {len(array)} stars with all labels finite; a prior fitted to training"
+            f" labels needs at least {len(label_names) + 2}."
+        )
+    return array
+
+
+def _names(value: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError(
+            f"`label_names` must be a sequence of names such as ('teff', 'logg'), not the string {value!r}."
+        )
+    return tuple(value)
+
+
+class AbstractLabelPrior(eqx.Module):
+    """A prior density over the label vector of one star (labels in their own units).
+
+    Subclasses implement :meth:`log_prob` (pure JAX, for one star; ``vmap`` for many),
+    :meth:`support` (a box holding nearly all the prior's mass, or ``None`` for an
+    improper prior) and the JSON round trip.
+    """
+
+    kind: ClassVar[str]
+    label_names: eqx.AbstractVar[tuple[str, ...]]
+
+    @abc.abstractmethod
+    def log_prob(self, labels: Float[Array, " labels"]) -> Float[Array, ""]:
+        """Log density at ``labels`` (own units); −inf outside the support."""
+
+    @abc.abstractmethod
+    def support(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(lower, upper)``, each shape (labels,): a box holding nearly all prior mass."""
+
+    @abc.abstractmethod
+    def _params(self) -> dict[str, Any]:
+        """JSON-able parameters (without ``kind`` and ``label_names``)."""
+
+    def localise(self, centre: Float[Array, " labels"]) -> AbstractLabelPrior:
+        """A cheaper prior that agrees with this one near ``centre`` (default: itself).
+
+        Grid integration evaluates the prior at thousands of nodes per star inside small
+        boxes; a kernel density restricts itself to its nearest kernels there.
+        """
+        del centre
+        return self
+
+    @property
+    def n_labels(self) -> int:
+        """Number of labels."""
+        return len(self.label_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description; :func:`prior_from_dict` rebuilds the prior."""
+        out = {"kind": self.kind, "format": PRIOR_FORMAT, "label_names": list(self.label_names)}
+        out.update(self._params())
+        json.dumps(out)  # fail here, not when the model file is written
+        return out
+
+    def reorder(self, label_names: Sequence[str]) -> AbstractLabelPrior:
+        """This prior with its labels permuted into ``label_names`` order.
+
+        Raises
+        ------
+        ValueError
+            If the label sets differ.
+        """
+        names = tuple(label_names)
+        if names == self.label_names:
+            return self
+        if sorted(names) != sorted(self.label_names):
+            raise ValueError(
+                f"the prior is over labels {list(self.label_names)} but the model infers"
+                f" {list(names)}; build the prior from labels with the model's names."
+            )
+        return _Permuted(names, self, tuple(self.label_names.index(n) for n in names))
+
+
+class _Permuted(AbstractLabelPrior):
+    kind: ClassVar[str] = "permuted"
+    label_names: tuple[str, ...] = eqx.field(static=True)
+    inner: AbstractLabelPrior
+    order: tuple[int, ...] = eqx.field(static=True)
+
+    def log_prob(self, labels: Float[Array, " labels"]) -> Float[Array, ""]:
+        inverse = np.argsort(np.asarray(self.order))
+        return self.inner.log_prob(labels[inverse])
+
+    def support(self) -> tuple[np.ndarray, np.ndarray] | None:
+        box = self.inner.support()
+        if box is None:
+            return None
+        return box[0][list(self.order)], box[1][list(self.order)]
+
+    def localise(self, centre: Float[Array, " labels"]) -> AbstractLabelPrior:
+        inverse = np.argsort(np.asarray(self.order))
+        return _Permuted(self.label_names, self.inner.localise(centre[inverse]), self.order)
+
+    def _params(self) -> dict[str, Any]:
+        raise TypeError("a reordered prior is not serialised; save the original prior instead.")
+
+
+class FlatPrior(AbstractLabelPrior):
+    """The improper flat prior ``p(ℓ) ∝ 1`` (no prior; the default of the test step).
+
+    Parameters
+    ----------
+    label_names : sequence of str
+        The labels.
+
+    Examples
+    --------
+    >>> prior = FlatPrior(("teff", "logg"))
+    >>> float(prior.log_prob(jnp.array([4800.0, 2.5])))
+    0.0
+    """
+
+    kind: ClassVar[str] = "none"
+    label_names: tuple[str, ...] = eqx.field(static=True, converter=_names)
+
+    def log_prob(self, labels: Float[Array, " labels"]) -> Float[Array, ""]:
+        return jnp.zeros((), dtype=labels.dtype)
+
+    def support(self) -> None:
+        return None
+
+    def _params(self) -> dict[str, Any]:
+        return {}
+
+
+class GaussianPrior(AbstractLabelPrior):
+    r"""A multivariate normal prior :math:`N(\mu, \Sigma)` on the labels.
+
+    Parameters
+    ----------
+    label_names : sequence of str
+        The labels.
+    mean : array, shape (labels,)
+        :math:`\mu`, in label units.
+    cov : array, shape (labels, labels)
+        :math:`\Sigma`, symmetric positive definite.
+
+    Raises
+    ------
+    ValueError
+        On shapes that do not match the number of labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.random.default_rng(0).normal([4800, 2.5], [300, 0.5], (500, 2))
+    >>> prior = GaussianPrior.fit(labels, ("teff", "logg"))
+    >>> np.round(np.asarray(prior.mean), -1)[0]
+    np.float64(4800.0)
+    """
+
+    kind: ClassVar[str] = "gaussian"
+    label_names: tuple[str, ...] = eqx.field(static=True, converter=_names)
+    mean: Float[Array, " labels"]
+    cov: Float[Array, "labels labels"]
+
+    def __check_init__(self) -> None:
+        k = len(self.label_names)
+        if self.mean.shape != (k,) or self.cov.shape != (k, k):
+            raise ValueError(
+                f"GaussianPrior over {k} labels needs mean ({k},) and cov ({k}, {k}); got"
+                f" {self.mean.shape} and {self.cov.shape}."
+            )
+
+    @classmethod
+    @x64
+    def fit(cls, labels: Any, label_names: Sequence[str], *, inflate: float = 1.0) -> GaussianPrior:
+        """The sample mean and covariance of training labels (rows with NaN are dropped).
+
+        Parameters
+        ----------
+        labels : array-like, shape (stars, labels)
+            Training labels in their own units.
+        label_names : sequence of str
+            One name per column.
+        inflate : float
+            Multiplies the covariance (> 1 widens the prior).
+        """
+        names = check_label_names(label_names, np.shape(labels)[-1])
+        array = _clean_training_labels(labels, names, "labels")
+        if not inflate > 0:
+            raise ValueError(f"`inflate` must be > 0, got {inflate}.")
+        cov = np.cov(array, rowvar=False).reshape(len(names), len(names)) * inflate
+        return cls(names, jnp.asarray(array.mean(axis=0)), jnp.asarray(cov))
+
+    def log_prob(self, labels: Float[Array, " labels"]) -> Float[Array, ""]:
+        chol = jnp.linalg.cholesky(self.cov)
+        z = jax.scipy.linalg.solve_triangular(chol, labels - self.mean, lower=True)
+        log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+        return -0.5 * (z @ z + log_det + self.n_labels * math.log(2.0 * math.pi))
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        std = np.sqrt(np.diag(np.asarray(self.cov)))
+        mean = np.asarray(self.mean)
+        return mean - 4.0 * std, mean + 4.0 * std
+
+    def _params(self) -> dict[str, Any]:
+        return {"mean": np.asarray(self.mean).tolist(), "cov": np.asarray(self.cov).tolist()}
+
+
+class KDEPrior(AbstractLabelPrior):
+    r"""A Gaussian kernel density estimate of training labels.
+
+    .. math:: p(\ell) = \frac{1}{N}\sum_{i=1}^{N} N(\ell \mid \ell_i, H),
+              \qquad H = b^2\,\hat\Sigma
+
+    with :math:`\hat\Sigma` the training labels' covariance and :math:`b` the bandwidth
+    factor (Scott's rule :math:`b = N^{-1/(K+4)}` by default), so the kernels follow the
+    correlations of the training set.
+
+    Parameters
+    ----------
+    label_names : sequence of str
+        The labels.
+    points : array, shape (kernels, labels)
+        Kernel centres (training labels, own units).
+    bandwidth : array, shape (labels, labels)
+        Kernel covariance :math:`H`.
+    n_local : int
+        Kernels kept by :meth:`localise` (nearest to the centre in kernel-whitened units).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.random.default_rng(0).normal([4800, 2.5], [300, 0.5], (400, 2))
+    >>> prior = KDEPrior.fit(labels, ("teff", "logg"))
+    >>> prior.points.shape, prior.bandwidth.shape
+    ((400, 2), (2, 2))
+
+    References
+    ----------
+    Scott (1992), *Multivariate Density Estimation*, Wiley (bandwidth rule).
+    """
+
+    kind: ClassVar[str] = "kde"
+    label_names: tuple[str, ...] = eqx.field(static=True, converter=_names)
+    points: Float[Array, "kernels labels"]
+    bandwidth: Float[Array, "labels labels"]
+    n_local: int = eqx.field(static=True, default=128)
+
+    def __check_init__(self) -> None:
+        k = len(self.label_names)
+        if self.points.ndim != 2 or self.points.shape[1] != k or self.bandwidth.shape != (k, k):
+            raise ValueError(
+                f"KDEPrior over {k} labels needs points (kernels, {k}) and bandwidth ({k}, {k});"
+                f" got {self.points.shape} and {self.bandwidth.shape}."
+            )
+
+    @classmethod
+    @x64
+    def fit(
+        cls,
+        labels: Any,
+        label_names: Sequence[str],
+        *,
+        bandwidth: float | str = "scott",
+        max_points: int = 2048,
+        n_local: int = 128,
+        seed: int = 0,
+    ) -> KDEPrior:
+        """A kernel density of training labels.
+
+        Parameters
+        ----------
+        labels : array-like, shape (stars, labels)
+            Training labels in their own units (rows with NaN are dropped).
+        label_names : sequence of str
+            One name per column.
+        bandwidth : "scott" or float
+            Bandwidth factor b (kernel covariance b² Σ̂); ``"scott"`` uses N^(−1/(K+4)).
+        max_points : int
+            Keep at most this many kernels (a seeded random subset), bounding the cost.
+        n_local : int
+            Kernels used near a point by :meth:`localise`.
+        seed : int
+            Seed of the subset.
+        """
+        names = check_label_names(label_names, np.shape(labels)[-1])
+        array = _clean_training_labels(labels, names, "labels")
+        if len(array) > max_points:
+            keep = np.random.default_rng(seed).choice(len(array), max_points, replace=False)
+            array = array[np.sort(keep)]
+        n, k = array.shape
+        if bandwidth == "scott":
+            factor = n ** (-1.0 / (k + 4))
+        elif isinstance(bandwidth, int | float) and bandwidth > 0:
+            factor = float(bandwidth)
+        else:
+            raise ValueError(f"`bandwidth` must be 'scott' or a positive number, got {bandwidth!r}.")
+        cov = np.cov(array, rowvar=False).reshape(k, k)
+        return cls(names, jnp.asarray(array), jnp.asarray(factor**2 * cov), n_local=int(n_local))
+
+    def _whitened(self) -> tuple[Array, Array, Array]:
+        chol = jnp.linalg.cholesky(self.bandwidth)
+        log_norm = -jnp.sum(jnp.log(jnp.diagonal(chol))) - 0.5 * self.n_labels * math.log(2.0 * math.pi)
+        points = jax.scipy.linalg.solve_triangular(chol, self.points.T, lower=True).T
+        return chol, points, log_norm
+
+    def log_prob(self, labels: Float[Array, " labels"]) -> Float[Array, ""]:
+        chol, points, log_norm = self._whitened()
+        z = jax.scipy.linalg.solve_triangular(chol, labels, lower=True)
+        sq = jnp.sum((points - z[None, :]) ** 2, axis=1)
+        n_total = self._n_total()
+        return jax.nn.logsumexp(-0.5 * sq) + log_norm - jnp.log(n_total)
+
+    def _n_total(self) -> Array:
+        return jnp.asarray(self.points.shape[0], dtype=self.points.dtype)
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        points = np.asarray(self.points)
+        std = np.sqrt(np.diag(np.asarray(self.bandwidth)))
+        return points.min(axis=0) - 3.0 * std, points.max(axis=0) + 3.0 * std
+
+    def localise(self, centre: Float[Array, " labels"]) -> AbstractLabelPrior:
+        if self.points.shape[0] <= self.n_local:
+            return self
+        chol, points, _ = self._whitened()
+        z = jax.scipy.linalg.solve_triangular(chol, centre, lower=True)
+        # The nearest kernels in whitened units dominate the sum inside a box a few
+        # kernel widths across; the rest contribute < exp(-r²/2) of the nearest.
+        _, index = jax.lax.top_k(-jnp.sum((points - z[None, :]) ** 2, axis=1), self.n_local)
+        local = _LocalKDE(self.label_names, self.points[index], self.bandwidth, jnp.zeros((), centre.dtype))
+        # Match the full density at the centre, so that the nested grid stages (some
+        # evaluated with the full sum, some with the local one) join without a step.
+        offset = self.log_prob(centre) - local.log_prob(centre)
+        return _LocalKDE(self.label_names, local.points, self.bandwidth, offset)
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "points": np.asarray(self.points).tolist(),
+            "bandwidth": np.asarray(self.bandwidth).tolist(),
+            "n_local": self.n_local,
+        }
+
+
+class _LocalKDE(AbstractLabelPrior):
+    """The kernels of a :class:`KDEPrior` nearest to a point, plus a log offset."""
+
+    kind: ClassVar[str] = "kde_local"
+    label_names: tuple[str, ...] = eqx.field(static=True)
+    points: Float[Array, "kernels labels"]
+    bandwidth: Float[Array, "labels labels"]
+    offset: Float[Array, ""]
+
+    def log_prob(self, labels: Float[Array, " labels"]) -> Float[Array, ""]:
+        chol = jnp.linalg.cholesky(self.bandwidth)
+        log_norm = -jnp.sum(jnp.log(jnp.diagonal(chol))) - 0.5 * self.n_labels * math.log(2.0 * math.pi)
+        diff = jax.scipy.linalg.solve_triangular(chol, (self.points - labels[None, :]).T, lower=True)
+        return jax.nn.logsumexp(-0.5 * jnp.sum(diff**2, axis=0)) + log_norm + self.offset
+
+    def support(self) -> None:
+        return None
+
+    def _params(self) -> dict[str, Any]:
+        raise TypeError("a localised kernel density is not serialised; save the full KDEPrior.")
+
+
+# --------------------------------------------------------------------------- numpyro
+_ALLOWED_PACKAGE = "numpyro."
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, bool | int | float | str) or obj is None:
+        return obj
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(o) for o in obj]}
+    if isinstance(obj, list):
+        return [_encode(o) for o in obj]
+    if isinstance(obj, dict):
+        return {"__dict__": {str(k): _encode(v) for k, v in obj.items()}}
+    if isinstance(obj, jax.Array | np.ndarray | np.generic):
+        array = np.asarray(obj)
+        return {"__array__": array.tolist(), "dtype": str(array.dtype)}
+    cls = type(obj)
+    if cls.__module__.startswith(_ALLOWED_PACKAGE) and hasattr(cls, "tree_flatten"):
+        children, aux = obj.tree_flatten()
+        return {
+            "__pytree__": f"{cls.__module__}:{cls.__qualname__}",
+            "children": [_encode(c) for c in children],
+            "aux": _encode(aux),
+        }
+    raise TypeError(
+        f"cannot serialise {cls.__module__}.{cls.__qualname__} inside a numpyro distribution;"
+        " only numpyro distributions, constraints and arrays are supported."
+    )
+
+
+def _decode(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [_decode(o) for o in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tuple__" in obj:
+        return tuple(_decode(o) for o in obj["__tuple__"])
+    if "__dict__" in obj:
+        return {k: _decode(v) for k, v in obj["__dict__"].items()}
+    if "__array__" in obj:
+        return jnp.asarray(np.asarray(obj["__array__"], dtype=obj["dtype"]))
+    if "__pytree__" in obj:
+        module_name, _, qualname = obj["__pytree__"].partition(":")
+        if not module_name.startswith(_ALLOWED_PACKAGE):
+            raise ValueError(f"refusing to import {module_name!r}: only numpyro classes are allowed.")
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+        return target.tree_unflatten(_decode(obj["aux"]), [_decode(c) for c in obj["children"]])
+    raise ValueError(f"unrecognised entry in a serialised distribution: {sorted(obj)}.")
+
+
+class DistributionPrior(AbstractLabelPrior):
+    """Any NumPyro distribution over the label vector as a prior.
+
+    Parameters
+    ----------
+    label_names : sequence of str
+        The labels, in the order of the distribution's event dimension.
+    distribution : numpyro.distributions.Distribution
+        Its event shape must be ``(labels,)`` (use ``.to_event(1)`` on independent
+        per-label distributions) and its batch shape ``()``.
+    box : (lower, upper), optional
+        Support box for grid integration; default the distribution's own bounds when
+        finite, otherwise mean ± 5 standard deviations.
+
+    Raises
+    ------
+    ValueError
+        If the event or batch shape does not fit.
+
+    Examples
+    --------
+    >>> import numpyro.distributions as dist
+    >>> d = dist.Normal(jnp.array([4800.0, 2.5]), jnp.array([300.0, 0.5])).to_event(1)
+    >>> prior = DistributionPrior(("teff", "logg"), d)
+    >>> prior.support()[0].round(1).tolist()
+    [3300.0, 0.0]
+    """
+
+    kind: ClassVar[str] = "numpyro"
+    label_names: tuple[str, ...] = eqx.field(static=True, converter=_names)
+    distribution: Any
+    box: tuple[tuple[float, ...], tuple[float, ...]] | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self) -> None:
+        k = len(self.label_names)
+        event, batch = tuple(self.distribution.event_shape), tuple(self.distribution.batch_shape)
+        if event != (k,) or batch != ():
+            raise ValueError(
+                f"`distribution` must have event shape ({k},) and batch shape () for labels"
+                f" {list(self.label_names)}; got event {event}, batch {batch} (wrap per-label"
+                " distributions with .to_event(1))."
+            )
+
+    def log_prob(self, labels: Float[Array, " labels"]) -> Float[Array, ""]:
+        return self.distribution.log_prob(labels)
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.box is not None:
+            return np.asarray(self.box[0], dtype=float), np.asarray(self.box[1], dtype=float)
+        constraint = self.distribution.support
+        lower = np.broadcast_to(np.asarray(getattr(constraint, "lower_bound", -np.inf), dtype=float), (self.n_labels,))
+        upper = np.broadcast_to(np.asarray(getattr(constraint, "upper_bound", np.inf), dtype=float), (self.n_labels,))
+        if np.all(np.isfinite(lower)) and np.all(np.isfinite(upper)):
+            return lower.copy(), upper.copy()
+        mean = np.asarray(self.distribution.mean, dtype=float)
+        std = np.sqrt(np.asarray(self.distribution.variance, dtype=float))
+        return np.where(np.isfinite(lower), lower, mean - 5 * std), np.where(np.isfinite(upper), upper, mean + 5 * std)
+
+    def _params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"distribution": _encode(self.distribution)}
+        if self.box is not None:
+            out["box"] = [list(self.box[0]), list(self.box[1])]
+        return out
+
+
+# --------------------------------------------------------------------------- resolution
+PRIOR_KINDS: dict[str, type[AbstractLabelPrior]] = {
+    "none": FlatPrior,
+    "gaussian": GaussianPrior,
+    "kde": KDEPrior,
+    "numpyro": DistributionPrior,
+}
+"""Prior kind (as written by ``to_dict`` and accepted on the CLI) → class."""
+
+
+def prior_from_dict(spec: dict[str, Any]) -> AbstractLabelPrior:
+    """Rebuild a prior from :meth:`AbstractLabelPrior.to_dict` output (parsed JSON).
+
+    Raises
+    ------
+    ValueError
+        On an unknown kind or a newer format.
+    """
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError("a serialised prior must be a dict with a 'kind' entry (from prior.to_dict()).")
+    kind = spec["kind"]
+    if kind not in PRIOR_KINDS:
+        raise ValueError(f"unknown prior kind {kind!r}; known kinds: {sorted(PRIOR_KINDS)}.")
+    if int(spec.get("format", PRIOR_FORMAT)) > PRIOR_FORMAT:
+        raise ValueError(
+            f"this prior was written in format {spec['format']}, newer than this library's"
+            f" {PRIOR_FORMAT}; upgrade starlabel."
+        )
+    names = tuple(spec["label_names"])
+    with jax.enable_x64(True):
+        if kind == "none":
+            return FlatPrior(names)
+        if kind == "gaussian":
+            return GaussianPrior(names, jnp.asarray(spec["mean"]), jnp.asarray(spec["cov"]))
+        if kind == "kde":
+            return KDEPrior(
+                names,
+                jnp.asarray(spec["points"]),
+                jnp.asarray(spec["bandwidth"]),
+                n_local=int(spec.get("n_local", 128)),
+            )
+        box = spec.get("box")
+        return DistributionPrior(
+            names,
+            _decode(spec["distribution"]),
+            None if box is None else (tuple(box[0]), tuple(box[1])),
+        )
+
+
+def resolve_prior(
+    prior: str | AbstractLabelPrior | dict[str, Any] | None,
+    label_names: Sequence[str],
+    train_labels: Any = None,
+) -> AbstractLabelPrior:
+    """Turn a prior choice (name, dict, object or None) into a prior over ``label_names``.
+
+    The one place where prior names are resolved: ``"none"`` (or None) → :class:`FlatPrior`,
+    ``"gaussian"`` → :meth:`GaussianPrior.fit`, ``"kde"`` → :meth:`KDEPrior.fit` of
+    ``train_labels``; a dict is read with :func:`prior_from_dict`; a NumPyro distribution
+    is wrapped in :class:`DistributionPrior`; a prior object is reordered to
+    ``label_names``.
+
+    Parameters
+    ----------
+    prior : str, dict, AbstractLabelPrior, numpyro Distribution or None
+        The choice.
+    label_names : sequence of str
+        The model's labels, in order.
+    train_labels : array-like, shape (stars, labels), optional
+        Training labels in ``label_names`` order; needed for ``"gaussian"`` and ``"kde"``.
+
+    Raises
+    ------
+    ValueError
+        On an unknown name (listing the valid ones), or a fitted prior without labels.
+    """
+    names = tuple(label_names)
+    if prior is None:
+        return FlatPrior(names)
+    if isinstance(prior, AbstractLabelPrior):
+        return prior.reorder(names)
+    if isinstance(prior, dict):
+        return prior_from_dict(prior).reorder(names)
+    if isinstance(prior, str):
+        choice = prior.strip().lower()
+        if choice == "none":
+            return FlatPrior(names)
+        if choice in ("gaussian", "kde"):
+            if train_labels is None:
+                raise ValueError(
+                    f"prior {choice!r} is fitted to training labels; pass `train_labels` (stars,"
+                    f" {len(names)}) or a model that keeps its training labels."
+                )
+            fit = GaussianPrior.fit if choice == "gaussian" else KDEPrior.fit
+            return fit(train_labels, names)
+        raise ValueError(f"unknown prior {prior!r}; choose one of ['none', 'gaussian', 'kde'] or pass a prior object.")
+    if hasattr(prior, "log_prob") and hasattr(prior, "event_shape"):
+        return DistributionPrior(names, prior)
+    raise TypeError(
+        f"`prior` must be 'none', 'gaussian', 'kde', a dict, an AbstractLabelPrior or a numpyro"
+        f" distribution; got {type(prior).__name__}."
+    )
