@@ -113,6 +113,7 @@ class _Stacked(eqx.Module):
     values: Float[Array, "stars columns"]
     reported_var: Float[Array, "stars columns"]
     observed: Bool[Array, "stars columns"]
+    coefficient: Float[Array, " columns"]
     has_bias: Float[Array, " columns"]
     ridge: Float[Array, " columns"]
     group: Int[Array, " columns"]
@@ -142,7 +143,7 @@ class EMResult(eqx.Module):
 
 
 def _e_step(state: _State, data: _Stacked, integrate: bool):
-    extra = state.extra_var[data.group]
+    extra = state.extra_var[data.group] * data.coefficient
     var = data.reported_var + extra[None, :]
     w = jnp.where(data.observed, 1.0 / var, 0.0)
     resid = jnp.where(data.observed, data.values - state.bias[None, :], 0.0)
@@ -159,9 +160,7 @@ def _e_step(state: _State, data: _Stacked, integrate: bool):
         nll = 0.5 * (jnp.sum(log_var) + jnp.sum(w * resid**2) - jnp.sum(info * mean) + log_det)
     else:
         fit_resid = resid - mean @ state.weight.T
-        nll = 0.5 * (
-            jnp.sum(log_var) + jnp.sum(w * fit_resid**2) + jnp.sum(mean**2) + mean.size * LOG_2PI
-        )
+        nll = 0.5 * (jnp.sum(log_var) + jnp.sum(w * fit_resid**2) + jnp.sum(mean**2) + mean.size * LOG_2PI)
     return w, mean, cov, nll
 
 
@@ -193,17 +192,48 @@ def _m_step_scatter(extra_var, weight, bias, data: _Stacked, mean, cov, integrat
         resid2 = resid2 + jnp.einsum("di,nij,dj->nd", weight, cov, weight)
     segments = n_groups + 1
 
+    coef = data.coefficient
+
     def scoring(t, _):
-        var = data.reported_var + t[data.group][None, :]
+        var = data.reported_var + (t[data.group] * coef)[None, :]
         w = jnp.where(data.observed, 1.0 / var, 0.0)
-        grad = jax.ops.segment_sum(jnp.sum(resid2 * w**2 - w, axis=0), data.group, segments)
+        grad = jax.ops.segment_sum(coef * jnp.sum(resid2 * w**2 - w, axis=0), data.group, segments)
         grad = grad - data.group_prior_precision
-        info = jax.ops.segment_sum(jnp.sum(w**2, axis=0), data.group, segments)
+        info = jax.ops.segment_sum(coef**2 * jnp.sum(w**2, axis=0), data.group, segments)
         t_new = jnp.maximum(t + grad / jnp.maximum(info, 1e-300), _VAR_FLOOR)
         return t_new.at[n_groups].set(0.0), None
 
     extra_var, _ = jax.lax.scan(scoring, extra_var, None, length=_SCORING_STEPS)
     return extra_var
+
+
+def _sqrtm(matrix, inverse: bool = False):
+    values, vectors = jnp.linalg.eigh(matrix)
+    values = jnp.maximum(values, 1e-300)
+    power = -0.5 if inverse else 0.5
+    return (vectors * values[None, :] ** power) @ vectors.T
+
+
+def _balance(weight, mean, ridge):
+    """Rescale (W, Z) → (W R⁻¹, Z Rᵀ) to minimise the Gaussian prior terms; predictions stay.
+
+    R minimises ½Σ|z_n|² + ½Σ_d ridge_d |W_d|² while W z is unchanged.
+
+    Writing M = RᵀR the prior terms are ½ tr(M S_z) + ½ tr(M⁻¹ S_w), with S_z = ZᵀZ and
+    S_w = Σ_d ridge_d W_dᵀ W_d, minimised by the matrix geometric mean
+    M = S_z^{-½} (S_z^{½} S_w S_z^{½})^{½} S_z^{-½}. Without this step, joint-MAP
+    block-coordinate descent crawls along the scale trade-off between latents and weights
+    (each block is optimal given the other, so neither moves the pair far).
+    """
+    size = mean.shape[1]
+    jitter = 1e-12 * jnp.eye(size)
+    s_z = mean.T @ mean + jitter
+    s_w = (weight * ridge[:, None]).T @ weight + jitter
+    half = _sqrtm(s_z)
+    inv_half = _sqrtm(s_z, inverse=True)
+    metric = inv_half @ _sqrtm(half @ s_w @ half) @ inv_half
+    metric = 0.5 * (metric + metric.T)
+    return weight @ _sqrtm(metric, inverse=True), mean @ _sqrtm(metric)
 
 
 def _log_prior(weight, extra_var, data: _Stacked, log_norm: float):
@@ -219,6 +249,7 @@ def _iterate(
     n_groups: int,
     log_norm: float,
     integrate: bool,
+    balance: bool,
     max_steps: int,
     tol: float,
 ):
@@ -234,9 +265,9 @@ def _iterate(
         delta = jnp.where(data.observed, prediction - state.prediction, 0.0)
         change = jnp.sqrt(jnp.sum(delta**2) / observed_count)
         weight, bias = _m_step_transform(state, data, w, mean, cov, integrate)
-        extra_var = _m_step_scatter(
-            state.extra_var, weight, bias, data, mean, cov, integrate, n_groups
-        )
+        if not integrate and balance:
+            weight, mean = _balance(weight, mean, data.ridge)
+        extra_var = _m_step_scatter(state.extra_var, weight, bias, data, mean, cov, integrate, n_groups)
         scatter_change = jnp.max(jnp.abs(jnp.sqrt(extra_var) - jnp.sqrt(state.extra_var)))
         return _State(
             weight=weight,
@@ -258,6 +289,14 @@ def _stack(outputs: tuple[LuxOutput, ...], blocks: tuple[DataBlock, ...], column
         values=jnp.concatenate([b.values for b in blocks], axis=1),
         reported_var=jnp.concatenate([b.reported_var for b in blocks], axis=1),
         observed=jnp.concatenate([b.observed for b in blocks], axis=1),
+        coefficient=jnp.concatenate(
+            [
+                o.error_model.variance_coefficients()
+                if isinstance(o.error_model, AbstractScatter)
+                else jnp.ones(b.values.shape[1])
+                for o, b in zip(outputs, blocks, strict=True)
+            ]
+        ),
         has_bias=jnp.asarray(columns.has_bias),
         ridge=jnp.asarray(columns.ridge),
         group=jnp.asarray(columns.group),
@@ -302,7 +341,12 @@ def fit_closed_form(
         history=jnp.full(max_steps, jnp.nan),
     )
     log_norm = columns.weight_log_norm + columns.scatter_log_norm
-    final, mean, cov = _iterate(state0, data, columns.n_groups, log_norm, integrate, max_steps, float(tol))
+    # Rescaling only helps when every weight has a Gaussian prior; with a flat one the
+    # joint MAP objective has no minimum along the latent/weight scale anyway.
+    balance = bool(np.all(columns.ridge > 0))
+    final, mean, cov = _iterate(
+        state0, data, columns.n_groups, log_norm, integrate, balance, max_steps, float(tol)
+    )
 
     fitted = []
     start = 0

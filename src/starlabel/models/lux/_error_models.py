@@ -84,16 +84,18 @@ class AbstractScatter(AbstractErrorModel):
     def with_scatter(self, scatter: Float[Array, " scatter"]) -> AbstractScatter:
         """Copy with new scatter values."""
 
+    @abc.abstractmethod
+    def variance_coefficients(self) -> Float[Array, " outputs"]:
+        """c_j in ``V_j = σ_j² + c_j s_g(j)²`` (how a group's variance reaches column j)."""
+
     def variance(self, reported_var: Float[Array, " outputs"]) -> Float[Array, " outputs"]:
-        """``σ² + s²``."""
-        return reported_var + self.scatter**2
+        """``σ² + c s²``."""
+        return reported_var + self.variance_coefficients() * self.scatter**2
 
     def log_prior(self) -> Float[Array, ""]:
         """Σ log HalfNormal(|s| | prior_scale)."""
         tau = self.prior_scale
-        return jnp.sum(
-            0.5 * np.log(2.0 / np.pi) - np.log(tau) - 0.5 * self.scatter**2 / tau**2
-        )
+        return jnp.sum(0.5 * np.log(2.0 / np.pi) - np.log(tau) - 0.5 * self.scatter**2 / tau**2)
 
     def __check_init__(self) -> None:
         if not self.prior_scale > 0:
@@ -121,31 +123,54 @@ class PixelScatter(AbstractScatter):
         """Copy with new values."""
         return PixelScatter(scatter=scatter, prior_scale=self.prior_scale)
 
+    def variance_coefficients(self) -> Float[Array, " outputs"]:
+        """Ones: each column has its own scatter."""
+        return jnp.ones_like(self.scatter)
+
     def config(self) -> dict[str, Any]:
         """JSON-able description."""
         return {"type": "pixel", "prior_scale": self.prior_scale}
 
 
 class ScalarScatter(AbstractScatter):
-    """One extra scatter shared by every column of the output: ``V = σ² + s²``.
+    """One extra scatter, in the output's data units, shared by every column.
+
+    Outputs are standardised per column, so a scatter that is uniform in data units
+    (e.g. flux units) is ``s r_j`` in scaled units, with ``r_j = median(scale) /
+    scale_j`` set by :meth:`for_scales` when the model is fitted; ``s`` itself is in
+    units of the median column scale.
 
     Parameters
     ----------
     prior_scale : float
-        Scale of the half-normal prior on ``s`` in scaled units (default 5, weak).
+        Scale of the half-normal prior on ``s`` (units of the median column scale;
+        default 5, weak).
     """
 
     scatter: Float[Array, " scatter"] | None = None
+    relative_scale: Float[Array, " outputs"] | None = None
     prior_scale: float = eqx.field(default=5.0, static=True)
     per_column: ClassVar[bool] = False
 
     def initialise(self, output_size: int) -> ScalarScatter:
-        """Start ``s`` at 0.1 (scaled units)."""
-        return ScalarScatter(scatter=jnp.full(1, 0.1), prior_scale=self.prior_scale)
+        """Start ``s`` at 0.1; columns share one scale until :meth:`for_scales`."""
+        relative = self.relative_scale if self.relative_scale is not None else jnp.ones(output_size)
+        return ScalarScatter(scatter=jnp.full(1, 0.1), relative_scale=relative, prior_scale=self.prior_scale)
+
+    def for_scales(self, scales: Float[Array, " outputs"]) -> ScalarScatter:
+        """Copy whose scatter is uniform in data units for columns scaled by ``scales``."""
+        relative = jnp.median(scales) / scales
+        return ScalarScatter(scatter=self.scatter, relative_scale=relative, prior_scale=self.prior_scale)
 
     def with_scatter(self, scatter: Float[Array, " scatter"]) -> ScalarScatter:
         """Copy with a new value."""
-        return ScalarScatter(scatter=scatter, prior_scale=self.prior_scale)
+        return ScalarScatter(
+            scatter=scatter, relative_scale=self.relative_scale, prior_scale=self.prior_scale
+        )
+
+    def variance_coefficients(self) -> Float[Array, " outputs"]:
+        """``r_j²``."""
+        return self.relative_scale**2
 
     def config(self) -> dict[str, Any]:
         """JSON-able description."""

@@ -117,7 +117,8 @@ class FittedLux(AbstractGenerativeModel):
         scale = np.asarray(self.scalers[index].scale)
         if not isinstance(model, AbstractScatter):
             return np.zeros_like(scale)
-        return np.abs(np.asarray(model.scatter)) * scale
+        extra_var = np.asarray(model.variance(jnp.zeros(scale.shape[0])))
+        return np.sqrt(extra_var) * scale
 
     # ------------------------------------------------------------------ pure JAX
     def latents_to_labels(self, latents: Float[Array, "*batch latents"]) -> Float[Array, "*batch labels"]:
@@ -128,7 +129,7 @@ class FittedLux(AbstractGenerativeModel):
         return scaled * scaler.scale + scaler.shift
 
     def latent_log_prior(self, latents: Float[Array, " latents"]) -> Float[Array, ""]:
-        """log N(latents | 0, I), the prior every star's latents share. Pure JAX."""
+        """Log N(latents | 0, I), the prior every star's latents share. Pure JAX."""
         return -0.5 * jnp.sum(latents**2) - 0.5 * latents.shape[0] * LOG_2PI
 
     def log_likelihood(
@@ -137,7 +138,7 @@ class FittedLux(AbstractGenerativeModel):
         flux: Float[Array, " pixels"],
         ivar: Float[Array, " pixels"],
     ) -> Float[Array, ""]:
-        """log p(flux | latents) in data units, with the learned scatter. Pure JAX.
+        """Log p(flux | latents) in data units, with the learned scatter. Pure JAX.
 
         ``Σ_j −½ [(f_j − μ_j)² / V_j + log 2πV_j]`` over pixels with ``ivar > 0``, where
         μ is the model flux and ``V_j = 1/ivar_j + s_j²`` (the error model's variance,
@@ -322,9 +323,7 @@ class FittedLux(AbstractGenerativeModel):
         observed = jnp.isfinite(scaled)
         # Conditioning on labels "as given": a tiny variance stands in for zero noise
         # where the model has no learned label scatter.
-        block = DataBlock(
-            jnp.where(observed, scaled, 0.0), jnp.full(scaled.shape, 1e-6), observed
-        )
+        block = DataBlock(jnp.where(observed, scaled, 0.0), jnp.full(scaled.shape, 1e-6), observed)
         post = self._posterior((self.outputs[index],), (block,), 4096, 50)
         return self.predict(post.mean)["flux"]
 

@@ -61,21 +61,27 @@ def _run_quasi_newton(solver, y0, args, max_steps: int):
     f_struct, aux_struct = jax.eval_shape(lambda y: fn(y, args), y0)
     state0 = solver.init(fn, y0, args, options, f_struct, aux_struct, tags)
 
+    # Solver states hold non-array parts (jaxprs of closures); only arrays may be carried.
+    dynamic0, static_state = eqx.partition(state0, eqx.is_array)
+
     def cond(carry):
-        y, state, step, _, _, done = carry
+        _, _, step, _, _, done = carry
         return (step < max_steps) & ~done
 
     def body(carry):
-        y, state, step, history, grad_history, _ = carry
+        y, dynamic, step, history, grad_history, _ = carry
+        state = eqx.combine(dynamic, static_state)
         y, state, _ = solver.step(fn, y, args, options, state, tags)
         done, _ = solver.terminate(fn, y, args, options, state, tags)
         history = history.at[step].set(state.f_info.f)
         grad_history = grad_history.at[step].set(_tree_norm(state.f_info.grad))
-        return y, state, step + 1, history, grad_history, done
+        dynamic, _ = eqx.partition(state, eqx.is_array)
+        return y, dynamic, step + 1, history, grad_history, done
 
     history = jnp.full(max_steps, jnp.nan)
-    carry = (y0, state0, jnp.asarray(0), history, history, jnp.asarray(False))
-    y, state, step, history, grad_history, done = jax.lax.while_loop(cond, body, carry)
+    carry = (y0, dynamic0, jnp.asarray(0), history, history, jnp.asarray(False))
+    y, dynamic, step, history, grad_history, done = jax.lax.while_loop(cond, body, carry)
+    state = eqx.combine(dynamic, static_state)
     y_final, _, _ = solver.postprocess(fn, y, None, args, options, state, tags, optx.RESULTS.successful)
     return y_final, step, history, grad_history, done
 

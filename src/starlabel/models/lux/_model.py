@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -34,6 +34,15 @@ _TRANSFORM_CHOICES: dict[str, type[AbstractTransform]] = {
 }
 _SOLVERS = ("auto", "alternating", "lbfgs", "bfgs", "adam")
 _OBJECTIVES = ("marginal", "map")
+
+
+def _as_names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise ValueError(
+            f"`label_names` must be a tuple of names such as ('teff', 'logg'), not the string"
+            f" {value!r}; did you mean {tuple(value.split(','))!r}?"
+        )
+    return tuple(str(v) for v in value)
 
 
 def _resolve(choice: Any, table: Mapping[str, type], what: str, base: type) -> Any:
@@ -111,15 +120,15 @@ class Lux(AbstractSpectralModel):
     latent-variable model for astronomical data with noisy labels".
     """
 
-    label_names: tuple[str, ...] = eqx.field(static=True, converter=tuple)
+    label_names: tuple[str, ...] = eqx.field(static=True, converter=_as_names)
     latent_size: int = eqx.field(default=8, static=True)
     scatter: Any = "pixel"
     label_scatter: Any = "auto"
     flux_transform: Any = "affine"
     label_transform: Any = "affine"
     outputs: tuple[LuxOutput, ...] = ()
-    objective: Literal["marginal", "map"] = eqx.field(default="marginal", static=True)
-    solver: Literal["auto", "alternating", "lbfgs", "bfgs", "adam"] = eqx.field(default="auto", static=True)
+    objective: str = eqx.field(default="marginal", static=True)
+    solver: str = eqx.field(default="auto", static=True)
     max_steps: int = eqx.field(default=2000, static=True)
     tol: float = eqx.field(default=1e-5, static=True)
     learning_rate: float = eqx.field(default=1e-2, static=True)
@@ -127,9 +136,9 @@ class Lux(AbstractSpectralModel):
     seed: int = eqx.field(default=0, static=True)
 
     def __check_init__(self) -> None:
-        if isinstance(self.label_names, str) or not self.label_names:
+        if not self.label_names or len(set(self.label_names)) != len(self.label_names):
             raise ValueError(
-                f"`label_names` must be a non-empty tuple of names such as ('teff', 'logg'),"
+                f"`label_names` must be a non-empty tuple of unique names such as ('teff', 'logg'),"
                 f" got {self.label_names!r}."
             )
         if not isinstance(self.latent_size, int) or self.latent_size < 1:
@@ -211,9 +220,7 @@ class Lux(AbstractSpectralModel):
         return self.solver
 
     @x64
-    def fit(
-        self, train: SpectralDataset, *, extra: Mapping[str, OutputData] | None = None
-    ) -> FittedLux:
+    def fit(self, train: SpectralDataset, *, extra: Mapping[str, OutputData] | None = None) -> FittedLux:
         """Train on ``train`` (flux + labels; NaN labels and masked pixels are skipped).
 
         Parameters
@@ -258,6 +265,12 @@ class Lux(AbstractSpectralModel):
                 )
 
         scalers = tuple(fit_scaler(raws[n], self.robust_scaling) for n in names)
+        specs = tuple(
+            LuxOutput(s.name, s.transform, s.error_model.initialise(len(c.scale)).for_scales(c.scale))
+            if isinstance(s.error_model, ScalarScatter)
+            else s
+            for s, c in zip(specs, scalers, strict=True)
+        )
         blocks = tuple(scaled_block(raws[n], s) for n, s in zip(names, scalers, strict=True))
         outputs, latents0 = _initialise(specs, blocks, self.latent_size, self.seed)
 
@@ -290,9 +303,7 @@ class Lux(AbstractSpectralModel):
 
                 latents = latent_posterior(fitted_outputs, blocks, self.latent_size).mean
 
-        final_loss, grad_norm = _final_loss_and_gradient(
-            fitted_outputs, latents, blocks, self.objective
-        )
+        final_loss, grad_norm = _final_loss_and_gradient(fitted_outputs, latents, blocks, self.objective)
         labels = raws["labels"]
         masked = np.where(labels.observed, labels.values, np.nan)
         info = LuxFitInfo(
@@ -331,7 +342,9 @@ def _initialise(
     rank = min(latent_size, n_columns)
     top = eigvec[:, ::-1][:, :rank]
     sing = jnp.sqrt(jnp.maximum(eigval[::-1][:rank], 1e-12))
-    latents = jnp.zeros((n_stars, latent_size)).at[:, :rank].set(values @ top / sing[None, :] * np.sqrt(n_stars))
+    latents = (
+        jnp.zeros((n_stars, latent_size)).at[:, :rank].set(values @ top / sing[None, :] * np.sqrt(n_stars))
+    )
     loadings = jnp.zeros((n_columns, latent_size)).at[:, :rank].set(top * sing[None, :] / np.sqrt(n_stars))
     keys = jax.random.split(jax.random.key(seed), len(specs))
     outputs = []
@@ -347,7 +360,7 @@ def _initialise(
             resid = jnp.where(block.observed, block.values - latents @ loadings[start:stop].T, 0.0)
             count = jnp.maximum(jnp.sum(block.observed, axis=0), 1)
             excess = jnp.sum(resid**2 - jnp.where(block.observed, block.reported_var, 0.0), axis=0) / count
-            excess = jnp.maximum(excess, 1e-4)
+            excess = jnp.maximum(excess / error_model.variance_coefficients(), 1e-4)
             if not error_model.per_column:
                 excess = jnp.mean(excess, keepdims=True)
             error_model = error_model.with_scatter(jnp.sqrt(excess))

@@ -16,8 +16,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from ...data import ShiftScale, SpectralDataset
 from ..._internal import as_float_array
+from ...data import ShiftScale, SpectralDataset
 from ._objective import DataBlock
 
 __all__ = ["OutputData", "RawOutput", "raw_outputs", "fit_scaler", "scaled_block"]

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from ._objective import DataBlock, LuxOutput, masked_variance, affine_latent_posterior
+from ._objective import DataBlock, LuxOutput, affine_latent_posterior, masked_variance
 from ._transforms import AbstractAffineTransform
 
 __all__ = ["LatentPosterior", "latent_posterior"]
@@ -52,7 +52,9 @@ def _chi2(outputs, blocks, latents):
     for output, block in zip(outputs, blocks, strict=True):
         prediction = jax.vmap(output.transform)(latents)
         var = masked_variance(output, block)
-        total = total + jnp.sum(jnp.where(block.observed, (block.values - prediction) ** 2 / var, 0.0), axis=1)
+        total = total + jnp.sum(
+            jnp.where(block.observed, (block.values - prediction) ** 2 / var, 0.0), axis=1
+        )
     return total
 
 

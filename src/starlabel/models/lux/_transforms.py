@@ -307,9 +307,7 @@ class MLPTransform(AbstractTransform):
 
     def __check_init__(self) -> None:
         if self.activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"`activation` must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}."
-            )
+            raise ValueError(f"`activation` must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}.")
         if self.width_size < 1 or self.depth < 0:
             raise ValueError(f"need width_size ≥ 1 and depth ≥ 0, got {self.width_size}, {self.depth}.")
         _check_scale(self.prior_scale, "prior_scale")
@@ -446,9 +444,7 @@ class FunctionTransform(AbstractTransform):
         )
 
 
-def transform_from_config(
-    config: Mapping[str, Any], latent_size: int, output_size: int
-) -> AbstractTransform:
+def transform_from_config(config: Mapping[str, Any], latent_size: int, output_size: int) -> AbstractTransform:
     """Rebuild an initialised transform (placeholder values) from its :meth:`config`."""
     kind = config.get("type")
     key = jax.random.key(0)
