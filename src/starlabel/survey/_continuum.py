@@ -36,6 +36,7 @@ Casey, A. R., Hogg, D. W., Ness, M., et al. 2016, arXiv:1603.03040.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
@@ -285,6 +286,12 @@ class RunningQuantile(AbstractContinuum):
         return RegionFit(continuum, np.zeros_like(continuum), use, ok)
 
 
+def describe_continuum(method: AbstractContinuum) -> str:
+    """``Name(field=value, …)`` with every setting, defaults included (for reports)."""
+    settings = ", ".join(f"{f.name}={getattr(method, f.name)!r}" for f in dataclasses.fields(method))
+    return f"{type(method).__name__}({settings})"
+
+
 CONTINUUM_METHODS: dict[str, type[AbstractContinuum]] = {
     "sincos": SinesAndCosines,
     "poly": Polynomial,
@@ -510,7 +517,7 @@ def continuum_normalise(
         var = var + flux**2 * np.where(defined, np.nan_to_num(fit.variance), 0.0) / safe_c**2
     ivar = np.where(bad | ~np.isfinite(var), 0.0, 1.0 / np.where(np.isfinite(var), var, 1.0))
     meta = dict(dataset.meta)
-    meta["continuum"] = repr(fit.method)
+    meta["continuum"] = describe_continuum(fit.method)
     meta["continuum_regions"] = [list(r) for r in fit.regions]
     meta["continuum_pixels"] = int(np.count_nonzero(continuum_pixels)) if continuum_pixels is not None else "all"
     return dataset.replace(flux=flux, ivar=ivar, mask=bad, meta=meta), fit

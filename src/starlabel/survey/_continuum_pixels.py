@@ -68,6 +68,12 @@ def _from_array(values: np.ndarray, grid: ApogeeGrid, source: str) -> np.ndarray
         )
     if values.size == n and np.all((values == 0) | (values == 1)):
         return values.astype(bool)  # a 0/1 mask written as numbers (typical of text files)
+    if values.size == n and np.unique(values).size != n:
+        raise ValueError(
+            f"{source}: one integer per pixel with values {values.min()}…{values.max()}, not"
+            " 0/1: a per-pixel code array (e.g. ASPCAP element windows), not a continuum mask."
+            f" Give a boolean mask of {n} pixels or unique pixel indices."
+        )
     if values.size and (values.min() < 0 or values.max() >= n):
         raise ValueError(
             f"{source}: pixel indices span [{values.min()}, {values.max()}] but the {grid.name}"
@@ -189,8 +195,9 @@ def find_continuum_pixels(
     ----------
     model : fitted Cannon, optional
         Anything with ``theta`` (pixels, terms) and ``label_names``; ``term_names`` (as
-        in ``('1', 'teff', 'logg', 'teff^2', …)``) locates the linear terms when present.
-        Give this or ``theta`` + ``label_names``.
+        in ``('1', 'teff', 'logg', 'teff^2', …)``) locates the linear terms when present,
+        and pixels with ``pixel_ok == False`` are never chosen. Give this or ``theta`` +
+        ``label_names``.
     theta : ndarray, shape (pixels, terms), optional
         Coefficients; column 0 is the constant term.
     label_names : sequence of str, optional
@@ -216,10 +223,12 @@ def find_continuum_pixels(
     ----------
     Ness, M., Hogg, D. W., Rix, H.-W., Ho, A. Y. Q., & Zasowski, G. 2015, ApJ, 808, 16.
     """
+    usable = None
     if model is not None:
         if theta is not None:
             raise ValueError("give a fitted `model` or `theta`, not both.")
         theta = _attribute(model, "theta")
+        usable = _attribute(model, "pixel_ok")
         label_names = label_names or _attribute(model, "label_names")
         term_names = term_names or _attribute(model, "term_names")
         if term_names is None:
@@ -256,6 +265,8 @@ def find_continuum_pixels(
         np.max(np.abs(theta[:, linear]), axis=1) / derivative_tolerance,
     )
     score[~np.isfinite(score)] = np.inf
+    if usable is not None:
+        score[~np.asarray(usable, dtype=bool)] = np.inf  # pixels the model could not train
     chosen = score < 1.0
     if max_pixels is not None and np.count_nonzero(chosen) > max_pixels:
         best = np.argsort(score, kind="stable")[:max_pixels]

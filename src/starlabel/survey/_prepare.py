@@ -12,7 +12,7 @@ import numpy as np
 from ..data import SpectralDataset
 from ._apogee import join_allstar, read_allstar
 from ._bitmask import DEFAULT_BAD_BITS, count_bits, mask_pixels
-from ._continuum import AbstractContinuum, continuum_normalise, resolve_continuum
+from ._continuum import AbstractContinuum, continuum_normalise, describe_continuum, resolve_continuum
 from ._continuum_pixels import CONTINUUM_PIXELS_HELP, _from_array, load_continuum_pixels
 from ._cuts import CutOutcome, QualityCuts, apply_quality_cuts
 from ._generic import ArrayLayout
@@ -307,7 +307,7 @@ def prepare(
         dataset, fit = continuum_normalise(raw, method, continuum_pixels=cont_mask, regions=regions)
         n_cont = "every good pixel" if cont_mask is None else f"{int(cont_mask.sum())} continuum pixels"
         failed = int(np.count_nonzero(~fit.ok.all(axis=1)))
-        detail = f"{fit.method!r} on {n_cont}, {len(regions)} chips; {fit.n_failed} chip fit(s) failed"
+        detail = f"{describe_continuum(fit.method)} on {n_cont}, {len(regions)} chips; {fit.n_failed} chip fit(s) failed"
         detail += f" in {failed} star(s) (their pixels masked)" if failed else ""
         if spectra.normalised:
             detail += "\ninput was already survey-normalised: this renormalises it on the chosen pixels"
