@@ -63,8 +63,12 @@ def write_copies(folder: Path, n_files: int, seed: int = 0) -> tuple[int, str]:
             star = f"2M{i:08d}+{seed:07d}"
             flux = 500 * (1 + 0.1 * np.sin(wavelength / 300)) + rng.normal(0, 5, (2, 8575))
             write_apstar(
-                folder / f"apStar-dr17-{star}.fits", flux, np.full(flux.shape, 5.0),
-                apogee_id=star, snr=100.0, extra_header={"PAD": "x" * 60},
+                folder / f"apStar-dr17-{star}.fits",
+                flux,
+                np.full(flux.shape, 5.0),
+                apogee_id=star,
+                snr=100.0,
+                extra_header={"PAD": "x" * 60},
             )
         source = "simulated apStar files (shared data absent)"
     return (folder / f"apStar-dr17-2M{0:08d}+{seed:07d}.fits").stat().st_size, source

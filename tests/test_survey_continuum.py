@@ -49,9 +49,11 @@ def test_fit_is_linear_in_flux_and_invariant_to_ivar_scale(rng, method):
     flux, _, pixels, _ = _synthetic(rng, n_stars=2)
     flux = flux * (1 + 0.01 * rng.normal(size=flux.shape))
     ivar = rng.uniform(0.5, 2.0, size=flux.shape)
-    fit = lambda f, w: fit_continuum(  # noqa: E731
-        WAVELENGTH, f, w, method=method, continuum_pixels=pixels, regions=chip_regions()
-    ).continuum
+    def fit(f, w):
+        return fit_continuum(
+            WAVELENGTH, f, w, method=method, continuum_pixels=pixels, regions=chip_regions()
+        ).continuum
+
     combined = fit(np.stack([2.0 * flux[0] - 3.0 * flux[1]]), ivar[:1])
     separate = 2.0 * fit(flux[:1], ivar[:1]) - 3.0 * fit(flux[1:], ivar[:1])
     np.testing.assert_allclose(combined, separate, rtol=1e-9, atol=1e-9)
@@ -87,7 +89,9 @@ def test_running_quantile_tracks_the_upper_envelope(rng):
     wavelength = np.linspace(15200.0, 15800.0, 3000)
     truth = np.linspace(400.0, 600.0, wavelength.size)
     lines = np.where(rng.uniform(size=wavelength.size) < 0.5, rng.uniform(0.5, 1.0, wavelength.size), 1.0)
-    fit = fit_continuum(wavelength, (truth * lines)[None], np.ones((1, wavelength.size)), method=RunningQuantile(quantile=0.9))
+    fit = fit_continuum(
+        wavelength, (truth * lines)[None], np.ones((1, wavelength.size)), method=RunningQuantile(quantile=0.9)
+    )
     assert np.nanmedian(np.abs(fit.continuum[0] / truth - 1)) < 0.01
     assert not RunningQuantile.linear
 
@@ -153,10 +157,16 @@ def _chip_trends(ours, survey, good):
 @pytest.fixture(scope="module")
 def dr14_example(shared_data):
     layout = ArrayLayout(
-        flux="normalized_flux", flux_err="normalized_error", bitmask="pixel_or_mask",
-        wavelength="wavelength_nm", wavelength_unit="nm", normalised=True,
+        flux="normalized_flux",
+        flux_err="normalized_error",
+        bitmask="pixel_or_mask",
+        wavelength="wavelength_nm",
+        wavelength_unit="nm",
+        normalised=True,
     )
-    spectra = read_npz_spectra(shared_data / "apogee" / "paynezero_apogee_dr14_example_2M08002084+4044415.npz", layout)
+    spectra = read_npz_spectra(
+        shared_data / "apogee" / "paynezero_apogee_dr14_example_2M08002084+4044415.npz", layout
+    )
     masked = mask_pixels(spectra.flux, spectra.flux_err, spectra.bitmask)
     return spectra.to_dataset(masked.bad)
 
@@ -252,8 +262,10 @@ def snr_ladder(raw_dr17):
         err = err137 * float(spectra.snr[0]) / snr
         noise = generator.normal(size=(40, truth.size)) * np.where(bad, 0.0, err)
         ladder[snr] = SpectralDataset(
-            truth + noise, flux_err=np.broadcast_to(err, noise.shape),
-            mask=np.broadcast_to(bad, noise.shape), wavelength=WAVELENGTH,
+            truth + noise,
+            flux_err=np.broadcast_to(err, noise.shape),
+            mask=np.broadcast_to(bad, noise.shape),
+            wavelength=WAVELENGTH,
         )
     return ladder, pixels, ~bad
 
@@ -274,7 +286,9 @@ def test_snr_invariance(snr_ladder, method):
         normalised, fit = results[snr]
         shifts[snr] = np.median((fit.continuum.mean(axis=0) / reference_continuum)[good]) - 1.0
         difference = normalised.flux.mean(axis=0) - reference_flux.mean(axis=0)
-        standard_error = np.sqrt((normalised.flux.var(axis=0, ddof=1) + reference_flux.var(axis=0, ddof=1)) / 40)
+        standard_error = np.sqrt(
+            (normalised.flux.var(axis=0, ddof=1) + reference_flux.var(axis=0, ddof=1)) / 40
+        )
         chi2[snr] = np.mean((difference[good] / standard_error[good]) ** 2)
     if method == "quantile":
         assert shifts[20] > 0.01 and chi2[20] > 5  # measured +4.6%, χ² ≈ 36

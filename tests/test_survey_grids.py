@@ -25,7 +25,9 @@ pytestmark = pytest.mark.filterwarnings("error")
 
 
 # --------------------------------------------------------------------------- grids
-@pytest.mark.parametrize(("name", "n_pixels"), [("dr12", 7214), ("dr17", 7514), ("dr14", 7514), ("apstar", 8575)])
+@pytest.mark.parametrize(
+    ("name", "n_pixels"), [("dr12", 7214), ("dr17", 7514), ("dr14", 7514), ("apstar", 8575)]
+)
 def test_grid_sizes(name, n_pixels):
     grid = resolve_grid(name)
     assert grid.n_pixels == n_pixels

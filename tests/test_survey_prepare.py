@@ -94,7 +94,9 @@ def test_find_continuum_pixels_from_a_fitted_model_duck_type(cannon_truth):
     terms = ("1", *names, *(f"t{k}" for k in range(theta.shape[1] - 4)))
     # the same model with its linear terms stored in a different column order
     order = [0, 5, 6, 1, 2, 3, 4, *range(7, theta.shape[1])]
-    model = SimpleNamespace(theta=theta[:, order], label_names=names, term_names=tuple(terms[i] for i in order))
+    model = SimpleNamespace(
+        theta=theta[:, order], label_names=names, term_names=tuple(terms[i] for i in order)
+    )
     np.testing.assert_array_equal(
         find_continuum_pixels(model), find_continuum_pixels(theta=theta, label_names=names)
     )
@@ -102,7 +104,9 @@ def test_find_continuum_pixels_from_a_fitted_model_duck_type(cannon_truth):
     mean[:1000] = 0.5
     assert not find_continuum_pixels(theta=theta, label_names=names, mean_flux=mean)[:1000].any()
     with pytest.raises(ValueError, match="no linear term for label\\(s\\) \\['logg', 'fe_h'\\]"):
-        find_continuum_pixels(theta=theta, label_names=names, term_names=("1", "teff", *["x"] * (theta.shape[1] - 2)))
+        find_continuum_pixels(
+            theta=theta, label_names=names, term_names=("1", "teff", *["x"] * (theta.shape[1] - 2))
+        )
     with pytest.raises(ValueError, match="has no `theta`"):
         find_continuum_pixels(SimpleNamespace(label_names=names))
 
@@ -114,12 +118,18 @@ def test_quality_cuts_report_each_step():
     mask = np.zeros((n, 10), dtype=bool)
     mask[3, :6] = True
     data = SpectralDataset(
-        np.ones((n, 10)), ivar=np.ones((n, 10)), mask=mask, labels=labels,
-        label_names=("teff", "logg"), ids=[f"s{i}" for i in range(n)],
+        np.ones((n, 10)),
+        ivar=np.ones((n, 10)),
+        mask=mask,
+        labels=labels,
+        label_names=("teff", "logg"),
+        ids=[f"s{i}" for i in range(n)],
     )
     cuts = QualityCuts(max_bad_pixels=5, label_ranges={"teff": (3500.0, 5500.0)})
     snr = np.array([100.0, 100.0, 20.0, 100.0, 100.0, np.nan])
-    keep, outcomes = apply_quality_cuts(data, cuts, snr=snr, flags={"ASPCAPFLAG": np.array([0, 0, 0, 0, 0, 0])})
+    keep, outcomes = apply_quality_cuts(
+        data, cuts, snr=snr, flags={"ASPCAPFLAG": np.array([0, 0, 0, 0, 0, 0])}
+    )
     assert keep.tolist() == [True, False, False, False, False, False]
     assert [(o.name, o.n_before, o.removed_ids) for o in outcomes] == [
         ("snr > 50", 6, ("s2", "s5")),
@@ -181,8 +191,17 @@ def survey_folder(shared_data, tmp_path):
         bits = real.bitmask[0].copy()
         if i == 4:
             bits[:7000] |= 1  # BADPIX almost everywhere: fails the bad-pixel cut
-        write_apstar(folder / f"apStar-dr17-{star}.fits", flux, real.flux_err[0], bits, apogee_id=star, snr=100.0 + i)
-    write_apstar(folder / "apStar-dr17-again.fits", real.flux[0], real.flux_err[0] * 2, real.bitmask[0], apogee_id=ids[0], snr=50.0)
+        write_apstar(
+            folder / f"apStar-dr17-{star}.fits", flux, real.flux_err[0], bits, apogee_id=star, snr=100.0 + i
+        )
+    write_apstar(
+        folder / "apStar-dr17-again.fits",
+        real.flux[0],
+        real.flux_err[0] * 2,
+        real.bitmask[0],
+        apogee_id=ids[0],
+        snr=50.0,
+    )
     good = (folder / f"apStar-dr17-{ids[1]}.fits").read_bytes()
     (folder / "apStar-dr17-2M09999999+0000000.fits").write_bytes(good[: len(good) // 3])
     allstar = write_allstar(
@@ -201,7 +220,10 @@ def survey_folder(shared_data, tmp_path):
 def test_prepare_folder_with_allstar(survey_folder, shared_data, tmp_path):
     folder, allstar = survey_folder
     dataset, report = prepare(
-        folder, allstar=allstar, cont_pixels=shared_data / "apogee" / "astronn_dr17_contmask.npy", progress=False
+        folder,
+        allstar=allstar,
+        cont_pixels=shared_data / "apogee" / "astronn_dr17_contmask.npy",
+        progress=False,
     )
     text = str(report)
     assert "7 file(s), 6 spectra, 1 file(s) skipped" in text
@@ -226,9 +248,14 @@ def test_prepare_folder_with_allstar(survey_folder, shared_data, tmp_path):
 def test_prepare_dr12_grid_and_poly(survey_folder, shared_data):
     folder, allstar = survey_folder
     dataset, report = prepare(
-        folder, allstar=allstar, grid="dr12", continuum="poly",
+        folder,
+        allstar=allstar,
+        grid="dr12",
+        continuum="poly",
         cont_pixels=shared_data / "apogee" / "thepayne_cannon_cont_pixels_apogee.npz",
-        cuts=QualityCuts.none(), low_flux_fraction=0.05, progress=False,
+        cuts=QualityCuts.none(),
+        low_flux_fraction=0.05,
+        progress=False,
     )
     assert dataset.n_pixels == 7214 and dataset.n_stars == 5
     assert "Polynomial" in str(report) and "flux<0.05*median" in str(report)

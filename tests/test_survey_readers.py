@@ -56,7 +56,12 @@ def _multi_visit_apstar(path: Path, template: np.ndarray, err: np.ndarray, n_vis
     bits = np.zeros(rows.shape, dtype=np.int64)
     bits[1, 500] = 1  # BADPIX in the global combination only
     return write_apstar(
-        path, rows, errors, bits, apogee_id="2M00000001+0000001", snr=150.0,
+        path,
+        rows,
+        errors,
+        bits,
+        apogee_id="2M00000001+0000001",
+        snr=150.0,
         visit_snr=np.arange(1, n_visits + 1) * 10.0,
     )
 
@@ -156,7 +161,9 @@ def test_join_allstar(allstar_file, tmp_path):
     assert np.all(np.isnan(joined.labels[1]))
     assert joined.snr[[0, 2]].tolist() == [300.0, 80.0] and np.isnan(joined.snr[1])
     assert (summary.n_matched, summary.unmatched_ids) == (2, ("2M9",))
-    assert "2/3 spectra matched" in str(summary) and "kept the highest-SNR row (3 rows dropped)" in str(summary)
+    assert "2/3 spectra matched" in str(summary) and "kept the highest-SNR row (3 rows dropped)" in str(
+        summary
+    )
 
 
 # --------------------------------------------------------------------------- generic
@@ -183,7 +190,11 @@ def test_generic_npz_reads_payne_zero(shared_data):
     ("name", "layout", "n_stars"),
     [
         ("thepayne_combined_2M13012770+5754582.npz", ArrayLayout(flux="spectrum", flux_err="spec_err"), 1),
-        ("thepayne_visits_2M06133561+2433362.npz", ArrayLayout(flux="spectra", flux_err="spec_errs", snr="snrs"), 3),
+        (
+            "thepayne_visits_2M06133561+2433362.npz",
+            ArrayLayout(flux="spectra", flux_err="spec_errs", snr="snrs"),
+            3,
+        ),
     ],
 )
 def test_generic_npz_reads_the_payne_dr12_spectra(shared_data, name, layout, n_stars):
@@ -208,11 +219,17 @@ def test_generic_fits_with_table_columns_and_header_keywords(tmp_path):
     wave = fits.ImageHDU(np.array([15000.0, 15001.0, 15002.0, 15003.0]), name="WAVE")
     path = tmp_path / "generic.fits"
     fits.HDUList([fits.PrimaryHDU(), table, wave]).writeto(path)
-    layout = ArrayLayout(flux="SPEC:FLUX", ivar="1:IVAR", wavelength="WAVE", ids="SPEC:ID", labels={"teff": "SPEC:TEFF"})
+    layout = ArrayLayout(
+        flux="SPEC:FLUX", ivar="1:IVAR", wavelength="WAVE", ids="SPEC:ID", labels={"teff": "SPEC:TEFF"}
+    )
     spectra = read_fits_spectra(path, layout)
     np.testing.assert_array_equal(spectra.flux, flux)
     np.testing.assert_allclose(spectra.flux_err, 0.5)
-    assert spectra.ids.tolist() == ["a", "b", "c"] and spectra.labels[:, 0].tolist() == [4000.0, 4500.0, 5000.0]
+    assert spectra.ids.tolist() == ["a", "b", "c"] and spectra.labels[:, 0].tolist() == [
+        4000.0,
+        4500.0,
+        5000.0,
+    ]
     with pytest.raises(KeyError, match="no column 'FLUXX'.*'FLUX'"):
         read_fits_spectra(path, ArrayLayout(flux="SPEC:FLUXX"))
     with pytest.raises(KeyError, match="no HDU 'NOPE'.*1:SPEC"):
@@ -220,7 +237,9 @@ def test_generic_fits_with_table_columns_and_header_keywords(tmp_path):
 
 
 def test_generic_fits_header_grid_matches_apstar_reader(shared_data):
-    layout = ArrayLayout(flux="1", flux_err="2", bitmask="3", wavelength="header", ids="0:OBJID", snr="0:SNR", row=0)
+    layout = ArrayLayout(
+        flux="1", flux_err="2", bitmask="3", wavelength="header", ids="0:OBJID", snr="0:SNR", row=0
+    )
     generic = read_fits_spectra(shared_data / "apogee" / APSTAR, layout)
     dedicated = read_apstar(shared_data / "apogee" / APSTAR)
     np.testing.assert_array_equal(generic.flux, dedicated.flux)
@@ -236,7 +255,8 @@ def test_generic_hdf5(tmp_path):
         handle["spectra/err"] = np.full((2, 5), 0.1)
         handle["wave"] = np.linspace(1500.0, 1504.0, 5)
     spectra = read_hdf5_spectra(
-        path, ArrayLayout(flux="spectra/flux", flux_err="spectra/err", wavelength="wave", wavelength_unit="nm")
+        path,
+        ArrayLayout(flux="spectra/flux", flux_err="spectra/err", wavelength="wave", wavelength_unit="nm"),
     )
     assert spectra.flux.shape == (2, 5) and spectra.wavelength[0] == 15000.0
     with pytest.raises(KeyError, match="no dataset 'flux'.*spectra/flux"):
@@ -280,7 +300,10 @@ def test_read_folder_skips_bad_files_by_name(shared_data, tmp_path):
     assert spectra.n_stars == 3
     assert sorted(spectra.ids) == ["2M13564148+4342587", "2M17334253-1654573", "2M19485057+5005279"]
     reasons = {Path(s.path).name: s.reason for s in skipped}
-    assert set(reasons) == {"apStar-truncated-2M00000000+0000000.fits", "apStar-garbage-2M00000000+0000001.fits"}
+    assert set(reasons) == {
+        "apStar-truncated-2M00000000+0000000.fits",
+        "apStar-garbage-2M00000000+0000001.fits",
+    }
     assert "truncated" in reasons["apStar-truncated-2M00000000+0000000.fits"]
     assert "apStar-garbage" in str(skipped[0]) or "apStar-garbage" in str(skipped[1])
     # mixed files: labels from the aspcapStar files, NaN for the apStar star

@@ -95,11 +95,30 @@ def main() -> None:
         sel = chip == c
         left, right = axes[c]
         left.plot(wavelength[sel], np.where(bad[sel], np.nan, data.flux[0, sel]), lw=0.4, color="0.3")
-        left.plot(wavelength[sel & pixels], data.flux[0, sel & pixels], ".", ms=2, color="tab:orange", label="continuum pixels")
+        left.plot(
+            wavelength[sel & pixels],
+            data.flux[0, sel & pixels],
+            ".",
+            ms=2,
+            color="tab:orange",
+            label="continuum pixels",
+        )
         left.plot(wavelength[sel], fit.continuum[0, sel], color="tab:red", lw=1.5, label="fitted continuum")
-        left.plot(wavelength[sel & bad], np.full((sel & bad).sum(), 0.0), "|", color="tab:purple", ms=8, label="masked")
+        left.plot(
+            wavelength[sel & bad],
+            np.full((sel & bad).sum(), 0.0),
+            "|",
+            color="tab:purple",
+            ms=8,
+            label="masked",
+        )
         left.set_ylabel(f"{CHIP_NAMES[c]} chip\nflux (1e-17 cgs/Å)")
-        right.plot(wavelength[sel], np.where(normalised.mask[0, sel], np.nan, normalised.flux[0, sel]), lw=0.4, color="navy")
+        right.plot(
+            wavelength[sel],
+            np.where(normalised.mask[0, sel], np.nan, normalised.flux[0, sel]),
+            lw=0.4,
+            color="navy",
+        )
         right.axhline(1.0, color="tab:red", lw=0.8)
         right.set_ylim(0.5, 1.2)
         right.set_ylabel("normalised flux")
@@ -128,16 +147,24 @@ def main() -> None:
             scaled = err * float(raw.snr[0]) / snr
             noisy = truth + rng.normal(size=(n_real, truth.size)) * np.where(bad, 0.0, scaled)
             ladder = SpectralDataset(
-                noisy, flux_err=np.broadcast_to(scaled, noisy.shape),
-                mask=np.broadcast_to(bad, noisy.shape), wavelength=wavelength,
+                noisy,
+                flux_err=np.broadcast_to(scaled, noisy.shape),
+                mask=np.broadcast_to(bad, noisy.shape),
+                wavelength=wavelength,
             )
             _, fitted = continuum_normalise(
-                ladder, method, continuum_pixels=pixels if method == "sincos" else None, regions=chip_regions()
+                ladder,
+                method,
+                continuum_pixels=pixels if method == "sincos" else None,
+                regions=chip_regions(),
             )
             level = fitted.continuum.mean(axis=0)
             reference = level if reference is None else reference
             shifts[method].append(100 * (np.median((level / reference)[~bad]) - 1))
-        print(f"  {method:>8}: continuum level shift vs S/N 200 (%): " + ", ".join(f"{s:+.3f}" for s in shifts[method]))
+        print(
+            f"  {method:>8}: continuum level shift vs S/N 200 (%): "
+            + ", ".join(f"{s:+.3f}" for s in shifts[method])
+        )
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for method, values in shifts.items():
         ax.plot(snrs, values, "o-", label=method)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ._fitsio import header_value, open_fits
+from ._fitsio import header_value, open_fits, require_file
 from ._spectra import SurveySpectra
 
 __all__ = [
@@ -98,9 +98,7 @@ def _log_wavelength(header: fits.Header, n_pixels: int) -> np.ndarray | None:
     return 10.0 ** (float(start) + float(step) * (np.arange(n_pixels) + 1.0 - reference))
 
 
-def read_apstar(
-    path: str | os.PathLike[str], *, combination: str | int = "global"
-) -> SurveySpectra:
+def read_apstar(path: str | os.PathLike[str], *, combination: str | int = "global") -> SurveySpectra:
     """Read an APOGEE apStar file: raw flux, error and bitmask of one star.
 
     Parameters
@@ -133,9 +131,7 @@ def read_apstar(
     >>> spectra.flux.shape                                            # doctest: +SKIP
     (1, 8575)
     """
-    path = Path(path)
-    if not path.is_file():
-        raise OSError(f"apStar file {str(path)!r} does not exist.")
+    path = require_file(path, "apStar")
     notes: list[str] = []
     with open_fits(path, notes) as hdul:
         if len(hdul) < 4:
@@ -153,7 +149,9 @@ def read_apstar(
         apogee_id = str(header_value(header, "OBJID", "APOGEE_ID", "OBJ", default="")).strip()
         n_visits = int(header_value(header, "NVISITS", default=max(flux.shape[0] - 2, 1)) or 1)
         snr_combined = float(header_value(header, "SNR", default=np.nan))
-        visit_snr = [float(header_value(header, f"SNRVIS{k}", default=np.nan)) for k in range(1, n_visits + 1)]
+        visit_snr = [
+            float(header_value(header, f"SNRVIS{k}", default=np.nan)) for k in range(1, n_visits + 1)
+        ]
     if not (flux.shape == err.shape == bits.shape):
         raise ValueError(
             f"{path.name}: flux {flux.shape}, error {err.shape} and bitmask {bits.shape}"
@@ -171,8 +169,7 @@ def read_apstar(
             choices = {"pixel": 0, "global": 1}
             if combination not in choices:
                 raise ValueError(
-                    f"`combination` must be 'global', 'pixel', 'visits' or a row number, got"
-                    f" {combination!r}."
+                    f"`combination` must be 'global', 'pixel', 'visits' or a row number, got {combination!r}."
                 )
             row = 0 if single else choices[combination]
         else:
@@ -221,9 +218,7 @@ def read_aspcapstar(path: str | os.PathLike[str]) -> SurveySpectra:
     ValueError
         If HDUs 1–4 do not have the aspcapStar layout.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise OSError(f"aspcapStar file {str(path)!r} does not exist.")
+    path = require_file(path, "aspcapStar")
     notes: list[str] = []
     with open_fits(path, notes) as hdul:
         if len(hdul) < 5 or not isinstance(hdul[4], fits.BinTableHDU):
@@ -259,7 +254,9 @@ def read_aspcapstar(path: str | os.PathLike[str]) -> SurveySpectra:
             variance = _missing_to_nan(np.diagonal(cov, axis1=1, axis2=2))[:, : len(names)]
             variance[variance <= 0] = np.nan
             label_err = np.sqrt(variance)
-    flags = {"ASPCAPFLAG": np.asarray(aspcapflag, dtype=np.int64).reshape(1)} if aspcapflag is not None else {}
+    flags = (
+        {"ASPCAPFLAG": np.asarray(aspcapflag, dtype=np.int64).reshape(1)} if aspcapflag is not None else {}
+    )
     return SurveySpectra(
         flux=flux,
         flux_err=err,
@@ -369,14 +366,12 @@ def read_allstar(
     KeyError
         If a requested column is missing; the message lists similar column names.
     """
-    path = Path(path)
+    path = require_file(path, "allStar")
     if isinstance(labels, str):
         raise TypeError(
             f"`labels` must be a sequence of column names such as ('TEFF', 'LOGG'), not the"
             f" string {labels!r}."
         )
-    if not path.is_file():
-        raise OSError(f"allStar file {str(path)!r} does not exist.")
     notes: list[str] = []
     with open_fits(path, notes) as hdul:
         if hdu is None:

@@ -110,16 +110,13 @@ def bitmask_value(bad_bits: str | Sequence[str | int]) -> int:
         if isinstance(entry, int | np.integer) and not isinstance(entry, bool):
             if int(entry) not in known_numbers:
                 raise ValueError(
-                    f"bit number {entry} is not an APOGEE_PIXMASK bit; known bits are"
-                    f" 0–{max(known_numbers)}."
+                    f"bit number {entry} is not an APOGEE_PIXMASK bit; known bits are 0–{max(known_numbers)}."
                 )
             value |= 1 << int(entry)
             continue
         name = str(entry).upper()
         if name not in APOGEE_PIXMASK:
-            raise ValueError(
-                f"unknown APOGEE_PIXMASK bit {entry!r}; known bits: {list(APOGEE_PIXMASK)}."
-            )
+            raise ValueError(f"unknown APOGEE_PIXMASK bit {entry!r}; known bits: {list(APOGEE_PIXMASK)}.")
         value |= 1 << APOGEE_PIXMASK[name][0]
     return value
 
@@ -244,9 +241,7 @@ def mask_pixels(
         apply("bitmask", bad_from_bitmask(bitmask, bad_bits))
     if low_flux_fraction is not None:
         if not 0.0 < low_flux_fraction < 1.0:
-            raise ValueError(
-                f"`low_flux_fraction` must be in (0, 1) (e.g. 0.05), got {low_flux_fraction}."
-            )
+            raise ValueError(f"`low_flux_fraction` must be in (0, 1) (e.g. 0.05), got {low_flux_fraction}.")
         good_flux = np.where(bad, np.nan, flux)
         all_bad = bad.all(axis=1)
         good_flux[all_bad] = 0.0  # keeps nanmedian quiet; such stars are bad anyway

@@ -519,5 +519,7 @@ def continuum_normalise(
     meta = dict(dataset.meta)
     meta["continuum"] = describe_continuum(fit.method)
     meta["continuum_regions"] = [list(r) for r in fit.regions]
-    meta["continuum_pixels"] = int(np.count_nonzero(continuum_pixels)) if continuum_pixels is not None else "all"
+    meta["continuum_pixels"] = (
+        int(np.count_nonzero(continuum_pixels)) if continuum_pixels is not None else "all"
+    )
     return dataset.replace(flux=flux, ivar=ivar, mask=bad, meta=meta), fit

@@ -10,6 +10,7 @@ passed on unchanged.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,15 @@ from pathlib import Path
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 
-__all__ = ["open_fits", "header_value"]
+__all__ = ["header_value", "open_fits", "require_file"]
+
+
+def require_file(path: str | os.PathLike[str], kind: str) -> Path:
+    """``path`` as a Path; ``OSError`` naming the ``kind`` of file when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise OSError(f"{kind} file {str(path)!r} does not exist.")
+    return path
 
 
 @contextmanager
@@ -47,9 +56,7 @@ def open_fits(path: Path, notes: list[str]) -> Iterator[fits.HDUList]:
         if issubclass(warning.category, VerifyWarning):
             repaired += "Fixed" in message
             continue
-        warnings.warn_explicit(
-            warning.message, warning.category, warning.filename, warning.lineno
-        )
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if repaired:
         notes.append(f"{path.name}: astropy repaired {repaired} non-standard FITS header card(s)")
 

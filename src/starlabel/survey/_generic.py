@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from ._fitsio import open_fits
+from ._fitsio import open_fits, require_file
 from ._spectra import SurveySpectra
 
 __all__ = ["ArrayLayout", "read_fits_spectra", "read_hdf5_spectra", "read_npz_spectra"]
@@ -84,8 +84,7 @@ class ArrayLayout:
             raise ValueError("give `flux_err` or `ivar` in an ArrayLayout, not both.")
         if self.wavelength_unit not in _WAVELENGTH_UNITS:
             raise ValueError(
-                f"`wavelength_unit` must be one of {sorted(_WAVELENGTH_UNITS)}, got"
-                f" {self.wavelength_unit!r}."
+                f"`wavelength_unit` must be one of {sorted(_WAVELENGTH_UNITS)}, got {self.wavelength_unit!r}."
             )
 
 
@@ -95,11 +94,15 @@ def _assemble(path: Path, layout: ArrayLayout, get: Any, notes: list[str]) -> Su
     if flux.ndim == 1:
         flux = flux[None, :]
     if flux.ndim != 2:
-        raise ValueError(f"{path.name}: flux at {layout.flux!r} has shape {flux.shape}; expected (stars, pixels).")
+        raise ValueError(
+            f"{path.name}: flux at {layout.flux!r} has shape {flux.shape}; expected (stars, pixels)."
+        )
     stored_shape = flux.shape
     if layout.row is not None:
         if not 0 <= layout.row < flux.shape[0]:
-            raise ValueError(f"{path.name}: row {layout.row} requested but the flux has {flux.shape[0]} rows.")
+            raise ValueError(
+                f"{path.name}: row {layout.row} requested but the flux has {flux.shape[0]} rows."
+            )
         flux = flux[[layout.row]]
 
     def per_pixel(location: str | None, what: str, dtype: Any) -> np.ndarray | None:
@@ -159,7 +162,9 @@ def _assemble(path: Path, layout: ArrayLayout, get: Any, notes: list[str]) -> Su
     snr = np.full(flux.shape[0], np.nan) if snr is None else snr.astype(np.float64)
     names = tuple(layout.labels)
     labels = (
-        np.stack([per_star(loc, f"label {n!r}").astype(np.float64) for n, loc in layout.labels.items()], axis=1)
+        np.stack(
+            [per_star(loc, f"label {n!r}").astype(np.float64) for n, loc in layout.labels.items()], axis=1
+        )
         if names
         else None
     )
@@ -203,9 +208,7 @@ def read_fits_spectra(path: str | os.PathLike[str], layout: ArrayLayout) -> Surv
     ValueError
         If shapes disagree.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise OSError(f"FITS file {str(path)!r} does not exist.")
+    path = require_file(path, "FITS")
     notes: list[str] = []
     with open_fits(path, notes) as hdul:
 
@@ -221,7 +224,9 @@ def read_fits_spectra(path: str | os.PathLike[str], layout: ArrayLayout) -> Surv
                 data = np.asarray(hdu_of(layout.flux.split(":")[0]).data)
                 header = hdu_of(layout.flux.split(":")[0]).header
                 if "CRVAL1" not in header or "CDELT1" not in header:
-                    raise KeyError(f"{path.name}: wavelength='header' needs CRVAL1 and CDELT1 in the flux HDU.")
+                    raise KeyError(
+                        f"{path.name}: wavelength='header' needs CRVAL1 and CDELT1 in the flux HDU."
+                    )
                 pixels = np.arange(data.shape[-1]) + 1.0 - float(header.get("CRPIX1", 1.0))
                 return 10.0 ** (float(header["CRVAL1"]) + float(header["CDELT1"]) * pixels)
             token, _, name = location.partition(":")
@@ -254,9 +259,7 @@ def read_hdf5_spectra(path: str | os.PathLike[str], layout: ArrayLayout) -> Surv
     """
     import h5py
 
-    path = Path(path)
-    if not path.is_file():
-        raise OSError(f"HDF5 file {str(path)!r} does not exist.")
+    path = require_file(path, "HDF5")
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
@@ -283,9 +286,7 @@ def read_npz_spectra(path: str | os.PathLike[str], layout: ArrayLayout) -> Surve
     KeyError
         If a key is missing; the message lists the keys in the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise OSError(f".npz file {str(path)!r} does not exist.")
+    path = require_file(path, ".npz")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:

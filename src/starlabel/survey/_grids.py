@@ -170,9 +170,7 @@ def chip_regions() -> tuple[tuple[float, float], ...]:
 
 GRIDS: MappingProxyType[str, ApogeeGrid] = MappingProxyType(
     {
-        "apstar": ApogeeGrid(
-            "apstar", tuple(zip(_CHIP_EDGES[:-1], _CHIP_EDGES[1:], strict=True))
-        ),
+        "apstar": ApogeeGrid("apstar", tuple(zip(_CHIP_EDGES[:-1], _CHIP_EDGES[1:], strict=True))),
         "dr12": ApogeeGrid("dr12", ((322, 3242), (3648, 6048), (6412, 8306))),
         "dr17": ApogeeGrid("dr17", ((246, 3274), (3585, 6080), (6344, 8335))),
     }

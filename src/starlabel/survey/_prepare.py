@@ -127,14 +127,18 @@ def _keep_best_duplicates(spectra: SurveySpectra) -> tuple[SurveySpectra, int]:
 def _to_grid(spectra: SurveySpectra, grid: ApogeeGrid) -> tuple[SurveySpectra, str]:
     if spectra.n_pixels == APSTAR_N_PIXELS and grid.n_pixels != APSTAR_N_PIXELS:
         cut = spectra.map_pixels(grid.take)
-        return cut.replace(wavelength=grid.wavelength), f"{grid.name}: {APSTAR_N_PIXELS} → {grid.n_pixels} pixels (chip gaps removed)"
+        return cut.replace(
+            wavelength=grid.wavelength
+        ), f"{grid.name}: {APSTAR_N_PIXELS} → {grid.n_pixels} pixels (chip gaps removed)"
     if spectra.n_pixels == grid.n_pixels:
         if spectra.wavelength is not None and not np.allclose(spectra.wavelength, grid.wavelength, rtol=1e-6):
             raise ValueError(
                 f"the spectra have {grid.n_pixels} pixels like the {grid.name} grid but different"
                 " wavelengths; check the grid choice (dr12: 7214 px, dr17: 7514 px)."
             )
-        return spectra.replace(wavelength=grid.wavelength), f"{grid.name}: already on this grid ({grid.n_pixels} pixels)"
+        return spectra.replace(
+            wavelength=grid.wavelength
+        ), f"{grid.name}: already on this grid ({grid.n_pixels} pixels)"
     raise ValueError(
         f"the spectra have {spectra.n_pixels} pixels; expected the full apStar grid"
         f" ({APSTAR_N_PIXELS}) or the {grid.name} grid ({grid.n_pixels}). Choose the grid the"
@@ -275,14 +279,20 @@ def prepare(
         steps.append(PreparationStep("labels", f"from {table.source}: {summary}"))
     else:
         spectra = _select_file_labels(spectra, labels)
-        source = f"from the spectrum files: {', '.join(spectra.label_names)}" if spectra.label_names else "none"
+        source = (
+            f"from the spectrum files: {', '.join(spectra.label_names)}" if spectra.label_names else "none"
+        )
         steps.append(PreparationStep("labels", source))
 
     spectra, detail = _to_grid(spectra, target)
     steps.append(PreparationStep("grid", detail))
 
     masked = mask_pixels(
-        spectra.flux, spectra.flux_err, spectra.bitmask, bad_bits=bad_bits, low_flux_fraction=low_flux_fraction
+        spectra.flux,
+        spectra.flux_err,
+        spectra.bitmask,
+        bad_bits=bad_bits,
+        low_flux_fraction=low_flux_fraction,
     )
     detail = masked.summary()
     if spectra.bitmask is not None:
@@ -307,7 +317,10 @@ def prepare(
         dataset, fit = continuum_normalise(raw, method, continuum_pixels=cont_mask, regions=regions)
         n_cont = "every good pixel" if cont_mask is None else f"{int(cont_mask.sum())} continuum pixels"
         failed = int(np.count_nonzero(~fit.ok.all(axis=1)))
-        detail = f"{describe_continuum(fit.method)} on {n_cont}, {len(regions)} chips; {fit.n_failed} chip fit(s) failed"
+        detail = (
+            f"{describe_continuum(fit.method)} on {n_cont}, {len(regions)} chips;"
+            f" {fit.n_failed} chip fit(s) failed"
+        )
         detail += f" in {failed} star(s) (their pixels masked)" if failed else ""
         if spectra.normalised:
             detail += "\ninput was already survey-normalised: this renormalises it on the chosen pixels"
@@ -337,4 +350,3 @@ def prepare(
         }
     )
     return dataset.replace(meta=meta), final
-

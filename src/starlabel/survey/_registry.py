@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,9 @@ class ReadOptions:
     layout: ArrayLayout | None = None
 
 
-def _needs_layout(name: str, reader: Callable[[Path, ArrayLayout], SurveySpectra]) -> Callable[[Path, ReadOptions], SurveySpectra]:
+def _needs_layout(
+    name: str, reader: Callable[[Path, ArrayLayout], SurveySpectra]
+) -> Callable[[Path, ReadOptions], SurveySpectra]:
     def read(path: Path, options: ReadOptions) -> SurveySpectra:
         if options.layout is None:
             raise ValueError(
@@ -63,10 +66,13 @@ def _needs_layout(name: str, reader: Callable[[Path, ArrayLayout], SurveySpectra
 
 
 def _fits_header(path: Path) -> fits.Header | None:
-    try:
-        return fits.getheader(path, 0)
-    except Exception:  # noqa: BLE001 - identification must never fail loudly; reading will
-        return None
+    # Identification only peeks: a defective header is the reader's to report, later.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return fits.getheader(path, 0)
+        except Exception:  # noqa: BLE001
+            return None
 
 
 # "aspcapStar" contains "apStar": names must not be preceded by a letter.
@@ -74,22 +80,24 @@ _APSTAR_NAME = re.compile(r"(?<![A-Za-z])apStar")
 _ASPCAPSTAR_NAME = re.compile(r"(?<![A-Za-z])aspcapStar")
 
 
-def _is_apstar(path: Path) -> bool:
-    if _APSTAR_NAME.search(path.name):
-        return True
-    if not path.name.lower().endswith((".fits", ".fit", ".fits.gz")) or _ASPCAPSTAR_NAME.search(path.name):
-        return False
-    header = _fits_header(path)
-    return header is not None and "NWAVE" in header and "FERRE" not in header
+def _identifier(
+    own: re.Pattern[str], other: re.Pattern[str], header_test: Callable[[fits.Header], bool]
+) -> Callable[[Path], bool]:
+    """Recognise a file by its name, else (for FITS not named as the other kind) its header."""
+
+    def identify(path: Path) -> bool:
+        if own.search(path.name):
+            return True
+        if not path.name.lower().endswith((".fits", ".fit", ".fits.gz")) or other.search(path.name):
+            return False
+        header = _fits_header(path)
+        return header is not None and header_test(header)
+
+    return identify
 
 
-def _is_aspcapstar(path: Path) -> bool:
-    if _ASPCAPSTAR_NAME.search(path.name):
-        return True
-    if not path.name.lower().endswith((".fits", ".fit", ".fits.gz")) or _APSTAR_NAME.search(path.name):
-        return False
-    header = _fits_header(path)
-    return header is not None and "FERRE" in header
+_is_apstar = _identifier(_APSTAR_NAME, _ASPCAPSTAR_NAME, lambda h: "NWAVE" in h and "FERRE" not in h)
+_is_aspcapstar = _identifier(_ASPCAPSTAR_NAME, _APSTAR_NAME, lambda h: "FERRE" in h)
 
 
 @dataclass(frozen=True)
@@ -213,7 +221,9 @@ class SkippedFile:
 _FOLDER_SUFFIXES = (".fits", ".fit", ".fits.gz")
 
 
-def expand_inputs(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], pattern: str | None = None) -> list[Path]:
+def expand_inputs(
+    inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], pattern: str | None = None
+) -> list[Path]:
     """Files named by ``inputs``: files as given, folders expanded to their FITS files.
 
     Parameters
@@ -234,8 +244,10 @@ def expand_inputs(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(path.glob(pattern)) if pattern else sorted(
-                p for p in path.iterdir() if p.name.lower().endswith(_FOLDER_SUFFIXES)
+            found = (
+                sorted(path.glob(pattern))
+                if pattern
+                else sorted(p for p in path.iterdir() if p.name.lower().endswith(_FOLDER_SUFFIXES))
             )
             files += [p for p in found if p.is_file()]
         elif path.is_file():
@@ -327,4 +339,3 @@ def read_many(
         reasons = "; ".join(str(s) for s in skipped[:3])
         raise ValueError(f"none of the {len(files)} file(s) could be read: {reasons}.")
     return SurveySpectra.concatenate(parts), tuple(skipped)
-

@@ -176,9 +176,7 @@ class SurveySpectra:
         if wavelength is not None and any(
             p.wavelength is None or not np.allclose(p.wavelength, wavelength, rtol=1e-9) for p in parts
         ):
-            raise ValueError(
-                "the files have different wavelength grids; read files of one grid together."
-            )
+            raise ValueError("the files have different wavelength grids; read files of one grid together.")
         notes: list[str] = []
         for part in parts:
             notes += [n for n in part.notes if n not in notes]
@@ -187,10 +185,7 @@ class SurveySpectra:
             flux_err=np.concatenate([p.flux_err for p in parts]),
             bitmask=(
                 np.concatenate(
-                    [
-                        p.bitmask if p.bitmask is not None else np.zeros(p.flux.shape, np.int64)
-                        for p in parts
-                    ]
+                    [p.bitmask if p.bitmask is not None else np.zeros(p.flux.shape, np.int64) for p in parts]
                 )
                 if has_bitmask
                 else None
@@ -204,20 +199,18 @@ class SurveySpectra:
             labels=np.concatenate([label_block(p, p.labels) for p in parts]) if names else None,
             label_names=tuple(names),
             label_err=(
-                np.concatenate([label_block(p, p.label_err) for p in parts])
-                if names and has_err
-                else None
+                np.concatenate([label_block(p, p.label_err) for p in parts]) if names and has_err else None
             ),
             flags={
-                k: np.concatenate(
-                    [p.flags.get(k, np.zeros(p.n_stars, dtype=np.int64)) for p in parts]
-                )
+                k: np.concatenate([p.flags.get(k, np.zeros(p.n_stars, dtype=np.int64)) for p in parts])
                 for k in flag_names
             },
             notes=tuple(notes),
         )
 
-    def to_dataset(self, bad: np.ndarray | None = None, meta: Mapping[str, Any] | None = None) -> SpectralDataset:
+    def to_dataset(
+        self, bad: np.ndarray | None = None, meta: Mapping[str, Any] | None = None
+    ) -> SpectralDataset:
         """A :class:`SpectralDataset` with the flux as stored and ``bad`` pixels masked.
 
         Parameters

@@ -58,7 +58,11 @@ def write_apstar(
     """
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
     flux_err = np.atleast_2d(np.asarray(flux_err, dtype=np.float64))
-    bits = np.zeros(flux.shape, dtype=np.int64) if bitmask is None else np.atleast_2d(np.asarray(bitmask, dtype=np.int64))
+    bits = (
+        np.zeros(flux.shape, dtype=np.int64)
+        if bitmask is None
+        else np.atleast_2d(np.asarray(bitmask, dtype=np.int64))
+    )
     if not flux.shape == flux_err.shape == bits.shape:
         raise ValueError(
             f"`flux` {flux.shape}, `flux_err` {flux_err.shape} and `bitmask` {bits.shape} must"
