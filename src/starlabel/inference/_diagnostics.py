@@ -7,14 +7,28 @@ squeezes away.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from blackjax import diagnostics as _bj
 from jaxtyping import Array, Float
 
+from .._internal import x64
 from ._custom_types import Params
+from ._util import as_float64
 
 __all__ = ["split_rhat", "effective_sample_size"]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _per_component(statistic: Callable[..., Array], x: Array) -> Array:
+    # One scalar chain per vmap lane: blackjax's broadcasting over trailing axes trips
+    # strict rank promotion, and its squeeze drops size-1 event axes.
+    columns = jnp.reshape(x, (x.shape[0], x.shape[1], -1))
+    values = jax.vmap(lambda c: statistic(c, chain_axis=0, sample_axis=1), in_axes=2)(columns)
+    return jnp.reshape(values, x.shape[2:])
 
 
 def _check(draws: Array, name: str) -> None:
@@ -27,6 +41,7 @@ def _check(draws: Array, name: str) -> None:
         raise ValueError(f"`{name}` needs at least 4 draws per chain, got {draws.shape[1]}.")
 
 
+@x64
 def split_rhat(draws: Params) -> Params:
     r"""Rank-normalised split-:math:`\hat R` (Vehtari et al. 2021) of every parameter.
 
@@ -54,13 +69,14 @@ def split_rhat(draws: Params) -> Params:
     Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021), Bayesian Analysis 16, 667.
     """
 
-    def one(x: Float[Array, "chains samples ..."]) -> Float[Array, "..."]:
+    def one(x: Array) -> Array:
         _check(x, "draws")
-        return jnp.reshape(_bj.rhat(x, chain_axis=0, sample_axis=1), x.shape[2:])
+        return _per_component(_bj.rhat, x)
 
-    return jax.tree.map(one, draws)
+    return jax.tree.map(one, as_float64(draws))
 
 
+@x64
 def effective_sample_size(draws: Params) -> Params:
     r"""Effective sample size :math:`MN/\hat\tau` of every parameter.
 
@@ -87,8 +103,8 @@ def effective_sample_size(draws: Params) -> Params:
     Geyer (1992), Statistical Science 7, 473; Gelman et al., Bayesian Data Analysis (3rd ed.).
     """
 
-    def one(x: Float[Array, "chains samples ..."]) -> Float[Array, "..."]:
+    def one(x: Array) -> Array:
         _check(x, "draws")
-        return jnp.reshape(_bj.effective_sample_size(x, chain_axis=0, sample_axis=1), x.shape[2:])
+        return _per_component(_bj.effective_sample_size, x)
 
-    return jax.tree.map(one, draws)
+    return jax.tree.map(one, as_float64(draws))

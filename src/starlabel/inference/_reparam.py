@@ -13,7 +13,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from .._internal import x64
 from ._custom_types import Args, LogDensityFn, Params
@@ -63,10 +63,10 @@ class Whitening(eqx.Module):
         return int(self.transform.shape[-1])
 
     @x64
-    def to_params(self, u: Float[Array, " n"]) -> Params:
+    def to_params(self, u: Float[ArrayLike, " n"]) -> Params:
         """Parameters :math:`c + T u` in the structure of ``centre``."""
         flat, unravel = ravel_pytree(self.centre)
-        return unravel(flat + self.transform @ u)
+        return unravel(flat + self.transform @ jnp.asarray(u, dtype=flat.dtype))
 
     @x64
     def from_params(self, params: Params) -> Float[Array, " n"]:
