@@ -120,12 +120,17 @@ class _Stacked(eqx.Module):
     group_prior_precision: Float[Array, " groups"]
 
 
-class _State(eqx.Module):
+class _Params(eqx.Module):
     weight: Float[Array, "columns latents"]
     bias: Float[Array, " columns"]
     extra_var: Float[Array, " groups"]
+
+
+class _State(eqx.Module):
+    params: _Params
     prediction: Float[Array, "stars columns"]
     step: Int[Array, ""]
+    n_maps: Int[Array, ""]
     change: Float[Array, ""]
     history: Float[Array, " steps"]
 
@@ -142,7 +147,7 @@ class EMResult(eqx.Module):
     change: Float[Array, ""]
 
 
-def _e_step(state: _State, data: _Stacked, integrate: bool):
+def _e_step(state: _Params, data: _Stacked, integrate: bool):
     extra = state.extra_var[data.group] * data.coefficient
     var = data.reported_var + extra[None, :]
     w = jnp.where(data.observed, 1.0 / var, 0.0)
@@ -164,7 +169,7 @@ def _e_step(state: _State, data: _Stacked, integrate: bool):
     return w, mean, cov, nll
 
 
-def _m_step_transform(state: _State, data: _Stacked, w, mean, cov, integrate: bool):
+def _m_step_transform(state: _Params, data: _Stacked, w, mean, cov, integrate: bool):
     second = mean[:, :, None] * mean[:, None, :]
     if integrate:
         second = second + cov
@@ -255,32 +260,59 @@ def _iterate(
 ):
     observed_count = jnp.maximum(jnp.sum(data.observed), 1)
 
+    def em_map(params: _Params):
+        """One full iteration θ → F(θ); also the objective and predictions at θ."""
+        w, mean, cov, nll = _e_step(params, data, integrate)
+        loss = nll - _log_prior(params.weight, params.extra_var, data, log_norm)
+        prediction = mean @ params.weight.T + params.bias[None, :]
+        weight, bias = _m_step_transform(params, data, w, mean, cov, integrate)
+        if not integrate and balance:
+            weight, mean = _balance(weight, mean, data.ridge)
+        extra_var = _m_step_scatter(params.extra_var, weight, bias, data, mean, cov, integrate, n_groups)
+        return _Params(weight, bias, extra_var), loss, prediction
+
+    def combine(a, b, c, x, y, z):
+        return jax.tree.map(lambda p, q, r: x * p + y * q + z * r, a, b, c)
+
+    def sq_norm(tree):
+        return sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(tree))
+
     def cond(state: _State):
         return (state.step < max_steps) & (state.change > tol)
 
     def body(state: _State):
-        w, mean, cov, nll = _e_step(state, data, integrate)
-        loss = nll - _log_prior(state.weight, state.extra_var, data, log_norm)
-        prediction = mean @ state.weight.T + state.bias[None, :]
-        delta = jnp.where(data.observed, prediction - state.prediction, 0.0)
+        # SQUAREM (Varadhan & Roland 2008): two EM maps give a secant estimate of the
+        # slow direction; extrapolate along it, take one stabilising EM map from there,
+        # and keep the plain second map whenever the extrapolation did not lower the loss.
+        theta = state.params
+        theta1, loss0, prediction = em_map(theta)
+        theta2, _, prediction1 = em_map(theta1)
+        step_r = combine(theta1, theta, theta, 1.0, -1.0, 0.0)
+        step_v = combine(theta2, theta1, theta, 1.0, -2.0, 1.0)
+        alpha = -jnp.sqrt(sq_norm(step_r) / jnp.maximum(sq_norm(step_v), 1e-300))
+        alpha = jnp.minimum(alpha, -1.0)
+        jump = combine(theta, step_r, step_v, 1.0, -2.0 * alpha, alpha**2)
+        floor = jnp.full_like(jump.extra_var, _VAR_FLOOR).at[n_groups].set(0.0)
+        jump = _Params(jump.weight, jump.bias, jnp.maximum(jump.extra_var, floor))
+        theta3, loss_jump, _ = em_map(jump)
+        accept = jnp.isfinite(loss_jump) & (loss_jump <= loss0)
+        new = jax.tree.map(lambda p, q: jnp.where(accept, p, q), theta3, theta2)
+
+        # Converged when one plain EM map barely moves predictions and scatters.
+        delta = jnp.where(data.observed, prediction1 - prediction, 0.0)
         change = jnp.sqrt(jnp.sum(delta**2) / observed_count)
-        weight, bias = _m_step_transform(state, data, w, mean, cov, integrate)
-        if not integrate and balance:
-            weight, mean = _balance(weight, mean, data.ridge)
-        extra_var = _m_step_scatter(state.extra_var, weight, bias, data, mean, cov, integrate, n_groups)
-        scatter_change = jnp.max(jnp.abs(jnp.sqrt(extra_var) - jnp.sqrt(state.extra_var)))
+        scatter_change = jnp.max(jnp.abs(jnp.sqrt(theta1.extra_var) - jnp.sqrt(theta.extra_var)))
         return _State(
-            weight=weight,
-            bias=bias,
-            extra_var=extra_var,
+            params=new,
             prediction=prediction,
             step=state.step + 1,
+            n_maps=state.n_maps + 3,
             change=jnp.maximum(change, scatter_change),
-            history=state.history.at[state.step].set(loss),
+            history=state.history.at[state.step].set(loss0),
         )
 
     final = jax.lax.while_loop(cond, body, state0)
-    _, mean, cov, _ = _e_step(final, data, integrate)
+    _, mean, cov, _ = _e_step(final.params, data, integrate)
     return final, mean, cov
 
 
@@ -332,11 +364,10 @@ def fit_closed_form(
     weight = jnp.concatenate([o.transform.weight for o in outputs], axis=0)
     bias = jnp.concatenate([o.transform.offset() for o in outputs])
     state0 = _State(
-        weight=weight,
-        bias=bias,
-        extra_var=_initial_extra_var(outputs, columns),
+        params=_Params(weight, bias, _initial_extra_var(outputs, columns)),
         prediction=jnp.zeros_like(data.values),
         step=jnp.asarray(0),
+        n_maps=jnp.asarray(0),
         change=jnp.asarray(jnp.inf),
         history=jnp.full(max_steps, jnp.nan),
     )
@@ -352,12 +383,14 @@ def fit_closed_form(
     start = 0
     for output, size in zip(outputs, columns.sizes, strict=True):
         stop = start + size
-        transform = output.transform.with_coefficients(final.weight[start:stop], final.bias[start:stop])
+        transform = output.transform.with_coefficients(
+            final.params.weight[start:stop], final.params.bias[start:stop]
+        )
         model = output.error_model
         if isinstance(model, AbstractScatter):
             groups = np.asarray(columns.group[start:stop])
             ids = groups if model.per_column else groups[:1]
-            model = model.with_scatter(jnp.sqrt(final.extra_var[ids]))
+            model = model.with_scatter(jnp.sqrt(final.params.extra_var[ids]))
         fitted.append(LuxOutput(output.name, transform, model))
         start = stop
     return EMResult(

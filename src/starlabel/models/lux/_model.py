@@ -96,7 +96,7 @@ class Lux(AbstractSpectralModel):
         Iteration cap (default 2000; EM typically stops in 50–300).
     tol : float
         Closed form: stop when the RMS change of the predictions (scaled units) and the
-        largest scatter change fall below ``tol`` (default 1e-5). Gradient solvers: the
+        largest scatter change over one EM map fall below ``tol`` (default 1e-6). Gradient solvers: the
         relative tolerance on parameter and loss changes.
     learning_rate : float
         Adam step size (only for ``solver="adam"``).
@@ -130,7 +130,7 @@ class Lux(AbstractSpectralModel):
     objective: str = eqx.field(default="marginal", static=True)
     solver: str = eqx.field(default="auto", static=True)
     max_steps: int = eqx.field(default=2000, static=True)
-    tol: float = eqx.field(default=1e-5, static=True)
+    tol: float = eqx.field(default=1e-6, static=True)
     learning_rate: float = eqx.field(default=1e-2, static=True)
     robust_scaling: bool = eqx.field(default=False, static=True)
     seed: int = eqx.field(default=0, static=True)
@@ -242,7 +242,11 @@ class Lux(AbstractSpectralModel):
         """
         if not isinstance(train, SpectralDataset):
             raise TypeError(f"`train` must be a SpectralDataset, got {type(train).__name__}.")
-        specs = self._specs(train)
+        # User-built parameters (FunctionTransform, FunctionErrorModel) may be float32.
+        specs = jax.tree.map(
+            lambda leaf: jnp.asarray(leaf, dtype=jnp.float64) if eqx.is_inexact_array(leaf) else leaf,
+            self._specs(train),
+        )
         solver = self._choose_solver(specs)
         names = tuple(s.name for s in specs)
         raws = raw_outputs(train, names, self.label_names, extra, require_labels=True)
