@@ -89,6 +89,16 @@ def _as_rows(data: np.ndarray | None, hdu: int, path: Path) -> np.ndarray:
     return data
 
 
+def _has_hdu(hdul: fits.HDUList, index: int) -> bool:
+    # Not len(hdul): with lazy loading that parses every header in the file (apStar files
+    # carry large table HDUs we never read), tripling the time per file.
+    try:
+        hdul[index]
+    except IndexError:
+        return False
+    return True
+
+
 def _log_wavelength(header: fits.Header, n_pixels: int) -> np.ndarray | None:
     start = header.get("CRVAL1")
     step = header.get("CDELT1")
@@ -134,9 +144,9 @@ def read_apstar(path: str | os.PathLike[str], *, combination: str | int = "globa
     path = require_file(path, "apStar")
     notes: list[str] = []
     with open_fits(path, notes) as hdul:
-        if len(hdul) < 4:
+        if not _has_hdu(hdul, 3):
             raise ValueError(
-                f"{path.name}: has {len(hdul)} HDUs; an apStar file has flux, error and"
+                f"{path.name}: has fewer than 4 HDUs; an apStar file has flux, error and"
                 " bitmask in HDUs 1–3. For other layouts use read_fits_spectra with an ArrayLayout."
             )
         header = hdul[0].header
@@ -221,10 +231,10 @@ def read_aspcapstar(path: str | os.PathLike[str]) -> SurveySpectra:
     path = require_file(path, "aspcapStar")
     notes: list[str] = []
     with open_fits(path, notes) as hdul:
-        if len(hdul) < 5 or not isinstance(hdul[4], fits.BinTableHDU):
+        if not _has_hdu(hdul, 4) or not isinstance(hdul[4], fits.BinTableHDU):
             raise ValueError(
                 f"{path.name}: an aspcapStar file has flux, error and model in HDUs 1–3 and the"
-                f" ASPCAP table in HDU 4; this file has {len(hdul)} HDUs."
+                " ASPCAP table in HDU 4; this file has no table there."
             )
         flux = _as_rows(hdul[1].data, 1, path).astype(np.float64)
         err = _as_rows(hdul[2].data, 2, path).astype(np.float64)

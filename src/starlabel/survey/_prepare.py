@@ -17,7 +17,7 @@ from ._continuum_pixels import CONTINUUM_PIXELS_HELP, _from_array, load_continuu
 from ._cuts import CutOutcome, QualityCuts, apply_quality_cuts
 from ._generic import ArrayLayout
 from ._grids import APSTAR_N_PIXELS, ApogeeGrid, chip_regions, resolve_grid
-from ._registry import ReadOptions, SkippedFile, read_many
+from ._registry import ReadOptions, SkippedFile, expand_inputs, read_many
 from ._spectra import SurveySpectra
 
 __all__ = ["PreparationReport", "PreparationStep", "prepare", "resolve_continuum_pixels"]
@@ -255,10 +255,10 @@ def prepare(
     cont_mask = resolve_continuum_pixels(cont_pixels, target) if normalise else None
     steps: list[PreparationStep] = []
 
+    n_files = len(expand_inputs(inputs))
     spectra, skipped = read_many(
         inputs, format=format, options=ReadOptions(combination=combination, layout=layout), progress=progress
     )
-    n_files = len({*spectra.sources}) + len(skipped)
     n_spectra = spectra.n_stars
     detail = f"{n_files} file(s), {n_spectra} spectra"
     detail += f", {len(skipped)} file(s) skipped:" if skipped else ", none skipped"
