@@ -1,0 +1,666 @@
+r"""Posterior-mean test step: label priors, grid integration, tempering chosen by cross-validation.
+
+This module connects a fitted polynomial-in-labels model (the Cannon) to the generic
+tools of :mod:`starlabel.inference` (priors, :func:`~starlabel.inference.grid_posterior`,
+NUTS). For such models the χ² of a spectrum is a polynomial in the label vector
+``v(x)``,
+
+.. math:: \chi^2(x) = c - 2\, g^\top v(x) + v(x)^\top H\, v(x),
+          \quad H = \Theta^\top \Omega \Theta,\ g = \Theta^\top \Omega f,\ c = f^\top \Omega f,
+
+with :math:`\Omega = \mathrm{diag}(1/(\sigma^2 + s^2))`. The statistics ``(c, g, H)``
+are formed once per spectrum (one matrix product for a whole chunk); each grid node then
+costs O(terms²) instead of O(pixels), which is what makes a few thousand nodes per star
+affordable (NOTES.md: "normal-equation statistics").
+
+Temperature: the tempered posterior :math:`p(d|\ell)^{1/T} p(\ell)` widens the
+likelihood to absorb model misspecification. :func:`select_temperature` picks T by
+k-fold cross-validation *inside the training set*: refit on k−1 folds, score the held-out
+fold's known labels under each T's Gaussian posterior summary, keep the best mean log
+predictive density. Test data are never used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from .._internal import x64
+from ..data import Flag, InferenceResult, SpectralDataset
+from ..inference._grid import GridPosterior, grid_posterior
+from ..inference._priors import AbstractLabelPrior, resolve_prior
+
+__all__ = [
+    "PolynomialSpectrum",
+    "polynomial_spectrum",
+    "spectrum_statistics",
+    "posterior_prior",
+    "infer_posterior_mean",
+    "infer_nuts",
+    "TemperatureSelection",
+    "select_temperature",
+]
+
+
+# --------------------------------------------------------------------------- model view
+class PolynomialSpectrum(eqx.Module):
+    """A pure-JAX view of a model whose flux is ``θ · v((ℓ − shift)/scale)`` per pixel.
+
+    Built from a fitted Cannon by :func:`polynomial_spectrum`; this is what the
+    posterior-mean, radial-velocity, continuum and binary fits evaluate.
+
+    Attributes
+    ----------
+    label_names : tuple of str
+    vectorizer : callable Module
+        Scaled labels (labels,) → label vector (terms,).
+    shift, scale : Float[Array, " labels"]
+        Label scaling.
+    theta : Float[Array, "pixels terms"]
+        Coefficients (flux units).
+    s2 : Float[Array, " pixels"]
+        Intrinsic scatter variance (flux²).
+    pixel_ok : Bool[Array, " pixels"]
+        Pixels the model describes (others are ignored).
+    train_labels : Float[Array, "train labels"]
+        Training labels kept by the model (own units): priors and starting points.
+    box : Float[Array, "2 labels"]
+        Training label range (own units).
+    """
+
+    label_names: tuple[str, ...] = eqx.field(static=True)
+    vectorizer: Any
+    shift: Float[Array, " labels"]
+    scale: Float[Array, " labels"]
+    theta: Float[Array, "pixels terms"]
+    s2: Float[Array, " pixels"]
+    pixel_ok: Bool[Array, " pixels"]
+    train_labels: Float[Array, "train labels"]
+    box: Float[Array, "2 labels"]
+
+    @property
+    def n_pixels(self) -> int:
+        """Number of pixels."""
+        return int(self.theta.shape[0])
+
+    @property
+    def n_labels(self) -> int:
+        """Number of labels."""
+        return len(self.label_names)
+
+    @property
+    def n_terms(self) -> int:
+        """Number of polynomial terms."""
+        return int(self.theta.shape[1])
+
+    def label_vector(self, labels: Float[Array, " labels"]) -> Float[Array, " terms"]:
+        """``v((ℓ − shift)/scale)``."""
+        return self.vectorizer((labels - self.shift) / self.scale)
+
+    def flux(self, labels: Float[Array, " labels"]) -> Float[Array, " pixels"]:
+        """Model flux of one star at ``labels`` (own units)."""
+        return self.theta @ self.label_vector(labels)
+
+    def weights(self, ivar: Float[Array, " pixels"]) -> Float[Array, " pixels"]:
+        """``1/(σ² + s²)`` on usable pixels, 0 elsewhere."""
+        good = self.pixel_ok & (ivar > 0)
+        return jnp.where(good, ivar / (1.0 + ivar * self.s2), 0.0)
+
+    def safety_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training range widened by its width on each side (own units)."""
+        box = np.asarray(self.box)
+        width = np.maximum(box[1] - box[0], 1e-9)
+        return box[0] - width, box[1] + width
+
+
+def polynomial_spectrum(fitted: Any) -> PolynomialSpectrum:
+    """The :class:`PolynomialSpectrum` of a fitted Cannon (or any model with its fields).
+
+    Raises
+    ------
+    TypeError
+        If ``fitted`` lacks ``theta``, ``s2``, ``vectorizer`` and ``label_scaler``: the
+        grid, radial-velocity and binary test steps need a model linear in coefficients.
+    """
+    if isinstance(fitted, PolynomialSpectrum):
+        return fitted
+    needed = ("theta", "s2", "vectorizer", "label_scaler", "label_names")
+    missing = [n for n in needed if not hasattr(fitted, n)]
+    if missing:
+        raise TypeError(
+            f"{type(fitted).__name__} lacks {missing}: the posterior-mean, radial-velocity and"
+            " binary test steps need a polynomial-in-labels model such as a FittedCannon."
+        )
+    with jax.enable_x64(True):
+        shift = jnp.asarray(fitted.label_scaler.shift, dtype=jnp.float64)
+        scale = jnp.asarray(fitted.label_scaler.scale, dtype=jnp.float64)
+        theta = jnp.asarray(fitted.theta, dtype=jnp.float64)
+        pixel_ok = getattr(fitted, "pixel_ok", None)
+        pixel_ok = jnp.ones(theta.shape[0], dtype=bool) if pixel_ok is None else jnp.asarray(pixel_ok)
+        space = getattr(fitted, "label_space", None)
+        if space is not None:
+            train = jnp.asarray(space.train) * scale + shift
+            box = jnp.asarray(space.box) * scale + shift
+        else:
+            train = shift[None, :]
+            box = jnp.stack([shift - 3 * scale, shift + 3 * scale])
+        return PolynomialSpectrum(
+            tuple(fitted.label_names),
+            fitted.vectorizer,
+            shift,
+            scale,
+            theta,
+            jnp.asarray(fitted.s2, dtype=jnp.float64),
+            pixel_ok,
+            train,
+            box,
+        )
+
+
+class SpectrumStatistics(eqx.Module):
+    """Per-star χ² statistics ``(c, g, H)`` and the number of usable pixels."""
+
+    c: Float[Array, " stars"]
+    g: Float[Array, "stars terms"]
+    H: Float[Array, "stars terms terms"]
+    n_good: Float[Array, " stars"]
+
+
+@eqx.filter_jit
+def _statistics(model: PolynomialSpectrum, flux: Array, ivar: Array, theta: Array | None) -> SpectrumStatistics:
+    omega = jax.vmap(model.weights)(ivar)
+    if theta is None:
+        # Shared coefficients: H for all stars is one (stars × pixels)(pixels × terms²) product.
+        outer = (model.theta[:, :, None] * model.theta[:, None, :]).reshape(model.n_pixels, -1)
+        H = (omega @ outer).reshape(-1, model.n_terms, model.n_terms)
+        g = (omega * flux) @ model.theta
+    else:
+        # Per-star coefficients (shifted/continuum-scaled models of the nuisance fits).
+        H = jnp.einsum("np,npa,npb->nab", omega, theta, theta)
+        g = jnp.einsum("np,npa->na", omega * flux, theta)
+    return SpectrumStatistics(jnp.sum(omega * flux**2, axis=1), g, H, jnp.sum(omega > 0, axis=1).astype(flux.dtype))
+
+
+@x64
+def spectrum_statistics(
+    model: PolynomialSpectrum,
+    flux: Any,
+    ivar: Any,
+    theta: Any = None,
+) -> SpectrumStatistics:
+    """χ² statistics of every spectrum (see the module docstring).
+
+    Parameters
+    ----------
+    model : PolynomialSpectrum
+    flux, ivar : array-like, shape (stars, pixels)
+    theta : array-like, shape (stars, pixels, terms), optional
+        Per-star coefficients replacing ``model.theta`` (e.g. Doppler-shifted and
+        continuum-scaled by the nuisance fit).
+    """
+    flux = jnp.asarray(flux, dtype=jnp.float64)
+    ivar = jnp.asarray(ivar, dtype=jnp.float64)
+    return _statistics(model, flux, ivar, None if theta is None else jnp.asarray(theta, dtype=jnp.float64))
+
+
+class _LogLikelihood(eqx.Module):
+    """``−χ²/2`` from the statistics (constant normalisation dropped)."""
+
+    model: PolynomialSpectrum
+
+    def __call__(self, labels: Float[Array, " labels"], stats: tuple[Array, Array, Array]) -> Float[Array, ""]:
+        c, g, H = stats
+        v = self.model.label_vector(labels)
+        return -0.5 * (c - 2.0 * g @ v + v @ H @ v)
+
+
+def posterior_prior(fitted: Any, prior: Any) -> AbstractLabelPrior:
+    """Resolve ``prior`` ("none", "gaussian", "kde", dict, object) against a fitted model.
+
+    ``"gaussian"`` and ``"kde"`` are fitted to the training labels the model keeps.
+    """
+    model = polynomial_spectrum(fitted)
+    return resolve_prior(prior, model.label_names, np.asarray(model.train_labels))
+
+
+def _box(
+    model: PolynomialSpectrum, prior: AbstractLabelPrior, bounds: Mapping[str, Sequence[float | None]] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Integration box: prior support ∩ safety box, or the training range ± 25% when flat."""
+    safe_lo, safe_hi = model.safety_box()
+    support = prior.support()
+    if support is None:
+        box = np.asarray(model.box)
+        width = box[1] - box[0]
+        lower, upper = box[0] - 0.25 * width, box[1] + 0.25 * width
+    else:
+        lower, upper = np.maximum(support[0], safe_lo), np.minimum(support[1], safe_hi)
+    lower, upper = lower.copy(), upper.copy()
+    for name, pair in (bounds or {}).items():
+        if name not in model.label_names:
+            raise ValueError(f"`bounds` names unknown label {name!r}; labels are {list(model.label_names)}.")
+        low, high = pair
+        k = model.label_names.index(name)
+        lower[k] = lower[k] if low is None else float(low)
+        upper[k] = upper[k] if high is None else float(high)
+    if np.any(upper <= lower):
+        raise ValueError(f"empty integration box: lower={lower}, upper={upper}; check `bounds`.")
+    return lower, upper
+
+
+def _check_data(model: PolynomialSpectrum, data: SpectralDataset) -> None:
+    if not isinstance(data, SpectralDataset):
+        raise TypeError(f"`data` must be a SpectralDataset, got {type(data).__name__}.")
+    if data.n_pixels != model.n_pixels:
+        raise ValueError(
+            f"`data` has {data.n_pixels} pixels but the model has {model.n_pixels}; resample the"
+            " spectra onto the model's grid."
+        )
+
+
+def _check_temperature(temperature: Any) -> float:
+    if isinstance(temperature, str):
+        raise ValueError(
+            f"`temperature`={temperature!r}: pass a number here; 'auto' means choosing T by"
+            " cross-validation on the training set with select_temperature(model, train)."
+        )
+    value = float(temperature)
+    if not value > 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+    return value
+
+
+@x64
+def _chi2_at(model: PolynomialSpectrum, stats: SpectrumStatistics, labels: Array) -> Array:
+    v = jax.vmap(model.label_vector)(labels)
+    return stats.c - 2.0 * jnp.sum(stats.g * v, axis=1) + jnp.einsum("na,nab,nb->n", v, stats.H, v)
+
+
+@x64
+def infer_posterior_mean(
+    fitted: Any,
+    data: SpectralDataset,
+    *,
+    prior: Any = "none",
+    temperature: float = 1.0,
+    bounds: Mapping[str, Sequence[float | None]] | None = None,
+    n_nodes: int = 2048,
+    n_zoom_nodes: int = 512,
+    n_refine: int = 4,
+    min_mode_mass: float = 0.05,
+    chunk_size: int = 256,
+    poor_fit: float = 3.0,
+    theta: Any = None,
+) -> InferenceResult:
+    r"""Posterior mean and covariance of each star's labels by nested grid quadrature.
+
+    Evaluates :math:`p(d|\ell)^{1/T} p(\ell)` for every spectrum on a coarse grid over
+    the prior's box, zooms ``n_refine`` times onto the dominant mode, and reports the
+    posterior moments, the grid's best node and any separated secondary mode (see
+    :func:`starlabel.inference.grid_posterior`). Use for ≤ 5 labels; beyond that use
+    :func:`infer_nuts`.
+
+    Parameters
+    ----------
+    fitted : FittedCannon or PolynomialSpectrum
+        A trained polynomial-in-labels model.
+    data : SpectralDataset
+        Spectra on the model's pixel grid.
+    prior : "none", "gaussian", "kde", dict or AbstractLabelPrior
+        Label prior; "gaussian"/"kde" are fitted to the model's training labels.
+    temperature : float
+        Likelihood temperature T ≥ 1 (choose it with :func:`select_temperature`).
+    bounds : mapping, optional
+        ``{label: (low, high)}`` overriding the integration box (label units).
+    n_nodes, n_zoom_nodes, n_refine, min_mode_mass, chunk_size
+        Passed to :func:`~starlabel.inference.grid_posterior`.
+    poor_fit : float
+        Reduced χ² (untempered, at the mean) above which POOR_FIT is set.
+    theta : array-like, shape (stars, pixels, terms), optional
+        Per-star coefficients (Doppler-shifted/continuum-scaled model from the nuisance
+        fit); default the model's own.
+
+    Returns
+    -------
+    InferenceResult
+        ``labels`` = posterior mean, ``cov`` = posterior covariance, ``chi2`` at the mean
+        (untempered, with s²), ``dof`` = usable pixels − labels, flags (MULTIMODAL,
+        NOT_CONVERGED when the finest grid holds < 5 effective nodes, BAD_COVARIANCE,
+        POOR_FIT, FEW_PIXELS), and extra columns ``<label>_best`` (grid MAP),
+        ``mode2_<label>``, ``mode2_mass``, ``n_eff``, ``log_evidence``.
+
+    Raises
+    ------
+    ValueError
+        On data of the wrong shape, a bad temperature or prior name, or empty bounds.
+    """
+    model = polynomial_spectrum(fitted)
+    _check_data(model, data)
+    temperature = _check_temperature(temperature)
+    label_prior = posterior_prior(model, prior)
+    lower, upper = _box(model, label_prior, bounds)
+    stats = spectrum_statistics(model, data.flux, data.ivar, theta)
+    post = grid_posterior(
+        _LogLikelihood(model),
+        label_prior,
+        (stats.c, stats.g, stats.H),
+        lower=lower,
+        upper=upper,
+        temperature=temperature,
+        n_nodes=n_nodes,
+        n_zoom_nodes=n_zoom_nodes,
+        n_refine=n_refine,
+        min_mode_mass=min_mode_mass,
+        chunk_size=chunk_size,
+    )
+    return _assemble(model, data, stats, post, label_prior, temperature, poor_fit)
+
+
+def _assemble(
+    model: PolynomialSpectrum,
+    data: SpectralDataset,
+    stats: SpectrumStatistics,
+    post: GridPosterior,
+    prior: AbstractLabelPrior,
+    temperature: float,
+    poor_fit: float,
+) -> InferenceResult:
+    mean = np.asarray(post.mean)
+    cov = np.asarray(post.cov)
+    chi2 = np.asarray(_chi2_at(model, stats, jnp.asarray(mean)))
+    n_good = np.asarray(stats.n_good)
+    dof = n_good - model.n_labels
+    n_eff = np.asarray(post.n_eff)
+    diag = np.diagonal(cov, axis1=1, axis2=2)
+    bad_cov = ~np.all(np.isfinite(cov), axis=(1, 2)) | np.any(diag <= 0, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rchi2 = np.where(dof > 0, chi2 / dof, np.nan)
+    flags = np.zeros(len(mean), dtype=np.int64)
+    flags |= np.where(np.asarray(post.multimodal), int(Flag.MULTIMODAL), 0)
+    flags |= np.where(n_eff < 5.0, int(Flag.NOT_CONVERGED), 0)
+    flags |= np.where(bad_cov, int(Flag.BAD_COVARIANCE), 0)
+    flags |= np.where(rchi2 > poor_fit, int(Flag.POOR_FIT), 0)
+    flags |= np.where(n_good <= model.n_terms, int(Flag.FEW_PIXELS), 0)
+    box = np.asarray(model.box)
+    flags |= np.where(np.any((mean < box[0]) | (mean > box[1]), axis=1), int(Flag.OUTSIDE_TRAINING), 0)
+    extra: dict[str, np.ndarray] = {}
+    best, mode2 = np.asarray(post.best), np.asarray(post.mode2)
+    for k, name in enumerate(model.label_names):
+        extra[f"{name}_best"] = best[:, k]
+    for k, name in enumerate(model.label_names):
+        extra[f"mode2_{name}"] = mode2[:, k]
+    extra["mode2_mass"] = np.asarray(post.mode2_mass)
+    extra["n_eff"] = n_eff
+    extra["log_evidence"] = np.asarray(post.log_evidence)
+    return InferenceResult(
+        ids=data.ids,
+        label_names=model.label_names,
+        labels=mean,
+        cov=np.where(bad_cov[:, None, None], np.nan, cov),
+        chi2=chi2,
+        dof=dof.astype(float),
+        flags=flags,
+        extra=extra,
+        meta={"estimator": "mean", "prior": prior.kind, "temperature": float(temperature)},
+    )
+
+
+# --------------------------------------------------------------------------- temperature
+@dataclass(frozen=True)
+class TemperatureSelection:
+    """Outcome of :func:`select_temperature`.
+
+    Attributes
+    ----------
+    temperature : float
+        The chosen T (highest mean held-out log predictive density).
+    temperatures : tuple of float
+        Candidates tried.
+    log_score : ndarray, shape (temperatures,)
+        Mean over held-out training stars of ``log N(ℓ_true | mean, cov)``.
+    rmse : ndarray, shape (temperatures, labels)
+        Held-out RMSE of the posterior mean per label.
+    z_std : ndarray, shape (temperatures, labels)
+        Standard deviation of ``(mean − ℓ_true)/σ`` per label.
+    label_names : tuple of str
+    """
+
+    temperature: float
+    temperatures: tuple[float, ...]
+    log_score: np.ndarray
+    rmse: np.ndarray
+    z_std: np.ndarray
+    label_names: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (store it with the model)."""
+        return {
+            "temperature": self.temperature,
+            "temperatures": list(self.temperatures),
+            "log_score": self.log_score.tolist(),
+            "rmse": self.rmse.tolist(),
+            "z_std": self.z_std.tolist(),
+            "label_names": list(self.label_names),
+        }
+
+
+def _gaussian_log_score(mean: np.ndarray, cov: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    diff = truth - mean
+    try:
+        chol = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        return np.full(len(mean), np.nan)
+    z = np.linalg.solve(chol, diff[..., None])[..., 0]
+    log_det = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=1, axis2=2)), axis=1)
+    return -0.5 * (np.sum(z**2, axis=1) + log_det + mean.shape[1] * np.log(2 * np.pi))
+
+
+def _fold_indices(n: int, n_folds: int, seed: int) -> list[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(part) for part in np.array_split(order, n_folds)]
+
+
+def select_temperature(
+    model: Any,
+    train: SpectralDataset,
+    *,
+    prior: Any = "kde",
+    temperatures: Sequence[float] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0),
+    n_folds: int = 5,
+    seed: int = 0,
+    **grid_options: Any,
+) -> TemperatureSelection:
+    """Choose the likelihood temperature by k-fold cross-validation on the training set.
+
+    For each fold, ``model`` is refitted on the other folds, the prior is rebuilt from
+    their labels, and the held-out spectra are inferred with :func:`infer_posterior_mean`
+    at every candidate T. The score is the mean log density of the held-out stars' known
+    labels under the Gaussian summary (mean, cov) of their posterior: a proper scoring
+    rule, so it rewards accurate means *and* honest widths.
+
+    Parameters
+    ----------
+    model : AbstractSpectralModel
+        Unfitted configuration (e.g. ``Cannon(label_names, order=2)``); refitted per fold.
+    train : SpectralDataset
+        Training spectra with labels ``model.label_names`` (the only data used).
+    prior : str or dict
+        Prior choice, rebuilt per fold from that fold's training labels.
+    temperatures : sequence of float
+        Candidates (> 0).
+    n_folds : int
+        Folds (≥ 2).
+    seed : int
+        Seed of the fold assignment.
+    **grid_options
+        Passed to :func:`infer_posterior_mean` (e.g. ``n_nodes``).
+
+    Returns
+    -------
+    TemperatureSelection
+
+    Raises
+    ------
+    ValueError
+        On fewer than two folds, a non-positive candidate, or a training set without the
+        model's labels.
+    """
+    temps = tuple(float(t) for t in temperatures)
+    if not temps or any(not t > 0 for t in temps):
+        raise ValueError(f"`temperatures` must be positive numbers, got {temperatures!r}.")
+    if not (isinstance(n_folds, int) and 2 <= n_folds <= train.n_stars):
+        raise ValueError(f"`n_folds` must be an integer in [2, {train.n_stars}], got {n_folds!r}.")
+    names = tuple(model.label_names)
+    if train.labels is None or any(n not in train.label_names for n in names):
+        raise ValueError(f"`train` must carry the labels {list(names)} for cross-validation.")
+    truth_all = train.select_labels(names).labels
+    folds = _fold_indices(train.n_stars, n_folds, seed)
+    scores = np.zeros((len(temps), train.n_stars))
+    means = np.zeros((len(temps), train.n_stars, len(names)))
+    stds = np.zeros_like(means)
+    for held in folds:
+        rest = np.setdiff1d(np.arange(train.n_stars), held)
+        fitted = model.fit(train[rest])
+        fold_prior = resolve_prior(prior, names, truth_all[rest]) if isinstance(prior, str) else prior
+        for t, temperature in enumerate(temps):
+            result = infer_posterior_mean(fitted, train[held], prior=fold_prior, temperature=temperature, **grid_options)
+            scores[t, held] = _gaussian_log_score(result.labels, result.cov, truth_all[held])
+            means[t, held] = result.labels
+            stds[t, held] = result.label_err
+    finite = np.all(np.isfinite(truth_all), axis=1)
+    log_score = np.array([np.nanmean(np.where(finite, s, np.nan)) for s in scores])
+    resid = means - truth_all[None]
+    rmse = np.sqrt(np.nanmean(np.where(finite[None, :, None], resid**2, np.nan), axis=1))
+    z_std = np.nanstd(np.where(finite[None, :, None], resid / stds, np.nan), axis=1)
+    best = int(np.nanargmax(log_score))
+    return TemperatureSelection(temps[best], temps, log_score, rmse, z_std, names)
+
+
+# --------------------------------------------------------------------------- NUTS
+class _LogPosterior(eqx.Module):
+    model: PolynomialSpectrum
+    prior: AbstractLabelPrior
+
+    def __call__(self, labels: Array, args: tuple[Array, Array, Array, Array]) -> Array:
+        c, g, H, temperature = args
+        return _LogLikelihood(self.model)(labels, (c, g, H)) / temperature + self.prior.log_prob(labels)
+
+
+@x64
+def infer_nuts(
+    fitted: Any,
+    data: SpectralDataset,
+    key: PRNGKeyArray,
+    *,
+    prior: Any = "none",
+    temperature: float = 1.0,
+    num_warmup: int = 300,
+    num_samples: int = 500,
+    num_chains: int = 2,
+    start: InferenceResult | None = None,
+    chunk_size: int = 64,
+) -> InferenceResult:
+    """Posterior mean and covariance by NUTS, for any number of labels.
+
+    Each star is sampled with :func:`starlabel.inference.nuts` in coordinates whitened
+    by the MAP covariance (``start``, default ``fitted.infer(data)``), so the sampler
+    needs no mass-matrix adaptation. Stars are vmapped in chunks.
+
+    Parameters
+    ----------
+    fitted : FittedCannon
+        The trained model (its ``infer`` provides the MAP starting points).
+    data : SpectralDataset
+        Spectra on the model's grid.
+    key : PRNGKeyArray
+        Random key; the result is a deterministic function of it.
+    prior, temperature
+        As in :func:`infer_posterior_mean`.
+    num_warmup, num_samples, num_chains : int
+        Sampler settings per star.
+    start : InferenceResult, optional
+        MAP labels and covariances to whiten with.
+    chunk_size : int
+        Stars per vmapped batch.
+
+    Returns
+    -------
+    InferenceResult
+        Posterior means and covariances of the draws; extra ``rhat_max`` (worst split-R̂
+        over labels), ``ess_min``, ``n_divergent``; NOT_CONVERGED where R̂ > 1.05.
+    """
+    from ..inference._gaussian import gaussian_from_precision
+    from ..inference._nuts import nuts
+    from ..inference._reparam import whiten
+
+    model = polynomial_spectrum(fitted)
+    _check_data(model, data)
+    temperature = _check_temperature(temperature)
+    label_prior = posterior_prior(model, prior)
+    if start is None:
+        start = fitted.infer(data)
+    centre = np.asarray(start.labels, dtype=float)
+    cov = np.asarray(start.cov, dtype=float)
+    # Fall back to the model's label scale where the MAP covariance is unusable; the
+    # sampler then starts from a wider whitening but still converges.
+    scale2 = np.asarray(model.scale) ** 2 * 1e-2
+    ok = np.all(np.isfinite(cov), axis=(1, 2)) & np.all(np.isfinite(centre), axis=1)
+    cov = np.where(ok[:, None, None], cov, np.diag(scale2)[None])
+    centre = np.where(ok[:, None], centre, np.asarray(model.shift)[None])
+    # Sample the tempered posterior: widen the whitening accordingly.
+    cov = cov * temperature
+    stats = spectrum_statistics(model, data.flux, data.ivar)
+    log_post = _LogPosterior(model, label_prior)
+
+    def one(centre_n: Array, cov_n: Array, c: Array, g: Array, H: Array, k: Array) -> tuple[Array, ...]:
+        approx = gaussian_from_precision(centre_n, jnp.linalg.inv(cov_n))
+        whitening = whiten(approx)
+        post = nuts(
+            log_post,
+            whitening,
+            (c, g, H, jnp.asarray(temperature)),
+            k,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+        )
+        draws = post.samples.reshape(-1, centre_n.shape[0])
+        return jnp.mean(draws, axis=0), jnp.cov(draws.T), jnp.max(post.rhat), jnp.min(post.ess), jnp.sum(post.num_divergent)
+
+    run = jax.jit(jax.vmap(one))
+    keys = jax.random.split(key, data.n_stars)
+    outs = []
+    for begin in range(0, data.n_stars, chunk_size):
+        end = min(begin + chunk_size, data.n_stars)
+        sl = slice(begin, end)
+        outs.append(
+            [
+                np.asarray(o)
+                for o in run(
+                    jnp.asarray(centre[sl]), jnp.asarray(cov[sl]), stats.c[sl], stats.g[sl], stats.H[sl], keys[sl]
+                )
+            ]
+        )
+    mean, post_cov, rhat, ess, divergent = (np.concatenate([o[i] for o in outs]) for i in range(5))
+    post_cov = post_cov.reshape(-1, model.n_labels, model.n_labels)
+    chi2 = np.asarray(_chi2_at(model, stats, jnp.asarray(mean)))
+    n_good = np.asarray(stats.n_good)
+    flags = np.where(rhat > 1.05, int(Flag.NOT_CONVERGED), 0).astype(np.int64)
+    return InferenceResult(
+        ids=data.ids,
+        label_names=model.label_names,
+        labels=mean,
+        cov=post_cov,
+        chi2=chi2,
+        dof=(n_good - model.n_labels).astype(float),
+        flags=flags,
+        extra={"rhat_max": rhat, "ess_min": ess, "n_divergent": divergent.astype(np.int64)},
+        meta={"estimator": "nuts", "prior": label_prior.kind, "temperature": temperature},
+    )
