@@ -181,6 +181,10 @@ class Lux(AbstractSpectralModel):
         Lux
         """
         output = LuxOutput(name, transform, error_model if error_model is not None else NoScatter())
+        if name in ("labels", "flux") or name in [o.name for o in self.outputs]:
+            raise ValueError(
+                f"output name {name!r} is taken ('labels' and 'flux' are built in); choose another."
+            )
         return eqx.tree_at(lambda m: m.outputs, self, (*self.outputs, output))
 
     # ------------------------------------------------------------------ fitting
