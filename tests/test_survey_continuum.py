@@ -7,10 +7,10 @@ import pytest
 
 from starlabel.data import SpectralDataset
 from starlabel.survey import (
-    ArrayLayout,
     Polynomial,
     RunningQuantile,
     SinesAndCosines,
+    bad_from_bitmask,
     chip_regions,
     continuum_normalise,
     fit_continuum,
@@ -18,7 +18,6 @@ from starlabel.survey import (
     mask_pixels,
     read_apstar,
     read_aspcapstar,
-    read_npz_spectra,
     resolve_continuum,
     resolve_grid,
 )
@@ -49,6 +48,7 @@ def test_fit_is_linear_in_flux_and_invariant_to_ivar_scale(rng, method):
     flux, _, pixels, _ = _synthetic(rng, n_stars=2)
     flux = flux * (1 + 0.01 * rng.normal(size=flux.shape))
     ivar = rng.uniform(0.5, 2.0, size=flux.shape)
+
     def fit(f, w):
         return fit_continuum(
             WAVELENGTH, f, w, method=method, continuum_pixels=pixels, regions=chip_regions()
@@ -156,19 +156,15 @@ def _chip_trends(ours, survey, good):
 
 @pytest.fixture(scope="module")
 def dr14_example(shared_data):
-    layout = ArrayLayout(
-        flux="normalized_flux",
-        flux_err="normalized_error",
-        bitmask="pixel_or_mask",
-        wavelength="wavelength_nm",
-        wavelength_unit="nm",
-        normalised=True,
+    """The survey-normalised DR14 spectrum, built straight from the file's arrays."""
+    example = np.load(shared_data / "apogee" / "paynezero_apogee_dr14_example_2M08002084+4044415.npz")
+    bad = bad_from_bitmask(example["pixel_or_mask"]) | (example["normalized_flux"] <= 0)
+    return SpectralDataset(
+        example["normalized_flux"][None],
+        ivar=example["inverse_variance"][None],
+        mask=bad[None],
+        wavelength=10.0 * example["wavelength_nm"],
     )
-    spectra = read_npz_spectra(
-        shared_data / "apogee" / "paynezero_apogee_dr14_example_2M08002084+4044415.npz", layout
-    )
-    masked = mask_pixels(spectra.flux, spectra.flux_err, spectra.bitmask)
-    return spectra.to_dataset(masked.bad)
 
 
 def test_dr14_example_survey_convention_reproduced(dr14_example):

@@ -71,7 +71,7 @@ def apstar_wavelength(
 
     Examples
     --------
-    >>> round(float(apstar_wavelength()[0]), 2), round(float(apstar_wavelength()[-1]), 2)
+    >>> round(float(apstar_wavelength()[0]), 1), round(float(apstar_wavelength()[-1]), 1)
     (15100.8, 16999.8)
     """
     return 10.0 ** (log10_start + log10_step * np.arange(n_pixels, dtype=np.float64))
