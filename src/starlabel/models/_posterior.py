@@ -1,0 +1,418 @@
+"""Label uncertainties for any fitted model with a JAX log-likelihood: Fisher, Laplace, NUTS.
+
+This is the glue between ``models/`` and the model-agnostic ``inference/`` toolkit
+(models may import inference, never the reverse). It needs only what every
+generative model here exposes:
+
+* ``fitted.log_likelihood(params, flux, ivar) -> scalar`` (pure JAX), Gaussian in the
+  flux with a variance that does not depend on ``params`` — the Cannon (``params`` =
+  labels in their own units, variance σ² + s²) and Lux (``params`` = latents,
+  variance σ² + learned scatter);
+* for latent-variable models, ``fitted.latents_to_labels`` and
+  ``fitted.latent_log_prior`` (Lux);
+* a starting point: ``fitted.infer_latents(data)`` or ``fitted.infer(data).labels``.
+
+What each method includes is documented in ``docs/uncertainties.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .._internal import x64
+from ..data import Flag, InferenceResult, SpectralDataset
+from ..inference import (
+    RESULTS,
+    PosteriorSamples,
+    effective_sample_size,
+    gaussian_from_precision,
+    hessian,
+    nuts,
+    split_rhat,
+    whiten,
+)
+
+__all__ = ["PosteriorMethod", "posterior_infer"]
+
+PosteriorMethod = Literal["fisher", "laplace", "nuts"]
+"""``"fisher"``: expected information at the MAP; ``"laplace"``: observed curvature
+at the MAP; ``"nuts"``: posterior draws (whitened NUTS) summarised by mean and covariance."""
+
+_METHODS: tuple[str, ...] = get_args(PosteriorMethod)
+_NEWTON_TOL = 1e-6
+"""Newton decrement gᵀH⁻¹g (in nats) below which the MAP counts as converged."""
+
+
+class _Adaptor(eqx.Module):
+    """A fitted model seen as a log density over one star's parameters (pure JAX)."""
+
+    fitted: Any
+    latent: bool = eqx.field(static=True)
+
+    def log_likelihood(self, params: Float[Array, " n"], flux: Array, ivar: Array) -> Float[Array, ""]:
+        return self.fitted.log_likelihood(params, flux, ivar)
+
+    def log_prior(self, params: Float[Array, " n"]) -> Float[Array, ""]:
+        # Labels get a flat prior; Lux latents their N(0, I).
+        return self.fitted.latent_log_prior(params) if self.latent else jnp.zeros((), params.dtype)
+
+    def labels(self, params: Float[Array, " n"]) -> Float[Array, " labels"]:
+        return self.fitted.latents_to_labels(params) if self.latent else params
+
+
+def _log_posterior(params: Float[Array, " n"], args: tuple[_Adaptor, Array, Array]) -> Float[Array, ""]:
+    adaptor, flux, ivar = args
+    return adaptor.log_likelihood(params, flux, ivar) + adaptor.log_prior(params)
+
+
+def _negative_log_posterior(params: Float[Array, " n"], args: tuple[_Adaptor, Array, Array]) -> Float[Array, ""]:
+    return -_log_posterior(params, args)
+
+
+def _regularised_solve(matrix: Float[Array, "n n"], vector: Float[Array, " n"]) -> Float[Array, " n"]:
+    # Newton step that stays a descent step where the Hessian is indefinite.
+    values, vectors = jnp.linalg.eigh(matrix)
+    values = jnp.maximum(jnp.abs(values), 1e-10 * jnp.max(jnp.abs(values)))
+    return vectors @ ((vectors.T @ vector) / values)
+
+
+def _newton(args: tuple[_Adaptor, Array, Array], start: Float[Array, " n"], steps: int) -> tuple[Array, Array]:
+    """Fixed-count Newton iterations (a batch under vmap waits for its slowest member)."""
+
+    def step(params: Array, _: None) -> tuple[Array, None]:
+        grad = jax.grad(_log_posterior)(params, args)
+        precision = hessian(_negative_log_posterior, params, args)
+        candidate = params + _regularised_solve(precision, grad)
+        # Keep the old point when the step makes things worse (far from the mode).
+        better = _log_posterior(candidate, args) >= _log_posterior(params, args)
+        return jnp.where(better & jnp.all(jnp.isfinite(candidate)), candidate, params), None
+
+    params, _ = jax.lax.scan(step, start, None, length=steps)
+    grad = jax.grad(_log_posterior)(params, args)
+    decrement = grad @ _regularised_solve(hessian(_negative_log_posterior, params, args), grad)
+    return params, decrement
+
+
+def _fisher(args: tuple[_Adaptor, Array, Array], params: Float[Array, " n"]) -> tuple[Array, Array, Array]:
+    r"""Expected information, χ² and pixel count from the log-likelihood alone.
+
+    For :math:`\log L = -\tfrac12\sum_j w_j (f_j - \mu_j(\theta))^2 + \mathrm{const}`:
+    :math:`\partial_f \log L = -w(f-\mu)`, so :math:`w` is the drop of that gradient
+    when every flux rises by 1, :math:`\partial_\theta\partial_f \log L = W J` and
+    :math:`F = (WJ)^\top W^{-1}(WJ) = J^\top W J`; likewise
+    :math:`\chi^2 = \sum (\partial_f \log L)^2 / w`. Masked pixels have :math:`w = 0`.
+    """
+    adaptor, flux, ivar = args
+
+    def grad_flux(theta: Array, f: Array) -> Array:
+        return jax.grad(adaptor.log_likelihood, argnums=1)(theta, f, ivar)
+
+    at_data = grad_flux(params, flux)
+    weight = at_data - grad_flux(params, flux + 1.0)
+    used = weight > 0
+    safe = jnp.where(used, weight, 1.0)
+    weighted_jac = jax.jacfwd(grad_flux, argnums=0)(params, flux)  # (pixels, n) = W J
+    scaled = jnp.where(used[:, None], weighted_jac / jnp.sqrt(safe)[:, None], 0.0)
+    prior = hessian(lambda p, a: -adaptor.log_prior(p), params)
+    information = scaled.T @ scaled + prior
+    chi2 = jnp.sum(jnp.where(used, at_data**2 / safe, 0.0))
+    return information, chi2, jnp.sum(used)
+
+
+class _StarOutput(eqx.Module):
+    labels: Array
+    cov: Array
+    chi2: Array
+    n_used: Array
+    decrement: Array
+    positive_definite: Array
+    rhat: Array
+    ess: Array
+    step_size: Array
+    divergent: Array
+    samples: Array
+
+
+def _summarise_samples(adaptor: _Adaptor, post: PosteriorSamples) -> tuple[Array, Array, Array, Array, Array]:
+    chains, draws = post.samples.shape[:2]
+    label_draws = jax.vmap(jax.vmap(adaptor.labels))(post.samples)  # (chains, samples, labels)
+    flat = jnp.reshape(label_draws, (chains * draws, -1))
+    mean = jnp.mean(flat, axis=0)
+    centred = flat - mean[None, :]
+    cov = centred.T @ centred / (flat.shape[0] - 1)
+    return mean, cov, split_rhat(label_draws), effective_sample_size(label_draws), label_draws
+
+
+def _analyse_star(
+    adaptor: _Adaptor,
+    flux: Array,
+    ivar: Array,
+    start: Array,
+    key: PRNGKeyArray,
+    method: str,
+    newton_steps: int,
+    num_warmup: int,
+    num_samples: int,
+    num_chains: int,
+) -> _StarOutput:
+    args = (adaptor, flux, ivar)
+    params, decrement = _newton(args, start, newton_steps)
+    information, chi2, n_used = _fisher(args, params)
+    observed = hessian(_negative_log_posterior, params, args)
+    approx = gaussian_from_precision(params, information if method == "fisher" else observed)
+    positive = approx.result == RESULTS.successful
+    jac = jax.jacfwd(adaptor.labels)(params)
+    labels = adaptor.labels(params)
+    cov = jac @ approx.covariance @ jac.T
+    n_labels = labels.shape[0]
+    nan_labels = jnp.full((n_labels,), jnp.nan, dtype=labels.dtype)
+    rhat, ess, step_size, divergent = nan_labels, nan_labels, jnp.nan * jnp.ones(()), jnp.zeros((), jnp.int32)
+    samples = jnp.zeros((0, 0, n_labels), dtype=labels.dtype)
+    if method == "nuts":
+        # Whiten with the observed curvature: it is the local shape of this posterior.
+        whitening = whiten(gaussian_from_precision(params, observed))
+        post = nuts(
+            _log_posterior, whitening, args, key, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains
+        )
+        labels, cov, rhat, ess, samples = _summarise_samples(adaptor, post)
+        step_size = jnp.mean(post.step_size)
+        divergent = jnp.sum(post.num_divergent).astype(jnp.int32)
+        positive = jnp.all(jnp.isfinite(cov)) & jnp.all(jnp.linalg.eigvalsh(cov) > 0)
+    return _StarOutput(labels, cov, chi2, n_used, decrement, positive, rhat, ess, step_size, divergent, samples)
+
+
+@eqx.filter_jit
+def _analyse_chunk(
+    adaptor: _Adaptor,
+    flux: Array,
+    ivar: Array,
+    start: Array,
+    keys: PRNGKeyArray,
+    method: str,
+    newton_steps: int,
+    num_warmup: int,
+    num_samples: int,
+    num_chains: int,
+    vectorize: bool,
+) -> _StarOutput:
+    def one(row: tuple[Array, Array, Array, PRNGKeyArray]) -> _StarOutput:
+        return _analyse_star(adaptor, *row, method, newton_steps, num_warmup, num_samples, num_chains)
+
+    rows = (flux, ivar, start, keys)
+    if method == "nuts" and not vectorize:
+        # One star after another inside the compiled program: on CPU a vmapped NUTS batch
+        # runs every trajectory as long as its longest member (benchmarks/posteriors.py).
+        return jax.lax.map(one, rows)
+    return jax.vmap(one)(rows)
+
+
+def _adaptor_and_start(fitted: Any, data: SpectralDataset) -> tuple[_Adaptor, np.ndarray]:
+    if not callable(getattr(fitted, "log_likelihood", None)):
+        raise TypeError(
+            f"`fitted` ({type(fitted).__name__}) has no log_likelihood(params, flux, ivar);"
+            " posterior_infer needs a fitted generative model such as FittedCannon or FittedLux."
+        )
+    latent = callable(getattr(fitted, "latents_to_labels", None))
+    if latent:
+        if not callable(getattr(fitted, "latent_log_prior", None)) or not callable(getattr(fitted, "infer_latents", None)):
+            raise TypeError(
+                f"`fitted` ({type(fitted).__name__}) maps latents to labels but lacks"
+                " latent_log_prior or infer_latents."
+            )
+        start = np.asarray(fitted.infer_latents(data)[0], dtype=np.float64)
+    else:
+        start = np.asarray(fitted.infer(data).labels, dtype=np.float64)
+    return _Adaptor(fitted, latent), start
+
+
+def _check_options(method: str, num_warmup: int, num_samples: int, num_chains: int, chunk_size: int) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"unknown `method` {method!r}; choose one of {list(_METHODS)}.")
+    for name, value, low in (
+        ("num_warmup", num_warmup, 0),
+        ("num_samples", num_samples, 4),
+        ("num_chains", num_chains, 1),
+        ("chunk_size", chunk_size, 1),
+    ):
+        if int(value) != value or value < low:
+            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+
+
+def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:
+    # Repeat the last row so every chunk has one shape (one compilation).
+    missing = size - array.shape[0]
+    if missing == 0:
+        return array
+    return np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
+
+
+@x64
+def posterior_infer(
+    fitted: Any,
+    data: SpectralDataset,
+    *,
+    method: PosteriorMethod = "fisher",
+    num_warmup: int = 500,
+    num_samples: int = 1000,
+    num_chains: int = 1,
+    seed: int = 0,
+    newton_steps: int = 6,
+    chunk_size: int = 64,
+    rhat_max: float = 1.05,
+    vectorize: bool = False,
+    return_samples: bool = False,
+) -> InferenceResult | tuple[InferenceResult, np.ndarray]:
+    r"""Labels with honest uncertainties for every star, from a fitted model's likelihood.
+
+    Each star's parameters (Cannon: labels; Lux: latents) start from the model's own
+    test step and are refined by ``newton_steps`` Newton iterations on
+    :math:`\log p = \log L(\mathrm{flux}\mid\theta) + \log\pi(\theta)`. Then:
+
+    * ``"fisher"``: covariance :math:`(J^\top W J + P_\pi)^{-1}`, the expected
+      information with :math:`W = 1/(\sigma^2 + s^2)` (reported noise plus the model's
+      intrinsic scatter) and the prior precision :math:`P_\pi` (Lux: I);
+    * ``"laplace"``: covariance :math:`(-\nabla^2\log p)^{-1}`, the observed curvature
+      (adds the residual-weighted second derivatives of the model);
+    * ``"nuts"``: draws from :math:`p` by NUTS in the Laplace-whitened coordinates
+      (:func:`starlabel.inference.nuts`); labels and covariance are the posterior mean
+      and covariance of the draws, and ``extra`` gets ``rhat_<label>``,
+      ``ess_<label>``, ``nuts_step_size`` and ``nuts_divergent``.
+
+    Label covariances of latent models are propagated through the latents→labels map
+    (its Jacobian for ``fisher``/``laplace``; exactly, draw by draw, for ``nuts``).
+
+    Parameters
+    ----------
+    fitted : fitted model
+        Exposes ``log_likelihood(params, flux, ivar)`` (pure JAX, Gaussian in the flux
+        with a parameter-independent variance) and ``infer`` (or, for latent models,
+        ``infer_latents``, ``latents_to_labels`` and ``latent_log_prior``).
+    data : SpectralDataset
+        Spectra on the model's pixel grid; their labels, if any, are not used.
+    method : {"fisher", "laplace", "nuts"}
+        See above. Default ``"fisher"``.
+    num_warmup, num_samples, num_chains : int
+        NUTS step-size adaptation iterations, kept draws and chains per star.
+    seed : int
+        Seed of the NUTS keys (one per star, so results do not depend on chunking).
+    newton_steps : int
+        Newton iterations refining the starting point (0 keeps it).
+    chunk_size : int
+        Stars per compiled call; the last chunk is padded, so one compilation serves all.
+    rhat_max : float
+        NUTS stars whose largest label R̂ exceeds this get ``Flag.NOT_CONVERGED``.
+    vectorize : bool
+        ``vmap`` NUTS over the stars of a chunk (for accelerators) instead of looping
+        inside the compiled program (faster on CPU).
+    return_samples : bool
+        Also return the label draws, shape ``(stars, chains, samples, labels)``
+        (``method="nuts"`` only).
+
+    Returns
+    -------
+    InferenceResult or (InferenceResult, ndarray)
+        ``labels``/``cov`` in the labels' units; ``chi2`` at the MAP with the model's
+        scatter in the variance; ``dof`` = used pixels − parameters; ``flags``:
+        ``BAD_COVARIANCE`` (precision not positive definite), ``NOT_CONVERGED`` (Newton
+        decrement above 1e-6 nats, or R̂ > ``rhat_max``); ``extra["newton_decrement"]``.
+
+    Raises
+    ------
+    TypeError
+        If ``fitted`` lacks the methods above or ``data`` is not a SpectralDataset.
+    ValueError
+        For an unknown ``method`` or out-of-range counts, or ``return_samples`` without NUTS.
+
+    Examples
+    --------
+    >>> from starlabel.data import simulate_linear_latent
+    >>> from starlabel.models.lux import Lux
+    >>> sim = simulate_linear_latent(n_stars=256, n_latents=4, n_pixels=32, seed=1)
+    >>> fitted = Lux(("label_0", "label_1"), latent_size=4).fit(sim.dataset[:128])
+    >>> posterior_infer(fitted, sim.dataset[128:], method="laplace").cov.shape
+    (128, 2, 2)
+    """
+    _check_options(method, num_warmup, num_samples, num_chains, chunk_size)
+    if not isinstance(data, SpectralDataset):
+        raise TypeError(f"`data` must be a SpectralDataset, got {type(data).__name__}.")
+    if return_samples and method != "nuts":
+        raise ValueError("`return_samples=True` needs method='nuts'.")
+    adaptor, start = _adaptor_and_start(fitted, data)
+    n_stars = data.n_stars
+    size = int(min(chunk_size, 1 << max(0, (n_stars - 1).bit_length())))
+    keys = jax.random.split(jax.random.key(seed), n_stars)
+    parts: list[_StarOutput] = []
+    for begin in range(0, n_stars, size):
+        stop = min(begin + size, n_stars)
+        out = _analyse_chunk(
+            adaptor,
+            jnp.asarray(_pad_rows(data.flux[begin:stop], size)),
+            jnp.asarray(_pad_rows(data.ivar[begin:stop], size)),
+            jnp.asarray(_pad_rows(start[begin:stop], size)),
+            jnp.concatenate([keys[begin:stop], jnp.repeat(keys[stop - 1 : stop], size - (stop - begin), axis=0)]),
+            method,
+            int(newton_steps),
+            int(num_warmup),
+            int(num_samples),
+            int(num_chains),
+            bool(vectorize),
+        )
+        parts.append(jax.tree.map(lambda a, n=stop - begin: np.asarray(a[:n]), out))
+    star = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+    return _result(fitted, data, adaptor, star, method, start.shape[1], rhat_max, num_warmup, num_samples, num_chains, return_samples)
+
+
+def _result(
+    fitted: Any,
+    data: SpectralDataset,
+    adaptor: _Adaptor,
+    star: _StarOutput,
+    method: str,
+    n_params: int,
+    rhat_max: float,
+    num_warmup: int,
+    num_samples: int,
+    num_chains: int,
+    return_samples: bool,
+) -> InferenceResult | tuple[InferenceResult, np.ndarray]:
+    names = tuple(fitted.label_names)
+    flags = np.zeros(data.n_stars, dtype=np.int64)
+    flags |= np.where(~star.positive_definite, int(Flag.BAD_COVARIANCE), 0)
+    not_converged = ~(star.decrement < _NEWTON_TOL)
+    extra: dict[str, np.ndarray] = {"newton_decrement": star.decrement}
+    if method == "nuts":
+        not_converged |= ~(np.max(star.rhat, axis=1) <= rhat_max)
+        for i, name in enumerate(names):
+            extra[f"rhat_{name}"] = star.rhat[:, i]
+            extra[f"ess_{name}"] = star.ess[:, i]
+        extra["nuts_step_size"] = star.step_size
+        extra["nuts_divergent"] = star.divergent
+    flags |= np.where(not_converged, int(Flag.NOT_CONVERGED), 0)
+    cov = np.where(star.positive_definite[:, None, None], star.cov, np.nan)
+    meta: dict[str, Any] = {
+        "model": str(getattr(fitted, "kind", type(fitted).__name__)),
+        "uncertainty": method,
+        "parameters": "latents" if adaptor.latent else "labels",
+    }
+    if method == "nuts":
+        meta.update(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, sampler="blackjax-nuts-whitened")
+    result = InferenceResult(
+        ids=data.ids,
+        label_names=names,
+        labels=star.labels,
+        cov=cov,
+        chi2=star.chi2,
+        dof=star.n_used - n_params,
+        flags=flags,
+        extra=extra,
+        meta=meta,
+    )
+    if return_samples:
+        return result, star.samples
+    return result
