@@ -211,3 +211,21 @@ def test_argument_errors_are_clear(survey: tuple[Path, list[Path]], tmp_path: Pa
 
 def test_chunk_spec_names_are_stable() -> None:
     assert ChunkSpec(3, 12, "/x.npz", 0, 5).name == "f00003-c000012"
+
+
+def test_local_engine_never_imports_ray(survey: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from test_pipeline_support import TESTS_DIR
+
+    model_path, files = survey
+    script = (
+        f"import sys; sys.path.insert(0, {TESTS_DIR!r})\n"
+        "from test_pipeline_support import register; register()\n"
+        "from starlabel.pipeline import run_inference\n"
+        f"s = run_inference({str(model_path)!r}, [{str(files[0])!r}], {str(tmp_path / 'o.csv')!r}, progress=False)\n"
+        "assert s.complete and 'ray' not in sys.modules, sorted(m for m in sys.modules if 'ray' in m)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -80,6 +80,13 @@ class RunSummary:
         The first failure's reason (empty if none), to show without opening the report.
     seconds : float
         Wall time of this call.
+    startup_seconds : float
+        Wall time until the first chunk finished: planning, checksums, model loading,
+        worker start-up and compilation, plus that chunk (NaN if nothing ran).
+    steady_spectra_per_second : float
+        Spectra inferred after the first chunk finished, per second of the rest of
+        the call (merge included): the rate a long run settles at. NaN when fewer
+        than two chunks ran.
     engine : str
         Engine used by this call.
     """
@@ -97,6 +104,8 @@ class RunSummary:
     n_errors: int
     first_error: str
     seconds: float
+    startup_seconds: float
+    steady_spectra_per_second: float
     engine: str
 
     @property
@@ -284,9 +293,15 @@ def run_inference(
     )
 
     n_processed = 0
+    first_done_at = None
+    n_after_first = 0
     first_error = next((item.error for item in described if item.error), "")
     with Progress(n_spectra, n_resumed, enabled=progress) as bar:
         for outcome in runner.run(spec, todo):
+            if first_done_at is None:
+                first_done_at = time.perf_counter()
+            elif outcome.result is not None:
+                n_after_first += outcome.chunk.n_stars
             if outcome.result is not None:
                 try:
                     write_part(run_dir, outcome.chunk, outcome.result)
@@ -304,6 +319,12 @@ def run_inference(
 
     report, n_errors, n_failed = write_errors_report(run_dir, described, chunks)
     n_written = merge_parts(run_dir, chunks, output) if done_chunk_names(run_dir) else 0
+    finished = time.perf_counter()
+    steady = (
+        n_after_first / (finished - first_done_at)
+        if first_done_at is not None and n_after_first and finished > first_done_at
+        else float("nan")
+    )
     summary = RunSummary(
         output=output,
         run_dir=run_dir,
@@ -317,7 +338,9 @@ def run_inference(
         n_failed=n_failed,
         n_errors=n_errors,
         first_error=first_error,
-        seconds=time.perf_counter() - began,
+        seconds=finished - began,
+        startup_seconds=(first_done_at - began) if first_done_at is not None else float("nan"),
+        steady_spectra_per_second=steady,
         engine=str(runner.describe()["name"]),
     )
     write_json_atomic(run_dir / "summary.json", summary.to_json())
