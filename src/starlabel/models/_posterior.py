@@ -23,7 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Key, PRNGKeyArray
 
 from .._internal import x64
 from ..data import Flag, InferenceResult, SpectralDataset
@@ -193,7 +193,7 @@ def _analyse_chunk(
     flux: Array,
     ivar: Array,
     start: Array,
-    keys: PRNGKeyArray,
+    keys: Key[Array, " stars"],
     method: str,
     newton_steps: int,
     num_warmup: int,
