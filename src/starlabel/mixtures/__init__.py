@@ -27,3 +27,5 @@ from ._cluster import fit_cluster_membership as fit_cluster_membership
 from ._table import MembershipResult as MembershipResult
 from ._table import fit_membership_table as fit_membership_table
 from ._table import read_table as read_table
+from ._simulate import ClusterSimulation as ClusterSimulation
+from ._simulate import simulate_cluster_field as simulate_cluster_field

@@ -37,6 +37,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jaxtyping import Array, Float
+from numpy.typing import ArrayLike
 
 from .._internal import as_float_array, x64
 from ._components import Gaussian, GaussianMixture, gaussian_log_prob, symmetric_inverse
@@ -207,9 +208,10 @@ def _initial_states(
     for k in range(1, n_field_max + 1):
         active = np.arange(n_field_max) < k
         log_w = np.concatenate([[math.log(0.05)], np.where(active, math.log(0.95 / k), -np.inf)])
-        states.append(_EMState(log_w, guess, disp, field_means, covs, centre, np.asarray(radius)))
+        parts = (log_w, guess, disp, field_means, covs, centre, np.asarray(radius, dtype=float))
+        states.append(_EMState(*(jnp.asarray(part, dtype=float) for part in parts)))
         actives.append(active)
-    stacked = jax.tree.map(lambda *leaves: jnp.asarray(np.stack(leaves)), *states)
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
     return stacked, np.stack(actives)
 
 
@@ -419,10 +421,10 @@ def _validate(astrometry: Any, covariance: Any, positions: Any) -> tuple[np.ndar
 
 @x64
 def fit_cluster_membership(
-    astrometry: np.ndarray,
-    covariance: np.ndarray,
+    astrometry: ArrayLike,
+    covariance: ArrayLike,
     *,
-    positions: np.ndarray | None = None,
+    positions: ArrayLike | None = None,
     dim_names: Sequence[str] | None = None,
     n_field_max: int = 4,
     n_field: int | None = None,

@@ -18,6 +18,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jaxtyping import Array, Float
+from numpy.typing import ArrayLike
 
 from .._internal import as_float_array, x64
 from ._components import Gaussian
@@ -136,7 +137,7 @@ class LineFit(eqx.Module):
         low, high = np.percentile(self.samples[name], [tail, 100.0 - tail])
         return float(low), float(high)
 
-    def band(self, x: np.ndarray, level: float = 0.68) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def band(self, x: ArrayLike, level: float = 0.68) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Posterior median line and central ``level`` band at abscissae ``x``.
 
         Returns
@@ -216,9 +217,9 @@ def _robust_start(x: np.ndarray, y: np.ndarray, y_err: np.ndarray) -> dict[str, 
 
 @x64
 def fit_line_with_outliers(
-    x: np.ndarray,
-    y: np.ndarray,
-    y_err: np.ndarray,
+    x: ArrayLike,
+    y: ArrayLike,
+    y_err: ArrayLike,
     *,
     num_warmup: int = 1000,
     num_samples: int = 1000,

@@ -22,6 +22,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.special as jss
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jaxtyping import Array, Float, PyTree
@@ -171,7 +172,7 @@ def membership_probabilities(
 
 def posterior_membership(
     log_prob_fn: Callable[..., Float[Array, "stars components"]],
-    samples: PyTree[Array],
+    samples: PyTree,
     *args: Any,
 ) -> Membership:
     """:func:`membership_probabilities` streamed over samples, in O(stars) memory.
@@ -185,8 +186,8 @@ def posterior_membership(
     log_prob_fn : callable
         ``log_prob_fn(params, *args) -> (stars, components)`` weighted component
         log-densities for one parameter sample ``params``.
-    samples : pytree of arrays
-        Parameter samples, each leaf with a leading (samples,) axis.
+    samples : pytree of array-likes
+        Parameter samples, each leaf with a leading (samples,) axis (NumPy is fine).
     *args
         Data passed on to ``log_prob_fn`` (arrays, not closed over, so they are not
         baked into the compiled program as constants).
@@ -198,8 +199,8 @@ def posterior_membership(
     leaves = jax.tree.leaves(samples)
     if not leaves:
         raise ValueError("`samples` is empty; pass a dict of arrays with a leading samples axis.")
-    n_samples = leaves[0].shape[0]
-    return _stream_membership(log_prob_fn, samples, args, n_samples)
+    n_samples = np.shape(leaves[0])[0]
+    return _stream_membership(log_prob_fn, jax.tree.map(jnp.asarray, samples), args, n_samples)
 
 
 @eqx.filter_jit

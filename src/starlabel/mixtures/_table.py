@@ -460,37 +460,34 @@ def fit_membership_table(
     for (i, j), name in columns["correlations"].items():
         corr[:, i, j] = corr[:, j, i] = _column(table, name)
 
-    # Report every reason a row is unusable, by column, before skipping it.
-    reasons = np.zeros(len(table), dtype=object)
-    reasons[:] = ""
+    # Name, for every unusable row, each column that makes it so, before skipping it.
     checks: list[tuple[str, np.ndarray]] = []
     for k, name in enumerate(columns["values"]):
-        checks.append((f"missing {name}", ~np.isfinite(values[:, k])))
+        checks.append((name, ~np.isfinite(values[:, k])))
     for k, name in enumerate(columns["errors"]):
-        checks.append((f"missing {name}", ~np.isfinite(errors[:, k])))
-        checks.append((f"non-positive {name}", np.isfinite(errors[:, k]) & (errors[:, k] <= 0)))
+        checks.append((name, ~(errors[:, k] > 0)))  # NaN, zero or negative
     for (i, j), name in columns["correlations"].items():
-        bad = ~np.isfinite(corr[:, i, j]) | (np.abs(corr[:, i, j]) >= 1)
-        checks.append((f"missing or invalid {name}", bad))
-    positions = None
+        checks.append((name, ~(np.abs(corr[:, i, j]) < 1)))
     if columns["positions"] is not None:
         ra, dec = (_column(table, c) for c in columns["positions"])
-        checks.append((f"missing {columns['positions'][0]}/{columns['positions'][1]}", ~np.isfinite(ra) | ~np.isfinite(dec)))
-    skipped = np.zeros(len(table), dtype=bool)
-    counts: dict[str, int] = {}
-    for reason, bad in checks:
-        if bad.any():
-            counts[reason] = int(bad.sum())
-            reasons[bad] = np.where(reasons[bad] == "", reason, reasons[bad] + ", " + reason)
-        skipped |= bad
+        checks.append((columns["positions"][0], ~np.isfinite(ra)))
+        checks.append((columns["positions"][1], ~np.isfinite(dec)))
+    bad_matrix = np.stack([bad for _, bad in checks], axis=1)
+    skipped = bad_matrix.any(axis=1)
     ok = ~skipped
+    reasons = np.full(len(table), "", dtype=object)
+    for row in np.flatnonzero(skipped):
+        reasons[row] = "missing or invalid " + ", ".join(n for (n, _), b in zip(checks, bad_matrix[row], strict=True) if b)
+    distinct, counts_arr = np.unique(reasons[skipped].astype(str), return_counts=True)
+    counts = {str(r): int(c) for r, c in zip(distinct, counts_arr, strict=True)}
     if skipped.any():
         logger.warning(
-            "fit_membership_table: skipping %d of %d rows with missing or invalid astrometry (%s).",
+            "fit_membership_table: skipping %d of %d rows (%s).",
             int(skipped.sum()),
             len(table),
             "; ".join(f"{k}: {v}" for k, v in counts.items()),
         )
+    positions = None
 
     sigma = np.where(ok[:, None], errors, 1.0)
     cov = corr * sigma[:, :, None] * sigma[:, None, :]

@@ -1,0 +1,128 @@
+"""Cluster/field membership: simulated truth (archive columns) and the real NGC 103 field."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from starlabel.evaluate._mixture_plots import plot_membership
+from starlabel.mixtures import fit_cluster_membership, fit_membership_table, simulate_cluster_field
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    sim = simulate_cluster_field(n_field=1500, n_cluster=150, n_missing=4, seed=3)
+    result = fit_membership_table(
+        sim.table, position_columns=("ra", "dec"), n_field_max=3, nuts=False, num_samples=300, seed=1
+    )
+    return sim, result
+
+
+def test_simulated_columns_found_by_archive_convention(simulated):
+    _, result = simulated
+    assert result.columns["values"] == ["pmra", "pmdec", "parallax"]
+    assert result.columns["errors"] == ["pmra_error", "pmdec_error", "parallax_error"]
+    assert sorted(result.columns["correlations"].values()) == [
+        "parallax_pmdec_corr",
+        "parallax_pmra_corr",
+        "pmra_pmdec_corr",
+    ]
+
+
+def test_simulated_truth_recovered(simulated):
+    sim, result = simulated
+    params = result.fit.parameters()
+    for i, name in enumerate(("pmra", "pmdec", "parallax")):
+        stats = params[f"mean_{name}"]
+        assert abs(stats["median"] - sim.cluster_mean[i]) < 3.5 * stats["std"] + 1e-3, name
+        assert stats["std"] < 0.02
+    assert abs(params["pm_dispersion"]["median"] - sim.pm_dispersion) < 0.025
+    assert result.fit.n_field >= 2  # the field is a two-Gaussian mixture
+    # Sky term: the cluster sits at the field centre with radius 0.05 deg.
+    assert abs(params["radius_deg"]["median"] - 0.05) < 0.01
+
+
+def test_simulated_memberships_are_calibrated(simulated):
+    sim, result = simulated
+    used = np.asarray(result.table["member_status"]) == "fit"
+    p = np.asarray(result.table["p_member"])[used]
+    truth = sim.is_member[used]
+    assert np.mean(p[truth] > 0.5) > 0.9
+    assert np.mean(p[~truth] < 0.5) > 0.98
+    # Expected and realised member counts agree within the stated uncertainty.
+    n, n_err = result.fit.n_members()
+    assert abs(n - truth.sum()) < 3.0 * n_err
+    confident = p > 0.9
+    assert truth[confident].mean() > 0.9
+
+
+def test_missing_rows_reported_and_kept(simulated):
+    sim, result = simulated
+    assert result.n_skipped == len(sim.missing_rows) == 4
+    status = np.asarray(result.table["member_status"])
+    assert all(status[sim.missing_rows] != "fit")
+    assert "pmra" in status[sim.missing_rows[0]]
+    assert np.all(np.isnan(np.asarray(result.table["p_member"])[sim.missing_rows]))
+    assert len(result.table) == len(sim.table)
+    assert set(sim.table.colnames) <= set(result.table.colnames)
+    assert "skipped: 4" in result.summary()
+
+
+def test_real_ngc103_field(shared_data, tmp_path):
+    path = shared_data / "gaia" / "asteca_field_ngc103_gaiadr3.csv"
+    result = fit_membership_table(
+        path, pm_columns=("pmRA", "pmDE"), parallax_column="Plx", num_warmup=300, num_samples=300, seed=0
+    )
+    params = result.fit.parameters()
+    assert abs(params["mean_pmra"]["median"] - (-2.8)) < 0.1
+    assert abs(params["mean_pmdec"]["median"] - (-1.1)) < 0.1
+    assert abs(params["mean_parallax"]["median"] - 0.28) < 0.05
+    for name in ("mean_pmra", "mean_pmdec", "mean_parallax"):
+        assert 0 < params[name]["std"] < 0.02
+    assert result.fit.method == "nuts" and result.fit.divergences < 5
+    assert result.fit.n_field >= 2  # a single Gaussian field is rejected by BIC
+    assert result.fit.bic[1] - min(result.fit.bic.values()) > 100
+    n, n_err = result.fit.n_members()
+    assert 100 < n < 1000 and 0 < n_err < 0.2 * n
+    # The 65 rows without astrometry are reported and kept, not dropped.
+    assert result.n_skipped == 65 and len(result.table) == 8683
+    assert np.isfinite(np.asarray(result.table["p_member_err"])).sum() == 8683 - 65
+
+    out = result.write(tmp_path / "members.csv")
+    back = Table.read(out, format="ascii.csv")
+    assert back.colnames[: len(result.table.colnames) - 4] == result.table.colnames[:-4]
+    np.testing.assert_allclose(np.asarray(back["p_member"]), np.asarray(result.table["p_member"]), equal_nan=True)
+    summary = json.loads(result.to_json(tmp_path / "members.json").read_text())
+    assert summary["n_skipped"] == 65 and summary["field"]["n_components"] == result.fit.n_field
+    assert abs(summary["cluster"]["mean_parallax"]["median"] - 0.28) < 0.05
+    paths = plot_membership(result, tmp_path / "plots")
+    assert [p.name for p in paths] == ["members_pm.png", "members_parallax.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_missing_columns_listed(tmp_path):
+    table = Table({"pmRA": [1.0, 2.0], "pmDE": [0.0, 1.0], "Plx": [0.1, 0.2], "e_pmRA": [0.1, 0.1]})
+    with pytest.raises(KeyError, match=r"pmDE.*columns are \['pmRA', 'pmDE', 'Plx', 'e_pmRA'\]"):
+        fit_membership_table(table)
+    with pytest.raises(KeyError, match="no proper-motion columns"):
+        fit_membership_table(Table({"a": [1.0]}))
+    with pytest.raises(ValueError, match="one error column per fitted column"):
+        fit_membership_table(table, error_columns=["e_pmRA"])
+    table["p_member"] = [0.0, 1.0]
+    with pytest.raises(ValueError, match="already has column"):
+        fit_membership_table(table)
+
+
+def test_array_input_validation():
+    y = np.zeros((50, 3))
+    with pytest.raises(ValueError, match="covariance"):
+        fit_cluster_membership(y, np.ones((50, 2)))
+    bad = np.ones((50, 3))
+    bad[7, 1] = np.nan
+    with pytest.raises(ValueError, match=r"first rows: \[7\]"):
+        fit_cluster_membership(y, bad)
+    with pytest.raises(ValueError, match="1…8"):
+        fit_cluster_membership(y, np.ones((50, 3)), n_field=9)
