@@ -1,0 +1,322 @@
+"""Posterior sampling cost: whitened NUTS (blackjax) vs numpyro NUTS vs emcee, 5 labels × 7214 px.
+
+Measures, for a quadratic-in-labels spectral model with intrinsic scatter:
+
+* NUTS (1000 warm-up + 1000 draws, 1 chain) in Laplace-whitened coordinates, one star
+  (warm, median of repeats) and a batch of stars in one compiled call (per star), for
+  the two batching strategies (a loop inside the compiled program vs ``vmap``);
+* numpyro's NUTS kernel (functional API, same whitened target, step size adapted);
+* emcee, 16 walkers × 15,000 steps on the same star (vectorised JAX log density);
+* effective samples per second for each, and the agreement of the posteriors.
+
+The model is a Cannon trained on simulated spectra when the Cannon is importable
+(``--model cannon``), otherwise the simulator's true polynomial (``--model truth``).
+The box is a shared 2-core CPU: its load average is recorded with the timings.
+
+Run:  python benchmarks/posteriors.py [--quick] [--out benchmarks/results/posteriors.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+
+from starlabel.data import simulate_cannon
+from starlabel.inference import effective_sample_size, fit_map, laplace_approximation, nuts, split_rhat, whiten
+from starlabel.inference._nuts import _nuts
+
+N_PIXELS = 7214
+N_LABELS = 5
+
+
+class TruthPolynomial(eqx.Module):
+    """The simulator's exact model: flux = θ·v((labels − pivot)/scale), variance σ² + s²."""
+
+    theta: jax.Array
+    s2: jax.Array
+    pivot: jax.Array
+    scale: jax.Array
+    pairs: tuple[tuple[int, int], ...] = eqx.field(static=True)
+
+    def log_likelihood(self, labels, flux, ivar):
+        x = (labels - self.pivot) / self.scale
+        quad = jnp.stack([x[i] * x[j] for i, j in self.pairs])
+        model = self.theta @ jnp.concatenate([jnp.ones(1, x.dtype), x, quad])
+        good = ivar > 0
+        omega = jnp.where(good, ivar / (1.0 + ivar * self.s2), 0.0)
+        return -0.5 * jnp.sum(omega * (flux - model) ** 2)
+
+
+def build_problem(model: str, n_test: int, seed: int):
+    sim = simulate_cannon(n_stars=2000 + n_test, n_pixels=N_PIXELS, n_labels=N_LABELS, snr=(40.0, 120.0), seed=seed)
+    test = sim.dataset[2000:]
+    truth = sim.true_labels[2000:]
+    if model == "cannon":
+        from starlabel.models.cannon import Cannon
+
+        t0 = time.perf_counter()
+        fitted = Cannon(sim.dataset.label_names, order=2).fit(sim.dataset[:2000])
+        fit_time = time.perf_counter() - t0
+        start = fitted.infer(test).labels
+        return fitted, test, truth, start, {"model": "cannon (trained on 2000 simulated stars)", "fit_s": fit_time}
+    pairs = tuple(itertools.combinations_with_replacement(range(N_LABELS), 2))
+    with jax.enable_x64(True):
+        fitted = TruthPolynomial(
+            jnp.asarray(sim.theta), jnp.asarray(sim.scatter**2), jnp.asarray(sim.pivot), jnp.asarray(sim.scale), pairs
+        )
+    return fitted, test, truth, truth.copy(), {"model": "simulator truth polynomial (quadratic, 21 terms)"}
+
+
+def log_density(labels, args):
+    fitted, flux, ivar = args
+    return fitted.log_likelihood(labels, flux, ivar)
+
+
+def prepare(fitted, flux, ivar, start):
+    """MAP by BFGS from ``start``, then the Laplace whitening, for every star."""
+
+    def one(f, i, s):
+        args = (fitted, f, i)
+        sol = fit_map(log_density, optx.BFGS(rtol=1e-10, atol=1e-10), s, args, max_steps=100)
+        return whiten(laplace_approximation(log_density, sol.value, args))
+
+    with jax.enable_x64(True):
+        return jax.jit(jax.vmap(one))(jnp.asarray(flux), jnp.asarray(ivar), jnp.asarray(start))
+
+
+def take(tree, index):
+    return jax.tree.map(lambda a: a[index], tree)
+
+
+def timed(fn, *args, repeats=1):
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return out, times
+
+
+def run_nuts(fitted, whitenings, flux, ivar, num_warmup, num_samples, batch, vmap_batch, repeats):
+    results = {}
+    with jax.enable_x64(True):
+        w0 = take(whitenings, 0)
+        args0 = (fitted, jnp.asarray(flux[0]), jnp.asarray(ivar[0]))
+        one = lambda key: nuts(  # noqa: E731
+            log_density, w0, args0, key, num_warmup=num_warmup, num_samples=num_samples, num_chains=1
+        )
+        t0 = time.perf_counter()
+        first = jax.block_until_ready(one(jax.random.key(0)))
+        compile_s = time.perf_counter() - t0
+        times = []
+        for r in range(repeats):
+            post, (dt,) = timed(one, jax.random.key(r + 1))
+            times.append(dt)
+        ess = np.array(effective_sample_size(post.samples))
+        results["one_star"] = {
+            "first_call_s_including_compile": compile_s,
+            "warm_s": float(np.median(times)),
+            "warm_s_all": times,
+            "ess_per_label": ess.tolist(),
+            "min_ess": float(ess.min()),
+            "rhat_per_label": np.asarray(split_rhat(post.samples)).tolist(),
+            "step_size": float(post.step_size[0]),
+            "mean_leapfrog_steps": float(post.mean_integration_steps[0]),
+            "divergent": int(np.asarray(post.num_divergent).sum()),
+        }
+        samples_one = np.asarray(post.samples[0])
+        del first
+
+        def single(w, f, i, k):
+            return _nuts(log_density, w, (fitted, f, i), k, num_warmup, num_samples, 1, 0.8, 10, 1.0, False)
+
+        keys = jax.random.split(jax.random.key(7), batch)
+        batch_args = (take(whitenings, slice(0, batch)), jnp.asarray(flux[:batch]), jnp.asarray(ivar[:batch]), keys)
+        looped = jax.jit(lambda w, f, i, k: jax.lax.map(lambda z: single(*z), (w, f, i, k)))
+        _, (compile_loop,) = timed(looped, *batch_args)
+        post, (dt,) = timed(looped, *batch_args)
+        ess = np.array(jax.vmap(effective_sample_size)(post.samples))  # (batch, labels)
+        rhat = np.array(jax.vmap(split_rhat)(post.samples))
+        results["batch_loop"] = {
+            "stars": batch,
+            "first_call_s_including_compile": compile_loop,
+            "warm_total_s": dt,
+            "warm_s_per_star": dt / batch,
+            "median_min_ess": float(np.median(ess.min(axis=1))),
+            "rhat_max_per_star_quantiles_50_90_99_max": np.quantile(rhat.max(axis=1), [0.5, 0.9, 0.99, 1.0]).tolist(),
+            "divergent_total": int(np.asarray(post.num_divergent).sum()),
+        }
+        if vmap_batch:
+            vargs = jax.tree.map(lambda a: a[:vmap_batch], batch_args)
+            vmapped = jax.jit(jax.vmap(single))
+            _, (compile_v,) = timed(vmapped, *vargs)
+            _, (dtv,) = timed(vmapped, *vargs)
+            results["batch_vmap"] = {
+                "stars": vmap_batch,
+                "first_call_s_including_compile": compile_v,
+                "warm_total_s": dtv,
+                "warm_s_per_star": dtv / vmap_batch,
+            }
+    return results, samples_one
+
+
+def run_numpyro(fitted, whitening, flux, ivar, num_warmup, num_samples):
+    """numpyro's NUTS on the same whitened target (identity mass, step size adapted)."""
+    from numpyro.infer.hmc import hmc
+    from numpyro.infer.util import ParamInfo
+    from numpyro.util import fori_collect
+
+    with jax.enable_x64(True):
+        args = (fitted, jnp.asarray(flux), jnp.asarray(ivar))
+
+        def potential(u):
+            return -log_density(whitening.to_params(u), args)
+
+        init_kernel, sample_kernel = hmc(potential_fn=potential, algo="NUTS")
+        n = whitening.transform.shape[0]
+
+        def run(key):
+            key_init, key_run = jax.random.split(key)
+            u0 = jax.random.normal(key_init, (n,), dtype=jnp.float64)
+            state = init_kernel(
+                ParamInfo(u0, potential(u0), jax.grad(potential)(u0)),
+                num_warmup,
+                adapt_mass_matrix=False,
+                rng_key=key_run,
+            )
+            return fori_collect(
+                num_warmup, num_warmup + num_samples, sample_kernel, state, transform=lambda s: s.z, progbar=False
+            )
+
+        # One jit around the whole run: fori_collect alone retraces on every call (NOTES.md).
+        run = jax.jit(run)
+        _, (first,) = timed(run, jax.random.key(0))
+        draws, (warm,) = timed(run, jax.random.key(1))
+        draws = jax.vmap(whitening.to_params)(draws)
+        ess = np.array(effective_sample_size(draws[None]))
+    return {"first_call_s": first, "warm_s": warm, "min_ess": float(ess.min()), "ess_per_label": ess.tolist()}
+
+
+def run_emcee(fitted, whitening, flux, ivar, walkers, steps, burn, seed):
+    import emcee
+
+    with jax.enable_x64(True):
+        args = (fitted, jnp.asarray(flux), jnp.asarray(ivar))
+        batched = jax.jit(jax.vmap(lambda labels: log_density(labels, args)))
+        centre = np.asarray(whitening.to_params(jnp.zeros(whitening.transform.shape[0])))
+        rng = np.random.default_rng(seed)
+        start = centre + (np.asarray(whitening.transform) @ rng.normal(size=(centre.size, walkers))).T
+        batched(jnp.asarray(start)).block_until_ready()  # compile outside the timing
+
+        def log_prob(x):
+            return np.asarray(batched(jnp.asarray(x)))
+
+        sampler = emcee.EnsembleSampler(walkers, centre.size, log_prob, vectorize=True)
+        t0 = time.perf_counter()
+        sampler.run_mcmc(start, steps, progress=False)
+        wall = time.perf_counter() - t0
+    chain = sampler.get_chain(discard=burn)  # (steps, walkers, labels)
+    tau = emcee.autocorr.integrated_time(chain, quiet=True)
+    kept = chain.shape[0] * walkers
+    ess_tau = kept / tau
+    return {
+        "walkers": walkers,
+        "steps": steps,
+        "burn_in": burn,
+        "wall_s": wall,
+        "autocorr_time_steps": tau.tolist(),
+        "ess_per_label": ess_tau.tolist(),
+        "min_ess": float(ess_tau.min()),
+        "acceptance_fraction": float(np.mean(sampler.acceptance_fraction)),
+    }, chain.reshape(-1, centre.size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny settings, to check the script runs")
+    parser.add_argument("--model", choices=("auto", "cannon", "truth"), default="auto")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "posteriors.json")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--vmap-batch", type=int, default=16, help="stars for the vmap comparison (0: skip)")
+    args = parser.parse_args()
+
+    warmup, draws, repeats = (200, 200, 1) if args.quick else (1000, 1000, 3)
+    walkers, steps, burn = (16, 1500, 500) if args.quick else (16, 15000, 5000)
+    batch = 4 if args.quick else args.batch
+    vmap_batch = min(args.vmap_batch, 2 if args.quick else args.vmap_batch)
+    model = args.model
+    if model == "auto":
+        try:
+            from starlabel.models.cannon import Cannon  # noqa: F401
+
+            model = "cannon"
+        except ImportError:
+            model = "truth"
+
+    fitted, test, truth, start, info = build_problem(model, batch, seed=11)
+    t0 = time.perf_counter()
+    whitenings = prepare(fitted, test.flux, test.ivar, start)
+    prep_s = time.perf_counter() - t0
+
+    nuts_res, nuts_draws = run_nuts(fitted, whitenings, test.flux, test.ivar, warmup, draws, batch, vmap_batch, repeats)
+    w0 = take(whitenings, 0)
+    numpyro_res = run_numpyro(fitted, w0, test.flux[0], test.ivar[0], warmup, draws)
+    emcee_res, emcee_draws = run_emcee(fitted, w0, test.flux[0], test.ivar[0], walkers, steps, burn, seed=3)
+
+    sd = emcee_draws.std(axis=0)
+    agreement = {
+        "mean_difference_in_emcee_sd": ((nuts_draws.mean(0) - emcee_draws.mean(0)) / sd).tolist(),
+        "sd_ratio_nuts_over_emcee": (nuts_draws.std(0) / sd).tolist(),
+        "truth_minus_nuts_mean_in_sd": ((truth[0] - nuts_draws.mean(0)) / nuts_draws.std(0)).tolist(),
+    }
+    nuts_ess_per_s = nuts_res["one_star"]["min_ess"] / nuts_res["one_star"]["warm_s"]
+    batch_ess_per_s = nuts_res["batch_loop"]["median_min_ess"] / nuts_res["batch_loop"]["warm_s_per_star"]
+    emcee_ess_per_s = emcee_res["min_ess"] / emcee_res["wall_s"]
+    summary = {
+        "nuts_s_per_star_per_2000_iterations_batch": nuts_res["batch_loop"]["warm_s_per_star"]
+        * 2000.0
+        / (warmup + draws),
+        "nuts_s_one_star": nuts_res["one_star"]["warm_s"],
+        "nuts_min_ess_per_s_one_star": nuts_ess_per_s,
+        "nuts_min_ess_per_s_batch": batch_ess_per_s,
+        "emcee_min_ess_per_s": emcee_ess_per_s,
+        "ess_per_s_ratio_nuts_over_emcee": nuts_ess_per_s / emcee_ess_per_s,
+        "targets": {"s_per_star_per_2000_it_max": 1.0, "ess_per_s_ratio_min": 10.0},
+    }
+    out = {
+        "description": "whitened NUTS vs numpyro NUTS vs emcee on one posterior; see benchmarks/posteriors.py",
+        "quick": args.quick,
+        "problem": {"labels": N_LABELS, "pixels": N_PIXELS, "snr": [40, 120], **info, "prep_map_laplace_s": prep_s},
+        "settings": {"nuts_warmup": warmup, "nuts_samples": draws, "nuts_chains": 1, "emcee_walkers": walkers, "emcee_steps": steps},
+        "summary": summary,
+        "nuts_blackjax_whitened": nuts_res,
+        "nuts_numpyro_functional_whitened": numpyro_res,
+        "emcee": emcee_res,
+        "agreement_star0": agreement,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "note": "shared 2-core box; other jobs were running",
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
