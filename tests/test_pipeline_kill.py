@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from test_pipeline_support import TESTS_DIR, make_survey, register
 
 from starlabel.data import SpectralDataset, read_dataset, read_result
 from starlabel.models import load_model
 from starlabel.pipeline import run_dir_for, run_inference
+from test_pipeline_support import TESTS_DIR, make_survey, register
 
 _SCRIPT = """
 import sys
@@ -44,12 +44,16 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.005)
 
 
-def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_sigkill_at_random_points_loses_and_duplicates_nothing(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     model_path, files = make_survey(tmp_path, n_files=5, n_stars=60, n_pixels=24)
     output = tmp_path / "labels.parquet"
     run_dir = run_dir_for(output)
     n_chunks = 5 * 10
-    script = _SCRIPT.format(tests=TESTS_DIR, model=str(model_path), inputs=[str(f) for f in files], output=str(output))
+    script = _SCRIPT.format(
+        tests=TESTS_DIR, model=str(model_path), inputs=[str(f) for f in files], output=str(output)
+    )
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
     kills_while_running = 0
@@ -63,7 +67,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, r
             time.sleep(rng.uniform(0.0, 1.5))
         else:
             target = before + int(rng.integers(1, 5))
-            _wait_for(lambda: _n_parts(run_dir) >= target, process, timeout=60)
+            _wait_for(lambda target=target: _n_parts(run_dir) >= target, process, timeout=60)
             time.sleep(rng.uniform(0.0, 0.04))
         alive = process.poll() is None
         process.send_signal(signal.SIGKILL)
@@ -72,7 +76,9 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, r
         after = _n_parts(run_dir)
         if alive and 0 < after < n_chunks:
             kills_while_running += 1
-    assert kills_while_running >= 6, f"only {kills_while_running} kills hit a running process in {attempts} attempts"
+    assert kills_while_running >= 6, (
+        f"only {kills_while_running} kills hit a running process in {attempts} attempts"
+    )
 
     # One more kill as soon as the last part exists: the merge or the report is running.
     process = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
@@ -81,7 +87,9 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, r
     process.communicate(timeout=60)
 
     register()
-    summary = run_inference(model_path, files, output, chunk_size=6, infer_options={"delay": 0.04}, progress=False)
+    summary = run_inference(
+        model_path, files, output, chunk_size=6, infer_options={"delay": 0.04}, progress=False
+    )
     assert summary.complete and summary.n_errors == 0
     result = read_result(output)
     expected_data = SpectralDataset.concatenate([read_dataset(f) for f in files])

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipeline_support import TESTS_DIR, make_survey
 
 from starlabel.data import read_result
 from starlabel.pipeline import RayEngine, resolve_engine, run_inference
+from test_pipeline_support import TESTS_DIR, make_survey
 
-ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'starlabel[ray]' to test the Ray engine")
+ray = pytest.importorskip(
+    "ray", reason="Ray is optional: pip install 'starlabel[ray]' to test the Ray engine"
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +31,25 @@ def local_cluster():
 
 def _engine(workers: int) -> RayEngine:
     # Fractional CPUs leave the driver room on a 2-CPU box (see NOTES.md on starvation).
-    return RayEngine(num_workers=workers, cpus_per_worker=0.5, worker_env={"PYTHONPATH": TESTS_DIR}, startup_timeout_s=120)
+    return RayEngine(
+        num_workers=workers, cpus_per_worker=0.5, worker_env={"PYTHONPATH": TESTS_DIR}, startup_timeout_s=120
+    )
 
 
 def test_ray_matches_local_and_isolates_errors(local_cluster, tmp_path: Path) -> None:
     model_path, files = make_survey(tmp_path, n_files=3, n_stars=50, n_pixels=24)
     options = {"fail_on_id": "file2-star00011"}
-    local = run_inference(model_path, files, tmp_path / "local.parquet", chunk_size=8, infer_options=options, progress=False)
+    local = run_inference(
+        model_path, files, tmp_path / "local.parquet", chunk_size=8, infer_options=options, progress=False
+    )
     remote = run_inference(
-        model_path, files, tmp_path / "ray.parquet", chunk_size=8, infer_options=options, engine=_engine(2), progress=False
+        model_path,
+        files,
+        tmp_path / "ray.parquet",
+        chunk_size=8,
+        infer_options=options,
+        engine=_engine(2),
+        progress=False,
     )
     assert remote.engine == "ray" and remote.n_processed == local.n_processed == 142
     a, b = read_result(tmp_path / "local.parquet"), read_result(tmp_path / "ray.parquet")

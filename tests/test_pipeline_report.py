@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipeline_support import make_survey
 
 from starlabel.data import read_result
 from starlabel.evaluate._report import write_report
 from starlabel.pipeline import run_dir_for, run_inference
+from test_pipeline_support import make_survey
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,15 @@ def test_report_of_a_run_directory_is_self_contained(finished_run: tuple[Path, l
     path = write_report(run_dir_for(output))
     assert path == run_dir_for(output) / "report.html"
     page = path.read_text(encoding="utf-8")
-    for heading in ("Run", "Errors (1)", "Label distributions", "Kiel diagram", "Quality flags", "χ² distribution",
-                    "Comparison with reference labels"):
+    for heading in (
+        "Run",
+        "Errors (1)",
+        "Label distributions",
+        "Kiel diagram",
+        "Quality flags",
+        "χ² distribution",
+        "Comparison with reference labels",
+    ):
         assert f"<h2>{heading}</h2>" in page
     assert "file1-star00003" in page  # the failed chunk's reason is shown
     images = _images(page)
@@ -49,7 +56,9 @@ def test_report_of_a_run_directory_is_self_contained(finished_run: tuple[Path, l
     assert "ok (no flag)" in page and "NOT_CONVERGED" in page
 
 
-def test_report_with_truth_file_and_label_subset(finished_run: tuple[Path, list[Path]], tmp_path: Path) -> None:
+def test_report_with_truth_file_and_label_subset(
+    finished_run: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
     output, files = finished_run
     out = write_report(output, truth=files[0], labels=["logg"], out=tmp_path / "r.html")
     page = out.read_text(encoding="utf-8")
@@ -80,7 +89,15 @@ def test_report_errors_name_the_problem(finished_run: tuple[Path, list[Path]], t
         write_report(output, labels=["vmic"], out=tmp_path / "x.html")
     with pytest.raises(FileNotFoundError, match="truth file"):
         write_report(output, truth=tmp_path / "nope.npz", out=tmp_path / "x.html")
-    np.savez(tmp_path / "other.npz", flux=np.ones((2, 24)), ivar=np.ones((2, 24)), ids=np.array(["a", "b"]),
-             teff=np.ones(2), logg=np.ones(2), fe_h=np.ones(2), label_names=np.array(["teff", "logg", "fe_h"]))
+    np.savez(
+        tmp_path / "other.npz",
+        flux=np.ones((2, 24)),
+        ivar=np.ones((2, 24)),
+        ids=np.array(["a", "b"]),
+        teff=np.ones(2),
+        logg=np.ones(2),
+        fe_h=np.ones(2),
+        label_names=np.array(["teff", "logg", "fe_h"]),
+    )
     with pytest.raises(ValueError, match="no star id"):
         write_report(output, truth=tmp_path / "other.npz", out=tmp_path / "x.html")

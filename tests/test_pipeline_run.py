@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipeline_support import LABELS, make_survey
 
 from starlabel.data import SpectralDataset, read_dataset, read_result, simulate_cannon, write_dataset
 from starlabel.models import load_model
@@ -24,6 +23,7 @@ from starlabel.pipeline import (
     run_dir_for,
     run_inference,
 )
+from test_pipeline_support import LABELS, make_survey
 
 
 @pytest.fixture
@@ -42,7 +42,9 @@ def test_plan_covers_every_row_exactly_once(sizes: tuple[int, ...], chunk_size: 
     inputs.append(InputFile("/bad.npz", 0, 0, "", -1, -1, "ValueError: corrupt"))
     chunks = plan_chunks(inputs, chunk_size)
     for i, n in enumerate(sizes):
-        rows = np.concatenate([np.arange(c.start, c.stop) for c in chunks if c.file_index == i] or [np.array([], int)])
+        rows = np.concatenate(
+            [np.arange(c.start, c.stop) for c in chunks if c.file_index == i] or [np.array([], int)]
+        )
         np.testing.assert_array_equal(rows, np.arange(n))
     assert all(0 < c.n_stars <= chunk_size for c in chunks)
     assert len({c.name for c in chunks}) == len(chunks)
@@ -89,7 +91,11 @@ def test_resolve_inputs_files_globs_folders(survey: tuple[Path, list[Path]], tmp
     _, files = survey
     folder = files[0].parent
     assert resolve_inputs([str(folder)]) == files
-    assert resolve_inputs([str(folder / "part0[12].npz"), str(files[0]), str(files[1])]) == [files[1], files[2], files[0]]
+    assert resolve_inputs([str(folder / "part0[12].npz"), str(files[0]), str(files[1])]) == [
+        files[1],
+        files[2],
+        files[0],
+    ]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_inputs([str(tmp_path / "nope.npz")])
     with pytest.raises(FileNotFoundError, match="matches no dataset files"):
@@ -185,7 +191,10 @@ def test_bad_file_and_bad_chunk_are_reported_and_run_continues(
     assert summary.n_written == 140
     with open(summary.errors_report, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["scope"], Path(r["input"]).name) for r in rows] == [("file", "part99.npz"), ("chunk", "part01.npz")]
+    assert [(r["scope"], Path(r["input"]).name) for r in rows] == [
+        ("file", "part99.npz"),
+        ("chunk", "part01.npz"),
+    ]
     assert rows[1]["rows"] == "20-30" and "refusing chunk with star file1-star00023" in rows[1]["error"]
     ids = read_result(output).ids
     assert len(ids) == len(set(ids)) == 140

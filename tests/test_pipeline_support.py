@@ -32,7 +32,9 @@ class LinearFitted(AbstractFittedModel):
     offset: Float[Array, " labels"]
     label_names: tuple[str, ...] = eqx.field(static=True)
 
-    def infer(self, data: SpectralDataset, *, delay: float = 0.0, fail_on_id: str | None = None) -> InferenceResult:
+    def infer(
+        self, data: SpectralDataset, *, delay: float = 0.0, fail_on_id: str | None = None
+    ) -> InferenceResult:
         if delay:
             time.sleep(delay)
         if fail_on_id is not None and fail_on_id in set(data.ids.tolist()):
@@ -61,7 +63,11 @@ class LinearFitted(AbstractFittedModel):
     @classmethod
     def skeleton(cls, config: dict[str, Any]) -> LinearFitted:
         k = len(config["label_names"])
-        return cls(weights=jnp.zeros((config["n_pixels"], k)), offset=jnp.zeros(k), label_names=tuple(config["label_names"]))
+        return cls(
+            weights=jnp.zeros((config["n_pixels"], k)),
+            offset=jnp.zeros(k),
+            label_names=tuple(config["label_names"]),
+        )
 
 
 def register() -> None:
@@ -71,10 +77,14 @@ def register() -> None:
 def fit_linear(train: SpectralDataset) -> LinearFitted:
     design = np.hstack([train.flux, np.ones((train.n_stars, 1))])
     coef, *_ = np.linalg.lstsq(design, train.labels, rcond=None)
-    return LinearFitted(weights=jnp.asarray(coef[:-1]), offset=jnp.asarray(coef[-1]), label_names=train.label_names)
+    return LinearFitted(
+        weights=jnp.asarray(coef[:-1]), offset=jnp.asarray(coef[-1]), label_names=train.label_names
+    )
 
 
-def make_survey(folder: Path, n_files: int = 3, n_stars: int = 60, n_pixels: int = 40, seed: int = 0) -> tuple[Path, list[Path]]:
+def make_survey(
+    folder: Path, n_files: int = 3, n_stars: int = 60, n_pixels: int = 40, seed: int = 0
+) -> tuple[Path, list[Path]]:
     """Save a fitted test model and ``n_files`` dataset files with unique ids."""
     register()
     folder.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,9 @@ def _locate(source: Path) -> tuple[Path | None, Path]:
     return (run_dir if (run_dir / "manifest.json").exists() else None), source
 
 
-def _reference(result: InferenceResult, truth: Path | None, names: Sequence[str]) -> tuple[np.ndarray | None, str]:
+def _reference(
+    result: InferenceResult, truth: Path | None, names: Sequence[str]
+) -> tuple[np.ndarray | None, str]:
     """Reference labels aligned with ``result`` (NaN where unknown) and where they came from."""
     if truth is None:
         columns = [f"{_REFERENCE_PREFIX}{n}" for n in names]
@@ -192,9 +194,12 @@ def _run_section(run_dir: Path | None) -> list[str]:
             ("spectra in output", summary.get("n_written")),
             ("failed spectra", summary.get("n_failed")),
             ("bad input files", summary.get("n_bad_inputs")),
-            ("latest attempt", f"{summary.get('n_processed')} spectra in {summary.get('seconds', 0):.1f} s"
-             f" ({summary.get('spectra_per_second', float('nan')):.0f} spectra/s);"
-             f" {summary.get('n_resumed')} resumed from earlier attempts"),
+            (
+                "latest attempt",
+                f"{summary.get('n_processed')} spectra in {summary.get('seconds', 0):.1f} s"
+                f" ({summary.get('spectra_per_second', float('nan')):.0f} spectra/s);"
+                f" {summary.get('n_resumed')} resumed from earlier attempts",
+            ),
         ]
     parts.append(_table(("", "value"), rows, left=2))
     errors_path = run_dir / "errors.csv"
@@ -207,12 +212,17 @@ def _run_section(run_dir: Path | None) -> list[str]:
             parts.append(
                 _table(
                     ("scope", "input", "chunk", "rows", "spectra", "error"),
-                    [(e["scope"], e["input"], e["chunk"], e["rows"], e["n_spectra"], e["error"]) for e in shown],
+                    [
+                        (e["scope"], e["input"], e["chunk"], e["rows"], e["n_spectra"], e["error"])
+                        for e in shown
+                    ],
                     left=6,
                 )
             )
             if len(errors) > len(shown):
-                parts.append(f'<p class="note">First {len(shown)} of {len(errors)}; all are in {html.escape(str(errors_path))}.</p>')
+                parts.append(
+                    f'<p class="note">First {len(shown)} of {len(errors)}; all are in {html.escape(str(errors_path))}.</p>'
+                )
         else:
             parts.append("<p>No bad files and no failed chunks.</p>")
     return parts
@@ -272,7 +282,9 @@ def write_report(
     names = tuple(labels) if labels is not None else result.label_names
     unknown = [n for n in names if n not in result.label_names]
     if unknown:
-        raise KeyError(f"labels {unknown} are not in {str(results_path)!r}; it has {list(result.label_names)}.")
+        raise KeyError(
+            f"labels {unknown} are not in {str(results_path)!r}; it has {list(result.label_names)}."
+        )
     if not names:
         raise ValueError("`labels` is empty; name at least one label to report on.")
     columns = [result.label_names.index(n) for n in names]
@@ -284,7 +296,11 @@ def write_report(
     out = Path(out)
 
     rng = np.random.default_rng(0)
-    subset = np.sort(rng.choice(result.n_stars, _MAX_POINTS, replace=False)) if result.n_stars > _MAX_POINTS else slice(None)
+    subset = (
+        np.sort(rng.choice(result.n_stars, _MAX_POINTS, replace=False))
+        if result.n_stars > _MAX_POINTS
+        else slice(None)
+    )
     subset_note = (
         f'<p class="note">Scatter plots show a random {_MAX_POINTS:,} of {result.n_stars:,} stars;'
         " histograms and metrics use all.</p>"
@@ -292,7 +308,10 @@ def write_report(
         else ""
     )
     title = f"starlabel report — {results_path.name}"
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{result.n_stars:,} stars, labels {html.escape(', '.join(names))}.</p>"]
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{result.n_stars:,} stars, labels {html.escape(', '.join(names))}.</p>",
+    ]
     body += _run_section(run_dir)
 
     with tempfile.TemporaryDirectory(prefix="starlabel-report-") as scratch:
@@ -351,7 +370,9 @@ def write_report(
                     "one_to_one",
                 )
             )
-            body.append(_image(lambda p: plot_residuals(shown_pred, shown_ref, names, p), folder, "residuals"))
+            body.append(
+                _image(lambda p: plot_residuals(shown_pred, shown_ref, names, p), folder, "residuals")
+            )
         else:
             body.append(
                 '<p class="note">No reference labels: pass truth=… (CLI: --truth) or run inference'
@@ -378,5 +399,15 @@ def _label_stats(predicted: np.ndarray, errors: np.ndarray, names: Sequence[str]
             rows.append((name, *(["nan"] * 6)))
             continue
         lo, p16, med, p84, hi = np.percentile(column, [0, 16, 50, 84, 100])
-        rows.append((name, float(lo), float(p16), float(med), float(p84), float(hi), float(np.median(err)) if err.size else "nan"))
+        rows.append(
+            (
+                name,
+                float(lo),
+                float(p16),
+                float(med),
+                float(p84),
+                float(hi),
+                float(np.median(err)) if err.size else "nan",
+            )
+        )
     return rows

@@ -76,13 +76,10 @@ def _expand(entry: str) -> list[Path]:
         return files
     path = Path(entry)
     if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATASET_SUFFIXES
-        )
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATASET_SUFFIXES)
         if not files:
             raise FileNotFoundError(
-                f"input folder {entry!r} holds no dataset files with suffixes"
-                f" {sorted(DATASET_SUFFIXES)}."
+                f"input folder {entry!r} holds no dataset files with suffixes {sorted(DATASET_SUFFIXES)}."
             )
         return files
     if not path.exists():

@@ -142,10 +142,14 @@ class RunManifest:
             problems.append(f"the input list differs: {detail}")
         else:
             changed = [
-                new.path for old, new in zip(previous.inputs, self.inputs, strict=True) if old.sha256 != new.sha256
+                new.path
+                for old, new in zip(previous.inputs, self.inputs, strict=True)
+                if old.sha256 != new.sha256
             ]
             if changed:
-                problems.append(f"{len(changed)} input file(s) changed since the run started, e.g. {changed[:2]}")
+                problems.append(
+                    f"{len(changed)} input file(s) changed since the run started, e.g. {changed[:2]}"
+                )
         if problems:
             raise RunMismatchError(
                 f"run directory {str(run_dir)!r} belongs to a different run: "

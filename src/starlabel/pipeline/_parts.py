@@ -139,7 +139,9 @@ def write_chunk_error(run_dir: Path, chunk: ChunkSpec, error: str) -> Path:
     return path
 
 
-def write_errors_report(run_dir: Path, inputs: Sequence[InputFile], chunks: Iterable[ChunkSpec]) -> tuple[Path, int, int]:
+def write_errors_report(
+    run_dir: Path, inputs: Sequence[InputFile], chunks: Iterable[ChunkSpec]
+) -> tuple[Path, int, int]:
     """Write ``run_dir/errors.csv`` listing bad files and failed chunks.
 
     Columns: ``scope`` (``file`` or ``chunk``), ``input``, ``chunk``, ``rows``,
@@ -154,7 +156,14 @@ def write_errors_report(run_dir: Path, inputs: Sequence[InputFile], chunks: Iter
     for item in inputs:
         if item.error:
             rows.append(
-                {"scope": "file", "input": item.path, "chunk": "", "rows": "", "n_spectra": "", "error": item.error}
+                {
+                    "scope": "file",
+                    "input": item.path,
+                    "chunk": "",
+                    "rows": "",
+                    "n_spectra": "",
+                    "error": item.error,
+                }
             )
     done = done_chunk_names(run_dir)
     missing = 0
@@ -164,7 +173,9 @@ def write_errors_report(run_dir: Path, inputs: Sequence[InputFile], chunks: Iter
             continue
         record = json.loads(record_path.read_text())
         missing += chunk.n_stars
-        rows.append({key: record.get(key, "") for key in ("scope", "input", "chunk", "rows", "n_spectra", "error")})
+        rows.append(
+            {key: record.get(key, "") for key in ("scope", "input", "chunk", "rows", "n_spectra", "error")}
+        )
     path = run_dir / ERRORS_NAME
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "w", newline="") as handle:

@@ -24,7 +24,9 @@ class Progress:
         Text before the bar.
     """
 
-    def __init__(self, total: int, done: int = 0, *, enabled: bool = True, description: str = "infer") -> None:
+    def __init__(
+        self, total: int, done: int = 0, *, enabled: bool = True, description: str = "infer"
+    ) -> None:
         self.total = total
         self.done = done
         self.failed = 0

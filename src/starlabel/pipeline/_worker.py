@@ -101,7 +101,9 @@ class ChunkProcessor:
         """Run the model on an already-read chunk."""
         result = self.model.infer(data, **self.infer_options)
         if not isinstance(result, InferenceResult):
-            raise TypeError(f"{type(self.model).__name__}.infer returned {type(result).__name__}, not InferenceResult.")
+            raise TypeError(
+                f"{type(self.model).__name__}.infer returned {type(result).__name__}, not InferenceResult."
+            )
         if not np.array_equal(result.ids, data.ids):
             raise ValueError("the model returned results whose ids differ from its input spectra.")
         if self.labels_from_input:
@@ -140,7 +142,9 @@ def run_read(processor: ChunkProcessor, chunk: ChunkSpec) -> tuple[SpectralDatas
         return None, _describe(error)
 
 
-def run_infer(processor: ChunkProcessor, chunk: ChunkSpec, data: SpectralDataset) -> tuple[InferenceResult | None, str]:
+def run_infer(
+    processor: ChunkProcessor, chunk: ChunkSpec, data: SpectralDataset
+) -> tuple[InferenceResult | None, str]:
     """Infer an already-read chunk, capturing failures."""
     try:
         return processor.infer(chunk, data), ""
