@@ -241,7 +241,7 @@ def _balance(weight, mean, ridge):
     return weight @ _sqrtm(metric, inverse=True), mean @ _sqrtm(metric)
 
 
-def _log_prior(weight, extra_var, data: _Stacked, log_norm: float):
+def _log_prior(weight, extra_var, data: _Stacked, log_norm):
     weight_term = -0.5 * jnp.sum(data.ridge[:, None] * weight**2)
     scatter_term = -0.5 * jnp.sum(data.group_prior_precision * extra_var)
     return weight_term + scatter_term - log_norm
@@ -252,11 +252,11 @@ def _iterate(
     state0: _State,
     data: _Stacked,
     n_groups: int,
-    log_norm: float,
+    log_norm: Float[Array, ""],
     integrate: bool,
     balance: bool,
     max_steps: int,
-    tol: float,
+    tol: Float[Array, ""],
 ):
     observed_count = jnp.maximum(jnp.sum(data.observed), 1)
 
@@ -376,7 +376,15 @@ def fit_closed_form(
     # joint MAP objective has no minimum along the latent/weight scale anyway.
     balance = bool(np.all(columns.ridge > 0))
     final, mean, cov = _iterate(
-        state0, data, columns.n_groups, log_norm, integrate, balance, max_steps, float(tol)
+        # Tolerance and prior constants are traced, so new values reuse the compilation.
+        state0,
+        data,
+        columns.n_groups,
+        jnp.asarray(log_norm),
+        integrate,
+        balance,
+        max_steps,
+        jnp.asarray(tol),
     )
 
     fitted = []
