@@ -17,7 +17,7 @@ What it measures (simulated Cannon spectra, 7214 pixels, quadratic Cannon):
 * Ho's ``thecannon`` test step on the same spectra (needs ``pip install thecannon``;
   it sets matplotlib usetex at import, hence MPLBACKEND=Agg).
 
-Large N reuse one 10⁴-spectrum file through symbolic links (10⁶ spectra would be
+Large N reuse one 10⁴-spectrum file through hard links (10⁶ spectra would be
 123 GB on disk); reading is still real, from the page cache. The numbers depend on
 everything else running on the machine: the JSON records the load average.
 """
@@ -126,11 +126,16 @@ def _inputs_for(base: Path, n: int, folder: Path) -> list[str]:
         return [str(path)]
     if n % BASE_STARS:
         raise ValueError(f"N={n} must be a multiple of {BASE_STARS} or below it.")
+    # Hard links: distinct input paths (symbolic links to one file are de-duplicated by
+    # resolve_inputs, as naming one file twice would duplicate its spectra), one inode
+    # (hashed once per run, read from the page cache).
     links = []
     for i in range(n // BASE_STARS):
         link = folder / f"copy{i:04d}.npz"
+        if link.is_symlink():
+            link.unlink()
         if not link.exists():
-            link.symlink_to(base)
+            os.link(base, link)
         links.append(str(link))
     return links
 

@@ -238,3 +238,21 @@ def test_local_engine_never_imports_ray(survey: tuple[Path, list[Path]], tmp_pat
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_links_are_hashed_once_and_symlinks_deduplicated(
+    survey: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    import os
+
+    from starlabel.pipeline import describe_inputs
+
+    _, files = survey
+    hard, soft = tmp_path / "hard.npz", tmp_path / "soft.npz"
+    os.link(files[0], hard)
+    soft.symlink_to(files[0])
+    # A symbolic link names the same file again: listing it twice would duplicate spectra.
+    assert resolve_inputs([str(files[0]), str(soft)]) == [files[0]]
+    described = describe_inputs([files[0], hard, files[1]])
+    assert described[0].sha256 == described[1].sha256 != described[2].sha256
+    assert described[1].path == str(hard) and described[1].n_stars == 50

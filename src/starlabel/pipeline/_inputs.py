@@ -156,8 +156,8 @@ def describe_inputs(paths: Iterable[Path], known: Sequence[InputFile] = ()) -> l
         One per path, in order. Unreadable files get ``n_stars == -1`` and an ``error``.
     """
     cache = {(k.path, k.size, k.mtime_ns): k for k in known}
-    # Symlinked copies of one file are hashed once per run.
-    by_target: dict[tuple[str, int, int], str] = {}
+    # Links (hard or symbolic) to one file are hashed once per run.
+    by_target: dict[tuple[int, int, int, int], str] = {}
     described = []
     for path in paths:
         stat = path.stat()
@@ -165,7 +165,7 @@ def describe_inputs(paths: Iterable[Path], known: Sequence[InputFile] = ()) -> l
         if key in cache:
             described.append(cache[key])
             continue
-        target = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        target = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if target not in by_target:
             by_target[target] = _sha256(path)
         error = ""
