@@ -101,16 +101,18 @@ def _prepare(workdir: Path, n_labels: int) -> tuple[Path, Path, Path]:
     model_path = folder / "cannon.starlabel"
     train_path = folder / "train.npz"
     base_path = folder / "base.npz"
-    if not model_path.exists():
-        train = simulate_cannon(1000, N_PIXELS, n_labels, seed=10 + n_labels).dataset
+    if not (model_path.exists() and base_path.exists()):
+        # One simulation, split: training and survey spectra must share the simulated
+        # model (each simulator seed draws its own line list and coefficients).
+        every = simulate_cannon(1000 + BASE_STARS, N_PIXELS, n_labels, seed=10 + n_labels).dataset
+        train = every[:1000]
         write_dataset(train, train_path)
+        write_dataset(every[1000:], base_path)
+        del every
         t = time.perf_counter()
         fitted = Cannon(label_names=train.label_names, order=2).fit(train)
         _log(f"trained {n_labels}-label Cannon in {time.perf_counter() - t:.1f} s")
         save_model(fitted, model_path)
-    if not base_path.exists():
-        base = simulate_cannon(BASE_STARS, N_PIXELS, n_labels, seed=100 + n_labels).dataset
-        write_dataset(base, base_path)
     return model_path, base_path, train_path
 
 
