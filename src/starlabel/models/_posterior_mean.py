@@ -46,6 +46,8 @@ __all__ = [
     "infer_nuts",
     "TemperatureSelection",
     "select_temperature",
+    "ESTIMATORS",
+    "infer_labels",
 ]
 
 
@@ -664,3 +666,153 @@ def infer_nuts(
         extra={"rhat_max": rhat, "ess_min": ess, "n_divergent": divergent.astype(np.int64)},
         meta={"estimator": "nuts", "prior": label_prior.kind, "temperature": temperature},
     )
+
+
+# --------------------------------------------------------------------------- entry point
+ESTIMATORS: tuple[str, ...] = ("map", "mean", "nuts")
+"""Estimators :func:`infer_labels` accepts (also the CLI's ``--estimator`` choices)."""
+
+
+def _unfitted(fitted: Any, model: Any) -> Any:
+    """The configuration to refit in temperature cross-validation."""
+    if model is not None:
+        return model
+    if getattr(fitted, "kind", None) == "cannon":
+        from .cannon import Cannon
+
+        # Same label vector; censoring and L1 settings are not stored in the fitted
+        # model, so pass `model=` to cross-validate a censored or regularised Cannon.
+        return Cannon(fitted.label_names, terms=tuple(fitted.term_names[1:]))
+    raise ValueError(
+        "temperature='auto' refits the model on training folds; pass `model=` (the unfitted"
+        f" configuration) for a {type(fitted).__name__}."
+    )
+
+
+def infer_labels(
+    fitted: Any,
+    data: SpectralDataset,
+    *,
+    estimator: str = "map",
+    prior: Any = "none",
+    temperature: float | str = 1.0,
+    train: SpectralDataset | None = None,
+    model: Any = None,
+    fit_rv: bool = False,
+    continuum_order: int | None = None,
+    binary: bool = False,
+    key: PRNGKeyArray | None = None,
+    **options: Any,
+) -> InferenceResult:
+    """One entry point for every test step: estimator, prior, tempering, nuisance, binary.
+
+    The place where the CLI's ``--estimator``, ``--prior``, ``--temperature``,
+    ``--fit-rv``, ``--fit-continuum`` and ``--binary`` choices are resolved.
+
+    Parameters
+    ----------
+    fitted : FittedCannon
+        The trained model.
+    data : SpectralDataset
+        Spectra on the model's grid (with ``wavelength`` for velocity/continuum/binary).
+    estimator : {"map", "mean", "nuts"}
+        ``"map"``: the model's multi-start MAP (``fitted.infer``), or the joint MAP with
+        velocity/continuum; ``"mean"``: posterior mean and covariance by grid quadrature
+        (≤ 5 labels); ``"nuts"``: posterior mean and covariance from NUTS draws.
+    prior : "none", "gaussian", "kde", dict or AbstractLabelPrior
+        Label prior for ``"mean"``/``"nuts"`` (fitted to the model's training labels).
+    temperature : float or "auto"
+        Likelihood temperature; ``"auto"`` chooses it by 5-fold cross-validation on
+        ``train`` (:func:`select_temperature`) and records the choice in ``meta``.
+    train : SpectralDataset, optional
+        Training set, needed only for ``temperature="auto"``.
+    model : AbstractSpectralModel, optional
+        Unfitted configuration to refit for ``"auto"`` (default: rebuilt from ``fitted``).
+    fit_rv : bool
+        Fit a radial velocity jointly (extra columns ``rv``, ``rv_err``).
+    continuum_order : int, optional
+        Fit a multiplicative continuum polynomial of this order per region
+        (extra ``cont_r{region}_c{power}``).
+    binary : bool
+        Also fit a two-star model and compare (:func:`starlabel.models.fit_binary`);
+        extra columns ``binary``, ``delta_chi2``, ``delta_bic`` and the components.
+    key : PRNGKeyArray, optional
+        For ``"nuts"`` (default ``jax.random.key(0)``).
+    **options
+        Passed to the chosen routine (e.g. ``n_nodes``, ``num_samples``, ``v_max``).
+
+    Returns
+    -------
+    InferenceResult
+
+    Raises
+    ------
+    ValueError
+        On an unknown estimator (listing the valid ones), an unsupported combination
+        (NUTS or binary with velocity/continuum options), or ``"auto"`` without ``train``.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {list(ESTIMATORS)}.")
+    meta_extra: dict[str, Any] = {}
+    if isinstance(temperature, str):
+        if temperature.strip().lower() != "auto":
+            raise ValueError(f"`temperature` must be a number or 'auto', got {temperature!r}.")
+        if train is None:
+            raise ValueError(
+                "temperature='auto' is chosen by cross-validation on the training set; pass"
+                " `train` (the SpectralDataset the model was trained on). Test data are never used."
+            )
+        if estimator == "map":
+            raise ValueError("temperature only affects 'mean' and 'nuts'; drop it or change the estimator.")
+        selection = select_temperature(_unfitted(fitted, model), train, prior=prior)
+        temperature = selection.temperature
+        meta_extra["temperature_cv"] = str(selection.to_dict())
+    temperature = _check_temperature(temperature)
+    nuisance = fit_rv or continuum_order is not None
+    if binary:
+        if estimator != "map" or continuum_order is not None:
+            raise ValueError("--binary runs its own MAP fits; use estimator='map' and no continuum.")
+        from ._binary import fit_binary
+
+        result = fit_binary(fitted, data, fit_rv=fit_rv, **options)
+    elif nuisance:
+        if estimator == "nuts":
+            raise ValueError("NUTS with a velocity/continuum is not supported; use estimator='map' or 'mean'.")
+        from ._nuisance import infer_with_nuisance
+
+        result = infer_with_nuisance(
+            fitted,
+            data,
+            fit_rv=fit_rv,
+            continuum_order=continuum_order,
+            estimator=estimator,
+            prior=prior,
+            temperature=temperature,
+            **options,
+        )
+    elif estimator == "map":
+        if not (prior is None or (isinstance(prior, str) and prior.lower() == "none")):
+            raise ValueError(
+                "a prior changes the posterior, not the maximum-likelihood test step; use"
+                " estimator='mean' (or 'nuts') with a prior."
+            )
+        result = fitted.infer(data, **options)
+    elif estimator == "mean":
+        result = infer_posterior_mean(fitted, data, prior=prior, temperature=temperature, **options)
+    else:
+        result = infer_nuts(
+            fitted, data, jax.random.key(0) if key is None else key, prior=prior, temperature=temperature, **options
+        )
+    if meta_extra:
+        result = InferenceResult(
+            ids=result.ids,
+            label_names=result.label_names,
+            labels=result.labels,
+            cov=result.cov,
+            chi2=result.chi2,
+            dof=result.dof,
+            flags=result.flags,
+            extra=result.extra,
+            meta={**result.meta, **meta_extra},
+        )
+    return result

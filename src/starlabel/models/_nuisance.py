@@ -1,0 +1,772 @@
+r"""Radial velocity and multiplicative continuum fitted jointly with the labels.
+
+The observed flux of a star moving with line-of-sight velocity ``v`` is
+
+.. math:: f(\lambda_i) = c_r(\lambda_i)\; m\!\left(\lambda_i / D(v);\ \ell\right),
+          \qquad D(v) = \sqrt{(1+\beta)/(1-\beta)},\ \beta = v/c,
+
+where ``m`` is the model's rest-frame spectrum and ``c_r`` a low-order polynomial
+(Chebyshev in the region's own wavelength range) for each region ``r`` (chip). On a
+grid uniform in ln λ a velocity is a constant shift ``ln D / Δ`` in pixels, so
+:class:`DopplerResampler` evaluates ``m`` there by cubic B-spline interpolation of the
+model's pixel values within each region (Unser 1999): the model coefficients are
+prefiltered once, then every shift costs four taps per pixel, is twice continuously
+differentiable in ``v`` and enters the same Gauss–Newton fit as the labels. (Cubic
+convolution without the prefilter left velocity errors of ±0.05 km/s that depend on the
+sub-pixel phase, five times the statistical error at S/N 100 on 7214 pixels.) Pixels within the reach of the largest allowed shift of a region's edge are left
+out of the fit for every ``v``, so the likelihood compares the same pixels at all
+velocities.
+
+Velocity χ² surfaces have a minimum per line-width, so the fit first scans ``v`` on a
+grid for a few template spectra (training labels spread along the label distribution,
+continuum a free scale per region), then runs a batched Levenberg–Marquardt from the
+best velocity of each template and keeps the lowest χ². Uncertainties come from the
+inverse Fisher matrix of all parameters; its label block is the label covariance
+*marginalised* over velocity and continuum.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from .._internal import x64
+from ..data import Flag, InferenceResult, SpectralDataset
+from ._posterior_mean import PolynomialSpectrum, polynomial_spectrum
+
+__all__ = [
+    "C_KMS",
+    "DopplerResampler",
+    "find_regions",
+    "NuisanceModel",
+    "NuisanceFit",
+    "build_nuisance_model",
+    "fit_nuisance",
+    "infer_with_nuisance",
+]
+
+C_KMS = 299_792.458
+"""Speed of light, km/s."""
+
+
+def find_regions(wavelength: Any, *, gap: float = 5.0) -> np.ndarray:
+    """Region (chip) index of each pixel: a new region starts at every wavelength gap.
+
+    Parameters
+    ----------
+    wavelength : array-like, shape (pixels,)
+        Increasing wavelengths (Å).
+    gap : float
+        A step in ln λ larger than ``gap`` times the median step starts a new region.
+
+    Returns
+    -------
+    ndarray of int, shape (pixels,)
+    """
+    log_wl = np.log(np.asarray(wavelength, dtype=np.float64))
+    steps = np.diff(log_wl)
+    if np.any(steps <= 0):
+        raise ValueError("`wavelength` must be strictly increasing to find regions.")
+    return np.concatenate([[0], np.cumsum(steps > gap * np.median(steps))]).astype(np.int64)
+
+
+def _bspline_weights(frac: Array) -> Array:
+    """Cubic B-spline weights of the taps at offsets −1, 0, 1, 2 (fraction in [0, 1))."""
+    f2, f3 = frac * frac, frac * frac * frac
+    return (
+        jnp.stack(
+            [
+                (1.0 - frac) ** 3,
+                3.0 * f3 - 6.0 * f2 + 4.0,
+                -3.0 * f3 + 3.0 * f2 + 3.0 * frac + 1.0,
+                f3,
+            ],
+            axis=-1,
+        )
+        / 6.0
+    )
+
+
+class DopplerResampler(eqx.Module):
+    """Evaluate a rest-frame spectrum (on the model grid) as seen at velocity ``v``.
+
+    Build it with :meth:`from_wavelength`. Calling it with B-spline coefficients
+    (:meth:`prefilter` of a spectrum (pixels,) or coefficient table (pixels, terms)) and
+    ``v`` in km/s returns the resampled values, same shape.
+
+    Attributes
+    ----------
+    position : Float[Array, " pixels"]
+        Pixel index within its region.
+    start : Int[Array, " pixels"]
+        Index of the region's first pixel.
+    length : Int[Array, " pixels"]
+        Number of pixels in the region.
+    step : Float[Array, " pixels"]
+        The region's ln λ step.
+    usable : Bool[Array, " pixels"]
+        False within reach of a region edge at the largest velocity ``v_max``.
+    v_max : float
+        Largest |v| (km/s) the resampler is valid for.
+    """
+
+    position: Float[Array, " pixels"]
+    start: Int[Array, " pixels"]
+    length: Int[Array, " pixels"]
+    step: Float[Array, " pixels"]
+    usable: Bool[Array, " pixels"]
+    v_max: float = eqx.field(static=True)
+
+    @classmethod
+    def from_wavelength(
+        cls, wavelength: Any, *, v_max: float = 150.0, regions: Any = None, rtol: float = 1e-3
+    ) -> DopplerResampler:
+        """Build from a wavelength grid that is uniform in ln λ within each region.
+
+        Parameters
+        ----------
+        wavelength : array-like, shape (pixels,)
+            Pixel wavelengths (Å).
+        v_max : float
+            Largest |v| to allow (km/s); sets the edge margins.
+        regions : array-like of int, shape (pixels,), optional
+            Region of each pixel (default :func:`find_regions`).
+        rtol : float
+            Allowed relative deviation of ln λ steps from uniform within a region.
+
+        Raises
+        ------
+        ValueError
+            If a region is not uniform in ln λ or too short for the margins.
+        """
+        wl = np.asarray(wavelength, dtype=np.float64)
+        region = find_regions(wl) if regions is None else np.asarray(regions, dtype=np.int64)
+        if region.shape != wl.shape:
+            raise ValueError(f"`regions` has shape {region.shape}; expected {wl.shape} like `wavelength`.")
+        log_wl = np.log(wl)
+        n = len(wl)
+        position = np.zeros(n)
+        start = np.zeros(n, dtype=np.int64)
+        length = np.zeros(n, dtype=np.int64)
+        step = np.zeros(n)
+        usable = np.zeros(n, dtype=bool)
+        max_shift = math.log(_doppler(float(v_max)))
+        for r in np.unique(region):
+            idx = np.flatnonzero(region == r)
+            if np.any(np.diff(idx) != 1):
+                raise ValueError(f"region {r} is not contiguous; regions must be runs of adjacent pixels.")
+            if len(idx) < 8:
+                raise ValueError(f"region {r} has {len(idx)} pixels; a Doppler shift needs ≥ 8 per region.")
+            d = np.diff(log_wl[idx])
+            h = float(np.median(d))
+            if np.max(np.abs(d - h)) > rtol * h:
+                raise ValueError(
+                    f"pixels of region {r} are not evenly spaced in ln λ (steps vary by"
+                    f" {np.max(np.abs(d - h)) / h:.2%}); resample onto a log-λ grid (as APOGEE's)."
+                )
+            margin = int(math.ceil(max_shift / h)) + 2
+            if 2 * margin >= len(idx):
+                raise ValueError(
+                    f"region {r} has {len(idx)} pixels, too few for |v| ≤ {v_max} km/s (needs"
+                    f" > {2 * margin}); lower `v_max`."
+                )
+            position[idx] = np.arange(len(idx))
+            start[idx] = idx[0]
+            length[idx] = len(idx)
+            step[idx] = h
+            usable[idx[margin:-margin]] = True
+        with jax.enable_x64(True):
+            return cls(
+                jnp.asarray(position),
+                jnp.asarray(start),
+                jnp.asarray(length),
+                jnp.asarray(step),
+                jnp.asarray(usable),
+                float(v_max),
+            )
+
+    def taps(self, v: Float[Array, ""]) -> tuple[Int[Array, "pixels 4"], Float[Array, "pixels 4"]]:
+        """Source pixel indices and interpolation weights at velocity ``v`` (km/s)."""
+        source = self.position - jnp.log(_doppler(v)) / self.step
+        base = jnp.floor(source)
+        weights = _bspline_weights(source - base)
+        offsets = jnp.arange(-1, 3)
+        local = jnp.clip(base.astype(jnp.int32)[:, None] + offsets[None, :], 0, self.length[:, None] - 1)
+        return self.start[:, None] + local, weights
+
+    def every(self, stride: int) -> DopplerResampler:
+        """The same resampler evaluated at every ``stride``-th pixel only (for scans).
+
+        Its output has ``ceil(pixels / stride)`` entries; the coefficients it reads are
+        still the full (pixels, …) table.
+        """
+        pick = slice(None, None, int(stride))
+        return DopplerResampler(
+            self.position[pick], self.start[pick], self.length[pick], self.step[pick], self.usable[pick], self.v_max
+        )
+
+    def taps_derivative(self, v: Float[Array, ""]) -> Float[Array, "pixels 4"]:
+        """d(weights)/dv (per km/s) of :meth:`taps` at velocity ``v``."""
+        source = self.position - jnp.log(_doppler(v)) / self.step
+        # d ln D / dv = 1 / (c (1 − β²))
+        beta = v / C_KMS
+        dsource = -1.0 / (C_KMS * (1.0 - beta * beta) * self.step)
+        return _bspline_derivative(source - jnp.floor(source)) * dsource[:, None]
+
+    def derivative(self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]) -> Float[Array, "pixels ..."]:
+        """d/dv of :meth:`__call__` (per km/s)."""
+        index, _ = self.taps(v)
+        weights = self.taps_derivative(v)
+        weights = weights.reshape(weights.shape + (1,) * (coefficients.ndim - 1))
+        return jnp.sum(coefficients[index] * weights, axis=1)
+
+    def prefilter(self, values: Any) -> np.ndarray:
+        """Cubic B-spline coefficients of ``values`` (pixels first), region by region.
+
+        Interpolating with these coefficients reproduces ``values`` exactly at zero
+        shift; linear, so prefiltering the model's θ once serves every label vector.
+        """
+        from scipy.ndimage import spline_filter1d
+
+        array = np.asarray(values, dtype=np.float64)
+        out = np.empty_like(array)
+        start, length = np.asarray(self.start), np.asarray(self.length)
+        for first in np.unique(start):
+            block = slice(int(first), int(first + length[first]))
+            out[block] = spline_filter1d(array[block], order=3, axis=0, mode="mirror")
+        return out
+
+    def __call__(self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]) -> Float[Array, "pixels ..."]:
+        """Spline ``coefficients`` (from :meth:`prefilter`) evaluated as observed at velocity ``v``."""
+        values = coefficients
+        index, weights = self.taps(v)
+        gathered = values[index]  # (pixels, 4, ...)
+        weights = weights.reshape(weights.shape + (1,) * (values.ndim - 1))
+        return jnp.sum(gathered * weights, axis=1)
+
+
+def _bspline_derivative(frac: Array) -> Array:
+    """d(weights)/d(fraction) of :func:`_bspline_weights`."""
+    f2 = frac * frac
+    return jnp.stack([-0.5 * (1.0 - frac) ** 2, 1.5 * f2 - 2.0 * frac, -1.5 * f2 + frac + 0.5, 0.5 * f2], axis=-1)
+
+
+def _doppler(v: Any) -> Any:
+    """Relativistic Doppler factor λ_obs/λ_rest for line-of-sight velocity ``v`` (km/s)."""
+    beta = v / C_KMS
+    if isinstance(beta, float):
+        return math.sqrt((1.0 + beta) / (1.0 - beta))
+    return jnp.sqrt((1.0 + beta) / (1.0 - beta))
+
+
+def _continuum_basis(wavelength: np.ndarray, regions: np.ndarray, order: int) -> np.ndarray:
+    """Chebyshev basis (pixels, regions × (order + 1)), zero outside each region."""
+    unique = np.unique(regions)
+    basis = np.zeros((len(wavelength), len(unique) * (order + 1)))
+    for j, r in enumerate(unique):
+        idx = np.flatnonzero(regions == r)
+        lo, hi = wavelength[idx[0]], wavelength[idx[-1]]
+        t = 2.0 * (wavelength[idx] - lo) / max(hi - lo, 1e-12) - 1.0
+        basis[idx, j * (order + 1) : (j + 1) * (order + 1)] = np.polynomial.chebyshev.chebvander(t, order)
+    return basis
+
+
+class NuisanceModel(eqx.Module):
+    """Flux model ``c(λ; a) · S_v[θ v(ℓ)]`` with parameters packed as ``[ℓ, v, a]``.
+
+    Attributes
+    ----------
+    spectrum : PolynomialSpectrum
+        The rest-frame label model.
+    resampler : DopplerResampler
+        Velocity shifts on the model grid.
+    theta_spline : Float[Array, "pixels terms"]
+        B-spline coefficients of the model's θ (see :meth:`DopplerResampler.prefilter`).
+    basis : Float[Array, "pixels coefficients"]
+        Continuum basis (regions × (order + 1) columns; empty without continuum).
+    fit_rv : bool
+        Whether ``v`` is free (else held at 0).
+    order : int
+        Continuum polynomial order per region (−1: no continuum).
+    """
+
+    spectrum: PolynomialSpectrum
+    resampler: DopplerResampler
+    theta_spline: Float[Array, "pixels terms"]
+    basis: Float[Array, "pixels coefficients"]
+    fit_rv: bool = eqx.field(static=True)
+    order: int = eqx.field(static=True)
+
+    @property
+    def n_labels(self) -> int:
+        """Number of labels."""
+        return self.spectrum.n_labels
+
+    @property
+    def n_continuum(self) -> int:
+        """Number of continuum coefficients."""
+        return int(self.basis.shape[1])
+
+    @property
+    def n_params(self) -> int:
+        """Labels + velocity + continuum coefficients."""
+        return self.n_labels + 1 + self.n_continuum
+
+    def unpack(self, params: Float[Array, " params"]) -> tuple[Array, Array, Array]:
+        """``(labels, v, continuum coefficients)`` from the packed vector."""
+        k = self.n_labels
+        return params[:k], params[k], params[k + 1 :]
+
+    def continuum(self, coefficients: Float[Array, " coefficients"]) -> Float[Array, " pixels"]:
+        """Multiplicative continuum (1 everywhere without continuum terms)."""
+        if self.n_continuum == 0:
+            return jnp.ones(self.basis.shape[0], dtype=self.basis.dtype)
+        return self.basis @ coefficients
+
+    def coefficients(self, v: Float[Array, ""], coefficients: Float[Array, " coefficients"]) -> Float[Array, "pixels terms"]:
+        """Per-pixel model coefficients ``c ⊙ S_v θ`` (linear in the label vector)."""
+        return self.continuum(coefficients)[:, None] * self.resampler(self.theta_spline, v)
+
+    def flux(self, params: Float[Array, " params"]) -> Float[Array, " pixels"]:
+        """Model flux of one star."""
+        labels, v, coefficients = self.unpack(params)
+        rest = self.theta_spline @ self.spectrum.label_vector(labels)
+        return self.continuum(coefficients) * self.resampler(rest, v)
+
+    def jacobian(self, params: Float[Array, " params"]) -> Float[Array, "pixels params"]:
+        """∂flux/∂params, analytic (jacfwd through the taps' gathers costs ~15× more)."""
+        labels, v, coefficients = self.unpack(params)
+        spectrum = self.spectrum
+        rest = self.theta_spline @ spectrum.label_vector(labels)
+        d_rest = self.theta_spline @ jax.jacfwd(spectrum.label_vector)(labels)  # (pixels, labels)
+        continuum = self.continuum(coefficients)
+        shifted = self.resampler(rest, v)
+        columns = [
+            continuum[:, None] * self.resampler(d_rest, v),
+            (continuum * self.resampler.derivative(rest, v))[:, None],
+            self.basis * shifted[:, None],
+        ]
+        return jnp.concatenate(columns, axis=1)
+
+    def weights(self, ivar: Float[Array, " pixels"]) -> Float[Array, " pixels"]:
+        """Inverse variances with s², zero outside usable pixels."""
+        return jnp.where(self.resampler.usable, self.spectrum.weights(ivar), 0.0)
+
+    def free(self) -> np.ndarray:
+        """Bool (params,): which parameters are fitted."""
+        free = np.ones(self.n_params, dtype=bool)
+        free[self.n_labels] = self.fit_rv
+        return free
+
+
+class NuisanceFit(eqx.Module):
+    """Raw per-star output of the joint fit (batched leading axis)."""
+
+    params: Float[Array, "stars params"]
+    cov: Float[Array, "stars params params"]
+    chi2: Float[Array, " stars"]
+    n_good: Float[Array, " stars"]
+    converged: Bool[Array, " stars"]
+
+
+class _LMState(eqx.Module):
+    params: Array
+    chi2: Array
+    damping: Array
+    done: Array
+    iteration: Array
+
+
+def _lm(
+    model: NuisanceModel,
+    flux: Array,
+    omega: Array,
+    p0: Array,
+    lower: Array,
+    upper: Array,
+    free: Array,
+    n_iter: int,
+) -> tuple[Array, Array, Array, Array]:
+    """Levenberg–Marquardt (Marquardt-scaled damping) for one star from one start."""
+    sqrt_w = jnp.sqrt(omega)
+
+    def chi2_of(p: Array) -> Array:
+        return jnp.sum(omega * (flux - model.flux(p)) ** 2)
+
+    def normal(p: Array) -> tuple[Array, Array]:
+        jac = model.jacobian(p) * free[None, :]
+        weighted = jac * sqrt_w[:, None]
+        F = weighted.T @ weighted
+        grad = weighted.T @ (sqrt_w * (flux - model.flux(p)))
+        return F + jnp.diag(jnp.where(free, 0.0, 1.0)), grad
+
+    def step(state: _LMState) -> _LMState:
+        F, grad = normal(state.params)
+        scaled = F + state.damping * jnp.diag(jnp.maximum(jnp.diagonal(F), 1e-12))
+        delta = jnp.linalg.solve(scaled, grad) * free
+        trial = jnp.clip(state.params + delta, lower, upper)
+        trial_chi2 = chi2_of(trial)
+        better = jnp.isfinite(trial_chi2) & (trial_chi2 < state.chi2)
+        # Δχ² well below the 1 that defines a 1σ change.
+        small = jnp.abs(state.chi2 - trial_chi2) < 1e-3
+        damping = jnp.where(better, state.damping / 3.0, state.damping * 4.0)
+        return _LMState(
+            jnp.where(better, trial, state.params),
+            jnp.where(better, trial_chi2, state.chi2),
+            jnp.clip(damping, 1e-9, 1e9),
+            # Done on a negligible improvement, or when no damping finds a better point.
+            (better & small) | (damping > 1e8),
+            state.iteration + 1,
+        )
+
+    def keep_going(state: _LMState) -> Array:
+        return (state.iteration < n_iter) & ~state.done
+
+    init = _LMState(
+        p0, chi2_of(p0), jnp.asarray(1e-2, dtype=flux.dtype), jnp.asarray(False), jnp.asarray(0)
+    )
+    # A while loop, not a fixed count: under vmap it stops once every star is done.
+    final = jax.lax.while_loop(keep_going, step, init)
+    F, _ = normal(final.params)
+    cov = jnp.linalg.inv(F) * free[:, None] * free[None, :]
+    return final.params, cov, final.chi2, final.done
+
+
+class _ScanOut(eqx.Module):
+    v: Array
+    scale: Array
+    chi2: Array
+
+
+SCAN_STRIDE = 2
+"""Velocity scans use every second pixel: they only need to find the right χ² valley,
+which is several pixels wide, and the scan is the gather-bound part of the fit."""
+
+
+def _scan(model: NuisanceModel, flux: Array, omega: Array, template: Array, v_grid: Array) -> _ScanOut:
+    """χ² of one template (spline coefficients) over a velocity grid, a free scale per region."""
+    pick = slice(None, None, SCAN_STRIDE)
+    resampler = model.resampler.every(SCAN_STRIDE)
+    flux, omega = flux[pick], omega[pick]
+    region_basis = model.basis[pick, :: model.order + 1] if model.n_continuum else jnp.ones((flux.shape[0], 1))
+
+    def one(v: Array) -> tuple[Array, Array]:
+        m = resampler(template, v)
+        fm = region_basis.T @ (omega * flux * m)
+        mm = region_basis.T @ (omega * m * m)
+        scale = jnp.where(mm > 0, fm / jnp.where(mm > 0, mm, 1.0), 1.0)
+        if not model.n_continuum:
+            scale = jnp.ones_like(scale)
+        resid = flux - (region_basis @ scale) * m
+        return jnp.sum(omega * resid**2), scale
+
+    chi2, scale = jax.vmap(one)(v_grid)
+    best = jnp.argmin(chi2)
+    return _ScanOut(v_grid[best], scale[best], chi2[best])
+
+
+@eqx.filter_jit
+def _fit_chunk(
+    model: NuisanceModel,
+    flux: Array,
+    ivar: Array,
+    templates: Array,
+    v_grid: Array,
+    lower: Array,
+    upper: Array,
+    n_starts: int,
+    n_iter: int,
+) -> NuisanceFit:
+    free = jnp.asarray(model.free(), dtype=flux.dtype)
+    rest = jax.vmap(lambda t: model.theta_spline @ model.spectrum.label_vector(t))(templates)
+
+    def one_star(f: Array, iv: Array) -> tuple[Array, ...]:
+        omega = model.weights(iv)
+
+        def start_of(label: Array, template_flux: Array) -> tuple[Array, Array]:
+            grid = v_grid if model.fit_rv else jnp.zeros((1,), dtype=f.dtype)
+            scan = _scan(model, f, omega, template_flux, grid)
+            a0 = jnp.zeros(model.n_continuum, dtype=f.dtype)
+            if model.n_continuum:
+                a0 = a0.at[:: model.order + 1].set(scan.scale)
+            return jnp.concatenate([label, scan.v[None], a0]), scan.chi2
+
+        starts, scan_chi2 = jax.vmap(start_of)(templates, rest)
+        order = jnp.argsort(jnp.where(jnp.isfinite(scan_chi2), scan_chi2, jnp.inf))[:n_starts]
+        params, cov, chi2, done = jax.vmap(lambda p0: _lm(model, f, omega, p0, lower, upper, free, n_iter))(
+            starts[order]
+        )
+        best = jnp.argmin(jnp.where(jnp.isfinite(chi2), chi2, jnp.inf))
+        return params[best], cov[best], chi2[best], jnp.sum(omega > 0).astype(f.dtype), done[best]
+
+    params, cov, chi2, n_good, done = jax.vmap(one_star)(flux, ivar)
+    return NuisanceFit(params, cov, chi2, n_good, done)
+
+
+def _templates(spectrum: PolynomialSpectrum, n: int) -> np.ndarray:
+    """``n`` training label vectors spread along the main axis of the training labels."""
+    train = np.asarray(spectrum.train_labels)
+    if n <= 1 or len(train) < n:
+        return np.median(train, axis=0)[None, :]
+    scaled = (train - np.asarray(spectrum.shift)) / np.asarray(spectrum.scale)
+    centred = scaled - np.median(scaled, axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    projection = centred @ vt[0]
+    targets = np.quantile(projection, (np.arange(n) + 0.5) / n)
+    return train[np.argmin(np.abs(projection[None, :] - targets[:, None]), axis=1)]
+
+
+def build_nuisance_model(
+    fitted: Any,
+    wavelength: Any,
+    *,
+    fit_rv: bool = True,
+    continuum_order: int | None = None,
+    v_max: float = 150.0,
+    regions: Any = None,
+) -> NuisanceModel:
+    """The :class:`NuisanceModel` of a fitted model on a wavelength grid.
+
+    Parameters
+    ----------
+    fitted : FittedCannon or PolynomialSpectrum
+    wavelength : array-like, shape (pixels,)
+        The data's (= model's) wavelengths, Å, uniform in ln λ within each region.
+    fit_rv : bool
+        Fit a velocity.
+    continuum_order : int, optional
+        Polynomial order of the multiplicative continuum per region (None: no continuum).
+    v_max : float
+        Largest |v| (km/s) searched and allowed.
+    regions : array-like of int, shape (pixels,), optional
+        Region (chip) of each pixel; default split at wavelength gaps.
+
+    Raises
+    ------
+    ValueError
+        On a bad order or a wavelength grid that is not log-uniform.
+    """
+    if continuum_order is not None and not (isinstance(continuum_order, int) and 0 <= continuum_order <= 10):
+        raise ValueError(f"`continuum_order` must be an integer in [0, 10] or None, got {continuum_order!r}.")
+    if wavelength is None:
+        raise ValueError("radial-velocity and continuum fits need `data.wavelength` (Å); the dataset has none.")
+    spectrum = polynomial_spectrum(fitted)
+    wl = np.asarray(wavelength, dtype=np.float64)
+    if wl.shape != (spectrum.n_pixels,):
+        raise ValueError(f"`wavelength` has shape {wl.shape}; the model has {spectrum.n_pixels} pixels.")
+    region = find_regions(wl) if regions is None else np.asarray(regions, dtype=np.int64)
+    resampler = DopplerResampler.from_wavelength(wl, v_max=v_max if fit_rv else 1e-6, regions=region)
+    order = -1 if continuum_order is None else int(continuum_order)
+    basis = _continuum_basis(wl, region, order) if order >= 0 else np.zeros((len(wl), 0))
+    theta_spline = resampler.prefilter(np.asarray(spectrum.theta))
+    with jax.enable_x64(True):
+        return NuisanceModel(spectrum, resampler, jnp.asarray(theta_spline), jnp.asarray(basis), bool(fit_rv), order)
+
+
+@x64
+def fit_nuisance(
+    model: NuisanceModel,
+    data: SpectralDataset,
+    *,
+    n_templates: int = 3,
+    n_starts: int = 2,
+    v_step: float = 2.0,
+    n_iter: int = 50,
+    chunk_size: int = 64,
+) -> NuisanceFit:
+    """Joint MAP of labels, velocity and continuum for every spectrum (flat priors).
+
+    Parameters
+    ----------
+    model : NuisanceModel
+        From :func:`build_nuisance_model`.
+    data : SpectralDataset
+        Spectra on the model's grid.
+    n_templates : int
+        Template label vectors scanned in velocity.
+    n_starts : int
+        Levenberg–Marquardt runs, from the templates (and their best velocities) with
+        the lowest scan χ².
+    v_step : float
+        Velocity scan step, km/s (≈ ½ pixel for APOGEE is 2 km/s).
+    n_iter : int
+        Cap on Levenberg–Marquardt iterations.
+    chunk_size : int
+        Spectra per compiled batch.
+
+    Returns
+    -------
+    NuisanceFit
+        Packed parameters ``[labels, v, continuum]``, their covariance (inverse Fisher),
+        χ² (with s²), usable pixels and a convergence flag per star.
+    """
+    spectrum = model.spectrum
+    if data.n_pixels != spectrum.n_pixels:
+        raise ValueError(f"`data` has {data.n_pixels} pixels; the model has {spectrum.n_pixels}.")
+    templates = jnp.asarray(_templates(spectrum, n_templates))
+    n_starts = max(1, min(int(n_starts), templates.shape[0]))
+    v_max = model.resampler.v_max
+    v_grid = jnp.arange(-v_max, v_max + 0.5 * v_step, v_step)
+    safe_lo, safe_hi = spectrum.safety_box()
+    big = np.full(model.n_continuum, np.inf)
+    lower = jnp.asarray(np.concatenate([safe_lo, [-v_max], -big]))
+    upper = jnp.asarray(np.concatenate([safe_hi, [v_max], big]))
+    outs = []
+    chunk = min(chunk_size, data.n_stars)
+    for begin in range(0, data.n_stars, chunk):
+        end = min(begin + chunk, data.n_stars)
+        flux, ivar = data.flux[begin:end], data.ivar[begin:end]
+        pad = chunk - (end - begin)
+        if pad:
+            flux = np.concatenate([flux, np.repeat(flux[:1], pad, axis=0)])
+            ivar = np.concatenate([ivar, np.repeat(ivar[:1], pad, axis=0)])
+        out = _fit_chunk(
+            model, jnp.asarray(flux), jnp.asarray(ivar), templates, v_grid, lower, upper, int(n_starts), int(n_iter)
+        )
+        outs.append(jax.tree.map(lambda a, n=end - begin: np.asarray(a)[:n], out))
+    return jax.tree.map(lambda *parts: jnp.asarray(np.concatenate(parts)), *outs)
+
+
+def _nuisance_columns(model: NuisanceModel, fit: NuisanceFit) -> dict[str, np.ndarray]:
+    k = model.n_labels
+    params, cov = np.asarray(fit.params), np.asarray(fit.cov)
+    extra: dict[str, np.ndarray] = {}
+    if model.fit_rv:
+        extra["rv"] = params[:, k]
+        extra["rv_err"] = np.sqrt(np.maximum(cov[:, k, k], 0.0))
+    for j in range(model.n_continuum):
+        region, power = divmod(j, model.order + 1)
+        extra[f"cont_r{region}_c{power}"] = params[:, k + 1 + j]
+    return extra
+
+
+@x64
+def infer_with_nuisance(
+    fitted: Any,
+    data: SpectralDataset,
+    *,
+    fit_rv: bool = True,
+    continuum_order: int | None = None,
+    estimator: str = "map",
+    prior: Any = "none",
+    temperature: float = 1.0,
+    v_max: float = 150.0,
+    regions: Any = None,
+    n_templates: int = 3,
+    poor_fit: float = 3.0,
+    **grid_options: Any,
+) -> InferenceResult:
+    """Labels with a radial velocity and/or continuum fitted jointly.
+
+    With ``estimator="map"`` the result is the joint maximum likelihood, and the label
+    covariance is the label block of the inverse Fisher matrix of all parameters (so it
+    is marginalised over velocity and continuum). With ``estimator="mean"`` the velocity
+    and continuum are fixed at their joint fit, the label posterior is integrated on the
+    grid (:func:`~starlabel.models.infer_posterior_mean` with the shifted, scaled
+    coefficients), and the covariance gains the Laplace estimate of what marginalising
+    the nuisance adds, ``T·([F⁻¹]_ℓℓ − [F_ℓℓ]⁻¹)``.
+
+    Parameters
+    ----------
+    fitted : FittedCannon or PolynomialSpectrum
+    data : SpectralDataset
+        Spectra with ``wavelength`` (Å), on the model's grid.
+    fit_rv : bool
+        Fit a velocity (km/s, positive = receding).
+    continuum_order : int, optional
+        Order of the multiplicative continuum polynomial per region (None: none).
+    estimator : {"map", "mean"}
+        Joint MAP, or posterior mean over labels at the fitted nuisance.
+    prior, temperature
+        For ``estimator="mean"``, as in :func:`infer_posterior_mean`.
+    v_max : float
+        Largest |v| searched (km/s).
+    regions : array-like of int, optional
+        Continuum/edge regions per pixel (default: split at wavelength gaps).
+    n_templates : int
+        Templates in the velocity scan (starts of the joint fit).
+    poor_fit : float
+        Reduced χ² above which POOR_FIT is set.
+    **grid_options
+        Passed to :func:`infer_posterior_mean` for ``estimator="mean"``.
+
+    Returns
+    -------
+    InferenceResult
+        Labels and marginal covariances; extra ``rv``, ``rv_err`` (km/s) when fitting a
+        velocity, and ``cont_r{region}_c{power}`` continuum coefficients.
+
+    Raises
+    ------
+    ValueError
+        On an unknown estimator, missing wavelengths, a non-log-uniform grid, or an
+        empty request.
+    """
+    from ._posterior_mean import infer_posterior_mean
+
+    if estimator not in ("map", "mean"):
+        raise ValueError(f"unknown estimator {estimator!r} with nuisance parameters; choose 'map' or 'mean'.")
+    if not fit_rv and continuum_order is None:
+        raise ValueError("nothing to fit: pass fit_rv=True and/or continuum_order=0, 1, 2, ….")
+    model = build_nuisance_model(
+        fitted, data.wavelength, fit_rv=fit_rv, continuum_order=continuum_order, v_max=v_max, regions=regions
+    )
+    fit = fit_nuisance(model, data, n_templates=n_templates)
+    k = model.n_labels
+    params, cov = np.asarray(fit.params), np.asarray(fit.cov)
+    chi2, n_good = np.asarray(fit.chi2), np.asarray(fit.n_good)
+    n_free = int(model.free().sum())
+    extra = _nuisance_columns(model, fit)
+    meta = {"fit_rv": bool(fit_rv), "continuum_order": -1 if continuum_order is None else int(continuum_order)}
+    if estimator == "map":
+        label_cov = cov[:, :k, :k]
+        bad_cov = ~np.all(np.isfinite(label_cov), axis=(1, 2)) | np.any(np.diagonal(label_cov, axis1=1, axis2=2) <= 0, axis=1)
+        dof = n_good - n_free
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rchi2 = np.where(dof > 0, chi2 / dof, np.nan)
+        flags = np.zeros(data.n_stars, dtype=np.int64)
+        flags |= np.where(~np.asarray(fit.converged), int(Flag.NOT_CONVERGED), 0)
+        flags |= np.where(bad_cov, int(Flag.BAD_COVARIANCE), 0)
+        flags |= np.where(rchi2 > poor_fit, int(Flag.POOR_FIT), 0)
+        if fit_rv:
+            flags |= np.where(np.abs(params[:, k]) >= v_max - 1e-6, int(Flag.HIT_BOUND), 0)
+        return InferenceResult(
+            ids=data.ids,
+            label_names=model.spectrum.label_names,
+            labels=params[:, :k],
+            cov=np.where(bad_cov[:, None, None], np.nan, label_cov),
+            chi2=chi2,
+            dof=dof.astype(float),
+            flags=flags,
+            extra=extra,
+            meta={"estimator": "map", **meta},
+        )
+    theta = jax.vmap(lambda p: model.coefficients(p[k], p[k + 1 :]))(jnp.asarray(params))
+    usable = np.asarray(model.resampler.usable)
+    masked = data.replace(ivar=np.where(usable[None, :], data.ivar, 0.0))
+    result = infer_posterior_mean(
+        model.spectrum, masked, prior=prior, temperature=temperature, theta=theta, poor_fit=poor_fit, **grid_options
+    )
+    # Conditional (fixed-nuisance) vs marginal Laplace covariance of the labels: the
+    # difference is what the unknown velocity and continuum add to the label errors.
+    precision = np.linalg.pinv(cov)
+    conditional = np.linalg.inv(precision[:, :k, :k])
+    extra_cov = np.clip(temperature, 1.0, None) * (cov[:, :k, :k] - conditional)
+    total = result.cov + np.where(np.isfinite(extra_cov), extra_cov, 0.0)
+    return InferenceResult(
+        ids=result.ids,
+        label_names=result.label_names,
+        labels=result.labels,
+        cov=total,
+        chi2=result.chi2,
+        dof=result.dof - (n_free - k),
+        flags=result.flags,
+        extra={**result.extra, **extra},
+        meta={**result.meta, **meta},
+    )
