@@ -94,7 +94,9 @@ def test_real_ngc103_field(shared_data, tmp_path):
     out = result.write(tmp_path / "members.csv")
     back = Table.read(out, format="ascii.csv")
     assert back.colnames[: len(result.table.colnames) - 4] == result.table.colnames[:-4]
-    np.testing.assert_allclose(np.asarray(back["p_member"]), np.asarray(result.table["p_member"]), equal_nan=True)
+    np.testing.assert_allclose(
+        np.asarray(back["p_member"]), np.asarray(result.table["p_member"]), equal_nan=True
+    )
     summary = json.loads(result.to_json(tmp_path / "members.json").read_text())
     assert summary["n_skipped"] == 65 and summary["field"]["n_components"] == result.fit.n_field
     assert abs(summary["cluster"]["mean_parallax"]["median"] - 0.28) < 0.05

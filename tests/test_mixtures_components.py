@@ -59,7 +59,9 @@ def test_gaussian_component_deconvolves_errors(rng):
         per_object = Gaussian(jnp.asarray(y + 0.5), jnp.asarray(v)).log_prob(jnp.asarray(y), jnp.asarray(c))
     want = [stats.multivariate_normal(mean, v + ci).logpdf(yi) for yi, ci in zip(y, c, strict=True)]
     np.testing.assert_allclose(got, want, rtol=1e-10)
-    want_shifted = [stats.multivariate_normal(yi + 0.5, v + ci).logpdf(yi) for yi, ci in zip(y, c, strict=True)]
+    want_shifted = [
+        stats.multivariate_normal(yi + 0.5, v + ci).logpdf(yi) for yi, ci in zip(y, c, strict=True)
+    ]
     np.testing.assert_allclose(np.asarray(per_object), want_shifted, rtol=1e-10)
 
 
@@ -73,7 +75,12 @@ def test_gaussian_mixture_is_weighted_sum(rng):
         gm = GaussianMixture(jnp.log(jnp.asarray(w) * 7.0), jnp.asarray(means), jnp.asarray(covs))
         got = np.asarray(gm.log_prob(jnp.asarray(y), jnp.asarray(c)))
     want = [
-        np.log(sum(wk * stats.multivariate_normal(mk, vk + ci).pdf(yi) for wk, mk, vk in zip(w, means, covs, strict=True)))
+        np.log(
+            sum(
+                wk * stats.multivariate_normal(mk, vk + ci).pdf(yi)
+                for wk, mk, vk in zip(w, means, covs, strict=True)
+            )
+        )
         for yi, ci in zip(y, c, strict=True)
     ]
     np.testing.assert_allclose(got, want, rtol=1e-10)
@@ -89,11 +96,14 @@ def test_uniform_convolution_matches_quadrature():
             )
         )
     want = [
-        np.log(integrate.quad(lambda v, y=y: stats.norm.pdf(y, v, sigma) / (high - low), low, high)[0]) for y in ys
+        np.log(integrate.quad(lambda v, y=y: stats.norm.pdf(y, v, sigma) / (high - low), low, high)[0])
+        for y in ys
     ]
     np.testing.assert_allclose(got, want, rtol=1e-8)
     with jax.enable_x64(True):
-        exact = Uniform(jnp.asarray([low]), jnp.asarray([high])).log_prob(jnp.asarray([[0.0]]), jnp.zeros((1, 1, 1)))
+        exact = Uniform(jnp.asarray([low]), jnp.asarray([high])).log_prob(
+            jnp.asarray([[0.0]]), jnp.zeros((1, 1, 1))
+        )
     np.testing.assert_allclose(np.asarray(exact), [-np.log(3.0)], rtol=1e-12)
 
 
@@ -130,7 +140,9 @@ def test_membership_over_samples_matches_numpy_average(rng):
     lp = rng.normal(scale=3.0, size=(40, 6, 3))
     with jax.enable_x64(True):
         member = membership_probabilities(jnp.asarray(lp))
-        streamed = posterior_membership(lambda params, extra: params["lp"] + extra, {"lp": jnp.asarray(lp)}, jnp.zeros((6, 3)))
+        streamed = posterior_membership(
+            lambda params, extra: params["lp"] + extra, {"lp": jnp.asarray(lp)}, jnp.zeros((6, 3))
+        )
     cond = np.exp(lp) / np.exp(lp).sum(axis=2, keepdims=True)
     np.testing.assert_allclose(np.asarray(member.probability), cond.mean(axis=0), rtol=1e-10)
     np.testing.assert_allclose(np.asarray(member.std), cond.std(axis=0), rtol=1e-8, atol=1e-12)

@@ -52,7 +52,9 @@ def test_band_and_summary(line):
     _, fit = line
     median, low, high = fit.band(np.array([0.0, 10.0]))
     assert np.all(low < median) and np.all(median < high)
-    np.testing.assert_allclose(median, [np.median(fit.samples["b"]), np.median(fit.samples["m"] * 10 + fit.samples["b"])])
+    np.testing.assert_allclose(
+        median, [np.median(fit.samples["b"]), np.median(fit.samples["m"] * 10 + fit.samples["b"])]
+    )
     assert "outlier_scale" in fit.summary()
     with pytest.raises(KeyError, match="choose one of"):
         fit.interval("weights")

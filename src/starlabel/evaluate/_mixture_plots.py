@@ -1,5 +1,7 @@
-"""Plots for mixture models: membership in the proper-motion plane, parallax by
-component, and a line fitted through outliers with its posterior band.
+"""Plots for mixture models: membership, parallax by component, line posterior band.
+
+Membership in the proper-motion plane, parallax histograms split by component, and a
+line fitted through outliers with its posterior band.
 
 Figures are built with :class:`matplotlib.figure.Figure`, never ``pyplot``, so
 plotting neither needs nor changes the user's interactive backend.
@@ -72,11 +74,16 @@ def plot_pm_membership(
     axes = fig.subplots(1, 2)
     order = np.argsort(p)  # members drawn last, on top
     low, high = np.percentile(values[:, :2], [1.0, 99.0], axis=0)
-    for ax, (lo, hi) in zip(
-        axes, [(low, high), (centre - window, centre + window)], strict=True
-    ):
+    for ax, (lo, hi) in zip(axes, [(low, high), (centre - window, centre + window)], strict=True):
         points = ax.scatter(
-            values[order, 0], values[order, 1], c=p[order], s=4, cmap="magma_r", vmin=0, vmax=1, rasterized=True
+            values[order, 0],
+            values[order, 1],
+            c=p[order],
+            s=4,
+            cmap="magma_r",
+            vmin=0,
+            vmax=1,
+            rasterized=True,
         )
         ax.plot(*centre, marker="+", color="tab:cyan", markersize=14, mew=2, label="cluster mean")
         ax.set_xlim(lo[0], hi[0])
@@ -134,8 +141,18 @@ def plot_parallax_components(
     axes = fig.subplots(1, 2)
     for ax, log in zip(axes, (False, True), strict=True):
         ax.hist(plx, edges, histtype="step", color="0.4", label="all stars")
-        ax.hist(plx, edges, weights=1.0 - p, histtype="stepfilled", alpha=0.4, color="tab:blue", label="field (1 − p)")
-        ax.hist(plx, edges, weights=p, histtype="stepfilled", alpha=0.6, color="tab:orange", label="cluster (p)")
+        ax.hist(
+            plx,
+            edges,
+            weights=1.0 - p,
+            histtype="stepfilled",
+            alpha=0.4,
+            color="tab:blue",
+            label="field (1 − p)",
+        )
+        ax.hist(
+            plx, edges, weights=p, histtype="stepfilled", alpha=0.6, color="tab:orange", label="cluster (p)"
+        )
         ax.axvline(params["mean_parallax"]["median"], color="tab:red", lw=1, label="cluster mean ϖ")
         ax.set_xlabel(f"{names[2]} [mas]")
         ax.set_ylabel("stars per bin")

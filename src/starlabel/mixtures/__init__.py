@@ -6,6 +6,8 @@ the cluster membership model for Gaia astrometry and its table interface, and th
 robust Cannon. See ``docs/mixtures.md``.
 """
 
+from ._cluster import ClusterFit as ClusterFit
+from ._cluster import fit_cluster_membership as fit_cluster_membership
 from ._components import AbstractComponent as AbstractComponent
 from ._components import FromDistribution as FromDistribution
 from ._components import Gaussian as Gaussian
@@ -22,10 +24,8 @@ from ._mixture import membership_probabilities as membership_probabilities
 from ._mixture import mixture_factor as mixture_factor
 from ._mixture import posterior_membership as posterior_membership
 from ._mixture import sample_weights as sample_weights
-from ._cluster import ClusterFit as ClusterFit
-from ._cluster import fit_cluster_membership as fit_cluster_membership
+from ._simulate import ClusterSimulation as ClusterSimulation
+from ._simulate import simulate_cluster_field as simulate_cluster_field
 from ._table import MembershipResult as MembershipResult
 from ._table import fit_membership_table as fit_membership_table
 from ._table import read_table as read_table
-from ._simulate import ClusterSimulation as ClusterSimulation
-from ._simulate import simulate_cluster_field as simulate_cluster_field

@@ -54,10 +54,10 @@ class _EMState(eqx.Module):
 
     log_weights: Float[Array, " components"]  # cluster first, then K_max field slots
     cluster_mean: Float[Array, " dims"]
-    cluster_disp: Float[Array, "2"]  # (σ_pm, σ_ϖ); σ_ϖ unused without parallax
+    cluster_disp: Float[Array, 2]  # (σ_pm, σ_ϖ); σ_ϖ unused without parallax
     field_means: Float[Array, "field dims"]
     field_covs: Float[Array, "field dims dims"]
-    centre: Float[Array, "2"]
+    centre: Float[Array, 2]
     radius: Float[Array, ""]
 
 
@@ -78,7 +78,9 @@ def _full_log_probs(
     """(stars, 1 + K_max) weighted log-densities of the full model."""
     dims = y.shape[1]
     cluster = Gaussian(state.cluster_mean, _cluster_cov(state.cluster_disp, dims)).log_prob(y, y_cov)
-    field = GaussianMixture(jnp.zeros(state.field_means.shape[0], y.dtype), state.field_means, state.field_covs)
+    field = GaussianMixture(
+        jnp.zeros(state.field_means.shape[0], y.dtype), state.field_means, state.field_covs
+    )
     # Unnormalised sub-component densities: the weights live in state.log_weights.
     field_lp = field.component_log_probs(y, y_cov) + math.log(state.field_means.shape[0])
     if use_positions:
@@ -89,7 +91,13 @@ def _full_log_probs(
 
 
 def _em_step(
-    state: _EMState, active: Array, y: Array, y_cov: Array, positions: Array, log_area: Array, use_positions: bool
+    state: _EMState,
+    active: Array,
+    y: Array,
+    y_cov: Array,
+    positions: Array,
+    log_area: Array,
+    use_positions: bool,
 ) -> tuple[_EMState, Array]:
     dims = y.shape[1]
     lp = _full_log_probs(state, y, y_cov, positions, log_area, use_positions)
@@ -175,7 +183,9 @@ def _peak_guess(y: np.ndarray, y_err: np.ndarray) -> tuple[np.ndarray, float]:
     low, high = np.percentile(pm, [2.0, 98.0], axis=0)
     width = float(np.clip(2.0 * np.median(y_err[:, :2]), 0.03, 0.5))
     n_bins = np.clip(np.ceil((high - low) / width).astype(int), 8, 600)
-    hist, xe, ye = np.histogram2d(pm[:, 0], pm[:, 1], bins=n_bins, range=[[low[0], high[0]], [low[1], high[1]]])
+    hist, xe, ye = np.histogram2d(
+        pm[:, 0], pm[:, 1], bins=n_bins, range=[[low[0], high[0]], [low[1], high[1]]]
+    )
     excess = gaussian_filter(hist, 1.0) - gaussian_filter(hist, 8.0)
     i, j = np.unravel_index(np.argmax(excess), excess.shape)
     centre = np.array([0.5 * (xe[i] + xe[i + 1]), 0.5 * (ye[j] + ye[j + 1])])
@@ -188,7 +198,12 @@ def _peak_guess(y: np.ndarray, y_err: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _initial_states(
-    y: np.ndarray, y_err: np.ndarray, guess: np.ndarray, width: float, n_field_max: int, positions: np.ndarray | None
+    y: np.ndarray,
+    y_err: np.ndarray,
+    guess: np.ndarray,
+    width: float,
+    n_field_max: int,
+    positions: np.ndarray | None,
 ) -> tuple[_EMState, np.ndarray]:
     """Starting points for K = 1 … n_field_max (stacked), and the active-slot masks."""
     dims = y.shape[1]
@@ -256,11 +271,15 @@ def _near_cluster(lp_map: np.ndarray, margin: float = 30.0) -> np.ndarray:
     return (lp_map[:, 0] - lp_map[:, 1]) > -margin
 
 
-def _sample_log_probs(params: Mapping[str, Array], y: Array, y_cov: Array, field_lp: Array, positions: Array) -> Array:
+def _sample_log_probs(
+    params: Mapping[str, Array], y: Array, y_cov: Array, field_lp: Array, positions: Array
+) -> Array:
     """Weighted (cluster, field) log-densities at one sample of the cluster model."""
     dims = y.shape[1]
     disp = jnp.stack([params["pm_dispersion"], params.get("parallax_dispersion", params["pm_dispersion"])])
-    cluster_lp = gaussian_log_prob(y - params["cluster_mean"][None, :], y_cov + _cluster_cov(disp, dims)[None])
+    cluster_lp = gaussian_log_prob(
+        y - params["cluster_mean"][None, :], y_cov + _cluster_cov(disp, dims)[None]
+    )
     if positions.shape[1] == 2:
         cluster_lp = cluster_lp + _position_log_prob(positions, params["centre"], params["radius"])
     return jnp.stack([cluster_lp, field_lp], axis=1) + jnp.log(params["weights"])[None, :]
@@ -379,7 +398,9 @@ class ClusterFit(eqx.Module):
         return out
 
 
-def _validate(astrometry: Any, covariance: Any, positions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _validate(
+    astrometry: Any, covariance: Any, positions: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     y = as_float_array(astrometry, "astrometry")
     if y.ndim != 2 or y.shape[1] not in (2, 3):
         raise ValueError(
@@ -494,9 +515,7 @@ def fit_cluster_membership(
     if not all(isinstance(k, int) and 1 <= k <= 8 for k in tried):
         raise ValueError(f"numbers of field components must be integers in 1…8, got {tried}.")
     if n_stars < 20 * (max(tried) + 1):
-        raise ValueError(
-            f"only {n_stars} stars for up to {max(tried)} field components; lower n_field_max."
-        )
+        raise ValueError(f"only {n_stars} stars for up to {max(tried)} field components; lower n_field_max.")
 
     y_err = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     if cluster_guess is None:
@@ -504,7 +523,9 @@ def fit_cluster_membership(
     else:
         guess = as_float_array(cluster_guess, "cluster_guess").ravel()
         if guess.shape != (dims,):
-            raise ValueError(f"`cluster_guess` must have {dims} values ({', '.join(names)}), got {guess.size}.")
+            raise ValueError(
+                f"`cluster_guess` must have {dims} values ({', '.join(names)}), got {guess.size}."
+            )
         width = float(np.clip(2.0 * np.median(y_err[:, :2]), 0.03, 0.5))
 
     use_positions = pos is not None
@@ -521,10 +542,24 @@ def fit_cluster_membership(
     data = (jnp.asarray(y), jnp.asarray(cov))
     pos_arr = jnp.asarray(pos if use_positions else np.zeros((n_stars, 0)))
     fitted, log_like, iterations = _run_em(
-        states, jnp.asarray(actives), *data, pos_arr, jnp.asarray(log_area), use_positions, max_em_iter, 1e-6 * n_stars
+        states,
+        jnp.asarray(actives),
+        *data,
+        pos_arr,
+        jnp.asarray(log_area),
+        use_positions,
+        max_em_iter,
+        1e-6 * n_stars,
     )
     n_params = np.array(
-        [dims + (2 if dims > 2 else 1) + (3 if use_positions else 0) + k * (dims + dims * (dims + 1) // 2) + k for k in tried]
+        [
+            dims
+            + (2 if dims > 2 else 1)
+            + (3 if use_positions else 0)
+            + k * (dims + dims * (dims + 1) // 2)
+            + k
+            for k in tried
+        ]
     )
     bic_values = -2.0 * np.asarray(log_like) + n_params * math.log(n_stars)
     best = int(np.nanargmin(bic_values))
@@ -558,7 +593,9 @@ def fit_cluster_membership(
     key = jax.random.key(seed)
     keys = tuple(start)
     if nuts:
-        chain = run_nuts(_cluster_model, near_args, map_values, key, num_warmup=num_warmup, num_samples=num_samples)
+        chain = run_nuts(
+            _cluster_model, near_args, map_values, key, num_warmup=num_warmup, num_samples=num_samples
+        )
         samples = {name: chain.samples[name] for name in keys}
         divergences, min_ess, method = chain.divergences, chain.min_ess, "nuts"
     else:

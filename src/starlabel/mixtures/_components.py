@@ -87,7 +87,9 @@ def _small_gaussian_log_prob(residual: Array, cov: Array) -> Array:
             chol[i, j] = off / chol[j, j]
     white = []
     for i in range(dims):
-        acc = residual[..., i] - sum((chol[i, k] * white[k] for k in range(i)), jnp.zeros_like(residual[..., i]))
+        acc = residual[..., i] - sum(
+            (chol[i, k] * white[k] for k in range(i)), jnp.zeros_like(residual[..., i])
+        )
         white.append(acc / chol[i, i])
     quad = sum((w**2 for w in white), jnp.zeros_like(white[0]))
     log_det_half = sum((jnp.log(chol[j, j]) for j in range(dims)), jnp.zeros_like(white[0]))
@@ -204,8 +206,7 @@ class Gaussian(AbstractComponent):
         _check_observations(y, y_cov, self.mean.shape[-1], "Gaussian.log_prob")
         if self.mean.ndim == 2 and self.mean.shape[0] != y.shape[0]:
             raise ValueError(
-                f"Gaussian.mean is per object with {self.mean.shape[0]} rows but `y` has"
-                f" {y.shape[0]}."
+                f"Gaussian.mean is per object with {self.mean.shape[0]} rows but `y` has {y.shape[0]}."
             )
         residual = y - jnp.broadcast_to(self.mean, y.shape)
         return gaussian_log_prob(residual, y_cov + self.cov[None, :, :])
@@ -333,4 +334,3 @@ class FromDistribution(AbstractComponent):
                 " give the distribution an event shape (dims,) with .to_event(1)."
             )
         return out
-

@@ -157,8 +157,12 @@ class LineFit(eqx.Module):
             low, high = self.interval(name)
             lines.append(f"{name:<14} {np.median(self.samples[name]):9.3f}   [{low:.3f}, {high:.3f}]")
         w = self.samples["weights"][:, 0]
-        lines.append(f"{'inlier_weight':<14} {np.median(w):9.3f}   [{np.percentile(w, 16):.3f}, {np.percentile(w, 84):.3f}]")
-        lines.append(f"points with p_inlier < 0.5: {int(np.sum(self.p_inlier < 0.5))} of {self.p_inlier.size}")
+        lines.append(
+            f"{'inlier_weight':<14} {np.median(w):9.3f}   [{np.percentile(w, 16):.3f}, {np.percentile(w, 84):.3f}]"
+        )
+        lines.append(
+            f"points with p_inlier < 0.5: {int(np.sum(self.p_inlier < 0.5))} of {self.p_inlier.size}"
+        )
         lines.append(f"NUTS: {self.divergences} divergences, min ESS {self.min_ess:.0f}")
         return "\n".join(lines)
 
@@ -171,13 +175,18 @@ def _line_log_probs(
 ) -> Float[Array, "stars components"]:
     """``log w_k + log p_k(y_i)`` for (inlier, outlier) at one parameter point."""
     inlier = Gaussian((params["m"] * x + params["b"])[:, None], jnp.zeros((1, 1), y.dtype))
-    outlier = Gaussian(jnp.reshape(params["outlier_mean"], (1,)), jnp.reshape(params["outlier_scale"] ** 2, (1, 1)))
+    outlier = Gaussian(
+        jnp.reshape(params["outlier_mean"], (1,)), jnp.reshape(params["outlier_scale"] ** 2, (1, 1))
+    )
     mixture = Mixture((inlier, outlier), jnp.log(params["weights"]))
     return mixture.component_log_probs(y[:, None], (y_err**2)[:, None, None])
 
 
 def _line_model(
-    x: Float[Array, " stars"], y: Float[Array, " stars"], y_err: Float[Array, " stars"], prior_scale: Float[Array, ""]
+    x: Float[Array, " stars"],
+    y: Float[Array, " stars"],
+    y_err: Float[Array, " stars"],
+    prior_scale: Float[Array, ""],
 ) -> None:
     params = {
         "m": numpyro.sample("m", dist.Normal(0.0, prior_scale)),
@@ -270,7 +279,9 @@ def fit_line_with_outliers(
         if value.size != n:
             raise ValueError(f"`{name}` has {value.size} values but `x` has {n}; give one per point.")
         if not np.all(np.isfinite(value)):
-            raise ValueError(f"`{name}` has {int(np.sum(~np.isfinite(value)))} non-finite values; drop those points.")
+            raise ValueError(
+                f"`{name}` has {int(np.sum(~np.isfinite(value)))} non-finite values; drop those points."
+            )
     if np.any(arrays["y_err"] <= 0):
         raise ValueError("`y_err` must be > 0 for every point (the inlier model has no intrinsic scatter).")
     if n < 3:
@@ -289,7 +300,9 @@ def fit_line_with_outliers(
     )
     samples = {k: chain.samples[k] for k in ("m", "b", "outlier_mean", "outlier_scale", "weights")}
     posterior = posterior_membership(_line_log_probs, samples, *data[:3])
-    at_map = posterior_membership(_line_log_probs, jax.tree.map(lambda v: jnp.asarray(v)[None], map_values), *data[:3])
+    at_map = posterior_membership(
+        _line_log_probs, jax.tree.map(lambda v: jnp.asarray(v)[None], map_values), *data[:3]
+    )
     return LineFit(
         samples=samples,
         map_params={k: np.asarray(map_values[k]) for k in samples},

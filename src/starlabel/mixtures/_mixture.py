@@ -255,9 +255,7 @@ def sample_weights(
     return numpyro.sample(name, dist.Dirichlet(alpha))
 
 
-def mixture_factor(
-    name: str, weighted_log_probs: Float[Array, "stars components"]
-) -> Float[Array, ""]:
+def mixture_factor(name: str, weighted_log_probs: Float[Array, "stars components"]) -> Float[Array, ""]:
     """Add a mixture log-likelihood to a numpyro model and return it.
 
     Adds ``Σ_i logsumexp_k ℓ_ik`` as a ``numpyro.factor`` site called ``name``:
@@ -277,9 +275,7 @@ def mixture_factor(
         The total log-likelihood added.
     """
     if weighted_log_probs.ndim != 2:
-        raise ValueError(
-            f"`weighted_log_probs` must be (stars, components), got {weighted_log_probs.shape}."
-        )
+        raise ValueError(f"`weighted_log_probs` must be (stars, components), got {weighted_log_probs.shape}.")
     total = jnp.sum(jss.logsumexp(weighted_log_probs, axis=1))
     numpyro.factor(name, total)
     return total

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
+from blackjax.adaptation.step_size import dual_averaging_adaptation
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PRNGKeyArray, PyTree
-from blackjax.adaptation.step_size import dual_averaging_adaptation
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
@@ -88,7 +88,9 @@ def find_map(
 
 
 @eqx.filter_jit
-def _laplace_draws(potential: _Potential, model_args: tuple, z_map: dict, key: PRNGKeyArray, n: int) -> tuple[dict, Array]:
+def _laplace_draws(
+    potential: _Potential, model_args: tuple, z_map: dict, key: PRNGKeyArray, n: int
+) -> tuple[dict, Array]:
     flat, unravel = ravel_pytree(z_map)
     hessian = jax.hessian(lambda f: potential(unravel(f), model_args))(flat)
     hessian = 0.5 * (hessian + hessian.T)
@@ -164,7 +166,9 @@ def _nuts(
         mean = jnp.where(is_slow, warm.mean + delta / jnp.maximum(count, 1), warm.mean)
         m2 = jnp.where(is_slow, warm.m2 + delta * (flat - mean), warm.m2)
         step = jax.tree.map(
-            lambda new, old: jnp.where(warming, new, old), da_update(warm.step, info.acceptance_rate), warm.step
+            lambda new, old: jnp.where(warming, new, old),
+            da_update(warm.step, info.acceptance_rate),
+            warm.step,
         )
         # Stan's regularised variance: shrink towards 1e-3 for short windows.
         variance = m2 / jnp.maximum(count - 1, 1)

@@ -97,9 +97,7 @@ def _lookup(table: Any, name: str) -> str | None:
 def _require(table: Any, name: str, role: str) -> str:
     found = _lookup(table, name)
     if found is None:
-        raise KeyError(
-            f"{role} column {name!r} is not in the table; its columns are {list(table.colnames)}."
-        )
+        raise KeyError(f"{role} column {name!r} is not in the table; its columns are {list(table.colnames)}.")
     return found
 
 
@@ -179,7 +177,9 @@ def _resolve_columns(
         if isinstance(error_columns, Mapping):
             missing = [v for v in values if v not in error_columns]
             if missing:
-                raise KeyError(f"`error_columns` has no entry for {missing}; it maps value column -> error column.")
+                raise KeyError(
+                    f"`error_columns` has no entry for {missing}; it maps value column -> error column."
+                )
             given = [error_columns[v] for v in values]
         else:
             given = list(error_columns)
@@ -283,8 +283,11 @@ class MembershipResult:
             "n_p_member_above_0.5": int(np.sum(p > 0.5)),
             "field": {
                 "n_components": fit.n_field,
+                "at_upper_limit": bool(len(fit.bic) > 1 and fit.n_field == max(fit.bic)),
                 "bic": {str(k): v for k, v in fit.bic.items()},
-                "weights": np.exp(np.asarray(fit.field.log_weights) - _logsumexp(np.asarray(fit.field.log_weights))).tolist(),
+                "weights": np.exp(
+                    np.asarray(fit.field.log_weights) - _logsumexp(np.asarray(fit.field.log_weights))
+                ).tolist(),
                 "means": np.asarray(fit.field.means).tolist(),
                 "covariances": np.asarray(fit.field.covs).tolist(),
                 "dims": list(fit.dim_names),
@@ -312,16 +315,26 @@ class MembershipResult:
         lines = [f"cluster membership for {self.source}"]
         lines.append(
             f"  rows: {len(self.table)}, fitted: {len(self.table) - self.n_skipped}, skipped: {self.n_skipped}"
-            + (f" ({', '.join(f'{k}: {v}' for k, v in self.skipped_reasons.items())})" if self.n_skipped else "")
+            + (
+                f" ({', '.join(f'{k}: {v}' for k, v in self.skipped_reasons.items())})"
+                if self.n_skipped
+                else ""
+            )
         )
         corr = self._named_correlations()
         lines.append(
-            "  columns: " + ", ".join(self.columns["values"]) + "; errors: " + ", ".join(self.columns["errors"])
-            + "; correlations: " + (", ".join(corr.values()) if corr else "none found (assumed 0)")
+            "  columns: "
+            + ", ".join(self.columns["values"])
+            + "; errors: "
+            + ", ".join(self.columns["errors"])
+            + "; correlations: "
+            + (", ".join(corr.values()) if corr else "none found (assumed 0)")
         )
         for name, stats in params.items():
             dim = name.removeprefix("mean_")
-            unit = units.get(dim, "mas/yr" if name == "pm_dispersion" else "mas" if name == "parallax_dispersion" else "")
+            unit = units.get(
+                dim, "mas/yr" if name == "pm_dispersion" else "mas" if name == "parallax_dispersion" else ""
+            )
             unit = "kpc" if name == "distance_kpc" else "deg" if name.endswith("_deg") else unit
             lines.append(
                 f"  {name:<20} {stats['median']:10.4f} +{stats['p84'] - stats['median']:.4f}"
@@ -330,6 +343,8 @@ class MembershipResult:
         lines.append(f"  members (expected)   {n:10.1f} ± {n_err:.1f}")
         bic = ", ".join(f"K={k}: {v:.1f}" for k, v in fit.bic.items())
         lines.append(f"  field: K = {fit.n_field} Gaussians by BIC ({bic})")
+        if len(fit.bic) > 1 and fit.n_field == max(fit.bic):
+            lines.append("  (K is the largest tried: BIC may keep falling; raise n_field_max to check)")
         lines.append(
             f"  posterior: {fit.method}, {fit.samples['weights'].shape[0]} samples, {fit.divergences} divergences,"
             f" min ESS {fit.min_ess:.0f}; {self.elapsed_s:.1f} s"
@@ -348,7 +363,9 @@ class MembershipResult:
         path = Path(path)
         fmt = _TABLE_SUFFIXES.get(path.suffix.lower())
         if fmt is None:
-            raise ValueError(f"cannot tell the table format of {str(path)!r}; use one of {sorted(_TABLE_SUFFIXES)}.")
+            raise ValueError(
+                f"cannot tell the table format of {str(path)!r}; use one of {sorted(_TABLE_SUFFIXES)}."
+            )
         if path.exists() and not overwrite:
             raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -477,7 +494,9 @@ def fit_membership_table(
     ok = ~skipped
     reasons = np.full(len(table), "", dtype=object)
     for row in np.flatnonzero(skipped):
-        reasons[row] = "missing or invalid " + ", ".join(n for (n, _), b in zip(checks, bad_matrix[row], strict=True) if b)
+        reasons[row] = "missing or invalid " + ", ".join(
+            n for (n, _), b in zip(checks, bad_matrix[row], strict=True) if b
+        )
     distinct, counts_arr = np.unique(reasons[skipped].astype(str), return_counts=True)
     counts = {str(r): int(c) for r, c in zip(distinct, counts_arr, strict=True)}
     if skipped.any():
@@ -508,7 +527,11 @@ def fit_membership_table(
     )
 
     out = table.copy()
-    for name, fitted in (("p_member", fit.p_member), ("p_member_err", fit.p_member_err), ("p_member_map", fit.p_member_map)):
+    for name, fitted in (
+        ("p_member", fit.p_member),
+        ("p_member_err", fit.p_member_err),
+        ("p_member_map", fit.p_member_map),
+    ):
         column = np.full(len(table), np.nan)
         column[ok] = fitted
         out[name] = column
