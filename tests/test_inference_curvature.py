@@ -15,6 +15,7 @@ from starlabel.inference import (
     Whitening,
     fisher_approximation,
     fisher_information,
+    gaussian_fisher_information,
     gaussian_from_precision,
     hessian,
     laplace_approximation,
@@ -52,6 +53,26 @@ def test_linear_model_fisher_and_hessian_are_analytic(linear_problem, chunk_size
     # For a model linear in its parameters the Hessian is the Fisher matrix everywhere.
     neg = hessian(lambda p, a: -log_likelihood(p, a), params, (design, sigma, y), chunk_size=chunk_size)
     np.testing.assert_allclose(np.asarray(neg), expected, rtol=1e-10)
+
+
+def test_fisher_from_a_gaussian_log_likelihood_alone(linear_problem):
+    design, sigma, y = linear_problem
+    masked = np.zeros(y.size, bool)
+    masked[::7] = True  # masked data carry zero weight and must drop out
+
+    def log_likelihood(params, data, args):
+        design, sigma, masked = args
+        beta = jnp.concatenate([params["offset"][None], params["slopes"]])
+        terms = ((data - design @ beta) / sigma) ** 2
+        return -0.5 * jnp.sum(jnp.where(masked, 0.0, terms))
+
+    params = {"offset": jnp.array(2.0), "slopes": jnp.array([0.1, -0.4])}
+    keep = ~masked
+    expected = design[keep].T @ (design[keep] / sigma[keep, None] ** 2)
+    fisher = gaussian_fisher_information(log_likelihood, params, y, (design, sigma, masked), chunk_size=2)
+    np.testing.assert_allclose(np.asarray(fisher), expected, rtol=1e-10)
+    with pytest.raises(ValueError, match="one-dimensional"):
+        gaussian_fisher_information(log_likelihood, params, y[None], (design, sigma, masked))
 
 
 def test_errors_come_back_in_the_parameter_structure(linear_problem):

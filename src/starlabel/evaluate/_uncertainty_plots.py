@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from numpy.typing import ArrayLike
 
 from .._internal import as_float_array, check_label_names, check_shape
 
-__all__ = ["plot_posterior_corner", "plot_zscore_histograms", "plot_uncertainty_vs_snr"]
+__all__ = ["plot_posterior_corner", "plot_zscore_histograms", "plot_uncertainty_vs_snr", "zscore_summary"]
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
@@ -116,6 +117,39 @@ def _zscores(
     check_shape(errors, labels.shape, "errors", f"matching `labels` {labels.shape}")
     check_shape(truth, labels.shape, "truth", f"matching `labels` {labels.shape}")
     return (labels - truth) / errors, check_label_names(names, labels.shape[1])
+
+
+def zscore_summary(labels: ArrayLike, errors: ArrayLike, truth: ArrayLike) -> dict[str, np.ndarray]:
+    """Calibration statistics of z = (inferred − true)/σ, per label column.
+
+    Calibrated Gaussian errors give ``std`` ≈ 1, ``mean`` ≈ 0 and ``within_1`` ≈ 0.683.
+
+    Parameters
+    ----------
+    labels, errors, truth : array-like, shape (stars, labels)
+        Inferred labels, their 1-σ errors and the true labels.
+
+    Returns
+    -------
+    dict
+        ``"std"``, ``"mean"``, ``"within_1"`` (fraction with |z| < 1) and ``"within_2"``,
+        each an array of shape (labels,), over the finite z values.
+
+    Raises
+    ------
+    ValueError
+        If the three arrays do not share one shape.
+    """
+    labels = np.atleast_2d(as_float_array(labels, "labels"))
+    z, _ = _zscores(labels, errors, truth, [f"label_{i}" for i in range(labels.shape[1])])
+    masked = np.ma.masked_invalid(z)
+    absolute = np.abs(masked)
+    return {
+        "std": np.asarray(masked.std(axis=0)),
+        "mean": np.asarray(masked.mean(axis=0)),
+        "within_1": np.asarray((absolute < 1).mean(axis=0)),
+        "within_2": np.asarray((absolute < 2).mean(axis=0)),
+    }
 
 
 def plot_zscore_histograms(
@@ -235,6 +269,7 @@ def plot_uncertainty_vs_snr(
             ax.plot(centres, rms, "o-", color="C3", ms=4, label="achieved RMS")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
         ax.set_xlabel("S/N")
         ax.set_title(name, fontsize=9)
     axes[0].set_ylabel("1-σ uncertainty")

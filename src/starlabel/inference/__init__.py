@@ -7,6 +7,7 @@ NumPyro's samplers consume a ``potential_fn``. Models adapt themselves to it; se
 """
 
 from ._curvature import fisher_information as fisher_information
+from ._curvature import gaussian_fisher_information as gaussian_fisher_information
 from ._curvature import hessian as hessian
 from ._custom_types import Args as Args
 from ._custom_types import LogDensityFn as LogDensityFn

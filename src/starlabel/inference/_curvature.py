@@ -16,13 +16,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._internal import x64
 from ._custom_types import Args, Params, ResidualFn
 from ._util import as_float64
 
-__all__ = ["hessian", "fisher_information"]
+__all__ = ["hessian", "fisher_information", "gaussian_fisher_information"]
 
 
 def _check_chunk(chunk_size: int | None) -> None:
@@ -159,3 +159,81 @@ def _fisher_information(
 
 def _ravel_residuals(tree: PyTree[Array]) -> Float[Array, " m"]:
     return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+
+
+@x64
+def gaussian_fisher_information(
+    log_likelihood: Callable[[Params, Float[Array, " data"], Args], Float[Array, ""]],
+    params: Params,
+    data: ArrayLike,
+    args: Args = None,
+    *,
+    chunk_size: int | None = None,
+) -> Float[Array, "n n"]:
+    r"""Fisher information of a log-likelihood that is Gaussian in ``data``, from the function alone.
+
+    For :math:`\log L = -\tfrac12 \sum_j w_j (d_j - \mu_j(\theta))^2 + c` with weights
+    :math:`w` that do not depend on :math:`\theta` (e.g. :math:`1/(\sigma^2 + s^2)`):
+    :math:`\partial_d \log L = -w (d - \mu)`, so :math:`w` is how much that gradient drops
+    when every datum rises by 1, :math:`\partial_\theta \partial_d \log L = W J`, and
+    :math:`F = J^\top W J = (WJ)^\top W^{-1} (WJ)`. No residual function or model
+    prediction is needed, so this works for any model that only exposes its
+    log-likelihood (Cannon, Lux). Data with :math:`w_j = 0` (masked) drop out. Unlike the
+    Hessian, ``F`` is positive semi-definite everywhere, so it is the metric to use far
+    from the optimum (natural gradients, whitening a poor starting point).
+
+    Parameters
+    ----------
+    log_likelihood : callable
+        ``log_likelihood(params, data, args) -> scalar``, Gaussian in ``data``.
+    params : pytree
+        Where to evaluate.
+    data : Float[ArrayLike, " data"]
+        The observed data vector (e.g. a spectrum's flux). Its values do not change
+        ``F`` for a Gaussian likelihood; only its shape and the weights matter.
+    args : pytree, optional
+        Passed to ``log_likelihood``.
+    chunk_size : int, optional
+        Jacobian columns evaluated together.
+
+    Returns
+    -------
+    Float[Array, "n n"]
+        Ordered like ``ravel_pytree(params)[0]``.
+
+    Raises
+    ------
+    ValueError
+        If ``data`` is not one-dimensional or ``chunk_size`` is not a positive integer.
+    """
+    _check_chunk(chunk_size)
+    params, data, args = as_float64((params, jnp.asarray(data), args))
+    if data.ndim != 1:
+        raise ValueError(f"`data` must be one-dimensional (a data vector), got shape {data.shape}.")
+    return _gaussian_fisher(log_likelihood, params, data, args, chunk_size)
+
+
+@eqx.filter_jit
+def _gaussian_fisher(
+    log_likelihood: Callable[[Params, Array, Args], Float[Array, ""]],
+    params: Params,
+    data: Float[Array, " data"],
+    args: Args,
+    chunk_size: int | None,
+) -> Float[Array, "n n"]:
+    flat, unravel = ravel_pytree(params)
+    n = flat.shape[0]
+
+    def grad_data(x: Float[Array, " n"], d: Float[Array, " data"]) -> Float[Array, " data"]:
+        return jax.grad(log_likelihood, argnums=1)(unravel(x), d, args)
+
+    weight = grad_data(flat, data) - grad_data(flat, data + 1.0)
+    used = weight > 0
+    root = jnp.sqrt(jnp.where(used, weight, 1.0))
+
+    def column(direction: Float[Array, " n"]) -> Float[Array, " data"]:
+        weighted = jax.jvp(lambda x: grad_data(x, data), (flat,), (direction,))[1]  # (W J) e_i
+        return jnp.where(used, weighted / root, 0.0)
+
+    columns = jax.lax.map(column, jnp.eye(n, dtype=flat.dtype), batch_size=chunk_size or n)
+    return columns @ columns.T

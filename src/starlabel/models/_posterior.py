@@ -31,6 +31,7 @@ from ..inference import (
     RESULTS,
     PosteriorSamples,
     effective_sample_size,
+    gaussian_fisher_information,
     gaussian_from_precision,
     hessian,
     nuts,
@@ -99,30 +100,28 @@ def _newton(args: tuple[_Adaptor, Array, Array], start: Float[Array, " n"], step
     return params, decrement
 
 
-def _fisher(args: tuple[_Adaptor, Array, Array], params: Float[Array, " n"]) -> tuple[Array, Array, Array]:
-    r"""Expected information, χ² and pixel count from the log-likelihood alone.
+def _log_likelihood_of_flux(params: Float[Array, " n"], flux: Array, args: tuple[_Adaptor, Array]) -> Float[Array, ""]:
+    adaptor, ivar = args
+    return adaptor.log_likelihood(params, flux, ivar)
 
-    For :math:`\log L = -\tfrac12\sum_j w_j (f_j - \mu_j(\theta))^2 + \mathrm{const}`:
-    :math:`\partial_f \log L = -w(f-\mu)`, so :math:`w` is the drop of that gradient
-    when every flux rises by 1, :math:`\partial_\theta\partial_f \log L = W J` and
-    :math:`F = (WJ)^\top W^{-1}(WJ) = J^\top W J`; likewise
-    :math:`\chi^2 = \sum (\partial_f \log L)^2 / w`. Masked pixels have :math:`w = 0`.
+
+def _fisher(args: tuple[_Adaptor, Array, Array], params: Float[Array, " n"]) -> tuple[Array, Array, Array]:
+    """Expected information (likelihood + prior), χ² and number of used pixels at ``params``.
+
+    The likelihood part is :func:`starlabel.inference.gaussian_fisher_information`,
+    which needs only the log-likelihood. χ² follows from the same identity:
+    with ``g = ∂ log L/∂flux = −w (f − μ)`` and ``w`` its drop per unit flux,
+    ``χ² = Σ g² / w``.
     """
     adaptor, flux, ivar = args
-
-    def grad_flux(theta: Array, f: Array) -> Array:
-        return jax.grad(adaptor.log_likelihood, argnums=1)(theta, f, ivar)
-
-    at_data = grad_flux(params, flux)
-    weight = at_data - grad_flux(params, flux + 1.0)
-    used = weight > 0
-    safe = jnp.where(used, weight, 1.0)
-    weighted_jac = jax.jacfwd(grad_flux, argnums=0)(params, flux)  # (pixels, n) = W J
-    scaled = jnp.where(used[:, None], weighted_jac / jnp.sqrt(safe)[:, None], 0.0)
+    information = gaussian_fisher_information(_log_likelihood_of_flux, params, flux, (adaptor, ivar))
     prior = hessian(lambda p, a: -adaptor.log_prior(p), params)
-    information = scaled.T @ scaled + prior
-    chi2 = jnp.sum(jnp.where(used, at_data**2 / safe, 0.0))
-    return information, chi2, jnp.sum(used)
+    grad_flux = jax.grad(_log_likelihood_of_flux, argnums=1)
+    at_data = grad_flux(params, flux, (adaptor, ivar))
+    weight = at_data - grad_flux(params, flux + 1.0, (adaptor, ivar))
+    used = weight > 0
+    chi2 = jnp.sum(jnp.where(used, at_data**2 / jnp.where(used, weight, 1.0), 0.0))
+    return information + prior, chi2, jnp.sum(used)
 
 
 class _StarOutput(eqx.Module):
