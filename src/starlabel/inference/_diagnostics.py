@@ -22,13 +22,18 @@ from ._util import as_float64
 __all__ = ["split_rhat", "effective_sample_size"]
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _per_component(statistic: Callable[..., Array], x: Array) -> Array:
-    # One scalar chain per vmap lane: blackjax's broadcasting over trailing axes trips
-    # strict rank promotion, and its squeeze drops size-1 event axes.
+    # One (chains, samples) column at a time: blackjax's broadcasting over trailing
+    # axes trips strict rank promotion and its squeeze drops size-1 event axes, and one
+    # compiled 2-D statistic then serves every parameter of the same chain length.
     columns = jnp.reshape(x, (x.shape[0], x.shape[1], -1))
-    values = jax.vmap(lambda c: statistic(c, chain_axis=0, sample_axis=1), in_axes=2)(columns)
-    return jnp.reshape(values, x.shape[2:])
+    values = [_jitted(statistic)(columns[:, :, i]) for i in range(columns.shape[2])]
+    return jnp.reshape(jnp.stack(values), x.shape[2:])
+
+
+@functools.cache
+def _jitted(statistic: Callable[..., Array]) -> Callable[[Array], Array]:
+    return jax.jit(lambda column: statistic(column, chain_axis=0, sample_axis=1))
 
 
 def _check(draws: Array, name: str) -> None:
