@@ -73,8 +73,8 @@ def test_laplace_uncertainties_are_calibrated(sim, fitted_pair):
     assert np.mean(result.flags == 0) > 0.97
 
 
-def test_missing_labels_and_masked_pixels_drop_out_exactly(sim, rng):
-    train = sim.dataset[:256]
+def test_missing_labels_and_masked_pixels_drop_out_exactly(sim, fitted_pair, rng):
+    train = sim.dataset[:384]  # the fixture's shapes: every fit reuses one compilation
     labels = np.array(train.labels)
     labels[rng.uniform(size=labels.shape) < 0.3] = np.nan
     bad = rng.uniform(size=train.flux.shape) < 0.05
@@ -91,7 +91,7 @@ def test_missing_labels_and_masked_pixels_drop_out_exactly(sim, rng):
     np.testing.assert_allclose(first.infer(test).labels, second.infer(test).labels, rtol=1e-9, atol=1e-12)
     # And the holes cost little accuracy.
     truth = sim.true_labels[384:]
-    full = rmse(Lux(NAMES, latent_size=4).fit(train).infer(test).labels, truth)
+    full = rmse(fitted_pair[1].infer(test).labels, truth)
     assert np.all(rmse(first.infer(test).labels, truth) <= 1.3 * full)
 
 

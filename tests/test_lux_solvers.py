@@ -15,8 +15,8 @@ NAMES = ("label_0", "label_1")
 
 @pytest.fixture(scope="module")
 def small():
-    sim = simulate_linear_latent(n_stars=320, n_latents=2, n_pixels=16, seed=11)
-    return sim, sim.dataset[:192], sim.dataset[192:]
+    sim = simulate_linear_latent(n_stars=200, n_latents=2, n_pixels=12, seed=11)
+    return sim, sim.dataset[:128], sim.dataset[128:]
 
 
 @pytest.mark.parametrize("objective", ["marginal", "map"])
@@ -30,20 +30,15 @@ def test_alternating_and_lbfgs_agree_on_the_optimum(small, objective):
     assert bool(closed.fit_info.converged) and bool(grad.fit_info.converged)
     # Same objective value (nats), same learned scatter, same flux-only predictions.
     loss_closed, loss_grad = float(closed.fit_info.final_loss), float(grad.fit_info.final_loss)
-    assert abs(loss_closed - loss_grad) < 1e-3, (loss_closed, loss_grad)
-    np.testing.assert_allclose(closed.scatter(), grad.scatter(), atol=2e-3)
-    np.testing.assert_allclose(closed.infer(test).labels, grad.infer(test).labels, atol=2e-4)
-
-
-def test_em_history_is_monotone_and_stops_on_tolerance(small):
-    _, train, _ = small
-    info = Lux(NAMES, latent_size=2, max_steps=2000).fit(train).fit_info
+    assert abs(loss_closed - loss_grad) < 1e-4, (loss_closed, loss_grad)
+    np.testing.assert_allclose(closed.scatter(), grad.scatter(), atol=1e-5)
+    np.testing.assert_allclose(closed.infer(test).labels, grad.infer(test).labels, atol=1e-5)
+    # The closed-form path never increases its objective and stops on its tolerance.
+    info = closed.fit_info
     history = np.asarray(info.loss_history)
-    assert bool(info.converged) and 5 < int(info.n_steps) < 2000
-    assert history.shape == (int(info.n_steps),)
-    # ECM never increases the marginal objective (tiny slack for rounding).
+    assert 2 < int(info.n_steps) < 5000 and history.shape == (int(info.n_steps),)
     assert np.all(np.diff(history) <= 1e-7 * np.abs(history[1:]))
-    assert history[-1] < history[0] - 100.0
+    assert history[-1] < history[0] - 10.0
     assert float(info.final_loss) <= history[-1] + 1e-6 * abs(history[-1])
 
 
@@ -79,8 +74,8 @@ def _quadratic_data(n_stars: int, seed: int) -> tuple[SpectralDataset, np.ndarra
 
 
 def test_polynomial_transform_captures_what_affine_cannot():
-    data, z = _quadratic_data(300, seed=5)
-    train, test, truth = data[:200], data[200:], z[200:]
+    data, z = _quadratic_data(200, seed=5)
+    train, test, truth = data[:120], data[120:], z[120:]
     affine = Lux(NAMES, latent_size=2, objective="map", scatter="none").fit(train)
     poly = Lux(
         NAMES,
@@ -88,7 +83,7 @@ def test_polynomial_transform_captures_what_affine_cannot():
         objective="map",
         scatter="none",
         flux_transform=PolynomialTransform(degree=2),
-        max_steps=3000,
+        max_steps=1500,
     ).fit(train)
     assert poly.fit_info.solver == "lbfgs"
     rmse_affine = np.sqrt(np.mean((affine.infer(test).labels - truth) ** 2))
@@ -98,15 +93,15 @@ def test_polynomial_transform_captures_what_affine_cannot():
 
 
 def test_mlp_transform_trains_and_predicts():
-    data, z = _quadratic_data(240, seed=6)
-    train, test, truth = data[:160], data[160:], z[160:]
+    data, z = _quadratic_data(200, seed=6)
+    train, test, truth = data[:120], data[120:], z[120:]
     fitted = Lux(
         NAMES,
         latent_size=2,
         objective="map",
         scatter="none",
         flux_transform=MLPTransform(width_size=16, depth=1),
-        max_steps=1500,
+        max_steps=1000,
     ).fit(train)
     history = np.asarray(fitted.fit_info.loss_history)
     assert history[-1] < 0.2 * history[0]
@@ -117,7 +112,7 @@ def test_mlp_transform_trains_and_predicts():
 
 
 def test_function_error_model_learns_an_error_inflation():
-    sim = simulate_linear_latent(n_stars=300, n_latents=2, n_pixels=16, systematic=False, seed=2)
+    sim = simulate_linear_latent(n_stars=200, n_latents=2, n_pixels=12, systematic=False, seed=2)
     data = sim.dataset
     # Reported errors are 3× too small everywhere.
     shrunk = data.replace(flux=sim.true_flux + 3.0 * (data.flux - sim.true_flux), ivar=data.ivar)

@@ -127,10 +127,13 @@ class _Params(eqx.Module):
 
 
 class _State(eqx.Module):
-    params: _Params
-    prediction: Float[Array, "stars columns"]
+    params: _Params  # θ, the iterate
+    first: _Params  # F(θ)
+    second: _Params  # F(F(θ))
+    loss: Float[Array, ""]  # objective at θ
+    prediction: Float[Array, "stars columns"]  # predictions at θ
+    phase: Int[Array, ""]  # which of the three EM maps of a SQUAREM step is next
     step: Int[Array, ""]
-    n_maps: Int[Array, ""]
     change: Float[Array, ""]
     history: Float[Array, " steps"]
 
@@ -277,38 +280,49 @@ def _iterate(
     def sq_norm(tree):
         return sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(tree))
 
-    def cond(state: _State):
-        return (state.step < max_steps) & (state.change > tol)
-
-    def body(state: _State):
-        # SQUAREM (Varadhan & Roland 2008): two EM maps give a secant estimate of the
-        # slow direction; extrapolate along it, take one stabilising EM map from there,
-        # and keep the plain second map whenever the extrapolation did not lower the loss.
-        theta = state.params
-        theta1, loss0, prediction = em_map(theta)
-        theta2, _, prediction1 = em_map(theta1)
+    def jump_from(theta, theta1, theta2):
         step_r = combine(theta1, theta, theta, 1.0, -1.0, 0.0)
         step_v = combine(theta2, theta1, theta, 1.0, -2.0, 1.0)
         alpha = -jnp.sqrt(sq_norm(step_r) / jnp.maximum(sq_norm(step_v), 1e-300))
         alpha = jnp.minimum(alpha, -1.0)
         jump = combine(theta, step_r, step_v, 1.0, -2.0 * alpha, alpha**2)
         floor = jnp.full_like(jump.extra_var, _VAR_FLOOR).at[n_groups].set(0.0)
-        jump = _Params(jump.weight, jump.bias, jnp.maximum(jump.extra_var, floor))
-        theta3, loss_jump, _ = em_map(jump)
-        accept = jnp.isfinite(loss_jump) & (loss_jump <= loss0)
-        new = jax.tree.map(lambda p, q: jnp.where(accept, p, q), theta3, theta2)
+        return _Params(jump.weight, jump.bias, jnp.maximum(jump.extra_var, floor))
 
-        # Converged when one plain EM map barely moves predictions and scatters.
-        delta = jnp.where(data.observed, prediction1 - prediction, 0.0)
+    def pick(flag, a, b):
+        return jax.tree.map(lambda p, q: jnp.where(flag, p, q), a, b)
+
+    def cond(state: _State):
+        # Only test convergence between complete SQUAREM steps.
+        return (state.phase != 0) | ((state.step < max_steps) & (state.change > tol))
+
+    def body(state: _State):
+        # SQUAREM (Varadhan & Roland 2008): two EM maps give a secant estimate of the
+        # slow direction; extrapolate along it, take one stabilising EM map from there,
+        # and keep the plain second map whenever the extrapolation did not lower the loss.
+        # The three maps run in successive loop turns (``phase``) so that the EM map is
+        # compiled once rather than three times.
+        jump = jump_from(state.params, state.first, state.second)
+        source = pick(state.phase == 0, state.params, pick(state.phase == 1, state.first, jump))
+        out, loss, prediction = em_map(source)
+        phase0, phase1, phase2 = state.phase == 0, state.phase == 1, state.phase == 2
+
+        # After the second map: one plain EM map's change of predictions and scatters.
+        delta = jnp.where(data.observed, prediction - state.prediction, 0.0)
         change = jnp.sqrt(jnp.sum(delta**2) / observed_count)
-        scatter_change = jnp.max(jnp.abs(jnp.sqrt(theta1.extra_var) - jnp.sqrt(theta.extra_var)))
+        scatter_change = jnp.max(jnp.abs(jnp.sqrt(state.first.extra_var) - jnp.sqrt(state.params.extra_var)))
+        accept = jnp.isfinite(loss) & (loss <= state.loss)
+        finished = pick(accept, out, state.second)
         return _State(
-            params=new,
-            prediction=prediction,
-            step=state.step + 1,
-            n_maps=state.n_maps + 3,
-            change=jnp.maximum(change, scatter_change),
-            history=state.history.at[state.step].set(loss0),
+            params=pick(phase2, finished, state.params),
+            first=pick(phase0, out, state.first),
+            second=pick(phase1, out, state.second),
+            loss=jnp.where(phase0, loss, state.loss),
+            prediction=jnp.where(phase0, prediction, state.prediction),
+            phase=(state.phase + 1) % 3,
+            step=state.step + phase2.astype(state.step.dtype),
+            change=jnp.where(phase1, jnp.maximum(change, scatter_change), state.change),
+            history=jnp.where(phase0, state.history.at[state.step].set(loss), state.history),
         )
 
     final = jax.lax.while_loop(cond, body, state0)
@@ -363,11 +377,15 @@ def fit_closed_form(
     data = _stack(outputs, blocks, columns)
     weight = jnp.concatenate([o.transform.weight for o in outputs], axis=0)
     bias = jnp.concatenate([o.transform.offset() for o in outputs])
+    params0 = _Params(weight, bias, _initial_extra_var(outputs, columns))
     state0 = _State(
-        params=_Params(weight, bias, _initial_extra_var(outputs, columns)),
+        params=params0,
+        first=params0,
+        second=params0,
+        loss=jnp.asarray(jnp.inf),
         prediction=jnp.zeros_like(data.values),
+        phase=jnp.asarray(0),
         step=jnp.asarray(0),
-        n_maps=jnp.asarray(0),
         change=jnp.asarray(jnp.inf),
         history=jnp.full(max_steps, jnp.nan),
     )

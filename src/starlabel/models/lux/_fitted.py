@@ -218,6 +218,7 @@ class FittedLux(AbstractGenerativeModel):
         extra: Mapping[str, OutputData] | None = None,
         chunk_size: int = 4096,
         steps: int = 50,
+        include_label_scatter: bool = True,
     ) -> InferenceResult:
         """Infer labels of every star in ``data`` from its flux (by default) alone.
 
@@ -226,7 +227,7 @@ class FittedLux(AbstractGenerativeModel):
         Levenberg–Marquardt iterations and the Laplace approximation). Labels are the
         label transform of the latent mode; their covariance propagates the latent
         covariance through the label transform's Jacobian, so it includes the flux noise
-        *and* the learned flux scatter.
+        *and* the learned flux scatter (plus the learned label scatter, see below).
 
         Parameters
         ----------
@@ -241,6 +242,12 @@ class FittedLux(AbstractGenerativeModel):
             Stars per compiled batch (padded, so every chunk reuses one compilation).
         steps : int
             Iterations for nonlinear transforms (ignored for affine ones).
+        include_label_scatter : bool
+            Add the learned extra label scatter (the label output's error model, e.g.
+            when training labels had no ``label_err``) to ``cov`` (default True): the
+            uncertainty of the star's label as the training labels measure it, not
+            only of the noise-free ``latents_to_labels`` value. Without a learned
+            label scatter this changes nothing.
 
         Returns
         -------
@@ -254,6 +261,8 @@ class FittedLux(AbstractGenerativeModel):
         post = self._posterior(outputs, blocks, chunk_size, steps)
         labels, cov = self._labels_with_cov(jnp.asarray(post.mean), jnp.asarray(post.cov))
         labels, cov = np.asarray(labels), np.asarray(cov)
+        if include_label_scatter:
+            cov = cov + np.diag(self.scatter("labels") ** 2)[None, :, :]
         dof = post.n_used - self.latent_size
 
         flags = np.zeros(data.n_stars, dtype=np.int64)
