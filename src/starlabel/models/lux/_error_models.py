@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._named import check_function, named_log_prior, named_parameters
+
 __all__ = [
     "AbstractErrorModel",
     "AbstractScatter",
@@ -205,15 +207,9 @@ class FunctionErrorModel(AbstractErrorModel):
         params: Mapping[str, Any],
         priors: Mapping[str, Any] | tuple[tuple[str, Any], ...] = (),
     ) -> None:
-        if not callable(fn):
-            raise TypeError(f"`fn` must be callable fn(err, **params), got {type(fn).__name__}.")
+        check_function(fn, "fn(err, **params)")
         self.fn = fn
-        self.params = {str(k): jnp.asarray(v, dtype=float) for k, v in params.items()}
-        items = tuple(priors.items()) if isinstance(priors, Mapping) else tuple(priors)
-        unknown = sorted(name for name, _ in items if name not in self.params)
-        if unknown:
-            raise ValueError(f"`priors` names {unknown} that are not in `params` {sorted(self.params)}.")
-        self.priors = items
+        self.params, self.priors = named_parameters(params, priors)
 
     def initialise(self, output_size: int) -> FunctionErrorModel:
         """Check that ``fn`` keeps the shape (output_size,)."""
@@ -231,10 +227,7 @@ class FunctionErrorModel(AbstractErrorModel):
 
     def log_prior(self) -> Float[Array, ""]:
         """Σ over named priors of ``prior.log_prob(param)``."""
-        total = jnp.zeros(())
-        for name, prior in self.priors:
-            total = total + jnp.sum(prior.log_prob(self.params[name]))
-        return total
+        return named_log_prior(self.params, self.priors)
 
     def config(self) -> dict[str, Any]:
         """Raises: user code is never serialised."""

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._named import check_function, named_log_prior, named_parameters
+
 __all__ = [
     "AbstractTransform",
     "AbstractAffineTransform",
@@ -390,24 +392,9 @@ class FunctionTransform(AbstractTransform):
         params: Mapping[str, Any],
         priors: Mapping[str, Any] | tuple[tuple[str, Any], ...] = (),
     ) -> None:
-        if not callable(fn):
-            raise TypeError(f"`fn` must be callable fn(latents, **params), got {type(fn).__name__}.")
+        check_function(fn, "fn(latents, **params)")
         self.fn = fn
-        self.params = {str(k): jnp.asarray(v, dtype=float) for k, v in params.items()}
-        items = tuple(priors.items()) if isinstance(priors, Mapping) else tuple(priors)
-        unknown = sorted(name for name, _ in items if name not in self.params)
-        if unknown:
-            raise ValueError(
-                f"`priors` names {unknown} that are not in `params` {sorted(self.params)};"
-                " give each prior the name of a parameter."
-            )
-        for name, prior in items:
-            if not hasattr(prior, "log_prob"):
-                raise TypeError(
-                    f"prior for {name!r} must be a numpyro distribution (has .log_prob),"
-                    f" got {type(prior).__name__}."
-                )
-        self.priors = items
+        self.params, self.priors = named_parameters(params, priors)
 
     @property
     def is_initialised(self) -> bool:
@@ -430,10 +417,7 @@ class FunctionTransform(AbstractTransform):
 
     def log_prior(self) -> Float[Array, ""]:
         """Σ over named priors of ``prior.log_prob(param)``."""
-        total = jnp.zeros(())
-        for name, prior in self.priors:
-            total = total + jnp.sum(prior.log_prob(self.params[name]))
-        return total
+        return named_log_prior(self.params, self.priors)
 
     def config(self) -> dict[str, Any]:
         """Raises: user code is never serialised."""
