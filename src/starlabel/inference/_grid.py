@@ -89,14 +89,12 @@ class _Nodes(eqx.Module):
 
     unit: Float[Array, "nodes labels"]
     neighbours: Int[Array, "nodes k"]
-    axis_neighbours: Int[Array, "nodes labels 2"]
-    """The −1 and +1 neighbour along each axis (the node itself off the grid or for QMC)."""
     per_dim: int = eqx.field(static=True)
     """Nodes per dimension of a regular grid; 0 for a quasi-Monte-Carlo set."""
 
 
 @functools.lru_cache(maxsize=32)
-def _node_tables(n_labels: int, n_nodes: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _node_tables(n_labels: int, n_nodes: int, kind: str) -> tuple[np.ndarray, np.ndarray, int]:
     per_dim = int(math.floor(n_nodes ** (1.0 / n_labels) + 1e-9))
     use_grid = kind == "grid" or (kind == "auto" and per_dim >= 6)
     if use_grid:
@@ -113,15 +111,7 @@ def _node_tables(n_labels: int, n_nodes: int, kind: str) -> tuple[np.ndarray, np
             inside = np.all((moved >= 0) & (moved < per_dim), axis=1)
             flat = np.ravel_multi_index(tuple(np.clip(moved, 0, per_dim - 1).T), index.shape)
             table.append(np.where(inside, flat, np.arange(index.size)))  # off-grid → itself
-        axis_table = np.empty((index.size, n_labels, 2), dtype=np.int64)
-        for k in range(n_labels):
-            for side, step in enumerate((-1, 1)):
-                moved = coords.copy()
-                moved[:, k] += step
-                inside = (moved[:, k] >= 0) & (moved[:, k] < per_dim)
-                flat = np.ravel_multi_index(tuple(np.clip(moved, 0, per_dim - 1).T), index.shape)
-                axis_table[:, k, side] = np.where(inside, flat, np.arange(index.size))
-        return unit, np.stack(table, axis=1), axis_table, per_dim
+        return unit, np.stack(table, axis=1), per_dim
     from scipy.stats import qmc
 
     count = 1 << int(math.ceil(math.log2(max(n_nodes, 2))))
@@ -129,8 +119,7 @@ def _node_tables(n_labels: int, n_nodes: int, kind: str) -> tuple[np.ndarray, np
     k = min(2 * n_labels + 2, count - 1)
     distance = np.sum((unit[:, None, :] - unit[None, :, :]) ** 2, axis=-1)
     np.fill_diagonal(distance, np.inf)
-    axis_table = np.broadcast_to(np.arange(count)[:, None, None], (count, n_labels, 2)).copy()
-    return unit, np.argsort(distance, axis=1)[:, :k], axis_table, 0
+    return unit, np.argsort(distance, axis=1)[:, :k], 0
 
 
 def quadrature_nodes(n_labels: int, n_nodes: int = 2048, kind: str = "auto") -> np.ndarray:
@@ -169,26 +158,36 @@ def _moments(x: Array, log_mass: Array) -> tuple[Array, Array, Array]:
 
 
 def _zoom_target(
-    x: Array, log_post: Array, log_w: Array, peak: Array, nodes: _Nodes, spacing: Array
+    x: Array,
+    log_w: Array,
+    peak: Array,
+    spacing: Array,
+    log_post: Callable[[Array], Array],
 ) -> tuple[Array, Array]:
     """Centre and per-label spread of the mode to zoom onto.
 
     Where the mode is resolved (its weighted spread exceeds the node spacing) use its
     moments. Where it is not, the weighted spread is meaningless (one node holds the
-    mass), so fit a parabola to the log density at the peak and its two neighbours along
-    each axis: exact for a Gaussian, it gives the Newton centre and width and lets the
-    next stage jump straight to the right scale instead of shrinking by a fixed factor.
+    mass), so take a Newton step from the peak node with the exact gradient and Hessian
+    of the log density (autodiff): exact for a Gaussian, it gives the centre and the
+    marginal widths and lets the next stage jump straight to the right scale instead of
+    shrinking by a fixed factor (which, with few nodes per axis in 4–5 dimensions, would
+    take dozens of stages).
     """
     mean, cov, _ = _moments(x, log_w)
     sigma = jnp.sqrt(jnp.maximum(jnp.diagonal(cov), 0.0))
-    lo_nb, hi_nb = nodes.axis_neighbours[peak, :, 0], nodes.axis_neighbours[peak, :, 1]
-    f0, f_lo, f_hi = log_post[peak], log_post[lo_nb], log_post[hi_nb]
-    curvature = f_lo + f_hi - 2.0 * f0  # times 1/spacing²; < 0 at a proper peak
-    usable = (lo_nb != peak) & (hi_nb != peak) & jnp.isfinite(curvature) & (curvature < 0)
-    safe = jnp.where(usable, curvature, -1.0)
-    newton = x[peak] - spacing * 0.5 * (f_hi - f_lo) / safe
-    newton = jnp.clip(newton, x[peak] - spacing, x[peak] + spacing)
-    sigma_fit = jnp.clip(spacing / jnp.sqrt(-safe), spacing / 40.0, spacing)
+    x0 = x[peak]
+    grad = jax.grad(log_post)(x0)
+    hess = jax.hessian(log_post)(x0)
+    # Work in units of the spacing so the Hessian is well scaled whatever the labels' units.
+    scaled = -hess * spacing[:, None] * spacing[None, :]
+    chol = jnp.linalg.cholesky(scaled)
+    usable = jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.isfinite(grad))
+    eye = jnp.eye(x0.shape[0], dtype=x0.dtype)
+    inv = jax.scipy.linalg.cho_solve((jnp.where(usable, chol, eye), True), eye)
+    step = spacing * (inv @ (grad * spacing))
+    newton = jnp.clip(x0 + jnp.where(usable, step, 0.0), x0 - spacing, x0 + spacing)
+    sigma_fit = jnp.clip(spacing * jnp.sqrt(jnp.maximum(jnp.diagonal(inv), 0.0)), spacing / 50.0, spacing)
     resolved = sigma >= spacing
     centre = jnp.where(resolved | ~usable, mean, newton)
     spread = jnp.where(resolved, sigma, jnp.where(usable, sigma_fit, spacing / 4.0))
@@ -231,15 +230,35 @@ def _one_star(
         return jnp.where(jnp.isnan(value), -jnp.inf, value)
 
     def evaluate(
-        lo: Array, hi: Array, stage_prior: AbstractLabelPrior, stage_nodes: _Nodes
-    ) -> tuple[Array, Array, Array]:
+        lo: Array,
+        hi: Array,
+        stage_prior: AbstractLabelPrior,
+        stage_nodes: _Nodes,
+        focus: tuple[Array, Array] | None = None,
+    ) -> tuple[Array, Array, Array, Array]:
+        """Nodes, log posterior, log volume per node and nominal spacing of one stage."""
         count, n_labels = stage_nodes.unit.shape
-        x = lo[None, :] + stage_nodes.unit * (hi - lo)[None, :]
         spacing = (hi - lo) / (stage_nodes.per_dim if stage_nodes.per_dim else count ** (1.0 / n_labels))
-        return x, jax.vmap(log_post, in_axes=(0, None))(x, stage_prior), spacing
+        if stage_nodes.per_dim or focus is None:
+            x = lo[None, :] + stage_nodes.unit * (hi - lo)[None, :]
+            log_vol = jnp.full(count, jnp.sum(jnp.log(spacing)))
+        else:
+            # Quasi-Monte Carlo in 4–5 dimensions: a uniform set in a ±kσ box puts almost
+            # no nodes where the mass is, so draw the nodes from the Gaussian (centre,
+            # spread) truncated to the box (inverse CDF of the Sobol points) and weight
+            # each by 1/q — importance sampling that keeps the box for the nesting.
+            centre, spread = focus
+            a = jax.scipy.stats.norm.cdf((lo - centre) / spread)
+            b = jax.scipy.stats.norm.cdf((hi - centre) / spread)
+            u = jnp.clip(a[None, :] + stage_nodes.unit * (b - a)[None, :], 1e-12, 1.0 - 1e-12)
+            z = jax.scipy.special.ndtri(u)
+            x = jnp.clip(centre[None, :] + spread[None, :] * z, lo[None, :], hi[None, :])
+            log_q = jnp.sum(jax.scipy.stats.norm.logpdf(z) - jnp.log(spread * (b - a))[None, :], axis=1)
+            log_vol = -log_q - jnp.log(float(count))
+        return x, jax.vmap(log_post, in_axes=(0, None))(x, stage_prior), log_vol, spacing
 
     # Stage 0: the whole box, and the mode analysis.
-    x, lp, spacing = evaluate(lower, upper, prior, nodes)
+    x, lp, log_vol, spacing = evaluate(lower, upper, prior, nodes)
     root = _basins(lp, nodes.neighbours)
     w0 = jax.nn.softmax(lp)
     basin_mass = jax.ops.segment_sum(w0, root, num_segments=n_nodes)
@@ -247,7 +266,9 @@ def _one_star(
     secondary = jnp.argmax(jnp.where(jnp.arange(n_nodes) == primary, -1.0, basin_mass))
     mass2 = jnp.where(secondary == primary, 0.0, basin_mass[secondary])
 
-    centre, spread = _zoom_target(x, lp, jnp.where(root == primary, lp, -jnp.inf), primary, nodes, spacing)
+    centre, spread = _zoom_target(
+        x, jnp.where(root == primary, lp, -jnp.inf), primary, spacing, lambda z: log_post(z, prior)
+    )
     mode2, _, _ = _moments(x, jnp.where(root == secondary, lp, -jnp.inf))
     t = jnp.linspace(0.1, 0.9, 9, dtype=dtype)
     line = x[primary][None, :] + t[:, None] * (x[secondary] - x[primary])[None, :]
@@ -255,7 +276,7 @@ def _one_star(
     dip = jnp.min(line_lp) < lp[secondary] - settings.dip
     multimodal = (mass2 >= settings.min_mode_mass) & dip & (secondary != primary)
 
-    xs, lps, log_vols, spacings = [x], [lp], [jnp.sum(jnp.log(spacing))], [spacing]
+    xs, lps, log_vols, spacings = [x], [lp], [log_vol], [spacing]
     boxes = [(lower, upper)]
     for _ in range(settings.n_refine):
         lo_prev, hi_prev = boxes[-1]
@@ -266,11 +287,13 @@ def _one_star(
         lo = jnp.minimum(lo, hi_prev - spacings[-1])
         hi = jnp.maximum(hi, lo_prev + spacings[-1])
         stage_prior = prior.localise(jnp.clip(centre, lo, hi))
-        x, lp, spacing = evaluate(lo, hi, stage_prior, zoom_nodes)
-        centre, spread = _zoom_target(x, lp, lp, jnp.argmax(lp), zoom_nodes, spacing)
+        x, lp, log_vol, spacing = evaluate(lo, hi, stage_prior, zoom_nodes, (jnp.clip(centre, lo, hi), spread))
+        centre, spread = _zoom_target(
+            x, lp + log_vol, jnp.argmax(lp), spacing, lambda z, p=stage_prior: log_post(z, p)
+        )
         xs.append(x)
         lps.append(lp)
-        log_vols.append(jnp.sum(jnp.log(spacing)))
+        log_vols.append(log_vol)
         spacings.append(spacing)
         boxes.append((lo, hi))
 
@@ -429,9 +452,9 @@ def grid_posterior(
     if kind not in ("auto", "grid", "qmc"):
         raise ValueError(f"`kind` must be 'auto', 'grid' or 'qmc', got {kind!r}.")
     coarse = _node_tables(k, int(n_nodes), kind)
-    nodes = _Nodes(jnp.asarray(coarse[0]), jnp.asarray(coarse[1]), jnp.asarray(coarse[2]), coarse[3])
+    nodes = _Nodes(jnp.asarray(coarse[0]), jnp.asarray(coarse[1]), coarse[2])
     zoom = _node_tables(k, int(n_zoom_nodes), kind)
-    zoom_nodes = _Nodes(jnp.asarray(zoom[0]), jnp.asarray(zoom[1]), jnp.asarray(zoom[2]), zoom[3])
+    zoom_nodes = _Nodes(jnp.asarray(zoom[0]), jnp.asarray(zoom[1]), zoom[2])
     settings = _Settings(int(n_refine), float(k_sigma), float(min_mode_mass), float(dip))
     n_stars = _n_stars(args)
     chunk = min(int(chunk_size), n_stars)

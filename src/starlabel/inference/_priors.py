@@ -514,12 +514,19 @@ class DistributionPrior(AbstractLabelPrior):
             )
 
     def log_prob(self, labels: Float[Array, " labels"]) -> Float[Array, ""]:
-        return self.distribution.log_prob(labels)
+        # NumPyro returns finite densities outside the support unless validation is on
+        # (a global flag); the prior contract is −inf there, whatever the flag.
+        inside = jnp.all(self.distribution.support.check(labels))
+        # Evaluate at the mean outside the support, so gradients stay finite.
+        safe = jnp.where(inside, labels, jnp.asarray(self.distribution.mean, dtype=labels.dtype))
+        return jnp.where(inside, self.distribution.log_prob(safe), -jnp.inf)
 
     def support(self) -> tuple[np.ndarray, np.ndarray]:
         if self.box is not None:
             return np.asarray(self.box[0], dtype=float), np.asarray(self.box[1], dtype=float)
         constraint = self.distribution.support
+        while hasattr(constraint, "base_constraint"):  # independent(interval(...)) etc.
+            constraint = constraint.base_constraint
         lower = np.broadcast_to(np.asarray(getattr(constraint, "lower_bound", -np.inf), dtype=float), (self.n_labels,))
         upper = np.broadcast_to(np.asarray(getattr(constraint, "upper_bound", np.inf), dtype=float), (self.n_labels,))
         if np.all(np.isfinite(lower)) and np.all(np.isfinite(upper)):
@@ -585,7 +592,7 @@ def prior_from_dict(spec: dict[str, Any]) -> AbstractLabelPrior:
 
 
 def resolve_prior(
-    prior: str | AbstractLabelPrior | dict[str, Any] | None,
+    prior: Any,
     label_names: Sequence[str],
     train_labels: Any = None,
 ) -> AbstractLabelPrior:
