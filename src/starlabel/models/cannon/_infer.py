@@ -1,0 +1,277 @@
+"""Running the test step over a dataset: options, chunking, starting points, flags.
+
+The numerical core lives in ``_test_step``; this module prepares its inputs (scaled
+bounds, frozen labels, starting points from the training labels), streams spectra
+through it in fixed-size chunks (padded, so each chunk size compiles once and memory
+stays bounded), and turns its raw output into an :class:`InferenceResult`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float
+
+from ...data import Flag, InferenceResult
+from ._test_step import LabelFit, TestStepOptions, fit_labels, spectrum_stats
+from ._vectorizer import PolynomialVectorizer
+
+__all__ = [
+    "LabelSpace",
+    "start_pool",
+    "resolve_bounds",
+    "resolve_frozen",
+    "run_test_step",
+    "assemble_result",
+]
+
+
+class LabelSpace(eqx.Module):
+    """What the training set says about plausible labels (all in scaled units).
+
+    Attributes
+    ----------
+    box : array, shape (2, labels)
+        Minimum and maximum training label.
+    train : array, shape (train_stars, labels)
+        (A subsample of) the training labels.
+    nn_radius : float array, shape ()
+        Largest distance from a training star to its nearest training neighbour.
+    """
+
+    box: Float[Array, "2 labels"]
+    train: Float[Array, "train_stars labels"]
+    nn_radius: Float[Array, ""]
+
+    @property
+    def safety_box(self) -> np.ndarray:
+        """Hard limits for unbounded labels: the training range widened by its width on
+        each side, so that an unconstrained polynomial cannot run off to infinity."""
+        box = np.asarray(self.box)
+        width = np.maximum(box[1] - box[0], 1e-6)
+        return np.stack([box[0] - width, box[1] + width])
+
+    def outside(self, x: np.ndarray, free: np.ndarray) -> np.ndarray:
+        """Bool (stars,): free labels outside the training range, at the safety box, or
+        farther from every training star than any training star is from its neighbour."""
+        box, safety = np.asarray(self.box), self.safety_box
+        outside_box = np.any(free & ((x < box[0]) | (x > box[1])), axis=1)
+        at_safety = np.any(free & ((x <= safety[0] + 1e-9) | (x >= safety[1] - 1e-9)), axis=1)
+        far = nearest_distance(x, np.asarray(self.train)) > float(self.nn_radius)
+        return outside_box | at_safety | far
+
+
+def nearest_distance(points: np.ndarray, train: np.ndarray, *, exclude_self: bool = False) -> np.ndarray:
+    """Euclidean distance from each row of ``points`` to the nearest row of ``train``.
+
+    Rows are processed in blocks so the (points × train) distance table stays small.
+    With ``exclude_self`` (``points`` is ``train``) a row's distance to itself is skipped.
+    """
+    block = max(1, (1 << 22) // max(len(train), 1))
+    out = np.empty(len(points))
+    for start in range(0, len(points), block):
+        rows = points[start : start + block]
+        sq = np.sum((rows[:, None, :] - train[None, :, :]) ** 2, axis=2)
+        if exclude_self:
+            sq[np.arange(len(rows)), start + np.arange(len(rows))] = np.inf
+        out[start : start + block] = np.sqrt(np.min(sq, axis=1))
+    return out
+
+
+def start_pool(train: np.ndarray, n: int) -> np.ndarray:
+    """``n`` training stars spread along the main axis of the training labels.
+
+    Stars at the quantiles ``(i + ½)/n`` of the projection onto the first principal
+    axis: real training points, so every start lies inside the label distribution
+    (e.g. on the giant branch), covering it end to end.
+    """
+    if n <= 0:
+        return np.zeros((0, train.shape[1]))
+    centred = train - np.median(train, axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    projection = centred @ vt[0]
+    targets = np.quantile(projection, (np.arange(n) + 0.5) / n)
+    picks = np.argmin(np.abs(projection[None, :] - targets[:, None]), axis=1)
+    return train[picks]
+
+
+def resolve_bounds(
+    bounds: Mapping[str, Any] | None,
+    label_names: tuple[str, ...],
+    shift: np.ndarray,
+    scale: np.ndarray,
+    safety_box: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """User bounds ``{label: (low, high)}`` (original units, None = open) → scaled arrays."""
+    lower = np.full(len(label_names), -np.inf)
+    upper = np.full(len(label_names), np.inf)
+    for name, pair in (bounds or {}).items():
+        if name not in label_names:
+            raise ValueError(f"`bounds` names unknown label {name!r}; labels are {list(label_names)}.")
+        try:
+            low, high = pair
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"`bounds[{name!r}]` must be a (low, high) pair (None for open), got {pair!r}."
+            ) from None
+        k = label_names.index(name)
+        lower[k] = -np.inf if low is None else float(low)
+        upper[k] = np.inf if high is None else float(high)
+        if not lower[k] < upper[k]:
+            raise ValueError(f"`bounds[{name!r}]` needs low < high, got {pair!r}.")
+    lower = np.maximum((lower - shift) / scale, safety_box[0])
+    upper = np.minimum((upper - shift) / scale, safety_box[1])
+    return lower, upper
+
+
+def resolve_frozen(
+    frozen: Mapping[str, Any] | None,
+    label_names: tuple[str, ...],
+    n_stars: int,
+    shift: np.ndarray,
+    scale: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``{label: value or (stars,) values}`` → free mask (labels,) and scaled values (stars, labels)."""
+    free = np.ones(len(label_names), dtype=bool)
+    values = np.zeros((n_stars, len(label_names)))
+    for name, value in (frozen or {}).items():
+        if name not in label_names:
+            raise ValueError(f"`frozen` names unknown label {name!r}; labels are {list(label_names)}.")
+        column = np.asarray(value, dtype=np.float64)
+        if column.ndim == 0:
+            column = np.full(n_stars, float(column))
+        if column.shape != (n_stars,):
+            raise ValueError(
+                f"`frozen[{name!r}]` must be a number or one value per star ({n_stars},),"
+                f" got shape {column.shape}."
+            )
+        if not np.all(np.isfinite(column)):
+            raise ValueError(f"`frozen[{name!r}]` contains NaN or inf; give finite label values.")
+        k = label_names.index(name)
+        free[k] = False
+        values[:, k] = (column - shift[k]) / scale[k]
+    if not free.any():
+        raise ValueError("every label is frozen; leave at least one label free to fit.")
+    return free, values
+
+
+def _fit_chunk(
+    flux: Float[Array, "stars pixels"],
+    ivar: Float[Array, "stars pixels"],
+    frozen_values: Float[Array, "stars labels"],
+    theta: Float[Array, "pixels terms"],
+    pairs: Float[Array, "pixels pairs"],
+    s2: Float[Array, " pixels"],
+    pixel_ok: Bool[Array, " pixels"],
+    starts: Float[Array, "starts labels"],
+    free: Bool[Array, " labels"],
+    lower: Float[Array, " labels"],
+    upper: Float[Array, " labels"],
+    box: Float[Array, "2 labels"],
+    vectorizer: PolynomialVectorizer,
+    options: TestStepOptions,
+) -> LabelFit:
+    def one(f: Array, iv: Array, frozen_value: Array) -> LabelFit:
+        stats = spectrum_stats(f, iv, theta, pairs, s2, pixel_ok)
+        return fit_labels(vectorizer, stats, starts, frozen_value, free, lower, upper, box, options)
+
+    return jax.vmap(one)(flux, ivar, frozen_values)
+
+
+fit_chunk = eqx.filter_jit(_fit_chunk)
+
+
+def chunk_length(n_stars: int, chunk_size: int) -> int:
+    """Chunk length: ``chunk_size``, or the next power of two ≥ n_stars when smaller,
+    so that small calls do not pay for a full chunk and sizes compile a few times at most."""
+    return int(min(chunk_size, 1 << max(0, int(np.ceil(np.log2(max(n_stars, 1)))))))
+
+
+def run_test_step(
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    frozen_values: np.ndarray,
+    model_arrays: tuple[Array, Array, Array, Array],
+    starts: np.ndarray,
+    free: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    box: np.ndarray,
+    vectorizer: PolynomialVectorizer,
+    options: TestStepOptions,
+    chunk_size: int,
+) -> dict[str, np.ndarray]:
+    """Fit every spectrum, ``chunk_size`` at a time; returns stacked numpy outputs."""
+    n_stars = flux.shape[0]
+    size = chunk_length(n_stars, chunk_size)
+    theta, pairs, s2, pixel_ok = model_arrays
+    shared = [jnp.asarray(a) for a in (starts, free, lower, upper, box)]
+    pieces: list[LabelFit] = []
+    for start in range(0, n_stars, size):
+        stop = min(start + size, n_stars)
+        pad = size - (stop - start)
+        # Slices of a full chunk go straight to the device; only the last, short chunk
+        # is padded (np.pad copies, which costs as much as the transfer itself).
+        chunk = [a[start:stop] if pad == 0 else np.pad(a[start:stop], ((0, pad), (0, 0))) for a in (flux, ivar, frozen_values)]
+        out = fit_chunk(*(jnp.asarray(c) for c in chunk), theta, pairs, s2, pixel_ok, *shared, vectorizer, options)
+        pieces.append(jax.tree.map(lambda a, n=stop - start: np.asarray(a)[:n], out))
+    return {
+        field: np.concatenate([getattr(p, field) for p in pieces])
+        for field in ("x", "cov", "chi2", "n_good", "n_iter", "converged", "hit_bound")
+    }
+
+
+def assemble_result(
+    raw: dict[str, np.ndarray],
+    *,
+    ids: np.ndarray,
+    label_names: tuple[str, ...],
+    shift: np.ndarray,
+    scale: np.ndarray,
+    free: np.ndarray,
+    outside: np.ndarray,
+    n_terms: int,
+    poor_fit: float,
+    meta: Mapping[str, Any],
+) -> InferenceResult:
+    """Unscale labels and covariances and set the quality flags.
+
+    ``shift``/``scale`` are (labels,) or per star (stars, labels); ``outside`` (stars,)
+    marks labels outside the training distribution (see :meth:`LabelSpace.outside`).
+    """
+    x = raw["x"]
+    n_free = int(np.sum(free))
+    n_good = raw["n_good"].astype(np.int64)
+    dof = n_good - n_free
+    empty = n_good == 0
+    labels = np.where(empty[:, None], np.nan, x * scale + shift)
+    cov = raw["cov"] * (scale[..., :, None] * scale[..., None, :])
+    diag = np.diagonal(cov, axis1=1, axis2=2)[:, free]
+    bad_cov = ~np.all(np.isfinite(cov), axis=(1, 2)) | np.any(diag <= 0, axis=1)
+    cov = np.where(bad_cov[:, None, None], np.nan, cov)
+
+    flags = np.zeros(len(x), dtype=np.int64)
+    flags |= np.where(~raw["converged"], int(Flag.NOT_CONVERGED), 0)
+    flags |= np.where(raw["hit_bound"], int(Flag.HIT_BOUND), 0)
+    flags |= np.where(outside, int(Flag.OUTSIDE_TRAINING), 0)
+    flags |= np.where(n_good <= n_terms, int(Flag.FEW_PIXELS), 0)
+    flags |= np.where(bad_cov, int(Flag.BAD_COVARIANCE), 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rchi2 = np.where(dof > 0, raw["chi2"] / dof, np.nan)
+    flags |= np.where(rchi2 > poor_fit, int(Flag.POOR_FIT), 0)
+    return InferenceResult(
+        ids=ids,
+        label_names=label_names,
+        labels=labels,
+        cov=cov,
+        chi2=np.where(empty, np.nan, raw["chi2"]),
+        dof=dof.astype(float),
+        flags=flags,
+        extra={"n_iter": raw["n_iter"].astype(np.int64)},
+        meta=dict(meta),
+    )

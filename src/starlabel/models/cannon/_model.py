@@ -1,0 +1,552 @@
+"""The Cannon: configuration (:class:`Cannon`) and trained model (:class:`FittedCannon`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float
+
+from ..._internal import as_float_array, x64
+from ...data import InferenceResult, ShiftScale, SpectralDataset
+from ..base import AbstractGenerativeModel, AbstractSpectralModel
+from ._censor import active_terms, resolve_censor
+from ._infer import (
+    LabelSpace,
+    assemble_result,
+    nearest_distance,
+    resolve_bounds,
+    resolve_frozen,
+    run_test_step,
+    start_pool,
+)
+from ._test_step import TestStepOptions, theta_pairs
+from ._train import L1_SOLVERS, TrainingOptions, fit_pixels
+from ._vectorizer import PolynomialVectorizer
+
+__all__ = ["Cannon", "FittedCannon"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_KEPT_TRAIN = 2048
+"""Training labels kept in the model (for starts and the OUTSIDE_TRAINING test)."""
+
+
+def _label_matrix(data: SpectralDataset, label_names: tuple[str, ...], what: str) -> np.ndarray:
+    if not isinstance(data, SpectralDataset):
+        raise TypeError(f"`{what}` must be a SpectralDataset, got {type(data).__name__}.")
+    if data.labels is None:
+        raise ValueError(
+            f"`{what}` has no labels; the Cannon trains on spectra with known labels"
+            f" {list(label_names)} (pass labels= and label_names= to SpectralDataset)."
+        )
+    missing = [n for n in label_names if n not in data.label_names]
+    if missing:
+        raise ValueError(
+            f"`{what}` lacks labels {missing}; it has {list(data.label_names)}."
+        )
+    return data.select_labels(label_names).labels  # type: ignore[return-value]
+
+
+def _names(value: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError(
+            f"`label_names` must be a sequence of names such as ('teff', 'logg'), not the string"
+            f" {value!r}; did you mean {tuple(value.split(','))!r}?"
+        )
+    return tuple(value)
+
+
+def _terms(value: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    return value if value is None or isinstance(value, str) else tuple(value)
+
+
+class _Prepared(NamedTuple):
+    labels: np.ndarray
+    complete: np.ndarray
+    weights: np.ndarray
+    used: np.ndarray
+    vectorizer: PolynomialVectorizer
+    l1: np.ndarray
+    allowed: np.ndarray
+    active: np.ndarray
+    options: TrainingOptions
+
+
+def label_space(scaled: np.ndarray) -> LabelSpace:
+    """Training-label summary (scaled units) from the used training stars' labels."""
+    kept = scaled
+    if len(kept) > _MAX_KEPT_TRAIN:
+        kept = kept[np.sort(np.random.default_rng(0).choice(len(kept), _MAX_KEPT_TRAIN, replace=False))]
+    return LabelSpace(
+        box=jnp.asarray(np.stack([scaled.min(axis=0), scaled.max(axis=0)])),
+        train=jnp.asarray(kept),
+        nn_radius=jnp.asarray(float(np.max(nearest_distance(kept, kept, exclude_self=True)))),
+    )
+
+
+class Cannon(AbstractSpectralModel):
+    """The Cannon (Ness et al. 2015): each pixel's flux is a polynomial in the labels.
+
+    ``f_nλ = θ_λ · v(ℓ_n) + noise``, noise variance ``σ_nλ² + s_λ²``, where ``v`` holds
+    monomials of the scaled labels and ``s_λ²`` is the pixel's intrinsic scatter. This
+    object is configuration only; :meth:`fit` returns a :class:`FittedCannon`.
+
+    Parameters
+    ----------
+    label_names : sequence of str
+        Labels the model is a function of (columns taken from the training set).
+    order : int
+        Total polynomial degree (default 2, the quadratic Cannon). Ignored with ``terms``.
+    terms : str or sequence of str, optional
+        Explicit non-constant terms, e.g. ``"teff + logg + teff^2 + logg*teff"``; the
+        constant is always included.
+    censor : mapping, optional
+        ``{label: mask}`` where ``mask`` is a boolean array (pixels,) that is True where
+        the label may affect the flux, or a list of ``(start, end)`` wavelength windows
+        in Å (needs the training set's wavelengths). Outside its mask a label contributes
+        no term (linear or cross) to the flux.
+    l1 : float or array of shape (pixels,)
+        L1 penalty λ added to each pixel's negative log-likelihood times ``Σ_t |θ_t|``
+        over the non-constant terms (default 0, no regularisation). The likelihood is in
+        inverse-variance units, so sensible λ grow with S/N and the number of stars.
+    l1_solver : {"coordinate_descent", "fista"}
+        Convex solver for ``l1 > 0``; ``"fista"`` is the slower cross-check.
+    max_iter : int
+        Cap on the θ/s² alternation (EM) iterations.
+    tol : float
+        EM stops when no s² moves by more than ``tol × (s² + typical σ²)``.
+
+    Examples
+    --------
+    >>> from starlabel.data import simulate_cannon
+    >>> sim = simulate_cannon(n_stars=200, n_pixels=50, seed=1)
+    >>> fitted = Cannon(label_names=sim.dataset.label_names).fit(sim.dataset)
+    >>> fitted.theta.shape
+    (50, 10)
+
+    References
+    ----------
+    Ness, Hogg, Rix, Ho & Zasowski (2015), ApJ 808, 16.
+    Casey et al. (2016), arXiv:1603.03040 (censoring, L1 regularisation).
+    """
+
+    label_names: tuple[str, ...] = eqx.field(static=True, converter=_names)
+    order: int = eqx.field(static=True, default=2)
+    terms: str | tuple[str, ...] | None = eqx.field(static=True, default=None, converter=_terms)
+    censor: Mapping[str, Any] | None = None
+    l1: float | np.ndarray = 0.0
+    l1_solver: str = eqx.field(static=True, default="coordinate_descent")
+    max_iter: int = eqx.field(static=True, default=200)
+    tol: float = eqx.field(static=True, default=1e-5)
+
+    def __check_init__(self) -> None:
+        if not self.label_names or any(not isinstance(n, str) or not n for n in self.label_names):
+            raise ValueError(
+                f"`label_names` must be non-empty strings such as ('teff', 'logg'), got {self.label_names!r}."
+            )
+        if len(set(self.label_names)) != len(self.label_names):
+            raise ValueError(f"`label_names` repeats a name: {self.label_names}.")
+        if self.l1_solver not in L1_SOLVERS:
+            raise ValueError(f"unknown `l1_solver` {self.l1_solver!r}; choose one of {list(L1_SOLVERS)}.")
+        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+            raise ValueError(f"`max_iter` must be an integer ≥ 1, got {self.max_iter!r}.")
+        l1 = np.asarray(self.l1, dtype=float)
+        if l1.ndim > 1 or not np.all(np.isfinite(l1)) or np.any(l1 < 0):
+            raise ValueError(
+                "`l1` must be a finite, non-negative number or one value per pixel (pixels,);"
+                f" got {self.l1!r}."
+            )
+        self.vectorizer  # noqa: B018 - builds the term list, raising on bad `order`/`terms`
+
+    @property
+    def vectorizer(self) -> PolynomialVectorizer:
+        """The label vector this configuration describes."""
+        if self.terms is not None:
+            return PolynomialVectorizer.from_terms(self.label_names, self.terms)
+        return PolynomialVectorizer.from_order(self.label_names, self.order)
+
+    def _prepare(self, train: SpectralDataset, star_weights: Any = None) -> _Prepared:
+        """Validate a training set and build everything training needs except the scaling."""
+        labels = _label_matrix(train, self.label_names, "train")
+        n_stars, n_pixels = train.flux.shape
+        if star_weights is None:
+            weights = np.ones(n_stars)
+        else:
+            weights = as_float_array(star_weights, "star_weights")
+            if weights.shape != (n_stars,):
+                raise ValueError(
+                    f"`star_weights` has shape {weights.shape}; expected one weight per training"
+                    f" star, ({n_stars},)."
+                )
+            if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+                raise ValueError("`star_weights` must be finite and ≥ 0 (0 leaves a star out).")
+        complete = np.all(np.isfinite(labels), axis=1)
+        if not complete.all():
+            logger.info("Cannon: leaving out %d training stars with missing labels.", int(np.sum(~complete)))
+        weights = np.where(complete, weights, 0.0)
+        used = weights > 0
+        vectorizer = self.vectorizer
+        if used.sum() <= vectorizer.n_terms:
+            raise ValueError(
+                f"only {int(used.sum())} training stars have all labels {list(self.label_names)} and"
+                f" positive weight, but the model has {vectorizer.n_terms} terms; the Cannon needs"
+                " more stars than terms (lower `order` or add stars)."
+            )
+        l1 = np.array(np.broadcast_to(np.asarray(self.l1, dtype=float), (n_pixels,)) if np.ndim(self.l1) == 0 else self.l1, dtype=float)
+        if l1.shape != (n_pixels,):
+            raise ValueError(f"`l1` has shape {l1.shape}; give a number or one value per pixel ({n_pixels},).")
+        allowed = resolve_censor(self.censor, self.label_names, n_pixels, train.wavelength)
+        return _Prepared(
+            labels=labels,
+            complete=complete,
+            weights=weights,
+            used=used,
+            vectorizer=vectorizer,
+            l1=l1,
+            allowed=allowed,
+            active=active_terms(vectorizer.exponent_array, allowed),
+            options=TrainingOptions(max_iter=self.max_iter, tol=self.tol, l1_solver=self.l1_solver),
+        )
+
+    @x64
+    def fit(self, train: SpectralDataset, *, star_weights: Any = None) -> FittedCannon:
+        """Train θ (pixels, terms) and s² (pixels,) on spectra with known labels.
+
+        Parameters
+        ----------
+        train : SpectralDataset
+            Training spectra with (at least) the labels ``label_names``. Stars missing
+            any of these labels (NaN) are left out.
+        star_weights : array-like, shape (stars,), optional
+            Non-negative multipliers of each star's log-likelihood, used exactly in both
+            the θ and the s² updates (e.g. EM membership probabilities). Default 1.
+
+        Returns
+        -------
+        FittedCannon
+
+        Raises
+        ------
+        ValueError
+            On missing labels, bad weights, a censor mask of the wrong shape, or fewer
+            usable stars than model terms.
+        """
+        prep = self._prepare(train, star_weights)
+        scaler = ShiftScale.fit(prep.labels[prep.used], robust=False)
+        shift, scale = np.asarray(scaler.shift), np.asarray(scaler.scale)
+        scaled = np.where(prep.complete[:, None], (prep.labels - shift) / scale, 0.0)
+        design = np.asarray(prep.vectorizer.design(jnp.asarray(scaled)))
+        theta, s2, pixel_ok, n_iter, converged = fit_pixels(
+            train.flux, train.ivar, design, prep.weights, prep.active, prep.l1, prep.options
+        )
+        if not converged:
+            logger.warning("Cannon.fit: scatter iterations hit max_iter=%d before tol=%g.", self.max_iter, self.tol)
+        used = prep.used
+        vectorizer, allowed, l1 = prep.vectorizer, prep.allowed, prep.l1
+        space = label_space(scaled[used])
+        info = {
+            "n_train": int(used.sum()),
+            "em_iterations": int(n_iter),
+            "converged": bool(converged),
+            "bad_pixels": int(np.sum(~pixel_ok)),
+            "l1_solver": self.l1_solver,
+        }
+        return FittedCannon(
+            label_names=self.label_names,
+            vectorizer=vectorizer,
+            label_scaler=scaler,
+            theta=jnp.asarray(theta),
+            s2=jnp.asarray(s2),
+            pixel_ok=jnp.asarray(pixel_ok),
+            allowed=jnp.asarray(allowed),
+            l1=jnp.asarray(l1),
+            wavelength=None if train.wavelength is None else jnp.asarray(train.wavelength),
+            label_space=space,
+            training_info=tuple(sorted(info.items())),
+        )
+
+
+class FittedCannon(AbstractGenerativeModel):
+    """A trained Cannon: per-pixel coefficients θ, scatter s², label scaling, censoring.
+
+    Attributes
+    ----------
+    label_names : tuple of str
+    vectorizer : PolynomialVectorizer
+        The label vector (terms, in :attr:`term_names` order).
+    label_scaler : ShiftScale
+        ``x = (label − shift) / scale``, fitted on the training labels (mean, std).
+    theta : array, shape (pixels, terms)
+        Coefficients in the scaled labels (flux units).
+    s2 : array, shape (pixels,)
+        Intrinsic scatter variance s_λ² (flux² units).
+    pixel_ok : bool array, shape (pixels,)
+        False where training had too few stars or a singular system; such pixels are
+        ignored by the test step.
+    allowed : bool array, shape (labels, pixels)
+        Censoring masks (True where a label may affect the flux).
+    l1 : array, shape (pixels,)
+        L1 strength used in training.
+    wavelength : array, shape (pixels,), optional
+        Training wavelengths, Å.
+    label_space : LabelSpace
+        Training-label range, subsample and nearest-neighbour radius (scaled units):
+        starting points and the OUTSIDE_TRAINING flag.
+    training_info : tuple of (str, value)
+        Training diagnostics (stars used, EM iterations, convergence, bad pixels).
+    """
+
+    kind: ClassVar[str] = "cannon"
+
+    label_names: tuple[str, ...] = eqx.field(static=True)
+    vectorizer: PolynomialVectorizer
+    label_scaler: ShiftScale
+    theta: Float[Array, "pixels terms"]
+    s2: Float[Array, " pixels"]
+    pixel_ok: Bool[Array, " pixels"]
+    allowed: Bool[Array, "labels pixels"]
+    l1: Float[Array, " pixels"]
+    wavelength: Float[Array, " pixels"] | None
+    label_space: LabelSpace
+    training_info: tuple[tuple[str, Any], ...] = eqx.field(static=True, default=())
+
+    def __check_init__(self) -> None:
+        n_pixels, n_terms = self.theta.shape
+        if n_terms != self.vectorizer.n_terms:
+            raise ValueError(f"`theta` has {n_terms} terms but the vectorizer has {self.vectorizer.n_terms}.")
+        if self.allowed.shape != (len(self.label_names), n_pixels):
+            raise ValueError(f"`allowed` has shape {self.allowed.shape}; expected {(len(self.label_names), n_pixels)}.")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_pixels(self) -> int:
+        """Number of pixels."""
+        return self.theta.shape[0]
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        """Names of the columns of :attr:`theta`."""
+        return self.vectorizer.term_names
+
+    @property
+    def scatter(self) -> np.ndarray:
+        """Intrinsic scatter s_λ (flux units), shape (pixels,)."""
+        return np.sqrt(np.asarray(self.s2))
+
+    @property
+    def active_terms(self) -> np.ndarray:
+        """Bool (pixels, terms): which coefficients censoring lets be non-zero."""
+        return active_terms(self.vectorizer.exponent_array, np.asarray(self.allowed))
+
+    def _scale(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.label_scaler.shift), np.asarray(self.label_scaler.scale)
+
+    def _labels_array(self, labels: Any, name: str = "labels") -> np.ndarray:
+        array = as_float_array(labels, name)
+        if array.ndim == 1:
+            array = array[None, :]
+        if array.ndim != 2 or array.shape[1] != len(self.label_names):
+            raise ValueError(
+                f"`{name}` has shape {np.shape(labels)}; expected (stars, {len(self.label_names)})"
+                f" with columns {list(self.label_names)}."
+            )
+        return array
+
+    # ------------------------------------------------------------------ generative
+    @x64
+    def predict_flux(self, labels: Any) -> np.ndarray:
+        """Model flux at ``labels``.
+
+        Parameters
+        ----------
+        labels : array-like, shape (stars, labels) or (labels,)
+            Labels in their own units, columns in :attr:`label_names` order.
+
+        Returns
+        -------
+        numpy.ndarray, shape (stars, pixels)
+        """
+        array = self._labels_array(labels)
+        x = self.label_scaler.transform(jnp.asarray(array))
+        return np.asarray(self.vectorizer.design(x) @ self.theta.T)
+
+    @x64
+    def derivatives(self, labels: Any = None) -> np.ndarray:
+        """``∂f_λ/∂label_k`` in flux per label unit, shape (labels, pixels).
+
+        Parameters
+        ----------
+        labels : array-like, shape (labels,), optional
+            Where to evaluate (default: the label pivot, i.e. the training mean).
+        """
+        shift, scale = self._scale()
+        point = shift if labels is None else self._labels_array(labels)[0]
+        x = jnp.asarray((point - shift) / scale)
+        jac = self.vectorizer.jacobian(x)  # (terms, labels)
+        return np.asarray((self.theta @ jac).T / scale[:, None])
+
+    def log_likelihood(
+        self,
+        labels: Float[Array, " labels"],
+        flux: Float[Array, " pixels"],
+        ivar: Float[Array, " pixels"],
+    ) -> Float[Array, ""]:
+        """Gaussian log-likelihood of one spectrum at ``labels``, including s².
+
+        ``ln p = −½ Σ_λ [ω_λ (f_λ − θ_λ·v)² − ln(ω_λ/2π)]`` over pixels with ω > 0,
+        ``ω = 1/(σ² + s²)``. Pure JAX (jit/vmap/grad-able); call it inside
+        ``jax.enable_x64(True)`` for full precision, as :meth:`infer` does.
+
+        Parameters
+        ----------
+        labels : array, shape (labels,)
+            Labels in their own units.
+        flux, ivar : arrays, shape (pixels,)
+            Spectrum and inverse variances (0 = masked).
+        """
+        x = (labels - self.label_scaler.shift) / self.label_scaler.scale
+        residual = flux - self.theta @ self.vectorizer(x)
+        good = self.pixel_ok & (ivar > 0)
+        omega = jnp.where(good, ivar / (1.0 + ivar * self.s2), 0.0)
+        log_norm = jnp.where(good, jnp.log(jnp.where(good, omega, 1.0) / (2.0 * jnp.pi)), 0.0)
+        return -0.5 * jnp.sum(omega * residual**2) + 0.5 * jnp.sum(log_norm)
+
+    # ------------------------------------------------------------------ test step
+    @x64
+    def infer(
+        self,
+        data: SpectralDataset,
+        *,
+        n_starts: int = 6,
+        bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
+        frozen: Mapping[str, Any] | None = None,
+        chunk_size: int = 512,
+        max_iter: int = 100,
+        tol: float = 1e-6,
+        poor_fit: float = 3.0,
+    ) -> InferenceResult:
+        """Labels, Fisher covariances, χ² and flags for every spectrum in ``data``.
+
+        Parameters
+        ----------
+        data : SpectralDataset
+            Spectra on the training pixel grid (labels, if any, are ignored).
+        n_starts : int
+            Starting points per spectrum: the linear estimate plus ``n_starts − 1``
+            training stars spread along the training-label distribution (≥ 1).
+        bounds : mapping, optional
+            ``{label: (low, high)}`` in label units; None for an open side. Labels
+            finishing on a bound are flagged HIT_BOUND. Unbounded labels are still
+            kept within the training range widened by its width on each side.
+        frozen : mapping, optional
+            ``{label: value}`` (number or one value per star) held fixed; their
+            covariance rows are zero.
+        chunk_size : int
+            Spectra per compiled batch; bounds memory (≈ chunk_size × pixels × 40 B).
+        max_iter : int
+            Levenberg–Marquardt iterations for the best start.
+        tol : float
+            Convergence when a full Gauss–Newton step would lower χ² by < ``tol``.
+        poor_fit : float
+            Reduced χ² above which POOR_FIT is set.
+
+        Returns
+        -------
+        InferenceResult
+            ``labels`` (stars, labels), ``cov`` from the inverse Fisher matrix with
+            σ² + s², ``chi2``, ``dof`` (good pixels − free labels), ``flags`` and
+            ``extra["n_iter"]``.
+
+        Raises
+        ------
+        ValueError
+            If ``data`` has a different number of pixels or wavelength grid, or the
+            options are malformed.
+        """
+        if not isinstance(data, SpectralDataset):
+            raise TypeError(f"`data` must be a SpectralDataset, got {type(data).__name__}.")
+        self._check_grid(data)
+        if not (isinstance(n_starts, int) and n_starts >= 1):
+            raise ValueError(f"`n_starts` must be an integer ≥ 1, got {n_starts!r}.")
+        if not (isinstance(chunk_size, int) and chunk_size >= 1):
+            raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+        shift, scale = self._scale()
+        space = self.label_space
+        lower, upper = resolve_bounds(bounds, self.label_names, shift, scale, space.safety_box)
+        free, frozen_values = resolve_frozen(frozen, self.label_names, data.n_stars, shift, scale)
+        train = np.asarray(space.train)
+        pool = start_pool(train, n_starts - 1)
+        if len(pool) == 0:
+            pool = np.median(train, axis=0)[None, :]
+        options = TestStepOptions(max_iter=max_iter, tol=tol)
+        arrays = (self.theta, theta_pairs(self.theta), self.s2, self.pixel_ok)
+        raw = run_test_step(
+            data.flux, data.ivar, frozen_values, arrays, pool, free, lower, upper,
+            np.asarray(space.box), self.vectorizer, options, chunk_size,
+        )  # fmt: skip
+        return assemble_result(
+            raw,
+            ids=data.ids,
+            label_names=self.label_names,
+            shift=shift,
+            scale=scale,
+            free=free,
+            outside=space.outside(raw["x"], free),
+            n_terms=self.vectorizer.n_terms,
+            poor_fit=poor_fit,
+            meta={"model": "cannon", "n_starts": n_starts, "max_iter": max_iter},
+        )
+
+    def _check_grid(self, data: SpectralDataset) -> None:
+        if data.n_pixels != self.n_pixels:
+            raise ValueError(
+                f"`data` has {data.n_pixels} pixels but this Cannon was trained on {self.n_pixels};"
+                " resample the spectra onto the training grid."
+            )
+        if data.wavelength is not None and self.wavelength is not None:
+            if not np.allclose(data.wavelength, np.asarray(self.wavelength), rtol=1e-9, atol=1e-6):
+                raise ValueError(
+                    "`data.wavelength` differs from the training wavelength grid; resample the"
+                    " spectra onto the model's grid (FittedCannon.wavelength)."
+                )
+
+    # ------------------------------------------------------------------ serialisation
+    def config(self) -> dict[str, Any]:
+        """JSON-able structure: labels, term exponents, sizes, training diagnostics."""
+        return {
+            "label_names": list(self.label_names),
+            "exponents": [list(row) for row in self.vectorizer.exponents],
+            "n_pixels": self.n_pixels,
+            "n_kept_train": int(self.label_space.train.shape[0]),
+            "has_wavelength": self.wavelength is not None,
+            "training_info": dict(self.training_info),
+        }
+
+    @classmethod
+    def skeleton(cls, config: dict[str, Any]) -> FittedCannon:
+        """A FittedCannon with the structure ``config`` describes and zero arrays."""
+        names = tuple(config["label_names"])
+        exponents = tuple(tuple(int(p) for p in row) for row in config["exponents"])
+        n_pixels, n_terms, n_labels = int(config["n_pixels"]), len(exponents), len(names)
+        zeros = jnp.zeros
+        return cls(
+            label_names=names,
+            vectorizer=PolynomialVectorizer(names, exponents),
+            label_scaler=ShiftScale(zeros(n_labels), jnp.ones(n_labels)),
+            theta=zeros((n_pixels, n_terms)),
+            s2=zeros(n_pixels),
+            pixel_ok=jnp.ones(n_pixels, dtype=bool),
+            allowed=jnp.ones((n_labels, n_pixels), dtype=bool),
+            l1=zeros(n_pixels),
+            wavelength=jnp.linspace(1.0, 2.0, n_pixels) if config["has_wavelength"] else None,
+            label_space=LabelSpace(
+                zeros((2, n_labels)), zeros((int(config["n_kept_train"]), n_labels)), zeros(())
+            ),
+            training_info=tuple(sorted(config.get("training_info", {}).items())),
+        )
+
