@@ -182,6 +182,21 @@ def _run_subprocess(
     return record
 
 
+def _peak_rss() -> int:
+    """Peak resident memory of this process in bytes.
+
+    /proc's VmHWM belongs to this process image; ``ru_maxrss`` is not used because
+    Linux carries it across ``execve`` from the parent (the benchmark driver).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _child(spec_json: str) -> None:
     """Subprocess body: one ``run_inference`` call; prints a JSON line."""
     spec = json.loads(spec_json)
@@ -206,7 +221,7 @@ def _child(spec_json: str) -> None:
         infer_options={"chunk_size": spec["infer_chunk"]},
         progress=False,
     )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     record = summary.to_json()
     record.update(
         peak_rss_bytes=peak,
@@ -228,9 +243,10 @@ def _thecannon_rate(train_path: Path, base_path: Path, n_test: int) -> dict:
 
     train = read_dataset(train_path)
     test = read_dataset(base_path)[:n_test]
+    # TheCannon edits its inputs in place; starlabel's arrays are read-only, so copy.
     ds = tc_dataset.Dataset(
-        train.wavelength, train.ids, train.flux, train.ivar, train.labels,
-        test.ids, test.flux, test.ivar,
+        np.array(train.wavelength), np.array(train.ids), np.array(train.flux), np.array(train.ivar),
+        np.array(train.labels), np.array(test.ids), np.array(test.flux), np.array(test.ivar),
     )  # fmt: skip
     ds.set_label_names(list(train.label_names))
     md = tc_model.CannonModel(2, useErrors=False)
@@ -238,7 +254,8 @@ def _thecannon_rate(train_path: Path, base_path: Path, n_test: int) -> dict:
     md.fit(ds)
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    labels, _, _ = md.infer_labels(ds)
+    md.infer_labels(ds)  # returns (errors, chi2); the labels land in ds.test_label_vals
+    labels = ds.test_label_vals
     test_s = time.perf_counter() - t
     truth = test.labels
     rmse = np.sqrt(np.nanmean((np.asarray(labels) - truth) ** 2, axis=0))
