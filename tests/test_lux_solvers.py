@@ -8,6 +8,7 @@ import numpyro.distributions as dist
 import pytest
 
 from starlabel.data import SpectralDataset, simulate_linear_latent
+from starlabel.models import load_model
 from starlabel.models.lux import FunctionErrorModel, Lux, MLPTransform, PolynomialTransform
 
 NAMES = ("label_0", "label_1")
@@ -92,7 +93,7 @@ def test_polynomial_transform_captures_what_affine_cannot():
     assert float(poly.fit_info.final_loss) < float(affine.fit_info.final_loss)
 
 
-def test_mlp_transform_trains_and_predicts():
+def test_mlp_transform_trains_predicts_and_saves(tmp_path):
     data, z = _quadratic_data(200, seed=6)
     train, test, truth = data[:120], data[120:], z[120:]
     fitted = Lux(
@@ -109,6 +110,8 @@ def test_mlp_transform_trains_and_predicts():
     trivial = np.sqrt(np.mean((truth - truth.mean(axis=0)) ** 2))
     assert np.sqrt(np.mean((result.labels - truth) ** 2)) < 0.25 * trivial
     assert np.all(np.isfinite(result.cov))
+    loaded = load_model(fitted.save(tmp_path / "mlp.starlabel"))
+    np.testing.assert_array_equal(loaded.infer(test).labels, result.labels)
 
 
 def test_function_error_model_learns_an_error_inflation():
