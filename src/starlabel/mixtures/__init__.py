@@ -24,6 +24,10 @@ from ._mixture import membership_probabilities as membership_probabilities
 from ._mixture import mixture_factor as mixture_factor
 from ._mixture import posterior_membership as posterior_membership
 from ._mixture import sample_weights as sample_weights
+from ._robust_cannon import RobustCannonFit as RobustCannonFit
+from ._robust_cannon import RobustInference as RobustInference
+from ._robust_cannon import fit_robust_cannon as fit_robust_cannon
+from ._robust_cannon import infer_robust as infer_robust
 from ._simulate import ClusterSimulation as ClusterSimulation
 from ._simulate import simulate_cluster_field as simulate_cluster_field
 from ._table import MembershipResult as MembershipResult

@@ -41,7 +41,7 @@ from numpy.typing import ArrayLike
 
 from .._internal import as_float_array, x64
 from ._components import Gaussian, GaussianMixture, gaussian_log_prob, symmetric_inverse
-from ._mixture import mixture_factor, posterior_membership, sample_weights
+from ._mixture import mixture_factor, sample_weights
 from ._sampling import find_map, laplace_samples, run_nuts
 
 __all__ = ["ClusterFit", "fit_cluster_membership"]
@@ -286,14 +286,45 @@ def _sample_log_probs(
 
 
 @eqx.filter_jit
-def _member_counts(samples: dict, y: Array, y_cov: Array, field_lp: Array, positions: Array) -> Array:
-    """Σ_i p(member_i | θ_s) for every sample s: the expected member count per sample."""
+def _field_terms(
+    field: GaussianMixture,
+    start: dict,
+    y: Array,
+    y_cov: Array,
+    positions: Array,
+    log_area: Array,
+    use_positions: bool,
+) -> tuple[Array, Array]:
+    """Field log-density per star and the (cluster, field) log-densities at ``start``."""
+    field_lp = field.log_prob(y, y_cov) - (log_area if use_positions else 0.0)
+    return field_lp, _sample_log_probs(start, y, y_cov, field_lp, positions)
 
-    def one(params: dict) -> Array:
+
+@eqx.filter_jit
+def _membership_summary(
+    samples: dict, map_params: dict, y: Array, y_cov: Array, field_lp: Array, positions: Array
+) -> tuple[Array, Array, Array, Array]:
+    """Posterior membership (mean, spread), MAP membership and per-sample member counts.
+
+    One scan over the samples, in O(stars) memory: the seed's logsumexp average of the
+    conditional membership, its second moment, and Σ_i p(member_i | θ_s).
+    """
+
+    def conditional(params: dict) -> Array:
         lp = _sample_log_probs(params, y, y_cov, field_lp, positions)
-        return jnp.sum(jax.nn.softmax(lp, axis=1)[:, 0])
+        return lp[:, 0] - jss.logsumexp(lp, axis=1)
 
-    return jax.lax.map(one, samples)
+    def step(carry: tuple[Array, Array], params: dict) -> tuple[tuple[Array, Array], Array]:
+        log_sum, square_sum = carry
+        log_p = conditional(params)
+        return (jnp.logaddexp(log_sum, log_p), square_sum + jnp.exp(2.0 * log_p)), jnp.sum(jnp.exp(log_p))
+
+    init = (jnp.full(y.shape[:1], -jnp.inf, y.dtype), jnp.zeros(y.shape[:1], y.dtype))
+    (log_sum, square_sum), counts = jax.lax.scan(step, init, samples)
+    n = counts.shape[0]
+    probability = jnp.exp(log_sum - math.log(n))
+    std = jnp.sqrt(jnp.maximum(square_sum / n - probability**2, 0.0))
+    return probability, std, jnp.exp(conditional(map_params)), counts
 
 
 class ClusterFit(eqx.Module):
@@ -567,7 +598,6 @@ def fit_cluster_membership(
     k = tried[best]
 
     field = GaussianMixture(chosen.log_weights[1 : k + 1], chosen.field_means[:k], chosen.field_covs[:k])
-    field_lp = field.log_prob(*data) - (log_area if use_positions else 0.0)
     cluster_weight = float(jnp.exp(chosen.log_weights[0]))
     start: dict[str, Any] = {
         "cluster_mean": chosen.cluster_mean,
@@ -580,7 +610,8 @@ def fit_cluster_membership(
         start["centre"] = chosen.centre
         start["radius"] = chosen.radius
     # EM already maximised the full likelihood, so its point decides which stars matter.
-    near = _near_cluster(np.asarray(_sample_log_probs(start, *data, field_lp, pos_arr)))
+    field_lp, lp_start = _field_terms(field, start, *data, pos_arr, jnp.asarray(log_area), use_positions)
+    near = _near_cluster(np.asarray(lp_start))
     near_args = (
         data[0][near],
         data[1][near],
@@ -589,31 +620,41 @@ def fit_cluster_membership(
         jnp.asarray(float(np.sum(~near))),
         jnp.asarray(float(prior_scale)),
     )
-    map_values, z_map, _ = find_map(_cluster_model, near_args, start)
-    key = jax.random.key(seed)
+    mode = find_map(_cluster_model, near_args, start)
     keys = tuple(start)
     if nuts:
         chain = run_nuts(
-            _cluster_model, near_args, map_values, key, num_warmup=num_warmup, num_samples=num_samples
+            _cluster_model,
+            near_args,
+            mode.values,
+            jax.random.key(seed),
+            num_warmup=num_warmup,
+            num_samples=num_samples,
         )
         samples = {name: chain.samples[name] for name in keys}
         divergences, min_ess, method = chain.divergences, chain.min_ess, "nuts"
     else:
-        draws, _ = laplace_samples(_cluster_model, near_args, z_map, key, num_samples)
+        draws, ok = laplace_samples(_cluster_model, near_args, mode, seed, num_samples)
+        if not ok:
+            raise RuntimeError(
+                "the posterior Hessian at the MAP is not positive definite, so the Laplace"
+                " approximation is unavailable; use nuts=True."
+            )
         samples = {name: np.asarray(draws[name]) for name in keys}
         divergences, min_ess, method = 0, float(num_samples), "laplace"
 
-    lp_args = (*data, field_lp, pos_arr)
-    posterior = posterior_membership(_sample_log_probs, samples, *lp_args)
-    at_map = posterior_membership(
-        _sample_log_probs, {name: jnp.asarray(map_values[name])[None] for name in keys}, *lp_args
+    probability, std, p_map, counts = _membership_summary(
+        {name: jnp.asarray(v) for name, v in samples.items()},
+        {name: jnp.asarray(mode.values[name]) for name in keys},
+        *data,
+        field_lp,
+        pos_arr,
     )
-    counts = _member_counts({name: jnp.asarray(v) for name, v in samples.items()}, *lp_args)
     return ClusterFit(
         dim_names=names,
-        p_member=np.asarray(posterior.probability[:, 0]),
-        p_member_err=np.asarray(posterior.std[:, 0]),
-        p_member_map=np.asarray(at_map.probability[:, 0]),
+        p_member=np.asarray(probability),
+        p_member_err=np.asarray(std),
+        p_member_map=np.asarray(p_map),
         samples={name: np.asarray(v) for name, v in samples.items()},
         member_counts=np.asarray(counts),
         field=field,

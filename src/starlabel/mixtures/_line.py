@@ -294,7 +294,7 @@ def fit_line_with_outliers(
         jnp.asarray(float(prior_scale)),
     )
     start = _robust_start(arrays["x"], arrays["y"], arrays["y_err"])
-    map_values, _, _ = find_map(_line_model, data, start)
+    map_values = find_map(_line_model, data, start).values
     chain = run_nuts(
         _line_model, data, map_values, jax.random.key(seed), num_warmup=num_warmup, num_samples=num_samples
     )
