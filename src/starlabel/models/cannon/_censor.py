@@ -9,7 +9,7 @@ terms outside its windows and its flux derivative there is exactly zero.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from ..._internal import as_float_array
 __all__ = ["censor_from_windows", "resolve_censor", "active_terms"]
 
 
-def censor_from_windows(wavelength: Any, windows: Sequence[Sequence[float]]) -> np.ndarray:
+def censor_from_windows(wavelength: Any, windows: Any) -> np.ndarray:
     """Boolean pixel mask that is ``True`` inside any of the wavelength ``windows``.
 
     Parameters

@@ -372,7 +372,8 @@ class FittedCannon(AbstractGenerativeModel):
         numpy.ndarray, shape (stars, pixels)
         """
         array = self._labels_array(labels)
-        x = self.label_scaler.transform(jnp.asarray(array))
+        shift, scale = self._scale()
+        x = jnp.asarray((array - shift[None, :]) / scale[None, :])
         return np.asarray(self.vectorizer.design(x) @ self.theta.T)
 
     @x64

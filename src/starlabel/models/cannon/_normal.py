@@ -59,5 +59,5 @@ def pack_pairs(matrices: Float[Array, "batch terms terms"], *, quadratic_form: b
     table = pair_table(matrices.shape[-1])
     packed = matrices[:, table.row, table.col]
     if quadratic_form:
-        packed = packed * jnp.asarray(table.multiplicity, dtype=matrices.dtype)
+        packed = packed * jnp.asarray(table.multiplicity, dtype=matrices.dtype)[None, :]
     return packed

@@ -105,7 +105,7 @@ def _masked_system(matrix: Array, vector: Array, use: Array) -> tuple[Array, Arr
     """Restrict a K×K system to the labels in ``use``; others get an identity row."""
     both = use[:, None] & use[None, :]
     eye = jnp.eye(use.shape[0], dtype=matrix.dtype)
-    return jnp.where(both, matrix, 0.0) + jnp.where(use, 0.0, 1.0) * eye, jnp.where(use, vector, 0.0)
+    return jnp.where(both, matrix, 0.0) + jnp.where(use, 0.0, 1.0)[:, None] * eye, jnp.where(use, vector, 0.0)
 
 
 def _levenberg_marquardt(
