@@ -39,7 +39,7 @@ from ..inference import (
     whiten,
 )
 
-__all__ = ["PosteriorMethod", "posterior_infer"]
+__all__ = ["PosteriorMethod", "LinearPredictionVariance", "posterior_infer", "training_prediction_variance"]
 
 PosteriorMethod = Literal["fisher", "laplace", "nuts"]
 """``"fisher"``: expected information at the MAP; ``"laplace"``: observed curvature
@@ -50,11 +50,96 @@ _NEWTON_TOL = 1e-6
 """Newton decrement gᵀH⁻¹g (in nats) below which the MAP counts as converged."""
 
 
+class LinearPredictionVariance(eqx.Module):
+    r"""Variance of a linear-in-coefficients model's mean flux from its training fit.
+
+    For :math:`\mu_\lambda(\ell) = \theta_\lambda \cdot v(x(\ell))` with each pixel's
+    coefficients fitted independently, :math:`q_\lambda(\ell) = v^\top C_\lambda v`
+    where :math:`C_\lambda` is the covariance of :math:`\hat\theta_\lambda`. Build it with
+    :func:`training_prediction_variance`.
+
+    Attributes
+    ----------
+    coefficient_cov : Float[Array, "pixels terms terms"]
+        :math:`C_\lambda` (flux² units); zero rows/columns for censored terms.
+    vectorizer : PolynomialVectorizer-like
+        ``vectorizer(x) -> (terms,)``.
+    label_scaler : ShiftScale-like
+        ``label_scaler.transform(labels) -> x``.
+    """
+
+    coefficient_cov: Float[Array, "pixels terms terms"]
+    vectorizer: Any
+    label_scaler: Any
+
+    def __call__(self, labels: Float[Array, " labels"]) -> Float[Array, " pixels"]:
+        """Per-pixel variance of the predicted flux at ``labels`` (labels' own units)."""
+        v = self.vectorizer(self.label_scaler.transform(labels))
+        return jnp.einsum("ptu,t,u->p", self.coefficient_cov, v, v)
+
+
+@x64
+def training_prediction_variance(fitted: Any, train: SpectralDataset) -> LinearPredictionVariance:
+    r"""Covariance of a Cannon-like model's coefficients from its training set, per pixel.
+
+    :math:`C_\lambda = (\sum_n \omega_{n\lambda} v_n v_n^\top)^{-1}` with
+    :math:`\omega = 1/(\sigma^2 + s_\lambda^2)` — the inverse Fisher matrix of pixel
+    :math:`\lambda`'s weighted least-squares fit, treating the training labels as exact
+    and s² as known. Pass the result as ``posterior_infer(..., prediction_variance=...)``
+    to add this training uncertainty to the label covariances. Censored (inactive)
+    coefficients are held at zero, as in training. L1-regularised fits are treated as
+    unregularised (the covariance is then an upper bound).
+
+    Parameters
+    ----------
+    fitted : fitted model
+        With ``theta`` (pixels, terms), ``s2`` (pixels,), ``vectorizer``,
+        ``label_scaler``, ``label_names`` and optionally ``active_terms`` (pixels, terms).
+    train : SpectralDataset
+        The training set the model was fitted on (labels ``fitted.label_names``).
+
+    Returns
+    -------
+    LinearPredictionVariance
+
+    Raises
+    ------
+    TypeError
+        If ``fitted`` is not linear in per-pixel coefficients (lacks the attributes above).
+    ValueError
+        If ``train`` is on another pixel grid or lacks the model's labels.
+    """
+    needed = ("theta", "s2", "vectorizer", "label_scaler")
+    missing = [name for name in needed if not hasattr(fitted, name)]
+    if missing:
+        raise TypeError(
+            f"`fitted` ({type(fitted).__name__}) lacks {missing}: training_prediction_variance"
+            " needs a model linear in per-pixel coefficients, such as FittedCannon."
+        )
+    theta = jnp.asarray(fitted.theta)
+    if train.n_pixels != theta.shape[0]:
+        raise ValueError(f"`train` has {train.n_pixels} pixels but the model has {theta.shape[0]}.")
+    labels = train.select_labels(fitted.label_names).labels
+    rows = np.all(np.isfinite(labels), axis=1)
+    design = fitted.vectorizer.design(fitted.label_scaler.transform(jnp.asarray(labels[rows])))
+    ivar = jnp.asarray(train.ivar[rows])
+    omega = ivar / (1.0 + ivar * jnp.asarray(fitted.s2)[None, :])
+    precision = jnp.einsum("np,nt,nu->ptu", omega, design, design)
+    n_terms = theta.shape[1]
+    active = jnp.asarray(getattr(fitted, "active_terms", np.ones(theta.shape, bool)), dtype=bool)
+    both = active[:, :, None] & active[:, None, :]
+    eye = jnp.eye(n_terms, dtype=precision.dtype)
+    # Inactive terms are fixed at zero: invert on the active block only.
+    cov = jnp.linalg.inv(jnp.where(both, precision, eye[None]))
+    return LinearPredictionVariance(jnp.where(both, cov, 0.0), fitted.vectorizer, fitted.label_scaler)
+
+
 class _Adaptor(eqx.Module):
     """A fitted model seen as a log density over one star's parameters (pure JAX)."""
 
     fitted: Any
     latent: bool = eqx.field(static=True)
+    prediction_variance: LinearPredictionVariance | None = None
 
     def log_likelihood(self, params: Float[Array, " n"], flux: Array, ivar: Array) -> Float[Array, ""]:
         return self.fitted.log_likelihood(params, flux, ivar)
@@ -124,6 +209,23 @@ def _fisher(args: tuple[_Adaptor, Array, Array], params: Float[Array, " n"]) -> 
     return information + prior, chi2, jnp.sum(used)
 
 
+def _training_term(args: tuple[_Adaptor, Array, Array], params: Array, covariance: Array) -> Array:
+    r"""First-order label covariance from the model's training uncertainty.
+
+    A prediction error :math:`\delta\mu` moves the MAP by
+    :math:`\delta\theta = \Sigma (WJ)^\top \delta\mu` (one Gauss–Newton step), so
+    independent per-pixel errors of variance :math:`q` add
+    :math:`\Sigma (WJ)^\top \mathrm{diag}(q) (WJ) \Sigma`.
+    """
+    adaptor, flux, ivar = args
+    grad_flux = jax.grad(_log_likelihood_of_flux, argnums=1)
+    weighted_jac = jax.jacfwd(lambda p: grad_flux(p, flux, (adaptor, ivar)))(params)  # (pixels, n) = W J
+    labels = adaptor.labels(params)
+    q = adaptor.prediction_variance(labels)  # type: ignore[misc]
+    middle = weighted_jac.T @ (q[:, None] * weighted_jac)
+    return covariance @ middle @ covariance
+
+
 class _StarOutput(eqx.Module):
     labels: Array
     cov: Array
@@ -136,6 +238,7 @@ class _StarOutput(eqx.Module):
     step_size: Array
     divergent: Array
     samples: Array
+    training_var: Array
 
 
 def _summarise_samples(adaptor: _Adaptor, post: PosteriorSamples) -> tuple[Array, Array, Array, Array, Array]:
@@ -169,6 +272,10 @@ def _analyse_star(
     jac = jax.jacfwd(adaptor.labels)(params)
     labels = adaptor.labels(params)
     cov = jac @ approx.covariance @ jac.T
+    inflation = jnp.zeros_like(cov)
+    if adaptor.prediction_variance is not None:
+        inflation = jac @ _training_term(args, params, approx.covariance) @ jac.T
+        cov = cov + inflation
     n_labels = labels.shape[0]
     nan_labels = jnp.full((n_labels,), jnp.nan, dtype=labels.dtype)
     rhat, ess, step_size, divergent = nan_labels, nan_labels, jnp.nan * jnp.ones(()), jnp.zeros((), jnp.int32)
@@ -180,10 +287,13 @@ def _analyse_star(
             _log_posterior, whitening, args, key, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains
         )
         labels, cov, rhat, ess, samples = _summarise_samples(adaptor, post)
+        cov = cov + inflation  # first order, at the MAP: draws hold the model fixed
         step_size = jnp.mean(post.step_size)
         divergent = jnp.sum(post.num_divergent).astype(jnp.int32)
         positive = jnp.all(jnp.isfinite(cov)) & jnp.all(jnp.linalg.eigvalsh(cov) > 0)
-    return _StarOutput(labels, cov, chi2, n_used, decrement, positive, rhat, ess, step_size, divergent, samples)
+    return _StarOutput(
+        labels, cov, chi2, n_used, decrement, positive, rhat, ess, step_size, divergent, samples, jnp.diagonal(inflation)
+    )
 
 
 @eqx.filter_jit
@@ -266,6 +376,7 @@ def posterior_infer(
     rhat_max: float = 1.05,
     vectorize: bool = False,
     return_samples: bool = False,
+    prediction_variance: LinearPredictionVariance | None = None,
 ) -> InferenceResult | tuple[InferenceResult, np.ndarray]:
     r"""Labels with honest uncertainties for every star, from a fitted model's likelihood.
 
@@ -312,6 +423,11 @@ def posterior_infer(
     return_samples : bool
         Also return the label draws, shape ``(stars, chains, samples, labels)``
         (``method="nuts"`` only).
+    prediction_variance : LinearPredictionVariance, optional
+        The model's training uncertainty (:func:`training_prediction_variance`). When
+        given, every covariance gains its first-order propagation into the labels
+        (``extra["training_var_<label>"]`` holds that part of the variance). Only for
+        models whose parameters are the labels (the Cannon).
 
     Returns
     -------
@@ -343,6 +459,10 @@ def posterior_infer(
     if return_samples and method != "nuts":
         raise ValueError("`return_samples=True` needs method='nuts'.")
     adaptor, start = _adaptor_and_start(fitted, data)
+    if prediction_variance is not None:
+        if adaptor.latent:
+            raise ValueError("`prediction_variance` applies to models whose parameters are the labels (the Cannon).")
+        adaptor = eqx.tree_at(lambda a: a.prediction_variance, adaptor, prediction_variance, is_leaf=lambda x: x is None)
     n_stars = data.n_stars
     size = int(min(chunk_size, 1 << max(0, (n_stars - 1).bit_length())))
     keys = jax.random.split(jax.random.key(seed), n_stars)
@@ -364,7 +484,9 @@ def posterior_infer(
         )
         parts.append(jax.tree.map(lambda a, n=stop - begin: np.asarray(a[:n]), out))
     star = jax.tree.map(lambda *a: np.concatenate(a), *parts)
-    return _result(fitted, data, adaptor, star, method, start.shape[1], rhat_max, num_warmup, num_samples, num_chains, return_samples)
+    return _result(
+        fitted, data, adaptor, star, method, start.shape[1], rhat_max, num_warmup, num_samples, num_chains, return_samples
+    )
 
 
 def _result(
@@ -392,12 +514,16 @@ def _result(
             extra[f"ess_{name}"] = star.ess[:, i]
         extra["nuts_step_size"] = star.step_size
         extra["nuts_divergent"] = star.divergent
+    if adaptor.prediction_variance is not None:
+        for i, name in enumerate(names):
+            extra[f"training_var_{name}"] = star.training_var[:, i]
     flags |= np.where(not_converged, int(Flag.NOT_CONVERGED), 0)
     cov = np.where(star.positive_definite[:, None, None], star.cov, np.nan)
     meta: dict[str, Any] = {
         "model": str(getattr(fitted, "kind", type(fitted).__name__)),
         "uncertainty": method,
         "parameters": "latents" if adaptor.latent else "labels",
+        "training_uncertainty": adaptor.prediction_variance is not None,
     }
     if method == "nuts":
         meta.update(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, sampler="blackjax-nuts-whitened")
