@@ -125,3 +125,50 @@ def test_shift_moves_lines_by_the_doppler_factor():
     rest = lines.flux(labels, wavelength)[0]
     moved = lines.flux(labels, wavelength, v)[0]
     np.testing.assert_allclose(moved[10 + 200 : 1800], rest[200 : 1800 - 10], atol=2e-3)
+
+
+def truth_spectrum(theta, pivot, scale, scatter, train_labels, names=NAMES):
+    """A PolynomialSpectrum from known coefficients (no training), order 2."""
+    import jax
+    import jax.numpy as jnp
+
+    from starlabel.models._posterior_mean import PolynomialSpectrum
+    from starlabel.models.cannon import PolynomialVectorizer
+
+    with jax.enable_x64(True):
+        train = jnp.asarray(train_labels)
+        return PolynomialSpectrum(
+            tuple(names),
+            PolynomialVectorizer.from_order(tuple(names), 2),
+            jnp.asarray(pivot, dtype=jnp.float64),
+            jnp.asarray(scale, dtype=jnp.float64),
+            jnp.asarray(theta),
+            jnp.asarray(np.asarray(scatter) ** 2),
+            jnp.ones(np.shape(theta)[0], dtype=bool),
+            train,
+            jnp.stack([train.min(axis=0), train.max(axis=0)]),
+        )
+
+
+def line_list_theta(lines: LineList, wavelength: np.ndarray) -> np.ndarray:
+    """Exact per-pixel coefficients (pixels, 10) of the smooth spectra in the quadratic label vector."""
+    log_wl = np.log(wavelength)
+    profile = np.exp(-0.5 * ((log_wl[:, None] - lines.centre[None, :]) / lines.sigma[None, :]) ** 2)
+    weighted = profile * lines.depth[None, :]
+    return np.concatenate(
+        [1.0 - weighted.sum(axis=1, keepdims=True), -weighted @ lines.linear, -weighted @ lines.quad], axis=1
+    )
+
+
+def test_line_list_theta_reproduces_the_flux(rng):
+    from starlabel.models._posterior_mean import PolynomialSpectrum  # noqa: F401 - import check
+
+    wavelength = apogee_wavelength(300)
+    lines = LineList(wavelength)
+    labels = draw_labels(rng, 4)
+    model = truth_spectrum(line_list_theta(lines, wavelength), PIVOT, SCALE, np.zeros(300), labels)
+    import jax
+
+    with jax.enable_x64(True):
+        predicted = np.asarray(jax.vmap(model.flux)(jax.numpy.asarray(labels)))
+    np.testing.assert_allclose(predicted, lines.flux(labels, wavelength), atol=1e-10)

@@ -276,46 +276,45 @@ def _one_star(
     dip = jnp.min(line_lp) < lp[secondary] - settings.dip
     multimodal = (mass2 >= settings.min_mode_mass) & dip & (secondary != primary)
 
-    xs, lps, log_vols, spacings = [x], [lp], [log_vol], [spacing]
-    boxes = [(lower, upper)]
-    for _ in range(settings.n_refine):
-        lo_prev, hi_prev = boxes[-1]
+    def zoom(carry: tuple, _: None) -> tuple[tuple, tuple]:
+        centre, spread, lo_prev, hi_prev, spacing_prev = carry
         half = settings.k_sigma * spread
         lo = jnp.clip(centre - half, lo_prev, hi_prev)
         hi = jnp.clip(centre + half, lo_prev, hi_prev)
         # A box squeezed against an edge keeps a minimum width of one old spacing.
-        lo = jnp.minimum(lo, hi_prev - spacings[-1])
-        hi = jnp.maximum(hi, lo_prev + spacings[-1])
-        stage_prior = prior.localise(jnp.clip(centre, lo, hi))
-        x, lp, log_vol, spacing = evaluate(lo, hi, stage_prior, zoom_nodes, (jnp.clip(centre, lo, hi), spread))
-        centre, spread = _zoom_target(
-            x, lp + log_vol, jnp.argmax(lp), spacing, lambda z, p=stage_prior: log_post(z, p)
-        )
-        xs.append(x)
-        lps.append(lp)
-        log_vols.append(log_vol)
-        spacings.append(spacing)
-        boxes.append((lo, hi))
+        lo = jnp.minimum(lo, hi_prev - spacing_prev)
+        hi = jnp.maximum(hi, lo_prev + spacing_prev)
+        focus = jnp.clip(centre, lo, hi)
+        stage_prior = prior.localise(focus)
+        x, lp, log_vol, spacing = evaluate(lo, hi, stage_prior, zoom_nodes, (focus, spread))
+        centre, spread = _zoom_target(x, lp + log_vol, jnp.argmax(lp), spacing, lambda z: log_post(z, stage_prior))
+        return (centre, spread, lo, hi, spacing), (x, lp, log_vol, spacing, lo, hi)
 
-    log_masses = []
-    for s in range(len(xs)):
-        log_mass = lps[s] + log_vols[s]
-        if s + 1 < len(xs):
-            lo_next, hi_next = boxes[s + 1]
-            # Drop every node whose cell overlaps the next box: the next stage integrates
-            # the box, and the uncovered rims of those cells lie beyond k_sigma·σ of the
-            # mode, whereas keeping them would count a coarse cell's volume at a node
-            # just outside a sharp peak.
-            reach = 0.5 * spacings[s]
-            inside = jnp.all((xs[s] > (lo_next - reach)[None, :]) & (xs[s] < (hi_next + reach)[None, :]), axis=1)
-            log_mass = jnp.where(inside, -jnp.inf, log_mass)
-        log_masses.append(log_mass)
-    x_all = jnp.concatenate(xs)
-    log_mass_all = jnp.concatenate(log_masses)
+    # The zoom stages share their shapes, so one scan compiles the stage body once.
+    _, (zx, zlp, zvol, zspacing, zlo, zhi) = jax.lax.scan(
+        zoom, (centre, spread, lower, upper, spacing), None, length=settings.n_refine
+    )
+    # Stage s's nodes are replaced by stage s + 1 inside the latter's box. Drop every node
+    # whose cell overlaps the next box: the next stage integrates the box, and the
+    # uncovered rims of those cells lie beyond k_sigma·σ of the mode, whereas keeping
+    # them would count a coarse cell's volume at a node just outside a sharp peak.
+    def covered(nodes_x: Array, node_spacing: Array, lo_next: Array, hi_next: Array) -> Array:
+        reach = 0.5 * node_spacing
+        return jnp.all((nodes_x > (lo_next - reach)[None, :]) & (nodes_x < (hi_next + reach)[None, :]), axis=1)
+
+    if settings.n_refine:
+        coarse_mass = jnp.where(covered(x, spacing, zlo[0], zhi[0]), -jnp.inf, lp + log_vol)
+        zoom_mass = zlp + zvol
+        inside = jax.vmap(covered)(zx[:-1], zspacing[:-1], zlo[1:], zhi[1:])
+        zoom_mass = zoom_mass.at[:-1].set(jnp.where(inside, -jnp.inf, zoom_mass[:-1]))
+        x_all = jnp.concatenate([x, zx.reshape(-1, x.shape[1])])
+        log_mass_all = jnp.concatenate([coarse_mass, zoom_mass.reshape(-1)])
+        lp_all = jnp.concatenate([lp, zlp.reshape(-1)])
+    else:
+        x_all, log_mass_all, lp_all = x, lp + log_vol, lp
     # No within-cell variance term: for a resolved smooth posterior the midpoint rule
     # already integrates (x − μ)² to spectral accuracy, and adding h²/12 inflates σ by 4%.
     mean, cov, w = _moments(x_all, log_mass_all)
-    lp_all = jnp.concatenate(lps)
     best = x_all[jnp.argmax(lp_all)]
     log_evidence = jax.nn.logsumexp(log_mass_all)
     n_eff = 1.0 / jnp.sum(w**2)

@@ -35,6 +35,7 @@ from .._internal import x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ._nuisance import (
     SCAN_STRIDE,
+    AbstractFluxModel,
     DopplerResampler,
     NuisanceModel,
     _lm,
@@ -50,7 +51,7 @@ DEFAULT_SHARED: tuple[str, ...] = ("fe_h", "m_h", "feh", "mh", "metallicity")
 """Label names treated as shared by both components when ``shared`` is not given."""
 
 
-class BinaryModel(eqx.Module):
+class BinaryModel(AbstractFluxModel):
     """Flux of two stars: ``w S_{v1} m(ℓ1) + (1 − w) S_{v1+Δv} m(ℓ2)``.
 
     Parameters are packed as ``[ℓ1 (labels), ℓ2 (free labels), u, Δv, v1]`` with
@@ -288,7 +289,6 @@ def fit_binary(
         fitted, data.wavelength, fit_rv=fit_rv, continuum_order=None, v_max=v_max + dv_max
     )
     spectrum = single_model.spectrum
-    single = fit_nuisance(single_model, data)
     binary = BinaryModel(
         spectrum,
         single_model.resampler,
@@ -297,6 +297,7 @@ def fit_binary(
         bool(fit_rv),
         flux_ratio,
     )
+    single = fit_nuisance(single_model, data)
     k, own = binary.n_labels, binary.free_secondary
     templates = jnp.asarray(_templates(spectrum, n_templates))
     safe_lo, safe_hi = spectrum.safety_box()

