@@ -24,7 +24,7 @@ from ..._internal import x64
 from ...data import InferenceResult, SpectralDataset
 from ._infer import assemble_result, start_pool
 from ._model import Cannon
-from ._test_step import LabelFit, TestStepOptions, fit_labels, spectrum_stats, theta_pairs
+from ._test_step import LabelFit, LabelStepOptions, fit_labels, spectrum_stats, theta_pairs
 from ._train import TrainingOptions, fit_block_impl
 from ._vectorizer import PolynomialVectorizer
 
@@ -94,7 +94,7 @@ def cross_validate(
     model: Cannon,
     data: SpectralDataset,
     *,
-    folds: int | str = 5,
+    folds: Any = 5,
     seed: int = 0,
     star_weights: Any = None,
     n_starts: int = 6,
@@ -198,7 +198,7 @@ def _loo_chunk(
     vectorizer: PolynomialVectorizer,
     train_options: TrainingOptions,
     use_l1: bool,
-    test_options: TestStepOptions,
+    test_options: LabelStepOptions,
 ) -> LabelFit:
     free = jnp.ones(labels.shape[1], dtype=bool)
 
@@ -270,7 +270,7 @@ def _leave_one_out(
     chosen = np.where(pool_index[None, :] == np.arange(n_stars)[:, None], neighbour[None, :], pool_index[None, :])
     starts = labels[chosen]  # (stars, starts, labels), original units
 
-    options = TestStepOptions(max_iter=max_iter, tol=tol)
+    options = LabelStepOptions(max_iter=max_iter, tol=tol)
     use_l1 = bool(np.any(prep.l1 > 0))
     shared = [jnp.asarray(a) for a in (data.flux, data.ivar, labels, prep.weights, prep.active, prep.l1)]
     block = max(1, min(n_stars, (1 << 24) // max(n_stars * n_stars, 1)))

@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ...data import Flag, InferenceResult
-from ._test_step import LabelFit, TestStepOptions, fit_labels, spectrum_stats
+from ._test_step import LabelFit, LabelStepOptions, fit_labels, spectrum_stats
 from ._vectorizer import PolynomialVectorizer
 
 __all__ = [
@@ -174,7 +174,7 @@ def _fit_chunk(
     upper: Float[Array, " labels"],
     box: Float[Array, "2 labels"],
     vectorizer: PolynomialVectorizer,
-    options: TestStepOptions,
+    options: LabelStepOptions,
 ) -> LabelFit:
     def one(f: Array, iv: Array, frozen_value: Array) -> LabelFit:
         stats = spectrum_stats(f, iv, theta, pairs, s2, pixel_ok)
@@ -203,7 +203,7 @@ def run_test_step(
     upper: np.ndarray,
     box: np.ndarray,
     vectorizer: PolynomialVectorizer,
-    options: TestStepOptions,
+    options: LabelStepOptions,
     chunk_size: int,
 ) -> dict[str, np.ndarray]:
     """Fit every spectrum, ``chunk_size`` at a time; returns stacked numpy outputs."""

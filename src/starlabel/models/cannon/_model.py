@@ -24,7 +24,7 @@ from ._infer import (
     run_test_step,
     start_pool,
 )
-from ._test_step import TestStepOptions, theta_pairs
+from ._test_step import LabelStepOptions, theta_pairs
 from ._train import L1_SOLVERS, TrainingOptions, fit_pixels
 from ._vectorizer import PolynomialVectorizer
 
@@ -139,7 +139,7 @@ class Cannon(AbstractSpectralModel):
     order: int = eqx.field(static=True, default=2)
     terms: str | tuple[str, ...] | None = eqx.field(static=True, default=None, converter=_terms)
     censor: Mapping[str, Any] | None = None
-    l1: float | np.ndarray = 0.0
+    l1: Any = 0.0
     l1_solver: str = eqx.field(static=True, default="coordinate_descent")
     max_iter: int = eqx.field(static=True, default=200)
     tol: float = eqx.field(static=True, default=1e-5)
@@ -424,7 +424,7 @@ class FittedCannon(AbstractGenerativeModel):
         data: SpectralDataset,
         *,
         n_starts: int = 6,
-        bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
+        bounds: Mapping[str, Any] | None = None,
         frozen: Mapping[str, Any] | None = None,
         chunk_size: int = 512,
         max_iter: int = 100,
@@ -484,7 +484,7 @@ class FittedCannon(AbstractGenerativeModel):
         pool = start_pool(train, n_starts - 1)
         if len(pool) == 0:
             pool = np.median(train, axis=0)[None, :]
-        options = TestStepOptions(max_iter=max_iter, tol=tol)
+        options = LabelStepOptions(max_iter=max_iter, tol=tol)
         arrays = (self.theta, theta_pairs(self.theta), self.s2, self.pixel_ok)
         raw = run_test_step(
             data.flux, data.ivar, frozen_values, arrays, pool, free, lower, upper,

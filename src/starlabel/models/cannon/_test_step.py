@@ -35,10 +35,10 @@ from jaxtyping import Array, Bool, Float, Int
 from ._normal import outer_pairs, unpack_pairs
 from ._vectorizer import PolynomialVectorizer
 
-__all__ = ["TestStepOptions", "SpectrumStats", "LabelFit", "spectrum_stats", "fit_labels", "theta_pairs"]
+__all__ = ["LabelStepOptions", "SpectrumStats", "LabelFit", "spectrum_stats", "fit_labels", "theta_pairs"]
 
 
-class TestStepOptions(eqx.Module):
+class LabelStepOptions(eqx.Module):
     """Static settings of the test step."""
 
     max_iter: int = eqx.field(static=True, default=100)
@@ -185,7 +185,7 @@ def fit_labels(
     lower: Float[Array, " labels"],
     upper: Float[Array, " labels"],
     start_box: Float[Array, "2 labels"],
-    options: TestStepOptions,
+    options: LabelStepOptions,
 ) -> LabelFit:
     """Fit the labels of one spectrum from several starts (see the module docstring).
 
@@ -202,7 +202,7 @@ def fit_labels(
         Bounds in scaled units (may be ±inf).
     start_box : array, shape (2, labels)
         The linear estimate is clipped into this box (the training range).
-    options : TestStepOptions
+    options : LabelStepOptions
     """
     linear = jnp.clip(linear_start(vectorizer, stats, starts[0]), start_box[0], start_box[1])
     all_starts = jnp.concatenate([linear[None, :], starts], axis=0)
