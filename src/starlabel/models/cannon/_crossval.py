@@ -78,7 +78,7 @@ class CrossValidation:
         return {n: float(np.nanmean(res[:, k])) for k, n in enumerate(self.label_names)}
 
 
-def _check_folds(folds: int | str, n_stars: int) -> int | None:
+def _check_folds(folds: Any, n_stars: int) -> int | None:
     """Number of folds, or None for leave-one-out."""
     if isinstance(folds, str):
         if folds.lower() in ("loo", "leave-one-out"):
