@@ -33,7 +33,7 @@ def _cannon(names: tuple[str, ...], quick: bool) -> AbstractSpectralModel:
 def _lux(names: tuple[str, ...], quick: bool) -> AbstractSpectralModel:
     from .models.lux import Lux
 
-    return Lux(label_names=names, latent_size=max(4, 2 * len(names)), scatter="pixel")
+    return Lux(label_names=names, latent_size=8, scatter="pixel")
 
 
 def _nn(names: tuple[str, ...], quick: bool) -> AbstractSpectralModel:

@@ -7,8 +7,17 @@ from ._metrics import MetricsTable as MetricsTable
 from ._metrics import compare_models as compare_models
 from ._metrics import format_metrics as format_metrics
 from ._metrics import label_metrics as label_metrics
+from ._mixture_plots import plot_line_fit as plot_line_fit
+from ._mixture_plots import plot_membership as plot_membership
+from ._mixture_plots import plot_parallax_components as plot_parallax_components
+from ._mixture_plots import plot_pm_membership as plot_pm_membership
 from ._plots import find_kiel_labels as find_kiel_labels
 from ._plots import plot_kiel as plot_kiel
 from ._plots import plot_one_to_one as plot_one_to_one
 from ._plots import plot_residuals as plot_residuals
 from ._plots import plot_spectrum as plot_spectrum
+from ._report import write_report as write_report
+from ._uncertainty_plots import plot_posterior_corner as plot_posterior_corner
+from ._uncertainty_plots import plot_uncertainty_vs_snr as plot_uncertainty_vs_snr
+from ._uncertainty_plots import plot_zscore_histograms as plot_zscore_histograms
+from ._uncertainty_plots import zscore_summary as zscore_summary
