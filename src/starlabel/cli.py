@@ -220,6 +220,29 @@ def train_nn(
 
 
 # ----------------------------------------------------------------------------- infer
+class EngineName(StrEnum):
+    """Where the pipeline runs."""
+
+    local = "local"
+    ray = "ray"
+
+
+class PriorName(StrEnum):
+    """Label prior for the posterior estimators."""
+
+    none = "none"
+    gaussian = "gaussian"
+    kde = "kde"
+
+
+class EstimatorName(StrEnum):
+    """Point estimate and uncertainty of the test step."""
+
+    map = "map"
+    mean = "mean"
+    nuts = "nuts"
+
+
 @app.command()
 @_user_errors
 def infer(
@@ -228,72 +251,95 @@ def infer(
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Results table: .csv, .fits, .h5 or .parquet.")
     ],
-) -> None:
-    """Infer labels (with `<label>_err`) for every spectrum in the inputs."""
-    from .data import SpectralDataset, read_dataset
-    from .models import load_model
-
-    fitted = load_model(model)
-    datasets = [read_dataset(path) for path in inputs]
-    dataset = SpectralDataset.concatenate(datasets)
-    with console.status(f"inferring labels of {dataset.n_stars} spectra…"):
-        result = fitted.infer(dataset)
-    result.write(output)
-    typer.echo(f"wrote {result.n_stars} rows to {output}")
-
-
-# ----------------------------------------------------------------------------- prepare
-class GridName(StrEnum):
-    """Gap-removed APOGEE output grid."""
-
-    dr12 = "dr12"
-    dr17 = "dr17"
-
-
-class ContinuumName(StrEnum):
-    """Continuum normalisation method."""
-
-    sincos = "sincos"
-    poly = "poly"
-    quantile = "quantile"
-    none = "none"
-
-
-@app.command()
-@_user_errors
-def prepare(
-    inputs: Annotated[list[str], typer.Argument(help="apStar/aspcapStar files or folders of them.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Dataset file to write (.h5 or .npz).")],
-    allstar: Annotated[
-        Path | None, typer.Option(help="allStar catalogue to join labels from (by APOGEE_ID).")
+    prior: Annotated[
+        PriorName, typer.Option(help="Label prior learned from the training labels (for mean/nuts).")
+    ] = PriorName.none,
+    estimator: Annotated[
+        EstimatorName,
+        typer.Option(
+            help="map: multi-start maximum likelihood; mean: grid posterior mean; nuts: NUTS posterior."
+        ),
+    ] = EstimatorName.map,
+    temperature: Annotated[
+        str, typer.Option(help="Likelihood temperature (a number, or 'auto' = cross-validated on --train).")
+    ] = "1",
+    train: Annotated[
+        Path | None, typer.Option(help="Training dataset, needed for --temperature auto.")
     ] = None,
-    labels: Annotated[str | None, typer.Option(help="Label columns to keep, comma-separated.")] = None,
-    grid: Annotated[
-        GridName, typer.Option(help="dr12: 7214 pixels; dr17: 7514 pixels (DR13-17).")
-    ] = GridName.dr17,
-    continuum: Annotated[
-        ContinuumName, typer.Option(help="Continuum method (sincos and poly are linear and S/N-invariant).")
-    ] = ContinuumName.sincos,
-    cont_pixels: Annotated[
-        str | None,
-        typer.Option(help="Continuum pixels on the grid: .npy/.npz/text mask or indices, or 'all'."),
+    fit_rv: Annotated[
+        bool, typer.Option("--fit-rv", help="Fit a radial-velocity shift jointly (columns rv, rv_err).")
+    ] = False,
+    fit_continuum: Annotated[
+        int | None,
+        typer.Option("--fit-continuum", help="Fit a multiplicative continuum of this order per region."),
     ] = None,
+    binary: Annotated[
+        bool,
+        typer.Option("--binary", help="Also fit a two-star model (columns binary, delta_chi2, delta_bic)."),
+    ] = False,
+    chunk_size: Annotated[int, typer.Option(help="Spectra per chunk (bounds memory).")] = 1024,
+    engine: Annotated[
+        EngineName, typer.Option(help="local, or ray (needs starlabel[ray]).")
+    ] = EngineName.local,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (auto or ray://host:port).")
+    ] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Ray workers (default: one per CPU).")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard an earlier run with other options instead of refusing.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Read survey spectra, mask, cut, continuum-normalise and write a dataset."""
-    from .data import write_dataset
-    from .survey import prepare as prepare_spectra
+    """Infer labels (with `<label>_err`) for every spectrum in the inputs, resumably.
 
-    dataset, report = prepare_spectra(
+    Runs chunk by chunk; results are written as they are produced into OUTPUT.run/ and
+    merged into OUTPUT. Re-running the same command after a crash continues where it
+    stopped. The default uncertainties are the Fisher errors including the model's
+    intrinsic scatter.
+    """
+    from .pipeline import run_inference
+
+    options: dict[str, Any] = {}
+    if estimator is not EstimatorName.map:
+        options["estimator"] = estimator.value
+    if prior is not PriorName.none:
+        options["prior"] = prior.value
+    if temperature.strip().lower() == "auto":
+        if train is None:
+            raise ValueError("--temperature auto is cross-validated on the training set; pass --train DATA.")
+        options["temperature"] = "auto"
+        options["train_path"] = str(train)
+    else:
+        try:
+            value = float(temperature)
+        except ValueError:
+            raise ValueError(f"--temperature must be a number or 'auto', got {temperature!r}.") from None
+        if value != 1.0:
+            options["temperature"] = value
+    if fit_rv:
+        options["fit_rv"] = True
+    if fit_continuum is not None:
+        options["continuum_order"] = fit_continuum
+    if binary:
+        options["binary"] = True
+    summary = run_inference(
+        model,
         inputs,
-        allstar=allstar,
-        labels=_split_labels(labels),
-        grid=grid.value,
-        continuum=continuum.value,
-        cont_pixels=cont_pixels,
+        output,
+        chunk_size=chunk_size,
+        engine=engine.value,
+        address=address,
+        num_workers=num_workers,
+        overwrite=overwrite,
+        infer_options=options,
+        progress=progress,
     )
-    typer.echo(str(report))
-    write_dataset(dataset, output)
-    typer.echo(f"wrote {dataset} to {output}")
+    typer.echo(
+        f"wrote {summary.n_written} rows to {output} ({summary.n_processed} inferred now,"
+        f" {summary.n_resumed} resumed, {summary.n_errors} errors; report: {summary.errors_report})"
+    )
+    if summary.n_errors:
+        typer.echo(f"first error: {summary.first_error}", err=True)
 
 
 # ----------------------------------------------------------------------------- evaluate
