@@ -120,7 +120,7 @@ def _load_training_set(data: Path, labels: str) -> Any:
 
     names = _split_labels(labels)
     dataset = read_dataset(data, labels=names)
-    console.print(f"training set: {dataset}")
+    typer.echo(f"training set: {dataset}", err=True)
     return dataset
 
 

@@ -79,12 +79,12 @@ def _run_case(
         folder = out / case / name
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        with console.status(f"[{case}] training {name} on {train.n_stars} stars…"):
+        with console.status(f"{case}: training {name} on {train.n_stars} stars…"):
             fitted: AbstractFittedModel = model.fit(train)
         trained = time.perf_counter() - start
         fitted.save(folder / f"{name}.starlabel")
         start = time.perf_counter()
-        with console.status(f"[{case}] inferring {test.n_stars} test spectra with {name}…"):
+        with console.status(f"{case}: inferring {test.n_stars} test spectra with {name}…"):
             result = fitted.infer(test)
         inferred = time.perf_counter() - start
         result.write(folder / "results.csv")
@@ -92,7 +92,7 @@ def _run_case(
         notes.append(
             f"{name}: trained in {trained:.1f} s, inferred {test.n_stars} spectra in {inferred:.1f} s."
         )
-        console.log(f"[{case}] {name}: train {trained:.1f} s, infer {inferred:.1f} s")
+        console.log(f"{case}: {name}: train {trained:.1f} s, infer {inferred:.1f} s")
         if name == "cannon" and hasattr(fitted, "predict_flux"):
             model_flux = fitted.predict_flux(result.labels[:1])[0]
             plot_spectrum(
