@@ -16,7 +16,7 @@ from starlabel.mixtures import fit_cluster_membership, fit_membership_table, sim
 def simulated():
     sim = simulate_cluster_field(n_field=1000, n_cluster=120, n_missing=4, seed=3)
     result = fit_membership_table(
-        sim.table, position_columns=("ra", "dec"), n_field_max=2, nuts=False, num_samples=300, seed=1
+        sim.table, position_columns=("ra", "dec"), n_field_max=2, num_warmup=200, num_samples=200, seed=1
     )
     return sim, result
 
@@ -34,6 +34,7 @@ def test_simulated_columns_found_by_archive_convention(simulated):
 
 def test_simulated_truth_recovered(simulated):
     sim, result = simulated
+    assert result.fit.method == "nuts" and result.fit.divergences < 5 and result.fit.min_ess > 50
     params = result.fit.parameters()
     for i, name in enumerate(("pmra", "pmdec", "parallax")):
         stats = params[f"mean_{name}"]
@@ -73,8 +74,10 @@ def test_missing_rows_reported_and_kept(simulated):
 
 def test_real_ngc103_field(shared_data, tmp_path):
     path = shared_data / "gaia" / "asteca_field_ngc103_gaiadr3.csv"
+    # Laplace posterior here to keep the suite fast; NUTS is exercised on the simulated
+    # field above and on this one in the tutorial (docs/mixtures.md has its numbers).
     result = fit_membership_table(
-        path, pm_columns=("pmRA", "pmDE"), parallax_column="Plx", num_warmup=300, num_samples=300, seed=0
+        path, pm_columns=("pmRA", "pmDE"), parallax_column="Plx", nuts=False, seed=0
     )
     params = result.fit.parameters()
     assert abs(params["mean_pmra"]["median"] - (-2.8)) < 0.1
@@ -82,7 +85,7 @@ def test_real_ngc103_field(shared_data, tmp_path):
     assert abs(params["mean_parallax"]["median"] - 0.28) < 0.05
     for name in ("mean_pmra", "mean_pmdec", "mean_parallax"):
         assert 0 < params[name]["std"] < 0.02
-    assert result.fit.method == "nuts" and result.fit.divergences < 5
+    assert result.fit.method == "laplace"
     assert result.fit.n_field >= 2  # a single Gaussian field is rejected by BIC
     assert result.fit.bic[1] - min(result.fit.bic.values()) > 100
     n, n_err = result.fit.n_members()

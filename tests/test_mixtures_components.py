@@ -26,6 +26,13 @@ from starlabel.mixtures import (
 from starlabel.mixtures._components import symmetric_inverse
 
 
+def _x64_jit(fn, *args):
+    """Evaluate ``fn(*args)`` jitted in 64-bit: one compile instead of one per eager op."""
+    with jax.enable_x64(True):
+        out = jax.jit(fn)(*jax.tree.map(jnp.asarray, args))
+        return jax.tree.map(np.asarray, out)
+
+
 def _random_spd(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     a = rng.normal(size=(n, d, d))
     return a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(d)[None]
@@ -33,10 +40,9 @@ def _random_spd(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 @pytest.mark.parametrize("dims", [1, 2, 3, 5])
 def test_gaussian_log_prob_matches_scipy(rng, dims):
-    with jax.enable_x64(True):
-        cov = _random_spd(rng, 7, dims)
-        resid = rng.normal(size=(7, dims))
-        got = np.asarray(gaussian_log_prob(jnp.asarray(resid), jnp.asarray(cov)))
+    cov = _random_spd(rng, 7, dims)
+    resid = rng.normal(size=(7, dims))
+    got = _x64_jit(gaussian_log_prob, resid, cov)
     want = [stats.multivariate_normal(np.zeros(dims), c).logpdf(r) for r, c in zip(resid, cov, strict=True)]
     np.testing.assert_allclose(got, want, rtol=1e-10)
 
@@ -44,19 +50,18 @@ def test_gaussian_log_prob_matches_scipy(rng, dims):
 @pytest.mark.parametrize("dims", [1, 2, 3, 4])
 def test_symmetric_inverse_matches_numpy(rng, dims):
     cov = _random_spd(rng, 5, dims)
-    with jax.enable_x64(True):
-        got = np.asarray(symmetric_inverse(jnp.asarray(cov)))
+    got = _x64_jit(symmetric_inverse, cov)
     np.testing.assert_allclose(got, np.linalg.inv(cov), rtol=1e-9, atol=1e-12)
 
 
 def test_gaussian_component_deconvolves_errors(rng):
     """Observed density of N(μ, V) seen through N(0, C_i) is N(μ, V + C_i)."""
-    with jax.enable_x64(True):
-        mean, v = np.array([1.0, -2.0]), np.array([[0.5, 0.1], [0.1, 0.3]])
-        y = rng.normal(size=(6, 2))
-        c = _random_spd(rng, 6, 2) * 0.1
-        got = np.asarray(Gaussian(jnp.asarray(mean), jnp.asarray(v)).log_prob(jnp.asarray(y), jnp.asarray(c)))
-        per_object = Gaussian(jnp.asarray(y + 0.5), jnp.asarray(v)).log_prob(jnp.asarray(y), jnp.asarray(c))
+    mean, v = np.array([1.0, -2.0]), np.array([[0.5, 0.1], [0.1, 0.3]])
+    y = rng.normal(size=(6, 2))
+    c = _random_spd(rng, 6, 2) * 0.1
+    got, per_object = _x64_jit(
+        lambda m, v, y, c: (Gaussian(m, v).log_prob(y, c), Gaussian(y + 0.5, v).log_prob(y, c)), mean, v, y, c
+    )
     want = [stats.multivariate_normal(mean, v + ci).logpdf(yi) for yi, ci in zip(y, c, strict=True)]
     np.testing.assert_allclose(got, want, rtol=1e-10)
     want_shifted = [
@@ -66,14 +71,14 @@ def test_gaussian_component_deconvolves_errors(rng):
 
 
 def test_gaussian_mixture_is_weighted_sum(rng):
-    with jax.enable_x64(True):
-        means = rng.normal(size=(3, 2))
-        covs = _random_spd(rng, 3, 2)
-        w = np.array([0.2, 0.5, 0.3])
-        y = rng.normal(size=(4, 2))
-        c = _random_spd(rng, 4, 2) * 0.05
-        gm = GaussianMixture(jnp.log(jnp.asarray(w) * 7.0), jnp.asarray(means), jnp.asarray(covs))
-        got = np.asarray(gm.log_prob(jnp.asarray(y), jnp.asarray(c)))
+    means = rng.normal(size=(3, 2))
+    covs = _random_spd(rng, 3, 2)
+    w = np.array([0.2, 0.5, 0.3])
+    y = rng.normal(size=(4, 2))
+    c = _random_spd(rng, 4, 2) * 0.05
+    got = _x64_jit(
+        lambda lw, m, v, y, c: GaussianMixture(lw, m, v).log_prob(y, c), np.log(w * 7.0), means, covs, y, c
+    )
     want = [
         np.log(
             sum(
@@ -89,57 +94,52 @@ def test_gaussian_mixture_is_weighted_sum(rng):
 def test_uniform_convolution_matches_quadrature():
     low, high, sigma = -1.0, 2.0, 0.4
     ys = np.array([-2.0, -1.0, 0.3, 2.1, 4.0])
-    with jax.enable_x64(True):
-        got = np.asarray(
-            Uniform(jnp.asarray([low]), jnp.asarray([high])).log_prob(
-                jnp.asarray(ys[:, None]), jnp.full((5, 1, 1), sigma**2)
-            )
-        )
+
+    def log_prob(y, var):
+        return Uniform(jnp.asarray([low], y.dtype), jnp.asarray([high], y.dtype)).log_prob(y, var)
+
+    got = _x64_jit(log_prob, ys[:, None], np.full((5, 1, 1), sigma**2))
     want = [
         np.log(integrate.quad(lambda v, y=y: stats.norm.pdf(y, v, sigma) / (high - low), low, high)[0])
         for y in ys
     ]
     np.testing.assert_allclose(got, want, rtol=1e-8)
-    with jax.enable_x64(True):
-        exact = Uniform(jnp.asarray([low]), jnp.asarray([high])).log_prob(
-            jnp.asarray([[0.0]]), jnp.zeros((1, 1, 1))
-        )
-    np.testing.assert_allclose(np.asarray(exact), [-np.log(3.0)], rtol=1e-12)
+    exact = _x64_jit(log_prob, np.zeros((5, 1)), np.zeros((5, 1, 1)))  # exact data: the plain box
+    np.testing.assert_allclose(exact, np.full(5, -np.log(3.0)), rtol=1e-12)
 
 
 def test_from_distribution_ignores_errors_and_checks_event_shape():
     d = dist.Normal(0.0, 2.0).expand([1]).to_event(1)
     y = jnp.array([[0.5], [3.0]])
-    got = FromDistribution(d).log_prob(y, jnp.ones((2, 1, 1)))
+    got = jax.jit(lambda y, c: FromDistribution(d).log_prob(y, c))(y, jnp.ones((2, 1, 1)))
     np.testing.assert_allclose(np.asarray(got), stats.norm(0, 2).logpdf([0.5, 3.0]), rtol=1e-6)
     with pytest.raises(ValueError, match="event shape"):
         FromDistribution(dist.Normal(0.0, 2.0)).log_prob(jnp.zeros((2, 3)), jnp.zeros((2, 3, 3)))
 
 
 def test_mixture_responsibilities_and_logsumexp(rng):
-    with jax.enable_x64(True):
-        inlier = Gaussian(jnp.zeros(1), jnp.zeros((1, 1)))
-        outlier = Gaussian(jnp.zeros(1), jnp.full((1, 1), 100.0))
-        mix = Mixture((inlier, outlier), jnp.log(jnp.array([0.8, 0.2])))
-        y = jnp.asarray(rng.normal(scale=5.0, size=(50, 1)))
-        cov = jnp.ones((50, 1, 1))
-        resp = np.asarray(mix.responsibilities(y, cov))
-        total = np.asarray(mix.log_prob(y, cov))
-    yv = np.asarray(y)[:, 0]
+    def evaluate(y, cov):
+        inlier = Gaussian(jnp.zeros(1, y.dtype), jnp.zeros((1, 1), y.dtype))
+        outlier = Gaussian(jnp.zeros(1, y.dtype), jnp.full((1, 1), 100.0, y.dtype))
+        mix = Mixture((inlier, outlier), jnp.log(jnp.array([0.8, 0.2], y.dtype)))
+        return mix.responsibilities(y, cov), mix.log_prob(y, cov)
+
+    y = rng.normal(scale=5.0, size=(50, 1))
+    y[0, 0] = 1e4  # far from the line: the densities underflow, their log-sum does not
+    resp, total = _x64_jit(evaluate, y, np.ones((50, 1, 1)))
+    assert np.isfinite(total[0]) and resp[0, 0] == 0.0
+    y, resp, total = y[1:], resp[1:], total[1:]
+    yv = y[:, 0]
     p_in = 0.8 * stats.norm.pdf(yv, 0, 1)
     p_out = 0.2 * stats.norm.pdf(yv, 0, np.sqrt(101.0))
     np.testing.assert_allclose(resp[:, 0], p_in / (p_in + p_out), rtol=1e-9)
     np.testing.assert_allclose(total, np.log(p_in + p_out), rtol=1e-10)
-    # Far from the line, densities underflow in float64 but the log-space sum does not.
-    with jax.enable_x64(True):
-        far = mix.log_prob(jnp.array([[1e4]]), jnp.ones((1, 1, 1)))
-    assert np.isfinite(far).all()
 
 
 def test_membership_over_samples_matches_numpy_average(rng):
     lp = rng.normal(scale=3.0, size=(40, 6, 3))
+    member = _x64_jit(membership_probabilities, lp)
     with jax.enable_x64(True):
-        member = membership_probabilities(jnp.asarray(lp))
         streamed = posterior_membership(
             lambda params, extra: params["lp"] + extra, {"lp": jnp.asarray(lp)}, jnp.zeros((6, 3))
         )
@@ -150,9 +150,9 @@ def test_membership_over_samples_matches_numpy_average(rng):
     np.testing.assert_allclose(np.asarray(streamed.std), cond.std(axis=0), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(np.asarray(member.probability).sum(axis=1), 1.0, rtol=1e-12)
     # One sample = the responsibilities at that point, with zero spread.
-    single = membership_probabilities(jnp.asarray(lp[:1]))
-    np.testing.assert_allclose(np.asarray(single.probability), cond[0], rtol=1e-6)
-    assert float(jnp.max(single.std)) < 1e-6
+    single = _x64_jit(membership_probabilities, lp[:1])
+    np.testing.assert_allclose(single.probability, cond[0], rtol=1e-10)
+    assert float(np.max(single.std)) < 1e-6
 
 
 def test_numpyro_sites_give_the_mixture_log_density():
@@ -165,10 +165,12 @@ def test_numpyro_sites_give_the_mixture_log_density():
         mixture_factor("y", Mixture(comps, jnp.log(w)).component_log_probs(y, cov))
 
     w = jnp.array([0.7, 0.3])
-    with jax.enable_x64(True):
+
+    def log_terms(w):
         trace = numpyro.handlers.trace(numpyro.handlers.substitute(model, {"w": w})).get_trace()
-        factor = trace["y"]["fn"].log_prob(trace["y"]["value"])
-        prior = trace["w"]["fn"].log_prob(w)
+        return trace["y"]["fn"].log_prob(trace["y"]["value"]), trace["w"]["fn"].log_prob(w)
+
+    factor, prior = _x64_jit(log_terms, w)
     yv = np.asarray(y)[:, 0]
     want = np.sum(np.log(0.7 * stats.norm.pdf(yv, 0, 0.5) + 0.3 * stats.norm.pdf(yv, 0, np.sqrt(9.25))))
     np.testing.assert_allclose(float(factor), want, rtol=1e-6)

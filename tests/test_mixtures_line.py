@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from starlabel.evaluate._mixture_plots import plot_line_fit
 from starlabel.mixtures import fit_line_with_outliers, simulate_line_with_outliers
 
 
@@ -48,8 +49,10 @@ def test_membership_separates_outliers(line):
     assert 0.6 < np.median(fit.samples["weights"][:, 0]) < 0.9
 
 
-def test_band_and_summary(line):
-    _, fit = line
+def test_band_summary_and_plot(line, tmp_path):
+    sim, fit = line
+    path = plot_line_fit(fit, sim.x, sim.y, sim.y_err, tmp_path / "line.png", truth=(3.17, -11.9))
+    assert path.stat().st_size > 10_000
     median, low, high = fit.band(np.array([0.0, 10.0]))
     assert np.all(low < median) and np.all(median < high)
     np.testing.assert_allclose(

@@ -16,14 +16,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ._plots import _save
+
 __all__ = ["plot_pm_membership", "plot_parallax_components", "plot_line_fit", "plot_membership"]
-
-
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def _fitted_columns(result: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -158,6 +153,7 @@ def plot_parallax_components(
         ax.set_ylabel("stars per bin")
         if log:
             ax.set_yscale("log")
+            ax.set_ylim(bottom=0.3)  # below one star per bin the weighted tails are noise
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)

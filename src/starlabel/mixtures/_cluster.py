@@ -167,7 +167,9 @@ def _run_em(
         lp = _full_log_probs(state, y, y_cov, positions, log_area, use_positions)
         return state, jnp.sum(jss.logsumexp(lp, axis=1)), it
 
-    return jax.vmap(run_one)(state, active)
+    # Sequentially (lax.map), not vmapped: under vmap every K would run as many EM
+    # iterations as the slowest one needs.
+    return jax.lax.map(lambda pair: run_one(*pair), (state, active))
 
 
 def _peak_guess(y: np.ndarray, y_err: np.ndarray) -> tuple[np.ndarray, float]:
