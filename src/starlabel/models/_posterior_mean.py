@@ -148,8 +148,8 @@ def polynomial_spectrum(fitted: Any) -> PolynomialSpectrum:
         pixel_ok = jnp.ones(theta.shape[0], dtype=bool) if pixel_ok is None else jnp.asarray(pixel_ok)
         space = getattr(fitted, "label_space", None)
         if space is not None:
-            train = jnp.asarray(space.train) * scale + shift
-            box = jnp.asarray(space.box) * scale + shift
+            train = jnp.asarray(space.train) * scale[None, :] + shift[None, :]
+            box = jnp.asarray(space.box) * scale[None, :] + shift[None, :]
         else:
             train = shift[None, :]
             box = jnp.stack([shift - 3 * scale, shift + 3 * scale])
