@@ -423,7 +423,7 @@ class FittedCannon(AbstractGenerativeModel):
         self,
         data: SpectralDataset,
         *,
-        n_starts: int = 6,
+        n_starts: int = 4,
         bounds: Mapping[str, Any] | None = None,
         frozen: Mapping[str, Any] | None = None,
         chunk_size: int = 512,
