@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from starlabel.data import SpectralDataset, read_result, simulate_cannon, write_dataset
+from starlabel.data import SpectralDataset, read_dataset, read_result, simulate_cannon, write_dataset
 from starlabel.models import save_model
 from starlabel.pipeline import run_inference
 
@@ -17,12 +17,14 @@ cannon = pytest.importorskip(
 
 
 def test_cannon_run_equals_direct_inference(tmp_path: Path) -> None:
-    train = simulate_cannon(300, 60, 3, seed=5).dataset
+    # One simulation, split: each simulator seed draws its own spectral model.
+    every = simulate_cannon(300 + 128, 60, 3, seed=5).dataset
+    train = every[:300]
     fitted = cannon.Cannon(label_names=train.label_names, order=2).fit(train)
     model_path = save_model(fitted, tmp_path / "cannon.starlabel")
     files = []
     for i in range(2):
-        data = simulate_cannon(64, 60, 3, seed=20 + i).dataset
+        data = every[300 + 64 * i : 300 + 64 * (i + 1)]
         data = data.replace(ids=[f"f{i}s{j}" for j in range(64)])
         files.append(write_dataset(data, tmp_path / f"obs{i}.npz"))
     output = tmp_path / "labels.fits"
@@ -33,7 +35,7 @@ def test_cannon_run_equals_direct_inference(tmp_path: Path) -> None:
     )  # fmt: skip
     assert summary.complete and summary.n_written == 128
     got = read_result(output)
-    data = SpectralDataset.concatenate([simulate_cannon(64, 60, 3, seed=20 + i).dataset for i in range(2)])
+    data = SpectralDataset.concatenate([read_dataset(f) for f in files])
     want = fitted.infer(data, chunk_size=32)
     np.testing.assert_allclose(got.labels, want.labels, rtol=1e-10)
     np.testing.assert_allclose(got.label_err, want.label_err, rtol=1e-8)
