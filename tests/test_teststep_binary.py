@@ -6,13 +6,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_teststep_sim import PIVOT, SCALE, LineList, apogee_wavelength, draw_labels, line_list_theta, truth_spectrum
 
 from starlabel.data import SpectralDataset
 from starlabel.models._binary import BinaryModel, fit_binary
 from starlabel.models._nuisance import build_nuisance_model
-from starlabel.models._posterior_mean import PolynomialSpectrum
-from starlabel.models.cannon import PolynomialVectorizer
+from test_teststep_sim import (
+    PIVOT,
+    SCALE,
+    LineList,
+    apogee_wavelength,
+    draw_labels,
+    line_list_theta,
+    template_model,
+    truth_spectrum,
+)
 
 N_PIXELS = 2920  # APOGEE's blue chip: enough lines, a quarter of the cost of all three
 
@@ -32,7 +39,9 @@ def _binaries(lines, wavelength, rng, n):
     w = rng.uniform(0.3, 0.7, n)
     dv = rng.choice([-1.0, 1.0], n) * rng.uniform(10.0, 50.0, n)
     v1 = rng.uniform(-20.0, 20.0, n)
-    flux = w[:, None] * lines.flux(primary, wavelength, v1) + (1 - w[:, None]) * lines.flux(secondary, wavelength, v1 + dv)
+    flux = w[:, None] * lines.flux(primary, wavelength, v1) + (1 - w[:, None]) * lines.flux(
+        secondary, wavelength, v1 + dv
+    )
     err = np.full_like(flux, 0.01)  # S/N 100
     data = SpectralDataset(flux + rng.normal(size=flux.shape) * err, flux_err=err, wavelength=wavelength)
     return data, w, dv
@@ -61,8 +70,13 @@ def test_synthetic_binaries_flagged_and_singles_not(chip, rng):
 
 def test_binary_jacobian_matches_autodiff():
     wavelength = apogee_wavelength(400)
-    model = truth_spectrum(line_list_theta(LineList(wavelength), wavelength), PIVOT, SCALE, np.zeros(400),
-                           draw_labels(np.random.default_rng(1), 50))
+    model = truth_spectrum(
+        line_list_theta(LineList(wavelength), wavelength),
+        PIVOT,
+        SCALE,
+        np.zeros(400),
+        draw_labels(np.random.default_rng(1), 50),
+    )
     single = build_nuisance_model(model, wavelength, fit_rv=True, v_max=100.0)
     binary = BinaryModel(model, single.resampler, single.theta_spline, (2,), True)
     with jax.enable_x64(True):
@@ -82,31 +96,24 @@ def test_real_double_lined_visits(shared_data):
     wavelength = np.load(shared_data / "apogee" / "thepayne_apogee_wavelength.npz")["wavelength"]
     flux, err = visits["spectra"], visits["spec_errs"]
     template, good = flux[2], (err[2] < 0.05) & (flux[2] > 0.2)
-    # One label, "depth", scales the template's lines: flux = 1 + (1 + depth)(template − 1).
-    with jax.enable_x64(True):
-        model = PolynomialSpectrum(
-            ("depth",),
-            PolynomialVectorizer.from_order(("depth",), 1),
-            jnp.zeros(1),
-            jnp.ones(1),
-            jnp.asarray(np.stack([np.where(good, template, 1.0), np.where(good, template - 1.0, 0.0)], axis=1)),
-            jnp.zeros(len(wavelength)),
-            jnp.asarray(good),
-            jnp.array([[-0.5], [0.0], [0.5]]),
-            jnp.array([[-0.5], [0.5]]),
-        )
+    model = template_model(template, good)
     data = SpectralDataset(flux, flux_err=err, wavelength=wavelength, ids=["visit0", "visit1", "visit2"])
     result = fit_binary(model, data, shared=("depth",), v_max=100.0, dv_max=200.0, dv_step=3.0)
     assert result.extra["binary"].tolist() == [True, True, False]
     pixel_kms = 6e-6 * np.log(10) * 299_792.458
-    np.testing.assert_allclose(np.abs(result.extra["binary_dv"][:2]), [28 * pixel_kms, 13 * pixel_kms], atol=6.0)
+    np.testing.assert_allclose(
+        np.abs(result.extra["binary_dv"][:2]), [28 * pixel_kms, 13 * pixel_kms], atol=6.0
+    )
     assert np.all((result.extra["binary_w"][:2] > 0.5) & (result.extra["binary_w"][:2] < 0.8))
     assert np.all(result.extra["chi2_binary"][:2] < 0.75 * result.chi2[:2])
 
 
 def test_binary_errors_are_clear(chip):
     model, lines, wavelength = chip
-    data = SpectralDataset(lines.flux(draw_labels(np.random.default_rng(0), 2), wavelength), flux_err=np.full((2, N_PIXELS), 0.01))
+    data = SpectralDataset(
+        lines.flux(draw_labels(np.random.default_rng(0), 2), wavelength),
+        flux_err=np.full((2, N_PIXELS), 0.01),
+    )
     with pytest.raises(ValueError, match="wavelength"):
         fit_binary(model, data)
     with pytest.raises(ValueError, match="unknown labels"):

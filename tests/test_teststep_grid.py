@@ -22,7 +22,9 @@ def test_gaussian_moments_from_coarse_to_very_narrow(rng):
     sigma = np.geomspace(1e-3, 0.6, 12)
     mean = rng.uniform(-1.0, 1.0, (12, 3))  # ≥ 3σ inside the box, so truncation is negligible
     args = np.hstack([mean, np.repeat(sigma[:, None], 3, axis=1)])
-    post = grid_posterior(gaussian_log_likelihood, FlatPrior(names), jnp.asarray(args), lower=[-3] * 3, upper=[3] * 3)
+    post = grid_posterior(
+        gaussian_log_likelihood, FlatPrior(names), jnp.asarray(args), lower=[-3] * 3, upper=[3] * 3
+    )
     got_mean, got_cov = np.asarray(post.mean), np.asarray(post.cov)
     np.testing.assert_allclose((got_mean - mean) / sigma[:, None], 0.0, atol=2e-3)
     std = np.sqrt(np.diagonal(got_cov, axis1=1, axis2=2))
@@ -40,7 +42,12 @@ def test_conjugate_gaussian_with_correlated_prior_and_temperature(rng):
     y = np.array([[0.6, 0.1, 0.3, 0.2], [-0.4, 0.5, 0.1, 0.5]])
     for temperature in (1.0, 4.0):
         post = grid_posterior(
-            gaussian_log_likelihood, prior, jnp.asarray(y), lower=[-4, -4], upper=[4, 4], temperature=temperature
+            gaussian_log_likelihood,
+            prior,
+            jnp.asarray(y),
+            lower=[-4, -4],
+            upper=[4, 4],
+            temperature=temperature,
         )
         for row, star in enumerate(y):
             like_prec = np.diag(1.0 / (temperature * star[2:] ** 2))
@@ -81,7 +88,11 @@ def test_qmc_nodes_for_five_labels(rng):
     mean = rng.uniform(-1, 1, (3, 5))
     sigma = np.array([[0.3], [0.05], [0.01]]) * np.ones((1, 5))
     post = grid_posterior(
-        gaussian_log_likelihood, FlatPrior(names), jnp.asarray(np.hstack([mean, sigma])), lower=[-3] * 5, upper=[3] * 5
+        gaussian_log_likelihood,
+        FlatPrior(names),
+        jnp.asarray(np.hstack([mean, sigma])),
+        lower=[-3] * 5,
+        upper=[3] * 5,
     )
     np.testing.assert_allclose((np.asarray(post.mean) - mean) / sigma, 0.0, atol=0.05)
     std = np.sqrt(np.diagonal(np.asarray(post.cov), axis1=1, axis2=2))
@@ -92,7 +103,9 @@ def test_chunking_does_not_change_results(rng):
     names = ("a", "b")
     args = jnp.asarray(np.hstack([rng.uniform(-1, 1, (7, 2)), rng.uniform(0.01, 0.3, (7, 2))]))
     whole = grid_posterior(gaussian_log_likelihood, FlatPrior(names), args, lower=[-2, -2], upper=[2, 2])
-    parts = grid_posterior(gaussian_log_likelihood, FlatPrior(names), args, lower=[-2, -2], upper=[2, 2], chunk_size=3)
+    parts = grid_posterior(
+        gaussian_log_likelihood, FlatPrior(names), args, lower=[-2, -2], upper=[2, 2], chunk_size=3
+    )
     np.testing.assert_allclose(np.asarray(parts.mean), np.asarray(whole.mean), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(parts.cov), np.asarray(whole.cov), rtol=1e-10, atol=1e-15)
 
@@ -107,6 +120,8 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="temperature"):
         grid_posterior(gaussian_log_likelihood, prior, args, lower=[0, 0], upper=[1, 1], temperature=0.0)
     with pytest.raises(ValueError, match="same leading"):
-        grid_posterior(gaussian_log_likelihood, prior, (jnp.zeros((2, 2)), jnp.zeros((3, 2))), lower=[0, 0], upper=[1, 1])
+        grid_posterior(
+            gaussian_log_likelihood, prior, (jnp.zeros((2, 2)), jnp.zeros((3, 2))), lower=[0, 0], upper=[1, 1]
+        )
     with pytest.raises(ValueError, match="kind"):
         quadrature_nodes(2, kind="sobol")

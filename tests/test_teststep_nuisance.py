@@ -6,8 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from starlabel.data import SpectralDataset
+from starlabel.models._nuisance import (
+    DopplerResampler,
+    build_nuisance_model,
+    find_regions,
+    infer_with_nuisance,
+)
 from test_teststep_sim import (
-    NAMES,
     PIVOT,
     SCALE,
     LineList,
@@ -18,14 +25,6 @@ from test_teststep_sim import (
     truth_spectrum,
 )
 
-from starlabel.data import SpectralDataset
-from starlabel.models._nuisance import (
-    DopplerResampler,
-    build_nuisance_model,
-    find_regions,
-    infer_with_nuisance,
-)
-
 
 @pytest.fixture(scope="module")
 def full_model():
@@ -33,7 +32,9 @@ def full_model():
     wavelength = apogee_wavelength()
     lines = LineList(wavelength)
     train = draw_labels(np.random.default_rng(1), 300)
-    return truth_spectrum(line_list_theta(lines, wavelength), PIVOT, SCALE, np.full(len(wavelength), 0.002), train)
+    return truth_spectrum(
+        line_list_theta(lines, wavelength), PIVOT, SCALE, np.full(len(wavelength), 0.002), train
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,9 @@ def two_chip_model():
     wavelength = apogee_wavelength(3600)
     lines = LineList(wavelength)
     train = draw_labels(np.random.default_rng(1), 300)
-    return truth_spectrum(line_list_theta(lines, wavelength), PIVOT, SCALE, np.full(len(wavelength), 0.002), train)
+    return truth_spectrum(
+        line_list_theta(lines, wavelength), PIVOT, SCALE, np.full(len(wavelength), 0.002), train
+    )
 
 
 def test_regions_follow_the_apogee_chip_gaps():
@@ -82,7 +85,9 @@ def test_nuisance_jacobian_matches_autodiff():
     small = truth_spectrum(line_list_theta(lines, wavelength), PIVOT, SCALE, np.zeros(3000), train)
     model = build_nuisance_model(small, wavelength, fit_rv=True, continuum_order=2)
     with jax.enable_x64(True):
-        params = jnp.concatenate([jnp.array([4600.0, 2.3, -0.3, 17.0]), jnp.tile(jnp.array([1.02, 0.01, -0.02]), 2)])
+        params = jnp.concatenate(
+            [jnp.array([4600.0, 2.3, -0.3, 17.0]), jnp.tile(jnp.array([1.02, 0.01, -0.02]), 2)]
+        )
         analytic = model.jacobian(params)
         auto = jax.jacfwd(model.flux)(params)
     np.testing.assert_allclose(np.asarray(analytic), np.asarray(auto), atol=1e-10)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 
@@ -60,15 +59,25 @@ def test_kde_prior_beats_map_at_low_snr():
 def test_temperature_cv_finds_misspecification():
     # Exact model, few noisy pixels: the likelihood is honest, T = 1 wins.
     exact = simulate_cannon(n_stars=240, n_pixels=30, snr=50.0, seed=5)
-    chosen = select_temperature(Cannon(exact.dataset.label_names), exact.dataset, prior="gaussian",
-                                temperatures=(1.0, 3.0, 10.0), n_folds=3)
+    chosen = select_temperature(
+        Cannon(exact.dataset.label_names),
+        exact.dataset,
+        prior="gaussian",
+        temperatures=(1.0, 3.0, 10.0),
+        n_folds=3,
+    )
     assert chosen.temperature == 1.0
     # Cubic truth fitted by a linear model on many sharp pixels: the model errors are
     # coherent across pixels, which s² (independent per pixel) cannot absorb, so the
     # untempered posterior is far too narrow (measured z std ≈ 1.4 at T = 1).
     wrong = simulate_cannon(n_stars=240, n_pixels=200, snr=200.0, order=3, seed=5)
-    chosen = select_temperature(Cannon(wrong.dataset.label_names, order=1), wrong.dataset, prior="gaussian",
-                                temperatures=(1.0, 3.0, 10.0), n_folds=3)
+    chosen = select_temperature(
+        Cannon(wrong.dataset.label_names, order=1),
+        wrong.dataset,
+        prior="gaussian",
+        temperatures=(1.0, 3.0, 10.0),
+        n_folds=3,
+    )
     assert chosen.temperature == 10.0
     assert chosen.log_score[2] > chosen.log_score[0] + 10.0
     assert chosen.z_std[0, 0] > 1.2 and chosen.z_std[2, 0] < chosen.z_std[0, 0]

@@ -67,9 +67,12 @@ def test_localised_kde_agrees_near_its_centre(labels):
         lambda L: FlatPrior(NAMES),
         lambda L: GaussianPrior.fit(L, NAMES),
         lambda L: KDEPrior.fit(L, NAMES, bandwidth=0.3),
-        lambda L: DistributionPrior(NAMES, dist.Normal(jnp.array([4800.0, 2.5, 0.0]), jnp.array([300.0, 0.5, 0.3])).to_event(1)),
         lambda L: DistributionPrior(
-            NAMES, dist.MultivariateNormal(jnp.array([4800.0, 2.5, 0.0]), jnp.diag(jnp.array([9e4, 0.25, 0.09])))
+            NAMES, dist.Normal(jnp.array([4800.0, 2.5, 0.0]), jnp.array([300.0, 0.5, 0.3])).to_event(1)
+        ),
+        lambda L: DistributionPrior(
+            NAMES,
+            dist.MultivariateNormal(jnp.array([4800.0, 2.5, 0.0]), jnp.diag(jnp.array([9e4, 0.25, 0.09]))),
         ),
         lambda L: DistributionPrior(
             NAMES, dist.Uniform(jnp.array([4000.0, 1.0, -1.0]), jnp.array([5500.0, 3.5, 0.5])).to_event(1)
@@ -87,7 +90,9 @@ def test_priors_round_trip_through_json(make, labels):
 
 
 def test_uniform_distribution_prior_support_is_its_bounds():
-    prior = DistributionPrior(NAMES, dist.Uniform(jnp.array([4000.0, 1.0, -1.0]), jnp.array([5500.0, 3.5, 0.5])).to_event(1))
+    prior = DistributionPrior(
+        NAMES, dist.Uniform(jnp.array([4000.0, 1.0, -1.0]), jnp.array([5500.0, 3.5, 0.5])).to_event(1)
+    )
     lower, upper = prior.support()
     np.testing.assert_allclose(lower, [4000.0, 1.0, -1.0])
     np.testing.assert_allclose(upper, [5500.0, 3.5, 0.5])
@@ -101,7 +106,9 @@ def test_resolve_prior_names_and_reordering(labels):
     assert isinstance(kde, KDEPrior)
     swapped = resolve_prior(kde, ("logg", "teff", "m_h"))
     point = labels[3]
-    assert _log_prob(swapped, point[[1, 0, 2]][None])[0] == pytest.approx(_log_prob(kde, point[None])[0], rel=1e-12)
+    assert _log_prob(swapped, point[[1, 0, 2]][None])[0] == pytest.approx(
+        _log_prob(kde, point[None])[0], rel=1e-12
+    )
     wrapped = resolve_prior(dist.Normal(jnp.zeros(3), 1.0).to_event(1), NAMES)
     assert isinstance(wrapped, DistributionPrior)
 
@@ -121,5 +128,9 @@ def test_prior_errors_name_the_problem(labels):
         GaussianPrior.fit(labels[:3], NAMES)
     with pytest.raises(ValueError, match="refusing to import"):
         prior_from_dict(
-            {"kind": "numpyro", "label_names": list(NAMES), "distribution": {"__pytree__": "os:system", "children": [], "aux": None}}
+            {
+                "kind": "numpyro",
+                "label_names": list(NAMES),
+                "distribution": {"__pytree__": "os:system", "children": [], "aux": None},
+            }
         )

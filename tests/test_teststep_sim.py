@@ -172,3 +172,30 @@ def test_line_list_theta_reproduces_the_flux(rng):
     with jax.enable_x64(True):
         predicted = np.asarray(jax.vmap(model.flux)(jax.numpy.asarray(labels)))
     np.testing.assert_allclose(predicted, lines.flux(labels, wavelength), atol=1e-10)
+
+
+def template_model(template: np.ndarray, good: np.ndarray):
+    """A one-label model made from one observed spectrum: ``1 + (1 + depth)(template − 1)``.
+
+    Used to fit real visits as binaries of two copies of a template star (the label
+    "depth" scales its lines; both components share it). Pixels not ``good`` are ignored.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from starlabel.models._posterior_mean import PolynomialSpectrum
+    from starlabel.models.cannon import PolynomialVectorizer
+
+    theta = np.stack([np.where(good, template, 1.0), np.where(good, template - 1.0, 0.0)], axis=1)
+    with jax.enable_x64(True):
+        return PolynomialSpectrum(
+            ("depth",),
+            PolynomialVectorizer.from_order(("depth",), 1),
+            jnp.zeros(1),
+            jnp.ones(1),
+            jnp.asarray(theta),
+            jnp.zeros(len(template)),
+            jnp.asarray(good),
+            jnp.array([[-0.5], [0.0], [0.5]]),
+            jnp.array([[-0.5], [0.5]]),
+        )

@@ -51,7 +51,7 @@ LogLikelihoodFn = Callable[[Float[Array, " labels"], Args], Float[Array, ""]]
 
 
 class GridPosterior(eqx.Module):
-    """Posterior summaries per star from :func:`grid_posterior` (labels in their own units).
+    r"""Posterior summaries per star from :func:`grid_posterior` (labels in their own units).
 
     Attributes
     ----------
@@ -62,9 +62,9 @@ class GridPosterior(eqx.Module):
     best : Float[Array, "stars labels"]
         The node of highest posterior density (a grid estimate of the MAP).
     log_evidence : Float[Array, " stars"]
-        :math:`\\log \\int p(d|\\ell)^{1/T} p(\\ell)\\, d\\ell` over the box.
+        :math:`\log \int p(d|\ell)^{1/T} p(\ell)\, d\ell` over the box.
     n_eff : Float[Array, " stars"]
-        Effective number of nodes carrying the mass, :math:`1/\\sum w_i^2`; below ~10
+        Effective number of nodes carrying the mass, :math:`1/\sum w_i^2`; below ~10
         the posterior is not resolved by the finest stage.
     mode2 : Float[Array, "stars labels"]
         Mean of the secondary basin on the coarse stage (NaN when there is none).
@@ -287,20 +287,25 @@ def _one_star(
         focus = jnp.clip(centre, lo, hi)
         stage_prior = prior.localise(focus)
         x, lp, log_vol, spacing = evaluate(lo, hi, stage_prior, zoom_nodes, (focus, spread))
-        centre, spread = _zoom_target(x, lp + log_vol, jnp.argmax(lp), spacing, lambda z: log_post(z, stage_prior))
+        centre, spread = _zoom_target(
+            x, lp + log_vol, jnp.argmax(lp), spacing, lambda z: log_post(z, stage_prior)
+        )
         return (centre, spread, lo, hi, spacing), (x, lp, log_vol, spacing, lo, hi)
 
     # The zoom stages share their shapes, so one scan compiles the stage body once.
     _, (zx, zlp, zvol, zspacing, zlo, zhi) = jax.lax.scan(
         zoom, (centre, spread, lower, upper, spacing), None, length=settings.n_refine
     )
+
     # Stage s's nodes are replaced by stage s + 1 inside the latter's box. Drop every node
     # whose cell overlaps the next box: the next stage integrates the box, and the
     # uncovered rims of those cells lie beyond k_sigma·σ of the mode, whereas keeping
     # them would count a coarse cell's volume at a node just outside a sharp peak.
     def covered(nodes_x: Array, node_spacing: Array, lo_next: Array, hi_next: Array) -> Array:
         reach = 0.5 * node_spacing
-        return jnp.all((nodes_x > (lo_next - reach)[None, :]) & (nodes_x < (hi_next + reach)[None, :]), axis=1)
+        return jnp.all(
+            (nodes_x > (lo_next - reach)[None, :]) & (nodes_x < (hi_next + reach)[None, :]), axis=1
+        )
 
     if settings.n_refine:
         coarse_mass = jnp.where(covered(x, spacing, zlo[0], zhi[0]), -jnp.inf, lp + log_vol)
@@ -430,7 +435,9 @@ def grid_posterior(
     Owen (2013), *Monte Carlo theory, methods and examples*, ch. 15 (quasi-Monte Carlo).
     """
     if not isinstance(prior, AbstractLabelPrior):
-        raise TypeError(f"`prior` must be an AbstractLabelPrior (see resolve_prior), got {type(prior).__name__}.")
+        raise TypeError(
+            f"`prior` must be an AbstractLabelPrior (see resolve_prior), got {type(prior).__name__}."
+        )
     lower_np = np.asarray(lower, dtype=np.float64).reshape(-1)
     upper_np = np.asarray(upper, dtype=np.float64).reshape(-1)
     k = prior.n_labels
@@ -440,7 +447,9 @@ def grid_posterior(
             f" got {lower_np.shape} and {upper_np.shape}."
         )
     if not np.all(np.isfinite(lower_np) & np.isfinite(upper_np) & (upper_np > lower_np)):
-        raise ValueError(f"the box must be finite with upper > lower; got lower={lower_np}, upper={upper_np}.")
+        raise ValueError(
+            f"the box must be finite with upper > lower; got lower={lower_np}, upper={upper_np}."
+        )
     if not temperature > 0:
         raise ValueError(f"`temperature` must be > 0, got {temperature}.")
     if n_refine < 0 or chunk_size < 1 or k_sigma <= 0 or not 0 < min_mode_mass < 1:

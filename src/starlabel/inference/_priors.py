@@ -112,7 +112,7 @@ class AbstractLabelPrior(eqx.Module):
         return out
 
     def reorder(self, label_names: Sequence[str]) -> AbstractLabelPrior:
-        """This prior with its labels permuted into ``label_names`` order.
+        """Return the prior with its labels permuted into ``label_names`` order.
 
         Raises
         ------
@@ -244,7 +244,9 @@ class GaussianPrior(AbstractLabelPrior):
 
     def log_prob(self, labels: Float[Array, " labels"]) -> Float[Array, ""]:
         chol = jnp.linalg.cholesky(self.cov)
-        inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(self.n_labels, dtype=chol.dtype), lower=True)
+        inv_chol = jax.scipy.linalg.solve_triangular(
+            chol, jnp.eye(self.n_labels, dtype=chol.dtype), lower=True
+        )
         z = inv_chol @ (labels - self.mean)
         log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
         return -0.5 * (z @ z + log_det + self.n_labels * math.log(2.0 * math.pi))
@@ -353,7 +355,9 @@ class KDEPrior(AbstractLabelPrior):
     def _whitened(self) -> tuple[Array, Array, Array]:
         """Inverse Cholesky factor W of the bandwidth (H⁻¹ = WᵀW), whitened kernel centres, log norm."""
         chol = jnp.linalg.cholesky(self.bandwidth)
-        inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(self.n_labels, dtype=chol.dtype), lower=True)
+        inv_chol = jax.scipy.linalg.solve_triangular(
+            chol, jnp.eye(self.n_labels, dtype=chol.dtype), lower=True
+        )
         log_norm = -jnp.sum(jnp.log(jnp.diagonal(chol))) - 0.5 * self.n_labels * math.log(2.0 * math.pi)
         return inv_chol, self.points @ inv_chol.T, log_norm
 
@@ -406,7 +410,9 @@ class _LocalKDE(AbstractLabelPrior):
 
     def log_prob(self, labels: Float[Array, " labels"]) -> Float[Array, ""]:
         chol = jnp.linalg.cholesky(self.bandwidth)
-        inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(self.n_labels, dtype=chol.dtype), lower=True)
+        inv_chol = jax.scipy.linalg.solve_triangular(
+            chol, jnp.eye(self.n_labels, dtype=chol.dtype), lower=True
+        )
         log_norm = -jnp.sum(jnp.log(jnp.diagonal(chol))) - 0.5 * self.n_labels * math.log(2.0 * math.pi)
         sq = jnp.sum((self.points @ inv_chol.T - (inv_chol @ labels)[None, :]) ** 2, axis=1)
         return jax.nn.logsumexp(-0.5 * sq) + log_norm + self.offset
@@ -527,13 +533,19 @@ class DistributionPrior(AbstractLabelPrior):
         constraint = self.distribution.support
         while hasattr(constraint, "base_constraint"):  # independent(interval(...)) etc.
             constraint = constraint.base_constraint
-        lower = np.broadcast_to(np.asarray(getattr(constraint, "lower_bound", -np.inf), dtype=float), (self.n_labels,))
-        upper = np.broadcast_to(np.asarray(getattr(constraint, "upper_bound", np.inf), dtype=float), (self.n_labels,))
+        lower = np.broadcast_to(
+            np.asarray(getattr(constraint, "lower_bound", -np.inf), dtype=float), (self.n_labels,)
+        )
+        upper = np.broadcast_to(
+            np.asarray(getattr(constraint, "upper_bound", np.inf), dtype=float), (self.n_labels,)
+        )
         if np.all(np.isfinite(lower)) and np.all(np.isfinite(upper)):
             return lower.copy(), upper.copy()
         mean = np.asarray(self.distribution.mean, dtype=float)
         std = np.sqrt(np.asarray(self.distribution.variance, dtype=float))
-        return np.where(np.isfinite(lower), lower, mean - 5 * std), np.where(np.isfinite(upper), upper, mean + 5 * std)
+        return np.where(np.isfinite(lower), lower, mean - 5 * std), np.where(
+            np.isfinite(upper), upper, mean + 5 * std
+        )
 
     def _params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"distribution": _encode(self.distribution)}
@@ -637,7 +649,9 @@ def resolve_prior(
                 )
             fit = GaussianPrior.fit if choice == "gaussian" else KDEPrior.fit
             return fit(train_labels, names)
-        raise ValueError(f"unknown prior {prior!r}; choose one of ['none', 'gaussian', 'kde'] or pass a prior object.")
+        raise ValueError(
+            f"unknown prior {prior!r}; choose one of ['none', 'gaussian', 'kde'] or pass a prior object."
+        )
     if hasattr(prior, "log_prob") and hasattr(prior, "event_shape"):
         return DistributionPrior(names, prior)
     raise TypeError(

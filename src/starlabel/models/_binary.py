@@ -32,7 +32,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._internal import x64
-from ..data import Flag, InferenceResult, SpectralDataset
+from ..data import InferenceResult, SpectralDataset
 from ._nuisance import (
     SCAN_STRIDE,
     AbstractFluxModel,
@@ -42,6 +42,7 @@ from ._nuisance import (
     _templates,
     build_nuisance_model,
     fit_nuisance,
+    fit_quality,
 )
 from ._posterior_mean import PolynomialSpectrum
 
@@ -153,7 +154,9 @@ def _shared_indices(label_names: tuple[str, ...], shared: Sequence[str] | None) 
         return tuple(i for i, n in enumerate(label_names) if n.lower() in DEFAULT_SHARED)
     unknown = [n for n in shared if n not in label_names]
     if unknown:
-        raise ValueError(f"`shared` names unknown labels {unknown}; the model's labels are {list(label_names)}.")
+        raise ValueError(
+            f"`shared` names unknown labels {unknown}; the model's labels are {list(label_names)}."
+        )
     return tuple(label_names.index(n) for n in shared)
 
 
@@ -298,7 +301,7 @@ def fit_binary(
         flux_ratio,
     )
     single = fit_nuisance(single_model, data)
-    k, own = binary.n_labels, binary.free_secondary
+    own = binary.free_secondary
     templates = jnp.asarray(_templates(spectrum, n_templates))
     safe_lo, safe_hi = spectrum.safety_box()
     lower = jnp.asarray(np.concatenate([safe_lo, safe_lo[own], [-30.0, -dv_max, -v_max]]))
@@ -315,7 +318,14 @@ def fit_binary(
         if pad:
             arrays = [np.concatenate([a, np.repeat(a[:1], pad, axis=0)]) for a in arrays]
         out = _fit_binary_chunk(
-            binary, *(jnp.asarray(a) for a in arrays), templates, dv_grid, lower, upper, int(n_starts), int(n_iter)
+            binary,
+            *(jnp.asarray(a) for a in arrays),
+            templates,
+            dv_grid,
+            lower,
+            upper,
+            int(n_starts),
+            int(n_iter),
         )
         outs.append(jax.tree.map(lambda a, n=end - begin: np.asarray(a)[:n], out))
     fit = jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
@@ -347,7 +357,9 @@ def _assemble(
     j = len(own)
     u_var = cov[:, k + j, k + j]
     # dw/du = ½ σ(u)(1 − σ(u)) = (w − ½)(1 − w)·2
-    w_err = np.where(binary.flux_ratio is None, 2.0 * (w - 0.5) * (1.0 - w) * np.sqrt(np.maximum(u_var, 0.0)), np.nan)
+    w_err = np.where(
+        binary.flux_ratio is None, 2.0 * (w - 0.5) * (1.0 - w) * np.sqrt(np.maximum(u_var, 0.0)), np.nan
+    )
     extra: dict[str, np.ndarray] = {
         "binary": is_binary,
         "delta_chi2": delta_chi2,
@@ -366,22 +378,16 @@ def _assemble(
     if binary.fit_rv:
         extra["rv"] = single_params[:, k]
         extra["rv_err"] = np.sqrt(np.maximum(single_cov[:, k, k], 0.0))
-    label_cov = single_cov[:, :k, :k]
-    bad_cov = ~np.all(np.isfinite(label_cov), axis=(1, 2)) | np.any(np.diagonal(label_cov, axis1=1, axis2=2) <= 0, axis=1)
-    dof = n_good - k_single
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rchi2 = np.where(dof > 0, chi2_s / dof, np.nan)
-    flags = np.zeros(data.n_stars, dtype=np.int64)
-    flags |= np.where(~np.asarray(single.converged), int(Flag.NOT_CONVERGED), 0)
-    flags |= np.where(bad_cov, int(Flag.BAD_COVARIANCE), 0)
-    flags |= np.where(rchi2 > poor_fit, int(Flag.POOR_FIT), 0)
+    label_cov, dof, flags = fit_quality(
+        single_cov[:, :k, :k], chi2_s, n_good, k_single, np.asarray(single.converged), poor_fit
+    )
     return InferenceResult(
         ids=data.ids,
         label_names=names,
         labels=single_params[:, :k],
-        cov=np.where(bad_cov[:, None, None], np.nan, label_cov),
+        cov=label_cov,
         chi2=chi2_s,
-        dof=dof.astype(float),
+        dof=dof,
         flags=flags,
         extra=extra,
         meta={
@@ -391,4 +397,3 @@ def _assemble(
             "bic_threshold": float(bic_threshold),
         },
     )
-

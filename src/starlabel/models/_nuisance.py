@@ -28,6 +28,7 @@ inverse Fisher matrix of all parameters; its label block is the label covariance
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from typing import Any
 
@@ -215,7 +216,12 @@ class DopplerResampler(eqx.Module):
         """
         pick = slice(None, None, int(stride))
         return DopplerResampler(
-            self.position[pick], self.start[pick], self.length[pick], self.step[pick], self.usable[pick], self.v_max
+            self.position[pick],
+            self.start[pick],
+            self.length[pick],
+            self.step[pick],
+            self.usable[pick],
+            self.v_max,
         )
 
     def taps_derivative(self, v: Float[Array, ""]) -> Float[Array, "out 4"]:
@@ -226,7 +232,9 @@ class DopplerResampler(eqx.Module):
         dsource = -1.0 / (C_KMS * (1.0 - beta * beta) * self.step)
         return _bspline_derivative(source - jnp.floor(source)) * dsource[:, None]
 
-    def derivative(self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]) -> Float[Array, "out ..."]:
+    def derivative(
+        self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]
+    ) -> Float[Array, "out ..."]:
         """d/dv of :meth:`__call__` (per km/s)."""
         index, _ = self.taps(v)
         weights = self.taps_derivative(v)
@@ -249,7 +257,9 @@ class DopplerResampler(eqx.Module):
             out[block] = spline_filter1d(array[block], order=3, axis=0, mode="mirror")
         return out
 
-    def __call__(self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]) -> Float[Array, "out ..."]:
+    def __call__(
+        self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]
+    ) -> Float[Array, "out ..."]:
         """Spline ``coefficients`` (from :meth:`prefilter`) evaluated as observed at velocity ``v``."""
         values = coefficients
         index, weights = self.taps(v)
@@ -261,7 +271,9 @@ class DopplerResampler(eqx.Module):
 def _bspline_derivative(frac: Array) -> Array:
     """d(weights)/d(fraction) of :func:`_bspline_weights`."""
     f2 = frac * frac
-    return jnp.stack([-0.5 * (1.0 - frac) ** 2, 1.5 * f2 - 2.0 * frac, -1.5 * f2 + frac + 0.5, 0.5 * f2], axis=-1)
+    return jnp.stack(
+        [-0.5 * (1.0 - frac) ** 2, 1.5 * f2 - 2.0 * frac, -1.5 * f2 + frac + 0.5, 0.5 * f2], axis=-1
+    )
 
 
 def _doppler(v: Any) -> Any:
@@ -348,7 +360,9 @@ class NuisanceModel(AbstractFluxModel):
             return jnp.ones(self.basis.shape[0], dtype=self.basis.dtype)
         return self.basis @ coefficients
 
-    def coefficients(self, v: Float[Array, ""], coefficients: Float[Array, " coefficients"]) -> Float[Array, "pixels terms"]:
+    def coefficients(
+        self, v: Float[Array, ""], coefficients: Float[Array, " coefficients"]
+    ) -> Float[Array, "pixels terms"]:
         """Per-pixel model coefficients ``c ⊙ S_v θ`` (linear in the label vector)."""
         return self.continuum(coefficients)[:, None] * self.resampler(self.theta_spline, v)
 
@@ -447,9 +461,7 @@ def _lm(
     def keep_going(state: _LMState) -> Array:
         return (state.iteration < n_iter) & ~state.done
 
-    init = _LMState(
-        p0, chi2_of(p0), jnp.asarray(1e-2, dtype=flux.dtype), jnp.asarray(False), jnp.asarray(0)
-    )
+    init = _LMState(p0, chi2_of(p0), jnp.asarray(1e-2, dtype=flux.dtype), jnp.asarray(False), jnp.asarray(0))
     # A while loop, not a fixed count: under vmap it stops once every star is done.
     final = jax.lax.while_loop(keep_going, step, init)
     F, _ = normal(final.params)
@@ -473,7 +485,9 @@ def _scan(model: NuisanceModel, flux: Array, omega: Array, template: Array, v_gr
     pick = slice(None, None, SCAN_STRIDE)
     resampler = model.resampler.every(SCAN_STRIDE)
     flux, omega = flux[pick], omega[pick]
-    region_basis = model.basis[pick, :: model.order + 1] if model.n_continuum else jnp.ones((flux.shape[0], 1))
+    region_basis = (
+        model.basis[pick, :: model.order + 1] if model.n_continuum else jnp.ones((flux.shape[0], 1))
+    )
 
     def one(v: Array) -> tuple[Array, Array]:
         m = resampler(template, v)
@@ -574,7 +588,9 @@ def build_nuisance_model(
     if continuum_order is not None and not (isinstance(continuum_order, int) and 0 <= continuum_order <= 10):
         raise ValueError(f"`continuum_order` must be an integer in [0, 10] or None, got {continuum_order!r}.")
     if wavelength is None:
-        raise ValueError("radial-velocity and continuum fits need `data.wavelength` (Å); the dataset has none.")
+        raise ValueError(
+            "radial-velocity and continuum fits need `data.wavelength` (Å); the dataset has none."
+        )
     spectrum = polynomial_spectrum(fitted)
     wl = np.asarray(wavelength, dtype=np.float64)
     if wl.shape != (spectrum.n_pixels,):
@@ -585,7 +601,9 @@ def build_nuisance_model(
     basis = _continuum_basis(wl, region, order) if order >= 0 else np.zeros((len(wl), 0))
     theta_spline = resampler.prefilter(np.asarray(spectrum.theta))
     with jax.enable_x64(True):
-        return NuisanceModel(spectrum, resampler, jnp.asarray(theta_spline), jnp.asarray(basis), bool(fit_rv), order)
+        return NuisanceModel(
+            spectrum, resampler, jnp.asarray(theta_spline), jnp.asarray(basis), bool(fit_rv), order
+        )
 
 
 @x64
@@ -646,10 +664,40 @@ def fit_nuisance(
             flux = np.concatenate([flux, np.repeat(flux[:1], pad, axis=0)])
             ivar = np.concatenate([ivar, np.repeat(ivar[:1], pad, axis=0)])
         out = _fit_chunk(
-            model, jnp.asarray(flux), jnp.asarray(ivar), templates, v_grid, lower, upper, int(n_starts), int(n_iter)
+            model,
+            jnp.asarray(flux),
+            jnp.asarray(ivar),
+            templates,
+            v_grid,
+            lower,
+            upper,
+            int(n_starts),
+            int(n_iter),
         )
         outs.append(jax.tree.map(lambda a, n=end - begin: np.asarray(a)[:n], out))
     return jax.tree.map(lambda *parts: jnp.asarray(np.concatenate(parts)), *outs)
+
+
+def fit_quality(
+    label_cov: np.ndarray,
+    chi2: np.ndarray,
+    n_good: np.ndarray,
+    n_free: int,
+    converged: np.ndarray,
+    poor_fit: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label covariances (NaN where unusable), degrees of freedom and quality flags of MAP fits."""
+    bad_cov = ~np.all(np.isfinite(label_cov), axis=(1, 2)) | np.any(
+        np.diagonal(label_cov, axis1=1, axis2=2) <= 0, axis=1
+    )
+    dof = n_good - n_free
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rchi2 = np.where(dof > 0, chi2 / dof, np.nan)
+    flags = np.zeros(len(chi2), dtype=np.int64)
+    flags |= np.where(~np.asarray(converged), int(Flag.NOT_CONVERGED), 0)
+    flags |= np.where(bad_cov, int(Flag.BAD_COVARIANCE), 0)
+    flags |= np.where(rchi2 > poor_fit, int(Flag.POOR_FIT), 0)
+    return np.where(bad_cov[:, None, None], np.nan, label_cov), dof.astype(float), flags
 
 
 def _nuisance_columns(model: NuisanceModel, fit: NuisanceFit) -> dict[str, np.ndarray]:
@@ -742,26 +790,23 @@ def infer_with_nuisance(
     chi2, n_good = np.asarray(fit.chi2), np.asarray(fit.n_good)
     n_free = int(model.free().sum())
     extra = _nuisance_columns(model, fit)
-    meta = {"fit_rv": bool(fit_rv), "continuum_order": -1 if continuum_order is None else int(continuum_order)}
+    meta = {
+        "fit_rv": bool(fit_rv),
+        "continuum_order": -1 if continuum_order is None else int(continuum_order),
+    }
     if estimator == "map":
-        label_cov = cov[:, :k, :k]
-        bad_cov = ~np.all(np.isfinite(label_cov), axis=(1, 2)) | np.any(np.diagonal(label_cov, axis1=1, axis2=2) <= 0, axis=1)
-        dof = n_good - n_free
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rchi2 = np.where(dof > 0, chi2 / dof, np.nan)
-        flags = np.zeros(data.n_stars, dtype=np.int64)
-        flags |= np.where(~np.asarray(fit.converged), int(Flag.NOT_CONVERGED), 0)
-        flags |= np.where(bad_cov, int(Flag.BAD_COVARIANCE), 0)
-        flags |= np.where(rchi2 > poor_fit, int(Flag.POOR_FIT), 0)
+        label_cov, dof, flags = fit_quality(
+            cov[:, :k, :k], chi2, n_good, n_free, np.asarray(fit.converged), poor_fit
+        )
         if fit_rv:
             flags |= np.where(np.abs(params[:, k]) >= v_max - 1e-6, int(Flag.HIT_BOUND), 0)
         return InferenceResult(
             ids=data.ids,
             label_names=model.spectrum.label_names,
             labels=params[:, :k],
-            cov=np.where(bad_cov[:, None, None], np.nan, label_cov),
+            cov=label_cov,
             chi2=chi2,
-            dof=dof.astype(float),
+            dof=dof,
             flags=flags,
             extra=extra,
             meta={"estimator": "map", **meta},
@@ -770,7 +815,13 @@ def infer_with_nuisance(
     usable = np.asarray(model.resampler.usable)
     masked = data.replace(ivar=np.where(usable[None, :], data.ivar, 0.0))
     result = infer_posterior_mean(
-        model.spectrum, masked, prior=prior, temperature=temperature, theta=theta, poor_fit=poor_fit, **grid_options
+        model.spectrum,
+        masked,
+        prior=prior,
+        temperature=temperature,
+        theta=theta,
+        poor_fit=poor_fit,
+        **grid_options,
     )
     # Conditional (fixed-nuisance) vs marginal Laplace covariance of the labels: the
     # difference is what the unknown velocity and continuum add to the label errors.
@@ -778,14 +829,10 @@ def infer_with_nuisance(
     conditional = np.linalg.inv(precision[:, :k, :k])
     extra_cov = np.clip(temperature, 1.0, None) * (cov[:, :k, :k] - conditional)
     total = result.cov + np.where(np.isfinite(extra_cov), extra_cov, 0.0)
-    return InferenceResult(
-        ids=result.ids,
-        label_names=result.label_names,
-        labels=result.labels,
+    return dataclasses.replace(
+        result,
         cov=total,
-        chi2=result.chi2,
         dof=result.dof - (n_free - k),
-        flags=result.flags,
         extra={**result.extra, **extra},
         meta={**result.meta, **meta},
     )

@@ -22,6 +22,7 @@ predictive density. Test data are never used.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,7 +177,9 @@ class SpectrumStatistics(eqx.Module):
 
 
 @eqx.filter_jit
-def _statistics(model: PolynomialSpectrum, flux: Array, ivar: Array, theta: Array | None) -> SpectrumStatistics:
+def _statistics(
+    model: PolynomialSpectrum, flux: Array, ivar: Array, theta: Array | None
+) -> SpectrumStatistics:
     omega = jax.vmap(model.weights)(ivar)
     if theta is None:
         # Shared coefficients: H for all stars is one (stars × pixels)(pixels × terms²) product.
@@ -187,7 +190,9 @@ def _statistics(model: PolynomialSpectrum, flux: Array, ivar: Array, theta: Arra
         # Per-star coefficients (shifted/continuum-scaled models of the nuisance fits).
         H = jnp.einsum("np,npa,npb->nab", omega, theta, theta)
         g = jnp.einsum("np,npa->na", omega * flux, theta)
-    return SpectrumStatistics(jnp.sum(omega * flux**2, axis=1), g, H, jnp.sum(omega > 0, axis=1).astype(flux.dtype))
+    return SpectrumStatistics(
+        jnp.sum(omega * flux**2, axis=1), g, H, jnp.sum(omega > 0, axis=1).astype(flux.dtype)
+    )
 
 
 @x64
@@ -213,14 +218,25 @@ def spectrum_statistics(
 
 
 class _LogLikelihood(eqx.Module):
-    """``−χ²/2`` from the statistics (constant normalisation dropped)."""
+    """Log-likelihood from the statistics (label-independent constants dropped).
+
+    ``dof = None``: Gaussian, ``−χ²/2``. ``dof = ν``: every pixel variance of the star is
+    scaled by one unknown factor with an inverse-gamma(ν/2, ν/2) prior, marginalised:
+    ``−(ν + n)/2 · ln(1 + χ²/ν)`` with ``n`` usable pixels. Near its maximum this is a
+    Gaussian tempered by ``(ν + χ²_min)/(ν + n)`` ≈ the star's own reduced χ², so stars
+    the model fits badly get wider posteriors without tempering the rest.
+    """
 
     model: PolynomialSpectrum
+    dof: float | None = eqx.field(static=True, default=None)
 
-    def __call__(self, labels: Float[Array, " labels"], stats: tuple[Array, Array, Array]) -> Float[Array, ""]:
-        c, g, H = stats
+    def __call__(self, labels: Float[Array, " labels"], stats: tuple[Array, ...]) -> Float[Array, ""]:
+        c, g, H, n_good = stats
         v = self.model.label_vector(labels)
-        return -0.5 * (c - 2.0 * g @ v + v @ H @ v)
+        chi2 = c - 2.0 * g @ v + v @ H @ v
+        if self.dof is None:
+            return -0.5 * chi2
+        return -0.5 * (self.dof + n_good) * jnp.log1p(jnp.maximum(chi2, 0.0) / self.dof)
 
 
 def posterior_prior(fitted: Any, prior: Any) -> AbstractLabelPrior:
@@ -300,6 +316,8 @@ def infer_posterior_mean(
     chunk_size: int = 256,
     poor_fit: float = 3.0,
     theta: Any = None,
+    likelihood: str = "gaussian",
+    dof: float = 5.0,
 ) -> InferenceResult:
     r"""Posterior mean and covariance of each star's labels by nested grid quadrature.
 
@@ -328,6 +346,11 @@ def infer_posterior_mean(
     theta : array-like, shape (stars, pixels, terms), optional
         Per-star coefficients (Doppler-shifted/continuum-scaled model from the nuisance
         fit); default the model's own.
+    likelihood : {"gaussian", "student"}
+        ``"student"`` marginalises one unknown noise scale per star (inverse-gamma prior
+        with ``dof`` degrees of freedom): a per-star tempering by its own reduced χ².
+    dof : float
+        ν of the ``"student"`` likelihood (→ ∞ recovers the Gaussian).
 
     Returns
     -------
@@ -346,13 +369,17 @@ def infer_posterior_mean(
     model = polynomial_spectrum(fitted)
     _check_data(model, data)
     temperature = _check_temperature(temperature)
+    if likelihood not in ("gaussian", "student"):
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose 'gaussian' or 'student'.")
+    if likelihood == "student" and not dof > 0:
+        raise ValueError(f"`dof` must be > 0 for the Student likelihood, got {dof}.")
     label_prior = posterior_prior(model, prior)
     lower, upper = _box(model, label_prior, bounds)
     stats = spectrum_statistics(model, data.flux, data.ivar, theta)
     post = grid_posterior(
-        _LogLikelihood(model),
+        _LogLikelihood(model, float(dof) if likelihood == "student" else None),
         label_prior,
-        (stats.c, stats.g, stats.H),
+        (stats.c, stats.g, stats.H, stats.n_good),
         lower=lower,
         upper=upper,
         temperature=temperature,
@@ -362,7 +389,8 @@ def infer_posterior_mean(
         min_mode_mass=min_mode_mass,
         chunk_size=chunk_size,
     )
-    return _assemble(model, data, stats, post, label_prior, temperature, poor_fit)
+    name = likelihood if likelihood == "gaussian" else f"student(dof={float(dof):g})"
+    return _assemble(model, data, stats, post, label_prior, temperature, poor_fit, name)
 
 
 def _assemble(
@@ -373,6 +401,7 @@ def _assemble(
     prior: AbstractLabelPrior,
     temperature: float,
     poor_fit: float,
+    likelihood: str,
 ) -> InferenceResult:
     mean = np.asarray(post.mean)
     cov = np.asarray(post.cov)
@@ -410,7 +439,12 @@ def _assemble(
         dof=dof.astype(float),
         flags=flags,
         extra=extra,
-        meta={"estimator": "mean", "prior": prior.kind, "temperature": float(temperature)},
+        meta={
+            "estimator": "mean",
+            "prior": prior.kind,
+            "temperature": float(temperature),
+            "likelihood": likelihood,
+        },
     )
 
 
@@ -532,7 +566,9 @@ def select_temperature(
         fitted = model.fit(train[rest])
         fold_prior = resolve_prior(prior, names, truth_all[rest]) if isinstance(prior, str) else prior
         for t, temperature in enumerate(temps):
-            result = infer_posterior_mean(fitted, train[held], prior=fold_prior, temperature=temperature, **grid_options)
+            result = infer_posterior_mean(
+                fitted, train[held], prior=fold_prior, temperature=temperature, **grid_options
+            )
             scores[t, held] = _gaussian_log_score(result.labels, result.cov, truth_all[held])
             means[t, held] = result.labels
             stds[t, held] = result.label_err
@@ -552,7 +588,9 @@ class _LogPosterior(eqx.Module):
 
     def __call__(self, labels: Array, args: tuple[Array, Array, Array, Array]) -> Array:
         c, g, H, temperature = args
-        return _LogLikelihood(self.model)(labels, (c, g, H)) / temperature + self.prior.log_prob(labels)
+        return _LogLikelihood(self.model)(
+            labels, (c, g, H, jnp.zeros_like(c))
+        ) / temperature + self.prior.log_prob(labels)
 
 
 @x64
@@ -634,7 +672,13 @@ def infer_nuts(
             num_chains=num_chains,
         )
         draws = post.samples.reshape(-1, centre_n.shape[0])
-        return jnp.mean(draws, axis=0), jnp.cov(draws.T), jnp.max(post.rhat), jnp.min(post.ess), jnp.sum(post.num_divergent)
+        return (
+            jnp.mean(draws, axis=0),
+            jnp.cov(draws.T),
+            jnp.max(post.rhat),
+            jnp.min(post.ess),
+            jnp.sum(post.num_divergent),
+        )
 
     run = jax.jit(jax.vmap(one))
     keys = jax.random.split(key, data.n_stars)
@@ -646,7 +690,12 @@ def infer_nuts(
             [
                 np.asarray(o)
                 for o in run(
-                    jnp.asarray(centre[sl]), jnp.asarray(cov[sl]), stats.c[sl], stats.g[sl], stats.H[sl], keys[sl]
+                    jnp.asarray(centre[sl]),
+                    jnp.asarray(cov[sl]),
+                    stats.c[sl],
+                    stats.g[sl],
+                    stats.H[sl],
+                    keys[sl],
                 )
             ]
         )
@@ -777,7 +826,9 @@ def infer_labels(
         result = fit_binary(fitted, data, fit_rv=fit_rv, **options)
     elif nuisance:
         if estimator == "nuts":
-            raise ValueError("NUTS with a velocity/continuum is not supported; use estimator='map' or 'mean'.")
+            raise ValueError(
+                "NUTS with a velocity/continuum is not supported; use estimator='map' or 'mean'."
+            )
         from ._nuisance import infer_with_nuisance
 
         result = infer_with_nuisance(
@@ -801,18 +852,13 @@ def infer_labels(
         result = infer_posterior_mean(fitted, data, prior=prior, temperature=temperature, **options)
     else:
         result = infer_nuts(
-            fitted, data, jax.random.key(0) if key is None else key, prior=prior, temperature=temperature, **options
+            fitted,
+            data,
+            jax.random.key(0) if key is None else key,
+            prior=prior,
+            temperature=temperature,
+            **options,
         )
     if meta_extra:
-        result = InferenceResult(
-            ids=result.ids,
-            label_names=result.label_names,
-            labels=result.labels,
-            cov=result.cov,
-            chi2=result.chi2,
-            dof=result.dof,
-            flags=result.flags,
-            extra=result.extra,
-            meta={**result.meta, **meta_extra},
-        )
+        result = dataclasses.replace(result, meta={**result.meta, **meta_extra})
     return result
