@@ -33,7 +33,15 @@ app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-_USER_ERRORS = (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError, NotImplementedError)
+_USER_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    KeyError,
+    ValueError,
+    TypeError,
+    NotImplementedError,
+    RuntimeError,  # e.g. pipeline.RunMismatchError: a restart with other options
+)
 
 
 def _user_errors(fn: _F) -> _F:
@@ -220,6 +228,20 @@ def train_nn(
 
 
 # ----------------------------------------------------------------------------- infer
+def _cross_validated_temperature(model: Path, train: Path, prior: str) -> float:
+    """Choose the likelihood temperature once, by k-fold CV on the training set only."""
+    from .data import read_dataset
+    from .models import load_model
+    from .models._posterior_mean import _unfitted, select_temperature
+
+    fitted = load_model(model)
+    training = read_dataset(train, labels=fitted.label_names)
+    with console.status("choosing the temperature by cross-validation on the training set…"):
+        selection = select_temperature(_unfitted(fitted, None), training, prior=prior)
+    typer.echo(f"temperature {selection.temperature:g} (cross-validated on {train})", err=True)
+    return float(selection.temperature)
+
+
 class EngineName(StrEnum):
     """Where the pipeline runs."""
 
@@ -307,8 +329,7 @@ def infer(
     if temperature.strip().lower() == "auto":
         if train is None:
             raise ValueError("--temperature auto is cross-validated on the training set; pass --train DATA.")
-        options["temperature"] = "auto"
-        options["train_path"] = str(train)
+        options["temperature"] = _cross_validated_temperature(model, train, prior.value)
     else:
         try:
             value = float(temperature)
@@ -340,6 +361,8 @@ def infer(
     )
     if summary.n_errors:
         typer.echo(f"first error: {summary.first_error}", err=True)
+    if not summary.complete:
+        raise typer.Exit(code=1)
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -22,6 +22,9 @@ from ..models._io import MODEL_KINDS
 from ._chunks import ChunkSpec
 from ._rows import open_rows
 
+TEST_STEP_OPTIONS = frozenset({"estimator", "prior", "temperature", "fit_rv", "continuum_order", "binary"})
+"""``infer_options`` keys that route a chunk through ``models.infer_labels``."""
+
 __all__ = ["ChunkOutcome", "ChunkProcessor", "REFERENCE_PREFIX"]
 
 REFERENCE_PREFIX = "ref_"
@@ -99,7 +102,14 @@ class ChunkProcessor:
 
     def infer(self, chunk: ChunkSpec, data: SpectralDataset) -> InferenceResult:
         """Run the model on an already-read chunk."""
-        result = self.model.infer(data, **self.infer_options)
+        if TEST_STEP_OPTIONS & set(self.infer_options):
+            # Estimators, priors, nuisance parameters and binaries are resolved in one
+            # place, the models' test-step entry point; the pipeline only forwards them.
+            from ..models._posterior_mean import infer_labels
+
+            result = infer_labels(self.model, data, **self.infer_options)
+        else:
+            result = self.model.infer(data, **self.infer_options)
         if not isinstance(result, InferenceResult):
             raise TypeError(
                 f"{type(self.model).__name__}.infer returned {type(result).__name__}, not InferenceResult."
