@@ -34,7 +34,6 @@ import optimistix as optx
 
 from starlabel.data import simulate_cannon
 from starlabel.inference import effective_sample_size, fit_map, laplace_approximation, nuts, split_rhat, whiten
-from starlabel.inference._nuts import _nuts
 
 N_PIXELS = 7214
 N_LABELS = 5
@@ -139,7 +138,7 @@ def run_nuts(fitted, whitenings, flux, ivar, num_warmup, num_samples, batch, vma
         del first
 
         def single(w, f, i, k):
-            return _nuts(log_density, w, (fitted, f, i), k, num_warmup, num_samples, 1, 0.8, 10, 1.0, False)
+            return nuts(log_density, w, (fitted, f, i), k, num_warmup=num_warmup, num_samples=num_samples, num_chains=1)
 
         keys = jax.random.split(jax.random.key(7), batch)
         batch_args = (take(whitenings, slice(0, batch)), jnp.asarray(flux[:batch]), jnp.asarray(ivar[:batch]), keys)

@@ -27,8 +27,12 @@ def _per_component(statistic: Callable[..., Array], x: Array) -> Array:
     # axes trips strict rank promotion and its squeeze drops size-1 event axes, and one
     # compiled 2-D statistic then serves every parameter of the same chain length.
     columns = jnp.reshape(x, (x.shape[0], x.shape[1], -1))
-    values = [_jitted(statistic)(columns[:, :, i]) for i in range(columns.shape[2])]
-    return jnp.reshape(jnp.stack(values), x.shape[2:])
+    if isinstance(columns, jax.core.Tracer):
+        # Inside a compiled program: one vmapped copy of the statistic, not one per column.
+        values = jax.vmap(_jitted(statistic), in_axes=2)(columns)
+    else:
+        values = jnp.stack([_jitted(statistic)(columns[:, :, i]) for i in range(columns.shape[2])])
+    return jnp.reshape(values, x.shape[2:])
 
 
 @functools.cache

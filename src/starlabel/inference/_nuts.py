@@ -90,26 +90,33 @@ def _chain(
     inverse_mass = jnp.ones_like(u0)
     da_init, da_update, da_final = dual_averaging_adaptation(target_accept)
     state = _bj_nuts.init(u0, target)
-    key_warm, key_draw = jax.random.split(key)
 
-    def warm(carry: tuple, step_key: PRNGKeyArray) -> tuple[tuple, None]:
+    def step(carry: tuple, inputs: tuple) -> tuple[tuple, tuple]:
+        # Warm-up and sampling share one scan so the NUTS kernel is compiled once.
         state, da = carry
-        state, info = kernel(step_key, state, target, jnp.exp(da.log_step_size), inverse_mass, max_doublings)
+        index, step_key = inputs
+        warming = index < num_warmup
+        step_size = jnp.where(warming, jnp.exp(da.log_step_size), da_final(da))
+        state, info = kernel(step_key, state, target, step_size, inverse_mass, max_doublings)
         # A divergent trajectory can report NaN acceptance; count it as a rejection.
         accept = jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0)
-        return (state, da_update(da, accept)), None
+        updated = da_update(da, accept)
+        da = jax.tree.map(lambda new, old: jnp.where(warming, new, old), updated, da)
+        return (state, da), (state.position, info.is_divergent, accept, info.num_integration_steps, step_size)
 
     # Step size 1 is the natural start in whitened units.
     da0 = da_init(jnp.asarray(1.0, dtype=u0.dtype))
-    (state, da), _ = jax.lax.scan(warm, (state, da0), jax.random.split(key_warm, num_warmup))
-    step_size = jnp.where(num_warmup > 0, da_final(da), 1.0)
-
-    def draw(state: object, step_key: PRNGKeyArray) -> tuple[object, tuple]:
-        state, info = kernel(step_key, state, target, step_size, inverse_mass, max_doublings)
-        return state, (state.position, info.is_divergent, info.acceptance_rate, info.num_integration_steps)  # type: ignore[attr-defined]
-
-    _, (u, divergent, accept, steps) = jax.lax.scan(draw, state, jax.random.split(key_draw, num_samples))
-    return u, step_size, jnp.mean(accept), jnp.sum(divergent), jnp.mean(steps.astype(u.dtype))
+    total = num_warmup + num_samples
+    inputs = (jnp.arange(total), jax.random.split(key, total))
+    _, (u, divergent, accept, steps, sizes) = jax.lax.scan(step, (state, da0), inputs)
+    kept = slice(num_warmup, total)
+    return (
+        u[kept],
+        sizes[-1],
+        jnp.mean(accept[kept]),
+        jnp.sum(divergent[kept]),
+        jnp.mean(steps[kept].astype(u.dtype)),
+    )
 
 
 @eqx.filter_jit
@@ -125,6 +132,7 @@ def _nuts(
     max_doublings: int,
     init_scale: float,
     vectorize_chains: bool,
+    diagnose: bool,
 ) -> PosteriorSamples:
     target = _InWhitened(log_density, whitening, args)
     n = whitening.transform.shape[-1]
@@ -144,10 +152,14 @@ def _nuts(
         # ~5x slower per chain than a loop on CPU (benchmarks/posteriors.py).
         u, step_size, accept, divergent, steps = jax.lax.map(lambda z: one_chain(*z), (chain_keys, u0))
     samples = jax.vmap(jax.vmap(whitening.to_params))(u)
+    if diagnose:
+        rhat, ess = split_rhat(samples), effective_sample_size(samples)
+    else:
+        rhat = ess = jax.tree.map(lambda leaf: jnp.full(leaf.shape[2:], jnp.nan, leaf.dtype), samples)
     return PosteriorSamples(
         samples=samples,
-        rhat=split_rhat(samples),
-        ess=effective_sample_size(samples),
+        rhat=rhat,
+        ess=ess,
         step_size=step_size,
         acceptance_rate=accept,
         num_divergent=divergent,
@@ -169,6 +181,7 @@ def nuts(
     max_doublings: int = 10,
     init_scale: float = 1.0,
     vectorize_chains: bool = False,
+    diagnose: bool = True,
 ) -> PosteriorSamples:
     r"""Sample ``log_density`` with NUTS in the coordinates of ``whitening``.
 
@@ -202,6 +215,9 @@ def nuts(
     vectorize_chains : bool
         Run chains with ``vmap`` (pays on accelerators) instead of one after another
         inside the compiled program (faster on CPU, see the module docstring).
+    diagnose : bool
+        Compute R̂ and ESS of the parameters (NaN otherwise; skip when you diagnose
+        derived quantities instead, as ``posterior_infer`` does for labels).
 
     Returns
     -------
@@ -243,4 +259,5 @@ def nuts(
         int(max_doublings),
         float(init_scale),
         bool(vectorize_chains),
+        bool(diagnose),
     )

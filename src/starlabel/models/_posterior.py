@@ -23,9 +23,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Key, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Key, PRNGKeyArray
 
-from .._internal import x64
+from .._internal import as_float_array, check_shape, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference import (
     RESULTS,
@@ -257,7 +257,8 @@ def _analyse_star(
     ivar: Array,
     start: Array,
     key: PRNGKeyArray,
-    method: str,
+    use_fisher: Array,
+    sample: bool,
     newton_steps: int,
     num_warmup: int,
     num_samples: int,
@@ -267,7 +268,8 @@ def _analyse_star(
     params, decrement = _newton(args, start, newton_steps)
     information, chi2, n_used = _fisher(args, params)
     observed = hessian(_negative_log_posterior, params, args)
-    approx = gaussian_from_precision(params, information if method == "fisher" else observed)
+    # A traced choice, so "fisher" and "laplace" share one compiled program.
+    approx = gaussian_from_precision(params, jnp.where(use_fisher, information, observed))
     positive = approx.result == RESULTS.successful
     jac = jax.jacfwd(adaptor.labels)(params)
     labels = adaptor.labels(params)
@@ -280,11 +282,18 @@ def _analyse_star(
     nan_labels = jnp.full((n_labels,), jnp.nan, dtype=labels.dtype)
     rhat, ess, step_size, divergent = nan_labels, nan_labels, jnp.nan * jnp.ones(()), jnp.zeros((), jnp.int32)
     samples = jnp.zeros((0, 0, n_labels), dtype=labels.dtype)
-    if method == "nuts":
+    if sample:
         # Whiten with the observed curvature: it is the local shape of this posterior.
         whitening = whiten(gaussian_from_precision(params, observed))
         post = nuts(
-            _log_posterior, whitening, args, key, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains
+            _log_posterior,
+            whitening,
+            args,
+            key,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            diagnose=False,  # diagnosed on the labels below
         )
         labels, cov, rhat, ess, samples = _summarise_samples(adaptor, post)
         cov = cov + inflation  # first order, at the MAP: draws hold the model fixed
@@ -303,7 +312,8 @@ def _analyse_chunk(
     ivar: Array,
     start: Array,
     keys: Key[Array, " stars"],
-    method: str,
+    use_fisher: Array,
+    sample: bool,
     newton_steps: int,
     num_warmup: int,
     num_samples: int,
@@ -311,17 +321,17 @@ def _analyse_chunk(
     vectorize: bool,
 ) -> _StarOutput:
     def one(row: tuple[Array, Array, Array, PRNGKeyArray]) -> _StarOutput:
-        return _analyse_star(adaptor, *row, method, newton_steps, num_warmup, num_samples, num_chains)
+        return _analyse_star(adaptor, *row, use_fisher, sample, newton_steps, num_warmup, num_samples, num_chains)
 
     rows = (flux, ivar, start, keys)
-    if method == "nuts" and not vectorize:
+    if sample and not vectorize:
         # One star after another inside the compiled program: on CPU a vmapped NUTS batch
         # runs every trajectory as long as its longest member (benchmarks/posteriors.py).
         return jax.lax.map(one, rows)
     return jax.vmap(one)(rows)
 
 
-def _adaptor_and_start(fitted: Any, data: SpectralDataset) -> tuple[_Adaptor, np.ndarray]:
+def _adaptor_and_start(fitted: Any, data: SpectralDataset, start: Any) -> tuple[_Adaptor, np.ndarray]:
     if not callable(getattr(fitted, "log_likelihood", None)):
         raise TypeError(
             f"`fitted` ({type(fitted).__name__}) has no log_likelihood(params, flux, ivar);"
@@ -334,10 +344,15 @@ def _adaptor_and_start(fitted: Any, data: SpectralDataset) -> tuple[_Adaptor, np
                 f"`fitted` ({type(fitted).__name__}) maps latents to labels but lacks"
                 " latent_log_prior or infer_latents."
             )
-        start = np.asarray(fitted.infer_latents(data)[0], dtype=np.float64)
-    else:
-        start = np.asarray(fitted.infer(data).labels, dtype=np.float64)
-    return _Adaptor(fitted, latent), start
+    if start is not None:
+        given = as_float_array(start, "start")
+        size = fitted.latent_size if latent else len(fitted.label_names)
+        what = "latents" if latent else "labels"
+        check_shape(given, (data.n_stars, size), "start", f"(stars, {what}) for {data.n_stars} stars")
+        return _Adaptor(fitted, latent), given
+    if latent:
+        return _Adaptor(fitted, latent), np.asarray(fitted.infer_latents(data)[0], dtype=np.float64)
+    return _Adaptor(fitted, latent), np.asarray(fitted.infer(data).labels, dtype=np.float64)
 
 
 def _check_options(method: str, num_warmup: int, num_samples: int, num_chains: int, chunk_size: int) -> None:
@@ -377,6 +392,7 @@ def posterior_infer(
     vectorize: bool = False,
     return_samples: bool = False,
     prediction_variance: LinearPredictionVariance | None = None,
+    start: ArrayLike | None = None,
 ) -> InferenceResult | tuple[InferenceResult, np.ndarray]:
     r"""Labels with honest uncertainties for every star, from a fitted model's likelihood.
 
@@ -428,6 +444,9 @@ def posterior_infer(
         given, every covariance gains its first-order propagation into the labels
         (``extra["training_var_<label>"]`` holds that part of the variance). Only for
         models whose parameters are the labels (the Cannon).
+    start : array-like, shape (stars, parameters), optional
+        Starting parameters (Cannon: labels in their units; Lux: latents), e.g. from an
+        earlier run; default: the model's own test step.
 
     Returns
     -------
@@ -442,7 +461,8 @@ def posterior_infer(
     TypeError
         If ``fitted`` lacks the methods above or ``data`` is not a SpectralDataset.
     ValueError
-        For an unknown ``method`` or out-of-range counts, or ``return_samples`` without NUTS.
+        For an unknown ``method``, out-of-range counts, ``return_samples`` without NUTS,
+        or a ``start`` of the wrong shape.
 
     Examples
     --------
@@ -458,7 +478,7 @@ def posterior_infer(
         raise TypeError(f"`data` must be a SpectralDataset, got {type(data).__name__}.")
     if return_samples and method != "nuts":
         raise ValueError("`return_samples=True` needs method='nuts'.")
-    adaptor, start = _adaptor_and_start(fitted, data)
+    adaptor, start = _adaptor_and_start(fitted, data, start)
     if prediction_variance is not None:
         if adaptor.latent:
             raise ValueError("`prediction_variance` applies to models whose parameters are the labels (the Cannon).")
@@ -475,7 +495,8 @@ def posterior_infer(
             jnp.asarray(_pad_rows(data.ivar[begin:stop], size)),
             jnp.asarray(_pad_rows(start[begin:stop], size)),
             jnp.concatenate([keys[begin:stop], jnp.repeat(keys[stop - 1 : stop], size - (stop - begin), axis=0)]),
-            method,
+            jnp.asarray(method == "fisher"),
+            method == "nuts",
             int(newton_steps),
             int(num_warmup),
             int(num_samples),
