@@ -33,7 +33,14 @@ import numpy as np
 import optimistix as optx
 
 from starlabel.data import simulate_cannon
-from starlabel.inference import effective_sample_size, fit_map, laplace_approximation, nuts, split_rhat, whiten
+from starlabel.inference import (
+    effective_sample_size,
+    fit_map,
+    laplace_approximation,
+    nuts,
+    split_rhat,
+    whiten,
+)
 
 N_PIXELS = 7214
 N_LABELS = 5
@@ -58,7 +65,9 @@ class TruthPolynomial(eqx.Module):
 
 
 def build_problem(model: str, n_test: int, seed: int):
-    sim = simulate_cannon(n_stars=2000 + n_test, n_pixels=N_PIXELS, n_labels=N_LABELS, snr=(40.0, 120.0), seed=seed)
+    sim = simulate_cannon(
+        n_stars=2000 + n_test, n_pixels=N_PIXELS, n_labels=N_LABELS, snr=(40.0, 120.0), seed=seed
+    )
     test = sim.dataset[2000:]
     truth = sim.true_labels[2000:]
     if model == "cannon":
@@ -68,11 +77,21 @@ def build_problem(model: str, n_test: int, seed: int):
         fitted = Cannon(sim.dataset.label_names, order=2).fit(sim.dataset[:2000])
         fit_time = time.perf_counter() - t0
         start = fitted.infer(test).labels
-        return fitted, test, truth, start, {"model": "cannon (trained on 2000 simulated stars)", "fit_s": fit_time}
+        return (
+            fitted,
+            test,
+            truth,
+            start,
+            {"model": "cannon (trained on 2000 simulated stars)", "fit_s": fit_time},
+        )
     pairs = tuple(itertools.combinations_with_replacement(range(N_LABELS), 2))
     with jax.enable_x64(True):
         fitted = TruthPolynomial(
-            jnp.asarray(sim.theta), jnp.asarray(sim.scatter**2), jnp.asarray(sim.pivot), jnp.asarray(sim.scale), pairs
+            jnp.asarray(sim.theta),
+            jnp.asarray(sim.scatter**2),
+            jnp.asarray(sim.pivot),
+            jnp.asarray(sim.scale),
+            pairs,
         )
     return fitted, test, truth, truth.copy(), {"model": "simulator truth polynomial (quadratic, 21 terms)"}
 
@@ -138,10 +157,23 @@ def run_nuts(fitted, whitenings, flux, ivar, num_warmup, num_samples, batch, vma
         del first
 
         def single(w, f, i, k):
-            return nuts(log_density, w, (fitted, f, i), k, num_warmup=num_warmup, num_samples=num_samples, num_chains=1)
+            return nuts(
+                log_density,
+                w,
+                (fitted, f, i),
+                k,
+                num_warmup=num_warmup,
+                num_samples=num_samples,
+                num_chains=1,
+            )
 
         keys = jax.random.split(jax.random.key(7), batch)
-        batch_args = (take(whitenings, slice(0, batch)), jnp.asarray(flux[:batch]), jnp.asarray(ivar[:batch]), keys)
+        batch_args = (
+            take(whitenings, slice(0, batch)),
+            jnp.asarray(flux[:batch]),
+            jnp.asarray(ivar[:batch]),
+            keys,
+        )
         looped = jax.jit(lambda w, f, i, k: jax.lax.map(lambda z: single(*z), (w, f, i, k)))
         _, (compile_loop,) = timed(looped, *batch_args)
         post, (dt,) = timed(looped, *batch_args)
@@ -153,7 +185,9 @@ def run_nuts(fitted, whitenings, flux, ivar, num_warmup, num_samples, batch, vma
             "warm_total_s": dt,
             "warm_s_per_star": dt / batch,
             "median_min_ess": float(np.median(ess.min(axis=1))),
-            "rhat_max_per_star_quantiles_50_90_99_max": np.quantile(rhat.max(axis=1), [0.5, 0.9, 0.99, 1.0]).tolist(),
+            "rhat_max_per_star_quantiles_50_90_99_max": np.quantile(
+                rhat.max(axis=1), [0.5, 0.9, 0.99, 1.0]
+            ).tolist(),
             "divergent_total": int(np.asarray(post.num_divergent).sum()),
         }
         if vmap_batch:
@@ -195,7 +229,12 @@ def run_numpyro(fitted, whitening, flux, ivar, num_warmup, num_samples):
                 rng_key=key_run,
             )
             return fori_collect(
-                num_warmup, num_warmup + num_samples, sample_kernel, state, transform=lambda s: s.z, progbar=False
+                num_warmup,
+                num_warmup + num_samples,
+                sample_kernel,
+                state,
+                transform=lambda s: s.z,
+                progbar=False,
             )
 
         # One jit around the whole run: fori_collect alone retraces on every call (NOTES.md).
@@ -242,7 +281,9 @@ def run_emcee(fitted, whitening, flux, ivar, walkers, steps, burn, seed):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings, to check the script runs")
     parser.add_argument("--model", choices=("auto", "cannon", "truth"), default="auto")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "posteriors.json")
@@ -268,7 +309,9 @@ def main() -> None:
     whitenings = prepare(fitted, test.flux, test.ivar, start)
     prep_s = time.perf_counter() - t0
 
-    nuts_res, nuts_draws = run_nuts(fitted, whitenings, test.flux, test.ivar, warmup, draws, batch, vmap_batch, repeats)
+    nuts_res, nuts_draws = run_nuts(
+        fitted, whitenings, test.flux, test.ivar, warmup, draws, batch, vmap_batch, repeats
+    )
     w0 = take(whitenings, 0)
     numpyro_res = run_numpyro(fitted, w0, test.flux[0], test.ivar[0], warmup, draws)
     emcee_res, emcee_draws = run_emcee(fitted, w0, test.flux[0], test.ivar[0], walkers, steps, burn, seed=3)
@@ -296,8 +339,20 @@ def main() -> None:
     out = {
         "description": "whitened NUTS vs numpyro NUTS vs emcee on one posterior; see benchmarks/posteriors.py",
         "quick": args.quick,
-        "problem": {"labels": N_LABELS, "pixels": N_PIXELS, "snr": [40, 120], **info, "prep_map_laplace_s": prep_s},
-        "settings": {"nuts_warmup": warmup, "nuts_samples": draws, "nuts_chains": 1, "emcee_walkers": walkers, "emcee_steps": steps},
+        "problem": {
+            "labels": N_LABELS,
+            "pixels": N_PIXELS,
+            "snr": [40, 120],
+            **info,
+            "prep_map_laplace_s": prep_s,
+        },
+        "settings": {
+            "nuts_warmup": warmup,
+            "nuts_samples": draws,
+            "nuts_chains": 1,
+            "emcee_walkers": walkers,
+            "emcee_steps": steps,
+        },
         "summary": summary,
         "nuts_blackjax_whitened": nuts_res,
         "nuts_numpyro_functional_whitened": numpyro_res,

@@ -54,7 +54,14 @@ def lux_nuts(lux_case, lux_fisher):
     # recompiled for a second batch size.
     latents = fitted.infer_latents(test)[0][:N_NUTS]
     return posterior_infer(
-        fitted, test[:N_NUTS], method="nuts", num_warmup=150, num_samples=500, chunk_size=N_NUTS, seed=1, start=latents
+        fitted,
+        test[:N_NUTS],
+        method="nuts",
+        num_warmup=150,
+        num_samples=500,
+        chunk_size=N_NUTS,
+        seed=1,
+        start=latents,
     )
 
 

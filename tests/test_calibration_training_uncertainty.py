@@ -56,14 +56,17 @@ class LinearModel(eqx.Module):
 
     def infer(self, data):
         n = data.n_stars
-        return InferenceResult(data.ids, self.label_names, self.start, None, np.zeros(n), np.zeros(n), np.zeros(n, int))
+        return InferenceResult(
+            data.ids, self.label_names, self.start, None, np.zeros(n), np.zeros(n), np.zeros(n, int)
+        )
 
 
 @pytest.fixture(scope="module")
 def setup():
     rng = np.random.default_rng(4)
     theta_true = np.stack(
-        [1.0 - rng.uniform(0, 0.5, N_PIXELS), rng.normal(0, 0.1, N_PIXELS), rng.normal(0, 0.03, N_PIXELS)], axis=1
+        [1.0 - rng.uniform(0, 0.5, N_PIXELS), rng.normal(0, 0.1, N_PIXELS), rng.normal(0, 0.03, N_PIXELS)],
+        axis=1,
     )
     train_labels = rng.uniform(4300.0, 5300.0, (N_TRAIN, 1))
     test_labels = rng.uniform(4400.0, 5200.0, (N_TEST, 1))
@@ -103,17 +106,25 @@ def test_training_variance_matches_refits(setup):
     for _ in range(N_REFITS):
         model, flux = refit(rng, theta_true, design, test_labels)
         if predicted is None:
-            train = SpectralDataset(flux, flux_err=np.full(flux.shape, SIGMA), labels=train_labels, label_names=("teff",))
+            train = SpectralDataset(
+                flux, flux_err=np.full(flux.shape, SIGMA), labels=train_labels, label_names=("teff",)
+            )
             variance = training_prediction_variance(model, train)
             result = posterior_infer(model, test, prediction_variance=variance, chunk_size=N_TEST)
             predicted = result.extra["training_var_teff"]
             # The total variance is the noise part plus exactly this training part (a zero
             # coefficient covariance keeps the compiled program the same).
-            zero = eqx.tree_at(lambda v: v.coefficient_cov, variance, jnp.zeros_like(variance.coefficient_cov))
+            zero = eqx.tree_at(
+                lambda v: v.coefficient_cov, variance, jnp.zeros_like(variance.coefficient_cov)
+            )
             noise_only = posterior_infer(model, test, prediction_variance=zero, chunk_size=N_TEST)
-            np.testing.assert_allclose(result.label_err[:, 0] ** 2 - noise_only.label_err[:, 0] ** 2, predicted, rtol=1e-8)
+            np.testing.assert_allclose(
+                result.label_err[:, 0] ** 2 - noise_only.label_err[:, 0] ** 2, predicted, rtol=1e-8
+            )
             assert result.meta["training_uncertainty"] is True
-            np.testing.assert_allclose(map_labels(np.asarray(model.theta), test_flux, test_labels), result.labels[:, 0], rtol=1e-9)
+            np.testing.assert_allclose(
+                map_labels(np.asarray(model.theta), test_flux, test_labels), result.labels[:, 0], rtol=1e-9
+            )
         estimates.append(map_labels(np.asarray(model.theta), test_flux, test_labels))
     empirical = np.var(np.array(estimates), axis=0, ddof=1)
     ratio = empirical / predicted

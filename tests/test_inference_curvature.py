@@ -118,7 +118,9 @@ def test_hessian_matches_finite_differences():
     for i in range(3):
         for j in range(3):
             ei, ej = np.eye(3)[i] * eps, np.eye(3)[j] * eps
-            numeric[i, j] = (f_flat(x0 + ei + ej) - f_flat(x0 + ei - ej) - f_flat(x0 - ei + ej) + f_flat(x0 - ei - ej)) / (4 * eps**2)
+            numeric[i, j] = (
+                f_flat(x0 + ei + ej) - f_flat(x0 + ei - ej) - f_flat(x0 - ei + ej) + f_flat(x0 - ei - ej)
+            ) / (4 * eps**2)
     np.testing.assert_allclose(h, numeric, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h, h.T)
 
@@ -134,12 +136,12 @@ def test_saddle_is_flagged_with_warning_and_nan_covariance():
         warnings.simplefilter("error")
 
         def per_problem(sign):
-            return laplace_approximation(lambda p, a: -0.5 * (p[0] ** 2 + a * p[1] ** 2), jnp.zeros(2), sign).result
+            return laplace_approximation(
+                lambda p, a: -0.5 * (p[0] ** 2 + a * p[1] ** 2), jnp.zeros(2), sign
+            ).result
 
         codes = jax.vmap(per_problem)(jnp.array([1.0, -1.0]))
-    np.testing.assert_array_equal(
-        np.asarray(codes == RESULTS.successful), [True, False]
-    )
+    np.testing.assert_array_equal(np.asarray(codes == RESULTS.successful), [True, False])
 
 
 def test_bad_shapes_and_chunks_raise():

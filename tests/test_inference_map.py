@@ -120,9 +120,18 @@ def test_group_optimisers_rejects_bad_groups():
 def test_bad_inputs_raise_clear_errors(quadratic):
     mean, precision = quadratic
     with pytest.raises(TypeError, match="floating point"):
-        fit_map(gaussian_log_density, optx.BFGS(rtol=1e-6, atol=1e-6), {"a": jnp.zeros(2, int), "b": jnp.zeros(2)}, (mean, precision))
+        fit_map(
+            gaussian_log_density,
+            optx.BFGS(rtol=1e-6, atol=1e-6),
+            {"a": jnp.zeros(2, int), "b": jnp.zeros(2)},
+            (mean, precision),
+        )
     with pytest.raises(TypeError, match="fit_least_squares"):
-        fit_map(gaussian_log_density, optx.LevenbergMarquardt(rtol=1e-6, atol=1e-6), {"a": jnp.zeros(2), "b": jnp.zeros(2)})
+        fit_map(
+            gaussian_log_density,
+            optx.LevenbergMarquardt(rtol=1e-6, atol=1e-6),
+            {"a": jnp.zeros(2), "b": jnp.zeros(2)},
+        )
     with pytest.raises(TypeError, match="fit_map"):
         fit_least_squares(lambda p, a: p, optx.BFGS(rtol=1e-6, atol=1e-6), jnp.zeros(2))
 
@@ -160,13 +169,17 @@ def test_whitened_and_natural_gradient_converge_in_far_fewer_steps():
         return -0.5 * d @ precision @ d
 
     x0 = jnp.zeros(2)
-    plain = fit_map(log_density, optx.GradientDescent(1e-6, rtol=1e-8, atol=1e-8), x0, (mean, precision), max_steps=512)
+    plain = fit_map(
+        log_density, optx.GradientDescent(1e-6, rtol=1e-8, atol=1e-8), x0, (mean, precision), max_steps=512
+    )
     assert plain.result == RESULTS.max_steps_reached
     assert abs(float(plain.value[1]) - mean[1]) > 100  # still far away after 512 steps
 
     # The Fisher matrix of a Gaussian is its precision; use it at the start point.
     fisher = gaussian_from_precision(x0, precision)
-    natural = fit_map(log_density, NaturalGradient(fisher, rtol=1e-8, atol=1e-8), x0, (mean, precision), max_steps=512)
+    natural = fit_map(
+        log_density, NaturalGradient(fisher, rtol=1e-8, atol=1e-8), x0, (mean, precision), max_steps=512
+    )
     assert natural.result == RESULTS.successful
     assert int(natural.num_steps) <= 3
     np.testing.assert_allclose(np.asarray(natural.value), mean, rtol=1e-8)
@@ -185,7 +198,9 @@ def test_whitened_and_natural_gradient_converge_in_far_fewer_steps():
 
     # Optax route: natural gradients feed a plain SGD with learning rate ~1.
     tx = optax.chain(scale_by_fisher(fisher), optax.sgd(0.5))
-    sgd = fit_map(log_density, optx.OptaxMinimiser(tx, rtol=1e-10, atol=1e-10), x0, (mean, precision), max_steps=100)
+    sgd = fit_map(
+        log_density, optx.OptaxMinimiser(tx, rtol=1e-10, atol=1e-10), x0, (mean, precision), max_steps=100
+    )
     np.testing.assert_allclose(np.asarray(sgd.value), mean, rtol=1e-6)
 
 

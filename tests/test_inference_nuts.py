@@ -43,7 +43,9 @@ def draws_matrix(samples):
 def test_whitened_nuts_recovers_gaussian_moments(gaussian_posterior):
     args, centre = gaussian_posterior
     whitening = whiten(laplace_approximation(log_density, centre, args))
-    post = nuts(log_density, whitening, args, jax.random.key(1), num_warmup=300, num_samples=1500, num_chains=2)
+    post = nuts(
+        log_density, whitening, args, jax.random.key(1), num_warmup=300, num_samples=1500, num_chains=2
+    )
     draws = draws_matrix(post.samples)
     assert draws.shape == (2, 1500, 3)
     flat = draws.reshape(-1, 3)
@@ -64,7 +66,13 @@ def test_whitened_nuts_recovers_gaussian_moments(gaussian_posterior):
 def test_without_whitening_the_same_budget_mixes_far_worse(gaussian_posterior):
     args, centre = gaussian_posterior
     plain = nuts(
-        log_density, Whitening.identity(centre), args, jax.random.key(1), num_warmup=300, num_samples=1500, num_chains=2
+        log_density,
+        Whitening.identity(centre),
+        args,
+        jax.random.key(1),
+        num_warmup=300,
+        num_samples=1500,
+        num_chains=2,
     )
     # An identity mass matrix must resolve the 0.03 dex direction and travel 60 K:
     # tiny steps and long (expensive) trajectories.

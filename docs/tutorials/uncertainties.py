@@ -79,11 +79,18 @@ def flux_log_likelihood(params, flux, args):
 def optimiser_race(args, start, truth, out: Path) -> dict:
     """Sections 1–4: who reaches the MAP, and in how many steps."""
     runs = {
-        "gradient descent (lr 1e-3)": (log_likelihood, optx.GradientDescent(1e-3, rtol=1e-8, atol=1e-8), start, args),
+        "gradient descent (lr 1e-3)": (
+            log_likelihood,
+            optx.GradientDescent(1e-3, rtol=1e-8, atol=1e-8),
+            start,
+            args,
+        ),
         "Adam per group, logg/fe_h delayed 30 steps": (
             log_likelihood,
             optx.OptaxMinimiser(
-                group_optimisers({"teff": optax.adam(20.0), ("logg", "fe_h"): delay(optax.adam(0.02), 30)}, start),
+                group_optimisers(
+                    {"teff": optax.adam(20.0), ("logg", "fe_h"): delay(optax.adam(0.02), 30)}, start
+                ),
                 rtol=1e-9,
                 atol=1e-9,
             ),
@@ -110,7 +117,12 @@ def optimiser_race(args, start, truth, out: Path) -> dict:
         u0,
         (whitening, args),
     )
-    runs["L-BFGS, whitened"] = (WhitenedLogDensity(log_likelihood), optx.LBFGS(rtol=1e-8, atol=1e-8), u0, (whitening, args))
+    runs["L-BFGS, whitened"] = (
+        WhitenedLogDensity(log_likelihood),
+        optx.LBFGS(rtol=1e-8, atol=1e-8),
+        u0,
+        (whitening, args),
+    )
 
     report, histories = {}, {}
     for name, (fn, solver, y0, fn_args) in runs.items():
@@ -156,7 +168,9 @@ def emcee_comparison(fitted, test, nuts_draws, walkers: int, steps: int, burn: i
         scale = nuts_draws.std(axis=0)
         start = centre + scale * np.random.default_rng(1).normal(size=(walkers, centre.size))
         vec(jnp.asarray(start)).block_until_ready()
-        sampler = emcee.EnsembleSampler(walkers, centre.size, lambda x: np.asarray(vec(jnp.asarray(x))), vectorize=True)
+        sampler = emcee.EnsembleSampler(
+            walkers, centre.size, lambda x: np.asarray(vec(jnp.asarray(x))), vectorize=True
+        )
         t0 = time.perf_counter()
         sampler.run_mcmc(start, steps, progress=False)
         wall = time.perf_counter() - t0
@@ -174,7 +188,9 @@ def emcee_comparison(fitted, test, nuts_draws, walkers: int, steps: int, burn: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small settings for CI (< 60 s)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a new temp folder)")
     options = parser.parse_args()
@@ -230,7 +246,9 @@ def main() -> None:
     zn = (nuts.labels - truth[:n_nuts]) / nuts.label_err
     for i, name in enumerate(NAMES):
         print(f"  {name:5s} Fisher std(z) {z[:, i].std():.3f}  |z|<1 {np.mean(np.abs(z[:, i]) < 1):.3f}")
-    plot_zscore_histograms(fisher.labels, fisher.label_err, truth, NAMES, out / "zscores.png", title="Fisher, σ² + s²")
+    plot_zscore_histograms(
+        fisher.labels, fisher.label_err, truth, NAMES, out / "zscores.png", title="Fisher, σ² + s²"
+    )
     snr = np.median(sim.dataset.flux[n_train:] * np.sqrt(sim.dataset.ivar[n_train:]), axis=1)
     plot_uncertainty_vs_snr(
         fisher.label_err, snr, NAMES, out / "uncertainty_vs_snr.png", labels=fisher.labels, truth=truth
@@ -241,7 +259,9 @@ def main() -> None:
             "seconds_including_compile": nuts_s,
             "z_std_pooled": float(zn.std()),
             "rhat_max": float(max(nuts.extra[f"rhat_{n}"].max() for n in NAMES)),
-            "sd_ratio_nuts_over_fisher_median": np.median(nuts.label_err / fisher.label_err[:n_nuts], axis=0).tolist(),
+            "sd_ratio_nuts_over_fisher_median": np.median(
+                nuts.label_err / fisher.label_err[:n_nuts], axis=0
+            ).tolist(),
         },
         emcee=emcee_result,
         fisher_calibration={

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from blackjax import diagnostics as _bj
-from jaxtyping import Array, Float
+from jaxtyping import Array
 
 from .._internal import x64
 from ._custom_types import Params

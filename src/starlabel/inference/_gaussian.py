@@ -68,7 +68,7 @@ class GaussianApproximation(eqx.Module):
     @property
     @x64
     def std(self) -> Params:
-        """Standard errors :math:`\\sqrt{\\mathrm{diag}\\,P^{-1}}` in the structure of ``mean``."""
+        r"""Standard errors :math:`\sqrt{\mathrm{diag}\,P^{-1}}` in the structure of ``mean``."""
         unravel = ravel_pytree(self.mean)[1]
         return unravel(jnp.sqrt(jnp.diagonal(self.covariance)))
 

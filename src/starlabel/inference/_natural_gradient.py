@@ -157,7 +157,9 @@ def scale_by_fisher(fisher: GaussianApproximation, *, floor: float = 1e-10) -> o
         del params
         return _EmptyState()
 
-    def update(updates: Params, state: _EmptyState, params: Params | None = None) -> tuple[Params, _EmptyState]:
+    def update(
+        updates: Params, state: _EmptyState, params: Params | None = None
+    ) -> tuple[Params, _EmptyState]:
         del params
         return _precondition(metric, updates), state
 

@@ -44,8 +44,7 @@ def delay(optimiser: optax.GradientTransformation, steps: int) -> optax.Gradient
 
     Examples
     --------
-    >>> import jax
-import optax
+    >>> import optax
     >>> late = delay(optax.sgd(1e-2, momentum=0.5), 50)
     """
     if int(steps) != steps or steps < 0:

@@ -52,7 +52,7 @@ class Whitening(eqx.Module):
     @staticmethod
     @x64
     def identity(centre: Params) -> Whitening:
-        """The trivial map :math:`\\theta = c + u` (no rescaling)."""
+        r"""The trivial map :math:`\theta = c + u` (no rescaling)."""
         flat = ravel_pytree(centre)[0]
         eye = jnp.eye(flat.shape[0], dtype=flat.dtype)
         return Whitening(centre, eye, eye)
@@ -70,7 +70,7 @@ class Whitening(eqx.Module):
 
     @x64
     def from_params(self, params: Params) -> Float[Array, " n"]:
-        """Whitened coordinates :math:`T^{-1}(\\theta - c)`."""
+        r"""Whitened coordinates :math:`T^{-1}(\theta - c)`."""
         flat = ravel_pytree(self.centre)[0]
         return self.inverse_transform @ (ravel_pytree(params)[0] - flat)
 
@@ -103,7 +103,7 @@ def whiten(approx: GaussianApproximation, *, floor: float = 1e-10) -> Whitening:
     >>> approx = gaussian_from_precision(jnp.zeros(2), jnp.diag(jnp.array([4.0, 0.25])))
     >>> w = whiten(approx)
     >>> [round(float(abs(x)), 6) for x in w.to_params(jnp.array([1.0, 1.0]))]
-    [2.0, 0.5]
+    [0.5, 2.0]
     """
     values = jnp.abs(approx.eigenvalues)
     values = jnp.maximum(values, floor * jnp.max(values))

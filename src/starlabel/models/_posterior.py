@@ -157,7 +157,9 @@ def _log_posterior(params: Float[Array, " n"], args: tuple[_Adaptor, Array, Arra
     return adaptor.log_likelihood(params, flux, ivar) + adaptor.log_prior(params)
 
 
-def _negative_log_posterior(params: Float[Array, " n"], args: tuple[_Adaptor, Array, Array]) -> Float[Array, ""]:
+def _negative_log_posterior(
+    params: Float[Array, " n"], args: tuple[_Adaptor, Array, Array]
+) -> Float[Array, ""]:
     return -_log_posterior(params, args)
 
 
@@ -168,7 +170,9 @@ def _regularised_solve(matrix: Float[Array, "n n"], vector: Float[Array, " n"]) 
     return vectors @ ((vectors.T @ vector) / values)
 
 
-def _newton(args: tuple[_Adaptor, Array, Array], start: Float[Array, " n"], steps: int) -> tuple[Array, Array]:
+def _newton(
+    args: tuple[_Adaptor, Array, Array], start: Float[Array, " n"], steps: int
+) -> tuple[Array, Array]:
     """Fixed-count Newton iterations (a batch under vmap waits for its slowest member)."""
 
     def step(params: Array, _: None) -> tuple[Array, None]:
@@ -185,7 +189,9 @@ def _newton(args: tuple[_Adaptor, Array, Array], start: Float[Array, " n"], step
     return params, decrement
 
 
-def _log_likelihood_of_flux(params: Float[Array, " n"], flux: Array, args: tuple[_Adaptor, Array]) -> Float[Array, ""]:
+def _log_likelihood_of_flux(
+    params: Float[Array, " n"], flux: Array, args: tuple[_Adaptor, Array]
+) -> Float[Array, ""]:
     adaptor, ivar = args
     return adaptor.log_likelihood(params, flux, ivar)
 
@@ -301,7 +307,18 @@ def _analyse_star(
         divergent = jnp.sum(post.num_divergent).astype(jnp.int32)
         positive = jnp.all(jnp.isfinite(cov)) & jnp.all(jnp.linalg.eigvalsh(cov) > 0)
     return _StarOutput(
-        labels, cov, chi2, n_used, decrement, positive, rhat, ess, step_size, divergent, samples, jnp.diagonal(inflation)
+        labels,
+        cov,
+        chi2,
+        n_used,
+        decrement,
+        positive,
+        rhat,
+        ess,
+        step_size,
+        divergent,
+        samples,
+        jnp.diagonal(inflation),
     )
 
 
@@ -321,7 +338,9 @@ def _analyse_chunk(
     vectorize: bool,
 ) -> _StarOutput:
     def one(row: tuple[Array, Array, Array, PRNGKeyArray]) -> _StarOutput:
-        return _analyse_star(adaptor, *row, use_fisher, sample, newton_steps, num_warmup, num_samples, num_chains)
+        return _analyse_star(
+            adaptor, *row, use_fisher, sample, newton_steps, num_warmup, num_samples, num_chains
+        )
 
     rows = (flux, ivar, start, keys)
     if sample and not vectorize:
@@ -339,7 +358,9 @@ def _adaptor_and_start(fitted: Any, data: SpectralDataset, start: Any) -> tuple[
         )
     latent = callable(getattr(fitted, "latents_to_labels", None))
     if latent:
-        if not callable(getattr(fitted, "latent_log_prior", None)) or not callable(getattr(fitted, "infer_latents", None)):
+        if not callable(getattr(fitted, "latent_log_prior", None)) or not callable(
+            getattr(fitted, "infer_latents", None)
+        ):
             raise TypeError(
                 f"`fitted` ({type(fitted).__name__}) maps latents to labels but lacks"
                 " latent_log_prior or infer_latents."
@@ -481,8 +502,12 @@ def posterior_infer(
     adaptor, start = _adaptor_and_start(fitted, data, start)
     if prediction_variance is not None:
         if adaptor.latent:
-            raise ValueError("`prediction_variance` applies to models whose parameters are the labels (the Cannon).")
-        adaptor = eqx.tree_at(lambda a: a.prediction_variance, adaptor, prediction_variance, is_leaf=lambda x: x is None)
+            raise ValueError(
+                "`prediction_variance` applies to models whose parameters are the labels (the Cannon)."
+            )
+        adaptor = eqx.tree_at(
+            lambda a: a.prediction_variance, adaptor, prediction_variance, is_leaf=lambda x: x is None
+        )
     n_stars = data.n_stars
     size = int(min(chunk_size, 1 << max(0, (n_stars - 1).bit_length())))
     keys = jax.random.split(jax.random.key(seed), n_stars)
@@ -494,7 +519,9 @@ def posterior_infer(
             jnp.asarray(_pad_rows(data.flux[begin:stop], size)),
             jnp.asarray(_pad_rows(data.ivar[begin:stop], size)),
             jnp.asarray(_pad_rows(start[begin:stop], size)),
-            jnp.concatenate([keys[begin:stop], jnp.repeat(keys[stop - 1 : stop], size - (stop - begin), axis=0)]),
+            jnp.concatenate(
+                [keys[begin:stop], jnp.repeat(keys[stop - 1 : stop], size - (stop - begin), axis=0)]
+            ),
             jnp.asarray(method == "fisher"),
             method == "nuts",
             int(newton_steps),
@@ -506,7 +533,17 @@ def posterior_infer(
         parts.append(jax.tree.map(lambda a, n=stop - begin: np.asarray(a[:n]), out))
     star = jax.tree.map(lambda *a: np.concatenate(a), *parts)
     return _result(
-        fitted, data, adaptor, star, method, start.shape[1], rhat_max, num_warmup, num_samples, num_chains, return_samples
+        fitted,
+        data,
+        adaptor,
+        star,
+        method,
+        start.shape[1],
+        rhat_max,
+        num_warmup,
+        num_samples,
+        num_chains,
+        return_samples,
     )
 
 
@@ -547,7 +584,12 @@ def _result(
         "training_uncertainty": adaptor.prediction_variance is not None,
     }
     if method == "nuts":
-        meta.update(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, sampler="blackjax-nuts-whitened")
+        meta.update(
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            sampler="blackjax-nuts-whitened",
+        )
     result = InferenceResult(
         ids=data.ids,
         label_names=names,
