@@ -43,7 +43,9 @@ def test_k_fold_predicts_every_star_once_from_other_stars(small):
     # 40 training stars of 10 terms at S/N 150: tens of K, a few 0.01 dex
     assert rmse["teff"] < 40 and rmse["logg"] < 0.08 and rmse["fe_h"] < 0.04
     assert set(cv.bias()) == {"teff", "logg", "fe_h"}
-    assert all(abs(b) < 3 * r / np.sqrt(60) + 1e-9 for b, r in zip(cv.bias().values(), rmse.values(), strict=True))
+    assert all(
+        abs(b) < 3 * r / np.sqrt(60) + 1e-9 for b, r in zip(cv.bias().values(), rmse.values(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("folds", [1, 61, "half", 2.5])

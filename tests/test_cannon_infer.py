@@ -34,7 +34,11 @@ def setup():
     test_index = np.arange(N_TRAIN, N_TRAIN + N_TEST)
     rng = np.random.default_rng(5)
     truth_flux = sim.true_flux[test_index]
-    noisy = truth_flux + rng.normal(size=truth_flux.shape) * sim.scatter + rng.normal(size=truth_flux.shape) / TEST_SNR
+    noisy = (
+        truth_flux
+        + rng.normal(size=truth_flux.shape) * sim.scatter
+        + rng.normal(size=truth_flux.shape) / TEST_SNR
+    )
     test = sim.dataset[test_index].replace(flux=noisy, flux_err=np.full(noisy.shape, 1 / TEST_SNR))
     fitted = Cannon(label_names=sim.dataset.label_names).fit(sim.dataset[:N_TRAIN])
     return sim, fitted, test, sim.true_labels[test_index]
@@ -52,7 +56,10 @@ def _true_fisher(sim, labels):
 
     step = sim.scale * 1e-4
     jac = np.stack(
-        [(model(labels + step * e) - model(labels - step * e)) / (2 * step[k]) for k, e in enumerate(np.eye(3))],
+        [
+            (model(labels + step * e) - model(labels - step * e)) / (2 * step[k])
+            for k, e in enumerate(np.eye(3))
+        ],
         axis=2,
     )
     weight = 1.0 / (1.0 / TEST_SNR**2 + sim.scatter**2)
@@ -93,15 +100,21 @@ def test_bad_starting_points_still_converge(setup):
             stats = spectrum_stats(flux, ivar, fitted.theta, pairs, fitted.s2, fitted.pixel_ok)
             return _levenberg_marquardt(fitted.vectorizer, stats, start, free, lower, upper, max_iter, 1e-6)
 
-        per_corner = jax.jit(jax.vmap(jax.vmap(solve, in_axes=(None, None, 0, None)), in_axes=(0, 0, None, None)))
-        out = per_corner(jnp.asarray(subset.flux), jnp.asarray(subset.ivar), jnp.asarray(corners), jnp.array(100))
+        per_corner = jax.jit(
+            jax.vmap(jax.vmap(solve, in_axes=(None, None, 0, None)), in_axes=(0, 0, None, None))
+        )
+        out = per_corner(
+            jnp.asarray(subset.flux), jnp.asarray(subset.ivar), jnp.asarray(corners), jnp.array(100)
+        )
         assert np.all(np.asarray(out.converged))
         labels = np.asarray(out.x) * scale + shift  # (stars, corners, labels)
         # converged means a further Gauss–Newton step would gain < 1e-6 in χ², i.e.
         # the labels agree to ~1e-3 of their own uncertainty
         assert np.max(np.abs(labels - reference[:, None, :]) / sigma[:, None, :]) < 1e-2
         # and two iterations are not enough: the solver reports it
-        short = per_corner(jnp.asarray(subset.flux), jnp.asarray(subset.ivar), jnp.asarray(corners), jnp.array(2))
+        short = per_corner(
+            jnp.asarray(subset.flux), jnp.asarray(subset.ivar), jnp.asarray(corners), jnp.array(2)
+        )
         assert not np.any(np.asarray(short.converged))
 
 
@@ -156,7 +169,9 @@ def test_quality_flags(setup):
     assert np.all(flags[10:14] & Flag.OUTSIDE_TRAINING)
     assert np.mean(flags[14:] == 0) > 0.9
     assert not np.any(flags[14:] & (Flag.FEW_PIXELS | Flag.POOR_FIT | Flag.BAD_COVARIANCE))
-    assert Flag.describe(int(flags[0])).startswith("FEW_PIXELS") or "FEW_PIXELS" in Flag.describe(int(flags[0]))
+    assert Flag.describe(int(flags[0])).startswith("FEW_PIXELS") or "FEW_PIXELS" in Flag.describe(
+        int(flags[0])
+    )
 
 
 def test_log_likelihood_is_jax_differentiable_and_consistent(setup):
@@ -175,7 +190,9 @@ def test_log_likelihood_is_jax_differentiable_and_consistent(setup):
         delta = float(loglike(fitted, moved, flux, ivar) - loglike(fitted, best, flux, ivar))
     # −2 Δ ln L equals Δχ² computed independently with numpy
     omega = ivar / (1 + ivar * np.asarray(fitted.s2))
-    chi2 = [np.sum(omega * (flux - fitted.predict_flux(p)[0]) ** 2) for p in (np.asarray(best), np.asarray(moved))]
+    chi2 = [
+        np.sum(omega * (flux - fitted.predict_flux(p)[0]) ** 2) for p in (np.asarray(best), np.asarray(moved))
+    ]
     assert -2 * delta == pytest.approx(chi2[1] - chi2[0], rel=1e-8)
     assert chi2[0] == pytest.approx(result.chi2[star], rel=1e-8)
 

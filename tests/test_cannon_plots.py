@@ -19,7 +19,9 @@ def test_derivative_and_scatter_plots(tmp_path):
     censored = Cannon(label_names=data.label_names, censor={"fe_h": windows}, tol=1e-12).fit(data)
     paths = [
         plot_cannon_derivatives(plain, tmp_path / "d.png"),
-        plot_cannon_derivatives(censored, tmp_path / "sub" / "dc.png", compare=plain, compare_name="uncensored"),
+        plot_cannon_derivatives(
+            censored, tmp_path / "sub" / "dc.png", compare=plain, compare_name="uncensored"
+        ),
         plot_cannon_scatter(plain, tmp_path / "s.png"),
     ]
     for path in paths:

@@ -28,7 +28,8 @@ def _sim_design(sim):
         return np.asarray(vec.design(jnp.asarray((sim.true_labels - sim.pivot) / sim.scale)))
 
 
-def _train_in_sim_basis(sim, weights=None, options=TrainingOptions(tol=TOL)):
+def _train_in_sim_basis(sim, weights=None):
+    options = TrainingOptions(tol=TOL)
     data = sim.dataset
     design = _sim_design(sim)
     weights = np.ones(data.n_stars) if weights is None else weights
@@ -73,7 +74,11 @@ def test_scatter_maximises_the_weighted_marginal_likelihood(sim, rng):
         A = design.T @ (omega[:, None] * design)
         theta = np.linalg.solve(A, design.T @ (omega * data.flux[:, p]))
         r = data.flux[:, p] - design @ theta
-        return 0.5 * np.sum(omega * r**2) - 0.5 * np.sum(weights * np.log(omega / weights)) + 0.5 * np.linalg.slogdet(A)[1]
+        return (
+            0.5 * np.sum(omega * r**2)
+            - 0.5 * np.sum(weights * np.log(omega / weights))
+            + 0.5 * np.linalg.slogdet(A)[1]
+        )
 
     for p in range(0, N_PIXELS, 12):
         best = minimize_scalar(lambda v, p=p: negative_marginal(v, p), bounds=(-20, -2), method="bounded",
@@ -179,7 +184,9 @@ def test_lasso_solvers_reach_the_same_optimum(rng):
         fista, _ = lasso_fista(A, b, penalty, start, tol=1e-12)
         assert float(jnp.max(lasso_kkt_violation(A, b, penalty, cd))) < 1e-8
         assert float(jnp.max(lasso_kkt_violation(A, b, penalty, fista))) < 1e-6
-        np.testing.assert_allclose(lasso_objective(A, b, penalty, cd), lasso_objective(A, b, penalty, fista), rtol=1e-10)
+        np.testing.assert_allclose(
+            lasso_objective(A, b, penalty, cd), lasso_objective(A, b, penalty, fista), rtol=1e-10
+        )
         np.testing.assert_allclose(cd, fista, atol=1e-6)
         assert np.mean(np.asarray(cd)[:, 1:] == 0) > 0.1
 

@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> dict:
     tables = [label_metrics(result.labels, test.labels, LABELS, model="quadratic, 80/20 split")]
     print(f"trained on {train.n_stars} stars: {dict(fitted.training_info)}")
     values, counts = np.unique(result.flags, return_counts=True)
-    print("flags on the test stars:", {Flag.describe(int(v)): int(n) for v, n in zip(values, counts, strict=True)})
+    print(
+        "flags on the test stars:",
+        {Flag.describe(int(v)): int(n) for v, n in zip(values, counts, strict=True)},
+    )
     plot_one_to_one(result.labels, test.labels, LABELS, out / "one_to_one.png", errors=result.label_err,
                     title="The Cannon, held-out APOGEE giants")  # fmt: skip
     plot_cannon_derivatives(fitted, out / "derivatives.png")
@@ -84,7 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
         reg_result = regularised.infer(test)
         tables.append(label_metrics(reg_result.labels, test.labels, LABELS, model=f"L1 λ={strength:g}"))
         if strength == 1e3:
-            plot_cannon_derivatives(fitted, out / "derivatives_l1.png", compare=regularised, compare_name="L1 λ=1e3")
+            plot_cannon_derivatives(
+                fitted, out / "derivatives_l1.png", compare=regularised, compare_name="L1 λ=1e3"
+            )
 
     text = format_metrics(tables)
     print(text)

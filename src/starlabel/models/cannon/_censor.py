@@ -55,9 +55,7 @@ def censor_from_windows(wavelength: Any, windows: Any) -> np.ndarray:
             " e.g. [[15200.0, 15210.0], [16700.0, 16720.0]]."
         )
     if not np.all(np.isfinite(bounds)) or np.any(bounds[:, 0] >= bounds[:, 1]):
-        raise ValueError(
-            f"every window needs finite start < end (Å); got {bounds.tolist()}."
-        )
+        raise ValueError(f"every window needs finite start < end (Å); got {bounds.tolist()}.")
     inside = (wave[:, None] >= bounds[None, :, 0]) & (wave[:, None] <= bounds[None, :, 1])
     return np.any(inside, axis=1)
 

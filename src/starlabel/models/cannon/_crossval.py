@@ -208,7 +208,12 @@ def _loo_chunk(
             flux, ivar, design, weights.at[fold.index].set(0.0), active, l1, train_options, use_l1
         )
         stats = spectrum_stats(
-            flux[fold.index], ivar[fold.index], trained.theta, theta_pairs(trained.theta), trained.s2, trained.pixel_ok
+            flux[fold.index],
+            ivar[fold.index],
+            trained.theta,
+            theta_pairs(trained.theta),
+            trained.s2,
+            trained.pixel_ok,
         )
         return fit_labels(
             vectorizer, stats, fold.starts, jnp.zeros_like(free, dtype=flux.dtype), free,
@@ -266,8 +271,12 @@ def _leave_one_out(
     position = np.empty(n_stars, dtype=np.int64)
     position[rank_order] = np.arange(len(rank_order))
     neighbour = rank_order[np.clip(position[pool_index] + 1, 0, len(rank_order) - 1)]
-    neighbour = np.where(neighbour == pool_index, rank_order[np.maximum(position[pool_index] - 1, 0)], neighbour)
-    chosen = np.where(pool_index[None, :] == np.arange(n_stars)[:, None], neighbour[None, :], pool_index[None, :])
+    neighbour = np.where(
+        neighbour == pool_index, rank_order[np.maximum(position[pool_index] - 1, 0)], neighbour
+    )
+    chosen = np.where(
+        pool_index[None, :] == np.arange(n_stars)[:, None], neighbour[None, :], pool_index[None, :]
+    )
     starts = labels[chosen]  # (stars, starts, labels), original units
 
     options = LabelStepOptions(max_iter=max_iter, tol=tol)
@@ -283,7 +292,10 @@ def _leave_one_out(
         scaled = (labels[None, :, :] - sh[:, None, :]) / sc[:, None, :]  # (folds, stars, labels)
         train = used[None, :] & (np.arange(n_stars)[None, :] != index[:, None])
         box = np.stack(
-            [np.where(train[..., None], scaled, np.inf).min(axis=1), np.where(train[..., None], scaled, -np.inf).max(axis=1)],
+            [
+                np.where(train[..., None], scaled, np.inf).min(axis=1),
+                np.where(train[..., None], scaled, -np.inf).max(axis=1),
+            ],
             axis=1,
         )
         width = np.maximum(box[:, 1] - box[:, 0], 1e-6)
@@ -298,7 +310,10 @@ def _leave_one_out(
             upper=jnp.asarray(safety[:, 1]),
         )
         out = loo_chunk(fold_inputs, *shared, prep.vectorizer, prep.options, use_l1, options)
-        raw = {f: np.asarray(getattr(out, f)) for f in ("x", "cov", "chi2", "n_good", "n_iter", "converged", "hit_bound")}
+        raw = {
+            f: np.asarray(getattr(out, f))
+            for f in ("x", "cov", "chi2", "n_good", "n_iter", "converged", "hit_bound")
+        }
         pieces.append(raw)
 
         # OUTSIDE_TRAINING, per fold: outside the training range or farther from every

@@ -50,15 +50,21 @@ class LabelSpace(eqx.Module):
 
     @property
     def safety_box(self) -> np.ndarray:
-        """Hard limits for unbounded labels: the training range widened by its width on
-        each side, so that an unconstrained polynomial cannot run off to infinity."""
+        """Hard limits for unbounded labels: the training range widened by its width.
+
+        Applied on each side, so that an unconstrained polynomial cannot run off to infinity.
+        """
         box = np.asarray(self.box)
         width = np.maximum(box[1] - box[0], 1e-6)
         return np.stack([box[0] - width, box[1] + width])
 
     def outside(self, x: np.ndarray, free: np.ndarray) -> np.ndarray:
-        """Bool (stars,): free labels outside the training range, at the safety box, or
-        farther from every training star than any training star is from its neighbour."""
+        """Bool (stars,): labels outside the training-label distribution.
+
+        True where a free label lies outside the training range or at the safety box, or
+        the labels are farther from every training star than any training star is from
+        its nearest neighbour.
+        """
         box, safety = np.asarray(self.box), self.safety_box
         outside_box = np.any(free & ((x < box[0]) | (x > box[1])), axis=1)
         at_safety = np.any(free & ((x <= safety[0] + 1e-9) | (x >= safety[1] - 1e-9)), axis=1)
@@ -187,8 +193,10 @@ fit_chunk = eqx.filter_jit(_fit_chunk)
 
 
 def chunk_length(n_stars: int, chunk_size: int) -> int:
-    """Chunk length: ``chunk_size``, or the next power of two ≥ n_stars when smaller,
-    so that small calls do not pay for a full chunk and sizes compile a few times at most."""
+    """Chunk length: ``chunk_size``, or the next power of two ≥ n_stars when smaller.
+
+    Small calls then do not pay for a full chunk, and sizes compile a few times at most.
+    """
     return int(min(chunk_size, 1 << max(0, int(np.ceil(np.log2(max(n_stars, 1)))))))
 
 
@@ -217,8 +225,13 @@ def run_test_step(
         pad = size - (stop - start)
         # Slices of a full chunk go straight to the device; only the last, short chunk
         # is padded (np.pad copies, which costs as much as the transfer itself).
-        chunk = [a[start:stop] if pad == 0 else np.pad(a[start:stop], ((0, pad), (0, 0))) for a in (flux, ivar, frozen_values)]
-        out = fit_chunk(*(jnp.asarray(c) for c in chunk), theta, pairs, s2, pixel_ok, *shared, vectorizer, options)
+        chunk = [
+            a[start:stop] if pad == 0 else np.pad(a[start:stop], ((0, pad), (0, 0)))
+            for a in (flux, ivar, frozen_values)
+        ]
+        out = fit_chunk(
+            *(jnp.asarray(c) for c in chunk), theta, pairs, s2, pixel_ok, *shared, vectorizer, options
+        )
         pieces.append(jax.tree.map(lambda a, n=stop - start: np.asarray(a)[:n], out))
     return {
         field: np.concatenate([getattr(p, field) for p in pieces])

@@ -46,10 +46,9 @@ def _label_matrix(data: SpectralDataset, label_names: tuple[str, ...], what: str
         )
     missing = [n for n in label_names if n not in data.label_names]
     if missing:
-        raise ValueError(
-            f"`{what}` lacks labels {missing}; it has {list(data.label_names)}."
-        )
-    return data.select_labels(label_names).labels  # type: ignore[return-value]
+        raise ValueError(f"`{what}` lacks labels {missing}; it has {list(data.label_names)}.")
+    # Index the columns directly: select_labels would copy the whole dataset.
+    return data.labels[:, [data.label_index(n) for n in label_names]]
 
 
 def _names(value: Sequence[str]) -> tuple[str, ...]:
@@ -197,9 +196,16 @@ class Cannon(AbstractSpectralModel):
                 f" positive weight, but the model has {vectorizer.n_terms} terms; the Cannon needs"
                 " more stars than terms (lower `order` or add stars)."
             )
-        l1 = np.array(np.broadcast_to(np.asarray(self.l1, dtype=float), (n_pixels,)) if np.ndim(self.l1) == 0 else self.l1, dtype=float)
+        l1 = np.array(
+            np.broadcast_to(np.asarray(self.l1, dtype=float), (n_pixels,))
+            if np.ndim(self.l1) == 0
+            else self.l1,
+            dtype=float,
+        )
         if l1.shape != (n_pixels,):
-            raise ValueError(f"`l1` has shape {l1.shape}; give a number or one value per pixel ({n_pixels},).")
+            raise ValueError(
+                f"`l1` has shape {l1.shape}; give a number or one value per pixel ({n_pixels},)."
+            )
         allowed = resolve_censor(self.censor, self.label_names, n_pixels, train.wavelength)
         return _Prepared(
             labels=labels,
@@ -245,7 +251,9 @@ class Cannon(AbstractSpectralModel):
             train.flux, train.ivar, design, prep.weights, prep.active, prep.l1, prep.options
         )
         if not converged:
-            logger.warning("Cannon.fit: scatter iterations hit max_iter=%d before tol=%g.", self.max_iter, self.tol)
+            logger.warning(
+                "Cannon.fit: scatter iterations hit max_iter=%d before tol=%g.", self.max_iter, self.tol
+            )
         used = prep.used
         vectorizer, allowed, l1 = prep.vectorizer, prep.allowed, prep.l1
         space = label_space(scaled[used])
@@ -320,7 +328,9 @@ class FittedCannon(AbstractGenerativeModel):
         if n_terms != self.vectorizer.n_terms:
             raise ValueError(f"`theta` has {n_terms} terms but the vectorizer has {self.vectorizer.n_terms}.")
         if self.allowed.shape != (len(self.label_names), n_pixels):
-            raise ValueError(f"`allowed` has shape {self.allowed.shape}; expected {(len(self.label_names), n_pixels)}.")
+            raise ValueError(
+                f"`allowed` has shape {self.allowed.shape}; expected {(len(self.label_names), n_pixels)}."
+            )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -550,4 +560,3 @@ class FittedCannon(AbstractGenerativeModel):
             ),
             training_info=tuple(sorted(config.get("training_info", {}).items())),
         )
-

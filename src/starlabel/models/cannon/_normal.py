@@ -50,7 +50,9 @@ def unpack_pairs(packed: Float[Array, "batch pairs"], n_terms: int) -> Float[Arr
     return packed[:, pair_table(n_terms).index]
 
 
-def pack_pairs(matrices: Float[Array, "batch terms terms"], *, quadratic_form: bool = False) -> Float[Array, "batch pairs"]:
+def pack_pairs(
+    matrices: Float[Array, "batch terms terms"], *, quadratic_form: bool = False
+) -> Float[Array, "batch pairs"]:
     """Packed upper triangles; with ``quadratic_form`` off-diagonals are doubled.
 
     ``outer_pairs(v) @ pack_pairs(M, quadratic_form=True).T`` is ``vᵀ M v`` for every

@@ -209,7 +209,9 @@ def fit_labels(
     all_starts = jnp.where(free[None, :], all_starts, frozen_value[None, :])
 
     def explore(x0: Array) -> _LMState:
-        return _levenberg_marquardt(vectorizer, stats, x0, free, lower, upper, options.explore_iter, options.tol)
+        return _levenberg_marquardt(
+            vectorizer, stats, x0, free, lower, upper, options.explore_iter, options.tol
+        )
 
     explored = jax.vmap(explore)(all_starts)
     best = jnp.argmin(jnp.where(jnp.isfinite(explored.chi2), explored.chi2, jnp.inf))

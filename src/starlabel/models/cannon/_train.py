@@ -234,12 +234,20 @@ def fit_pixels(
     for start in range(0, n_pixels, block):
         stop = min(start + block, n_pixels)
         pad = block - (stop - start)
-        f = np.pad(flux[:, start:stop], ((0, 0), (0, pad)))
-        iv = np.pad(ivar[:, start:stop], ((0, 0), (0, pad)))
+        # np.pad always copies; a full block goes to the device as a plain slice.
+        f = flux[:, start:stop] if pad == 0 else np.pad(flux[:, start:stop], ((0, 0), (0, pad)))
+        iv = ivar[:, start:stop] if pad == 0 else np.pad(ivar[:, start:stop], ((0, 0), (0, pad)))
         act = np.pad(active[start:stop], ((0, pad), (0, 0)), constant_values=True)
         lam = np.pad(l1[start:stop], (0, pad))
         out = fit_block(
-            jnp.asarray(f), jnp.asarray(iv), design_j, weights_j, jnp.asarray(act), jnp.asarray(lam), options, use_l1
+            jnp.asarray(f),
+            jnp.asarray(iv),
+            design_j,
+            weights_j,
+            jnp.asarray(act),
+            jnp.asarray(lam),
+            options,
+            use_l1,
         )
         keep = slice(0, stop - start)
         thetas.append(np.asarray(out.theta)[keep])
