@@ -40,6 +40,14 @@ def _jitted(statistic: Callable[..., Array]) -> Callable[[Array], Array]:
     return jax.jit(lambda column: statistic(column, chain_axis=0, sample_axis=1))
 
 
+def _over_leaves(statistic: Callable[..., Array], draws: Params) -> Params:
+    def one(x: Array) -> Array:
+        _check(x, "draws")
+        return _per_component(statistic, x)
+
+    return jax.tree.map(one, as_float64(draws))
+
+
 def _check(draws: Array, name: str) -> None:
     if draws.ndim < 2:
         raise ValueError(
@@ -77,12 +85,7 @@ def split_rhat(draws: Params) -> Params:
     ----------
     Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021), Bayesian Analysis 16, 667.
     """
-
-    def one(x: Array) -> Array:
-        _check(x, "draws")
-        return _per_component(_bj.rhat, x)
-
-    return jax.tree.map(one, as_float64(draws))
+    return _over_leaves(_bj.rhat, draws)
 
 
 @x64
@@ -111,9 +114,4 @@ def effective_sample_size(draws: Params) -> Params:
     ----------
     Geyer (1992), Statistical Science 7, 473; Gelman et al., Bayesian Data Analysis (3rd ed.).
     """
-
-    def one(x: Array) -> Array:
-        _check(x, "draws")
-        return _per_component(_bj.effective_sample_size, x)
-
-    return jax.tree.map(one, as_float64(draws))
+    return _over_leaves(_bj.effective_sample_size, draws)

@@ -29,6 +29,7 @@ def _with_aux(fn: Callable[[Params, Args], PyTree[Array]]) -> Callable[..., Any]
     return wrapped
 
 
+@eqx.filter_jit
 def iterate(
     fn: Callable[[Params, Args], PyTree[Array]],
     solver: optx.AbstractMinimiser | optx.AbstractLeastSquaresSolver,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -117,7 +115,15 @@ def fit_map(
     _check_params(params0)
     params0, args = as_float64((params0, args))
     return _finish(
-        _fit(_Negated(log_density), solver, params0, args, max_steps, _scalar, progress_every),
+        iterate(
+            _Negated(log_density),
+            solver,
+            params0,
+            args,
+            max_steps=max_steps,
+            loss_of=_scalar,
+            progress_every=progress_every,
+        ),
         throw,
     )
 
@@ -170,21 +176,14 @@ def fit_least_squares(
     _check_params(params0)
     params0, args = as_float64((params0, args))
     return _finish(
-        _fit(residuals, solver, params0, args, max_steps, _half_sum_of_squares, progress_every),
+        iterate(
+            residuals,
+            solver,
+            params0,
+            args,
+            max_steps=max_steps,
+            loss_of=_half_sum_of_squares,
+            progress_every=progress_every,
+        ),
         throw,
-    )
-
-
-@eqx.filter_jit
-def _fit(
-    fn: Callable[[Params, Args], PyTree[Array]],
-    solver: optx.AbstractMinimiser | optx.AbstractLeastSquaresSolver,
-    params0: Params,
-    args: Args,
-    max_steps: int,
-    loss_of: Callable[[PyTree[Array]], Float[Array, ""]],
-    progress_every: int | None,
-) -> MAPSolution:
-    return iterate(
-        fn, solver, params0, args, max_steps=max_steps, loss_of=loss_of, progress_every=progress_every
     )

@@ -257,6 +257,17 @@ def _summarise_samples(adaptor: _Adaptor, post: PosteriorSamples) -> tuple[Array
     return mean, cov, split_rhat(label_draws), effective_sample_size(label_draws), label_draws
 
 
+class _Settings(eqx.Module):
+    """Static run configuration of the compiled per-chunk program."""
+
+    sample: bool = eqx.field(static=True)
+    newton_steps: int = eqx.field(static=True)
+    num_warmup: int = eqx.field(static=True)
+    num_samples: int = eqx.field(static=True)
+    num_chains: int = eqx.field(static=True)
+    vectorize: bool = eqx.field(static=True)
+
+
 def _analyse_star(
     adaptor: _Adaptor,
     flux: Array,
@@ -264,14 +275,10 @@ def _analyse_star(
     start: Array,
     key: PRNGKeyArray,
     use_fisher: Array,
-    sample: bool,
-    newton_steps: int,
-    num_warmup: int,
-    num_samples: int,
-    num_chains: int,
+    settings: _Settings,
 ) -> _StarOutput:
     args = (adaptor, flux, ivar)
-    params, decrement = _newton(args, start, newton_steps)
+    params, decrement = _newton(args, start, settings.newton_steps)
     information, chi2, n_used = _fisher(args, params)
     observed = hessian(_negative_log_posterior, params, args)
     # A traced choice, so "fisher" and "laplace" share one compiled program.
@@ -288,7 +295,7 @@ def _analyse_star(
     nan_labels = jnp.full((n_labels,), jnp.nan, dtype=labels.dtype)
     rhat, ess, step_size, divergent = nan_labels, nan_labels, jnp.nan * jnp.ones(()), jnp.zeros((), jnp.int32)
     samples = jnp.zeros((0, 0, n_labels), dtype=labels.dtype)
-    if sample:
+    if settings.sample:
         # Whiten with the observed curvature: it is the local shape of this posterior.
         whitening = whiten(gaussian_from_precision(params, observed))
         post = nuts(
@@ -296,9 +303,9 @@ def _analyse_star(
             whitening,
             args,
             key,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            num_chains=num_chains,
+            num_warmup=settings.num_warmup,
+            num_samples=settings.num_samples,
+            num_chains=settings.num_chains,
             diagnose=False,  # diagnosed on the labels below
         )
         labels, cov, rhat, ess, samples = _summarise_samples(adaptor, post)
@@ -330,20 +337,13 @@ def _analyse_chunk(
     start: Array,
     keys: Key[Array, " stars"],
     use_fisher: Array,
-    sample: bool,
-    newton_steps: int,
-    num_warmup: int,
-    num_samples: int,
-    num_chains: int,
-    vectorize: bool,
+    settings: _Settings,
 ) -> _StarOutput:
     def one(row: tuple[Array, Array, Array, PRNGKeyArray]) -> _StarOutput:
-        return _analyse_star(
-            adaptor, *row, use_fisher, sample, newton_steps, num_warmup, num_samples, num_chains
-        )
+        return _analyse_star(adaptor, *row, use_fisher, settings)
 
     rows = (flux, ivar, start, keys)
-    if sample and not vectorize:
+    if settings.sample and not settings.vectorize:
         # One star after another inside the compiled program: on CPU a vmapped NUTS batch
         # runs every trajectory as long as its longest member (benchmarks/posteriors.py).
         return jax.lax.map(one, rows)
@@ -511,6 +511,14 @@ def posterior_infer(
     n_stars = data.n_stars
     size = int(min(chunk_size, 1 << max(0, (n_stars - 1).bit_length())))
     keys = jax.random.split(jax.random.key(seed), n_stars)
+    settings = _Settings(
+        method == "nuts",
+        int(newton_steps),
+        int(num_warmup),
+        int(num_samples),
+        int(num_chains),
+        bool(vectorize),
+    )
     parts: list[_StarOutput] = []
     for begin in range(0, n_stars, size):
         stop = min(begin + size, n_stars)
@@ -523,12 +531,7 @@ def posterior_infer(
                 [keys[begin:stop], jnp.repeat(keys[stop - 1 : stop], size - (stop - begin), axis=0)]
             ),
             jnp.asarray(method == "fisher"),
-            method == "nuts",
-            int(newton_steps),
-            int(num_warmup),
-            int(num_samples),
-            int(num_chains),
-            bool(vectorize),
+            settings,
         )
         parts.append(jax.tree.map(lambda a, n=stop - begin: np.asarray(a[:n]), out))
     star = jax.tree.map(lambda *a: np.concatenate(a), *parts)
