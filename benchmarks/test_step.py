@@ -51,11 +51,12 @@ def _rmse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def giants_cv(quick: bool) -> dict:
-    """Nested cross-validation for the Gaussian and the per-star Student likelihood."""
-    return {name: _giants_cv(quick, name) for name in ("gaussian", "student")}
+    """Nested cross-validation: Gaussian and per-star Student likelihoods, CRPS and log score."""
+    configs = (("student", "crps"), ("gaussian", "crps"), ("student", "log"))
+    return {f"{likelihood}_{score}": _giants_cv(quick, likelihood, score) for likelihood, score in configs}
 
 
-def _giants_cv(quick: bool, likelihood: str) -> dict:
+def _giants_cv(quick: bool, likelihood: str, score: str) -> dict:
     folder = shared_data_dir()
     if folder is None:
         return {"skipped": "shared data not found"}
@@ -70,7 +71,13 @@ def _giants_cv(quick: bool, likelihood: str) -> dict:
     for held in folds:
         rest = np.setdiff1d(np.arange(data.n_stars), held)
         selection = select_temperature(
-            Cannon(names), data[rest], prior="kde", temperatures=temps, n_folds=inner, likelihood=likelihood
+            Cannon(names),
+            data[rest],
+            prior="kde",
+            temperatures=temps,
+            n_folds=inner,
+            score=score,
+            likelihood=likelihood,
         )
         chosen.append(selection.temperature)
         fitted = Cannon(names).fit(data[rest])
@@ -84,6 +91,7 @@ def _giants_cv(quick: bool, likelihood: str) -> dict:
     z_map, z_mean = (best - truth) / best_err, (mean - truth) / mean_err
     return {
         "likelihood": likelihood,
+        "score": score,
         "labels": list(names),
         "temperatures_tried": list(temps),
         "inner_folds": inner,
