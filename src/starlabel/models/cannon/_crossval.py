@@ -97,7 +97,7 @@ def cross_validate(
     folds: Any = 5,
     seed: int = 0,
     star_weights: Any = None,
-    n_starts: int = 4,
+    n_starts: int = 3,
     max_iter: int = 100,
     tol: float = 1e-6,
     poor_fit: float = 3.0,

@@ -433,7 +433,7 @@ class FittedCannon(AbstractGenerativeModel):
         self,
         data: SpectralDataset,
         *,
-        n_starts: int = 4,
+        n_starts: int = 3,
         bounds: Mapping[str, Any] | None = None,
         frozen: Mapping[str, Any] | None = None,
         chunk_size: int = 512,

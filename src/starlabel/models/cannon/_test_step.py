@@ -42,7 +42,7 @@ class LabelStepOptions(eqx.Module):
     """Static settings of the test step."""
 
     max_iter: int = eqx.field(static=True, default=100)
-    explore_iter: int = eqx.field(static=True, default=6)
+    explore_iter: int = eqx.field(static=True, default=4)
     tol: float = eqx.field(static=True, default=1e-6)
 
 
@@ -115,7 +115,7 @@ def _levenberg_marquardt(
     free: Bool[Array, " labels"],
     lower: Float[Array, " labels"],
     upper: Float[Array, " labels"],
-    max_iter: int,
+    max_iter: int | Int[Array, ""],
     tol: float,
 ) -> _LMState:
     def step(state: _LMState) -> _LMState:

@@ -58,6 +58,7 @@ class TrainingOptions(eqx.Module):
 class _EMState(eqx.Module):
     theta: Float[Array, "pixels terms"]
     s2: Float[Array, " pixels"]
+    step: Float[Array, " pixels"]
     iteration: Int[Array, ""]
     change: Float[Array, ""]
 
@@ -177,8 +178,17 @@ def fit_block_impl(
         numerator = jnp.sum(wg2 * (residual * residual - variance), axis=0) + leverage
         s2 = jnp.maximum(numerator / jnp.maximum(jnp.sum(wg2, axis=0), 1e-300), 0.0)
         s2 = jnp.where(usable & finite, s2, 0.0)
-        change = jnp.max(jnp.abs(s2 - state.s2) / (s2 + var_typ))
-        return _EMState(theta, s2, state.iteration + 1, change)
+        step = s2 - state.s2
+        change = jnp.max(jnp.abs(step) / (s2 + var_typ))
+        # EM converges linearly: successive steps shrink by a nearly constant ratio ρ per
+        # pixel. Aitken's extrapolation jumps to the limit, s² + step·ρ/(1 − ρ), where the
+        # ratio is a clean contraction (0 < ρ < 0.9); it leaves the fixed point unchanged.
+        ratio = step / jnp.where(state.step != 0, state.step, jnp.inf)
+        smooth = (ratio > 0) & (ratio < 0.9) & (state.iteration > 0)
+        s2 = jnp.maximum(
+            jnp.where(smooth, s2 + step * ratio / (1.0 - jnp.where(smooth, ratio, 0.0)), s2), 0.0
+        )
+        return _EMState(theta, s2, step, state.iteration + 1, change)
 
     def cond(state: _EMState) -> Array:
         return (state.iteration < options.max_iter) & (state.change > options.tol)
@@ -186,6 +196,7 @@ def fit_block_impl(
     n_pixels, n_terms = active.shape
     init = _EMState(
         jnp.full((n_pixels, n_terms), jnp.nan, dtype=flux.dtype),
+        jnp.zeros(n_pixels, dtype=flux.dtype),
         jnp.zeros(n_pixels, dtype=flux.dtype),
         jnp.array(0),
         jnp.array(jnp.inf, dtype=flux.dtype),
