@@ -57,6 +57,8 @@ class TrainingOptions(eqx.Module):
 
 class _EMState(eqx.Module):
     theta: Float[Array, "pixels terms"]
+    solved_at: Float[Array, " pixels"]
+    solved: Bool[Array, " pixels"]
     s2: Float[Array, " pixels"]
     step: Float[Array, " pixels"]
     iteration: Int[Array, ""]
@@ -188,7 +190,7 @@ def fit_block_impl(
         s2 = jnp.maximum(
             jnp.where(smooth, s2 + step * ratio / (1.0 - jnp.where(smooth, ratio, 0.0)), s2), 0.0
         )
-        return _EMState(theta, s2, step, state.iteration + 1, change)
+        return _EMState(theta, state.s2, finite, s2, step, state.iteration + 1, change)
 
     def cond(state: _EMState) -> Array:
         return (state.iteration < options.max_iter) & (state.change > options.tol)
@@ -197,18 +199,22 @@ def fit_block_impl(
     init = _EMState(
         jnp.full((n_pixels, n_terms), jnp.nan, dtype=flux.dtype),
         jnp.zeros(n_pixels, dtype=flux.dtype),
+        jnp.zeros(n_pixels, dtype=bool),
+        jnp.zeros(n_pixels, dtype=flux.dtype),
         jnp.zeros(n_pixels, dtype=flux.dtype),
         jnp.array(0),
         jnp.array(jnp.inf, dtype=flux.dtype),
     )
     final = jax.lax.while_loop(cond, body, init)
-    theta, _, _, _ = solve(final.s2, final.theta)
-    ok = usable & jnp.all(jnp.isfinite(theta), axis=1)
+    # Return θ with the s² it was solved at (an exactly consistent pair); at convergence
+    # that s² is within `tol` of the last update, so no extra solve is needed.
+    theta = final.theta
+    ok = usable & final.solved
     mean_flux = (star_weights @ (ivar * flux)) / jnp.maximum(star_weights @ ivar, 1e-300)
     fallback = jnp.zeros_like(theta).at[:, 0].set(mean_flux)
     return BlockFit(
         theta=jnp.where(ok[:, None], theta, fallback),
-        s2=jnp.where(ok, final.s2, 0.0),
+        s2=jnp.where(ok, final.solved_at, 0.0),
         pixel_ok=ok,
         n_iter=final.iteration,
         converged=final.change <= options.tol,
