@@ -89,9 +89,9 @@ def test_temperature_cv_finds_misspecification():
 
 def test_nuts_agrees_with_the_grid(high_snr, getkey):
     fitted, test, _ = high_snr
-    few = test[:3]
+    few = test[:2]
     grid = infer_posterior_mean(fitted, few, prior="gaussian")
-    draws = infer_nuts(fitted, few, getkey(), prior="gaussian", num_warmup=200, num_samples=400, num_chains=2)
+    draws = infer_nuts(fitted, few, getkey(), prior="gaussian", num_warmup=150, num_samples=400, num_chains=2)
     np.testing.assert_array_less(np.abs(draws.labels - grid.labels) / grid.label_err, 0.3)
     ratio = draws.label_err / grid.label_err
     assert np.all((ratio > 0.75) & (ratio < 1.3)), ratio
