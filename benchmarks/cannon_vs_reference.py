@@ -376,7 +376,15 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
+    if os.environ.get("STARLABEL_BENCH_XLA_THREADS", "1") != "1" and RESULTS.exists():
+        # A run with XLA's own thread pool is kept beside the main (1-thread) results.
+        main_results = json.loads(RESULTS.read_text())
+        main_results["xla_default_threads"] = results
+        RESULTS.write_text(json.dumps(main_results, indent=2))
+    else:
+        if RESULTS.exists() and "xla_default_threads" in (previous := json.loads(RESULTS.read_text())):
+            results["xla_default_threads"] = previous["xla_default_threads"]
+        RESULTS.write_text(json.dumps(results, indent=2))
     print(table(results))
     print(results["casey_the_cannon"])
     print(f"wrote {RESULTS}")
