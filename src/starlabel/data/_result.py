@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._internal import check_label_names
+from ._tables import TABLE_FORMATS, read_table_file, write_table_file
 
 __all__ = ["Flag", "InferenceResult", "RESULT_SUFFIXES", "read_result"]
 
@@ -45,25 +46,9 @@ class Flag(enum.IntFlag):
         return "|".join(names) if names else "ok"
 
 
-RESULT_SUFFIXES: dict[str, str] = {
-    ".csv": "ascii.csv",
-    ".ecsv": "ascii.ecsv",
-    ".fits": "fits",
-    ".fit": "fits",
-    ".h5": "hdf5",
-    ".hdf5": "hdf5",
-    ".parquet": "parquet",
-}
-
-
-def _result_format(path: Path) -> str:
-    try:
-        return RESULT_SUFFIXES[path.suffix.lower()]
-    except KeyError:
-        raise ValueError(
-            f"cannot tell the table format of {str(path)!r} from its suffix; use one of"
-            f" {sorted(RESULT_SUFFIXES)}."
-        ) from None
+# Result tables are written in every table format except VOTable (no round trip of
+# the covariance columns' metadata there).
+RESULT_SUFFIXES: dict[str, str] = {k: v for k, v in TABLE_FORMATS.items() if v != "votable"}
 
 
 @dataclass(frozen=True)
@@ -193,22 +178,12 @@ class InferenceResult:
     def write(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
         """Write the table to CSV, FITS, HDF5 (``.h5``) or Parquet, chosen by suffix."""
         path = Path(path)
-        fmt = _result_format(path)
-        table = self.to_table()
-        tmp = path.with_name(path.name + ".partial" + path.suffix)
-        kwargs: dict[str, Any] = {"format": fmt, "overwrite": True}
-        if fmt == "hdf5":
-            kwargs.update(path="results", serialize_meta=True)
-        if fmt == "fits":
-            # FITS header keywords are ≤ 8 characters; keep meta in the table, not the header.
-            table.meta = {k: v for k, v in table.meta.items() if len(k) <= 8}
-        if fmt == "parquet":
-            table.meta = {}
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
-        table.write(tmp, **kwargs)
-        os.replace(tmp, path)
-        return path
+        if path.suffix.lower() not in RESULT_SUFFIXES:
+            raise ValueError(
+                f"cannot tell the table format of {str(path)!r} from its suffix; use one of"
+                f" {sorted(RESULT_SUFFIXES)}."
+            )
+        return write_table_file(self.to_table(), path, hdf5_path="results", overwrite=overwrite)
 
     def concatenate_with(self, others: Sequence[InferenceResult]) -> InferenceResult:
         """Stack this result with ``others`` (same labels) along stars."""
@@ -240,16 +215,10 @@ def read_result(path: str | os.PathLike[str]) -> InferenceResult:
     from columns that have a matching ``<name>_err`` column. Off-diagonal covariances
     are restored when ``cov_<a>_<b>`` columns exist; otherwise only the diagonal.
     """
-    from astropy.table import Table
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"results file {str(path)!r} does not exist.")
-    fmt = _result_format(path)
-    kwargs: dict[str, Any] = {"format": fmt}
-    if fmt == "hdf5":
-        kwargs["path"] = "results"
-    table = Table.read(path, **kwargs)
+    table = read_table_file(path, hdf5_path="results")
     if "id" not in table.colnames:
         raise KeyError(f"{str(path)!r} has no 'id' column; columns: {table.colnames}.")
     names_meta = table.meta.get("label_names") or table.meta.get("LABEL_NAMES")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..data._tables import TABLE_FORMATS, read_table_file, write_table_file
 from ._cluster import ClusterFit, fit_cluster_membership
 
 __all__ = ["MembershipResult", "fit_membership_table", "read_table"]
@@ -36,17 +37,6 @@ _POSITION_CANDIDATES = (("ra", "dec"), ("RA_ICRS", "DE_ICRS"), ("RAdeg", "DEdeg"
 _ERROR_PATTERNS = ("{}_error", "e_{}", "{}_err", "err_{}", "{}_e", "{}Err", "{}_sigma")
 _CORR_PATTERNS = ("{a}_{b}_corr", "{a}{b}cor", "{a}{b}_corr", "{a}_{b}_cor", "{a}{b}corr")
 _ADDED_COLUMNS = ("p_member", "p_member_err", "p_member_map", "member_status")
-_TABLE_SUFFIXES = {
-    ".csv": "ascii.csv",
-    ".ecsv": "ascii.ecsv",
-    ".fits": "fits",
-    ".fit": "fits",
-    ".vot": "votable",
-    ".xml": "votable",
-    ".h5": "hdf5",
-    ".hdf5": "hdf5",
-    ".parquet": "parquet",
-}
 
 
 def read_table(source: Any) -> Any:
@@ -76,15 +66,15 @@ def read_table(source: Any) -> Any:
     path = Path(os.fspath(source))
     if not path.exists():
         raise FileNotFoundError(f"table {str(path)!r} does not exist.")
-    fmt = _TABLE_SUFFIXES.get(path.suffix.lower())
+    if path.suffix.lower() not in TABLE_FORMATS:
+        return Table.read(path)  # leave other suffixes to astropy's format guessing
     try:
-        table = Table.read(path, format=fmt) if fmt else Table.read(path)
+        return read_table_file(path)
     except Exception as error:  # astropy raises many types for unreadable files
         raise ValueError(
             f"could not read {str(path)!r} as a table ({error}); use one of the suffixes"
-            f" {sorted(_TABLE_SUFFIXES)} or pass an astropy Table."
+            f" {sorted(TABLE_FORMATS)} or pass an astropy Table."
         ) from error
-    return table
 
 
 def _lookup(table: Any, name: str) -> str | None:
@@ -360,23 +350,7 @@ class MembershipResult:
 
     def write(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
         """Write the table (format by suffix, as :func:`read_table`); returns the path."""
-        path = Path(path)
-        fmt = _TABLE_SUFFIXES.get(path.suffix.lower())
-        if fmt is None:
-            raise ValueError(
-                f"cannot tell the table format of {str(path)!r}; use one of {sorted(_TABLE_SUFFIXES)}."
-            )
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table = self.table.copy(copy_data=False)
-        if fmt == "fits":
-            table.meta = {k: v for k, v in table.meta.items() if len(str(k)) <= 8}
-        kwargs: dict[str, Any] = {"format": fmt, "overwrite": True}
-        if fmt == "hdf5":
-            kwargs.update(path="members", serialize_meta=True)
-        table.write(path, **kwargs)
-        return path
+        return write_table_file(self.table, path, hdf5_path="members", overwrite=overwrite)
 
 
 def _logsumexp(x: np.ndarray) -> float:
