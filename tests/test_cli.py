@@ -114,3 +114,44 @@ def test_train_infer_evaluate_on_real_giants(tmp_path, shared_data):
     # Training-set (self) residuals of a quadratic Cannon on 100 pixels of real giants
     # (NOTES.md: the plain maximum-likelihood step sits near 225 K / 0.44 / 0.19 here).
     assert metrics["teff"]["rmse"] < 240 and metrics["logg"]["rmse"] < 0.5 and metrics["m_h"]["rmse"] < 0.21
+
+
+def test_infer_uncertainty_and_likelihood_options(tmp_path, shared_data):
+    giants = shared_data / "apogee" / "giants_100px.npz"
+    model = tmp_path / "giants.starlabel"
+    assert run("train", "cannon", giants, "--labels", "teff,logg,m_h", "-o", model).exit_code == 0
+    fisher = tmp_path / "fisher.csv"
+    assert run("infer", model, giants, "-o", fisher, "--no-progress").exit_code == 0
+    laplace = tmp_path / "laplace.csv"
+    result = run("infer", model, giants, "-o", laplace, "--uncertainty", "laplace", "--no-progress")
+    assert result.exit_code == 0, result.output
+    a, b = read_result(fisher), read_result(laplace)
+    # Same optimum; the observed curvature of real spectra with a misfit model differs
+    # from the expected one, but not by orders of magnitude.
+    assert np.all(np.abs(a.labels - b.labels) < 0.01 * a.label_err)
+    ratio = np.median(b.label_err / a.label_err, axis=0)
+    assert np.all((ratio > 0.5) & (ratio < 2.0)), ratio
+    student = tmp_path / "student.csv"
+    result = run(
+        "infer", model, giants, "-o", student, "--estimator", "mean", "--prior", "kde",
+        "--likelihood", "student", "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = read_result(student)
+    truth = np.stack([np.load(giants)[n] for n in ("teff", "logg", "m_h")], axis=1)
+    rmse_mean = np.sqrt(np.mean((table.labels - truth) ** 2, axis=0))
+    rmse_map = np.sqrt(np.mean((a.labels - truth) ** 2, axis=0))
+    assert np.all(rmse_mean < rmse_map), (rmse_mean, rmse_map)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--likelihood", "student"], "--likelihood student works with --estimator mean"),
+        (["--estimator", "mean", "--uncertainty", "nuts"], "--uncertainty applies to the plain MAP"),
+    ],
+)
+def test_infer_option_combinations_are_refused(tmp_path, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["infer", "m.starlabel", "x.npz", "-o", "r.csv", *extra])
+    assert result.exit_code == 2 and message in result.output, result.output

@@ -228,7 +228,7 @@ def train_nn(
 
 
 # ----------------------------------------------------------------------------- infer
-def _cross_validated_temperature(model: Path, train: Path, prior: str) -> float:
+def _cross_validated_temperature(model: Path, train: Path, prior: str, likelihood: str) -> float:
     """Choose the likelihood temperature once, by k-fold CV on the training set only."""
     from .data import read_dataset
     from .models import load_model
@@ -237,7 +237,7 @@ def _cross_validated_temperature(model: Path, train: Path, prior: str) -> float:
     fitted = load_model(model)
     training = read_dataset(train, labels=fitted.label_names)
     with console.status("choosing the temperature by cross-validation on the training set…"):
-        selection = select_temperature(_unfitted(fitted, None), training, prior=prior)
+        selection = select_temperature(_unfitted(fitted, None), training, prior=prior, likelihood=likelihood)
     typer.echo(f"temperature {selection.temperature:g} (cross-validated on {train})", err=True)
     return float(selection.temperature)
 
@@ -255,6 +255,21 @@ class PriorName(StrEnum):
     none = "none"
     gaussian = "gaussian"
     kde = "kde"
+
+
+class LikelihoodName(StrEnum):
+    """Per-pixel likelihood of the grid posterior mean."""
+
+    gaussian = "gaussian"
+    student = "student"
+
+
+class UncertaintyName(StrEnum):
+    """How the MAP test step's label covariance is computed."""
+
+    fisher = "fisher"
+    laplace = "laplace"
+    nuts = "nuts"
 
 
 class EstimatorName(StrEnum):
@@ -288,6 +303,19 @@ def infer(
     train: Annotated[
         Path | None, typer.Option(help="Training dataset, needed for --temperature auto.")
     ] = None,
+    likelihood: Annotated[
+        LikelihoodName,
+        typer.Option(
+            help="Pixel likelihood for --estimator mean: gaussian, or student (robust to bad pixels)."
+        ),
+    ] = LikelihoodName.gaussian,
+    uncertainty: Annotated[
+        UncertaintyName,
+        typer.Option(
+            help="Errors of --estimator map: fisher (σ² + s², default), laplace (observed curvature)"
+            " or nuts (posterior draws at the optimum)."
+        ),
+    ] = UncertaintyName.fisher,
     fit_rv: Annotated[
         bool, typer.Option("--fit-rv", help="Fit a radial-velocity shift jointly (columns rv, rv_err).")
     ] = False,
@@ -324,12 +352,26 @@ def infer(
     options: dict[str, Any] = {}
     if estimator is not EstimatorName.map:
         options["estimator"] = estimator.value
+    if likelihood is not LikelihoodName.gaussian:
+        if estimator is not EstimatorName.mean or fit_rv or fit_continuum is not None or binary:
+            raise ValueError(
+                "--likelihood student works with --estimator mean (without --fit-rv, --fit-continuum"
+                " or --binary); add --estimator mean or drop --likelihood."
+            )
+        options["likelihood"] = likelihood.value
+    if uncertainty is not UncertaintyName.fisher:
+        if estimator is not EstimatorName.map or fit_rv or fit_continuum is not None or binary:
+            raise ValueError(
+                "--uncertainty applies to the plain MAP test step (--estimator map, no --fit-rv,"
+                " --fit-continuum or --binary); --estimator mean/nuts already give posterior errors."
+            )
+        options["uncertainty"] = uncertainty.value
     if prior is not PriorName.none:
         options["prior"] = prior.value
     if temperature.strip().lower() == "auto":
         if train is None:
             raise ValueError("--temperature auto is cross-validated on the training set; pass --train DATA.")
-        options["temperature"] = _cross_validated_temperature(model, train, prior.value)
+        options["temperature"] = _cross_validated_temperature(model, train, prior.value, likelihood.value)
     else:
         try:
             value = float(temperature)

@@ -17,6 +17,7 @@ What each method includes is documented in ``docs/uncertainties.md``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 import equinox as eqx
@@ -39,13 +40,20 @@ from ..inference import (
     whiten,
 )
 
-__all__ = ["PosteriorMethod", "LinearPredictionVariance", "posterior_infer", "training_prediction_variance"]
+__all__ = [
+    "POSTERIOR_METHODS",
+    "LinearPredictionVariance",
+    "PosteriorMethod",
+    "posterior_infer",
+    "refine_uncertainty",
+    "training_prediction_variance",
+]
 
 PosteriorMethod = Literal["fisher", "laplace", "nuts"]
 """``"fisher"``: expected information at the MAP; ``"laplace"``: observed curvature
 at the MAP; ``"nuts"``: posterior draws (whitened NUTS) summarised by mean and covariance."""
 
-_METHODS: tuple[str, ...] = get_args(PosteriorMethod)
+POSTERIOR_METHODS: tuple[str, ...] = get_args(PosteriorMethod)
 _NEWTON_TOL = 1e-6
 """Newton decrement gᵀH⁻¹g (in nats) below which the MAP counts as converged."""
 
@@ -377,8 +385,8 @@ def _adaptor_and_start(fitted: Any, data: SpectralDataset, start: Any) -> tuple[
 
 
 def _check_options(method: str, num_warmup: int, num_samples: int, num_chains: int, chunk_size: int) -> None:
-    if method not in _METHODS:
-        raise ValueError(f"unknown `method` {method!r}; choose one of {list(_METHODS)}.")
+    if method not in POSTERIOR_METHODS:
+        raise ValueError(f"unknown `method` {method!r}; choose one of {list(POSTERIOR_METHODS)}.")
     for name, value, low in (
         ("num_warmup", num_warmup, 0),
         ("num_samples", num_samples, 4),
@@ -607,3 +615,54 @@ def _result(
     if return_samples:
         return result, star.samples
     return result
+
+
+def refine_uncertainty(
+    fitted: Any,
+    data: SpectralDataset,
+    first: InferenceResult,
+    start: ArrayLike,
+    method: str,
+    options: Mapping[str, Any] | None = None,
+) -> InferenceResult:
+    """Replace a test step's Fisher covariance by ``method``'s, keeping its other findings.
+
+    The models' ``infer(..., uncertainty=...)`` calls this after their own test step:
+    ``start`` (that step's optimum, in the model's parameters) seeds
+    :func:`posterior_infer`, and the test step's flags (bounds, training range, poor
+    fit) and ``extra`` columns are kept alongside the posterior's.
+
+    Parameters
+    ----------
+    fitted : fitted model
+        As for :func:`posterior_infer`.
+    data : SpectralDataset
+        The spectra ``first`` was inferred from.
+    first : InferenceResult
+        The model's own test-step result for ``data``.
+    start : array-like, shape (stars, parameters)
+        Its optimum (Cannon: labels; Lux: latents).
+    method : {"fisher", "laplace", "nuts"}
+        Uncertainty mode (see :func:`posterior_infer`).
+    options : mapping, optional
+        Further :func:`posterior_infer` keywords (``num_warmup``, ``seed``, …).
+    """
+    if method not in POSTERIOR_METHODS:
+        raise ValueError(f"unknown uncertainty {method!r}; choose one of {list(POSTERIOR_METHODS)}.")
+    options = dict(options or {})
+    for reserved in ("method", "start", "return_samples"):
+        if reserved in options:
+            raise ValueError(f"`posterior_options` may not set {reserved!r}; it is fixed by infer().")
+    refined = posterior_infer(fitted, data, method=method, start=start, **options)
+    assert isinstance(refined, InferenceResult)
+    return InferenceResult(
+        ids=refined.ids,
+        label_names=refined.label_names,
+        labels=refined.labels,
+        cov=refined.cov,
+        chi2=refined.chi2,
+        dof=refined.dof,
+        flags=refined.flags | first.flags,
+        extra={**first.extra, **refined.extra},
+        meta={**first.meta, **refined.meta},
+    )

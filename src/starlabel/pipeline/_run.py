@@ -16,6 +16,7 @@ have parts, retries failed chunks, and merges again; see :func:`run_inference`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from typing import Any
 
 from ..data import RESULT_SUFFIXES
 from ..models import read_model_header
-from ..models._io import MODEL_KINDS
+from ..models._io import MODEL_KINDS, _resolve
 from ._chunks import plan_chunks
 from ._engine import AbstractEngine, WorkerSpec, resolve_engine
 from ._inputs import describe_inputs, resolve_inputs
@@ -42,6 +43,7 @@ from ._parts import (
     write_part,
 )
 from ._progress import Progress
+from ._worker import TEST_STEP_OPTIONS
 
 __all__ = ["RunSummary", "run_dir_for", "run_inference"]
 
@@ -135,6 +137,19 @@ def run_dir_for(output: str | os.PathLike[str]) -> Path:
     """The run directory that belongs to output table ``output``: ``OUT.run`` beside it."""
     output = Path(output).absolute()
     return output.with_name(output.name + ".run")
+
+
+def _check_model_accepts(kind: str, options: Mapping[str, Any]) -> None:
+    """Refuse options the model's ``infer`` does not take, before any chunk runs."""
+    if kind not in MODEL_KINDS or TEST_STEP_OPTIONS & set(options):
+        return  # unknown kinds load lazily; test-step options are checked by infer_labels
+    parameters = inspect.signature(_resolve(kind).infer).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = sorted(name for name in parameters if name not in ("self", "data"))
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"a {kind!r} model's infer() does not take {unknown}; it takes {accepted}.")
 
 
 def _check_options(infer_options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -249,6 +264,7 @@ def run_inference(
     model_path = Path(model).absolute()
     header = read_model_header(model_path)
     options = _check_options(infer_options)
+    _check_model_accepts(str(header.get("kind")), options)
     runner = resolve_engine(engine, address=address, num_workers=num_workers)
     paths = resolve_inputs(inputs)
 

@@ -13,6 +13,7 @@ from jaxtyping import Array, Bool, Float
 
 from ..._internal import as_float_array, x64
 from ...data import InferenceResult, ShiftScale, SpectralDataset
+from .._posterior import POSTERIOR_METHODS, refine_uncertainty
 from ..base import AbstractGenerativeModel, AbstractSpectralModel
 from ._censor import active_terms, resolve_censor
 from ._infer import (
@@ -440,8 +441,10 @@ class FittedCannon(AbstractGenerativeModel):
         max_iter: int = 100,
         tol: float = 1e-6,
         poor_fit: float = 3.0,
+        uncertainty: str = "fisher",
+        posterior_options: Mapping[str, Any] | None = None,
     ) -> InferenceResult:
-        """Labels, Fisher covariances, χ² and flags for every spectrum in ``data``.
+        """Labels, covariances, χ² and flags for every spectrum in ``data``.
 
         Parameters
         ----------
@@ -465,13 +468,24 @@ class FittedCannon(AbstractGenerativeModel):
             Convergence when a full Gauss–Newton step would lower χ² by < ``tol``.
         poor_fit : float
             Reduced χ² above which POOR_FIT is set.
+        uncertainty : {"fisher", "laplace", "nuts"}
+            ``"fisher"`` (default): labels at the χ² minimum, covariance the inverse
+            Fisher matrix with noise variance σ² + s² (flux errors plus the intrinsic
+            scatter). ``"laplace"``: the observed curvature there instead (adds the
+            model's second derivatives weighted by the residuals). ``"nuts"``: posterior
+            mean and covariance of NUTS draws started at the minimum (``extra`` gains
+            ``rhat_<label>``, ``ess_<label>``). See
+            :func:`starlabel.models.posterior_infer`; neither mode uses ``bounds``.
+        posterior_options : mapping, optional
+            Keywords for :func:`~starlabel.models.posterior_infer` when ``uncertainty``
+            is not ``"fisher"`` (``num_warmup``, ``num_samples``, ``num_chains``,
+            ``seed``, ``prediction_variance`` to add the training uncertainty, …).
 
         Returns
         -------
         InferenceResult
-            ``labels`` (stars, labels), ``cov`` from the inverse Fisher matrix with
-            σ² + s², ``chi2``, ``dof`` (good pixels − free labels), ``flags`` and
-            ``extra["n_iter"]``.
+            ``labels`` (stars, labels), ``cov`` (see ``uncertainty``), ``chi2``,
+            ``dof`` (good pixels − free labels), ``flags`` and ``extra["n_iter"]``.
 
         Raises
         ------
@@ -486,6 +500,10 @@ class FittedCannon(AbstractGenerativeModel):
             raise ValueError(f"`n_starts` must be an integer ≥ 1, got {n_starts!r}.")
         if not (isinstance(chunk_size, int) and chunk_size >= 1):
             raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+        if uncertainty not in POSTERIOR_METHODS:
+            raise ValueError(f"unknown uncertainty {uncertainty!r}; choose one of {list(POSTERIOR_METHODS)}.")
+        if uncertainty != "fisher" and frozen:
+            raise ValueError("`frozen` labels work with uncertainty='fisher' only; drop one of them.")
         shift, scale = self._scale()
         space = self.label_space
         lower, upper = resolve_bounds(bounds, self.label_names, shift, scale, space.safety_box)
@@ -500,7 +518,7 @@ class FittedCannon(AbstractGenerativeModel):
             data.flux, data.ivar, frozen_values, arrays, pool, free, lower, upper,
             np.asarray(space.box), self.vectorizer, options, chunk_size,
         )  # fmt: skip
-        return assemble_result(
+        result = assemble_result(
             raw,
             ids=data.ids,
             label_names=self.label_names,
@@ -510,8 +528,11 @@ class FittedCannon(AbstractGenerativeModel):
             outside=space.outside(raw["x"], free),
             n_terms=self.vectorizer.n_terms,
             poor_fit=poor_fit,
-            meta={"model": "cannon", "n_starts": n_starts, "max_iter": max_iter},
+            meta={"model": "cannon", "n_starts": n_starts, "max_iter": max_iter, "uncertainty": "fisher"},
         )
+        if uncertainty == "fisher":
+            return result
+        return refine_uncertainty(self, data, result, result.labels, uncertainty, posterior_options)
 
     def _check_grid(self, data: SpectralDataset) -> None:
         if data.n_pixels != self.n_pixels:

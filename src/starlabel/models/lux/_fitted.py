@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ..._internal import as_float_array, x64
 from ...data import Flag, InferenceResult, ShiftScale, SpectralDataset
+from .._posterior import POSTERIOR_METHODS, refine_uncertainty
 from ..base import AbstractGenerativeModel
 from ._error_models import AbstractScatter, error_model_from_config
 from ._objective import LOG_2PI, DataBlock, LuxOutput
@@ -219,6 +221,8 @@ class FittedLux(AbstractGenerativeModel):
         chunk_size: int = 4096,
         steps: int = 50,
         include_label_scatter: bool = True,
+        uncertainty: str = "fisher",
+        posterior_options: Mapping[str, Any] | None = None,
     ) -> InferenceResult:
         """Infer labels of every star in ``data`` from its flux (by default) alone.
 
@@ -248,6 +252,17 @@ class FittedLux(AbstractGenerativeModel):
             uncertainty of the star's label as the training labels measure it, not
             only of the noise-free ``latents_to_labels`` value. Without a learned
             label scatter this changes nothing.
+        uncertainty : {"fisher", "laplace", "nuts"}
+            ``"fisher"`` (default): the latent posterior above (exact Gaussian for
+            affine transforms, Laplace otherwise), with the learned flux scatter in the
+            noise. ``"laplace"`` / ``"nuts"``: :func:`starlabel.models.posterior_infer`
+            from the flux, started at that posterior's mode (``"nuts"`` propagates the
+            draws exactly through the label transform; ``extra`` gains ``rhat_<label>``
+            and ``ess_<label>``). Both need ``inputs=("flux",)``; the learned label
+            scatter is added as for ``"fisher"``.
+        posterior_options : mapping, optional
+            Keywords for :func:`~starlabel.models.posterior_infer` (``num_warmup``,
+            ``num_samples``, ``seed``, …) when ``uncertainty`` is not ``"fisher"``.
 
         Returns
         -------
@@ -257,6 +272,13 @@ class FittedLux(AbstractGenerativeModel):
             entries − latent_size, ``flags`` (NOT_CONVERGED, FEW_PIXELS,
             BAD_COVARIANCE, OUTSIDE_TRAINING, POOR_FIT).
         """
+        if uncertainty not in POSTERIOR_METHODS:
+            raise ValueError(f"unknown uncertainty {uncertainty!r}; choose one of {list(POSTERIOR_METHODS)}.")
+        if uncertainty != "fisher" and tuple(inputs) != ("flux",):
+            raise ValueError(
+                f"uncertainty={uncertainty!r} conditions on the flux alone; use inputs=('flux',)"
+                " or uncertainty='fisher'."
+            )
         outputs, blocks = self._blocks(data, inputs, extra)
         post = self._posterior(outputs, blocks, chunk_size, steps)
         labels, cov = self._labels_with_cov(jnp.asarray(post.mean), jnp.asarray(post.cov))
@@ -278,7 +300,7 @@ class FittedLux(AbstractGenerativeModel):
         with np.errstate(invalid="ignore"):
             poor = (dof > 0) & (post.chi2 > dof + _POOR_FIT_SIGMA * np.sqrt(2.0 * np.maximum(dof, 1)))
         flags |= np.where(poor, int(Flag.POOR_FIT), 0)
-        return InferenceResult(
+        result = InferenceResult(
             ids=data.ids,
             label_names=self.label_names,
             labels=labels,
@@ -286,8 +308,21 @@ class FittedLux(AbstractGenerativeModel):
             chi2=post.chi2,
             dof=dof,
             flags=flags,
-            meta={"model": "lux", "inputs": ",".join(inputs), "latent_size": self.latent_size},
+            meta={
+                "model": "lux",
+                "inputs": ",".join(inputs),
+                "latent_size": self.latent_size,
+                "uncertainty": "fisher",
+            },
         )
+        if uncertainty == "fisher":
+            return result
+        refined = refine_uncertainty(self, data, result, post.mean, uncertainty, posterior_options)
+        if include_label_scatter:
+            refined = dataclasses.replace(
+                refined, cov=refined.cov + np.diag(self.scatter("labels") ** 2)[None, :, :]
+            )
+        return refined
 
     @eqx.filter_jit
     def _labels_with_cov(self, mean, cov):
