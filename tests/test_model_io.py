@@ -8,7 +8,7 @@ import pytest
 from jaxtyping import Array, Float
 
 from starlabel._internal import x64
-from starlabel.data import InferenceResult, SpectralDataset, ShiftScale, simulate_cannon
+from starlabel.data import InferenceResult, ShiftScale, SpectralDataset, simulate_cannon
 from starlabel.models import (
     AbstractFittedModel,
     load_model,

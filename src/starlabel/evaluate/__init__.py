@@ -2,6 +2,8 @@
 
 from ._against import evaluate_against as evaluate_against
 from ._against import match_by_id as match_by_id
+from ._cannon_plots import plot_cannon_derivatives as plot_cannon_derivatives
+from ._cannon_plots import plot_cannon_scatter as plot_cannon_scatter
 from ._metrics import LabelMetrics as LabelMetrics
 from ._metrics import MetricsTable as MetricsTable
 from ._metrics import compare_models as compare_models

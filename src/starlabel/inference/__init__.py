@@ -20,6 +20,9 @@ from ._gaussian import NotPositiveDefiniteWarning as NotPositiveDefiniteWarning
 from ._gaussian import fisher_approximation as fisher_approximation
 from ._gaussian import gaussian_from_precision as gaussian_from_precision
 from ._gaussian import laplace_approximation as laplace_approximation
+from ._grid import GridPosterior as GridPosterior
+from ._grid import grid_posterior as grid_posterior
+from ._grid import quadrature_nodes as quadrature_nodes
 from ._map import fit_least_squares as fit_least_squares
 from ._map import fit_map as fit_map
 from ._natural_gradient import NaturalGradient as NaturalGradient
@@ -29,6 +32,12 @@ from ._nuts import PosteriorSamples as PosteriorSamples
 from ._nuts import nuts as nuts
 from ._optax import delay as delay
 from ._optax import group_optimisers as group_optimisers
+from ._priors import AbstractLabelPrior as AbstractLabelPrior
+from ._priors import DistributionPrior as DistributionPrior
+from ._priors import FlatPrior as FlatPrior
+from ._priors import GaussianPrior as GaussianPrior
+from ._priors import KDEPrior as KDEPrior
+from ._priors import resolve_prior as resolve_prior
 from ._reparam import WhitenedLogDensity as WhitenedLogDensity
 from ._reparam import Whitening as Whitening
 from ._reparam import whiten as whiten
