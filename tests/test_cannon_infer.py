@@ -97,7 +97,8 @@ def test_bad_starting_points_still_converge(setup):
         pairs = theta_pairs(fitted.theta)
 
         def solve(flux, ivar, start, max_iter):
-            stats = spectrum_stats(flux, ivar, fitted.theta, pairs, fitted.s2, fitted.pixel_ok)
+            stats = spectrum_stats(flux[None], ivar[None], fitted.theta, pairs, fitted.s2, fitted.pixel_ok)
+            stats = jax.tree.map(lambda a: a[0], stats)
             return _levenberg_marquardt(fitted.vectorizer, stats, start, free, lower, upper, max_iter, 1e-6)
 
         per_corner = jax.jit(

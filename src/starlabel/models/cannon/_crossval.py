@@ -208,13 +208,14 @@ def _loo_chunk(
             flux, ivar, design, weights.at[fold.index].set(0.0), active, l1, train_options, use_l1
         )
         stats = spectrum_stats(
-            flux[fold.index],
-            ivar[fold.index],
+            flux[fold.index][None, :],
+            ivar[fold.index][None, :],
             trained.theta,
             theta_pairs(trained.theta),
             trained.s2,
             trained.pixel_ok,
         )
+        stats = jax.tree.map(lambda a: a[0], stats)
         return fit_labels(
             vectorizer, stats, fold.starts, jnp.zeros_like(free, dtype=flux.dtype), free,
             fold.lower, fold.upper, fold.box, test_options,

@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ...data import Flag, InferenceResult
-from ._test_step import LabelFit, LabelStepOptions, fit_labels, spectrum_stats
+from ._test_step import LabelFit, LabelStepOptions, SpectrumStats, fit_labels, spectrum_stats
 from ._vectorizer import PolynomialVectorizer
 
 __all__ = [
@@ -75,18 +75,18 @@ class LabelSpace(eqx.Module):
 def nearest_distance(points: np.ndarray, train: np.ndarray, *, exclude_self: bool = False) -> np.ndarray:
     """Euclidean distance from each row of ``points`` to the nearest row of ``train``.
 
-    Rows are processed in blocks so the (points × train) distance table stays small.
-    With ``exclude_self`` (``points`` is ``train``) a row's distance to itself is skipped.
+    A k-d tree query (scipy). With ``exclude_self`` (``points`` is ``train``) each row's
+    own zero distance is skipped: the second neighbour is taken.
     """
-    block = max(1, (1 << 22) // max(len(train), 1))
-    out = np.empty(len(points))
-    for start in range(0, len(points), block):
-        rows = points[start : start + block]
-        sq = np.sum((rows[:, None, :] - train[None, :, :]) ** 2, axis=2)
-        if exclude_self:
-            sq[np.arange(len(rows)), start + np.arange(len(rows))] = np.inf
-        out[start : start + block] = np.sqrt(np.min(sq, axis=1))
-    return out
+    from scipy.spatial import cKDTree
+
+    if len(points) == 0:
+        return np.empty(0)
+    k = 2 if exclude_self else 1
+    if len(train) < k:
+        return np.full(len(points), np.inf)
+    distance, _ = cKDTree(train).query(points, k=k)
+    return distance[:, -1] if exclude_self else distance
 
 
 def start_pool(train: np.ndarray, n: int) -> np.ndarray:
@@ -182,11 +182,10 @@ def _fit_chunk(
     vectorizer: PolynomialVectorizer,
     options: LabelStepOptions,
 ) -> LabelFit:
-    def one(f: Array, iv: Array, frozen_value: Array) -> LabelFit:
-        stats = spectrum_stats(f, iv, theta, pairs, s2, pixel_ok)
+    def one(stats: SpectrumStats, frozen_value: Array) -> LabelFit:
         return fit_labels(vectorizer, stats, starts, frozen_value, free, lower, upper, box, options)
 
-    return jax.vmap(one)(flux, ivar, frozen_values)
+    return jax.vmap(one)(spectrum_stats(flux, ivar, theta, pairs, s2, pixel_ok), frozen_values)
 
 
 fit_chunk = eqx.filter_jit(_fit_chunk)

@@ -47,12 +47,12 @@ class LabelStepOptions(eqx.Module):
 
 
 class SpectrumStats(eqx.Module):
-    """Sufficient statistics of one spectrum for the Cannon χ²."""
+    """Sufficient statistics of a spectrum for the Cannon χ² (batched: a leading stars axis)."""
 
-    c: Float[Array, ""]
-    g: Float[Array, " terms"]
-    H: Float[Array, "terms terms"]
-    n_good: Int[Array, ""]
+    c: Float[Array, "*stars"]
+    g: Float[Array, "*stars terms"]
+    H: Float[Array, "*stars terms terms"]
+    n_good: Int[Array, "*stars"]
 
 
 class LabelFit(eqx.Module):
@@ -67,24 +67,35 @@ class LabelFit(eqx.Module):
     hit_bound: Bool[Array, ""]
 
 
+@jax.jit  # one fused kernel; op-by-op gathers cost more than a whole test-step chunk
 def theta_pairs(theta: Float[Array, "pixels terms"]) -> Float[Array, "pixels pairs"]:
     """Packed ``θ_λ θ_λᵀ`` per pixel, reused for every spectrum of an inference run."""
     return outer_pairs(theta)
 
 
 def spectrum_stats(
-    flux: Float[Array, " pixels"],
-    ivar: Float[Array, " pixels"],
+    flux: Float[Array, "stars pixels"],
+    ivar: Float[Array, "stars pixels"],
     theta: Float[Array, "pixels terms"],
     pairs: Float[Array, "pixels pairs"],
     s2: Float[Array, " pixels"],
     pixel_ok: Bool[Array, " pixels"],
 ) -> SpectrumStats:
-    """``(c, g, H)`` of one spectrum; vmapped over spectra this is one matrix product."""
-    omega = jnp.where(pixel_ok & (ivar > 0), ivar / (1.0 + ivar * s2), 0.0)
+    """``(c, g, H)`` of every spectrum (leading axis: stars), as whole-chunk matrix products.
+
+    Written for a batch rather than vmapped from one spectrum: ``ω @ pairs`` is then one
+    (stars × pixels)(pixels × pairs) GEMM, which XLA's CPU backend runs at about twice
+    the speed of the batched matrix–vector products a vmap produces.
+    """
+    usable = pixel_ok[None, :] & (ivar > 0)
+    omega = jnp.where(usable, ivar / (1.0 + ivar * s2[None, :]), 0.0)
     weighted = omega * flux
-    H = unpack_pairs((omega @ pairs)[None, :], theta.shape[1])[0]
-    return SpectrumStats(jnp.sum(weighted * flux), weighted @ theta, H, jnp.sum(omega > 0))
+    return SpectrumStats(
+        c=jnp.sum(weighted * flux, axis=1),
+        g=weighted @ theta,
+        H=unpack_pairs(omega @ pairs, theta.shape[1]),
+        n_good=jnp.sum(omega > 0, axis=1),
+    )
 
 
 def _chi2(vectorizer: PolynomialVectorizer, stats: SpectrumStats, x: Array) -> Array:
@@ -208,15 +219,26 @@ def fit_labels(
     all_starts = jnp.concatenate([linear[None, :], starts], axis=0)
     all_starts = jnp.where(free[None, :], all_starts, frozen_value[None, :])
 
+    # A spectrum without usable pixels (or a padding row) has nothing to fit; without
+    # this it would iterate until its damping blew up, and under vmap the whole chunk
+    # waits for its slowest member.
+    empty = stats.n_good == 0
+
     def explore(x0: Array) -> _LMState:
-        return _levenberg_marquardt(
-            vectorizer, stats, x0, free, lower, upper, options.explore_iter, options.tol
-        )
+        budget = jnp.where(empty, 0, options.explore_iter)
+        return _levenberg_marquardt(vectorizer, stats, x0, free, lower, upper, budget, options.tol)
 
     explored = jax.vmap(explore)(all_starts)
     best = jnp.argmin(jnp.where(jnp.isfinite(explored.chi2), explored.chi2, jnp.inf))
     final = _levenberg_marquardt(
-        vectorizer, stats, explored.x[best], free, lower, upper, options.max_iter, options.tol
+        vectorizer,
+        stats,
+        explored.x[best],
+        free,
+        lower,
+        upper,
+        jnp.where(empty, 0, options.max_iter),
+        options.tol,
     )
 
     J = vectorizer.jacobian(final.x)
