@@ -403,7 +403,7 @@ def main() -> None:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "jax": jax.__version__,
-            "note": "shared 2-core box; other jobs were running",
+            "note": "shared 2-core box; see load_average_at_end",
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
