@@ -158,9 +158,17 @@ def train_cannon(
         ),
     ] = None,
     l1: Annotated[float, typer.Option(help="L1 regularisation strength on non-constant θ terms.")] = 0.0,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Read DATA in blocks of stars (Cannon.fit_file) instead of loading it, for training"
+            " sets larger than memory; needs an uncompressed .npz or HDF5 file and --l1 0.",
+        ),
+    ] = False,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
-    dataset = _load_training_set(data, labels)
+    dataset = None if stream else _load_training_set(data, labels)
     from .models.cannon import Cannon
 
     windows = None
@@ -171,9 +179,14 @@ def train_cannon(
             windows = json.loads(censor.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"--censor file {str(censor)!r} is not valid JSON: {error}") from None
-    model = Cannon(label_names=dataset.label_names, order=order, terms=terms, censor=windows, l1=l1)
-    with console.status("training The Cannon…"):
-        fitted = model.fit(dataset)
+    names = dataset.label_names if dataset is not None else _split_labels(labels) or ()
+    model = Cannon(label_names=names, order=order, terms=terms, censor=windows, l1=l1)
+    if dataset is None:
+        typer.echo(f"training set: {data} (streamed in blocks of stars)", err=True)
+        fitted = model.fit_file(data, progress=True)
+    else:
+        with console.status("training The Cannon…"):
+            fitted = model.fit(dataset)
     _save_fitted(fitted, output)
 
 

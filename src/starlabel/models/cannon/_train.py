@@ -39,7 +39,18 @@ from jaxtyping import Array, Bool, Float, Int
 from ._l1 import lasso_coordinate_descent, lasso_fista
 from ._normal import outer_pairs, pack_pairs, unpack_pairs
 
-__all__ = ["TrainingOptions", "BlockFit", "fit_pixels", "fit_block", "fit_block_impl", "L1_SOLVERS"]
+__all__ = [
+    "TrainingOptions",
+    "BlockFit",
+    "fit_pixels",
+    "fit_block",
+    "fit_block_impl",
+    "L1_SOLVERS",
+    "pin_inactive",
+    "theta_covariance",
+    "usable_terms",
+    "with_fallback",
+]
 
 L1Solver = Literal["coordinate_descent", "fista"]
 L1_SOLVERS: tuple[str, ...] = ("coordinate_descent", "fista")
@@ -83,13 +94,53 @@ def _solve_normal(
     active: Bool[Array, "pixels terms"],
 ) -> tuple[Float[Array, "pixels terms terms"], Float[Array, "pixels terms"]]:
     """Normal matrices and right-hand sides; inactive terms are pinned to θ = 0."""
-    n_terms = design.shape[1]
-    A = unpack_pairs(omega.T @ pairs, n_terms)
-    b = (omega * flux).T @ design
+    A = unpack_pairs(omega.T @ pairs, design.shape[1])
+    return pin_inactive(A, (omega * flux).T @ design, active)
+
+
+def pin_inactive(
+    A: Float[Array, "pixels terms terms"],
+    b: Float[Array, "pixels terms"],
+    active: Bool[Array, "pixels terms"],
+) -> tuple[Float[Array, "pixels terms terms"], Float[Array, "pixels terms"]]:
+    """Restrict normal equations to the active terms (censoring).
+
+    Inactive rows/columns become the identity with a zero right-hand side, so their θ
+    solve to exactly 0.
+    """
+    n_terms = A.shape[-1]
     both = active[:, :, None] & active[:, None, :]
     eye = jnp.eye(n_terms, dtype=A.dtype)
     A = jnp.where(both, A, 0.0) + jnp.where(active[:, :, None], 0.0, eye[None])
     return A, jnp.where(active, b, 0.0)
+
+
+def theta_covariance(
+    chol: Float[Array, "pixels terms terms"], keep: Bool[Array, "pixels terms terms"]
+) -> Float[Array, "pixels terms terms"]:
+    """θ's posterior covariance ``A⁻¹`` from its Cholesky factor, zero outside ``keep``."""
+    eye = jnp.eye(chol.shape[-1], dtype=chol.dtype)
+    cov = jax.vmap(jax.scipy.linalg.cho_solve, in_axes=((0, None), None))((chol, True), eye)
+    return jnp.where(keep, cov, 0.0)
+
+
+def usable_terms(
+    n_good: Int[Array, " pixels"], active: Bool[Array, "pixels terms"]
+) -> tuple[Bool[Array, " pixels"], Bool[Array, "pixels terms"]]:
+    """Pixels with more usable stars than active terms, and their active terms (none elsewhere)."""
+    usable = n_good > jnp.sum(active, axis=1)
+    return usable, active & usable[:, None]
+
+
+def with_fallback(
+    theta: Float[Array, "pixels terms"],
+    s2: Float[Array, " pixels"],
+    ok: Bool[Array, " pixels"],
+    mean_flux: Float[Array, " pixels"],
+) -> tuple[Float[Array, "pixels terms"], Float[Array, " pixels"]]:
+    """Failed pixels get θ = (weighted mean flux, 0, …) and s² = 0, never NaN."""
+    fallback = jnp.zeros_like(theta).at[:, 0].set(mean_flux)
+    return jnp.where(ok[:, None], theta, fallback), jnp.where(ok, s2, 0.0)
 
 
 def _theta_step(
@@ -142,9 +193,7 @@ def fit_block_impl(
         Static: whether to run the lasso solver.
     """
     has_data = (ivar > 0) & (star_weights[:, None] > 0)
-    n_good = jnp.sum(has_data, axis=0)
-    usable = n_good > jnp.sum(active, axis=1)
-    active = active & usable[:, None]
+    usable, active = usable_terms(jnp.sum(has_data, axis=0), active)
     both = active[:, :, None] & active[:, None, :]
     variance = jnp.where(ivar > 0, 1.0 / jnp.where(ivar > 0, ivar, 1.0), 0.0)
     # A typical noise variance per pixel, only to make the convergence test unit-free.
@@ -171,9 +220,7 @@ def fit_block_impl(
         # E[r²] = r² + v_nᵀ A⁻¹ v_n (θ's posterior variance, which makes this the
         # marginal- rather than profile-likelihood update). The leverage sum is taken as
         # a trace ⟨A⁻¹, Σ_n w g² v_n v_nᵀ⟩ so no (stars, pixels) leverage array is formed.
-        eye = jnp.eye(design.shape[1], dtype=flux.dtype)
-        cov = jax.vmap(jax.scipy.linalg.cho_solve, in_axes=((0, None), None))((chol, True), eye)
-        cov = jnp.where(both & finite[:, None, None], cov, 0.0)
+        cov = theta_covariance(chol, both & finite[:, None, None])
         residual = flux - design @ theta.T
         wg2 = omega * g
         leverage = jnp.sum((wg2.T @ pairs) * pack_pairs(cov, quadratic_form=True), axis=1)
@@ -181,7 +228,9 @@ def fit_block_impl(
         s2 = jnp.maximum(numerator / jnp.maximum(jnp.sum(wg2, axis=0), 1e-300), 0.0)
         s2 = jnp.where(usable & finite, s2, 0.0)
         step = s2 - state.s2
-        change = jnp.max(jnp.abs(step) / (s2 + var_typ))
+        # Pixels without usable data have var_typ = 0 and would make this 0/0 = NaN, which
+        # ends the loop after one iteration for every pixel; they take no part.
+        change = jnp.max(jnp.where(usable & finite, jnp.abs(step) / (s2 + var_typ), 0.0))
         # EM converges linearly: successive steps shrink by a nearly constant ratio ρ per
         # pixel. Aitken's extrapolation jumps to the limit, s² + step·ρ/(1 − ρ), where the
         # ratio is a clean contraction (0 < ρ < 0.9); it leaves the fixed point unchanged.
@@ -211,10 +260,10 @@ def fit_block_impl(
     theta = final.theta
     ok = usable & final.solved
     mean_flux = (star_weights @ (ivar * flux)) / jnp.maximum(star_weights @ ivar, 1e-300)
-    fallback = jnp.zeros_like(theta).at[:, 0].set(mean_flux)
+    theta, s2 = with_fallback(theta, final.solved_at, ok, mean_flux)
     return BlockFit(
-        theta=jnp.where(ok[:, None], theta, fallback),
-        s2=jnp.where(ok, final.solved_at, 0.0),
+        theta=theta,
+        s2=s2,
         pixel_ok=ok,
         n_iter=final.iteration,
         converged=final.change <= options.tol,
