@@ -1,5 +1,5 @@
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -27,6 +27,7 @@ def test_round_trip_with_errors(data, errors, robust):
 
 @settings(max_examples=25, deadline=None)
 @given(data=arrays(np.float64, (30, 2), elements=st.floats(-100, 100)))
+@example(data=np.full((30, 2), 9.27646175e-141))  # constant column: std is rounding noise
 @x64
 def test_error_propagation_matches_monte_carlo_linear_map(data):
     # An affine map's error propagation is exact: check against explicit derivative.

@@ -72,8 +72,9 @@ class ShiftScale(eqx.Module):
         Returns
         -------
         ShiftScale
-            Columns without usable entries, or with zero spread, get shift 0 / scale 1
-            or scale 1 so the transform never divides by zero.
+            Columns without usable entries, or with zero spread (at the rounding level
+            of their values), get shift 0 / scale 1 or scale 1 so the transform never
+            divides by zero.
         """
         values = np.array(x, dtype=np.float64)
         if values.ndim != 2:
@@ -94,8 +95,11 @@ class ShiftScale(eqx.Module):
         else:
             shift = np.nanmean(safe, axis=0)
             scale = np.nanstd(safe, axis=0)
-        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
         shift = np.where(np.isfinite(shift), shift, 0.0)
+        # A spread at the rounding level of the values is no spread (a constant column
+        # whose mean does not round-trip), and 1/scale² must stay finite for covariances.
+        floor = np.maximum(64.0 * np.finfo(np.float64).eps * np.abs(shift), 1e-150)
+        scale = np.where(np.isfinite(scale) & (scale > floor), scale, 1.0)
         return cls(jnp.asarray(shift), jnp.asarray(scale))
 
     @overload
