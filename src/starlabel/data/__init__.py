@@ -8,6 +8,8 @@ from ._result import RESULT_SUFFIXES as RESULT_SUFFIXES
 from ._result import Flag as Flag
 from ._result import InferenceResult as InferenceResult
 from ._result import read_result as read_result
+from ._rows import RowSource as RowSource
+from ._rows import open_rows as open_rows
 from ._scaler import ShiftScale as ShiftScale
 from ._shared import SHARED_DATA_ENV as SHARED_DATA_ENV
 from ._shared import shared_data_dir as shared_data_dir

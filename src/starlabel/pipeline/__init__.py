@@ -4,6 +4,8 @@ The pipeline drives a fitted model's ``infer`` over many files; it contains no m
 maths. Entry point: :func:`run_inference`. See ``docs/scaling.md``.
 """
 
+from ..data import RowSource as RowSource
+from ..data import open_rows as open_rows
 from ._chunks import ChunkSpec as ChunkSpec
 from ._chunks import plan_chunks as plan_chunks
 from ._engine import AbstractEngine as AbstractEngine
@@ -18,8 +20,6 @@ from ._manifest import RunManifest as RunManifest
 from ._manifest import RunMismatchError as RunMismatchError
 from ._manifest import read_manifest as read_manifest
 from ._parts import ERRORS_NAME as ERRORS_NAME
-from ._rows import RowSource as RowSource
-from ._rows import open_rows as open_rows
 from ._run import RunSummary as RunSummary
 from ._run import run_dir_for as run_dir_for
 from ._run import run_inference as run_inference

@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data import DATASET_SUFFIXES
-from ._rows import open_rows
+from ..data import DATASET_SUFFIXES, open_rows
 
 __all__ = ["InputFile", "resolve_inputs", "describe_inputs"]
 

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .._internal._progress import Progress
 from ..data import RESULT_SUFFIXES
 from ..models import read_model_header
 from ..models._io import MODEL_KINDS, _resolve
@@ -42,7 +43,6 @@ from ._parts import (
     write_errors_report,
     write_part,
 )
-from ._progress import Progress
 from ._worker import TEST_STEP_OPTIONS
 
 __all__ = ["RunSummary", "run_dir_for", "run_inference"]

@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data import InferenceResult, SpectralDataset
+from ..data import InferenceResult, SpectralDataset, open_rows
 from ..models import AbstractFittedModel, load_model, register_model_kind
 from ..models._io import MODEL_KINDS
 from ._chunks import ChunkSpec
-from ._rows import open_rows
 
 TEST_STEP_OPTIONS = frozenset({"estimator", "prior", "temperature", "fit_rv", "continuum_order", "binary"})
 """``infer_options`` keys that route a chunk through ``models.infer_labels``."""

@@ -276,7 +276,7 @@ def fit_stream(
     -------
     StreamFit
     """
-    from ...pipeline._progress import Progress
+    from ..._internal._progress import Progress
 
     n_terms = design.shape[1]
     rows = int(rows_per_block)
@@ -366,9 +366,8 @@ def _check_file(path: Path) -> None:
 
 def _file_labels(source: Any, label_names: tuple[str, ...], path: Path) -> np.ndarray:
     """All stars' label columns, without reading any spectra."""
-    # RowSource reads label columns (1-D per-star arrays or a `labels` table) for a row
-    # range on its own; it leaves out names it lacks, so check them here.
-    names, columns = source._label_columns(label_names, 0, source.n_stars)
+    # label_columns leaves out names the file lacks, so check them here.
+    names, columns = source.label_columns(label_names)
     missing = [n for n in label_names if n not in names]
     if missing:
         raise ValueError(
@@ -403,7 +402,7 @@ def fit_file(
     progress: bool = False,
 ) -> FittedCannon:
     """Implementation of :meth:`Cannon.fit_file` (call inside ``jax.enable_x64(True)``)."""
-    from ...pipeline._rows import open_rows
+    from ...data import open_rows
     from ._model import FittedCannon, label_space
 
     if not (isinstance(rows_per_block, int | np.integer) and rows_per_block >= 1):

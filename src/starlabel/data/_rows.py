@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data import DATASET_SUFFIXES, SpectralDataset
+from ._dataset import SpectralDataset
+from ._io import DATASET_SUFFIXES
 
 __all__ = ["RowSource", "open_rows"]
 
@@ -202,7 +203,7 @@ class RowSource:
             else np.array([str(i) for i in range(start, stop)])
         )
         wavelength = self._whole("wavelength") if "wavelength" in self._shapes else None
-        names, columns = self._label_columns(labels, start, stop)
+        names, columns = self.label_columns(labels, start, stop)
         meta: dict[str, Any] = {"source": str(self.path), "rows": [start, stop]}
         if "meta_json" in self._shapes and self._format == "npz":
             meta.update(json.loads(str(self._whole("meta_json").item())))
@@ -218,9 +219,16 @@ class RowSource:
             **errors,
         )
 
-    def _label_columns(
-        self, labels: Sequence[str], start: int, stop: int
+    def label_columns(
+        self, labels: Sequence[str], start: int = 0, stop: int | None = None
     ) -> tuple[tuple[str, ...], list[np.ndarray]]:
+        """The label columns of rows ``[start, stop)`` that the file has, without spectra.
+
+        Labels are 1-D ``<name>`` arrays or columns of a ``labels`` table named by
+        ``label_names``. Returns the names found (in the order asked, missing ones left
+        out) and one float array (rows,) per name.
+        """
+        stop = self.n_stars if stop is None else min(stop, self.n_stars)
         if not labels:
             return (), []
         declared = self.label_names()
