@@ -214,7 +214,7 @@ def test_bad_training_inputs_are_rejected(sim):
         Cannon(label_names=("teff", "vmic")).fit(data)
     with pytest.raises(ValueError, match="has no labels"):
         model.fit(SpectralDataset(data.flux, ivar=data.ivar))
-    with pytest.raises(ValueError, match=r"one weight per training star, \(40,\)"):
+    with pytest.raises(ValueError, match=r"one weight per star of the training set, \(40,\)"):
         model.fit(data, star_weights=np.ones(3))
     with pytest.raises(ValueError, match="≥ 0"):
         model.fit(data, star_weights=-np.ones(40))

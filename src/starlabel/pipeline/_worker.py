@@ -9,6 +9,7 @@ pipeline only calls ``model.infer``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,17 +121,7 @@ class ChunkProcessor:
             for name in self.model.label_names:
                 column = data.label(name) if name in data.label_names else np.full(data.n_stars, np.nan)
                 extra[REFERENCE_PREFIX + name] = np.asarray(column, dtype=float)
-            result = InferenceResult(
-                ids=result.ids,
-                label_names=result.label_names,
-                labels=result.labels,
-                cov=result.cov,
-                chi2=result.chi2,
-                dof=result.dof,
-                flags=result.flags,
-                extra=extra,
-                meta=result.meta,
-            )
+            result = dataclasses.replace(result, extra=extra)
         return result
 
     def __call__(self, chunk: ChunkSpec) -> ChunkOutcome:

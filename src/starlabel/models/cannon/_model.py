@@ -26,7 +26,7 @@ from ._infer import (
     start_pool,
 )
 from ._test_step import LabelStepOptions, theta_pairs
-from ._train import L1_SOLVERS, TrainingOptions, fit_pixels
+from ._train import L1_SOLVERS, TrainingOptions, fit_pixels, training_star_weights
 from ._vectorizer import PolynomialVectorizer
 
 __all__ = ["Cannon", "FittedCannon"]
@@ -174,29 +174,10 @@ class Cannon(AbstractSpectralModel):
         """Validate a training set and build everything training needs except the scaling."""
         labels = _label_matrix(train, self.label_names, "train")
         n_stars, n_pixels = train.flux.shape
-        if star_weights is None:
-            weights = np.ones(n_stars)
-        else:
-            weights = as_float_array(star_weights, "star_weights")
-            if weights.shape != (n_stars,):
-                raise ValueError(
-                    f"`star_weights` has shape {weights.shape}; expected one weight per training"
-                    f" star, ({n_stars},)."
-                )
-            if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-                raise ValueError("`star_weights` must be finite and ≥ 0 (0 leaves a star out).")
-        complete = np.all(np.isfinite(labels), axis=1)
-        if not complete.all():
-            logger.info("Cannon: leaving out %d training stars with missing labels.", int(np.sum(~complete)))
-        weights = np.where(complete, weights, 0.0)
-        used = weights > 0
         vectorizer = self.vectorizer
-        if used.sum() <= vectorizer.n_terms:
-            raise ValueError(
-                f"only {int(used.sum())} training stars have all labels {list(self.label_names)} and"
-                f" positive weight, but the model has {vectorizer.n_terms} terms; the Cannon needs"
-                " more stars than terms (lower `order` or add stars)."
-            )
+        weights, used, complete = training_star_weights(
+            labels, star_weights, vectorizer.n_terms, self.label_names, "the training set"
+        )
         l1 = np.array(
             np.broadcast_to(np.asarray(self.l1, dtype=float), (n_pixels,))
             if np.ndim(self.l1) == 0

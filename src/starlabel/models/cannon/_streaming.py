@@ -54,11 +54,18 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ..._internal import as_float_array
 from ...data import DATASET_SUFFIXES, ShiftScale
 from ._censor import active_terms, resolve_censor
 from ._normal import outer_pairs, unpack_pairs
-from ._train import TrainingOptions, _theta_step, pin_inactive, theta_covariance, usable_terms, with_fallback
+from ._train import (
+    TrainingOptions,
+    _theta_step,
+    pin_inactive,
+    theta_covariance,
+    training_star_weights,
+    usable_terms,
+    with_fallback,
+)
 
 if TYPE_CHECKING:
     from ._model import Cannon, FittedCannon
@@ -379,20 +386,6 @@ def _file_labels(source: Any, label_names: tuple[str, ...], path: Path) -> np.nd
     return np.stack([columns[names.index(n)] for n in label_names], axis=1)
 
 
-def _star_weights(star_weights: Any, n_stars: int) -> np.ndarray:
-    if star_weights is None:
-        return np.ones(n_stars)
-    weights = as_float_array(star_weights, "star_weights")
-    if weights.shape != (n_stars,):
-        raise ValueError(
-            f"`star_weights` has shape {weights.shape}; expected one weight per star of the"
-            f" training file, ({n_stars},)."
-        )
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        raise ValueError("`star_weights` must be finite and ≥ 0 (0 leaves a star out).")
-    return weights
-
-
 def fit_file(
     model: Cannon,
     path: str | Path,
@@ -419,21 +412,10 @@ def fit_file(
         n_stars, n_pixels = source.n_stars, source.n_pixels
         labels = _file_labels(source, model.label_names, path)
         wavelength = source.read(0, min(1, n_stars)).wavelength
-        weights = _star_weights(star_weights, n_stars)
-        # The same selection as Cannon._prepare: stars missing a label are left out.
-        complete = np.all(np.isfinite(labels), axis=1)
-        if not complete.all():
-            logger.info("Cannon: leaving out %d training stars with missing labels.", int(np.sum(~complete)))
-        weights = np.where(complete, weights, 0.0)
-        used = weights > 0
         vectorizer = model.vectorizer
-        if used.sum() <= vectorizer.n_terms:
-            raise ValueError(
-                f"only {int(used.sum())} stars of {str(path)!r} have all labels"
-                f" {list(model.label_names)} and positive weight, but the model has"
-                f" {vectorizer.n_terms} terms; the Cannon needs more stars than terms (lower"
-                " `order` or add stars)."
-            )
+        weights, used, complete = training_star_weights(
+            labels, star_weights, vectorizer.n_terms, model.label_names, repr(str(path))
+        )
         l1 = np.zeros(n_pixels)
         if np.ndim(model.l1) == 1 and np.shape(model.l1) != (n_pixels,):
             raise ValueError(

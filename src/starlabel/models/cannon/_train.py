@@ -28,7 +28,9 @@ elsewhere, s² = 0) so that they never inject NaN; the test step ignores them.
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -36,8 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from ..._internal import as_float_array
 from ._l1 import lasso_coordinate_descent, lasso_fista
 from ._normal import outer_pairs, pack_pairs, unpack_pairs
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "TrainingOptions",
@@ -325,3 +330,42 @@ def fit_pixels(
 
 
 fit_block = eqx.filter_jit(fit_block_impl)
+
+
+def training_star_weights(
+    labels: np.ndarray, star_weights: Any, n_terms: int, label_names: Sequence[str], source: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-star weights, used-star mask and complete-label mask for Cannon training.
+
+    Every training path (in memory and streamed) selects stars this way: stars missing any label get weight 0 (and are logged); ``star_weights`` (default 1)
+    must be finite and ≥ 0. ``source`` names the training set in errors.
+
+    Raises
+    ------
+    ValueError
+        On bad weights, or when no more stars than ``n_terms`` remain.
+    """
+    n_stars = labels.shape[0]
+    if star_weights is None:
+        weights = np.ones(n_stars)
+    else:
+        weights = as_float_array(star_weights, "star_weights")
+        if weights.shape != (n_stars,):
+            raise ValueError(
+                f"`star_weights` has shape {weights.shape}; expected one weight per star of"
+                f" {source}, ({n_stars},)."
+            )
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ValueError("`star_weights` must be finite and ≥ 0 (0 leaves a star out).")
+    complete = np.all(np.isfinite(labels), axis=1)
+    if not complete.all():
+        logger.info("Cannon: leaving out %d training stars with missing labels.", int(np.sum(~complete)))
+    weights = np.where(complete, weights, 0.0)
+    used = weights > 0
+    if used.sum() <= n_terms:
+        raise ValueError(
+            f"only {int(used.sum())} stars of {source} have all labels {list(label_names)} and"
+            f" positive weight, but the model has {n_terms} terms; the Cannon needs more stars"
+            " than terms (lower `order` or add stars)."
+        )
+    return weights, used, complete
