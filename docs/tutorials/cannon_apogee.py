@@ -23,8 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from starlabel.data import Flag, read_dataset, shared_data_dir
-from starlabel.evaluate import format_metrics, label_metrics, plot_one_to_one
-from starlabel.evaluate._cannon_plots import plot_cannon_derivatives, plot_cannon_scatter
+from starlabel.evaluate import (
+    format_metrics,
+    label_metrics,
+    plot_cannon_derivatives,
+    plot_cannon_scatter,
+    plot_one_to_one,
+)
 from starlabel.models.cannon import Cannon, cross_validate
 
 LABELS = ("teff", "logg", "m_h")

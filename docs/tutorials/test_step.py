@@ -38,9 +38,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from starlabel.data import SpectralDataset, read_dataset, shared_data_dir  # noqa: E402
-from starlabel.models._binary import fit_binary  # noqa: E402
+from starlabel.models import fit_binary, infer_labels, select_temperature  # noqa: E402
 from starlabel.models._nuisance import build_nuisance_model  # noqa: E402
-from starlabel.models._posterior_mean import infer_labels, select_temperature  # noqa: E402
 from starlabel.models.cannon import Cannon  # noqa: E402
 
 

@@ -58,7 +58,7 @@ from starlabel.inference import (  # noqa: E402
     laplace_approximation,
     whiten,
 )
-from starlabel.models._posterior import posterior_infer  # noqa: E402
+from starlabel.models import posterior_infer  # noqa: E402
 from starlabel.models.cannon import Cannon  # noqa: E402
 
 NAMES = ("teff", "logg", "fe_h")
