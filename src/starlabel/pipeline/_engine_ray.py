@@ -18,28 +18,44 @@ can starve their own read tasks.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._chunks import ChunkSpec
 from ._engine import AbstractEngine, WorkerSpec
-from ._worker import ChunkOutcome
+from ._worker import ChunkOutcome, run_infer, run_read
 
 __all__ = ["RayEngine"]
 
 
 class _ChunkActor:
-    """Body of a Ray actor: one model, many chunks."""
+    """Body of a Ray actor: one model, many chunks.
+
+    The actor runs with ``max_concurrency = tasks_per_worker`` threads, so the next
+    queued chunk is read while the current one is inferred (the local engine's
+    prefetch). Inference itself is serialised by a lock: one compiled test step at a
+    time per process, as in the local engine (XLA's CPU client is not meant to run
+    the same executable from several Python threads at once).
+    """
 
     def __init__(self, spec: WorkerSpec) -> None:
         self._processor = spec.build()
+        self._infer_lock = threading.Lock()
 
     def ready(self) -> bool:
         return True
 
     def process(self, chunk: ChunkSpec) -> ChunkOutcome:
-        return self._processor(chunk)
+        began = time.perf_counter()
+        data, error = run_read(self._processor, chunk)
+        result = None
+        if data is not None:
+            with self._infer_lock:
+                result, error = run_infer(self._processor, chunk, data)
+        return ChunkOutcome(chunk, result, error, time.perf_counter() - began)
 
 
 def _import_ray() -> Any:
@@ -77,7 +93,8 @@ class RayEngine(AbstractEngine):
         plug-in model classes import, or ``{"XLA_FLAGS": ...}``.
     tasks_per_worker : int
         Chunks queued per actor (≥ 1); 2 keeps an actor busy while the driver
-        collects the previous result.
+        collects the previous result, and lets it read one chunk while it infers
+        another (memory: this many chunks per actor).
     startup_timeout_s : float
         Seconds to wait for all actors to load the model before failing with an
         error (instead of waiting forever for resources the cluster lacks).
@@ -148,6 +165,7 @@ class RayEngine(AbstractEngine):
         try:
             n_workers = self._worker_count(ray.cluster_resources())
             remote_cls = ray.remote(_ChunkActor).options(
+                max_concurrency=self.tasks_per_worker,
                 num_cpus=self.cpus_per_worker,
                 num_gpus=self.gpus_per_worker,
                 runtime_env={"env_vars": dict(self.worker_env)} if self.worker_env else None,
