@@ -76,6 +76,13 @@ class _Prepared(NamedTuple):
     active: np.ndarray
     options: TrainingOptions
 
+    def design(self) -> tuple[ShiftScale, np.ndarray, np.ndarray]:
+        """Label scaler fitted on the used stars, scaled labels and design matrix (stars, terms)."""
+        scaler = ShiftScale.fit(self.labels[self.used], robust=False)
+        shift, scale = np.asarray(scaler.shift), np.asarray(scaler.scale)
+        scaled = np.where(self.complete[:, None], (self.labels - shift) / scale, 0.0)
+        return scaler, scaled, np.asarray(self.vectorizer.design(jnp.asarray(scaled)))
+
 
 def label_space(scaled: np.ndarray) -> LabelSpace:
     """Training-label summary (scaled units) from the used training stars' labels."""
@@ -173,10 +180,17 @@ class Cannon(AbstractSpectralModel):
     def _prepare(self, train: SpectralDataset, star_weights: Any = None) -> _Prepared:
         """Validate a training set and build everything training needs except the scaling."""
         labels = _label_matrix(train, self.label_names, "train")
-        n_stars, n_pixels = train.flux.shape
+        return self._prepare_labels(
+            labels, train.n_pixels, train.wavelength, star_weights, "the training set"
+        )
+
+    def _prepare_labels(
+        self, labels: np.ndarray, n_pixels: int, wavelength: Any, star_weights: Any, source: str
+    ) -> _Prepared:
+        """:meth:`_prepare` from the label matrix alone (no spectra), for streamed training too."""
         vectorizer = self.vectorizer
         weights, used, complete = training_star_weights(
-            labels, star_weights, vectorizer.n_terms, self.label_names, "the training set"
+            labels, star_weights, vectorizer.n_terms, self.label_names, source
         )
         l1 = np.array(
             np.broadcast_to(np.asarray(self.l1, dtype=float), (n_pixels,))
@@ -188,7 +202,7 @@ class Cannon(AbstractSpectralModel):
             raise ValueError(
                 f"`l1` has shape {l1.shape}; give a number or one value per pixel ({n_pixels},)."
             )
-        allowed = resolve_censor(self.censor, self.label_names, n_pixels, train.wavelength)
+        allowed = resolve_censor(self.censor, self.label_names, n_pixels, wavelength)
         return _Prepared(
             labels=labels,
             complete=complete,
@@ -199,6 +213,37 @@ class Cannon(AbstractSpectralModel):
             allowed=allowed,
             active=active_terms(vectorizer.exponent_array, allowed),
             options=TrainingOptions(max_iter=self.max_iter, tol=self.tol, l1_solver=self.l1_solver),
+        )
+
+    def _fitted(
+        self,
+        prep: _Prepared,
+        scaler: ShiftScale,
+        scaled: np.ndarray,
+        trained: tuple[Any, Any, Any],
+        wavelength: Any,
+        info: dict[str, Any],
+    ) -> FittedCannon:
+        """Assemble the FittedCannon from a training run's (θ, s², pixel_ok)."""
+        theta, s2, pixel_ok = trained
+        info = {
+            "n_train": int(prep.used.sum()),
+            "bad_pixels": int(np.sum(~np.asarray(pixel_ok))),
+            "l1_solver": self.l1_solver,
+            **info,
+        }
+        return FittedCannon(
+            label_names=self.label_names,
+            vectorizer=prep.vectorizer,
+            label_scaler=scaler,
+            theta=jnp.asarray(theta),
+            s2=jnp.asarray(s2),
+            pixel_ok=jnp.asarray(pixel_ok),
+            allowed=jnp.asarray(prep.allowed),
+            l1=jnp.asarray(prep.l1),
+            wavelength=None if wavelength is None else jnp.asarray(wavelength),
+            label_space=label_space(scaled[prep.used]),
+            training_info=tuple(sorted(info.items())),
         )
 
     @x64
@@ -225,10 +270,7 @@ class Cannon(AbstractSpectralModel):
             usable stars than model terms.
         """
         prep = self._prepare(train, star_weights)
-        scaler = ShiftScale.fit(prep.labels[prep.used], robust=False)
-        shift, scale = np.asarray(scaler.shift), np.asarray(scaler.scale)
-        scaled = np.where(prep.complete[:, None], (prep.labels - shift) / scale, 0.0)
-        design = np.asarray(prep.vectorizer.design(jnp.asarray(scaled)))
+        scaler, scaled, design = prep.design()
         theta, s2, pixel_ok, n_iter, converged = fit_pixels(
             train.flux, train.ivar, design, prep.weights, prep.active, prep.l1, prep.options
         )
@@ -236,29 +278,8 @@ class Cannon(AbstractSpectralModel):
             logger.warning(
                 "Cannon.fit: scatter iterations hit max_iter=%d before tol=%g.", self.max_iter, self.tol
             )
-        used = prep.used
-        vectorizer, allowed, l1 = prep.vectorizer, prep.allowed, prep.l1
-        space = label_space(scaled[used])
-        info = {
-            "n_train": int(used.sum()),
-            "em_iterations": int(n_iter),
-            "converged": bool(converged),
-            "bad_pixels": int(np.sum(~pixel_ok)),
-            "l1_solver": self.l1_solver,
-        }
-        return FittedCannon(
-            label_names=self.label_names,
-            vectorizer=vectorizer,
-            label_scaler=scaler,
-            theta=jnp.asarray(theta),
-            s2=jnp.asarray(s2),
-            pixel_ok=jnp.asarray(pixel_ok),
-            allowed=jnp.asarray(allowed),
-            l1=jnp.asarray(l1),
-            wavelength=None if train.wavelength is None else jnp.asarray(train.wavelength),
-            label_space=space,
-            training_info=tuple(sorted(info.items())),
-        )
+        info = {"em_iterations": int(n_iter), "converged": bool(converged)}
+        return self._fitted(prep, scaler, scaled, (theta, s2, pixel_ok), train.wavelength, info)
 
     @x64
     def fit_file(

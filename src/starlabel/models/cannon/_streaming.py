@@ -54,15 +54,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ...data import DATASET_SUFFIXES, ShiftScale
-from ._censor import active_terms, resolve_censor
-from ._normal import outer_pairs, unpack_pairs
+from ...data import DATASET_SUFFIXES
+from ._normal import outer_pairs, pin_inactive, unpack_pairs
 from ._train import (
     TrainingOptions,
     _theta_step,
-    pin_inactive,
     theta_covariance,
-    training_star_weights,
     usable_terms,
     with_fallback,
 )
@@ -396,7 +393,6 @@ def fit_file(
 ) -> FittedCannon:
     """Implementation of :meth:`Cannon.fit_file` (call inside ``jax.enable_x64(True)``)."""
     from ...data import open_rows
-    from ._model import FittedCannon, label_space
 
     if not (isinstance(rows_per_block, int | np.integer) and rows_per_block >= 1):
         raise ValueError(f"`rows_per_block` must be a positive integer, got {rows_per_block!r}.")
@@ -412,30 +408,15 @@ def fit_file(
         n_stars, n_pixels = source.n_stars, source.n_pixels
         labels = _file_labels(source, model.label_names, path)
         wavelength = source.read(0, min(1, n_stars)).wavelength
-        vectorizer = model.vectorizer
-        weights, used, complete = training_star_weights(
-            labels, star_weights, vectorizer.n_terms, model.label_names, repr(str(path))
-        )
-        l1 = np.zeros(n_pixels)
-        if np.ndim(model.l1) == 1 and np.shape(model.l1) != (n_pixels,):
-            raise ValueError(
-                f"`l1` has shape {np.shape(model.l1)}; give a number or one value per pixel ({n_pixels},)."
-            )
-        allowed = resolve_censor(model.censor, model.label_names, n_pixels, wavelength)
-        active = active_terms(vectorizer.exponent_array, allowed)
-        options = TrainingOptions(max_iter=model.max_iter, tol=model.tol, l1_solver=model.l1_solver)
-
-        scaler = ShiftScale.fit(labels[used], robust=False)
-        shift, scale = np.asarray(scaler.shift), np.asarray(scaler.scale)
-        scaled = np.where(complete[:, None], (labels - shift) / scale, 0.0)
-        design = np.asarray(vectorizer.design(jnp.asarray(scaled)))
+        prep = model._prepare_labels(labels, n_pixels, wavelength, star_weights, repr(str(path)))
+        scaler, scaled, design = prep.design()
 
         def read(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
             block = source.read(start, stop)
             return block.flux, block.ivar
 
         fit = fit_stream(
-            read, n_stars, n_pixels, design, weights, active, options,
+            read, n_stars, n_pixels, design, prep.weights, prep.active, prep.options,
             rows_per_block=int(rows_per_block), progress=progress,
         )  # fmt: skip
     if not fit.converged:
@@ -445,23 +426,8 @@ def fit_file(
             model.tol,
         )
     info = {
-        "n_train": int(used.sum()),
         "em_iterations": fit.n_pass,
         "converged": fit.converged,
-        "bad_pixels": int(np.sum(~np.asarray(fit.pixel_ok))),
-        "l1_solver": model.l1_solver,
         "streamed_rows_per_block": int(rows_per_block),
     }
-    return FittedCannon(
-        label_names=model.label_names,
-        vectorizer=vectorizer,
-        label_scaler=scaler,
-        theta=fit.theta,
-        s2=fit.s2,
-        pixel_ok=fit.pixel_ok,
-        allowed=jnp.asarray(allowed),
-        l1=jnp.asarray(l1),
-        wavelength=None if wavelength is None else jnp.asarray(wavelength),
-        label_space=label_space(scaled[used]),
-        training_info=tuple(sorted(info.items())),
-    )
+    return model._fitted(prep, scaler, scaled, (fit.theta, fit.s2, fit.pixel_ok), wavelength, info)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from ._normal import outer_pairs, unpack_pairs
+from ._normal import outer_pairs, pin_inactive, unpack_pairs
 from ._vectorizer import PolynomialVectorizer
 
 __all__ = ["LabelStepOptions", "SpectrumStats", "LabelFit", "spectrum_stats", "fit_labels", "theta_pairs"]
@@ -112,13 +112,6 @@ class _LMState(eqx.Module):
     stalled: Bool[Array, ""]
 
 
-def _masked_system(matrix: Array, vector: Array, use: Array) -> tuple[Array, Array]:
-    """Restrict a K×K system to the labels in ``use``; others get an identity row."""
-    both = use[:, None] & use[None, :]
-    eye = jnp.eye(use.shape[0], dtype=matrix.dtype)
-    return jnp.where(both, matrix, 0.0) + jnp.where(use, 0.0, 1.0)[:, None] * eye, jnp.where(use, vector, 0.0)
-
-
 def _levenberg_marquardt(
     vectorizer: PolynomialVectorizer,
     stats: SpectrumStats,
@@ -138,7 +131,7 @@ def _levenberg_marquardt(
         # an active constraint: drop it from this step.
         blocked = ((state.x <= lower) & (grad > 0)) | ((state.x >= upper) & (grad < 0))
         use = free & ~blocked
-        M, r = _masked_system(gn, grad, use)
+        M, r = pin_inactive(gn, grad, use)
         decrement = r @ _spd_solve(M, r)
         converged = jnp.isfinite(decrement) & (decrement <= tol)
         diag = jnp.maximum(jnp.diagonal(M), 1e-12 * jnp.max(jnp.abs(jnp.diagonal(M))) + 1e-300)
@@ -242,7 +235,7 @@ def fit_labels(
     )
 
     J = vectorizer.jacobian(final.x)
-    fisher, _ = _masked_system(J.T @ stats.H @ J, jnp.zeros_like(final.x), free)
+    fisher, _ = pin_inactive(J.T @ stats.H @ J, jnp.zeros_like(final.x), free)
     eye = jnp.eye(free.shape[0], dtype=fisher.dtype)
     cov = jax.vmap(lambda column: _spd_solve(fisher, column), out_axes=1)(eye)
     cov = jnp.where(free[:, None] & free[None, :], cov, 0.0)

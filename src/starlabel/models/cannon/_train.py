@@ -40,7 +40,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ..._internal import as_float_array
 from ._l1 import lasso_coordinate_descent, lasso_fista
-from ._normal import outer_pairs, pack_pairs, unpack_pairs
+from ._normal import outer_pairs, pack_pairs, pin_inactive, unpack_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +51,10 @@ __all__ = [
     "fit_block",
     "fit_block_impl",
     "L1_SOLVERS",
-    "pin_inactive",
     "theta_covariance",
     "usable_terms",
     "with_fallback",
+    "training_star_weights",
 ]
 
 L1Solver = Literal["coordinate_descent", "fista"]
@@ -101,23 +101,6 @@ def _solve_normal(
     """Normal matrices and right-hand sides; inactive terms are pinned to θ = 0."""
     A = unpack_pairs(omega.T @ pairs, design.shape[1])
     return pin_inactive(A, (omega * flux).T @ design, active)
-
-
-def pin_inactive(
-    A: Float[Array, "pixels terms terms"],
-    b: Float[Array, "pixels terms"],
-    active: Bool[Array, "pixels terms"],
-) -> tuple[Float[Array, "pixels terms terms"], Float[Array, "pixels terms"]]:
-    """Restrict normal equations to the active terms (censoring).
-
-    Inactive rows/columns become the identity with a zero right-hand side, so their θ
-    solve to exactly 0.
-    """
-    n_terms = A.shape[-1]
-    both = active[:, :, None] & active[:, None, :]
-    eye = jnp.eye(n_terms, dtype=A.dtype)
-    A = jnp.where(both, A, 0.0) + jnp.where(active[:, :, None], 0.0, eye[None])
-    return A, jnp.where(active, b, 0.0)
 
 
 def theta_covariance(
@@ -337,8 +320,9 @@ def training_star_weights(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-star weights, used-star mask and complete-label mask for Cannon training.
 
-    Every training path (in memory and streamed) selects stars this way: stars missing any label get weight 0 (and are logged); ``star_weights`` (default 1)
-    must be finite and ≥ 0. ``source`` names the training set in errors.
+    Every training path (in memory and streamed) selects stars this way: stars missing
+    any label get weight 0 (and are logged); ``star_weights`` (default 1) must be
+    finite and ≥ 0. ``source`` names the training set in errors.
 
     Raises
     ------
