@@ -37,6 +37,7 @@ from .._internal import x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference._grid import GridPosterior, grid_posterior
 from ..inference._priors import AbstractLabelPrior, resolve_prior
+from .cannon._test_step import spectrum_stats, theta_pairs
 
 __all__ = [
     "PolynomialSpectrum",
@@ -180,16 +181,14 @@ class SpectrumStatistics(eqx.Module):
 def _statistics(
     model: PolynomialSpectrum, flux: Array, ivar: Array, theta: Array | None
 ) -> SpectrumStatistics:
-    omega = jax.vmap(model.weights)(ivar)
     if theta is None:
-        # Shared coefficients: H for all stars is one (stars × pixels)(pixels × terms²) product.
-        outer = (model.theta[:, :, None] * model.theta[:, None, :]).reshape(model.n_pixels, -1)
-        H = (omega @ outer).reshape(-1, model.n_terms, model.n_terms)
-        g = (omega * flux) @ model.theta
-    else:
-        # Per-star coefficients (shifted/continuum-scaled models of the nuisance fits).
-        H = jnp.einsum("np,npa,npb->nab", omega, theta, theta)
-        g = jnp.einsum("np,npa->na", omega * flux, theta)
+        # Shared coefficients: the Cannon test step's statistics (one GEMM per batch).
+        shared = spectrum_stats(flux, ivar, model.theta, theta_pairs(model.theta), model.s2, model.pixel_ok)
+        return SpectrumStatistics(shared.c, shared.g, shared.H, shared.n_good.astype(flux.dtype))
+    # Per-star coefficients (shifted/continuum-scaled models of the nuisance fits).
+    omega = jax.vmap(model.weights)(ivar)
+    H = jnp.einsum("np,npa,npb->nab", omega, theta, theta)
+    g = jnp.einsum("np,npa->na", omega * flux, theta)
     return SpectrumStatistics(
         jnp.sum(omega * flux**2, axis=1), g, H, jnp.sum(omega > 0, axis=1).astype(flux.dtype)
     )
