@@ -17,6 +17,7 @@ What each method includes is documented in ``docs/uncertainties.md``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
@@ -44,6 +45,7 @@ __all__ = [
     "POSTERIOR_METHODS",
     "LinearPredictionVariance",
     "PosteriorMethod",
+    "check_uncertainty",
     "posterior_infer",
     "refine_uncertainty",
     "training_prediction_variance",
@@ -647,22 +649,22 @@ def refine_uncertainty(
     options : mapping, optional
         Further :func:`posterior_infer` keywords (``num_warmup``, ``seed``, …).
     """
-    if method not in POSTERIOR_METHODS:
-        raise ValueError(f"unknown uncertainty {method!r}; choose one of {list(POSTERIOR_METHODS)}.")
+    check_uncertainty(method)
     options = dict(options or {})
     for reserved in ("method", "start", "return_samples"):
         if reserved in options:
             raise ValueError(f"`posterior_options` may not set {reserved!r}; it is fixed by infer().")
     refined = posterior_infer(fitted, data, method=method, start=start, **options)
     assert isinstance(refined, InferenceResult)
-    return InferenceResult(
-        ids=refined.ids,
-        label_names=refined.label_names,
-        labels=refined.labels,
-        cov=refined.cov,
-        chi2=refined.chi2,
-        dof=refined.dof,
+    return dataclasses.replace(
+        refined,
         flags=refined.flags | first.flags,
         extra={**first.extra, **refined.extra},
         meta={**first.meta, **refined.meta},
     )
+
+
+def check_uncertainty(uncertainty: str) -> None:
+    """Raise a ValueError naming the choices unless ``uncertainty`` is a posterior method."""
+    if uncertainty not in POSTERIOR_METHODS:
+        raise ValueError(f"unknown uncertainty {uncertainty!r}; choose one of {list(POSTERIOR_METHODS)}.")

@@ -13,7 +13,7 @@ from jaxtyping import Array, Bool, Float
 
 from ..._internal import as_float_array, x64
 from ...data import InferenceResult, ShiftScale, SpectralDataset
-from .._posterior import POSTERIOR_METHODS, refine_uncertainty
+from .._posterior import check_uncertainty, refine_uncertainty
 from ..base import AbstractGenerativeModel, AbstractSpectralModel
 from ._censor import active_terms, resolve_censor
 from ._infer import (
@@ -562,8 +562,7 @@ class FittedCannon(AbstractGenerativeModel):
             raise ValueError(f"`n_starts` must be an integer ≥ 1, got {n_starts!r}.")
         if not (isinstance(chunk_size, int) and chunk_size >= 1):
             raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
-        if uncertainty not in POSTERIOR_METHODS:
-            raise ValueError(f"unknown uncertainty {uncertainty!r}; choose one of {list(POSTERIOR_METHODS)}.")
+        check_uncertainty(uncertainty)
         if uncertainty != "fisher" and frozen:
             raise ValueError("`frozen` labels work with uncertainty='fisher' only; drop one of them.")
         shift, scale = self._scale()

@@ -14,7 +14,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ..._internal import as_float_array, x64
 from ...data import Flag, InferenceResult, ShiftScale, SpectralDataset
-from .._posterior import POSTERIOR_METHODS, refine_uncertainty
+from .._posterior import check_uncertainty, refine_uncertainty
 from ..base import AbstractGenerativeModel
 from ._error_models import AbstractScatter, error_model_from_config
 from ._objective import LOG_2PI, DataBlock, LuxOutput
@@ -272,8 +272,7 @@ class FittedLux(AbstractGenerativeModel):
             entries − latent_size, ``flags`` (NOT_CONVERGED, FEW_PIXELS,
             BAD_COVARIANCE, OUTSIDE_TRAINING, POOR_FIT).
         """
-        if uncertainty not in POSTERIOR_METHODS:
-            raise ValueError(f"unknown uncertainty {uncertainty!r}; choose one of {list(POSTERIOR_METHODS)}.")
+        check_uncertainty(uncertainty)
         if uncertainty != "fisher" and tuple(inputs) != ("flux",):
             raise ValueError(
                 f"uncertainty={uncertainty!r} conditions on the flux alone; use inputs=('flux',)"
