@@ -19,14 +19,13 @@ can starve their own read tasks.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._chunks import ChunkSpec
 from ._engine import AbstractEngine, WorkerSpec
-from ._worker import ChunkOutcome, run_infer, run_read
+from ._worker import ChunkOutcome
 
 __all__ = ["RayEngine"]
 
@@ -49,13 +48,7 @@ class _ChunkActor:
         return True
 
     def process(self, chunk: ChunkSpec) -> ChunkOutcome:
-        began = time.perf_counter()
-        data, error = run_read(self._processor, chunk)
-        result = None
-        if data is not None:
-            with self._infer_lock:
-                result, error = run_infer(self._processor, chunk, data)
-        return ChunkOutcome(chunk, result, error, time.perf_counter() - began)
+        return self._processor(chunk, infer_lock=self._infer_lock)
 
 
 def _import_ray() -> Any:

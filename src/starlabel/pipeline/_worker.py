@@ -9,6 +9,7 @@ pipeline only calls ``model.infer``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -124,14 +125,21 @@ class ChunkProcessor:
             result = dataclasses.replace(result, extra=extra)
         return result
 
-    def __call__(self, chunk: ChunkSpec) -> ChunkOutcome:
-        """Read and infer one chunk; any exception becomes a failed outcome."""
+    def __call__(
+        self, chunk: ChunkSpec, infer_lock: contextlib.AbstractContextManager[Any] | None = None
+    ) -> ChunkOutcome:
+        """Read and infer one chunk; any exception becomes a failed outcome.
+
+        ``infer_lock`` is held around inference only, so that threads sharing this
+        processor read concurrently but run one compiled test step at a time.
+        """
         began = time.perf_counter()
-        try:
-            result = self.infer(chunk, self.read(chunk))
-        except Exception as error:  # isolate the chunk: the run goes on (errors report)
-            return ChunkOutcome(chunk, None, _describe(error), time.perf_counter() - began)
-        return ChunkOutcome(chunk, result, "", time.perf_counter() - began)
+        data, error = run_read(self, chunk)
+        result = None
+        if data is not None:
+            with infer_lock if infer_lock is not None else contextlib.nullcontext():
+                result, error = run_infer(self, chunk, data)
+        return ChunkOutcome(chunk, result, error, time.perf_counter() - began)
 
 
 def run_read(processor: ChunkProcessor, chunk: ChunkSpec) -> tuple[SpectralDataset | None, str]:
