@@ -179,7 +179,7 @@ def train_cannon(
             windows = json.loads(censor.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"--censor file {str(censor)!r} is not valid JSON: {error}") from None
-    names = dataset.label_names if dataset is not None else _split_labels(labels) or ()
+    names = dataset.label_names if dataset is not None else _split_labels(labels)
     model = Cannon(label_names=names, order=order, terms=terms, censor=windows, l1=l1)
     if dataset is None:
         typer.echo(f"training set: {data} (streamed in blocks of stars)", err=True)
