@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import log, peak_rss_bytes
 
 N_PIXELS = 7214  # APOGEE DR12 gap-removed grid
 LABELS = ("teff", "logg", "fe_h")
@@ -48,19 +49,6 @@ ROWS_PER_BLOCK = 1024
 SUBSET = 5000
 RESULT = Path(__file__).resolve().parent / "results" / "cannon_memory.json"
 GIB = 2.0**30
-
-
-def _log(*args: object) -> None:
-    print(time.strftime("%H:%M:%S"), *args, flush=True)
-
-
-def _peak_rss() -> int:
-    """Peak resident memory of this process image in bytes (VmHWM; not ru_maxrss,
-    which Linux carries across execve from the parent)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 # ----------------------------------------------------------------------------- data
@@ -135,7 +123,7 @@ def _child_train(spec: dict) -> dict:
     save_model(fitted, spec["model"])
     return {
         "wall_s": wall,
-        "peak_rss_bytes": _peak_rss(),
+        "peak_rss_bytes": peak_rss_bytes(),
         "training_info": dict(fitted.training_info),
         "pass_log": messages,
     }
@@ -199,7 +187,7 @@ def _child_infer(spec: dict) -> dict:
         progress=False,
     )
     wall = time.perf_counter() - t
-    peak = _peak_rss()
+    peak = peak_rss_bytes()
     table = read_result(spec["output"])
     recovery = {}
     for k, name in enumerate(LABELS):
@@ -276,20 +264,20 @@ def main() -> None:
             "gb": data.stat().st_size / 1e9,
             "write_s": time.perf_counter() - t,
         }
-        _log(f"wrote {data} ({data.stat().st_size / 1e9:.1f} GB) in {results['file']['write_s']:.0f} s")
+        log(f"wrote {data} ({data.stat().st_size / 1e9:.1f} GB) in {results['file']['write_s']:.0f} s")
         model = args.workdir / "streamed.starlabel"
         spec = {"data": str(data), "model": str(model), "rows_per_block": args.rows_per_block}
         results["fit_file"] = _run_child("train", spec, timeout=3600)
-        _log("fit_file:", {k: v for k, v in results["fit_file"].items() if k != "pass_log"})
+        log("fit_file:", {k: v for k, v in results["fit_file"].items() if k != "pass_log"})
         results["agreement_with_fit"] = _run_child(
             "agree", {**spec, "subset": min(SUBSET, args.stars), "workdir": str(args.workdir)}, timeout=3600
         )
-        _log("agreement:", results["agreement_with_fit"])
+        log("agreement:", results["agreement_with_fit"])
         output = args.workdir / "labels.parquet"
         results["run_inference"] = _run_child(
             "infer", {**spec, "output": str(output), "chunk_size": 1024}, timeout=3600
         )
-        _log("run_inference:", results["run_inference"])
+        log("run_inference:", results["run_inference"])
         results["targets"] = {
             "fit_file_peak_rss_below_4GB": results["fit_file"]["peak_rss_bytes"] < 4e9,
             "run_inference_peak_rss_below_4GB": results["run_inference"]["peak_rss_bytes"] < 4e9,
@@ -300,7 +288,7 @@ def main() -> None:
             shutil.rmtree(args.workdir, ignore_errors=True)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        _log(f"wrote {args.output}")
+        log(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

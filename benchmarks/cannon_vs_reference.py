@@ -49,6 +49,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _common import proc_status_kb  # noqa: E402
 
 import starlabel  # noqa: E402
 from starlabel.data import SpectralDataset, read_dataset, shared_data_dir, simulate_cannon  # noqa: E402
@@ -177,13 +178,6 @@ def simulated_case(n_labels: int, n_pixels: int, seed: int) -> dict:
     }
 
 
-def _proc_kb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return float(line.split()[1])
-    return float("nan")
-
-
 def memory_probe(n_spectra: int) -> dict:
     """Run in a fresh process: memory the Cannon needs beyond its input arrays.
 
@@ -198,12 +192,12 @@ def memory_probe(n_spectra: int) -> dict:
     out = {"n_spectra": n_spectra, "input_mb": (test.flux.nbytes + test.ivar.nbytes) / 2**20}
     for step in ("train", "infer"):
         Path("/proc/self/clear_refs").write_text("5")
-        base = _proc_kb("VmRSS")
+        base = proc_status_kb("VmRSS")
         if step == "train":
             fitted = model.fit(sim.dataset)
         else:
             fitted.infer(test)
-        out[f"{step}_extra_mb"] = (_proc_kb("VmHWM") - base) / 1024
+        out[f"{step}_extra_mb"] = (proc_status_kb("VmHWM") - base) / 1024
     return out
 
 

@@ -28,13 +28,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import log, peak_rss_bytes
 
 N_PIXELS = 7214  # APOGEE DR12 gap-removed grid (NOTES.md)
 BASE_STARS = 10_000
@@ -45,10 +45,6 @@ _ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1
 # ----------------------------------------------------------------------------- helpers
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def _log(*args: object) -> None:
-    print(time.strftime("%H:%M:%S"), *args, flush=True)
 
 
 def _machine_rates() -> dict[str, float]:
@@ -111,7 +107,7 @@ def _prepare(workdir: Path, n_labels: int) -> tuple[Path, Path, Path]:
         del every
         t = time.perf_counter()
         fitted = Cannon(label_names=train.label_names, order=2).fit(train)
-        _log(f"trained {n_labels}-label Cannon in {time.perf_counter() - t:.1f} s")
+        log(f"trained {n_labels}-label Cannon in {time.perf_counter() - t:.1f} s")
         save_model(fitted, model_path)
     return model_path, base_path, train_path
 
@@ -182,21 +178,6 @@ def _run_subprocess(
     return record
 
 
-def _peak_rss() -> int:
-    """Peak resident memory of this process in bytes.
-
-    /proc's VmHWM belongs to this process image; ``ru_maxrss`` is not used because
-    Linux carries it across ``execve`` from the parent (the benchmark driver).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _child(spec_json: str) -> None:
     """Subprocess body: one ``run_inference`` call; prints a JSON line."""
     spec = json.loads(spec_json)
@@ -221,7 +202,7 @@ def _child(spec_json: str) -> None:
         infer_options={"chunk_size": spec["infer_chunk"]},
         progress=False,
     )
-    peak = _peak_rss()
+    peak = peak_rss_bytes()
     record = summary.to_json()
     record.update(
         peak_rss_bytes=peak,
@@ -356,13 +337,13 @@ def main() -> None:
 
     rates = _machine_rates()
     results["machine"].update(rates)
-    _log("machine", rates)
+    log("machine", rates)
     model3, base3, train3 = _prepare(workdir, 3)
     save()
 
     def run_size(n: int) -> None:
         inputs = _inputs_for(base3, n, workdir / "labels3" / f"n{n}")
-        _log(f"N={n} local chunk={args.chunk_size} load={_load()}")
+        log(f"N={n} local chunk={args.chunk_size} load={_load()}")
         record = _run_subprocess(
             model3, inputs, workdir / "out" / f"n{n}.parquet", args.chunk_size, {"name": "local"}, 7200
         )
@@ -370,7 +351,7 @@ def main() -> None:
         record["load_average"] = _load()
         rows = [r for r in results.get("throughput_vs_n", []) if r["n"] != n] + [record]
         results["throughput_vs_n"] = sorted(rows, key=lambda r: r["n"])
-        _log(
+        log(
             f"  {record['steady_spectra_per_second']:.0f}/s steady, {record['spectra_per_s_end_to_end']:.0f}/s end to end,"
             f" peak RSS {record['peak_rss_bytes'] / 2**30:.2f} GiB"
         )
@@ -386,14 +367,14 @@ def main() -> None:
         n = 10_000 if args.quick else 20_000
         inputs = _inputs_for(base3, n, workdir / "labels3" / f"n{n}")
         for chunk in [256, 1024] if args.quick else [256, 1024, 4096]:
-            _log(f"chunk sweep N={n} chunk={chunk}")
+            log(f"chunk sweep N={n} chunk={chunk}")
             record = _run_subprocess(
                 model3, inputs, workdir / "out" / f"chunk{chunk}.parquet", chunk, {"name": "local"}, 3600
             )
             record["n"] = n
             record["load_average"] = _load()
             rows.append(record)
-            _log(
+            log(
                 f"  {record['steady_spectra_per_second']:.0f}/s steady, peak RSS {record['peak_rss_bytes'] / 2**30:.2f} GiB"
             )
             results["chunk_sweep"] = rows
@@ -414,14 +395,14 @@ def main() -> None:
             },
         ]
         for engine in engines:
-            _log(f"engine {engine} N={ray_n}")
+            log(f"engine {engine} N={ray_n}")
             record = _run_subprocess(
                 model3, inputs, workdir / "out" / f"engine{len(rows)}.parquet", args.chunk_size, engine, 7200
             )
             record["n"] = ray_n
             record["load_average"] = _load()
             rows.append(record)
-            _log(f"  {record['spectra_per_s_end_to_end']:.0f}/s end to end")
+            log(f"  {record['spectra_per_s_end_to_end']:.0f}/s end to end")
             results["engines"] = rows
             save()
         local_wall = rows[0]["wall_s_including_startup"]
@@ -444,7 +425,7 @@ def main() -> None:
     if "labels5" not in skip:
         model5, base5, _ = _prepare(workdir, 5)
         inputs = _inputs_for(base5, BASE_STARS, workdir / "labels5" / "n10000")
-        _log("5 labels N=10⁴")
+        log("5 labels N=10⁴")
         record = _run_subprocess(
             model5,
             inputs,
@@ -471,7 +452,7 @@ def main() -> None:
 
     if "thecannon" not in skip:
         n_test = 200 if args.quick else 500
-        _log("thecannon vs starlabel on the same spectra")
+        log("thecannon vs starlabel on the same spectra")
         theirs = _thecannon_rate(train3, base3, n_test)
         ours = _starlabel_same_spectra(model3, base3, n_test)
         results["thecannon"] = {"thecannon": theirs, "starlabel_in_process": ours}
@@ -491,7 +472,7 @@ def main() -> None:
     results["machine"]["load_average_at_end"] = _load()
     results["gpu"] = "not measured: no GPU machine was lent to this task; see docs/scaling.md#gpus"
     save()
-    _log("wrote", out)
+    log("wrote", out)
 
 
 if __name__ == "__main__":
