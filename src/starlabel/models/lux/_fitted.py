@@ -282,8 +282,9 @@ class FittedLux(AbstractGenerativeModel):
         post = self._posterior(outputs, blocks, chunk_size, steps)
         labels, cov = self._labels_with_cov(jnp.asarray(post.mean), jnp.asarray(post.cov))
         labels, cov = np.asarray(labels), np.asarray(cov)
-        if include_label_scatter:
-            cov = cov + np.diag(self.scatter("labels") ** 2)[None, :, :]
+        # The learned label scatter widens every mode's covariance alike.
+        label_scatter = np.diag(self.scatter("labels") ** 2)[None, :, :] if include_label_scatter else 0.0
+        cov = cov + label_scatter
         dof = post.n_used - self.latent_size
 
         flags = np.zeros(data.n_stars, dtype=np.int64)
@@ -317,11 +318,7 @@ class FittedLux(AbstractGenerativeModel):
         if uncertainty == "fisher":
             return result
         refined = refine_uncertainty(self, data, result, post.mean, uncertainty, posterior_options)
-        if include_label_scatter:
-            refined = dataclasses.replace(
-                refined, cov=refined.cov + np.diag(self.scatter("labels") ** 2)[None, :, :]
-            )
-        return refined
+        return dataclasses.replace(refined, cov=refined.cov + label_scatter)
 
     @eqx.filter_jit
     def _labels_with_cov(self, mean, cov):
