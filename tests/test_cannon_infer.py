@@ -234,3 +234,25 @@ def test_bad_inference_inputs_are_rejected(setup):
     with pytest.raises(ValueError, match=r"\(stars, 3\)"):
         fitted.predict_flux(np.ones((2, 4)))
     assert LabelStepOptions().max_iter == 100
+
+
+@pytest.mark.parametrize("n_stars", [1, 300])
+def test_sufficient_statistics_match_the_pixel_sums(setup, n_stars):
+    """Blocked (c, g, H) equal Σ ω f², Θᵀ(ω f), Θᵀ diag(ω) Θ with ω = 1/(σ² + s²) on
+    usable pixels — also when the star count is not a multiple of the block."""
+    _, fitted, test, _ = setup
+    rng = np.random.default_rng(8)
+    flux = rng.normal(1.0, 0.05, (n_stars, N_PIXELS))
+    ivar = rng.uniform(0.0, 900.0, (n_stars, N_PIXELS))
+    ivar[:, ::7] = 0.0  # pixels without information
+    theta, s2 = np.asarray(fitted.theta), np.asarray(fitted.s2)
+    ok = np.asarray(fitted.pixel_ok).copy()
+    ok[3] = False
+    with jax.enable_x64(True):
+        stats = jax.jit(spectrum_stats)(flux, ivar, theta, theta_pairs(theta), s2, ok)
+    omega = np.where(ok & (ivar > 0), ivar / (1.0 + ivar * s2), 0.0)
+    np.testing.assert_allclose(stats.c, np.sum(omega * flux**2, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(stats.g, (omega * flux) @ theta, rtol=1e-10, atol=1e-8)
+    expected_H = np.einsum("np,pi,pj->nij", omega, theta, theta)
+    np.testing.assert_allclose(stats.H, expected_H, rtol=1e-10, atol=1e-8)
+    np.testing.assert_array_equal(stats.n_good, np.sum(omega > 0, axis=1))

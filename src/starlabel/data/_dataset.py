@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._internal import as_float_array, check_label_names, check_shape
+from .._internal import as_aligned, as_float_array, check_label_names, check_shape, empty_aligned
 
 __all__ = ["SpectralDataset"]
 
@@ -55,6 +55,11 @@ class SpectralDataset:
         Star identifiers (default ``"0"``, ``"1"``, …). Must be unique.
     meta : mapping, optional
         Free-form metadata (survey, data release, provenance), carried along unchanged.
+    copy : bool
+        True (default): keep private copies of ``flux``, ``ivar`` and ``mask``. False:
+        adopt float64 ``flux``/``ivar`` and bool ``mask`` arrays that are C-ordered
+        and 64-byte aligned as they are (others are still copied) — they are repaired
+        in place and made read-only. For readers that own freshly read arrays.
 
     Raises
     ------
@@ -111,8 +116,9 @@ class SpectralDataset:
         label_err: Any = None,
         ids: Sequence[Any] | np.ndarray | None = None,
         meta: Mapping[str, Any] | None = None,
+        copy: bool = True,
     ) -> None:
-        flux = as_float_array(flux, "flux").copy()
+        flux = as_aligned(as_float_array(flux, "flux"), copy=copy)
         if flux.ndim != 2:
             raise ValueError(
                 f"`flux` must be 2-D (stars, pixels) but has shape {flux.shape};"
@@ -136,10 +142,11 @@ class SpectralDataset:
                     f"`flux_err` has {int(np.sum(err < 0))} negative values; uncertainties"
                     " must be >= 0 (use mask= or ivar=0 to flag bad pixels)."
                 )
+            ivar_arr = empty_aligned(err.shape)
             with np.errstate(divide="ignore", invalid="ignore"):
-                ivar_arr = 1.0 / err**2
+                np.divide(1.0, err**2, out=ivar_arr)
         else:
-            ivar_arr = as_float_array(ivar, "ivar").copy()
+            ivar_arr = as_aligned(as_float_array(ivar, "ivar"), copy=copy)
             check_shape(ivar_arr, flux.shape, "ivar", f"matching {spectra_shape}")
             if np.any(ivar_arr < 0):
                 raise ValueError(
@@ -157,7 +164,7 @@ class SpectralDataset:
                     " convert bitmasks with e.g. (bitmask & bad_bits) != 0."
                 )
             check_shape(bad, flux.shape, "mask", f"matching {spectra_shape}")
-            bad = bad.copy()
+            bad = bad.copy() if copy or not bad.flags.writeable else bad
 
         # Repair, do not reject: survey data routinely carry NaN or inf in bad pixels.
         invalid = ~np.isfinite(flux) | ~np.isfinite(ivar_arr)

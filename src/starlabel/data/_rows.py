@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .._internal import empty_aligned
 from ._dataset import SpectralDataset
 from ._io import DATASET_SUFFIXES
 
@@ -76,14 +77,15 @@ class _NpzMember:
         stop = min(stop, self.shape[0])
         count = max(stop - start, 0)
         if self.stored:
-            per_row = self._row_bytes // self.dtype.itemsize if self.dtype.itemsize else 0
-            flat = np.fromfile(
-                self._path,
-                dtype=self.dtype,
-                count=count * per_row,
-                offset=self._offset + start * self._row_bytes,
-            )
-            return flat.reshape((count, *self.shape[1:]))
+            out = empty_aligned((count, *self.shape[1:]), self.dtype)
+            with open(self._path, "rb", buffering=0) as raw:
+                raw.seek(self._offset + start * self._row_bytes)
+                n_read = raw.readinto(memoryview(out).cast("B"))
+            if n_read != out.nbytes:
+                raise ValueError(
+                    f"{str(self._path)!r}: member {self._name!r} ends early (rows {start}-{stop}); the file is truncated."
+                )
+            return out
         with self._archive.open(self._name) as member:
             # Seeking a compressed member decompresses up to the target (see module docstring).
             member.seek(self._header_size + start * self._row_bytes)
@@ -151,7 +153,13 @@ class RowSource:
     def _rows(self, key: str, start: int, stop: int) -> np.ndarray:
         if self._format == "npz":
             return self._members[key].read(start, stop)
-        return np.asarray(self._members[key][start:stop])
+        dataset = self._members[key]
+        if dataset.dtype.kind not in "biuf":  # strings: h5py converts them itself
+            return np.asarray(dataset[start:stop])
+        out = empty_aligned((max(stop - start, 0), *dataset.shape[1:]), dataset.dtype)
+        if out.size:
+            dataset.read_direct(out, np.s_[start:stop])
+        return out
 
     def _whole(self, key: str) -> np.ndarray:
         if self._format == "npz":
@@ -216,6 +224,7 @@ class RowSource:
             label_names=names if columns else None,
             ids=ids,
             meta=meta,
+            copy=False,  # the arrays were just read into aligned buffers of their own
             **errors,
         )
 

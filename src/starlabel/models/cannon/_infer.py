@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from ..._internal import empty_aligned
 from ...data import Flag, InferenceResult
 from ._test_step import LabelFit, LabelStepOptions, SpectrumStats, fit_labels, spectrum_stats
 from ._vectorizer import PolynomialVectorizer
@@ -199,6 +200,13 @@ def chunk_length(n_stars: int, chunk_size: int) -> int:
     return int(min(chunk_size, 1 << max(0, int(np.ceil(np.log2(max(n_stars, 1)))))))
 
 
+def _padded(rows: np.ndarray, size: int) -> np.ndarray:
+    out = empty_aligned((size, *rows.shape[1:]), rows.dtype)
+    out[: len(rows)] = rows
+    out[len(rows) :] = 0
+    return out
+
+
 def run_test_step(
     flux: np.ndarray,
     ivar: np.ndarray,
@@ -222,15 +230,13 @@ def run_test_step(
     for start in range(0, n_stars, size):
         stop = min(start + size, n_stars)
         pad = size - (stop - start)
-        # Slices of a full chunk go straight to the device; only the last, short chunk
-        # is padded (np.pad copies, which costs as much as the transfer itself).
+        # Slices of a full chunk go to JAX as they are: a dataset's arrays are aligned
+        # (see starlabel._internal._aligned), so on the CPU they are used in place.
+        # Only the last, short chunk is copied, into a zero-padded aligned buffer.
         chunk = [
-            a[start:stop] if pad == 0 else np.pad(a[start:stop], ((0, pad), (0, 0)))
-            for a in (flux, ivar, frozen_values)
+            a[start:stop] if pad == 0 else _padded(a[start:stop], size) for a in (flux, ivar, frozen_values)
         ]
-        out = fit_chunk(
-            *(jnp.asarray(c) for c in chunk), theta, pairs, s2, pixel_ok, *shared, vectorizer, options
-        )
+        out = fit_chunk(*chunk, theta, pairs, s2, pixel_ok, *shared, vectorizer, options)
         pieces.append(jax.tree.map(lambda a, n=stop - start: np.asarray(a)[:n], out))
     return {
         field: np.concatenate([getattr(p, field) for p in pieces])

@@ -45,9 +45,9 @@ def outer_pairs(vectors: Float[Array, "rows terms"]) -> Float[Array, "rows pairs
     return vectors[:, table.row] * vectors[:, table.col]
 
 
-def unpack_pairs(packed: Float[Array, "batch pairs"], n_terms: int) -> Float[Array, "batch terms terms"]:
+def unpack_pairs(packed: Float[Array, "*batch pairs"], n_terms: int) -> Float[Array, "*batch terms terms"]:
     """Full symmetric matrices from packed upper triangles."""
-    return packed[:, pair_table(n_terms).index]
+    return packed[..., pair_table(n_terms).index]
 
 
 def pack_pairs(

@@ -73,6 +73,15 @@ def theta_pairs(theta: Float[Array, "pixels terms"]) -> Float[Array, "pixels pai
     return outer_pairs(theta)
 
 
+_STATS_BLOCK = 128
+"""Spectra per matrix product in :func:`spectrum_stats`.
+
+A block's weights (128 × 7214 float64 ≈ 7 MB, twice) stay in the last-level cache
+between the elementwise pass and the products; whole-chunk intermediates go to main
+memory and back, which measured 2.4× slower on the 2-core development box.
+"""
+
+
 def spectrum_stats(
     flux: Float[Array, "stars pixels"],
     ivar: Float[Array, "stars pixels"],
@@ -81,21 +90,25 @@ def spectrum_stats(
     s2: Float[Array, " pixels"],
     pixel_ok: Bool[Array, " pixels"],
 ) -> SpectrumStats:
-    """``(c, g, H)`` of every spectrum (leading axis: stars), as whole-chunk matrix products.
+    """``(c, g, H)`` of every spectrum (leading axis: stars), as blocked matrix products.
 
-    Written for a batch rather than vmapped from one spectrum: ``ω @ pairs`` is then one
-    (stars × pixels)(pixels × pairs) GEMM, which XLA's CPU backend runs at about twice
-    the speed of the batched matrix–vector products a vmap produces.
+    Blocks of :data:`_STATS_BLOCK` spectra go through one (stars × pixels)(pixels ×
+    pairs) GEMM each, which XLA's CPU backend runs at about twice the speed of the
+    batched matrix–vector products a plain vmap produces.
     """
-    usable = pixel_ok[None, :] & (ivar > 0)
-    omega = jnp.where(usable, ivar / (1.0 + ivar * s2[None, :]), 0.0)
-    weighted = omega * flux
-    return SpectrumStats(
-        c=jnp.sum(weighted * flux, axis=1),
-        g=weighted @ theta,
-        H=unpack_pairs(omega @ pairs, theta.shape[1]),
-        n_good=jnp.sum(omega > 0, axis=1),
-    )
+
+    def one(spectrum: tuple[Array, Array]) -> SpectrumStats:
+        f, w = spectrum
+        omega = jnp.where(pixel_ok & (w > 0), w / (1.0 + w * s2), 0.0)
+        weighted = omega * f
+        return SpectrumStats(
+            c=weighted @ f,
+            g=weighted @ theta,
+            H=unpack_pairs(omega @ pairs, theta.shape[1]),
+            n_good=jnp.sum(omega > 0),
+        )
+
+    return jax.lax.map(one, (flux, ivar), batch_size=min(_STATS_BLOCK, flux.shape[0]))
 
 
 def _chi2(vectorizer: PolynomialVectorizer, stats: SpectrumStats, x: Array) -> Array:
