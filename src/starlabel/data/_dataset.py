@@ -16,6 +16,11 @@ __all__ = ["SpectralDataset"]
 logger = logging.getLogger(__name__)
 
 
+def _any_negative(array: np.ndarray) -> bool:
+    # min() is one fast pass; NaN makes it NaN, and then the exact test decides.
+    return array.size > 0 and not array.min() >= 0 and bool(np.any(array < 0))
+
+
 def _frozen(array: np.ndarray) -> np.ndarray:
     array.setflags(write=False)
     return array
@@ -137,7 +142,7 @@ class SpectralDataset:
         if flux_err is not None:
             err = as_float_array(flux_err, "flux_err")
             check_shape(err, flux.shape, "flux_err", f"matching {spectra_shape}")
-            if np.any(err < 0):
+            if _any_negative(err):
                 raise ValueError(
                     f"`flux_err` has {int(np.sum(err < 0))} negative values; uncertainties"
                     " must be >= 0 (use mask= or ivar=0 to flag bad pixels)."
@@ -148,7 +153,7 @@ class SpectralDataset:
         else:
             ivar_arr = as_aligned(as_float_array(ivar, "ivar"), copy=copy)
             check_shape(ivar_arr, flux.shape, "ivar", f"matching {spectra_shape}")
-            if np.any(ivar_arr < 0):
+            if _any_negative(ivar_arr):
                 raise ValueError(
                     f"`ivar` has {int(np.sum(ivar_arr < 0))} negative values; inverse"
                     " variances must be >= 0 (0 marks a pixel without information)."
@@ -167,16 +172,21 @@ class SpectralDataset:
             bad = bad.copy() if copy or not bad.flags.writeable else bad
 
         # Repair, do not reject: survey data routinely carry NaN or inf in bad pixels.
-        invalid = ~np.isfinite(flux) | ~np.isfinite(ivar_arr)
-        n_repaired = int(np.sum(invalid & ~bad))
-        if n_repaired:
-            logger.info(
-                "SpectralDataset: masked %d pixels with non-finite flux or uncertainty.",
-                n_repaired,
-            )
-        bad |= invalid | (ivar_arr == 0)
-        flux[bad & ~np.isfinite(flux)] = 0.0
-        ivar_arr[bad] = 0.0
+        # Finite sums mean no NaN or inf anywhere: the usual case costs one pass per array.
+        n_repaired = 0
+        if np.isfinite(flux.sum()) and np.isfinite(ivar_arr.sum()):
+            np.logical_or(bad, ivar_arr == 0, out=bad)
+        else:
+            invalid = ~np.isfinite(flux) | ~np.isfinite(ivar_arr)
+            n_repaired = int(np.count_nonzero(invalid & ~bad))
+            if n_repaired:
+                logger.info(
+                    "SpectralDataset: masked %d pixels with non-finite flux or uncertainty.",
+                    n_repaired,
+                )
+            bad |= invalid | (ivar_arr == 0)
+            np.copyto(flux, 0.0, where=bad & ~np.isfinite(flux))
+        np.copyto(ivar_arr, 0.0, where=bad)
 
         if wavelength is not None:
             wavelength = as_float_array(wavelength, "wavelength").copy()
