@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -9,6 +11,10 @@ import numpy as np
 import pytest
 
 from starlabel.data import SHARED_DATA_ENV, shared_data_dir
+
+# Pipeline runs (and their subprocesses) keep compiled code in a per-session folder,
+# never in the user's cache.
+os.environ["STARLABEL_CACHE_DIR"] = tempfile.mkdtemp(prefix="starlabel-tests-cache-")
 
 # Strictness that catches silent broadcasting and dtype surprises in our own code.
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -352,6 +352,13 @@ def infer(
         bool, typer.Option(help="Discard an earlier run with other options instead of refusing.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    compilation_cache: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse compiled test steps across runs, resumes and Ray workers"
+            " ($STARLABEL_CACHE_DIR/jax or ~/.cache/starlabel/jax)."
+        ),
+    ] = True,
 ) -> None:
     """Infer labels (with `<label>_err`) for every spectrum in the inputs, resumably.
 
@@ -409,6 +416,7 @@ def infer(
         overwrite=overwrite,
         infer_options=options,
         progress=progress,
+        compilation_cache=compilation_cache,
     )
     typer.echo(
         f"wrote {summary.n_written} rows to {output} ({summary.n_processed} inferred now,"

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._internal._compile_cache import enable_compilation_cache
 from ._chunks import ChunkSpec
 from ._worker import ChunkOutcome, ChunkProcessor, run_infer, run_read
 
@@ -39,15 +40,21 @@ class WorkerSpec:
         Carry input labels as ``ref_<label>`` columns.
     model_kind : tuple of (str, str), optional
         ``(kind, "module:Class")`` registration for plug-in model kinds.
+    compilation_cache : str, optional
+        Folder for JAX's persistent compilation cache in the worker (None: leave
+        JAX's setting alone); see :func:`starlabel.pipeline.run_inference`.
     """
 
     model_path: str
     infer_options: Mapping[str, Any] = field(default_factory=dict)
     labels_from_input: bool = False
     model_kind: tuple[str, str] | None = None
+    compilation_cache: str | None = None
 
     def build(self) -> ChunkProcessor:
         """Load the model and return a processor."""
+        if self.compilation_cache is not None:
+            enable_compilation_cache(self.compilation_cache)
         return ChunkProcessor(self.model_path, self.infer_options, self.labels_from_input, self.model_kind)
 
 
