@@ -39,7 +39,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from starlabel.data import SpectralDataset, read_dataset, shared_data_dir  # noqa: E402
 from starlabel.models._binary import fit_binary  # noqa: E402
 from starlabel.models._nuisance import infer_with_nuisance  # noqa: E402
-from starlabel.models._posterior_mean import infer_posterior_mean, select_temperature  # noqa: E402
+from starlabel.models._posterior_mean import (  # noqa: E402
+    infer_posterior_mean,
+    rescale_uncertainty,
+    select_temperature,
+)
 from starlabel.models.cannon import Cannon  # noqa: E402
 from test_teststep_sim import apogee_wavelength, draw_labels, simulate_smooth, template_model  # noqa: E402
 
@@ -67,7 +71,8 @@ def _giants_cv(quick: bool, likelihood: str, score: str) -> dict:
     inner = 3 if quick else 5
     best, best_err = np.zeros_like(truth), np.zeros_like(truth)
     mean, mean_err = np.zeros_like(truth), np.zeros_like(truth)
-    chosen, start = [], time.perf_counter()
+    calibrated_err = np.zeros_like(truth)
+    chosen, scales, start = [], [], time.perf_counter()
     for held in folds:
         rest = np.setdiff1d(np.arange(data.n_stars), held)
         selection = select_temperature(
@@ -87,8 +92,12 @@ def _giants_cv(quick: bool, likelihood: str, score: str) -> dict:
             fitted, data[held], prior="kde", temperature=selection.temperature, likelihood=likelihood
         )
         mean[held], mean_err[held] = result.labels, result.label_err
+        # the widths, calibrated by the factor the same inner cross-validation measured
+        calibrated_err[held] = rescale_uncertainty(result, selection.width_scale).label_err
+        scales.append(selection.width_scale.tolist())
     rmse_map, rmse_mean = _rmse(best, truth), _rmse(mean, truth)
     z_map, z_mean = (best - truth) / best_err, (mean - truth) / mean_err
+    z_calibrated = (mean - truth) / calibrated_err
     return {
         "likelihood": likelihood,
         "score": score,
@@ -102,6 +111,9 @@ def _giants_cv(quick: bool, likelihood: str, score: str) -> dict:
         "z_std_map": z_map.std(axis=0).tolist(),
         "z_std_mean": z_mean.std(axis=0).tolist(),
         "z_robust_std_mean": (1.4826 * np.median(np.abs(z_mean), axis=0)).tolist(),
+        "width_scale_per_fold": scales,
+        "z_std_mean_calibrated": z_calibrated.std(axis=0).tolist(),
+        "z_robust_std_mean_calibrated": (1.4826 * np.median(np.abs(z_calibrated), axis=0)).tolist(),
         "target": "reduction >= 0.20 every label; z_std in [0.85, 1.15]",
         "seconds": time.perf_counter() - start,
     }

@@ -11,6 +11,7 @@ from starlabel.models._posterior_mean import (
     infer_nuts,
     infer_posterior_mean,
     polynomial_spectrum,
+    rescale_uncertainty,
     select_temperature,
 )
 from starlabel.models.cannon import Cannon
@@ -101,26 +102,56 @@ def test_nuts_agrees_with_the_grid(high_snr, getkey):
 def test_real_giants_posterior_mean_vs_map_in_5_fold_cv(apogee_giants):
     """Quadratic Cannon, 5-fold CV on the 500 shared giants: MAP against the posterior mean
     with a KDE prior, per-star Student likelihood and T = 4 (the value the nested
-    temperature cross-validation picks, run in benchmarks/test_step.py)."""
+    temperature cross-validation picks, run in benchmarks/test_step.py). Its z spread is
+    calibrated by a per-label width factor found by cross-validation inside each
+    training fold only."""
     data, truth = apogee_giants, apogee_giants.labels
     folds = np.array_split(np.random.default_rng(0).permutation(data.n_stars), 5)
     best, mean = np.zeros_like(truth), np.zeros_like(truth)
-    err = np.zeros_like(truth)
+    err, raw_err = np.zeros_like(truth), np.zeros_like(truth)
+    scales = []
     for held in folds:
-        fitted = Cannon(data.label_names).fit(data[np.setdiff1d(np.arange(data.n_stars), held)])
+        train = data[np.setdiff1d(np.arange(data.n_stars), held)]
+        # one candidate temperature keeps the test fast; the width factor is still
+        # measured on held-out *training* stars, never on the outer fold
+        selection = select_temperature(
+            Cannon(data.label_names), train, temperatures=(4.0,), likelihood="student"
+        )
+        scales.append(selection.width_scale)
+        fitted = Cannon(data.label_names).fit(train)
         best[held] = fitted.infer(data[held]).labels
         result = infer_posterior_mean(fitted, data[held], prior="kde", temperature=4.0, likelihood="student")
-        mean[held], err[held] = result.labels, result.label_err
+        calibrated = rescale_uncertainty(result, selection.width_scale)
+        np.testing.assert_array_equal(calibrated.labels, result.labels)
+        mean[held], err[held], raw_err[held] = calibrated.labels, calibrated.label_err, result.label_err
     rmse_map = np.sqrt(np.mean((best - truth) ** 2, axis=0))
     rmse_mean = np.sqrt(np.mean((mean - truth) ** 2, axis=0))
     reduction = 1.0 - rmse_mean / rmse_map
-    # Measured 26% / 24% / 18% (teff, logg, m_h): the 20% target is missed for [M/H].
+    # Measured 26% / 23% / 17% (teff, logg, m_h): the 20% target is missed for [M/H].
     assert reduction[0] > 0.23 and reduction[1] > 0.20 and reduction[2] > 0.15, reduction
-    z = (mean - truth) / err
-    robust = 1.4826 * np.median(np.abs(z), axis=0)
-    assert np.all((robust > 0.9) & (robust < 1.35)), robust  # measured 1.12 / 1.12 / 1.24
-    # ...but a few confidently wrong stars keep the plain z spread at 1.4-1.5.
-    assert np.all(z.std(axis=0) < 1.7)
+    assert np.all(np.array(scales) > 1.0)  # the raw posterior is overconfident (measured 1.1-1.6)
+    raw_z, z = (mean - truth) / raw_err, (mean - truth) / err
+    assert np.all(raw_z.std(axis=0) > 1.25), raw_z.std(axis=0)  # measured 1.40 / 1.55 / 1.39
+    assert np.all((z.std(axis=0) > 0.85) & (z.std(axis=0) < 1.15)), z.std(axis=0)  # 1.04 / 1.07 / 1.03
+
+
+def test_rescale_uncertainty_scales_errors_and_keeps_correlations(high_snr):
+    fitted, test, _ = high_snr
+    result = infer_posterior_mean(fitted, test[:8], prior="gaussian")
+    scaled = rescale_uncertainty(result, [2.0, 1.0, 0.5])
+    np.testing.assert_allclose(scaled.label_err, result.label_err * [2.0, 1.0, 0.5])
+    corr = lambda r: r.cov / (r.label_err[:, :, None] * r.label_err[:, None, :])  # noqa: E731
+    np.testing.assert_allclose(corr(scaled), corr(result))
+    assert scaled.meta["width_scale"] == [2.0, 1.0, 0.5]
+    np.testing.assert_allclose(rescale_uncertainty(result, 3.0).label_err, 3.0 * result.label_err)
+    routed = infer_labels(fitted, test[:8], estimator="mean", prior="gaussian", width_scale=[2.0, 1.0, 0.5])
+    np.testing.assert_allclose(routed.label_err, scaled.label_err)
+    with pytest.raises(ValueError, match="width_scale"):
+        rescale_uncertainty(result, [1.0, -1.0, 1.0])
+    with pytest.raises(ValueError, match="width_scale"):
+        rescale_uncertainty(result, [1.0, 1.0])
+    with pytest.raises(ValueError, match="estimator='mean' or 'nuts'"):
+        infer_labels(fitted, test[:8], width_scale=2.0)
 
 
 def test_infer_labels_dispatch_and_errors(high_snr):

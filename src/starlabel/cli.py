@@ -241,8 +241,8 @@ def train_nn(
 
 
 # ----------------------------------------------------------------------------- infer
-def _cross_validated_temperature(model: Path, train: Path, prior: str, likelihood: str) -> float:
-    """Choose the likelihood temperature once, by k-fold CV on the training set only."""
+def _cross_validated_temperature(model: Path, train: Path, prior: str, likelihood: str) -> dict[str, Any]:
+    """Choose the likelihood temperature and width calibration once, by k-fold CV on the training set only."""
     from .data import read_dataset
     from .models import load_model
     from .models._posterior_mean import _unfitted, select_temperature
@@ -251,8 +251,11 @@ def _cross_validated_temperature(model: Path, train: Path, prior: str, likelihoo
     training = read_dataset(train, labels=fitted.label_names)
     with console.status("choosing the temperature by cross-validation on the training set…"):
         selection = select_temperature(_unfitted(fitted, None), training, prior=prior, likelihood=likelihood)
-    typer.echo(f"temperature {selection.temperature:g} (cross-validated on {train})", err=True)
-    return float(selection.temperature)
+    scale = [round(float(k), 4) for k in selection.width_scale]
+    typer.echo(
+        f"temperature {selection.temperature:g}, width scale {scale} (cross-validated on {train})", err=True
+    )
+    return {"temperature": float(selection.temperature), "width_scale": scale}
 
 
 class EngineName(StrEnum):
@@ -389,9 +392,13 @@ def infer(
     if prior is not PriorName.none:
         options["prior"] = prior.value
     if temperature.strip().lower() == "auto":
+        if estimator is EstimatorName.map:
+            raise ValueError(
+                "--temperature tempers the posterior of --estimator mean or nuts; the MAP ignores it."
+            )
         if train is None:
             raise ValueError("--temperature auto is cross-validated on the training set; pass --train DATA.")
-        options["temperature"] = _cross_validated_temperature(model, train, prior.value, likelihood.value)
+        options.update(_cross_validated_temperature(model, train, prior.value, likelihood.value))
     else:
         try:
             value = float(temperature)

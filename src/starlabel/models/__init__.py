@@ -14,6 +14,7 @@ from ._posterior import training_prediction_variance as training_prediction_vari
 from ._posterior_mean import infer_labels as infer_labels
 from ._posterior_mean import infer_nuts as infer_nuts
 from ._posterior_mean import infer_posterior_mean as infer_posterior_mean
+from ._posterior_mean import rescale_uncertainty as rescale_uncertainty
 from ._posterior_mean import select_temperature as select_temperature
 from .base import AbstractFittedModel as AbstractFittedModel
 from .base import AbstractGenerativeModel as AbstractGenerativeModel

@@ -23,7 +23,9 @@ from ..models import AbstractFittedModel, load_model, register_model_kind
 from ..models._io import MODEL_KINDS
 from ._chunks import ChunkSpec
 
-TEST_STEP_OPTIONS = frozenset({"estimator", "prior", "temperature", "fit_rv", "continuum_order", "binary"})
+TEST_STEP_OPTIONS = frozenset(
+    {"estimator", "prior", "temperature", "width_scale", "fit_rv", "continuum_order", "binary"}
+)
 """``infer_options`` keys that route a chunk through ``models.infer_labels``."""
 
 __all__ = ["ChunkOutcome", "ChunkProcessor", "REFERENCE_PREFIX"]
