@@ -149,6 +149,7 @@ def test_infer_uncertainty_and_likelihood_options(tmp_path, shared_data):
     [
         (["--likelihood", "student"], "--likelihood student works with --estimator mean"),
         (["--estimator", "mean", "--uncertainty", "nuts"], "--uncertainty applies to the plain MAP"),
+        (["--temperature", "auto", "--train", "t.npz"], "--temperature tempers the posterior"),
     ],
 )
 def test_infer_option_combinations_are_refused(tmp_path, monkeypatch, extra, message):
