@@ -67,3 +67,11 @@ def test_row_reads_are_aligned_and_used_by_jax_in_place(tmp_path, suffix):
         # the property that matters: no host copy when a chunk enters a jitted function
         with jax.enable_x64(True):  # as inside the test step: float64 is kept, not converted
             assert jax.device_put(chunk.flux).unsafe_buffer_pointer() == chunk.flux.ctypes.data
+
+
+def test_float32_spectra_become_aligned_float64_in_one_conversion():
+    flux32 = np.random.default_rng(4).normal(1.0, 0.01, (6, 9)).astype(np.float32)
+    data = SpectralDataset(flux32, ivar=np.full((6, 9), 1e4, dtype=np.float32), copy=False)
+    assert data.flux.dtype == np.float64 and is_aligned(data.flux) and is_aligned(data.ivar)
+    np.testing.assert_array_equal(data.flux, flux32.astype(np.float64))
+    assert flux32.flags.writeable  # the caller's float32 array is left alone

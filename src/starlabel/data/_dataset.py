@@ -16,6 +16,19 @@ __all__ = ["SpectralDataset"]
 logger = logging.getLogger(__name__)
 
 
+def _aligned_float64(value: Any, name: str, copy: bool) -> np.ndarray:
+    """``value`` as an aligned float64 array, converting numeric arrays in one copy.
+
+    Survey files often store float32; converting straight into the aligned buffer
+    avoids a second, unaligned intermediate.
+    """
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu" and value.dtype != np.float64:
+        out = empty_aligned(value.shape)
+        np.copyto(out, value)
+        return out
+    return as_aligned(as_float_array(value, name), copy=copy)
+
+
 def _any_negative(array: np.ndarray) -> bool:
     # min() is one fast pass; NaN makes it NaN, and then the exact test decides.
     return array.size > 0 and not array.min() >= 0 and bool(np.any(array < 0))
@@ -123,7 +136,7 @@ class SpectralDataset:
         meta: Mapping[str, Any] | None = None,
         copy: bool = True,
     ) -> None:
-        flux = as_aligned(as_float_array(flux, "flux"), copy=copy)
+        flux = _aligned_float64(flux, "flux", copy)
         if flux.ndim != 2:
             raise ValueError(
                 f"`flux` must be 2-D (stars, pixels) but has shape {flux.shape};"
@@ -151,7 +164,7 @@ class SpectralDataset:
             with np.errstate(divide="ignore", invalid="ignore"):
                 np.divide(1.0, err**2, out=ivar_arr)
         else:
-            ivar_arr = as_aligned(as_float_array(ivar, "ivar"), copy=copy)
+            ivar_arr = _aligned_float64(ivar, "ivar", copy)
             check_shape(ivar_arr, flux.shape, "ivar", f"matching {spectra_shape}")
             if _any_negative(ivar_arr):
                 raise ValueError(
