@@ -25,9 +25,12 @@ def empty_aligned(shape: tuple[int, ...], dtype: np.dtype | type = np.float64) -
     return raw[offset : offset + n_bytes].view(dtype).reshape(shape)
 
 
-def aligned_copy(array: np.ndarray) -> np.ndarray:
-    """A C-ordered, aligned copy of ``array`` (same dtype and shape)."""
-    out = empty_aligned(array.shape, array.dtype)
+def aligned_copy(array: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
+    """A C-ordered, aligned copy of ``array`` (same shape; its dtype unless ``dtype`` is given).
+
+    A dtype change is done by the copy itself, without an intermediate array.
+    """
+    out = empty_aligned(array.shape, array.dtype if dtype is None else dtype)
     np.copyto(out, array)
     return out
 
@@ -37,8 +40,13 @@ def is_aligned(array: np.ndarray) -> bool:
     return bool(array.flags.c_contiguous) and array.ctypes.data % ALIGNMENT == 0
 
 
-def as_aligned(array: np.ndarray, *, copy: bool) -> np.ndarray:
-    """``array`` itself when ``copy`` is False and it is aligned and writeable, else an aligned copy."""
-    if not copy and array.flags.writeable and is_aligned(array):
+def as_aligned(array: np.ndarray, *, copy: bool, dtype: np.dtype | type | None = None) -> np.ndarray:
+    """``array`` itself if it may be adopted, else an aligned copy converted to ``dtype``.
+
+    Adopted means: ``copy`` is False and ``array`` is aligned, writeable and already of
+    ``dtype`` (default: its own dtype).
+    """
+    same_dtype = dtype is None or array.dtype == np.dtype(dtype)
+    if not copy and same_dtype and array.flags.writeable and is_aligned(array):
         return array
-    return aligned_copy(array)
+    return aligned_copy(array, dtype)

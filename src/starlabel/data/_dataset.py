@@ -20,13 +20,11 @@ def _aligned_float64(value: Any, name: str, copy: bool) -> np.ndarray:
     """``value`` as an aligned float64 array, converting numeric arrays in one copy.
 
     Survey files often store float32; converting straight into the aligned buffer
-    avoids a second, unaligned intermediate.
+    avoids a second, unaligned intermediate. Anything else goes through the usual
+    conversion (and its error message naming ``name``).
     """
-    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu" and value.dtype != np.float64:
-        out = empty_aligned(value.shape)
-        np.copyto(out, value)
-        return out
-    return as_aligned(as_float_array(value, name), copy=copy)
+    numeric = isinstance(value, np.ndarray) and value.dtype.kind in "fiu"
+    return as_aligned(value if numeric else as_float_array(value, name), copy=copy, dtype=np.float64)
 
 
 def _any_negative(array: np.ndarray) -> bool:
