@@ -72,10 +72,11 @@ class SpectralDataset:
     meta : mapping, optional
         Free-form metadata (survey, data release, provenance), carried along unchanged.
     copy : bool
-        True (default): keep private copies of ``flux``, ``ivar`` and ``mask``. False:
-        adopt float64 ``flux``/``ivar`` and bool ``mask`` arrays that are C-ordered
-        and 64-byte aligned as they are (others are still copied) — they are repaired
-        in place and made read-only. For readers that own freshly read arrays.
+        True (default): keep private copies of ``flux`` and ``ivar``. False: adopt
+        float64 ``flux``/``ivar`` arrays that are C-ordered and 64-byte aligned as they
+        are (others are still copied) — they are repaired in place and made read-only.
+        For readers that own freshly read arrays. (``mask`` is never kept: it is folded
+        into ``ivar``.)
 
     Raises
     ------
@@ -98,7 +99,7 @@ class SpectralDataset:
     __slots__ = (
         "flux",
         "ivar",
-        "mask",
+        "_mask",
         "wavelength",
         "labels",
         "label_names",
@@ -110,7 +111,6 @@ class SpectralDataset:
 
     flux: np.ndarray
     ivar: np.ndarray
-    mask: np.ndarray
     wavelength: np.ndarray | None
     labels: np.ndarray | None
     label_names: tuple[str, ...]
@@ -170,34 +170,37 @@ class SpectralDataset:
                     " variances must be >= 0 (0 marks a pixel without information)."
                 )
 
-        if mask is None:
-            bad = np.zeros(flux.shape, dtype=bool)
-        else:
-            bad = np.asarray(mask)
-            if bad.dtype != bool:
+        flagged: np.ndarray | None = None
+        if mask is not None:
+            flagged = np.asarray(mask)
+            if flagged.dtype != bool:
                 raise TypeError(
-                    f"`mask` must be boolean (True = bad pixel), got dtype {bad.dtype};"
+                    f"`mask` must be boolean (True = bad pixel), got dtype {flagged.dtype};"
                     " convert bitmasks with e.g. (bitmask & bad_bits) != 0."
                 )
-            check_shape(bad, flux.shape, "mask", f"matching {spectra_shape}")
-            bad = bad.copy() if copy or not bad.flags.writeable else bad
+            check_shape(flagged, flux.shape, "mask", f"matching {spectra_shape}")
+            if not flagged.any():
+                flagged = None
 
         # Repair, do not reject: survey data routinely carry NaN or inf in bad pixels.
-        # Finite sums mean no NaN or inf anywhere: the usual case costs one pass per array.
+        # Finite sums mean no NaN or inf anywhere: the usual case costs one pass per
+        # array. Every bad pixel ends with ivar = 0, so the mask is ivar == 0, formed
+        # only when asked for (see the ``mask`` property).
         n_repaired = 0
         if np.isfinite(flux.sum()) and np.isfinite(ivar_arr.sum()):
-            np.logical_or(bad, ivar_arr == 0, out=bad)
+            if flagged is not None:
+                np.copyto(ivar_arr, 0.0, where=flagged)
         else:
             invalid = ~np.isfinite(flux) | ~np.isfinite(ivar_arr)
-            n_repaired = int(np.count_nonzero(invalid & ~bad))
+            bad = invalid if flagged is None else invalid | flagged
+            n_repaired = int(np.count_nonzero(invalid if flagged is None else invalid & ~flagged))
             if n_repaired:
                 logger.info(
                     "SpectralDataset: masked %d pixels with non-finite flux or uncertainty.",
                     n_repaired,
                 )
-            bad |= invalid | (ivar_arr == 0)
-            np.copyto(flux, 0.0, where=bad & ~np.isfinite(flux))
-        np.copyto(ivar_arr, 0.0, where=bad)
+            np.copyto(flux, 0.0, where=invalid & ~np.isfinite(flux))
+            np.copyto(ivar_arr, 0.0, where=bad)
 
         if wavelength is not None:
             wavelength = as_float_array(wavelength, "wavelength").copy()
@@ -249,7 +252,7 @@ class SpectralDataset:
         setter = object.__setattr__
         setter(self, "flux", _frozen(flux))
         setter(self, "ivar", _frozen(ivar_arr))
-        setter(self, "mask", _frozen(bad))
+        setter(self, "_mask", None)
         setter(self, "wavelength", wavelength)
         setter(self, "labels", labels)
         setter(self, "label_names", names)
@@ -278,6 +281,20 @@ class SpectralDataset:
     def n_labels(self) -> int:
         """Number of label columns (0 without labels)."""
         return len(self.label_names)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Bad pixels, bool (stars, pixels): ``ivar == 0``.
+
+        Pixels flagged in the ``mask`` given at construction, and repaired non-finite
+        ones, had their ``ivar`` set to 0 then, so this is the union of all of them.
+        Formed on first access (a pass over ``ivar``): streaming inference reads
+        ``ivar`` alone and never pays for it.
+        """
+        if self._mask is None:
+            # Two threads racing here compute the same array; either may win.
+            object.__setattr__(self, "_mask", _frozen(self.ivar == 0))
+        return self._mask
 
     @property
     def flux_err(self) -> np.ndarray:

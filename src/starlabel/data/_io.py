@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ._dataset import SpectralDataset
+from ._npz import write_npz
 
 __all__ = ["read_dataset", "write_dataset", "DATASET_SUFFIXES"]
 
@@ -236,7 +237,8 @@ def write_dataset(dataset: SpectralDataset, path: str | os.PathLike[str]) -> Pat
     tmp = path.with_name(path.name + ".partial")
     if fmt == "npz":
         with open(tmp, "wb") as handle:
-            np.savez(handle, meta_json=np.array(meta_json), **arrays)
+            # Aligned members: survey-scale readers map rows without copying them.
+            write_npz(handle, {"meta_json": np.array(meta_json), **arrays})
     else:
         import h5py
 

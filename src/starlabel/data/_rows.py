@@ -5,10 +5,14 @@ training sets and wrong for a survey file of 10⁵ spectra × 7214 pixels (≈ 1
 float64 flux + ivar). Here a file is opened once per chunk and only rows
 ``[start, stop)`` of its per-star arrays are read, so memory follows the chunk size.
 
-* ``.npz`` written by :func:`numpy.savez` stores members uncompressed: each member's
-  array is memory-mapped at its byte offset inside the zip and sliced. Compressed
-  members (``savez_compressed``) are decompressed up to the rows needed, which is
-  correct but slow for large files; the docs recommend uncompressed ``.npz`` or HDF5.
+* Uncompressed ``.npz`` members (:func:`numpy.savez`, :func:`write_dataset`): rows
+  are read at their byte offset inside the zip straight into 64-byte aligned
+  buffers. Where the rows start on a 64-byte boundary in the file (every member
+  :func:`~starlabel.data.write_dataset` writes; see ``_npz.py``) they are
+  memory-mapped instead, copy-on-write: the page cache is used in place, and the
+  compiled test step reads it without a copy either. Compressed members
+  (``savez_compressed``) are decompressed up to the rows needed, which is correct
+  but slow for large files; the docs recommend uncompressed ``.npz`` or HDF5.
 * HDF5 datasets are sliced by h5py (chunked/compressed datasets decompress only the
   HDF5 chunks that overlap the rows).
 
@@ -18,6 +22,7 @@ The file layout is the one documented in :mod:`starlabel.data._io`.
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 import zipfile
 from collections.abc import Sequence
@@ -27,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .._internal import empty_aligned
+from .._internal import ALIGNMENT, empty_aligned
 from ._dataset import SpectralDataset
 from ._io import DATASET_SUFFIXES
 
@@ -39,8 +44,9 @@ _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 class _NpzMember:
     """One ``.npy`` member of a zip archive, readable by row ranges."""
 
-    def __init__(self, path: Path, archive: zipfile.ZipFile, name: str) -> None:
+    def __init__(self, path: Path, archive: zipfile.ZipFile, name: str, memmap: bool) -> None:
         info = archive.getinfo(name)
+        self._memmap = memmap
         self.stored = info.compress_type == zipfile.ZIP_STORED
         self._archive = archive
         self._name = name
@@ -70,16 +76,39 @@ class _NpzMember:
                 name_len, extra_len = fields[-2], fields[-1]
             self._offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + header_size
 
+    def _mapped(self, offset: int, count: int) -> np.ndarray:
+        """Rows mapped straight from the page cache: no copy, and aligned as stored.
+
+        Copy-on-write, so that repairs in place (``SpectralDataset(copy=False)``) touch
+        private pages and never the file.
+        """
+        nbytes = count * self._row_bytes
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        with open(self._path, "rb") as raw:
+            try:
+                mapped = mmap.mmap(raw.fileno(), offset - base + nbytes, access=mmap.ACCESS_COPY, offset=base)
+            except ValueError as error:  # the file is shorter than its zip directory says
+                raise ValueError(
+                    f"{str(self._path)!r}: member {self._name!r} ends early ({error}); the file is truncated."
+                ) from None
+        rows = np.frombuffer(
+            mapped, dtype=self.dtype, count=nbytes // self.dtype.itemsize, offset=offset - base
+        )
+        return rows.reshape((count, *self.shape[1:]))
+
     def read(self, start: int, stop: int) -> np.ndarray:
         if not self.shape:
             with self._archive.open(self._name) as member:
                 return np.lib.format.read_array(member, allow_pickle=False)
         stop = min(stop, self.shape[0])
         count = max(stop - start, 0)
+        offset = self._offset + start * self._row_bytes
+        if self.stored and self._memmap and count and offset % ALIGNMENT == 0:
+            return self._mapped(offset, count)
         if self.stored:
             out = empty_aligned((count, *self.shape[1:]), self.dtype)
             with open(self._path, "rb", buffering=0) as raw:
-                raw.seek(self._offset + start * self._row_bytes)
+                raw.seek(offset)
                 n_read = raw.readinto(memoryview(out).cast("B"))
             if n_read != out.nbytes:
                 raise ValueError(
@@ -93,6 +122,14 @@ class _NpzMember:
         return np.frombuffer(buffer, dtype=self.dtype).reshape((count, *self.shape[1:])).copy()
 
 
+def _as_mask(stored: np.ndarray) -> np.ndarray:
+    """A stored per-pixel mask as bool: bool members as read, integer flags ``!= 0``.
+
+    (``bool_array != 0`` goes through a slow generic comparison in numpy.)
+    """
+    return stored if stored.dtype == bool else stored != 0
+
+
 class RowSource:
     """An open dataset file from which row ranges are read as :class:`SpectralDataset`.
 
@@ -100,7 +137,7 @@ class RowSource:
     handle is closed.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, memmap: bool = True) -> None:
         self.path = path
         suffix = path.suffix.lower()
         if suffix not in DATASET_SUFFIXES:
@@ -113,7 +150,7 @@ class RowSource:
         if self._format == "npz":
             self._handle = zipfile.ZipFile(path)
             self._members = {
-                name.removesuffix(".npy"): _NpzMember(path, self._handle, name)
+                name.removesuffix(".npy"): _NpzMember(path, self._handle, name, memmap)
                 for name in self._handle.namelist()
                 if name.endswith(".npy")
             }
@@ -204,7 +241,7 @@ class RowSource:
             if "ivar" in self._shapes
             else {"flux_err": self._rows("flux_err", start, stop)}
         )
-        mask = self._rows("mask", start, stop) != 0 if self._per_star("mask") else None
+        mask = _as_mask(self._rows("mask", start, stop)) if self._per_star("mask") else None
         ids = (
             _strings(self._rows("ids", start, stop))
             if self._per_star("ids")
@@ -263,8 +300,19 @@ def _strings(values: np.ndarray) -> np.ndarray:
     return values.astype(str)
 
 
-def open_rows(path: str | Path) -> RowSource:
+def open_rows(path: str | Path, *, memmap: bool = True) -> RowSource:
     """Open a dataset file for row-range reading; see :class:`RowSource`.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.npz`` or HDF5 dataset file.
+    memmap : bool
+        Memory-map rows of uncompressed ``.npz`` members whose data are 64-byte
+        aligned in the file (as :func:`~starlabel.data.write_dataset` writes them)
+        instead of copying them (like ``astropy.io.fits.open(memmap=True)``). A file
+        truncated while its rows are in use then ends the process with SIGBUS
+        rather than an error; pass False to always copy.
 
     Raises
     ------
@@ -274,6 +322,6 @@ def open_rows(path: str | Path) -> RowSource:
     """
     path = Path(path)
     try:
-        return RowSource(path)
+        return RowSource(path, memmap=memmap)
     except (zipfile.BadZipFile, OSError) as error:
         raise ValueError(f"could not open {str(path)!r} as a dataset file: {error}") from error

@@ -97,7 +97,6 @@ def spectrum_stats(
     of the batched matrix–vector products a plain vmap produces; on a GPU the whole
     batch is one product.
     """
-
     # Written with float masks and matrix–vector products only: XLA's CPU backend
     # runs a boolean ``where`` or a row reduction over a (spectra × pixels) block
     # element by element, and those took longer than the GEMMs themselves.
