@@ -121,7 +121,7 @@ def test_infer_uncertainty_and_likelihood_options(tmp_path, shared_data):
     model = tmp_path / "giants.starlabel"
     assert run("train", "cannon", giants, "--labels", "teff,logg,m_h", "-o", model).exit_code == 0
     fisher = tmp_path / "fisher.csv"
-    assert run("infer", model, giants, "-o", fisher, "--no-progress").exit_code == 0
+    assert run("infer", model, giants, "-o", fisher, "--no-progress", "--no-memmap").exit_code == 0
     laplace = tmp_path / "laplace.csv"
     result = run("infer", model, giants, "-o", laplace, "--uncertainty", "laplace", "--no-progress")
     assert result.exit_code == 0, result.output

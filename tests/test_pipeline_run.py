@@ -139,6 +139,27 @@ def test_progress_bar_and_reference_labels(survey: tuple[Path, list[Path]], tmp_
         np.testing.assert_array_equal(got.extra[f"ref_{name}"], truth.labels[:, k])
 
 
+def test_mapped_and_copied_reads_give_identical_results(
+    survey: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    model_path, files = survey
+    mapped = run_inference(model_path, files, tmp_path / "mapped.parquet", chunk_size=16, progress=False)
+    copied = run_inference(
+        model_path, files, tmp_path / "copied.parquet", chunk_size=16, progress=False, memmap=False
+    )
+    assert mapped.n_written == copied.n_written == 150
+    a, b = read_result(mapped.output), read_result(copied.output)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.cov, b.cov)
+    np.testing.assert_array_equal(a.flags, b.flags)
+    # resuming with the other setting is allowed: it does not change results
+    again = run_inference(
+        model_path, files, tmp_path / "mapped.parquet", chunk_size=16, progress=False, memmap=False
+    )
+    assert again.n_resumed == 150 and again.n_processed == 0
+
+
 def test_restart_resumes_and_refuses_changes(survey: tuple[Path, list[Path]], tmp_path: Path) -> None:
     model_path, files = survey
     output = tmp_path / "labels.parquet"

@@ -362,6 +362,13 @@ def infer(
             " ($STARLABEL_CACHE_DIR/jax or ~/.cache/starlabel/jax)."
         ),
     ] = True,
+    memmap: Annotated[
+        bool,
+        typer.Option(
+            help="Memory-map rows of .npz inputs written by starlabel instead of copying them;"
+            " use --no-memmap when other programs may rewrite the inputs during the run."
+        ),
+    ] = True,
 ) -> None:
     """Infer labels (with `<label>_err`) for every spectrum in the inputs, resumably.
 
@@ -424,6 +431,7 @@ def infer(
         infer_options=options,
         progress=progress,
         compilation_cache=compilation_cache,
+        memmap=memmap,
     )
     typer.echo(
         f"wrote {summary.n_written} rows to {output} ({summary.n_processed} inferred now,"

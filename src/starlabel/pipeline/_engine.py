@@ -43,6 +43,8 @@ class WorkerSpec:
     compilation_cache : str, optional
         Folder for JAX's persistent compilation cache in the worker (None: leave
         JAX's setting alone); see :func:`starlabel.pipeline.run_inference`.
+    memmap : bool
+        Memory-map aligned ``.npz`` rows (see :func:`starlabel.data.open_rows`).
     """
 
     model_path: str
@@ -50,12 +52,15 @@ class WorkerSpec:
     labels_from_input: bool = False
     model_kind: tuple[str, str] | None = None
     compilation_cache: str | None = None
+    memmap: bool = True
 
     def build(self) -> ChunkProcessor:
         """Load the model and return a processor."""
         if self.compilation_cache is not None:
             enable_compilation_cache(self.compilation_cache)
-        return ChunkProcessor(self.model_path, self.infer_options, self.labels_from_input, self.model_kind)
+        return ChunkProcessor(
+            self.model_path, self.infer_options, self.labels_from_input, self.model_kind, memmap=self.memmap
+        )
 
 
 class AbstractEngine(abc.ABC):

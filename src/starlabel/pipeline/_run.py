@@ -197,6 +197,7 @@ def run_inference(
     infer_options: Mapping[str, Any] | None = None,
     progress: bool = True,
     compilation_cache: bool | str | os.PathLike[str] = True,
+    memmap: bool = True,
 ) -> RunSummary:
     """Infer labels for every spectrum in many dataset files, chunk by chunk, resumably.
 
@@ -251,6 +252,13 @@ def run_inference(
         the first: True (default) uses ``$STARLABEL_CACHE_DIR/jax`` or
         ``~/.cache/starlabel/jax``, a path uses that folder, False leaves JAX's
         configuration alone. Results do not depend on it.
+    memmap : bool
+        Memory-map the rows of ``.npz`` inputs written by
+        :func:`~starlabel.data.write_dataset` (copy-on-write; faster, no copy) rather
+        than copying them (see :func:`starlabel.data.open_rows`). Turn it off for
+        inputs that other programs may truncate or rewrite during the run (a mapped
+        file that shrinks ends the process with SIGBUS; the run then resumes).
+        Results do not depend on it.
 
     Returns
     -------
@@ -328,6 +336,7 @@ def run_inference(
         labels_from_input=labels_from_input,
         model_kind=(kind, MODEL_KINDS[kind]) if kind in MODEL_KINDS else None,
         compilation_cache=cache_folder,
+        memmap=bool(memmap),
     )
 
     n_processed = 0

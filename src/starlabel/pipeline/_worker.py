@@ -76,6 +76,9 @@ class ChunkProcessor:
     model_kind : tuple of (str, str), optional
         ``(kind, "module:Class")`` to register before loading; engines pass the
         driver's registration so plug-in model kinds work in worker processes.
+    memmap : bool
+        Memory-map aligned ``.npz`` rows instead of copying them (see
+        :func:`starlabel.data.open_rows`); results do not depend on it.
     """
 
     def __init__(
@@ -84,17 +87,20 @@ class ChunkProcessor:
         infer_options: Mapping[str, Any],
         labels_from_input: bool,
         model_kind: tuple[str, str] | None = None,
+        *,
+        memmap: bool = True,
     ) -> None:
         if model_kind is not None and MODEL_KINDS.get(model_kind[0]) != model_kind[1]:
             register_model_kind(*model_kind)
         self.model: AbstractFittedModel = load_model(model_path)
         self.infer_options = dict(infer_options)
         self.labels_from_input = labels_from_input
+        self.memmap = memmap
 
     def read(self, chunk: ChunkSpec) -> SpectralDataset:
         """Read the chunk's rows (with reference labels when asked)."""
         wanted = self.model.label_names if self.labels_from_input else ()
-        with open_rows(chunk.path) as rows:
+        with open_rows(chunk.path, memmap=self.memmap) as rows:
             data = rows.read(chunk.start, chunk.stop, labels=wanted)
         if data.n_stars != chunk.n_stars:
             raise ValueError(
