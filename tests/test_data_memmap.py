@@ -108,3 +108,20 @@ def test_a_file_truncated_after_opening_gives_a_clear_error(tmp_path):
             handle.truncate(40_000)
         with pytest.raises(ValueError, match="truncated"):
             rows.read(16, 32)
+
+
+def test_rows_are_copied_when_no_file_descriptor_is_left(tmp_path):
+    import errno
+
+    data = SpectralDataset(np.ones((32, 512)), ivar=np.ones((32, 512)))
+    path = tmp_path / "many.npz"
+    write_dataset(data, path)
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    with open_rows(path) as rows, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mmap, "mmap", refuse)
+        chunk = rows.read(0, 32)
+    assert not _is_mapped(chunk.flux) and is_aligned(chunk.flux)
+    np.testing.assert_array_equal(chunk.flux, data.flux)

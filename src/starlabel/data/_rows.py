@@ -21,9 +21,11 @@ The file layout is the one documented in :mod:`starlabel.data._io`.
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import struct
+import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,21 +78,30 @@ class _NpzMember:
                 name_len, extra_len = fields[-2], fields[-1]
             self._offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + header_size
 
-    def _mapped(self, offset: int, count: int) -> np.ndarray:
+    def _mapped(self, offset: int, count: int) -> np.ndarray | None:
         """Rows mapped straight from the page cache: no copy, and aligned as stored.
 
         Copy-on-write, so that repairs in place (``SpectralDataset(copy=False)``) touch
-        private pages and never the file.
+        private pages and never the file. None when the system refuses another mapping
+        (before Python 3.13 each one keeps a file descriptor open while its rows are
+        alive): the caller then copies.
         """
         nbytes = count * self._row_bytes
         base = offset - offset % mmap.ALLOCATIONGRANULARITY
-        with open(self._path, "rb") as raw:
-            try:
-                mapped = mmap.mmap(raw.fileno(), offset - base + nbytes, access=mmap.ACCESS_COPY, offset=base)
-            except ValueError as error:  # the file is shorter than its zip directory says
-                raise ValueError(
-                    f"{str(self._path)!r}: member {self._name!r} ends early ({error}); the file is truncated."
-                ) from None
+        options = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+        try:
+            with open(self._path, "rb") as raw:
+                mapped = mmap.mmap(
+                    raw.fileno(), offset - base + nbytes, access=mmap.ACCESS_COPY, offset=base, **options
+                )
+        except ValueError as error:  # the file is shorter than its zip directory says
+            raise ValueError(
+                f"{str(self._path)!r}: member {self._name!r} ends early ({error}); the file is truncated."
+            ) from None
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                return None
+            raise
         rows = np.frombuffer(
             mapped, dtype=self.dtype, count=nbytes // self.dtype.itemsize, offset=offset - base
         )
@@ -104,7 +115,9 @@ class _NpzMember:
         count = max(stop - start, 0)
         offset = self._offset + start * self._row_bytes
         if self.stored and self._memmap and count and offset % ALIGNMENT == 0:
-            return self._mapped(offset, count)
+            mapped = self._mapped(offset, count)
+            if mapped is not None:
+                return mapped
         if self.stored:
             out = empty_aligned((count, *self.shape[1:]), self.dtype)
             with open(self._path, "rb", buffering=0) as raw:
