@@ -191,16 +191,18 @@ class SpectralDataset:
             if flagged is not None:
                 np.copyto(ivar_arr, 0.0, where=flagged)
         else:
-            invalid = ~np.isfinite(flux) | ~np.isfinite(ivar_arr)
-            bad = invalid if flagged is None else invalid | flagged
-            n_repaired = int(np.count_nonzero(invalid if flagged is None else invalid & ~flagged))
+            bad_flux = ~np.isfinite(flux)
+            invalid = bad_flux | ~np.isfinite(ivar_arr)
+            if flagged is not None:
+                invalid &= ~flagged  # counted as repaired: invalid pixels not already flagged
+            n_repaired = int(np.count_nonzero(invalid))
             if n_repaired:
                 logger.info(
                     "SpectralDataset: masked %d pixels with non-finite flux or uncertainty.",
                     n_repaired,
                 )
-            np.copyto(flux, 0.0, where=invalid & ~np.isfinite(flux))
-            np.copyto(ivar_arr, 0.0, where=bad)
+            np.copyto(flux, 0.0, where=bad_flux)
+            np.copyto(ivar_arr, 0.0, where=invalid if flagged is None else invalid | flagged)
 
         if wavelength is not None:
             wavelength = as_float_array(wavelength, "wavelength").copy()

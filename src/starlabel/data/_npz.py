@@ -22,10 +22,11 @@ import numpy as np
 
 from .._internal import ALIGNMENT
 
-__all__ = ["write_npz"]
+__all__ = ["write_npz", "LOCAL_HEADER"]
 
 _PADDING_ID = 0xD935  # zipalign's extra-field id: "alignment padding"
-_LOCAL_HEADER_SIZE = 30
+LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+"""A zip local file header up to its file name (the name and extra field follow)."""
 _ZIP64_EXTRA_SIZE = 20  # written into every local header below (force_zip64=True)
 
 
@@ -66,7 +67,7 @@ def write_npz(handle: BinaryIO, arrays: Mapping[str, np.ndarray], *, alignment: 
             name = f"{key}.npy"
             header = _npy_header(array)
             start = handle.tell()
-            fixed = _LOCAL_HEADER_SIZE + len(name.encode()) + _ZIP64_EXTRA_SIZE
+            fixed = LOCAL_HEADER.size + len(name.encode()) + _ZIP64_EXTRA_SIZE
             pad = -(start + fixed) % alignment
             if 0 < pad < 4:  # an extra field needs its own 4-byte id and length
                 pad += alignment

@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import json
 import mmap
-import struct
 import sys
 import zipfile
 from collections.abc import Sequence
@@ -37,10 +36,9 @@ import numpy as np
 from .._internal import ALIGNMENT, empty_aligned
 from ._dataset import SpectralDataset
 from ._io import DATASET_SUFFIXES
+from ._npz import LOCAL_HEADER
 
 __all__ = ["RowSource", "open_rows"]
-
-_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 
 
 class _NpzMember:
@@ -74,9 +72,9 @@ class _NpzMember:
         if self.stored:
             with open(path, "rb") as raw:
                 raw.seek(info.header_offset)
-                fields = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
+                fields = LOCAL_HEADER.unpack(raw.read(LOCAL_HEADER.size))
                 name_len, extra_len = fields[-2], fields[-1]
-            self._offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + header_size
+            self._offset = info.header_offset + LOCAL_HEADER.size + name_len + extra_len + header_size
 
     def _mapped(self, offset: int, count: int) -> np.ndarray | None:
         """Rows mapped straight from the page cache: no copy, and aligned as stored.
