@@ -108,7 +108,15 @@ def test_train_infer_evaluate_on_real_giants(tmp_path, shared_data):
         assert table.n_stars == 500
         assert {"teff_err", "logg_err", "m_h_err"} <= {f"{n}_err" for n in table.label_names}
         assert (table.label_err > 0).all()
-    result = run("evaluate", tmp_path / "labels.csv", giants, "--labels", "teff,logg,m_h", "--json", tmp_path / "m.json")
+    result = run(
+        "evaluate",
+        tmp_path / "labels.csv",
+        giants,
+        "--labels",
+        "teff,logg,m_h",
+        "--json",
+        tmp_path / "m.json",
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())["labels"]
     # Training-set (self) residuals of a quadratic Cannon on 100 pixels of real giants

@@ -67,10 +67,12 @@ def test_dataset_rows_are_mapped_equal_to_copies_and_fall_back_when_unaligned(tm
     with open_rows(path) as rows:
         mapped = rows.read(4, 36)  # 4 rows of 7214 float64 = 3607 × 64 bytes: aligned
         unaligned = rows.read(1, 36)  # 57712 bytes per row: row 1 starts 48 bytes off
+        small = rows.read(4, 8)  # 0.2 MB: copying beats the mapping's system calls
     with open_rows(path, memmap=False) as rows:
         copied = rows.read(4, 36)
     assert _is_mapped(mapped.flux) and _is_mapped(mapped.ivar)
-    assert not _is_mapped(copied.flux) and not _is_mapped(unaligned.flux)
+    assert not _is_mapped(copied.flux) and not _is_mapped(unaligned.flux) and not _is_mapped(small.flux)
+    np.testing.assert_array_equal(small.flux, mapped.flux[:4])
     for chunk in (mapped, copied, unaligned):
         assert is_aligned(chunk.flux) and is_aligned(chunk.ivar)
     np.testing.assert_array_equal(mapped.flux, flux[4:36])
@@ -81,10 +83,10 @@ def test_dataset_rows_are_mapped_equal_to_copies_and_fall_back_when_unaligned(tm
 
 
 def test_repairs_of_mapped_rows_never_reach_the_file(tmp_path):
-    flux = np.ones((8, 64))
+    flux = np.ones((8, 16384))  # 1 MiB: reads this large are mapped
     flux[2, 3] = np.nan
-    ivar = np.full((8, 64), 100.0)
-    mask = np.zeros((8, 64), bool)
+    ivar = np.full(flux.shape, 100.0)
+    mask = np.zeros(flux.shape, bool)
     mask[6, 10] = True
     path = tmp_path / "raw.npz"
     with open(path, "wb") as handle:

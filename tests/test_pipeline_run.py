@@ -16,6 +16,7 @@ from starlabel.pipeline import (
     InputFile,
     LocalEngine,
     RunMismatchError,
+    Segment,
     open_rows,
     plan_chunks,
     resolve_engine,
@@ -39,16 +40,27 @@ def _expected(model_path: Path, files: list[Path]):
 @pytest.mark.parametrize(("sizes", "chunk_size"), [((10, 0, 7), 3), ((5,), 5), ((5, 6), 100), ((1, 1), 1)])
 def test_plan_covers_every_row_exactly_once(sizes: tuple[int, ...], chunk_size: int) -> None:
     inputs = [InputFile(f"/f{i}.npz", 0, 0, "", n, 4) for i, n in enumerate(sizes)]
-    inputs.append(InputFile("/bad.npz", 0, 0, "", -1, -1, "ValueError: corrupt"))
+    inputs.insert(1, InputFile("/bad.npz", 0, 0, "", -1, -1, "ValueError: corrupt"))
     chunks = plan_chunks(inputs, chunk_size)
-    for i, n in enumerate(sizes):
-        rows = np.concatenate(
-            [np.arange(c.start, c.stop) for c in chunks if c.file_index == i] or [np.array([], int)]
+    segments = [segment for chunk in chunks for segment in chunk.segments]
+    for i, item in enumerate(inputs):
+        rows = [np.arange(s.start, s.stop) for s in segments if s.file_index == i]
+        np.testing.assert_array_equal(
+            np.concatenate(rows or [np.array([], int)]), np.arange(max(item.n_stars, 0))
         )
-        np.testing.assert_array_equal(rows, np.arange(n))
-    assert all(0 < c.n_stars <= chunk_size for c in chunks)
+    # every chunk is full except the last, and spans files where it must
+    assert [c.n_stars for c in chunks[:-1]] == [chunk_size] * (len(chunks) - 1)
+    assert 0 < chunks[-1].n_stars <= chunk_size and sum(c.n_stars for c in chunks) == sum(sizes)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
     assert len({c.name for c in chunks}) == len(chunks)
-    assert not any(c.file_index == len(sizes) for c in chunks)
+    assert all(s.n_stars > 0 for s in segments)
+
+
+def test_plan_packs_small_files_into_full_chunks() -> None:
+    inputs = [InputFile(f"/star{i}.npz", 0, 0, "", 1, 4) for i in range(10)]
+    chunks = plan_chunks(inputs, 4)
+    assert [len(c.segments) for c in chunks] == [4, 4, 2]
+    assert [s.path for s in chunks[1].segments] == ["/star4.npz", "/star5.npz", "/star6.npz", "/star7.npz"]
 
 
 def test_plan_rejects_bad_chunk_size() -> None:
@@ -125,7 +137,9 @@ def test_run_matches_direct_inference(survey: tuple[Path, list[Path]], tmp_path:
     assert [Path(item["path"]) for item in manifest["inputs"]] == files
     assert all(len(item["sha256"]) == 64 for item in manifest["inputs"])
     assert manifest["options"]["chunk_size"] == 16
-    assert len(list((run_dir / "parts").glob("*.npz"))) == 3 * 4
+    assert manifest["options"]["chunk_plan"] == "packed"
+    # 150 spectra in chunks of 16, across the three 50-star files
+    assert len(list((run_dir / "parts").glob("*.npz"))) == 10
 
 
 def test_progress_bar_and_reference_labels(survey: tuple[Path, list[Path]], tmp_path: Path, capsys) -> None:
@@ -169,8 +183,8 @@ def test_restart_resumes_and_refuses_changes(survey: tuple[Path, list[Path]], tm
     for part in parts[3:5]:
         part.unlink()
     again = run_inference(model_path, files, output, chunk_size=16, progress=False)
-    # parts[3] is file 0's last chunk (rows 48-50), parts[4] file 1's first (rows 0-16).
-    assert again.n_processed == 2 + 16
+    # parts[3] holds rows 48-50 of file 0 and 0-14 of file 1, parts[4] rows 14-30 of file 1.
+    assert again.n_processed == 16 + 16
     assert again.n_resumed + again.n_processed == 150 and again.n_written == 150
     assert np.array_equal(read_result(output).ids, _expected(model_path, files).ids)
     assert first.n_written == again.n_written
@@ -240,7 +254,50 @@ def test_argument_errors_are_clear(survey: tuple[Path, list[Path]], tmp_path: Pa
 
 
 def test_chunk_spec_names_are_stable() -> None:
-    assert ChunkSpec(3, 12, "/x.npz", 0, 5).name == "f00003-c000012"
+    chunk = ChunkSpec(12, (Segment(3, "/x.npz", 0, 5), Segment(4, "/y.npz", 0, 2)))
+    assert chunk.name == "c0000012" and chunk.n_stars == 7
+    with pytest.raises(ValueError, match="at least one segment"):
+        ChunkSpec(0, ())
+
+
+def test_unreadable_rows_are_reported_and_their_chunk_neighbours_kept(
+    survey: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    model_path, files = survey
+    # File 1 passes planning (its header is fine) but fails validation when its rows
+    # are read; its chunks also hold rows of files 0 and 2.
+    data = read_dataset(files[1])
+    ivar = data.ivar.copy()
+    ivar[7, 3] = -1.0
+    bad = tmp_path / "bad" / "part01.npz"
+    bad.parent.mkdir()
+    write_dataset(
+        SpectralDataset(data.flux, ivar=np.abs(ivar), wavelength=data.wavelength, ids=data.ids), bad
+    )
+    with np.load(bad) as archive:
+        arrays = dict(archive)
+    arrays["ivar"] = ivar
+    np.savez(bad, **arrays)
+    inputs = [files[0], bad, files[2]]
+    output = tmp_path / "labels.csv"
+    summary = run_inference(model_path, inputs, output, chunk_size=16, progress=False)
+    # chunk 3 holds rows 48-50 of file 0 and rows 0-14 of file 1; only the latter fail
+    assert summary.n_written == 136 and summary.n_failed == 14 and not summary.complete
+    with open(summary.errors_report, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["scope"], Path(r["input"]).name, r["chunk"], r["rows"], r["n_spectra"]) for r in rows] == [
+        ("chunk", "part01.npz", "c0000003", "0-14", "14")
+    ]
+    assert "negative" in rows[0]["error"]
+    got = read_result(output)
+    kept = SpectralDataset.concatenate([read_dataset(files[0]), data[14:], read_dataset(files[2])])
+    want = load_model(model_path).infer(kept)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_allclose(got.labels, want.labels, rtol=1e-12)
+    # Unreadable rows are not retried on restart; the report still lists them.
+    again = run_inference(model_path, inputs, output, chunk_size=16, progress=False)
+    assert again.n_processed == 0 and again.n_resumed == 136 and again.n_failed == 14
+    assert again.n_written == 136
 
 
 def test_local_engine_never_imports_ray(survey: tuple[Path, list[Path]], tmp_path: Path) -> None:

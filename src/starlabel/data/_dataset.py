@@ -422,10 +422,16 @@ class SpectralDataset:
             if (ds.label_err is None) != (first.label_err is None):
                 raise ValueError(f"dataset {i} and dataset 0 disagree on having label_err.")
         has_labels = first.labels is not None
+        # Straight into aligned buffers that the new dataset adopts; no mask is passed
+        # because every flagged pixel already has ivar = 0 (see ``mask``).
+        shape = (sum(d.n_stars for d in datasets), first.n_pixels)
+        flux, ivar = empty_aligned(shape), empty_aligned(shape)
+        np.concatenate([d.flux for d in datasets], out=flux)
+        np.concatenate([d.ivar for d in datasets], out=ivar)
         return SpectralDataset(
-            np.concatenate([d.flux for d in datasets]),
-            ivar=np.concatenate([d.ivar for d in datasets]),
-            mask=np.concatenate([d.mask for d in datasets]),
+            flux,
+            ivar=ivar,
+            copy=False,
             wavelength=first.wavelength,
             labels=np.concatenate([d.labels for d in datasets]) if has_labels else None,
             label_names=first.label_names if has_labels else None,

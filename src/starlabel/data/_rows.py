@@ -40,6 +40,10 @@ from ._npz import LOCAL_HEADER
 
 __all__ = ["RowSource", "open_rows"]
 
+_MAP_MIN_BYTES = 1 << 20
+"""Smaller reads are copied: a mapping's system calls cost more than copying a few
+spectra (a survey of one-star files reads a few kB per member)."""
+
 
 class _NpzMember:
     """One ``.npy`` member of a zip archive, readable by row ranges."""
@@ -112,7 +116,8 @@ class _NpzMember:
         stop = min(stop, self.shape[0])
         count = max(stop - start, 0)
         offset = self._offset + start * self._row_bytes
-        if self.stored and self._memmap and count and offset % ALIGNMENT == 0:
+        mappable = count * self._row_bytes >= _MAP_MIN_BYTES and offset % ALIGNMENT == 0
+        if self.stored and self._memmap and mappable:
             mapped = self._mapped(offset, count)
             if mapped is not None:
                 return mapped

@@ -7,6 +7,7 @@ maths. Entry point: :func:`run_inference`. See ``docs/scaling.md``.
 from ..data import RowSource as RowSource
 from ..data import open_rows as open_rows
 from ._chunks import ChunkSpec as ChunkSpec
+from ._chunks import Segment as Segment
 from ._chunks import plan_chunks as plan_chunks
 from ._engine import AbstractEngine as AbstractEngine
 from ._engine import LocalEngine as LocalEngine

@@ -118,13 +118,14 @@ class LocalEngine(AbstractEngine):
                 submit()
             while pending:
                 chunk, began, future = pending.popleft()
-                data, error = future.result()
+                rows, error = future.result()
                 submit()
                 result = None
-                if data is not None:
-                    result, error = run_infer(processor, chunk, data)
-                    del data
-                yield ChunkOutcome(chunk, result, error, time.perf_counter() - began)
+                if rows.data is not None:
+                    result, error = run_infer(processor, rows)
+                skipped = rows.skipped
+                del rows
+                yield ChunkOutcome(chunk, result, error, time.perf_counter() - began, skipped)
 
 
 def resolve_engine(

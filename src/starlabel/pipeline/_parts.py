@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..data import InferenceResult
-from ._chunks import ChunkSpec
+from ._chunks import ChunkSpec, Segment
 from ._inputs import InputFile
 from ._manifest import write_json_atomic
 
@@ -30,6 +30,7 @@ __all__ = [
     "done_chunk_names",
     "merge_parts",
     "read_part",
+    "skipped_in_parts",
     "write_chunk_error",
     "write_errors_report",
     "write_part",
@@ -69,13 +70,24 @@ def done_chunk_names(run_dir: Path) -> set[str]:
     return {p.name.removesuffix(".npz") for p in folder.glob("*.npz")}
 
 
-def write_part(run_dir: Path, chunk: ChunkSpec, result: InferenceResult) -> Path:
-    """Store one chunk's result atomically and drop any earlier error record for it."""
-    if result.n_stars != chunk.n_stars:
+def write_part(
+    run_dir: Path, chunk: ChunkSpec, result: InferenceResult, failures: Sequence[tuple[Segment, str]] = ()
+) -> Path:
+    """Store one chunk's result atomically.
+
+    ``failures`` are the segments left out of ``result`` (unreadable), with reasons.
+    Their error record is written before the part, so that a crash in between never
+    leaves a part whose missing rows go unexplained; a chunk without failures drops
+    any error record of an earlier attempt instead.
+    """
+    expected = chunk.n_stars - sum(segment.n_stars for segment, _ in failures)
+    if result.n_stars != expected:
         raise ValueError(
-            f"chunk {chunk.name} has {chunk.n_stars} spectra but the model returned"
+            f"chunk {chunk.name} has {expected} readable spectra but the model returned"
             f" {result.n_stars} results; a model must return one result per input spectrum."
         )
+    if failures:
+        write_chunk_error(run_dir, chunk, failures, partial=True)
     arrays: dict[str, np.ndarray] = {
         "ids": result.ids.astype(str),
         "labels": result.labels,
@@ -99,7 +111,8 @@ def write_part(run_dir: Path, chunk: ChunkSpec, result: InferenceResult) -> Path
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _error_path(run_dir, chunk).unlink(missing_ok=True)
+    if not failures:
+        _error_path(run_dir, chunk).unlink(missing_ok=True)
     return path
 
 
@@ -121,65 +134,88 @@ def read_part(path: Path) -> InferenceResult:
     )
 
 
-def write_chunk_error(run_dir: Path, chunk: ChunkSpec, error: str) -> Path:
-    """Record that ``chunk`` failed, with the reason (one JSON file per chunk)."""
+def write_chunk_error(
+    run_dir: Path, chunk: ChunkSpec, failures: Sequence[tuple[Segment, str]], *, partial: bool = False
+) -> Path:
+    """Record why segments of ``chunk`` failed (one JSON file per chunk).
+
+    ``partial`` marks a chunk whose other segments have a part: the record then stays
+    in the report after the chunk is done, while a failed chunk's record is retried on
+    restart and dropped once the chunk succeeds.
+    """
     path = _error_path(run_dir, chunk)
     write_json_atomic(
         path,
         {
-            "scope": "chunk",
-            "input": chunk.path,
-            "file_index": chunk.file_index,
             "chunk": chunk.name,
-            "rows": f"{chunk.start}-{chunk.stop}",
-            "n_spectra": chunk.n_stars,
-            "error": error,
+            "partial": partial,
+            "failures": [
+                {
+                    "scope": "chunk",
+                    "input": segment.path,
+                    "file_index": segment.file_index,
+                    "chunk": chunk.name,
+                    "rows": segment.rows,
+                    "n_spectra": segment.n_stars,
+                    "error": error,
+                }
+                for segment, error in failures
+            ],
         },
     )
     return path
 
 
+_REPORT_COLUMNS = ["scope", "input", "chunk", "rows", "n_spectra", "error"]
+
+
+def skipped_in_parts(run_dir: Path, chunks: Iterable[ChunkSpec]) -> int:
+    """Spectra of finished ``chunks`` that their parts lack (unreadable segments)."""
+    total = 0
+    for chunk in chunks:
+        path = _error_path(run_dir, chunk)
+        if path.exists():
+            record = json.loads(path.read_text())
+            if record.get("partial"):
+                total += sum(int(f.get("n_spectra", 0)) for f in record.get("failures", []))
+    return total
+
+
 def write_errors_report(
     run_dir: Path, inputs: Sequence[InputFile], chunks: Iterable[ChunkSpec]
 ) -> tuple[Path, int, int]:
-    """Write ``run_dir/errors.csv`` listing bad files and failed chunks.
+    """Write ``run_dir/errors.csv`` listing bad files and failed chunk segments.
 
     Columns: ``scope`` (``file`` or ``chunk``), ``input``, ``chunk``, ``rows``,
-    ``n_spectra`` (spectra left out of the output), ``error``. Written even when
-    empty, so its presence says the run finished its bookkeeping.
+    ``n_spectra`` (spectra left out of the output), ``error``; one row per bad file
+    and one per failed segment (a row range of one file within a chunk). Written even
+    when empty, so its presence says the run finished its bookkeeping.
 
     Returns
     -------
     (path, n_errors, n_spectra_missing)
     """
-    rows: list[dict[str, Any]] = []
-    for item in inputs:
-        if item.error:
-            rows.append(
-                {
-                    "scope": "file",
-                    "input": item.path,
-                    "chunk": "",
-                    "rows": "",
-                    "n_spectra": "",
-                    "error": item.error,
-                }
-            )
+    rows: list[dict[str, Any]] = [
+        {"scope": "file", "input": item.path, "chunk": "", "rows": "", "n_spectra": "", "error": item.error}
+        for item in inputs
+        if item.error
+    ]
     done = done_chunk_names(run_dir)
     missing = 0
     for chunk in chunks:
         record_path = _error_path(run_dir, chunk)
-        if chunk.name in done or not record_path.exists():
+        if not record_path.exists():
             continue
         record = json.loads(record_path.read_text())
-        missing += chunk.n_stars
-        rows.append(
-            {key: record.get(key, "") for key in ("scope", "input", "chunk", "rows", "n_spectra", "error")}
-        )
+        if chunk.name in done and not record.get("partial"):
+            continue  # left by an attempt that failed before a later one succeeded
+        for failure in record.get("failures", []):
+            missing += int(failure.get("n_spectra", 0))
+            rows.append({key: failure.get(key, "") for key in _REPORT_COLUMNS})
     path = run_dir / ERRORS_NAME
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["scope", "input", "chunk", "rows", "n_spectra", "error"])
+        writer = csv.DictWriter(handle, fieldnames=_REPORT_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)

@@ -5,13 +5,15 @@ Run directory layout (``OUT`` is the requested output table, e.g. ``labels.parqu
     OUT                      merged table (CSV/FITS/HDF5/Parquet by suffix), written last
     OUT.run/
         manifest.json        model + checksum, options, inputs + checksums, engine
-        parts/fNNNNN-cNNNNNN.npz   one result part per finished chunk (file N, chunk N)
-        errors/fNNNNN-cNNNNNN.json one record per failed chunk (removed if a retry works)
-        errors.csv           the errors report: bad files and failed chunks, with reasons
+        parts/cNNNNNNN.npz   one result part per finished chunk (chunk N of the plan)
+        errors/cNNNNNNN.json why a chunk, or some of its segments, failed
+        errors.csv           the errors report: bad files and failed segments, with reasons
         summary.json         counts and timings of the latest attempt
 
 Restarting the same command after a crash (even ``kill -9``) skips the chunks that
 have parts, retries failed chunks, and merges again; see :func:`run_inference`.
+Segments that could not be read while the rest of their chunk succeeded stay in the
+report and are not retried (their file is unreadable, not the run interrupted).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .._internal._progress import Progress
 from ..data import RESULT_SUFFIXES
 from ..models import read_model_header
 from ..models._io import MODEL_KINDS, _resolve
-from ._chunks import plan_chunks
+from ._chunks import CHUNK_PLAN, plan_chunks
 from ._engine import AbstractEngine, WorkerSpec, resolve_engine
 from ._inputs import describe_inputs, resolve_inputs
 from ._manifest import RunManifest, file_sha256, read_manifest, write_json_atomic
@@ -40,6 +42,7 @@ from ._parts import (
     clear_partials,
     done_chunk_names,
     merge_parts,
+    skipped_in_parts,
     write_chunk_error,
     write_errors_report,
     write_part,
@@ -201,12 +204,14 @@ def run_inference(
 ) -> RunSummary:
     """Infer labels for every spectrum in many dataset files, chunk by chunk, resumably.
 
-    Each input file is split into chunks of ``chunk_size`` spectra. A chunk is read
-    on its own (memory follows the chunk size, not the survey size), passed to the
-    model's batched ``infer``, and its result stored as a part in the run directory
-    (``run_dir_for(output)``, layout in the module docstring). Finally the parts are
-    merged, in input order, into ``output``. A bad file or a failing chunk is recorded
-    in ``errors.csv`` and the run goes on.
+    The rows of the input files, in order, are cut into chunks of ``chunk_size``
+    spectra; a chunk spans file boundaries, so many small files still make full
+    batches. A chunk is read on its own (memory follows the chunk size, not the survey
+    size), passed to the model's batched ``infer``, and its result stored as a part in
+    the run directory (``run_dir_for(output)``, layout in the module docstring).
+    Finally the parts are merged, in input order, into ``output``. A bad file, rows
+    that cannot be read or a failing chunk are recorded in ``errors.csv`` and the run
+    goes on.
 
     Running the same call again after an interruption (including SIGKILL) continues
     where it stopped: finished chunks are skipped, failed ones retried, and every
@@ -312,7 +317,12 @@ def run_inference(
             "library_version": header.get("library_version"),
             "config": header.get("config"),
         },
-        options={"chunk_size": chunk_size, "infer_options": options, "labels_from_input": labels_from_input},
+        options={
+            "chunk_size": chunk_size,
+            "chunk_plan": CHUNK_PLAN,
+            "infer_options": options,
+            "labels_from_input": labels_from_input,
+        },
         output=str(output),
         inputs=tuple(described),
         engine=runner.describe(),
@@ -328,7 +338,8 @@ def run_inference(
     done = done_chunk_names(run_dir)
     todo = [chunk for chunk in chunks if chunk.name not in done]
     n_spectra = sum(chunk.n_stars for chunk in chunks)
-    n_resumed = n_spectra - sum(chunk.n_stars for chunk in todo)
+    n_handled = n_spectra - sum(chunk.n_stars for chunk in todo)
+    n_resumed = n_handled - skipped_in_parts(run_dir, [chunk for chunk in chunks if chunk.name in done])
     kind = str(header.get("kind"))
     spec = WorkerSpec(
         model_path=str(model_path),
@@ -343,26 +354,30 @@ def run_inference(
     first_done_at = None
     n_after_first = 0
     first_error = next((item.error for item in described if item.error), "")
-    with Progress(n_spectra, n_resumed, enabled=progress) as bar:
+    with Progress(n_spectra, n_handled, enabled=progress) as bar:
         for outcome in runner.run(spec, todo):
-            if first_done_at is None:
+            first_chunk = first_done_at is None
+            if first_chunk:
                 first_done_at = time.perf_counter()
-            elif outcome.result is not None:
-                n_after_first += outcome.chunk.n_stars
+            failures = outcome.failures()
+            n_failed_here = sum(segment.n_stars for segment, _ in failures)
+            n_ok = outcome.chunk.n_stars - n_failed_here
             if outcome.result is not None:
                 try:
-                    write_part(run_dir, outcome.chunk, outcome.result)
+                    write_part(run_dir, outcome.chunk, outcome.result, failures)
                 except ValueError as error:
-                    write_chunk_error(run_dir, outcome.chunk, f"ValueError: {error}")
-                    first_error = first_error or str(error)
-                    bar.advance(outcome.chunk.n_stars, failed=True)
-                    continue
-                n_processed += outcome.chunk.n_stars
-                bar.advance(outcome.chunk.n_stars)
-            else:
-                write_chunk_error(run_dir, outcome.chunk, outcome.error)
-                first_error = first_error or outcome.error
-                bar.advance(outcome.chunk.n_stars, failed=True)
+                    failures = [(segment, f"ValueError: {error}") for segment in outcome.chunk.segments]
+                    n_ok, n_failed_here = 0, outcome.chunk.n_stars
+            if outcome.result is None or n_ok == 0:
+                write_chunk_error(run_dir, outcome.chunk, failures)
+            if failures:
+                first_error = first_error or failures[0][1]
+                bar.advance(n_failed_here, failed=True)
+            if n_ok:
+                if not first_chunk:
+                    n_after_first += n_ok
+                n_processed += n_ok
+                bar.advance(n_ok)
 
     report, n_errors, n_failed = write_errors_report(run_dir, described, chunks)
     n_written = merge_parts(run_dir, chunks, output) if done_chunk_names(run_dir) else 0
