@@ -10,6 +10,7 @@ What it measures (simulated Cannon spectra, 7214 pixels, quadratic Cannon):
 * throughput (spectra/s) and peak RSS of ``run_inference`` for N = 10³ … 10⁶, read →
   infer → write → merge, each in a fresh subprocess (so RSS and compile time count);
 * a chunk-size sweep;
+* many small files (1 and 50 stars per file), which chunks spanning files keep fast;
 * local vs Ray with 1 and 2 workers at N = 10⁵ (Ray started inside the run);
 * 3 and 5 labels;
 * a machine-limit estimate: FLOPs and bytes per spectrum of the test step against
@@ -139,6 +140,19 @@ def _inputs_for(base: Path, n: int, folder: Path) -> list[str]:
             os.link(base, link)
         links.append(str(link))
     return links
+
+
+def _small_files(base: Path, per_file: int, n: int, folder: Path) -> list[str]:
+    """``n`` spectra of ``base`` split into files of ``per_file`` stars each (a folder)."""
+    if len(list(folder.glob("*.npz"))) != n // per_file:
+        from starlabel.data import read_dataset, write_dataset
+
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        data = read_dataset(base)[:n]
+        for i in range(0, n, per_file):
+            write_dataset(data[i : i + per_file], folder / f"s{i:07d}.npz")
+    return [str(folder)]
 
 
 def _run_subprocess(
@@ -333,7 +347,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1024, help="chunk size for the N sweep")
     parser.add_argument("--workdir", default="/tmp/starlabel-scale", help="scratch folder (several GB)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale.json"))
-    parser.add_argument("--skip", default="", help="comma list of: sizes,chunks,ray,labels5,thecannon")
+    parser.add_argument("--skip", default="", help="comma list of: sizes,chunks,small,ray,labels5,thecannon")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     workdir = Path(args.workdir)
@@ -413,6 +427,29 @@ def main() -> None:
                 f"  {record['steady_spectra_per_second']:.0f}/s steady, peak RSS {record['peak_rss_bytes'] / 2**30:.2f} GiB"
             )
             results["chunk_sweep"] = rows
+            save()
+
+    if "small" not in skip:
+        # A survey stored as many small files: chunks span files, so the model still
+        # sees full batches; the cost left is opening each file.
+        rows = []
+        for per_file, n in ((1, 2000), (50, 10_000)):
+            inputs = _small_files(base3, per_file, n, workdir / "labels3" / f"small{per_file}")
+            log(f"small files: {n // per_file} files of {per_file} stars")
+            record = _run_subprocess(
+                model3,
+                inputs,
+                workdir / "out" / f"small{per_file}.parquet",
+                args.chunk_size,
+                {"name": "local"},
+                3600,
+            )
+            record.update(n=n, stars_per_file=per_file, load_average=_load())
+            rows.append(record)
+            log(
+                f"  {record['spectra_per_s_end_to_end']:.0f}/s end to end, {record['steady_spectra_per_second']:.0f}/s steady"
+            )
+            results["small_files"] = rows
             save()
 
     if "ray" not in skip:
