@@ -398,9 +398,21 @@ class SpectralDataset:
             raise ValueError(f"cannot split {self.n_stars} stars with test_fraction={test_fraction}.")
         return self._take(np.sort(order[n_test:])), self._take(np.sort(order[:n_test]))
 
+    def same_grid(self, other: SpectralDataset) -> bool:
+        """Whether ``other`` has the same pixels: their number and wavelengths (or neither has any)."""
+        if other.n_pixels != self.n_pixels or (other.wavelength is None) != (self.wavelength is None):
+            return False
+        return other.wavelength is None or bool(np.allclose(other.wavelength, self.wavelength))
+
     @staticmethod
-    def concatenate(datasets: Sequence[SpectralDataset]) -> SpectralDataset:
-        """Stack datasets along stars; pixel grids and label names must agree."""
+    def concatenate(
+        datasets: Sequence[SpectralDataset], *, ids: Sequence[Any] | np.ndarray | None = None
+    ) -> SpectralDataset:
+        """Stack datasets along stars; pixel grids and label names must agree.
+
+        ``ids`` replaces the stacked star ids (one per star; default: the datasets' own,
+        which must then be unique across them).
+        """
         if not datasets:
             raise ValueError("concatenate needs at least one dataset.")
         first = datasets[0]
@@ -410,9 +422,7 @@ class SpectralDataset:
                     f"dataset {i} has {ds.n_pixels} pixels but dataset 0 has {first.n_pixels};"
                     " resample onto a common grid first."
                 )
-            if (ds.wavelength is None) != (first.wavelength is None) or (
-                ds.wavelength is not None and not np.allclose(ds.wavelength, first.wavelength)
-            ):
+            if not first.same_grid(ds):
                 raise ValueError(f"dataset {i} has a different wavelength grid from dataset 0.")
             if ds.label_names != first.label_names:
                 raise ValueError(
@@ -438,6 +448,6 @@ class SpectralDataset:
             label_err=(
                 np.concatenate([d.label_err for d in datasets]) if first.label_err is not None else None
             ),
-            ids=np.concatenate([d.ids for d in datasets]),
+            ids=np.concatenate([d.ids for d in datasets]) if ids is None else ids,
             meta=first.meta,
         )

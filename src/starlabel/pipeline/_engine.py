@@ -19,7 +19,7 @@ from typing import Any
 
 from .._internal._compile_cache import enable_compilation_cache
 from ._chunks import ChunkSpec
-from ._worker import ChunkOutcome, ChunkProcessor, run_infer, run_read
+from ._worker import ChunkOutcome, ChunkProcessor, finish_chunk, run_read
 
 __all__ = ["AbstractEngine", "LocalEngine", "WorkerSpec", "resolve_engine", "ENGINE_NAMES"]
 
@@ -118,14 +118,11 @@ class LocalEngine(AbstractEngine):
                 submit()
             while pending:
                 chunk, began, future = pending.popleft()
-                rows, error = future.result()
+                rows = future.result()
                 submit()
-                result = None
-                if rows.data is not None:
-                    result, error = run_infer(processor, rows)
-                skipped = rows.skipped
+                outcome = finish_chunk(processor, chunk, rows, began)
                 del rows
-                yield ChunkOutcome(chunk, result, error, time.perf_counter() - began, skipped)
+                yield outcome
 
 
 def resolve_engine(

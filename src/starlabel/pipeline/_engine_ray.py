@@ -6,7 +6,7 @@ it (install with ``pip install 'starlabel[ray]'``).
 Design (see ``docs/scaling.md``): each actor builds a :class:`ChunkProcessor` in its
 constructor — loading the model once and compiling the test step on its first
 chunk — and then reads and infers the chunks the driver hands it. Only chunk
-descriptions (file, row range) travel to the actors and only results travel back,
+descriptions (files and row ranges) travel to the actors and only results travel back,
 so the spectra never pass through the driver or the object store; the input files
 must therefore be readable by every worker (a shared file system on a cluster). The
 driver keeps at most ``tasks_per_worker`` chunks queued per actor, which bounds

@@ -59,7 +59,8 @@ class RunManifest:
         ``path``, ``sha256``, ``kind``, ``label_names``, ``library_version`` (of the
         starlabel that saved it) and ``config`` from the model header.
     options : mapping
-        ``chunk_size``, ``infer_options`` and ``labels_from_input``.
+        ``chunk_size``, ``chunk_plan`` (see :data:`~starlabel.pipeline._chunks.CHUNK_PLAN`),
+        ``infer_options`` and ``labels_from_input``.
     output : str
         Absolute path of the merged output table.
     inputs : tuple of InputFile

@@ -25,12 +25,13 @@ from ._manifest import write_json_atomic
 
 __all__ = [
     "ERRORS_NAME",
+    "has_part",
     "PARTS_DIR",
     "clear_partials",
     "done_chunk_names",
+    "finished_chunk_names",
     "merge_parts",
     "read_part",
-    "skipped_in_parts",
     "write_chunk_error",
     "write_errors_report",
     "write_part",
@@ -70,6 +71,22 @@ def done_chunk_names(run_dir: Path) -> set[str]:
     return {p.name.removesuffix(".npz") for p in folder.glob("*.npz")}
 
 
+def finished_chunk_names(run_dir: Path) -> set[str]:
+    """Chunks with a part and no error record: complete, skipped on restart.
+
+    A part with a record holds only some of its chunk's rows; such a chunk, like a
+    failed one, is tried again on restart.
+    """
+    folder = run_dir / ERRORS_DIR
+    failed = {p.name.removesuffix(".json") for p in folder.glob("*.json")} if folder.is_dir() else set()
+    return done_chunk_names(run_dir) - failed
+
+
+def has_part(run_dir: Path, chunk: ChunkSpec) -> bool:
+    """Whether ``chunk`` has a part (complete or partial)."""
+    return _part_path(run_dir, chunk).exists()
+
+
 def write_part(
     run_dir: Path, chunk: ChunkSpec, result: InferenceResult, failures: Sequence[tuple[Segment, str]] = ()
 ) -> Path:
@@ -77,8 +94,10 @@ def write_part(
 
     ``failures`` are the segments left out of ``result`` (unreadable), with reasons.
     Their error record is written before the part, so that a crash in between never
-    leaves a part whose missing rows go unexplained; a chunk without failures drops
-    any error record of an earlier attempt instead.
+    leaves a part whose missing rows go unexplained. A chunk without failures drops
+    any error record of an earlier attempt after its part is in place: a crash in
+    between leaves a record, and a chunk with a record runs again on restart (see
+    :func:`finished_chunk_names`), so either way nothing is lost or counted twice.
     """
     expected = chunk.n_stars - sum(segment.n_stars for segment, _ in failures)
     if result.n_stars != expected:
@@ -139,9 +158,8 @@ def write_chunk_error(
 ) -> Path:
     """Record why segments of ``chunk`` failed (one JSON file per chunk).
 
-    ``partial`` marks a chunk whose other segments have a part: the record then stays
-    in the report after the chunk is done, while a failed chunk's record is retried on
-    restart and dropped once the chunk succeeds.
+    ``partial`` marks a chunk whose other segments have a part. Either way the chunk is
+    tried again on restart, and the record is dropped once it succeeds in full.
     """
     path = _error_path(run_dir, chunk)
     write_json_atomic(
@@ -167,18 +185,6 @@ def write_chunk_error(
 
 
 _REPORT_COLUMNS = ["scope", "input", "chunk", "rows", "n_spectra", "error"]
-
-
-def skipped_in_parts(run_dir: Path, chunks: Iterable[ChunkSpec]) -> int:
-    """Spectra of finished ``chunks`` that their parts lack (unreadable segments)."""
-    total = 0
-    for chunk in chunks:
-        path = _error_path(run_dir, chunk)
-        if path.exists():
-            record = json.loads(path.read_text())
-            if record.get("partial"):
-                total += sum(int(f.get("n_spectra", 0)) for f in record.get("failures", []))
-    return total
 
 
 def write_errors_report(
@@ -208,7 +214,7 @@ def write_errors_report(
             continue
         record = json.loads(record_path.read_text())
         if chunk.name in done and not record.get("partial"):
-            continue  # left by an attempt that failed before a later one succeeded
+            continue  # a failed attempt's record, left by a crash before a success removed it
         for failure in record.get("failures", []):
             missing += int(failure.get("n_spectra", 0))
             rows.append({key: failure.get(key, "") for key in _REPORT_COLUMNS})

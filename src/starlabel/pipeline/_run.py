@@ -11,9 +11,8 @@ Run directory layout (``OUT`` is the requested output table, e.g. ``labels.parqu
         summary.json         counts and timings of the latest attempt
 
 Restarting the same command after a crash (even ``kill -9``) skips the chunks that
-have parts, retries failed chunks, and merges again; see :func:`run_inference`.
-Segments that could not be read while the rest of their chunk succeeded stay in the
-report and are not retried (their file is unreadable, not the run interrupted).
+have complete parts, retries failed chunks and chunks with rows left out, and merges
+again; see :func:`run_inference`.
 """
 
 from __future__ import annotations
@@ -41,8 +40,9 @@ from ._parts import (
     PARTS_DIR,
     clear_partials,
     done_chunk_names,
+    finished_chunk_names,
+    has_part,
     merge_parts,
-    skipped_in_parts,
     write_chunk_error,
     write_errors_report,
     write_part,
@@ -214,7 +214,8 @@ def run_inference(
     goes on.
 
     Running the same call again after an interruption (including SIGKILL) continues
-    where it stopped: finished chunks are skipped, failed ones retried, and every
+    where it stopped: finished chunks are skipped, failed ones (and ones with rows
+    left out) retried, and every
     input spectrum appears in the output exactly once. A restart with a different
     model file, different inputs or input contents, or different options is refused
     unless ``overwrite=True``.
@@ -335,11 +336,10 @@ def run_inference(
     clear_partials(run_dir)
 
     chunks = plan_chunks(described, chunk_size)
-    done = done_chunk_names(run_dir)
-    todo = [chunk for chunk in chunks if chunk.name not in done]
+    complete = finished_chunk_names(run_dir)
+    todo = [chunk for chunk in chunks if chunk.name not in complete]
     n_spectra = sum(chunk.n_stars for chunk in chunks)
-    n_handled = n_spectra - sum(chunk.n_stars for chunk in todo)
-    n_resumed = n_handled - skipped_in_parts(run_dir, [chunk for chunk in chunks if chunk.name in done])
+    n_resumed = n_spectra - sum(chunk.n_stars for chunk in todo)
     kind = str(header.get("kind"))
     spec = WorkerSpec(
         model_path=str(model_path),
@@ -354,7 +354,7 @@ def run_inference(
     first_done_at = None
     n_after_first = 0
     first_error = next((item.error for item in described if item.error), "")
-    with Progress(n_spectra, n_handled, enabled=progress) as bar:
+    with Progress(n_spectra, n_resumed, enabled=progress) as bar:
         for outcome in runner.run(spec, todo):
             first_chunk = first_done_at is None
             if first_chunk:
@@ -368,7 +368,8 @@ def run_inference(
                 except ValueError as error:
                     failures = [(segment, f"ValueError: {error}") for segment in outcome.chunk.segments]
                     n_ok, n_failed_here = 0, outcome.chunk.n_stars
-            if outcome.result is None or n_ok == 0:
+            if (outcome.result is None or n_ok == 0) and not has_part(run_dir, outcome.chunk):
+                # (A chunk that already has a partial part keeps it and its record.)
                 write_chunk_error(run_dir, outcome.chunk, failures)
             if failures:
                 first_error = first_error or failures[0][1]

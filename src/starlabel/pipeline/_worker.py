@@ -28,7 +28,7 @@ TEST_STEP_OPTIONS = frozenset(
 )
 """``infer_options`` keys that route a chunk through ``models.infer_labels``."""
 
-__all__ = ["ChunkOutcome", "ChunkProcessor", "ChunkRows", "REFERENCE_PREFIX"]
+__all__ = ["ChunkBatch", "ChunkOutcome", "ChunkProcessor", "ChunkRows", "REFERENCE_PREFIX"]
 
 REFERENCE_PREFIX = "ref_"
 """Prefix of the output columns that carry input labels when ``labels_from_input``."""
@@ -49,8 +49,8 @@ class ChunkOutcome:
     seconds : float
         Wall time spent reading and inferring.
     skipped : tuple of (Segment, str)
-        Segments that could not be read, each with its reason; the other segments'
-        spectra still went through the model.
+        Segments left out of ``result`` (unreadable, or their batch failed in the
+        model), each with its reason; the other segments' spectra are in ``result``.
     """
 
     chunk: ChunkSpec
@@ -68,22 +68,42 @@ class ChunkOutcome:
 
 
 @dataclass(frozen=True)
-class ChunkRows:
-    """A chunk's spectra as read: the readable segments stacked, in plan order.
+class ChunkBatch:
+    """Consecutive readable segments of a chunk that share a pixel grid: one model call.
 
     Attributes
     ----------
-    data : SpectralDataset or None
-        None when no segment could be read.
+    data : SpectralDataset
+        Their spectra, stacked, with the stars' ids; numbered by position instead
+        when the ids repeat across files (files without ``ids`` all number their
+        stars from "0").
+    ids : numpy.ndarray
+        The stars' own ids, put back on the model's results.
     reference : numpy.ndarray or None
         (stars, labels) input labels for ``ref_<label>`` columns (NaN where a file
         lacks a label); None unless the processor carries input labels.
+    segments : tuple of Segment
+    """
+
+    data: SpectralDataset
+    ids: np.ndarray
+    reference: np.ndarray | None
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class ChunkRows:
+    """A chunk as read: its readable segments in batches (plan order), and the rest.
+
+    Attributes
+    ----------
+    batches : tuple of ChunkBatch
+        Usually one; a new batch starts wherever the pixel grid changes.
     skipped : tuple of (Segment, str)
         Segments that could not be read, with the reason.
     """
 
-    data: SpectralDataset | None
-    reference: np.ndarray | None = None
+    batches: tuple[ChunkBatch, ...] = ()
     skipped: tuple[tuple[Segment, str], ...] = ()
 
 
@@ -148,27 +168,35 @@ class ChunkProcessor:
 
     def read(self, chunk: ChunkSpec) -> ChunkRows:
         """Read every segment of the chunk; a segment that fails is skipped with its reason."""
-        pieces, references, skipped = [], [], []
+        pieces: list[tuple[Segment, SpectralDataset, np.ndarray | None]] = []
+        skipped = []
         for segment in chunk.segments:
             try:
-                data, reference = self.read_segment(segment)
+                pieces.append((segment, *self.read_segment(segment)))
             except Exception as error:  # reported per segment; the rest of the chunk goes on
                 skipped.append((segment, _describe(error)))
-                continue
-            pieces.append(data)
-            references.append(reference)
-        if not pieces:
-            return ChunkRows(None, None, tuple(skipped))
-        # One segment (the usual case for large files) is used as read: no copy.
-        data = pieces[0] if len(pieces) == 1 else SpectralDataset.concatenate(pieces)
-        reference = np.concatenate(references) if self.labels_from_input else None
-        return ChunkRows(data, reference, tuple(skipped))
+        runs: list[list[tuple[Segment, SpectralDataset, np.ndarray | None]]] = []
+        for piece in pieces:
+            if runs and runs[-1][-1][1].same_grid(piece[1]):
+                runs[-1].append(piece)
+            else:
+                runs.append([piece])
+        return ChunkRows(tuple(self._batch(run) for run in runs), tuple(skipped))
 
-    def infer(self, rows: ChunkRows) -> InferenceResult:
-        """Run the model on a chunk's readable rows."""
-        data = rows.data
-        if data is None:
-            raise ValueError("no segment of the chunk could be read.")
+    def _batch(self, run: list[tuple[Segment, SpectralDataset, np.ndarray | None]]) -> ChunkBatch:
+        segments = tuple(segment for segment, _, _ in run)
+        datasets = [data for _, data, _ in run]
+        reference = np.concatenate([ref for _, _, ref in run]) if self.labels_from_input else None  # type: ignore[misc]
+        if len(datasets) == 1:  # the usual case for large files: used as read, no copy
+            return ChunkBatch(datasets[0], datasets[0].ids, reference, segments)
+        ids = np.concatenate([data.ids for data in datasets])
+        unique = len(np.unique(ids)) == len(ids)
+        stacked = SpectralDataset.concatenate(datasets, ids=None if unique else np.arange(len(ids)))
+        return ChunkBatch(stacked, ids, reference, segments)
+
+    def infer_batch(self, batch: ChunkBatch) -> InferenceResult:
+        """Run the model on one batch; the result carries the stars' own ids."""
+        data = batch.data
         if TEST_STEP_OPTIONS & set(self.infer_options):
             # Estimators, priors, nuisance parameters and binaries are resolved in one
             # place, the models' test-step entry point; the pipeline only forwards them.
@@ -183,12 +211,27 @@ class ChunkProcessor:
             )
         if not np.array_equal(result.ids, data.ids):
             raise ValueError("the model returned results whose ids differ from its input spectra.")
-        if rows.reference is not None:
-            extra = dict(result.extra)
+        extra = dict(result.extra)
+        if batch.reference is not None:
             for k, name in enumerate(self.model.label_names):
-                extra[REFERENCE_PREFIX + name] = rows.reference[:, k]
-            result = dataclasses.replace(result, extra=extra)
-        return result
+                extra[REFERENCE_PREFIX + name] = batch.reference[:, k]
+        return dataclasses.replace(result, ids=batch.ids, extra=extra)
+
+    def infer(self, rows: ChunkRows) -> tuple[InferenceResult | None, tuple[tuple[Segment, str], ...]]:
+        """Run the model on every batch; a batch that fails is reported with its reason.
+
+        Returns the results of the batches that worked, stacked in plan order (None if
+        none did), and the failed batches' segments with the reason.
+        """
+        results, failed = [], []
+        for batch in rows.batches:
+            try:
+                results.append(self.infer_batch(batch))
+            except Exception as error:  # reported per batch; see ChunkProcessor.__call__
+                failed.extend((segment, _describe(error)) for segment in batch.segments)
+        if not results:
+            return None, tuple(failed)
+        return results[0].concatenate_with(results[1:]) if len(results) > 1 else results[0], tuple(failed)
 
     def __call__(
         self, chunk: ChunkSpec, infer_lock: contextlib.AbstractContextManager[Any] | None = None
@@ -199,30 +242,22 @@ class ChunkProcessor:
         processor read concurrently but run one compiled test step at a time.
         """
         began = time.perf_counter()
-        rows, error = run_read(self, chunk)
-        result = None
-        if rows.data is not None:
-            with infer_lock if infer_lock is not None else contextlib.nullcontext():
-                result, error = run_infer(self, rows)
-        return ChunkOutcome(chunk, result, error, time.perf_counter() - began, rows.skipped)
+        rows = run_read(self, chunk)
+        with infer_lock if infer_lock is not None else contextlib.nullcontext():
+            return finish_chunk(self, chunk, rows, began)
 
 
-def run_read(processor: ChunkProcessor, chunk: ChunkSpec) -> tuple[ChunkRows, str]:
-    """Read a chunk (for the local engine's prefetch thread too), capturing failures.
-
-    The error is empty when at least one segment was read; otherwise it is the first
-    segment's reason (each segment's own is in ``ChunkRows.skipped``).
-    """
+def run_read(processor: ChunkProcessor, chunk: ChunkSpec) -> ChunkRows:
+    """Read a chunk (for the local engine's prefetch thread too), capturing failures."""
     try:
-        rows = processor.read(chunk)
-    except Exception as error:  # e.g. segments that cannot be stacked; reported per chunk
-        return ChunkRows(None), _describe(error)
-    return rows, "" if rows.data is not None else rows.skipped[0][1]
+        return processor.read(chunk)
+    except Exception as error:  # reported for every segment; see ChunkOutcome.failures
+        return ChunkRows((), tuple((segment, _describe(error)) for segment in chunk.segments))
 
 
-def run_infer(processor: ChunkProcessor, rows: ChunkRows) -> tuple[InferenceResult | None, str]:
-    """Infer an already-read chunk, capturing failures."""
-    try:
-        return processor.infer(rows), ""
-    except Exception as error:  # reported per chunk; see ChunkProcessor.__call__
-        return None, _describe(error)
+def finish_chunk(processor: ChunkProcessor, chunk: ChunkSpec, rows: ChunkRows, began: float) -> ChunkOutcome:
+    """Infer an already-read chunk and describe the outcome (failures captured)."""
+    result, failed = processor.infer(rows)
+    left_out = rows.skipped + failed
+    error = "" if result is not None else (left_out[0][1] if left_out else "the chunk has no rows")
+    return ChunkOutcome(chunk, result, error, time.perf_counter() - began, left_out)
