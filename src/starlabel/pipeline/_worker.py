@@ -257,7 +257,11 @@ def run_read(processor: ChunkProcessor, chunk: ChunkSpec) -> ChunkRows:
 
 def finish_chunk(processor: ChunkProcessor, chunk: ChunkSpec, rows: ChunkRows, began: float) -> ChunkOutcome:
     """Infer an already-read chunk and describe the outcome (failures captured)."""
-    result, failed = processor.infer(rows)
+    try:
+        result, failed = processor.infer(rows)
+    except Exception as error:  # e.g. batches whose results cannot be stacked
+        result = None
+        failed = tuple((segment, _describe(error)) for batch in rows.batches for segment in batch.segments)
     left_out = rows.skipped + failed
     error = "" if result is not None else (left_out[0][1] if left_out else "the chunk has no rows")
     return ChunkOutcome(chunk, result, error, time.perf_counter() - began, left_out)
