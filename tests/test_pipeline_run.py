@@ -17,6 +17,7 @@ from starlabel.pipeline import (
     LocalEngine,
     RunMismatchError,
     Segment,
+    WorkerSpec,
     describe_inputs,
     open_rows,
     plan_chunks,
@@ -345,8 +346,6 @@ def test_small_files_without_ids_and_mixed_grids_share_chunks(tmp_path: Path) ->
     got = read_result(tmp_path / "labels.csv")
     assert got.ids.tolist() == ["0"] * 6
     np.testing.assert_allclose(got.labels, load_model(model_path).infer(data).labels, rtol=1e-12)
-
-    from starlabel.pipeline import WorkerSpec
 
     rows = WorkerSpec(str(model_path)).build().read(plan_chunks(describe_inputs(singles), 4)[0])
     # one batch per pixel grid: stars 0-2 with wavelengths, star 3 without

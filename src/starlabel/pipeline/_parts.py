@@ -25,11 +25,11 @@ from ._manifest import write_json_atomic
 
 __all__ = [
     "ERRORS_NAME",
-    "has_part",
     "PARTS_DIR",
     "clear_partials",
     "done_chunk_names",
     "finished_chunk_names",
+    "has_part",
     "merge_parts",
     "read_part",
     "write_chunk_error",
