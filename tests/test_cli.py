@@ -130,6 +130,18 @@ def test_infer_uncertainty_and_likelihood_options(tmp_path, shared_data):
     assert run("train", "cannon", giants, "--labels", "teff,logg,m_h", "-o", model).exit_code == 0
     fisher = tmp_path / "fisher.csv"
     assert run("infer", model, giants, "-o", fisher, "--no-progress", "--no-memmap").exit_code == 0
+    # An incomplete run (one input is not a dataset) writes what it can and exits 1.
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "giants.npz").write_bytes(giants.read_bytes())
+    (tmp_path / "mixed" / "broken.npz").write_bytes(b"PK\x03\x04 truncated")
+    result = run("infer", model, tmp_path / "mixed", "-o", tmp_path / "mixed.csv", "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert (
+        "wrote 500 rows" in result.output
+        and "first error" in result.output
+        and "not a zip file" in result.output
+    )
+    assert "Exit" not in result.output
     laplace = tmp_path / "laplace.csv"
     result = run("infer", model, giants, "-o", laplace, "--uncertainty", "laplace", "--no-progress")
     assert result.exit_code == 0, result.output

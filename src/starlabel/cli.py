@@ -51,6 +51,8 @@ def _user_errors(fn: _F) -> _F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except typer.Exit:
+            raise  # a command's own exit code (click's Exit is a RuntimeError too)
         except _USER_ERRORS as error:
             message = error.args[0] if error.args else repr(error)
             typer.echo(f"error: {message}", err=True)
