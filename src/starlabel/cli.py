@@ -1,15 +1,27 @@
 """The ``starlabel`` command line: argument parsing and wiring only.
 
-Every command turns bad input (missing file, wrong keys, unknown label, bad option)
-into a one-line ``error: …`` on stderr and exit code 2; numerical work lives in the
-library so that it can be tested on its own.
+Exit codes, the same for every command:
+
+- 0: success.
+- 1: ``infer`` finished with spectra left without results (see its errors report);
+  re-running the same command retries them.
+- 2: bad input (a missing or unreadable file, a missing key, an unknown label, a bad
+  option): one line ``error: …`` on stderr naming the culprit and the fix.
+- 3: an internal error (a bug in starlabel or a library under it): a short message on
+  stderr, and the full traceback in a log file whose path the message gives
+  (``$STARLABEL_CACHE_DIR/logs/``, else ``~/.cache/starlabel/logs/``).
+
+Numerical work lives in the library so that it can be tested on its own.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +30,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from ._errors import StarlabelUserError
+from ._internal._compile_cache import default_cache_dir
 from ._version import __version__
 
 app = typer.Typer(
@@ -33,30 +47,66 @@ app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+EXIT_INCOMPLETE = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+
+# What starlabel raises for bad files, keys, labels and option values. TypeError and
+# RuntimeError are not here: inside the library they mean a bug, which must not be
+# reported as if the user's input were wrong.
 _USER_ERRORS = (
     FileNotFoundError,
     FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
     KeyError,
     ValueError,
-    TypeError,
-    NotImplementedError,
-    RuntimeError,  # e.g. pipeline.RunMismatchError: a restart with other options
+    StarlabelUserError,  # e.g. pipeline.RunMismatchError: a restart with other options
 )
 
 
+def _write_crash_log(command: str, error: BaseException) -> Path | None:
+    """Write the traceback of an internal error to a new log file; None if that fails."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    header = f"starlabel {__version__}, command {command!r}, {stamp}\nargv: {sys.argv!r}\n\n"
+    text = header + "".join(traceback.format_exception(error))
+    try:
+        folder = default_cache_dir() / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"starlabel-{command}-{stamp}-{os.getpid()}.log"
+        path.write_text(text)
+    except OSError:
+        return None
+    return path
+
+
 def _user_errors(fn: _F) -> _F:
-    """Report expected user errors as one line and exit 2 instead of a traceback."""
+    """Map exceptions to the documented exit codes (module docstring).
+
+    User errors become one line and exit code 2; anything else is a bug: a short
+    message, the traceback in a log file, exit code 3.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except typer.Exit:
-            raise  # a command's own exit code (click's Exit is a RuntimeError too)
         except _USER_ERRORS as error:
             message = error.args[0] if error.args else repr(error)
             typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(code=2) from None
+            raise typer.Exit(code=EXIT_USER_ERROR) from None
+        except Exception as error:
+            if type(error).__module__.split(".")[0] in ("typer", "click"):
+                raise  # a command's own exit code or usage error (typer's Exit is a RuntimeError)
+            path = _write_crash_log(fn.__name__, error)
+            where = f"traceback written to {path}" if path else "".join(traceback.format_exception(error))
+            typer.echo(
+                f"internal error (a bug in starlabel, not in your input): {type(error).__name__}: {error}\n"
+                f"{where}\nPlease report it with that traceback.",
+                err=True,
+            )
+            raise typer.Exit(code=EXIT_INTERNAL_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -442,7 +492,7 @@ def infer(
     if summary.n_errors:
         typer.echo(f"first error: {summary.first_error}", err=True)
     if not summary.complete:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_INCOMPLETE)
 
 
 # ----------------------------------------------------------------------------- prepare
