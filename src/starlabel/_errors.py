@@ -8,7 +8,7 @@ bug: the CLI writes the traceback to a log file and exits with code 3.
 
 from __future__ import annotations
 
-__all__ = ["LaplaceUnavailableError", "StarlabelUserError", "UnsupportedOptionError"]
+__all__ = ["LaplaceUnavailableError", "MissingExtraError", "StarlabelUserError", "UnsupportedOptionError"]
 
 
 class StarlabelUserError(Exception):
@@ -26,3 +26,7 @@ class UnsupportedOptionError(StarlabelUserError, NotImplementedError):
 
 class LaplaceUnavailableError(StarlabelUserError, RuntimeError):
     """The Laplace approximation does not exist for this data (Hessian not positive definite)."""
+
+
+class MissingExtraError(StarlabelUserError, ImportError):
+    """An optional dependency is not installed (the message names the pip extra)."""
