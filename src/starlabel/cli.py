@@ -175,12 +175,42 @@ def simulate(
 
 
 # ----------------------------------------------------------------------------- train
-def _load_training_set(data: Path, labels: str) -> Any:
+def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> Any:
+    """Read the training set and say how many stars train when some lack a label.
+
+    ``drops_incomplete``: the model leaves out a star missing any label (the Cannon);
+    otherwise a star trains on the labels it has (Lux, NN) and only stars with no
+    known label contribute nothing (NN) or only their spectrum (Lux).
+    """
+    import numpy as np
+
     from .data import read_dataset
 
     names = _split_labels(labels)
     dataset = read_dataset(data, labels=names)
     typer.echo(f"training set: {dataset}", err=True)
+    known = np.isfinite(dataset.labels)
+    if not known.all():
+        n = dataset.n_stars
+        unknown = ", ".join(
+            f"{name} {n - k}"
+            for name, k in zip(dataset.label_names, known.sum(axis=0).tolist(), strict=True)
+            if k < n
+        )
+        if drops_incomplete:
+            used = int(known.all(axis=1).sum())
+            typer.echo(
+                f"training on {used} of {n} stars: {n - used} dropped because a label is unknown"
+                f" (NaN; per label: {unknown}).",
+                err=True,
+            )
+        else:
+            partial = int((~known.all(axis=1)).sum())
+            typer.echo(
+                f"training on all {n} stars; {partial} lack some label (NaN; per label: {unknown})"
+                " and train on the labels they have.",
+                err=True,
+            )
     return dataset
 
 
@@ -220,7 +250,7 @@ def train_cannon(
     ] = False,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
-    dataset = None if stream else _load_training_set(data, labels)
+    dataset = None if stream else _load_training_set(data, labels, drops_incomplete=True)
     from .models.cannon import Cannon
 
     windows = None
@@ -236,6 +266,14 @@ def train_cannon(
     if dataset is None:
         typer.echo(f"training set: {data} (streamed in blocks of stars)", err=True)
         fitted = model.fit_file(data, progress=True)
+        info = dict(fitted.training_info)
+        if info.get("n_missing_labels"):
+            n_train, dropped = info["n_train"], info["n_missing_labels"]
+            typer.echo(
+                f"trained on {n_train} of {n_train + dropped} stars: {dropped} dropped because a label is"
+                " unknown (NaN).",
+                err=True,
+            )
     else:
         with console.status("training The Cannon…"):
             fitted = model.fit(dataset)
@@ -262,7 +300,7 @@ def train_lux(
     ] = ScatterKind.pixel,
 ) -> None:
     """Train Lux (latent-variable model of labels and flux, learned error model)."""
-    dataset = _load_training_set(data, labels)
+    dataset = _load_training_set(data, labels, drops_incomplete=False)
     from .models.lux import Lux
 
     model = Lux(label_names=dataset.label_names, latent_size=latent_size, scatter=scatter.value)
@@ -283,7 +321,7 @@ def train_nn(
 ) -> None:
     """Train the neural-network label regressor baseline."""
     widths = tuple(int(w) for w in hidden.split(",") if w.strip())
-    dataset = _load_training_set(data, labels)
+    dataset = _load_training_set(data, labels, drops_incomplete=False)
     from .models.nn import NNRegressor
 
     model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
