@@ -214,8 +214,8 @@ def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> An
     return dataset
 
 
-def _save_fitted(fitted: Any, output: Path) -> None:
-    fitted.save(output)
+def _save_fitted(fitted: Any, output: Path, training_set: Any) -> None:
+    fitted.save(output, training_set=training_set)  # its checksum goes into the provenance
     typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
 
 
@@ -277,7 +277,7 @@ def train_cannon(
     else:
         with console.status("training The Cannon…"):
             fitted = model.fit(dataset)
-    _save_fitted(fitted, output)
+    _save_fitted(fitted, output, dataset if dataset is not None else data)
 
 
 class ScatterKind(StrEnum):
@@ -306,7 +306,7 @@ def train_lux(
     model = Lux(label_names=dataset.label_names, latent_size=latent_size, scatter=scatter.value)
     with console.status("training Lux…"):
         fitted = model.fit(dataset)
-    _save_fitted(fitted, output)
+    _save_fitted(fitted, output, dataset)
 
 
 @train_app.command("nn")
@@ -327,7 +327,7 @@ def train_nn(
     model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
     with console.status("training the NN regressor…"):
         fitted = model.fit(dataset)
-    _save_fitted(fitted, output)
+    _save_fitted(fitted, output, dataset)
 
 
 # ----------------------------------------------------------------------------- infer
@@ -392,7 +392,7 @@ def infer(
     model: Annotated[Path, typer.Argument(help="Model file written by `starlabel train`.")],
     inputs: Annotated[list[str], typer.Argument(help="Dataset files, globs or folders.")],
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="Results table: .csv, .fits, .h5 or .parquet.")
+        Path, typer.Option("-o", "--output", help="Results table: .csv, .ecsv, .fits, .h5 or .parquet.")
     ],
     prior: Annotated[
         PriorName, typer.Option(help="Label prior learned from the training labels (for mean/nuts).")
