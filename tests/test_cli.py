@@ -120,7 +120,7 @@ def test_train_infer_evaluate_on_real_giants(tmp_path, shared_data):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())["labels"]
     # Training-set (self) residuals of a quadratic Cannon on 100 pixels of real giants
-    # (NOTES.md: the plain maximum-likelihood step sits near 225 K / 0.44 / 0.19 here).
+    # (the plain maximum-likelihood step sits near 225 K / 0.44 / 0.19 here).
     assert metrics["teff"]["rmse"] < 240 and metrics["logg"]["rmse"] < 0.5 and metrics["m_h"]["rmse"] < 0.21
 
 

@@ -150,7 +150,7 @@ def simulate(
     kind: Annotated[
         SimulationKind,
         typer.Argument(
-            help="cannon: polynomial-in-labels spectra; latent: the Lux seed's linear latent model."
+            help="cannon: polynomial-in-labels spectra; latent: a linear latent-variable model (Lux)."
         ),
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Dataset file to write (.npz or .h5).")],

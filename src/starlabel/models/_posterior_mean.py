@@ -11,7 +11,7 @@ NUTS). For such models the χ² of a spectrum is a polynomial in the label vecto
 with :math:`\Omega = \mathrm{diag}(1/(\sigma^2 + s^2))`. The statistics ``(c, g, H)``
 are formed once per spectrum (one matrix product for a whole chunk); each grid node then
 costs O(terms²) instead of O(pixels), which is what makes a few thousand nodes per star
-affordable (NOTES.md: "normal-equation statistics").
+affordable.
 
 Temperature: the tempered posterior :math:`p(d|\ell)^{1/T} p(\ell)` widens the
 likelihood to absorb model misspecification. :func:`select_temperature` picks T by
