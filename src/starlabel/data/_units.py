@@ -52,8 +52,9 @@ def label_unit(name: str) -> str | None:
 def column_units(columns: Iterable[str], label_names: Sequence[str]) -> dict[str, str]:
     """Units of a result table's columns that carry a label or a velocity.
 
-    A label's unit goes to ``<label>``, ``<label>_err``, ``ref_<label>`` and the binary
-    components ``<label>_1``, ``<label>_2``; ``rv``, ``rv_err`` and the binary velocity
+    A label's unit goes to ``<label>``, ``<label>_err``, ``ref_<label>``, the binary
+    components ``<label>_1``, ``<label>_2`` and the posterior-mean extras
+    ``<label>_best``, ``mode2_<label>``; ``rv``, ``rv_err`` and the binary velocity
     columns are km/s. Columns without a known unit are left out.
     """
     units: dict[str, str] = {}
@@ -61,7 +62,15 @@ def column_units(columns: Iterable[str], label_names: Sequence[str]) -> dict[str
     for name in label_names:
         unit = label_unit(name)
         if unit is not None:
-            for column in (name, f"{name}_err", f"ref_{name}", f"{name}_1", f"{name}_2"):
+            for column in (
+                name,
+                f"{name}_err",
+                f"ref_{name}",
+                f"{name}_1",
+                f"{name}_2",
+                f"{name}_best",
+                f"mode2_{name}",
+            ):
                 by_column[column] = unit
     by_column.update(dict.fromkeys(_VELOCITY_EXTRAS, "km / s"))
     for column in columns:

@@ -23,6 +23,7 @@ predictive density. Test data are never used.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -912,7 +913,8 @@ def infer_labels(
         temperature = selection.temperature
         if width_scale is None:
             width_scale = selection.width_scale
-        meta_extra["temperature_cv"] = str(selection.to_dict())
+        # JSON, not a Python repr: it goes into every result table's provenance.
+        meta_extra["temperature_cv"] = json.dumps(selection.to_dict(), default=float)
     if width_scale is not None:
         if estimator == "map":
             raise ValueError(
