@@ -31,7 +31,6 @@ import typer
 from rich.console import Console
 
 from ._errors import StarlabelUserError
-from ._internal._compile_cache import default_cache_dir
 from ._version import __version__
 
 app = typer.Typer(
@@ -71,6 +70,8 @@ def _write_crash_log(command: str, error: BaseException) -> Path | None:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     header = f"starlabel {__version__}, command {command!r}, {stamp}\nargv: {sys.argv!r}\n\n"
     text = header + "".join(traceback.format_exception(error))
+    from ._internal._compile_cache import default_cache_dir  # (imports jax: only on a crash)
+
     try:
         folder = default_cache_dir() / "logs"
         folder.mkdir(parents=True, exist_ok=True)
