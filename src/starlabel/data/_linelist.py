@@ -233,17 +233,24 @@ def solar_abundances(fe_h: np.ndarray, alpha_fe: np.ndarray, x_fe: np.ndarray) -
 
 # ----------------------------------------------------------------------------- physics
 def _line_arrays(lines: LineList) -> dict[str, jax.Array]:
+    """Per-line and per-species device arrays.
+
+    A star's physics is computed per species (18 values: abundance, ionisation or
+    dissociation, continuum, Doppler width); only the terms that differ between the
+    lines of a species are per line.
+    """
     f32 = jnp.float32
+    _, first, species = np.unique(lines.species, return_index=True, return_inverse=True)
     return {
-        "e1": jnp.asarray(lines.element),
-        "e2": jnp.asarray(lines.element2),
-        "stage": jnp.asarray(lines.stage),
+        "species": jnp.asarray(species.astype(np.int32)),
         "chi": jnp.asarray(lines.chi, f32),
-        "log_gf": jnp.asarray(lines.log_gf, f32),
+        "log_gf_wl": jnp.asarray(lines.log_gf + np.log10(lines.wavelength), f32),  # τ0 ∝ gf λ
         "log_a": jnp.asarray(lines.log_a, f32),
-        "mass": jnp.asarray(lines.mass, f32),
-        "d0": jnp.asarray(lines.dissociation, f32),
-        "log_wl": jnp.asarray(np.log10(lines.wavelength), f32),
+        "sp_e1": jnp.asarray(lines.element[first]),
+        "sp_e2": jnp.asarray(lines.element2[first]),
+        "sp_stage": jnp.asarray(lines.stage[first]),
+        "sp_mass": jnp.asarray(lines.mass[first], f32),
+        "sp_d0": jnp.asarray(lines.dissociation[first], f32),
     }
 
 
@@ -283,37 +290,23 @@ def _line_optics(
     saha = jnp.log10(2.0) + 2.5 * jnp.log10(teff) - 0.1762 - log_pe - theta * chi_ion
     log_neutral = -jnp.logaddexp(0.0, saha * np.log(10.0)) / np.log(10.0)
     log_ionised = saha + log_neutral
-    e1, e2, stage = lines["e1"], lines["e2"], lines["stage"]
+    e1, e2, stage = lines["sp_e1"], lines["sp_e2"], lines["sp_stage"]
     log_eps = (abundance[e1] - 12.0) + (abundance[e2] - 12.0)
+    log_molecule = log_pg + theta * lines["sp_d0"] - 2.5 * jnp.log10(teff) + log_neutral[e1] + log_neutral[e2]
     log_stage = jnp.where(
-        stage == NEUTRAL,
-        log_neutral[e1],
-        jnp.where(
-            stage == ION,
-            log_ionised[e1],
-            log_pg + theta * lines["d0"] - 2.5 * jnp.log10(teff) + log_neutral[e1] + log_neutral[e2] - 10.0,
-        ),
+        stage == NEUTRAL, log_neutral[e1], jnp.where(stage == ION, log_ionised[e1], log_molecule - 10.0)
     )
     log_kappa = log_pe + 2.5 * jnp.log10(theta) + 0.754 * theta
     xi = microturbulence(logg)
-    doppler = jnp.sqrt(2.0 * 0.008314 * teff / lines["mass"] + xi**2)  # km/s; 2k/m_u = 0.01663
-    log_tau = (
-        lines["log_gf"]
-        + log_eps
-        + log_stage
-        - theta * lines["chi"]
-        - log_kappa
-        + lines["log_wl"]
-        - jnp.log10(doppler)
-    )
+    doppler = jnp.sqrt(2.0 * 0.008314 * teff / lines["sp_mass"] + xi**2)  # km/s; 2k/m_u = 0.01663
     # Van der Waals damping grows with the gas pressure; a = Γ / (4π Δν_D).
     _, log_pg_ref = _atmosphere(jnp.float32(4750.0), jnp.float32(2.5), jnp.float32(0.0))
-    log_a = (
-        lines["log_a"]
-        + 0.7 * (log_pg - log_pg_ref)
-        + 0.3 * jnp.log10(teff / 4750.0)
-        - jnp.log10(doppler / 1.8)
-    )
+    damping = 0.7 * (log_pg - log_pg_ref) + 0.3 * jnp.log10(teff / 4750.0) - jnp.log10(doppler / 1.8)
+    strength = log_eps + log_stage - log_kappa - jnp.log10(doppler)  # per species
+    sp = lines["species"]
+    log_tau = lines["log_gf_wl"] + strength[sp] - theta * lines["chi"]
+    log_a = lines["log_a"] + damping[sp]
+    doppler = doppler[sp]
     return log_tau, doppler, log_a
 
 
@@ -434,10 +427,11 @@ def _profile_coefficients(
     log_tau, doppler, log_a = _line_optics(teff, logg, fe_h, abundance, lines)
     log_tau = jnp.minimum(log_tau, 6.5)
     delta = doppler / VELOCITY_PER_PIXEL  # Doppler width in pixels
-    width = 10.0 ** _interp_cog(cog, log_tau, log_a) * delta  # equivalent width, pixels
-    a = 10.0**log_a
-    tau = 10.0**log_tau
-    central = -jnp.expm1(-tau * jnp.exp(a * a) * jax.scipy.special.erfc(a))
+    width = jnp.exp(np.log(10.0) * _interp_cog(cog, log_tau, log_a)) * delta  # equivalent width, pixels
+    a = jnp.exp(np.log(10.0) * log_a)
+    tau = jnp.exp(np.log(10.0) * log_tau)
+    # Central optical depth τ0 H(a, 0), with H(a, 0) = exp(a²) erfc(a) ≈ 1 / (1 + 2a/√π).
+    central = -jnp.expm1(-tau / (1.0 + 1.1284 * a))
     sigma_int = width / (np.sqrt(2 * np.pi) * central)
     sigma_mac = vmacro / (np.sqrt(2.0) * VELOCITY_PER_PIXEL)
     sigma = jnp.sqrt(sigma_int**2 + sigma_mac**2 + sigma_inst**2)
@@ -473,13 +467,10 @@ def _render_one(
     x = layout["offset"] - fraction
     x2 = x * x
     depth = (amp_l / (x2 + gamma2) + amp_g * jnp.exp(-x2 * inv2s2)) * layout["taper"]
-    log_flux = jax.ops.segment_sum(
-        jnp.log1p(-jnp.minimum(depth, 0.999)),
-        layout["pixel"],
-        num_segments=n_rest,
-        indices_are_sorted=True,
+    rest = jax.ops.segment_prod(
+        1.0 - jnp.minimum(depth, 0.999), layout["pixel"], num_segments=n_rest, indices_are_sorted=True
     )
-    return jnp.exp(log_flux)[layout["out"] - shift]
+    return rest[layout["out"] - shift]
 
 
 @functools.partial(jax.jit, static_argnames="n_rest")
@@ -545,7 +536,7 @@ def line_spectra(
     r_lambda = resolution * (1.0 + 0.03 * (wl - 16000.0) / 900.0)
     sigma_inst = jnp.asarray(C_KMS / (r_lambda * 2.35482 * VELOCITY_PER_PIXEL), jnp.float32)
     line_arrays = _line_arrays(lines)
-    line_arrays = {k: v[layout.lines] for k, v in line_arrays.items()}
+    line_arrays = {k: v if k.startswith("sp_") else v[layout.lines] for k, v in line_arrays.items()}
     device_layout = {
         "line": jnp.asarray(layout.line),
         "pixel": jnp.asarray(layout.pixel),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._internal import empty_aligned
 from ._dataset import SpectralDataset
 from ._linelist import (
     ALPHA_ELEMENTS,
@@ -59,12 +60,12 @@ class LineSimulation:
         Noisy flux, its ``flux_err`` and mask (bad pixels: ``ivar = 0``), wavelength in
         Å, ids, and the true stellar labels :data:`LINE_LABELS` plus any ``<x>_fe``
         element labels (of the primary star, for binaries).
-    true_flux : ndarray, shape (stars, pixels)
+    true_flux : ndarray of float32, shape (stars, pixels)
         Noise-free observed flux (lines, radial velocity, companion and continuum).
-    flux_err : ndarray, shape (stars, pixels)
-        The 1-σ errors the noise was drawn with, before bad pixels were given infinite
-        errors in ``dataset`` (inflated at bad pixels, and at sky-line pixels).
-    continuum : ndarray, shape (stars, pixels)
+    flux_err : ndarray of float32, shape (stars, pixels)
+        The 1-σ errors the noise was drawn with (larger at sky-line pixels), ×100 at
+        bad pixels; ``dataset`` gives bad pixels ``ivar = 0`` instead.
+    continuum : ndarray of float32, shape (stars, pixels)
         The multiplicative continuum in ``true_flux``: ``1 + δ`` (a smooth normalisation
         residual) by default, the stellar-and-instrument continuum with ``keep_continuum``.
     truth : dict of str to ndarray, shape (stars,)
@@ -188,29 +189,26 @@ def _segments_of(pixels: np.ndarray) -> np.ndarray:
 
 
 def _smooth_continuum(rng: np.random.Generator, pixels: np.ndarray, n: int, amplitude: float) -> np.ndarray:
-    """1 + δ: a Legendre series of degree 3 per detector with coefficients ~ N(0, amplitude²)."""
-    chip = _segments_of(pixels)
-    out = np.ones((n, len(pixels)))
+    """1 + δ, float32 (stars, pixels): Legendre degree 3 per detector, coefficients ~ N(0, amplitude²)."""
     if amplitude == 0:
-        return out
-    for c in np.unique(chip):
+        return np.ones((n, len(pixels)), np.float32)
+    chip = _segments_of(pixels)
+    basis = np.zeros((4 * len(APSTAR_SEGMENTS), len(pixels)), np.float32)
+    for c, (lo, hi) in enumerate(APSTAR_SEGMENTS):
         sel = chip == c
-        lo, hi = APSTAR_SEGMENTS[c]
         x = 2.0 * (pixels[sel] - lo) / (hi - lo) - 1.0
-        basis = np.polynomial.legendre.legvander(x, 3)  # (pix, 4)
-        coef = rng.normal(0.0, amplitude, (n, 4))
-        out[:, sel] += coef @ basis.T
+        basis[4 * c : 4 * c + 4, sel] = np.polynomial.legendre.legvander(x, 3).T
+    coef = rng.normal(0.0, amplitude, (n, basis.shape[0])).astype(np.float32)
+    out = coef @ basis
+    out += 1.0
     return out
 
 
 def _stellar_continuum(wavelength: np.ndarray, teff: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """Planck slope at Teff (relative to 16,000 Å) times each detector's throughput curve."""
+    """Planck slope at Teff (relative to 16,000 Å) × each detector's throughput, float32."""
     x = 1.4388e8 / wavelength[None, :]
-    planck = (
-        (16000.0 / wavelength[None, :]) ** 5
-        * np.expm1(1.4388e8 / 16000.0 / teff[:, None])
-        / np.expm1(x / teff[:, None])
-    )
+    planck = (16000.0 / wavelength[None, :]) ** 5 * np.expm1(1.4388e8 / 16000.0 / teff[:, None])
+    planck /= np.expm1(x / teff[:, None])
     chip = _segments_of(pixels)
     throughput = np.empty(len(pixels))
     for c in np.unique(chip):
@@ -218,7 +216,48 @@ def _stellar_continuum(wavelength: np.ndarray, teff: np.ndarray, pixels: np.ndar
         lo, hi = APSTAR_SEGMENTS[c]
         u = 2.0 * (pixels[sel] - lo) / (hi - lo) - 1.0
         throughput[sel] = (1.0 - 0.25 * u**2) * (1.0 - 0.1 * c)
-    return planck * throughput[None, :]
+    return (planck * throughput[None, :]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Observed:
+    true_flux: np.ndarray  # float32 (stars, pixels)
+    flux_err: np.ndarray  # float32, inflated at bad pixels
+    flux: np.ndarray  # aligned float64, noisy
+    ivar: np.ndarray  # aligned float64, 0 at bad pixels
+    bad: np.ndarray  # bool
+
+
+def _observe(
+    rng: np.random.Generator,
+    flux: np.ndarray,
+    continuum: np.ndarray,
+    snr: np.ndarray,
+    pattern: np.ndarray,
+    bad_fraction: float,
+) -> _Observed:
+    """Continuum, photon-like noise and bad pixels, in float32 passes over (stars, pixels)."""
+    n, p = flux.shape
+    true_flux = flux * continuum
+    sigma = np.sqrt(np.maximum(flux, 0.05))
+    sigma *= continuum
+    sigma *= (pattern[None, :] / snr[:, None]).astype(np.float32)
+    noise = rng.standard_normal((n, p), dtype=np.float32)
+    noise *= sigma
+    noisy = empty_aligned((n, p))
+    np.add(true_flux, noise, out=noisy)
+    # Bad pixels: junk flux (10σ scale) with errors inflated ×100, masked.
+    n_bad = rng.binomial(n * p, bad_fraction) if bad_fraction > 0 else 0
+    where = rng.choice(n * p, n_bad, replace=False) if n_bad else np.zeros(0, int)
+    noisy.flat[where] += 10.0 * sigma.flat[where] * rng.standard_normal(n_bad)
+    ivar = empty_aligned((n, p))
+    np.multiply(sigma, sigma, out=ivar)
+    np.divide(1.0, ivar, out=ivar)
+    ivar.flat[where] = 0.0
+    sigma.flat[where] *= 100.0
+    bad = np.zeros((n, p), bool)
+    bad.flat[where] = True
+    return _Observed(true_flux, sigma, noisy, ivar, bad)
 
 
 def _noise_pattern(pixels: np.ndarray) -> np.ndarray:
@@ -404,7 +443,7 @@ def simulate_lines(
 
     flux = line_spectra(
         stars["teff"], stars["logg"], stars["fe_h"], abundance, stars["vmacro"], rv, pixels, resolution
-    ).astype(np.float64)
+    )
     secondary = {k: np.full(n_stars, np.nan) for k in ("teff", "logg", "vmacro")}
     flux_ratio = np.full(n_stars, np.nan)
     if binary.any():
@@ -426,25 +465,14 @@ def simulate_lines(
         flux[idx] = (flux[idx] + ratio * second) / (1.0 + ratio)
         for k in secondary:
             secondary[k][idx] = comp[k]
-        flux_ratio[idx] = (
-            comp["radius_ratio"] ** 2
-            * _planck_ratio(np.array([16000.0]), comp["teff"], stars["teff"][idx])[:, 0]
-        )
+        at_16000 = _planck_ratio(np.array([16000.0]), comp["teff"], stars["teff"][idx])[:, 0]
+        flux_ratio[idx] = comp["radius_ratio"] ** 2 * at_16000
 
     if keep_continuum:
         continuum = _stellar_continuum(wavelength, stars["teff"], pixels)
     else:
         continuum = _smooth_continuum(rng, pixels, n_stars, continuum_error)
-    true_flux = flux * continuum
-    sigma = (
-        continuum * np.sqrt(np.clip(flux, 0.05, None)) / star_snr[:, None] * _noise_pattern(pixels)[None, :]
-    )
-    noisy = true_flux + sigma * rng.standard_normal(true_flux.shape, dtype=np.float32)
-    bad = rng.uniform(size=true_flux.shape) < bad_pixel_fraction
-    flux_err = np.where(bad, 100.0 * sigma, sigma)
-    noisy = np.where(
-        bad, noisy + 10.0 * sigma * rng.standard_normal(true_flux.shape, dtype=np.float32), noisy
-    )
+    observed = _observe(rng, flux, continuum, star_snr, _noise_pattern(pixels), bad_pixel_fraction)
 
     names = LINE_LABELS + tuple(f"{e}_fe" for e in element_names)
     labels = np.stack([stars[k] for k in LINE_LABELS] + element_labels, axis=1)
@@ -467,9 +495,10 @@ def simulate_lines(
         "vmacro_2": secondary["vmacro"],
     }
     dataset = SpectralDataset(
-        noisy,
-        flux_err=flux_err,
-        mask=bad,
+        observed.flux,
+        ivar=observed.ivar,
+        mask=observed.bad,
+        copy=False,  # fresh aligned float64 arrays, adopted as they are
         wavelength=wavelength,
         labels=labels,
         label_names=names,
@@ -482,4 +511,6 @@ def simulate_lines(
             "keep_continuum": keep_continuum,
         },
     )
-    return LineSimulation(dataset, true_flux, flux_err, continuum, truth, second_labels, line_list())
+    return LineSimulation(
+        dataset, observed.true_flux, observed.flux_err, continuum, truth, second_labels, line_list()
+    )
