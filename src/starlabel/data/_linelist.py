@@ -507,7 +507,8 @@ def line_spectra(
     pixels: np.ndarray,
     resolution: float,
     *,
-    chunk: int = 256,
+    max_velocity: float = 0.0,
+    chunk: int = 64,
 ) -> np.ndarray:
     """Noise-free, continuum-normalised line spectra, shape (stars, pixels), float32.
 
@@ -521,6 +522,9 @@ def line_spectra(
         apStar pixel indices to return.
     resolution : float
         Spectral resolving power R = λ/Δλ(FWHM) at 16,000 Å; it varies by ±3 % across the band.
+    max_velocity : float
+        Cover shifts up to this |velocity| (km/s) too, so that calls with different
+        velocities share one pixel layout and one compilation.
     chunk : int
         Stars per compiled call (the last chunk is padded, so one shape compiles once).
     """
@@ -528,7 +532,8 @@ def line_spectra(
     n = len(teff)
     shift = np.log10(1.0 + np.asarray(velocity, float) / C_KMS) / DLOG_LAMBDA  # pixels
     whole = np.floor(shift).astype(int)
-    margin = int(16 * np.ceil((np.abs(whole).max(initial=0) + 1) / 16))  # few distinct shapes
+    largest = max(np.abs(whole).max(initial=0), abs(max_velocity) / VELOCITY_PER_PIXEL)
+    margin = int(32 * np.ceil((largest + 1) / 32))  # few distinct layouts
     first = int(pixels.min()) - margin
     stop = int(pixels.max()) + margin + 1
     layout = _layout(first, stop)
@@ -545,7 +550,7 @@ def line_spectra(
         "out": jnp.asarray(np.asarray(pixels) - first, jnp.int32),
     }
     cog = jnp.asarray(curve_of_growth(), jnp.float32)
-    size = min(chunk, 1 << max(n - 1, 0).bit_length())  # powers of two: few compiled shapes
+    size = chunk  # one batch shape per pixel layout: one compilation
     out = np.empty((n, len(pixels)), dtype=np.float32)
     columns = [np.asarray(c, np.float32) for c in (teff, logg, fe_h, vmacro, shift)]
     abundance = np.asarray(abundance, np.float32)

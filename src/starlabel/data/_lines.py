@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -269,6 +269,33 @@ def _noise_pattern(pixels: np.ndarray) -> np.ndarray:
     return pattern[pixels]
 
 
+def _fixed_values(
+    labels: Mapping[str, float | Sequence[float] | np.ndarray] | None,
+    n_stars: int,
+    element_names: tuple[str, ...],
+) -> dict[str, np.ndarray]:
+    """The caller's fixed labels / truth values, each broadcast to (stars,)."""
+    allowed = LINE_LABELS + tuple(f"{e}_fe" for e in element_names) + ("rv", "q", "delta_v")
+    fixed = {}
+    for name, value in (labels or {}).items():
+        if name not in allowed:
+            raise ValueError(
+                f"labels has {name!r}, which cannot be fixed; fixable: {list(allowed)}"
+                " (name an element in `elements` to fix its <x>_fe)."
+            )
+        try:
+            fixed[name] = np.broadcast_to(np.asarray(value, dtype=float), (n_stars,)).copy()
+        except ValueError:
+            raise ValueError(
+                f"labels[{name!r}] has shape {np.shape(value)}; give a scalar or one value per star ({n_stars})."
+            ) from None
+    if "delta_v" in fixed and "q" not in fixed:
+        raise ValueError(
+            "labels fixes 'delta_v' without 'q'; give the mass ratio q (NaN for single stars) too."
+        )
+    return fixed
+
+
 # ----------------------------------------------------------------------------- public
 def _output_pixels(n_pixels: int | None, first_pixel: int) -> np.ndarray:
     grid = np.concatenate([np.arange(lo, hi) for lo, hi in APSTAR_SEGMENTS])
@@ -297,6 +324,7 @@ def simulate_lines(
     bad_pixel_fraction: float = 0.01,
     continuum_error: float = 0.005,
     keep_continuum: bool = False,
+    labels: Mapping[str, float | Sequence[float] | np.ndarray] | None = None,
     seed: int = 0,
 ) -> LineSimulation:
     r"""Simulate APOGEE-like H-band spectra from a line list with curve-of-growth physics.
@@ -378,6 +406,11 @@ def simulate_lines(
         Size of the smooth continuum-normalisation residual δ (0: exactly normalised).
     keep_continuum : bool
         Multiply by the stellar and instrument continuum instead of ``1 + δ``.
+    labels : mapping of str to float or array of shape (stars,), optional
+        Values to fix instead of drawing them: any of :data:`LINE_LABELS`, the
+        ``<x>_fe`` of ``elements``, ``rv`` (km/s), ``q`` (mass ratio; NaN = single star;
+        fixing it decides which stars are binaries) and ``delta_v`` (km/s, with ``q``).
+        Everything else is still drawn, so a fixed seed gives the same noise.
     seed : int
         Seed; equal arguments and seed give identical data.
 
@@ -424,14 +457,20 @@ def simulate_lines(
     rng = np.random.default_rng(seed)
 
     stars = _draw_population(rng, n_stars, population)
+    fixed = _fixed_values(labels, n_stars, element_names)
+    for name in LINE_LABELS:
+        if name in fixed:
+            stars[name] = fixed[name]
+    if "logg" in fixed:
+        stars["giant"] = stars["logg"] < 3.7
     x_fe = _element_trends(stars)
     element_labels = []
     for name in element_names:
         k = [e.lower() for e in ELEMENTS].index(name)
+        alpha_term = stars["alpha_fe"] if ELEMENTS[k] in ALPHA_ELEMENTS else 0.0
         x_fe[:, k] += rng.normal(0.0, 0.08, n_stars)
-        alpha_term = (
-            stars["alpha_fe"] * (0.8 if name == "ti" else 1.0) if ELEMENTS[k] in ALPHA_ELEMENTS else 0.0
-        )
+        if f"{name}_fe" in fixed:
+            x_fe[:, k] = fixed[f"{name}_fe"] - alpha_term
         element_labels.append(x_fe[:, k] + alpha_term)
     abundance = solar_abundances(stars["fe_h"], stars["alpha_fe"], x_fe)
     rv = rng.normal(0.0, rv_scale, n_stars) if rv_scale > 0 else np.zeros(n_stars)
@@ -440,9 +479,26 @@ def simulate_lines(
     binary = rng.uniform(size=n_stars) < binary_fraction
     q = np.where(binary, rng.uniform(0.3, 1.0, n_stars), np.nan)
     delta_v = np.where(binary, rng.choice([-1.0, 1.0], n_stars) * rng.uniform(15.0, 80.0, n_stars), np.nan)
+    rv = fixed.get("rv", rv)
+    if "q" in fixed:
+        q = fixed["q"]
+        binary = np.isfinite(q)
+        delta_v = np.where(
+            binary, fixed.get("delta_v", np.where(np.isfinite(delta_v), delta_v, 40.0)), np.nan
+        )
 
+    # Primary and companion spectra share a layout covering both stars' velocities.
+    fastest = float(np.nanmax(np.abs(np.concatenate([rv, rv + delta_v])), initial=0.0))
     flux = line_spectra(
-        stars["teff"], stars["logg"], stars["fe_h"], abundance, stars["vmacro"], rv, pixels, resolution
+        stars["teff"],
+        stars["logg"],
+        stars["fe_h"],
+        abundance,
+        stars["vmacro"],
+        rv,
+        pixels,
+        resolution,
+        max_velocity=fastest,
     )
     secondary = {k: np.full(n_stars, np.nan) for k in ("teff", "logg", "vmacro")}
     flux_ratio = np.full(n_stars, np.nan)
@@ -458,6 +514,7 @@ def simulate_lines(
             rv[idx] + delta_v[idx],
             pixels,
             resolution,
+            max_velocity=fastest,
         )
         ratio = comp["radius_ratio"][:, None] ** 2 * _planck_ratio(
             wavelength, comp["teff"], stars["teff"][idx]
