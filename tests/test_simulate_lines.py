@@ -219,3 +219,20 @@ def test_a_binary_shows_its_companion_at_the_velocity_offset():
     # the single star has no such peak
     shifts, auto = _ccf_peak(flux[0, :2920], flux[0, :2920])
     assert auto[k] < 0.5 * ccf[k]
+
+
+def test_the_quadratic_cannon_cannot_represent_the_spectra():
+    from starlabel.models.cannon import Cannon
+
+    train = simulate_lines(600, n_pixels=WINDOW, seed=11)
+    test = simulate_lines(200, n_pixels=WINDOW, seed=12)
+    fitted = Cannon(label_names=LINE_LABELS, order=2).fit(train.dataset)
+    lines_only = test.true_flux / test.continuum
+    misfit = np.sqrt(np.mean((fitted.predict_flux(test.dataset.labels) - lines_only) ** 2, axis=0))
+    noise = np.median(test.flux_err, axis=0)
+    depth = np.median(1.0 - lines_only, axis=0)
+    strong, clean = depth > 0.3, depth < 0.01
+    assert strong.sum() >= 10 and clean.sum() >= 50
+    # strong lines: the model is off by more than the noise; line-free pixels: it is not
+    assert np.median(misfit[strong] / noise[strong]) > 1.5
+    assert np.median(misfit[clean] / noise[clean]) < 0.5
