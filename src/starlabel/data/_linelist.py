@@ -157,7 +157,7 @@ class LineList:
 
 @functools.cache
 def line_list() -> LineList:
-    """The fixed line list: 797 lines of 18 species over apStar pixels 0–8575 (drawn once)."""
+    """The fixed line list: 792 lines of 18 species over apStar pixels 0–8575 (drawn once)."""
     rng = np.random.default_rng(LINE_LIST_SEED)
     lo, hi = float(apstar_wavelength(0.0)), float(apstar_wavelength(N_APSTAR - 1.0))
     columns: dict[str, list[np.ndarray]] = {
