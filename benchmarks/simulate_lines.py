@@ -27,14 +27,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import log  # noqa: E402
+from _common import log, write_result  # noqa: E402
 
 from starlabel.data import LINE_LABELS, simulate_lines  # noqa: E402
 from starlabel.models.cannon import Cannon  # noqa: E402
@@ -131,16 +129,8 @@ def main() -> None:
             "XLA_FLAGS": os.environ["XLA_FLAGS"],
             "OPENBLAS_NUM_THREADS": os.environ["OPENBLAS_NUM_THREADS"],
         },
-        "cpu_count": os.cpu_count(),
-        "machine": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "jax": jax.__version__,
-        "date": time.strftime("%Y-%m-%d"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out, numpy=np.__version__, jax=jax.__version__)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ def test_same_seed_same_spectra_and_documented_shapes():
     np.testing.assert_allclose(ds.wavelength[0], 10 ** (4.179 + 6e-6 * 322))
     np.testing.assert_allclose(np.diff(np.log10(ds.wavelength)), 6e-6, rtol=1e-6)
     assert a.true_flux.shape == a.flux_err.shape == (40, WINDOW)
+    # keeping the continuum multiplies the same line spectra by a Planck-sloped continuum
+    kept = simulate_lines(40, n_pixels=WINDOW, elements=("mg", "c"), keep_continuum=True, seed=3)
+    np.testing.assert_allclose(kept.true_flux / kept.continuum, a.true_flux / a.continuum, rtol=1e-6)
+    slope = kept.continuum[:, -1] / kept.continuum[:, 0]  # red / blue end of the window
+    hot, cool = np.argmax(ds.label("teff")), np.argmin(ds.label("teff"))
+    assert slope[hot] < slope[cool]
     assert set(a.truth) == set(LINE_TRUTH)
     full = simulate_lines(2, seed=0)
     assert full.dataset.n_pixels == 7214
