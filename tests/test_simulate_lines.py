@@ -68,7 +68,7 @@ def test_noise_matches_the_reported_errors_and_bad_pixels_are_masked():
     assert abs(ds.mask.mean() - 0.02) < 0.003
     assert np.all(ds.ivar[ds.mask] == 0)
     # S/N at the continuum is the drawn one (the continuum residual is ~1)
-    snr = sim.truth["snr"]
+    snr = sim.snr
     assert 60 <= snr.min() and snr.max() <= 250
     continuum = sim.true_flux / sim.continuum > 0.995  # line-free pixels
     ratio = np.nanmedian(np.where(good & continuum, sim.true_flux / sim.flux_err, np.nan), axis=1)
@@ -214,6 +214,11 @@ def test_a_binary_shows_its_companion_at_the_velocity_offset():
     np.testing.assert_array_equal(truth["is_binary"], [0.0, 1.0])
     assert np.isnan(truth["teff_2"][0]) and 4900 < truth["teff_2"][1] < 5500
     assert 0.5 < truth["flux_ratio"][1] < 1.0
+    # same composition, a cooler, denser companion (Teff ∝ q^0.6, g ∝ M^-0.6)
+    np.testing.assert_array_equal(sim.secondary_labels[1, 2:4], sim.dataset.labels[1, 2:4])
+    np.testing.assert_allclose(sim.secondary_labels[1, 0], 5500.0 * 0.9**0.6)
+    np.testing.assert_allclose(sim.secondary_labels[1, 1], 4.4 - 0.6 * np.log10(0.9))
+    assert np.all(np.isnan(sim.secondary_labels[0]))
     flux = sim.true_flux.astype(float)
     shifts, ccf = _ccf_peak(flux[1, :2920], flux[0, :2920])
     expected = np.log10(1 + 60.0 / 299_792.458) / 6e-6  # 14.5 pixels

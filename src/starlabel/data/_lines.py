@@ -68,10 +68,17 @@ class LineSimulation:
     continuum : ndarray of float32, shape (stars, pixels)
         The multiplicative continuum in ``true_flux``: ``1 + δ`` (a smooth normalisation
         residual) by default, the stellar-and-instrument continuum with ``keep_continuum``.
-    truth : dict of str to ndarray, shape (stars,)
-        The :data:`LINE_TRUTH` columns.
+    rv : ndarray, shape (stars,)
+        Radial velocity of the (primary) star, km/s.
+    snr : ndarray, shape (stars,)
+        S/N per pixel at the continuum.
+    is_binary : ndarray of bool, shape (stars,)
+    q, flux_ratio, delta_v : ndarray, shape (stars,)
+        Mass ratio M₂/M₁, H-band (16,000 Å) flux ratio secondary/primary and velocity
+        of the secondary minus the primary's (km/s); NaN for single stars.
     secondary_labels : ndarray, shape (stars, labels)
-        The companion's labels in the dataset's label order (NaN for single stars).
+        The companion's labels in the dataset's label order (its own Teff, logg and
+        vmacro, the primary's composition; NaN for single stars).
     lines : LineList
         The fixed line list the spectra were built from.
     """
@@ -80,9 +87,31 @@ class LineSimulation:
     true_flux: np.ndarray
     flux_err: np.ndarray
     continuum: np.ndarray
-    truth: dict[str, np.ndarray]
+    rv: np.ndarray
+    snr: np.ndarray
+    is_binary: np.ndarray
+    q: np.ndarray
+    flux_ratio: np.ndarray
+    delta_v: np.ndarray
     secondary_labels: np.ndarray
     lines: LineList
+
+    @property
+    def truth(self) -> dict[str, np.ndarray]:
+        """The :data:`LINE_TRUTH` columns by name, each shape (stars,), as written to files."""
+        secondary = {
+            f"{name}_2": self.secondary_labels[:, LINE_LABELS.index(name)]
+            for name in ("teff", "logg", "vmacro")
+        }
+        return {
+            "rv": self.rv,
+            "snr": self.snr,
+            "is_binary": self.is_binary.astype(float),
+            "q": self.q,
+            "flux_ratio": self.flux_ratio,
+            "delta_v": self.delta_v,
+            **secondary,
+        }
 
     def truth_dataset(self) -> SpectralDataset:
         """The dataset with every :data:`LINE_TRUTH` column added as a label.
@@ -540,17 +569,6 @@ def simulate_lines(
         secondary["vmacro"],
     )
     second_labels[~binary] = np.nan
-    truth = {
-        "rv": rv,
-        "snr": star_snr,
-        "is_binary": binary.astype(float),
-        "q": q,
-        "flux_ratio": flux_ratio,
-        "delta_v": delta_v,
-        "teff_2": secondary["teff"],
-        "logg_2": secondary["logg"],
-        "vmacro_2": secondary["vmacro"],
-    }
     dataset = SpectralDataset(
         observed.flux,
         ivar=observed.ivar,
@@ -569,5 +587,16 @@ def simulate_lines(
         },
     )
     return LineSimulation(
-        dataset, observed.true_flux, observed.flux_err, continuum, truth, second_labels, line_list()
+        dataset=dataset,
+        true_flux=observed.true_flux,
+        flux_err=observed.flux_err,
+        continuum=continuum,
+        rv=rv,
+        snr=star_snr,
+        is_binary=binary,
+        q=q,
+        flux_ratio=flux_ratio,
+        delta_v=delta_v,
+        secondary_labels=second_labels,
+        lines=line_list(),
     )
