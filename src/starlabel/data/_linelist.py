@@ -366,9 +366,9 @@ class _Layout:
 
     ``pixel[e]`` is the rest-frame pixel (relative to ``first``) of entry e, ``line[e]``
     the line (an index into ``lines``), ``offset[e]`` the pixel's distance from that
-    line's centre and ``taper[e]`` the window's weight. A star's log-flux is then one
-    sorted segment sum over the entries: about 30 entries per line instead of lines ×
-    pixels, and no data-dependent indexing.
+    line's centre and ``taper[e]`` the window's weight. A star's flux is then one
+    sorted segment product of (1 − depth) over the entries: about 30 entries per line
+    instead of lines × pixels, and no data-dependent indexing.
     """
 
     first: int
@@ -462,7 +462,7 @@ def _profile_coefficients(
 def _render_one(
     coefficients: jax.Array, fraction: jax.Array, shift: jax.Array, layout: dict[str, jax.Array], n_rest: int
 ) -> jax.Array:
-    """One star's flux on the output pixels: exp Σ log(1 − line depth) over the entries."""
+    """One star's flux on the output pixels: Π (1 − line depth) over the entries of each pixel."""
     amp_l, gamma2, amp_g, inv2s2 = (coefficients[k][layout["line"]] for k in range(4))
     x = layout["offset"] - fraction
     x2 = x * x
