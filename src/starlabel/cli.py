@@ -118,15 +118,17 @@ def simulate(
     n_stars: Annotated[int, typer.Option(help="Number of stars.")] = 1000,
     n_pixels: Annotated[
         int | None,
-        typer.Option(help="Pixels per spectrum [default: 500; lines: the 7214-pixel APOGEE DR12 grid]."),
+        typer.Option(
+            help="Pixels per spectrum (default 500; lines: the whole 7,214-pixel APOGEE DR12 grid)."
+        ),
     ] = None,
     n_labels: Annotated[
-        int | None, typer.Option(help="Number of labels (cannon, latent) [default: 3].")
+        int | None, typer.Option(help="Number of labels (cannon, latent; default 3).")
     ] = None,
     snr: Annotated[float, typer.Option(help="Signal-to-noise per pixel (cannon only).")] = 100.0,
     bad_pixel_fraction: Annotated[
         float | None,
-        typer.Option(help="Fraction of pixels masked (cannon, lines) [default: 0; lines: 0.01]."),
+        typer.Option(help="Fraction of pixels masked (cannon, lines; default 0, lines 0.01)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     population: Annotated[
