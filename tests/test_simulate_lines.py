@@ -57,6 +57,10 @@ def test_bad_options_are_named():
         simulate_lines(2, elements=("xx",))
     with pytest.raises(ValueError, match="n_pixels"):
         simulate_lines(2, n_pixels=8000)
+    with pytest.raises(ValueError, match=r"labels\['teff'\] must lie in"):
+        simulate_lines(2, labels={"teff": 500.0})
+    with pytest.raises(ValueError, match="cannot be fixed"):
+        simulate_lines(2, labels={"mg_fe": 0.1})  # mg is not in elements
 
 
 def test_noise_matches_the_reported_errors_and_bad_pixels_are_masked():

@@ -298,6 +298,16 @@ def _noise_pattern(pixels: np.ndarray) -> np.ndarray:
     return pattern[pixels]
 
 
+_FIXABLE_RANGES = {
+    "teff": (3000.0, 8000.0),
+    "logg": (0.0, 5.5),
+    "fe_h": (-3.0, 1.0),
+    "alpha_fe": (-0.5, 1.0),
+    "vmacro": (0.0, 30.0),
+    "q": (0.05, 1.0),
+}
+
+
 def _fixed_values(
     labels: Mapping[str, float | Sequence[float] | np.ndarray] | None,
     n_stars: int,
@@ -318,6 +328,15 @@ def _fixed_values(
             raise ValueError(
                 f"labels[{name!r}] has shape {np.shape(value)}; give a scalar or one value per star ({n_stars})."
             ) from None
+    for name, (low, high) in _FIXABLE_RANGES.items():
+        values = fixed.get(name)
+        if values is not None and not np.all(
+            (values >= low) & (values <= high) | np.isnan(values) & (name == "q")
+        ):
+            raise ValueError(
+                f"labels[{name!r}] must lie in [{low}, {high}] (where the simulator's physics holds),"
+                f" got values from {np.nanmin(values)} to {np.nanmax(values)}."
+            )
     if "delta_v" in fixed and "q" not in fixed:
         raise ValueError(
             "labels fixes 'delta_v' without 'q'; give the mass ratio q (NaN for single stars) too."
@@ -439,7 +458,9 @@ def simulate_lines(
         Values to fix instead of drawing them: any of :data:`LINE_LABELS`, the
         ``<x>_fe`` of ``elements``, ``rv`` (km/s), ``q`` (mass ratio; NaN = single star;
         fixing it decides which stars are binaries) and ``delta_v`` (km/s, with ``q``).
-        Everything else is still drawn, so a fixed seed gives the same noise.
+        Everything else is still drawn, so a fixed seed gives the same noise. Fixed
+        values must lie where the physics holds: Teff 3,000–8,000 K, logg 0–5.5,
+        [Fe/H] −3…1, [α/Fe] −0.5…1, vmacro 0–30 km/s, q 0.05–1.
     seed : int
         Seed; equal arguments and seed give identical data.
 
