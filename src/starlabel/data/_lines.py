@@ -268,9 +268,12 @@ def _observe(
     """Continuum, photon-like noise and bad pixels, in float32 passes over (stars, pixels)."""
     n, p = flux.shape
     true_flux = flux * continuum
-    sigma = np.sqrt(np.maximum(flux, 0.05))
+    # Photon-like: σ = √(F C C̄) / S/N, so S/N is `snr` on a continuum pixel of the star's
+    # mean brightness C̄ and falls as √C on fainter continuum and as √F in line cores.
+    sigma = np.maximum(flux, 0.05)
     sigma *= continuum
-    sigma *= (pattern[None, :] / snr[:, None]).astype(np.float32)
+    np.sqrt(sigma, out=sigma)
+    sigma *= (pattern[None, :] * np.sqrt(continuum.mean(axis=1))[:, None] / snr[:, None]).astype(np.float32)
     noise = rng.standard_normal((n, p), dtype=np.float32)
     noise *= sigma
     noisy = empty_aligned((n, p))
@@ -415,9 +418,10 @@ def simulate_lines(
     km/s. The continuum-normalised flux is multiplied by ``1 + δ``, a smooth residual
     of normalisation (Legendre degree 3 per detector, coefficients ~ N(0,
     ``continuum_error``²)), or with ``keep_continuum`` by a Planck slope × detector
-    throughput. Noise is Gaussian with σ = continuum · √(flux/continuum) / S/N ·
-    pattern (S/N ~ U(``snr``) per star; a fixed pattern of ±5 % pixel response and
-    ×2–6 at 3 % "sky-line" pixels); ``bad_pixel_fraction`` of each star's pixels are
+    throughput. Noise is Gaussian and photon-like, σ = √(F C C̄) / S/N · pattern, with
+    F the line spectrum, C the continuum and C̄ its mean over the star's pixels (S/N ~
+    U(``snr``) per star; a fixed pattern of ±5 % pixel response and ×2–6 at 3 %
+    "sky-line" pixels); ``bad_pixel_fraction`` of each star's pixels are
     bad: masked, flux corrupted by 10σ-scale junk, error ×100 in ``flux_err``.
 
     **Labels.** ``population`` picks giants (red giant branch with metal-poor stars
