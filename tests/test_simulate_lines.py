@@ -164,6 +164,19 @@ def test_alpha_deepens_alpha_element_lines_and_leaves_iron_alone():
     assert np.all(mg_depth[1] > 1.03 * mg_depth[0])
     fe_window = _window(flux, fe)
     np.testing.assert_allclose(fe_window[1], fe_window[0], atol=1e-6)
+    # a free element label moves its own lines only
+    sim = simulate_lines(
+        2,
+        elements=("mg",),
+        labels={**GIANT, "mg_fe": [0.0, 0.3]},
+        continuum_error=0.0,
+        bad_pixel_fraction=0.0,
+    )
+    np.testing.assert_array_equal(sim.dataset.label("mg_fe"), [0.0, 0.3])
+    flux = sim.true_flux.astype(float)
+    assert np.all(1.0 - flux[1, mg] > 1.03 * (1.0 - flux[0, mg]))
+    si = _centres(sim, "Si I", clear=2 * HALF + 6.0, of=["Mg I"])
+    np.testing.assert_allclose(_window(flux, si)[1], _window(flux, si)[0], atol=1e-6)
 
 
 def test_macroturbulence_widens_lines_at_fixed_equivalent_width():
