@@ -532,14 +532,13 @@ def simulate_lines(
 
     binary = rng.uniform(size=n_stars) < binary_fraction
     q = np.where(binary, rng.uniform(0.3, 1.0, n_stars), np.nan)
-    delta_v = np.where(binary, rng.choice([-1.0, 1.0], n_stars) * rng.uniform(15.0, 80.0, n_stars), np.nan)
+    offset = rng.choice([-1.0, 1.0], n_stars) * rng.uniform(15.0, 80.0, n_stars)  # km/s
+    delta_v = np.where(binary, offset, np.nan)
     rv = fixed.get("rv", rv)
     if "q" in fixed:
         q = fixed["q"]
         binary = np.isfinite(q)
-        delta_v = np.where(
-            binary, fixed.get("delta_v", np.where(np.isfinite(delta_v), delta_v, 40.0)), np.nan
-        )
+        delta_v = np.where(binary, fixed.get("delta_v", offset), np.nan)
 
     # Primary and companion spectra share a layout covering both stars' velocities.
     fastest = float(np.nanmax(np.abs(np.concatenate([rv, rv + delta_v])), initial=0.0))
