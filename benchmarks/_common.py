@@ -6,11 +6,14 @@ or JAX load can import it first.
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import resource
 import time
 from pathlib import Path
 
-__all__ = ["log", "peak_rss_bytes", "proc_status_kb"]
+__all__ = ["log", "peak_rss_bytes", "proc_status_kb", "write_result"]
 
 
 def log(*args: object) -> None:
@@ -39,3 +42,18 @@ def peak_rss_bytes() -> int:
     if peak == peak:  # not NaN
         return int(peak) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def write_result(result: dict[str, object], out: Path, **versions: str) -> None:
+    """Add the machine, versions and date to ``result``, write it as JSON and print it."""
+    result = {
+        **result,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        **versions,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
