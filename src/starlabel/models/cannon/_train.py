@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ..._internal import as_float_array
+from ..._internal import as_float_array, empty_aligned
+from ..._internal._buckets import bucket_size
 from ._l1 import lasso_coordinate_descent, lasso_fista
 from ._normal import outer_pairs, pack_pairs, pin_inactive, unpack_pairs
 
@@ -273,29 +274,30 @@ def fit_pixels(
 
     Pixels are independent given the labels, so blocking over pixels bounds memory
     without changing the answer. The last block is padded with empty pixels (ivar 0)
-    so every block has one shape and compiles once.
+    so every block has one shape and compiles once. The star axis is padded to
+    :func:`~starlabel._internal._buckets.bucket_size` with stars of weight 0 (which add
+    exact zeros to every sum), so training sets of similar size share one compiled
+    program and a later run loads it from the compilation cache.
 
     Returns
     -------
     theta (pixels, terms), s2 (pixels,), pixel_ok (pixels,), max EM iterations, all converged
     """
     n_stars, n_pixels = flux.shape
-    block = max(1, min(n_pixels, max_elements // max(n_stars, 1)))
+    rows = bucket_size(n_stars, minimum=8)
+    block = max(1, min(n_pixels, max_elements // rows))
     use_l1 = bool(np.any(l1 > 0))
-    design_j = jnp.asarray(design)
-    weights_j = jnp.asarray(star_weights)
+    design_j = jnp.asarray(_pad_to(design, rows, design.shape[1]))
+    weights_j = jnp.asarray(_pad_to(star_weights, rows))
     thetas, s2s, oks, iters, converged = [], [], [], 0, True
     for start in range(0, n_pixels, block):
         stop = min(start + block, n_pixels)
         pad = block - (stop - start)
-        # np.pad always copies; a full block goes to the device as a plain slice.
-        f = flux[:, start:stop] if pad == 0 else np.pad(flux[:, start:stop], ((0, 0), (0, pad)))
-        iv = ivar[:, start:stop] if pad == 0 else np.pad(ivar[:, start:stop], ((0, 0), (0, pad)))
         act = np.pad(active[start:stop], ((0, pad), (0, 0)), constant_values=True)
         lam = np.pad(l1[start:stop], (0, pad))
         out = fit_block(
-            jnp.asarray(f),
-            jnp.asarray(iv),
+            jnp.asarray(_pad_to(flux[:, start:stop], rows, block)),
+            jnp.asarray(_pad_to(ivar[:, start:stop], rows, block)),
             design_j,
             weights_j,
             jnp.asarray(act),
@@ -310,6 +312,19 @@ def fit_pixels(
         iters = max(iters, int(out.n_iter))
         converged = converged and bool(out.converged)
     return np.concatenate(thetas), np.concatenate(s2s), np.concatenate(oks), iters, converged
+
+
+def _pad_to(a: np.ndarray, *shape: int) -> np.ndarray:
+    """``a`` zero-padded at the end of each axis to ``shape``; ``a`` itself when it fits.
+
+    A block that needs no padding goes to JAX as a plain slice (no copy).
+    """
+    if a.shape == shape:
+        return a
+    out = empty_aligned(shape, a.dtype)
+    out[...] = 0
+    out[tuple(slice(0, n) for n in a.shape)] = a
+    return out
 
 
 fit_block = eqx.filter_jit(fit_block_impl)
