@@ -87,7 +87,8 @@ def test_top_level_names():
 
 def test_bucket_size_ladder():
     assert [bucket_size(n) for n in range(1, 17)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16, 16, 16, 16]
-    assert [bucket_size(n) for n in (1000, 1024, 1025, 1536, 1537, 5000)] == [1024, 1024, 1536, 1536, 2048, 6144]
+    sizes = [bucket_size(n) for n in (1000, 1024, 1025, 1536, 1537, 5000)]
+    assert sizes == [1024, 1024, 1536, 1536, 2048, 6144]
     assert bucket_size(0) == 1 and bucket_size(3, minimum=8) == 8 and bucket_size(9, minimum=8) == 12
     sizes = np.arange(1, 20000)
     buckets = np.array([bucket_size(int(n)) for n in sizes])
