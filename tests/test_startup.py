@@ -123,7 +123,8 @@ def test_csv_writer_matches_astropy_and_round_trips(tmp_path, rng):
     )
     table = result.to_table()
     assert csv_text(table) == _astropy_csv(table)  # byte for byte
-    path = result.write(tmp_path / "labels.csv")
+    path = result.write(tmp_path / "labels.csv")  # column-wise, without astropy
+    assert path.read_text() == _astropy_csv(table)
     back = read_result(path)
     np.testing.assert_array_equal(back.ids, result.ids)
     np.testing.assert_array_equal(back.labels, result.labels)  # repr round-trips exactly

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._internal import check_label_names
-from ._tables import TABLE_FORMATS, read_table_file, write_table_file
+from ._tables import TABLE_FORMATS, read_table_file, write_csv, write_table_file
 
 __all__ = ["Flag", "InferenceResult", "RESULT_SUFFIXES", "read_result"]
 
@@ -156,24 +156,30 @@ class InferenceResult:
         from astropy.table import Table
 
         table = Table()
-        table["id"] = self.ids
-        errors = self.label_err
-        for i, name in enumerate(self.label_names):
-            table[name] = self.labels[:, i]
-            table[f"{name}_err"] = errors[:, i]
-        if self.cov is not None:
-            for i, a in enumerate(self.label_names):
-                for j in range(i + 1, len(self.label_names)):
-                    table[f"cov_{a}_{self.label_names[j]}"] = self.cov[:, i, j]
-        table["chi2"] = self.chi2
-        table["dof"] = self.dof
-        table["rchi2"] = self.reduced_chi2
-        table["flags"] = self.flags
-        for key, value in self.extra.items():
-            table[key] = np.asarray(value)
+        for name, column in self._columns().items():
+            table[name] = column
         table.meta.update({str(k): v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool))})
         table.meta["label_names"] = ",".join(self.label_names)
         return table
+
+    def _columns(self) -> dict[str, np.ndarray]:
+        """The table's columns in order (see :meth:`to_table`), without astropy."""
+        columns: dict[str, np.ndarray] = {"id": self.ids}
+        errors = self.label_err
+        for i, name in enumerate(self.label_names):
+            columns[name] = self.labels[:, i]
+            columns[f"{name}_err"] = errors[:, i]
+        if self.cov is not None:
+            for i, a in enumerate(self.label_names):
+                for j in range(i + 1, len(self.label_names)):
+                    columns[f"cov_{a}_{self.label_names[j]}"] = self.cov[:, i, j]
+        columns["chi2"] = self.chi2
+        columns["dof"] = self.dof
+        columns["rchi2"] = self.reduced_chi2
+        columns["flags"] = self.flags
+        for key, value in self.extra.items():
+            columns[key] = np.asarray(value)
+        return columns
 
     def write(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
         """Write the table to CSV, FITS, HDF5 (``.h5``) or Parquet, chosen by suffix."""
@@ -183,6 +189,13 @@ class InferenceResult:
                 f"cannot tell the table format of {str(path)!r} from its suffix; use one of"
                 f" {sorted(RESULT_SUFFIXES)}."
             )
+        if path.suffix.lower() == ".csv":
+            if path.exists() and not overwrite:
+                raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
+            # Column-wise, without importing astropy; None when astropy must quote values.
+            written = write_csv(self._columns(), path)
+            if written is not None:
+                return written
         return write_table_file(self.to_table(), path, hdf5_path="results", overwrite=overwrite)
 
     def concatenate_with(self, others: Sequence[InferenceResult]) -> InferenceResult:

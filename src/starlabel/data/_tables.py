@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TABLE_FORMATS", "csv_text", "read_table_file", "table_format", "write_table_file"]
+__all__ = ["TABLE_FORMATS", "csv_text", "read_table_file", "table_format", "write_csv", "write_table_file"]
 
 TABLE_FORMATS: dict[str, str] = {
     ".csv": "ascii.csv",
@@ -129,12 +129,26 @@ def write_table_file(
         table.meta = {k: v for k, v in table.meta.items() if len(str(k)) <= 8}
     elif fmt == "parquet":
         table.meta = {}
+    if fmt == "ascii.csv" and write_csv(table, path) is not None:
+        return path
     tmp = path.with_name(path.name + ".partial" + path.suffix)
-    text = csv_text(table) if fmt == "ascii.csv" else None
-    if text is not None:
-        tmp.write_text(text, encoding="utf-8")
-    else:
-        table.write(tmp, **kwargs)
+    table.write(tmp, **kwargs)
+    os.replace(tmp, path)
+    return path
+
+
+def write_csv(columns: Any, path: str | os.PathLike[str]) -> Path | None:
+    """Write :func:`csv_text` of ``columns`` atomically; None (nothing written) when it declines.
+
+    For a mapping of columns this needs no astropy at all (0.35 s of a CLI run).
+    """
+    text = csv_text(columns)
+    if text is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial" + path.suffix)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -146,6 +160,8 @@ _CSV_SPECIAL = (",", '"', "\n", "\r")
 def csv_text(table: Any) -> str | None:
     """The text astropy's ``ascii.csv`` writer produces for ``table``, built column-wise.
 
+    ``table`` is an ``astropy.table.Table`` or a mapping of column name to 1-D array.
+
     astropy formats a CSV row by row in Python (about 3 µs per value). Here each
     column becomes text in one call (``map(str, column.tolist())``: Python's shortest
     round-trip repr, the digits astropy writes) and rows are joined by ``zip``, so no
@@ -154,19 +170,17 @@ def csv_text(table: Any) -> str | None:
     reproduce: masked, multidimensional, byte-string or formatted columns, and strings
     that astropy would quote or trim (and empty ones).
     """
-    names = [str(name) for name in table.colnames]
+    if hasattr(table, "colnames"):  # an astropy Table
+        if any(getattr(table[n], "mask", None) is not None or table[n].info.format for n in table.colnames):
+            return None
+        table = {name: table[name] for name in table.colnames}
+    names = [str(name) for name in table]
     if any(char in name for name in names for char in _CSV_SPECIAL) or any(n != n.strip() for n in names):
         return None
     columns: list[list[str]] = [names]
-    for name in table.colnames:
-        column = table[name]
+    for column in table.values():
         values = np.asarray(column)
-        if (
-            getattr(column, "mask", None) is not None
-            or column.info.format is not None
-            or values.ndim != 1
-            or values.dtype.kind not in "fiubU"
-        ):
+        if values.ndim != 1 or values.dtype.kind not in "fiubU":
             return None
         if values.dtype.kind == "U" and len(values):
             special = np.zeros(len(values), dtype=bool)
