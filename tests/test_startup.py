@@ -170,3 +170,31 @@ def test_training_on_bucketed_stars_equals_the_unpadded_fit():
     assert converged and ok.all()
     np.testing.assert_allclose(theta, np.asarray(direct.theta), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(s2, np.asarray(direct.s2), rtol=1e-7, atol=1e-14)
+
+
+def test_exported_program_is_loaded_from_disk_and_matches_jit(tmp_path, monkeypatch):
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from starlabel._internal import _exported
+
+    def scaled_sum(x, y, *, k):
+        return (jnp.sin(x) * k + y, jnp.sum(x))
+
+    monkeypatch.setattr(_exported, "exported_dir", lambda: tmp_path)
+    monkeypatch.setattr(_exported, "_CALLS", {})
+    x, y = np.linspace(0.0, 1.0, 7), np.ones(7)
+    fn = functools.partial(scaled_sum, k=3.0)
+    first = _exported.exported_call("scaled_sum", fn, 3.0, [x, y])
+    assert len(list(tmp_path.glob("scaled_sum-*.stablehlo"))) == 1
+    # A new process: nothing in memory, and tracing is forbidden, so it must load.
+    monkeypatch.setattr(_exported, "_CALLS", {})
+    monkeypatch.setattr(jax.export, "export", lambda *a, **k: pytest.fail("traced again"))
+    again = _exported.exported_call("scaled_sum", fn, 3.0, [x, y])
+    for a, b, c in zip(first, again, jax.jit(fn)(x, y), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    with pytest.raises(pytest.fail.Exception, match="traced again"):  # another shape: a new key
+        _exported.exported_call("scaled_sum", fn, 3.0, [x[:5], y[:5]])

@@ -87,7 +87,12 @@ class _Prepared(NamedTuple):
         n = len(scaled)
         rows = np.zeros((bucket_size(n, minimum=8), scaled.shape[1]))
         rows[:n] = scaled
-        return scaler, scaled, np.asarray(self.vectorizer.design(jnp.asarray(rows)))[:n]
+        return scaler, scaled, np.asarray(_design(self.vectorizer, rows))[:n]
+
+
+# One compiled program (cached across runs) instead of ~25 eager operations that each
+# compile, or at least lower, in every process.
+_design = eqx.filter_jit(lambda vectorizer, x: vectorizer.design(x))
 
 
 def label_space(scaled: np.ndarray) -> LabelSpace:

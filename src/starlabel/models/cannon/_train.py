@@ -28,6 +28,7 @@ elsewhere, s² = 0) so that they never inject NaN; the test step ignores them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -40,6 +41,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ..._internal import as_float_array, empty_aligned
 from ..._internal._buckets import bucket_size
+from ..._internal._exported import exported_call, exported_dir
 from ._l1 import lasso_coordinate_descent, lasso_fista
 from ._normal import outer_pairs, pack_pairs, pin_inactive, unpack_pairs
 
@@ -295,16 +297,15 @@ def fit_pixels(
         pad = block - (stop - start)
         act = np.pad(active[start:stop], ((0, pad), (0, 0)), constant_values=True)
         lam = np.pad(l1[start:stop], (0, pad))
-        out = fit_block(
-            jnp.asarray(_pad_to(flux[:, start:stop], rows, block)),
-            jnp.asarray(_pad_to(ivar[:, start:stop], rows, block)),
+        arrays = [
+            _pad_to(flux[:, start:stop], rows, block),
+            _pad_to(ivar[:, start:stop], rows, block),
             design_j,
             weights_j,
-            jnp.asarray(act),
-            jnp.asarray(lam),
-            options,
-            use_l1,
-        )
+            act,
+            lam,
+        ]
+        out = _call_fit_block(arrays, options, use_l1)
         keep = slice(0, stop - start)
         thetas.append(np.asarray(out.theta)[keep])
         s2s.append(np.asarray(out.s2)[keep])
@@ -328,6 +329,26 @@ def _pad_to(a: np.ndarray, *shape: int) -> np.ndarray:
 
 
 fit_block = eqx.filter_jit(fit_block_impl)
+
+
+def _fit_block_fields(*arrays: Array, options: TrainingOptions, use_l1: bool) -> tuple[Array, ...]:
+    out = fit_block_impl(*arrays, options, use_l1)
+    return (out.theta, out.s2, out.pixel_ok, out.n_iter, out.converged)
+
+
+def _call_fit_block(arrays: list[Any], options: TrainingOptions, use_l1: bool) -> BlockFit:
+    """One compiled training block; with the compilation cache on, traced once per machine.
+
+    See :mod:`starlabel._internal._exported` (the CLI and pipeline case); otherwise the
+    ordinary ``filter_jit``.
+    """
+    if exported_dir() is None:
+        return fit_block(*(jnp.asarray(a) for a in arrays), options, use_l1)
+    fn = functools.partial(_fit_block_fields, options=options, use_l1=use_l1)
+    theta, s2, pixel_ok, n_iter, converged = exported_call(
+        "cannon_train_block", fn, (options, use_l1), arrays
+    )
+    return BlockFit(theta=theta, s2=s2, pixel_ok=pixel_ok, n_iter=n_iter, converged=converged)
 
 
 def training_star_weights(
