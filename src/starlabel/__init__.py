@@ -19,15 +19,4 @@ if TYPE_CHECKING:
     from .data import write_dataset as write_dataset
     from .models import load_model as load_model
 
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "data": (".data", None),
-        "models": (".models", None),
-        "InferenceResult": (".data", "InferenceResult"),
-        "SpectralDataset": (".data", "SpectralDataset"),
-        "read_dataset": (".data", "read_dataset"),
-        "write_dataset": (".data", "write_dataset"),
-        "load_model": (".models", "load_model"),
-    },
-)
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

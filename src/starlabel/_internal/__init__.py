@@ -19,17 +19,4 @@ if TYPE_CHECKING:
     from ._validate import check_label_names as check_label_names
     from ._validate import check_shape as check_shape
 
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "ALIGNMENT": ("._aligned", "ALIGNMENT"),
-        "aligned_copy": ("._aligned", "aligned_copy"),
-        "as_aligned": ("._aligned", "as_aligned"),
-        "empty_aligned": ("._aligned", "empty_aligned"),
-        "is_aligned": ("._aligned", "is_aligned"),
-        "x64": ("._precision", "x64"),
-        "as_float_array": ("._validate", "as_float_array"),
-        "check_label_names": ("._validate", "check_label_names"),
-        "check_shape": ("._validate", "check_shape"),
-    },
-)
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -2,32 +2,67 @@
 
 ``starlabel --help`` must answer before JAX, astropy or matplotlib load (each costs
 0.3–1.5 s), so the package ``__init__`` files that the command line passes through
-name some exports lazily. Each such ``__init__`` still lists every public name,
-under ``if TYPE_CHECKING:``, so type checkers and readers see the same contract.
+name some exports lazily. Such an ``__init__`` lists those exports as ordinary
+re-exports under ``if TYPE_CHECKING:``, which type checkers and readers see as the
+package's contract, and ends with::
+
+    __getattr__, __dir__ = lazy_exports(__name__, __file__)
+
+:func:`lazy_exports` reads that block (one source of truth, no second list of names)
+and imports a name's module the first time the name is looked up.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __all__ = ["lazy_exports"]
 
 
-def lazy_exports(
-    package: str, exports: Mapping[str, tuple[str, str | None]]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """Module ``__getattr__`` and ``__dir__`` for names imported on first use.
+def _source(package: str, init_file: str) -> str:
+    """The package ``__init__``'s source, through its loader (works from a zip too)."""
+    loader = getattr(sys.modules.get(package), "__loader__", None)
+    source = loader.get_source(package) if hasattr(loader, "get_source") else None
+    return source if source is not None else Path(init_file).read_text(encoding="utf-8")
+
+
+def _type_checking_exports(package: str, init_file: str) -> dict[str, tuple[str, str | None]]:
+    """Name -> (relative module, attribute or None for a submodule) from ``if TYPE_CHECKING:``."""
+    tree = ast.parse(_source(package, init_file))
+    exports: dict[str, tuple[str, str | None]] = {}
+    for node in tree.body:
+        if not (
+            isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        ):
+            continue
+        for statement in node.body:
+            if not isinstance(statement, ast.ImportFrom) or statement.level == 0:
+                continue
+            prefix = "." * statement.level
+            for alias in statement.names:
+                public = alias.asname or alias.name
+                if statement.module is None:  # from . import data as data: a submodule
+                    exports[public] = (prefix + alias.name, None)
+                else:
+                    exports[public] = (prefix + statement.module, alias.name)
+    return exports
+
+
+def lazy_exports(package: str, init_file: str) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """Module ``__getattr__`` and ``__dir__`` for the names under ``if TYPE_CHECKING:``.
 
     Parameters
     ----------
     package : str
         The package's ``__name__``.
-    exports : mapping of str to (str, str or None)
-        Public name -> (relative module such as ``"._plots"``, attribute in it, or None
-        for the module itself).
+    init_file : str
+        The package's ``__file__``; its ``if TYPE_CHECKING:`` block of relative
+        ``from .module import name as name`` lines lists the lazy exports.
 
     Returns
     -------
@@ -35,6 +70,7 @@ def lazy_exports(
         Assign both at module level. A resolved name is stored in the package's
         namespace, so later look-ups cost nothing.
     """
+    exports = _type_checking_exports(package, init_file)
 
     def __getattr__(name: str) -> Any:
         try:

@@ -28,4 +28,4 @@ from ._simulate import simulate_linear_latent as simulate_linear_latent
 if TYPE_CHECKING:
     from ._scaler import ShiftScale as ShiftScale
 
-__getattr__, __dir__ = lazy_exports(__name__, {"ShiftScale": ("._scaler", "ShiftScale")})
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -32,24 +32,4 @@ if TYPE_CHECKING:
     from ._uncertainty_plots import plot_zscore_histograms as plot_zscore_histograms
     from ._uncertainty_plots import zscore_summary as zscore_summary
 
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "plot_cannon_derivatives": ("._cannon_plots", "plot_cannon_derivatives"),
-        "plot_cannon_scatter": ("._cannon_plots", "plot_cannon_scatter"),
-        "plot_line_fit": ("._mixture_plots", "plot_line_fit"),
-        "plot_membership": ("._mixture_plots", "plot_membership"),
-        "plot_parallax_components": ("._mixture_plots", "plot_parallax_components"),
-        "plot_pm_membership": ("._mixture_plots", "plot_pm_membership"),
-        "find_kiel_labels": ("._plots", "find_kiel_labels"),
-        "plot_kiel": ("._plots", "plot_kiel"),
-        "plot_one_to_one": ("._plots", "plot_one_to_one"),
-        "plot_residuals": ("._plots", "plot_residuals"),
-        "plot_spectrum": ("._plots", "plot_spectrum"),
-        "write_report": ("._report", "write_report"),
-        "plot_posterior_corner": ("._uncertainty_plots", "plot_posterior_corner"),
-        "plot_uncertainty_vs_snr": ("._uncertainty_plots", "plot_uncertainty_vs_snr"),
-        "plot_zscore_histograms": ("._uncertainty_plots", "plot_zscore_histograms"),
-        "zscore_summary": ("._uncertainty_plots", "zscore_summary"),
-    },
-)
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -29,27 +29,4 @@ if TYPE_CHECKING:
     from .base import AbstractGenerativeModel as AbstractGenerativeModel
     from .base import AbstractSpectralModel as AbstractSpectralModel
 
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "fit_binary": ("._binary", "fit_binary"),
-        "FORMAT_VERSION": ("._io", "FORMAT_VERSION"),
-        "load_model": ("._io", "load_model"),
-        "read_model_header": ("._io", "read_model_header"),
-        "register_model_kind": ("._io", "register_model_kind"),
-        "save_model": ("._io", "save_model"),
-        "infer_with_nuisance": ("._nuisance", "infer_with_nuisance"),
-        "POSTERIOR_METHODS": ("._posterior", "POSTERIOR_METHODS"),
-        "LinearPredictionVariance": ("._posterior", "LinearPredictionVariance"),
-        "posterior_infer": ("._posterior", "posterior_infer"),
-        "training_prediction_variance": ("._posterior", "training_prediction_variance"),
-        "infer_labels": ("._posterior_mean", "infer_labels"),
-        "infer_nuts": ("._posterior_mean", "infer_nuts"),
-        "infer_posterior_mean": ("._posterior_mean", "infer_posterior_mean"),
-        "rescale_uncertainty": ("._posterior_mean", "rescale_uncertainty"),
-        "select_temperature": ("._posterior_mean", "select_temperature"),
-        "AbstractFittedModel": (".base", "AbstractFittedModel"),
-        "AbstractGenerativeModel": (".base", "AbstractGenerativeModel"),
-        "AbstractSpectralModel": (".base", "AbstractSpectralModel"),
-    },
-)
+__getattr__, __dir__ = lazy_exports(__name__, __file__)
