@@ -108,8 +108,18 @@ def exported_call(
         if exported is None:
             exported = jax.export.export(jax.jit(fn))(*avals)
             _store(path, exported)
-        call = _CALLS[key] = jax.jit(exported.call)
+        call = _CALLS[key] = jax.jit(_named(name, exported.call))
     return call(*arrays)
+
+
+def _named(name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call`` under ``name``, so that JAX's logs and cache keys say which program it is."""
+
+    def program(*arrays: Any) -> Any:
+        return call(*arrays)
+
+    program.__name__ = program.__qualname__ = name
+    return program
 
 
 def _load(path: Path) -> Any | None:
