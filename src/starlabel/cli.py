@@ -186,8 +186,8 @@ def train_cannon(
     compilation_cache: _CompilationCache = True,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
-    _use_compilation_cache(compilation_cache)
     dataset = None if stream else _load_training_set(data, labels)
+    _use_compilation_cache(compilation_cache)  # after reading: a bad file fails before JAX loads
     from .models.cannon import Cannon
 
     windows = None
@@ -230,8 +230,8 @@ def train_lux(
     compilation_cache: _CompilationCache = True,
 ) -> None:
     """Train Lux (latent-variable model of labels and flux, learned error model)."""
-    _use_compilation_cache(compilation_cache)
     dataset = _load_training_set(data, labels)
+    _use_compilation_cache(compilation_cache)
     from .models.lux import Lux
 
     model = Lux(label_names=dataset.label_names, latent_size=latent_size, scatter=scatter.value)
@@ -252,9 +252,9 @@ def train_nn(
     compilation_cache: _CompilationCache = True,
 ) -> None:
     """Train the neural-network label regressor baseline."""
-    _use_compilation_cache(compilation_cache)
     widths = tuple(int(w) for w in hidden.split(",") if w.strip())
     dataset = _load_training_set(data, labels)
+    _use_compilation_cache(compilation_cache)
     from .models.nn import NNRegressor
 
     model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
@@ -400,9 +400,6 @@ def infer(
     stopped. The default uncertainties are the Fisher errors including the model's
     intrinsic scatter.
     """
-    _use_compilation_cache(compilation_cache)
-    from .pipeline import run_inference
-
     options: dict[str, Any] = {}
     if estimator is not EstimatorName.map:
         options["estimator"] = estimator.value
@@ -429,6 +426,7 @@ def infer(
             )
         if train is None:
             raise ValueError("--temperature auto is cross-validated on the training set; pass --train DATA.")
+        _use_compilation_cache(compilation_cache)
         options.update(_cross_validated_temperature(model, train, prior.value, likelihood.value))
     else:
         try:
@@ -443,6 +441,9 @@ def infer(
         options["continuum_order"] = fit_continuum
     if binary:
         options["binary"] = True
+    _use_compilation_cache(compilation_cache)  # after the option checks: a bad option fails fast
+    from .pipeline import run_inference
+
     summary = run_inference(
         model,
         inputs,
@@ -522,11 +523,11 @@ def members(
     compilation_cache: _CompilationCache = True,
 ) -> None:
     """Cluster/field membership probabilities from proper motions and parallaxes."""
+    if not table.exists():
+        raise FileNotFoundError(f"table {str(table)!r} does not exist.")
     _use_compilation_cache(compilation_cache)
     from .mixtures import fit_membership_table
 
-    if not table.exists():
-        raise FileNotFoundError(f"table {str(table)!r} does not exist.")
     with console.status("fitting the cluster and field mixture…"):
         result = fit_membership_table(
             table,
