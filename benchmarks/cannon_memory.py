@@ -1,9 +1,13 @@
 """Cannon training and test step on more spectra than memory: peak RSS, wall time, agreement.
 
-Run from the repository root (≈ 15–25 min on a 2-core box; needs ≈ 12 GB free in /tmp)::
+Run from the repository root on a quiet machine (≈ 15–25 min on a 2-core box; needs
+≈ 12 GB free in /tmp)::
 
     .venv/bin/python benchmarks/cannon_memory.py          # writes benchmarks/results/cannon_memory.json
-    .venv/bin/python benchmarks/cannon_memory.py --stars 20000   # smaller trial run
+
+Check that it runs (any machine, ~3 min, not for quoting)::
+
+    .venv/bin/python benchmarks/cannon_memory.py --stars 5000 --allow-busy --output /tmp/cannon_memory.json
 
 What it does:
 
@@ -23,24 +27,29 @@ What it does:
 5. deletes the file.
 
 The target (project issue): peak memory under 4 GB for training and test step at
-100 000 × 7214. The numbers depend on what else runs on the machine: the JSON records
-the load average.
+100 000 × 7214. Threads (all CPUs, ``--threads``), load average and commit are recorded
+(``_common.py``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
+from _common import pin_threads  # isort: skip  (before numpy: it pins the threads)
 
-import numpy as np
-from _common import log, peak_rss_bytes
+THREADS = pin_threads()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import _common  # noqa: E402
+import numpy as np  # noqa: E402
+from _common import log, peak_rss_bytes  # noqa: E402
 
 N_PIXELS = 7214  # APOGEE DR12 gap-removed grid
 LABELS = ("teff", "logg", "fe_h")
@@ -234,7 +243,9 @@ def main() -> None:
     parser.add_argument("--rows-per-block", type=int, default=ROWS_PER_BLOCK)
     parser.add_argument("--output", type=Path, default=RESULT)
     parser.add_argument("--keep", action="store_true", help="keep the data file")
+    _common.add_arguments(parser)
     args = parser.parse_args()
+    run_record = _common.start(args, THREADS)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = args.workdir / "train.h5"
@@ -243,6 +254,7 @@ def main() -> None:
     if free < need:
         raise SystemExit(f"need {need / 1e9:.1f} GB free in {args.workdir}, have {free / 1e9:.1f} GB.")
     results: dict = {
+        "run": run_record,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -284,6 +296,7 @@ def main() -> None:
         }
     finally:
         results["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        results["run"] = _common.finish(run_record)
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
         args.output.parent.mkdir(parents=True, exist_ok=True)

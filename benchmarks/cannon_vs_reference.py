@@ -12,42 +12,41 @@ Same data, same process, side by side:
 * test-step throughput at 3 labels × 7214 pixels on 4096 spectra (target ≥ 2000/s),
   with compile time reported separately, and peak memory.
 
-BLAS threads are pinned to 1 (set before numpy loads): Ho's code solves one small
-system per pixel, where threaded BLAS only adds overhead (measured earlier: 2.2 s vs
-58 s on a busy 2-core box), so this is the reference's best setting. XLA is pinned
-to one intra-op thread too (see below), so both codes use one core. Casey's ``the-cannon`` is tried and recorded as skipped when
-it does not import unpatched. Timings are wall-clock; the load average is recorded
-because the machine is shared.
+BLAS threads are pinned to 1 by default (``--threads``; set before numpy loads): Ho's
+code solves one small system per pixel, where threaded BLAS only adds overhead (a
+per-pixel ``lstsq`` loop took 2.2 s with one thread and 58 s with default threading
+on a busy 2-core box), so this is the reference's best setting. XLA is pinned to the
+same intra-op thread count, so both codes use the same cores (``_common.py``). Casey's
+``the-cannon`` is tried and recorded as skipped when it does not import unpatched.
+Timings are wall-clock; threads, load average and commit are recorded.
 
-Run: ``MPLBACKEND=Agg .venv/bin/python benchmarks/cannon_vs_reference.py [--quick]``
-Writes ``benchmarks/results/cannon_vs_reference.json`` and prints a table.
+Run on a quiet machine (about 10 min on 2 cores)::
+
+    .venv/bin/python benchmarks/cannon_vs_reference.py   # writes benchmarks/results/cannon_vs_reference.json
+
+Check that it runs (any machine, not for quoting)::
+
+    .venv/bin/python benchmarks/cannon_vs_reference.py --quick --allow-busy --out /tmp/cvr.json
 """
 
 from __future__ import annotations
 
-import os
+from _common import pin_threads  # isort: skip  (before numpy: it pins the threads)
 
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
-os.environ.setdefault("MPLBACKEND", "Agg")
-# XLA's intra-op thread pool pinned to one thread as well (must precede importing jax):
-# like for like with the single-threaded reference, and on this oversubscribed box a
-# 2-thread pool whose threads get descheduled was slower (training 2.3 s vs 1.6 s).
-# STARLABEL_BENCH_XLA_THREADS=default keeps XLA's own setting.
-if os.environ.get("STARLABEL_BENCH_XLA_THREADS", "1") == "1":
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    ).strip()
+# One thread for BLAS and XLA by default: like for like with the single-threaded reference.
+THREADS = pin_threads(default=1)
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import _common  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import proc_status_kb  # noqa: E402
 
@@ -335,10 +334,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2000-pixel cases and the split only.")
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    _common.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.memory_probe is not None:
         print(json.dumps(memory_probe(args.memory_probe)))
         return {}
+    run_record = _common.start(args, THREADS)
     load_before = os.getloadavg()
     started = time.perf_counter()
     # First, so that its compile time is measured on a fresh process.
@@ -351,6 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
     cases.extend(giants_cases(args.quick))
     print("done: real giants", flush=True)
     results = {
+        "run": _common.finish(run_record),
         "cases": cases,
         "throughput": speed,
         "memory": memory(),
@@ -359,29 +362,21 @@ def main(argv: list[str] | None = None) -> dict:
             "starlabel": starlabel.__version__,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
-            "blas_threads": 1,
+            "blas_threads": THREADS["threads"],
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
             "note": "shared 2-core box (other engineers' jobs running); both codes timed in the same"
-            " process, interleaved, each on one thread",
+            " process, interleaved, each on the same number of threads",
             "total_s": time.perf_counter() - started,
             "quick": args.quick,
         },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("STARLABEL_BENCH_XLA_THREADS", "1") != "1" and RESULTS.exists():
-        # A run with XLA's own thread pool is kept beside the main (1-thread) results.
-        main_results = json.loads(RESULTS.read_text())
-        main_results["xla_default_threads"] = results
-        RESULTS.write_text(json.dumps(main_results, indent=2))
-    else:
-        if RESULTS.exists() and "xla_default_threads" in (previous := json.loads(RESULTS.read_text())):
-            results["xla_default_threads"] = previous["xla_default_threads"]
-        RESULTS.write_text(json.dumps(results, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
     print(results["casey_the_cannon"])
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
     return results
 
 

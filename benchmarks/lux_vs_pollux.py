@@ -15,25 +15,38 @@ comparison of *losses* uses starlabel's joint-MAP objective with linear transfor
 which is pollux's objective; the script checks that by evaluating starlabel's
 objective at pollux's fitted parameters and comparing with pollux's own loss.
 
-Usage::
+Run on a quiet machine (about 10 min on 2 cores, plus building the pollux venv once)::
 
-    python benchmarks/lux_vs_pollux.py [--quick] [--out benchmarks/results/lux_vs_pollux.json]
+    .venv/bin/python benchmarks/lux_vs_pollux.py    # writes benchmarks/results/lux_vs_pollux.json
+
+Check that it runs (any machine, not for quoting)::
+
+    .venv/bin/python benchmarks/lux_vs_pollux.py --quick --allow-busy --out /tmp/lux_vs_pollux.json
+
+The JAX versions of both sides are recorded (pollux needs Python ≥ 3.12, hence its own
+venv and possibly another JAX), with threads, load average and commit
+(``_common.py``; the pollux process inherits the same thread settings).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+from _common import pin_threads  # isort: skip  (before numpy: it pins the threads)
 
-import numpy as np
+THREADS = pin_threads()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import _common  # noqa: E402
+import numpy as np  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "starlabel-bench"
 VENV = CACHE / "pollux-venv"
@@ -293,7 +306,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer pollux steps (2000) and repeats")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lux_vs_pollux.json")
     parser.add_argument("--no-pollux", action="store_true", help="skip the pollux side")
+    _common.add_arguments(parser)
     args = parser.parse_args()
+    run_record = _common.start(args, THREADS)
 
     os.environ.setdefault("MPLBACKEND", "Agg")
     from starlabel.data import simulate_linear_latent
@@ -301,7 +316,10 @@ def main() -> None:
     sim = simulate_linear_latent()
     n_train = 1024
     load_before = os.getloadavg()
+    import jax
+
     results: dict = {
+        "run": run_record,
         "experiment": "pollux underestimated-uncertainties tutorial: 2048 stars, 8 latents, 2 labels, 128 px, periodic systematic flux error;"
         " train 1024, flux-only test 1024, RMSE vs noise-free labels",
         "machine": {
@@ -309,7 +327,6 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
             "load_average_at_start": load_before,
-            "note": "shared 2-core box with other jobs running; timings are noisy",
         },
         "starlabel": run_starlabel(sim, n_train, repeats=1 if args.quick else 3),
     }
@@ -336,6 +353,8 @@ def main() -> None:
         )
         pollux_s = longest["train_s_excluding_compile"]
         results["comparison"] = {
+            "jax_versions": {"starlabel": jax.__version__, "pollux": pollux.get("jax_version")},
+            "same_jax_version": jax.__version__ == pollux.get("jax_version"),
             "pollux_adam_steps": longest["steps"],
             "pollux_train_s": longest["train_s"],
             "pollux_train_s_excluding_compile": pollux_s,
@@ -358,6 +377,8 @@ def main() -> None:
         }
     for row in results["starlabel"].values():
         row["loss_history"] = row["loss_history"][:50]
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    results["run"] = _common.finish(run_record)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results.get("comparison", {}), indent=2))

@@ -7,33 +7,50 @@ Measures, for a quadratic-in-labels spectral model with intrinsic scatter:
   the two batching strategies (a loop inside the compiled program vs ``vmap``);
 * numpyro's NUTS kernel (functional API, same whitened target, step size adapted);
 * emcee, 16 walkers × 15,000 steps on the same star (vectorised JAX log density);
-* effective samples per second for each, and the agreement of the posteriors.
+* effective samples per second for each, with **one ESS estimator for every sampler**
+  (``starlabel.inference.effective_sample_size``: Geyer-truncated FFT autocovariances
+  pooled over chains, emcee's walkers counted as chains); emcee's own
+  ``integrated_time`` estimate is recorded beside it, labelled, and not used in ratios;
+* and the agreement of the posteriors.
 
 The model is a Cannon trained on simulated spectra when the Cannon is importable
 (``--model cannon``), otherwise the simulator's true polynomial (``--model truth``).
 The box is a shared 2-core CPU: its load average is recorded with the timings.
 
-Run:  python benchmarks/posteriors.py [--quick] [--out benchmarks/results/posteriors.json]
+Run on a quiet machine (about 15 min on 2 cores, most of it emcee)::
+
+    .venv/bin/python benchmarks/posteriors.py      # writes benchmarks/results/posteriors.json
+
+Check that it runs (any machine, not for quoting)::
+
+    .venv/bin/python benchmarks/posteriors.py --quick --allow-busy --out /tmp/posteriors.json
+
+Threads, load average and commit are recorded (``_common.py``).
 """
 
 from __future__ import annotations
 
-import argparse
-import itertools
-import json
-import os
-import platform
-import time
-from pathlib import Path
+from _common import pin_threads  # isort: skip  (before numpy: it pins the threads)
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optimistix as optx
+THREADS = pin_threads()
 
-from starlabel.data import simulate_cannon
-from starlabel.inference import (
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import _common  # noqa: E402
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optimistix as optx  # noqa: E402
+
+from starlabel.data import simulate_cannon  # noqa: E402
+from starlabel.inference import (  # noqa: E402
     effective_sample_size,
     fit_map,
     laplace_approximation,
@@ -301,14 +318,19 @@ def run_emcee(fitted, whitening, flux, ivar, walkers, steps, burn, seed):
     tau = emcee.autocorr.integrated_time(chain, quiet=True)
     kept = chain.shape[0] * walkers
     ess_tau = kept / tau
+    # The estimator NUTS is scored with: each walker a chain, (chains, samples, labels).
+    ess = np.array(effective_sample_size(jnp.asarray(np.swapaxes(chain, 0, 1))))
     return {
         "walkers": walkers,
         "steps": steps,
         "burn_in": burn,
         "wall_s": wall,
-        "autocorr_time_steps": tau.tolist(),
-        "ess_per_label": ess_tau.tolist(),
-        "min_ess": float(ess_tau.min()),
+        "ess_estimator": "starlabel.inference.effective_sample_size, walkers as chains (as for NUTS)",
+        "ess_per_label": ess.tolist(),
+        "min_ess": float(ess.min()),
+        "emcee_integrated_time_steps": tau.tolist(),
+        "emcee_integrated_time_ess_per_label": ess_tau.tolist(),
+        "emcee_integrated_time_min_ess": float(ess_tau.min()),
         "acceptance_fraction": float(np.mean(sampler.acceptance_fraction)),
     }, chain.reshape(-1, centre.size)
 
@@ -322,7 +344,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "posteriors.json")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--vmap-batch", type=int, default=16, help="stars for the vmap comparison (0: skip)")
+    _common.add_arguments(parser)
     args = parser.parse_args()
+    run_record = _common.start(args, THREADS)
 
     warmup, draws, repeats = (200, 200, 1) if args.quick else (1000, 1000, 3)
     walkers, steps, burn = (16, 1500, 500) if args.quick else (16, 15000, 5000)
@@ -367,6 +391,7 @@ def main() -> None:
         "nuts_min_ess_per_s_batch": batch_ess_per_s,
         "emcee_min_ess_per_s": emcee_ess_per_s,
         "ess_per_s_ratio_nuts_over_emcee": nuts_ess_per_s / emcee_ess_per_s,
+        "ess_estimator": "one estimator for all samplers (starlabel.inference.effective_sample_size)",
         "rhat_max_per_star_4_chains_quantiles_50_90_99_max": nuts_res["batch_loop_4_chains"][
             "rhat_max_per_star_quantiles_50_90_99_max"
         ],
@@ -376,6 +401,7 @@ def main() -> None:
         "targets": {"s_per_star_per_2000_it_max": 1.0, "ess_per_s_ratio_min": 10.0, "rhat_max": 1.01},
     }
     out = {
+        "run": _common.finish(run_record),
         "description": "whitened NUTS vs numpyro NUTS vs emcee on one posterior; see benchmarks/posteriors.py",
         "quick": args.quick,
         "problem": {

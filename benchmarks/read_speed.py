@@ -9,29 +9,34 @@ same size. Then times
 * ``prepare``: read + grid cut + masks + cuts + sines-and-cosines continuum.
 
 The files were just written, so they are read from the page cache: this measures the
-library's per-file cost, not the disk. BLAS is pinned to one thread so the number is
-reproducible on a shared 2-core machine.
+library's per-file cost, not the disk. BLAS and XLA are pinned to one thread
+(``--threads``) so the number is reproducible; load average and commit are recorded
+(``_common.py``).
 
-Usage::
+Run on a quiet machine (about 2 min)::
 
-    python benchmarks/read_speed.py [--n-files 1000] [--out benchmarks/results/read_speed.json]
+    .venv/bin/python benchmarks/read_speed.py       # writes benchmarks/results/read_speed.json
+
+Check that it runs (any machine, not for quoting)::
+
+    .venv/bin/python benchmarks/read_speed.py --n-files 50 --allow-busy --out /tmp/read_speed.json
 """
 
 from __future__ import annotations
 
-import os
+from _common import pin_threads  # isort: skip  (before numpy: it pins the threads)
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+THREADS = pin_threads(default=1)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import _common  # noqa: E402
 import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402
 
@@ -78,7 +83,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-files", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "read_speed.json")
+    _common.add_arguments(parser)
     args = parser.parse_args()
+    run_record = _common.start(args, THREADS)
 
     with tempfile.TemporaryDirectory(prefix="starlabel-read-speed-") as tmp:
         folder = Path(tmp)
@@ -100,6 +107,7 @@ def main() -> None:
         assert dataset.n_stars == args.n_files
 
     result = {
+        "run": _common.finish(run_record),
         "benchmark": "read_speed",
         "n_files": args.n_files,
         "file_size_bytes": file_size,

@@ -15,6 +15,9 @@ from starlabel.data import SHARED_DATA_ENV, shared_data_dir
 # Pipeline runs (and their subprocesses) keep compiled code in a per-session folder,
 # never in the user's cache.
 os.environ["STARLABEL_CACHE_DIR"] = tempfile.mkdtemp(prefix="starlabel-tests-cache-")
+# ...and only programs that took ≥ 1 s to compile (JAX's default), as before the CLI
+# cached small programs too: a test session compiles thousands of them.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 # Strictness that catches silent broadcasting and dtype surprises in our own code.
 jax.config.update("jax_numpy_rank_promotion", "raise")

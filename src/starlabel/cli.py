@@ -112,6 +112,21 @@ def _user_errors(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+_CACHE_HELP = (
+    "Keep compiled code on disk and reuse it in later runs"
+    " ($STARLABEL_CACHE_DIR/jax or ~/.cache/starlabel/jax); results do not change."
+)
+_CompilationCache = Annotated[bool, typer.Option(help=_CACHE_HELP)]
+
+
+def _use_compilation_cache(enabled: bool) -> None:
+    """Switch on JAX's persistent compilation cache before the command computes anything."""
+    if enabled:
+        from ._internal._compile_cache import enable_compilation_cache
+
+        enable_compilation_cache()
+
+
 def _split_labels(labels: str | None) -> tuple[str, ...] | None:
     if labels is None:
         return None
@@ -333,9 +348,11 @@ def train_cannon(
             " sets larger than memory; needs an uncompressed .npz or HDF5 file and --l1 0.",
         ),
     ] = False,
+    compilation_cache: _CompilationCache = True,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
     dataset = None if stream else _load_training_set(data, labels, drops_incomplete=True)
+    _use_compilation_cache(compilation_cache)  # after reading: a bad file fails before JAX loads
     from .models.cannon import Cannon
 
     windows = None
@@ -383,9 +400,11 @@ def train_lux(
     scatter: Annotated[
         ScatterKind, typer.Option(help="Learned extra flux scatter: per pixel, one scalar, or none.")
     ] = ScatterKind.pixel,
+    compilation_cache: _CompilationCache = True,
 ) -> None:
     """Train Lux (latent-variable model of labels and flux, learned error model)."""
     dataset = _load_training_set(data, labels, drops_incomplete=False)
+    _use_compilation_cache(compilation_cache)
     from .models.lux import Lux
 
     model = Lux(label_names=dataset.label_names, latent_size=latent_size, scatter=scatter.value)
@@ -403,10 +422,12 @@ def train_nn(
     hidden: Annotated[str, typer.Option(help="Hidden layer widths, comma-separated.")] = "128,64",
     epochs: Annotated[int, typer.Option(help="Training epochs (best validation epoch is kept).")] = 300,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    compilation_cache: _CompilationCache = True,
 ) -> None:
     """Train the neural-network label regressor baseline."""
     widths = tuple(int(w) for w in hidden.split(",") if w.strip())
     dataset = _load_training_set(data, labels, drops_incomplete=False)
+    _use_compilation_cache(compilation_cache)
     from .models.nn import NNRegressor
 
     model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
@@ -552,8 +573,6 @@ def infer(
     stopped. The default uncertainties are the Fisher errors including the model's
     intrinsic scatter.
     """
-    from .pipeline import run_inference
-
     options: dict[str, Any] = {}
     if estimator is not EstimatorName.map:
         options["estimator"] = estimator.value
@@ -580,6 +599,7 @@ def infer(
             )
         if train is None:
             raise ValueError("--temperature auto is cross-validated on the training set; pass --train DATA.")
+        _use_compilation_cache(compilation_cache)
         options.update(_cross_validated_temperature(model, train, prior.value, likelihood.value))
     else:
         try:
@@ -594,6 +614,9 @@ def infer(
         options["continuum_order"] = fit_continuum
     if binary:
         options["binary"] = True
+    _use_compilation_cache(compilation_cache)  # after the option checks: a bad option fails fast
+    from .pipeline import run_inference
+
     summary = run_inference(
         model,
         inputs,
@@ -732,12 +755,14 @@ def members(
     nuts: Annotated[bool, typer.Option(help="Sample the posterior with NUTS after the EM/MAP fit.")] = True,
     plots: Annotated[Path | None, typer.Option(help="Folder for membership plots.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    compilation_cache: _CompilationCache = True,
 ) -> None:
     """Cluster/field membership probabilities from proper motions and parallaxes."""
-    from .mixtures import fit_membership_table
-
     if not table.exists():
         raise FileNotFoundError(f"table {str(table)!r} does not exist.")
+    _use_compilation_cache(compilation_cache)
+    from .mixtures import fit_membership_table
+
     with console.status("fitting the cluster and field mixture…"):
         result = fit_membership_table(
             table,
@@ -789,8 +814,10 @@ def demo(
     ] = Path("starlabel-demo"),
     quick: Annotated[bool, typer.Option(help="Smaller data and fewer epochs (for tests).")] = False,
     real: Annotated[bool, typer.Option(help="Also run on the shared real APOGEE giants when found.")] = True,
+    compilation_cache: _CompilationCache = True,
 ) -> None:
     """Run the embedded default end to end: simulate, train, infer, evaluate, plot."""
+    _use_compilation_cache(compilation_cache)
     from .demo import run_demo
 
     summary = run_demo(out, quick=quick, real=real, console=console)

@@ -1,5 +1,12 @@
-"""Spectral data: the dataset container, scalers, file IO, results, simulators."""
+"""Spectral data: the dataset container, scalers, file IO, results, simulators.
 
+Everything here but :class:`ShiftScale` needs only numpy; ``ShiftScale`` (an Equinox
+module) loads on first use, so reading and writing files does not import JAX.
+"""
+
+from typing import TYPE_CHECKING
+
+from .._internal._lazy import lazy_exports
 from ._dataset import SpectralDataset as SpectralDataset
 from ._io import DATASET_SUFFIXES as DATASET_SUFFIXES
 from ._io import read_dataset as read_dataset
@@ -16,7 +23,6 @@ from ._result import InferenceResult as InferenceResult
 from ._result import read_result as read_result
 from ._rows import RowSource as RowSource
 from ._rows import open_rows as open_rows
-from ._scaler import ShiftScale as ShiftScale
 from ._shared import SHARED_DATA_ENV as SHARED_DATA_ENV
 from ._shared import shared_data_dir as shared_data_dir
 from ._simulate import STELLAR_LABELS as STELLAR_LABELS
@@ -24,3 +30,8 @@ from ._simulate import CannonSimulation as CannonSimulation
 from ._simulate import LatentSimulation as LatentSimulation
 from ._simulate import simulate_cannon as simulate_cannon
 from ._simulate import simulate_linear_latent as simulate_linear_latent
+
+if TYPE_CHECKING:
+    from ._scaler import ShiftScale as ShiftScale
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -220,21 +220,8 @@ class InferenceResult:
         from astropy.table import Table
 
         table = Table()
-        table["id"] = self.ids
-        errors = self.label_err
-        for i, name in enumerate(self.label_names):
-            table[name] = self.labels[:, i]
-            table[f"{name}_err"] = errors[:, i]
-        if self.cov is not None:
-            for i, a in enumerate(self.label_names):
-                for j in range(i + 1, len(self.label_names)):
-                    table[f"cov_{a}_{self.label_names[j]}"] = self.cov[:, i, j]
-        table["chi2"] = self.chi2
-        table["dof"] = self.dof
-        table["rchi2"] = self.reduced_chi2
-        table["flags"] = self.flags
-        for key, value in self.extra.items():
-            table[key] = np.asarray(value)
+        for name, column in self._columns().items():
+            table[name] = column
         for column, unit in column_units(table.colnames, self.label_names).items():
             table[column].unit = unit
         for name in self.label_names:
@@ -244,6 +231,25 @@ class InferenceResult:
         table.meta["label_names"] = ",".join(self.label_names)
         table.meta[PROVENANCE_KEY] = result_provenance(self.meta)
         return table
+
+    def _columns(self) -> dict[str, np.ndarray]:
+        """The table's columns in order (see :meth:`to_table`), without astropy."""
+        columns: dict[str, np.ndarray] = {"id": self.ids}
+        errors = self.label_err
+        for i, name in enumerate(self.label_names):
+            columns[name] = self.labels[:, i]
+            columns[f"{name}_err"] = errors[:, i]
+        if self.cov is not None:
+            for i, a in enumerate(self.label_names):
+                for j in range(i + 1, len(self.label_names)):
+                    columns[f"cov_{a}_{self.label_names[j]}"] = self.cov[:, i, j]
+        columns["chi2"] = self.chi2
+        columns["dof"] = self.dof
+        columns["rchi2"] = self.reduced_chi2
+        columns["flags"] = self.flags
+        for key, value in self.extra.items():
+            columns[key] = np.asarray(value)
+        return columns
 
     def write(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
         """Write the table to CSV, ECSV, FITS, HDF5 (``.h5``) or Parquet, chosen by suffix.

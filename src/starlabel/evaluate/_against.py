@@ -10,7 +10,6 @@ import numpy as np
 
 from ..data import InferenceResult, SpectralDataset
 from ._metrics import MetricsTable, label_metrics
-from ._plots import find_kiel_labels, plot_kiel, plot_one_to_one, plot_residuals
 
 __all__ = ["evaluate_against", "match_by_id"]
 
@@ -73,6 +72,9 @@ def evaluate_against(
     errors = np.stack([result.label_err[:, result.label_names.index(n)][i_result] for n in names], axis=1)
     table = label_metrics(predicted, truth, names, model=model)
     if plots is not None:
+        # matplotlib loads only when plots are asked for (0.3–0.5 s of a CLI run)
+        from ._plots import find_kiel_labels, plot_kiel, plot_one_to_one, plot_residuals
+
         folder = Path(plots)
         plot_one_to_one(predicted, truth, names, folder / "one_to_one.png", errors=errors, title=model)
         plot_residuals(predicted, truth, names, folder / "residuals.png", title=model)

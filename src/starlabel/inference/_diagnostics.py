@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from blackjax import diagnostics as _bj
 from jaxtyping import Array
 
 from .._internal import x64
@@ -85,7 +84,9 @@ def split_rhat(draws: Params) -> Params:
     ----------
     Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021), Bayesian Analysis 16, 667.
     """
-    return _over_leaves(_bj.rhat, draws)
+    from blackjax import diagnostics  # ~0.4 s to import: only when diagnosing draws
+
+    return _over_leaves(diagnostics.rhat, draws)
 
 
 @x64
@@ -114,4 +115,6 @@ def effective_sample_size(draws: Params) -> Params:
     ----------
     Geyer (1992), Statistical Science 7, 473; Gelman et al., Bayesian Data Analysis (3rd ed.).
     """
-    return _over_leaves(_bj.effective_sample_size, draws)
+    from blackjax import diagnostics
+
+    return _over_leaves(diagnostics.effective_sample_size, draws)

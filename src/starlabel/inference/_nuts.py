@@ -14,8 +14,6 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from blackjax.adaptation.step_size import dual_averaging_adaptation
-from blackjax.mcmc import nuts as _bj_nuts
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._internal import x64
@@ -86,6 +84,10 @@ def _chain(
     target_accept: float,
     max_doublings: int,
 ) -> tuple[Float[Array, "samples n"], Array, Array, Array, Array]:
+    # blackjax costs ~0.4 s to import: loaded when a chain runs, not with the package
+    from blackjax.adaptation.step_size import dual_averaging_adaptation
+    from blackjax.mcmc import nuts as _bj_nuts
+
     kernel = _bj_nuts.build_kernel()
     inverse_mass = jnp.ones_like(u0)
     da_init, da_update, da_final = dual_averaging_adaptation(target_accept)

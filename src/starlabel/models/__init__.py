@@ -1,21 +1,32 @@
-"""Spectral model families (Cannon, Lux, NN) behind one protocol, and model files."""
+"""Spectral model families (Cannon, Lux, NN) behind one protocol, and model files.
 
-from ._binary import fit_binary as fit_binary
-from ._io import FORMAT_VERSION as FORMAT_VERSION
-from ._io import load_model as load_model
-from ._io import read_model_header as read_model_header
-from ._io import register_model_kind as register_model_kind
-from ._io import save_model as save_model
-from ._nuisance import infer_with_nuisance as infer_with_nuisance
-from ._posterior import POSTERIOR_METHODS as POSTERIOR_METHODS
-from ._posterior import LinearPredictionVariance as LinearPredictionVariance
-from ._posterior import posterior_infer as posterior_infer
-from ._posterior import training_prediction_variance as training_prediction_variance
-from ._posterior_mean import infer_labels as infer_labels
-from ._posterior_mean import infer_nuts as infer_nuts
-from ._posterior_mean import infer_posterior_mean as infer_posterior_mean
-from ._posterior_mean import rescale_uncertainty as rescale_uncertainty
-from ._posterior_mean import select_temperature as select_temperature
-from .base import AbstractFittedModel as AbstractFittedModel
-from .base import AbstractGenerativeModel as AbstractGenerativeModel
-from .base import AbstractSpectralModel as AbstractSpectralModel
+Names load on first use: ``from starlabel.models.cannon import Cannon`` imports
+what the Cannon needs and not the posterior, nuisance and binary machinery.
+"""
+
+from typing import TYPE_CHECKING
+
+from .._internal._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ._binary import fit_binary as fit_binary
+    from ._io import FORMAT_VERSION as FORMAT_VERSION
+    from ._io import load_model as load_model
+    from ._io import read_model_header as read_model_header
+    from ._io import register_model_kind as register_model_kind
+    from ._io import save_model as save_model
+    from ._nuisance import infer_with_nuisance as infer_with_nuisance
+    from ._posterior import POSTERIOR_METHODS as POSTERIOR_METHODS
+    from ._posterior import LinearPredictionVariance as LinearPredictionVariance
+    from ._posterior import posterior_infer as posterior_infer
+    from ._posterior import training_prediction_variance as training_prediction_variance
+    from ._posterior_mean import infer_labels as infer_labels
+    from ._posterior_mean import infer_nuts as infer_nuts
+    from ._posterior_mean import infer_posterior_mean as infer_posterior_mean
+    from ._posterior_mean import rescale_uncertainty as rescale_uncertainty
+    from ._posterior_mean import select_temperature as select_temperature
+    from .base import AbstractFittedModel as AbstractFittedModel
+    from .base import AbstractGenerativeModel as AbstractGenerativeModel
+    from .base import AbstractSpectralModel as AbstractSpectralModel
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -8,6 +8,7 @@ stays bounded), and turns its raw output into an :class:`InferenceResult`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ..._internal import empty_aligned
+from ..._internal._exported import exported_call, exported_dir
 from ...data import Flag, InferenceResult
 from ._test_step import LabelFit, LabelStepOptions, SpectrumStats, fit_labels, spectrum_stats
 from ._vectorizer import PolynomialVectorizer
@@ -191,12 +193,45 @@ def _fit_chunk(
 
 fit_chunk = eqx.filter_jit(_fit_chunk)
 
+_FIT_FIELDS = ("x", "cov", "chi2", "n_good", "n_iter", "converged", "hit_bound")
+
+
+def _fit_chunk_fields(
+    *arrays: Array, vectorizer: PolynomialVectorizer, options: LabelStepOptions
+) -> tuple[Array, ...]:
+    """:func:`_fit_chunk` of arrays only, returning :class:`LabelFit`'s fields as a tuple."""
+    out = _fit_chunk(*arrays, vectorizer=vectorizer, options=options)
+    return tuple(getattr(out, name) for name in _FIT_FIELDS)
+
+
+def _call_fit_chunk(
+    arrays: list[Any], vectorizer: PolynomialVectorizer, options: LabelStepOptions
+) -> dict[str, Array]:
+    """One compiled test-step call.
+
+    With the compilation cache on (CLI, pipeline) the traced program is kept on disk,
+    so a new process skips tracing it (about a second; see
+    :mod:`starlabel._internal._exported`); otherwise the ordinary ``filter_jit``.
+    """
+    if exported_dir() is None:
+        out = fit_chunk(*arrays, vectorizer, options)
+        return {name: getattr(out, name) for name in _FIT_FIELDS}
+    fn = functools.partial(_fit_chunk_fields, vectorizer=vectorizer, options=options)
+    values = exported_call("cannon_test_step", fn, (vectorizer, options), arrays)
+    return dict(zip(_FIT_FIELDS, values, strict=True))
+
 
 def chunk_length(n_stars: int, chunk_size: int) -> int:
-    """Chunk length: ``chunk_size``, or the next power of two ≥ n_stars when smaller.
+    """Chunk length: ``chunk_size``, or the next power of two ≥ n_stars for small calls.
 
-    Small calls then do not pay for a full chunk, and sizes compile a few times at most.
+    Every call of at least a quarter chunk runs in full chunks, so that the pipeline's
+    short last chunk (1,200 spectra: 1,024 + 176) reuses the program of the full ones
+    instead of compiling another (1–3 s, more than padding costs). Much smaller calls
+    (a handful of spectra in an interactive session) get a power-of-two length, so
+    they neither pay for a full chunk nor compile more than a few sizes.
     """
+    if n_stars >= chunk_size // 4:
+        return int(chunk_size)
     return int(min(chunk_size, 1 << max(0, int(np.ceil(np.log2(max(n_stars, 1)))))))
 
 
@@ -236,12 +271,9 @@ def run_test_step(
         chunk = [
             a[start:stop] if pad == 0 else _padded(a[start:stop], size) for a in (flux, ivar, frozen_values)
         ]
-        out = fit_chunk(*chunk, theta, pairs, s2, pixel_ok, *shared, vectorizer, options)
-        pieces.append(jax.tree.map(lambda a, n=stop - start: np.asarray(a)[:n], out))
-    return {
-        field: np.concatenate([getattr(p, field) for p in pieces])
-        for field in ("x", "cov", "chi2", "n_good", "n_iter", "converged", "hit_bound")
-    }
+        out = _call_fit_chunk([*chunk, theta, pairs, s2, pixel_ok, *shared], vectorizer, options)
+        pieces.append({name: np.asarray(value)[: stop - start] for name, value in out.items()})
+    return {name: np.concatenate([p[name] for p in pieces]) for name in _FIT_FIELDS}
 
 
 def assemble_result(

@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ..._internal import as_float_array, x64
+from ..._internal._buckets import bucket_size
 from ...data import InferenceResult, ShiftScale, SpectralDataset
 from .._posterior import check_uncertainty, refine_uncertainty
 from ..base import AbstractGenerativeModel, AbstractSpectralModel
@@ -81,7 +82,17 @@ class _Prepared(NamedTuple):
         scaler = ShiftScale.fit(self.labels[self.used], robust=False)
         shift, scale = np.asarray(scaler.shift), np.asarray(scaler.scale)
         scaled = np.where(self.complete[:, None], (self.labels - shift) / scale, 0.0)
-        return scaler, scaled, np.asarray(self.vectorizer.design(jnp.asarray(scaled)))
+        # Evaluated on a bucketed number of rows so that its small programs are shared
+        # by training sets of similar size (see starlabel._internal._buckets).
+        n = len(scaled)
+        rows = np.zeros((bucket_size(n, minimum=8), scaled.shape[1]))
+        rows[:n] = scaled
+        return scaler, scaled, np.asarray(_design(self.vectorizer, rows))[:n]
+
+
+# One compiled program (cached across runs) instead of ~25 eager operations that each
+# compile, or at least lower, in every process.
+_design = eqx.filter_jit(lambda vectorizer, x: vectorizer.design(x))
 
 
 def label_space(scaled: np.ndarray) -> LabelSpace:

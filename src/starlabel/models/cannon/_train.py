@@ -28,6 +28,7 @@ elsewhere, s² = 0) so that they never inject NaN; the test step ignores them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -38,7 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ..._internal import as_float_array
+from ..._internal import as_float_array, empty_aligned
+from ..._internal._buckets import bucket_size
+from ..._internal._exported import exported_call, exported_dir
 from ._l1 import lasso_coordinate_descent, lasso_fista
 from ._normal import outer_pairs, pack_pairs, pin_inactive, unpack_pairs
 
@@ -273,36 +276,36 @@ def fit_pixels(
 
     Pixels are independent given the labels, so blocking over pixels bounds memory
     without changing the answer. The last block is padded with empty pixels (ivar 0)
-    so every block has one shape and compiles once.
+    so every block has one shape and compiles once. The star axis is padded to
+    :func:`~starlabel._internal._buckets.bucket_size` with stars of weight 0 (which add
+    exact zeros to every sum), so training sets of similar size share one compiled
+    program and a later run loads it from the compilation cache.
 
     Returns
     -------
     theta (pixels, terms), s2 (pixels,), pixel_ok (pixels,), max EM iterations, all converged
     """
     n_stars, n_pixels = flux.shape
-    block = max(1, min(n_pixels, max_elements // max(n_stars, 1)))
+    rows = bucket_size(n_stars, minimum=8)
+    block = max(1, min(n_pixels, max_elements // rows))
     use_l1 = bool(np.any(l1 > 0))
-    design_j = jnp.asarray(design)
-    weights_j = jnp.asarray(star_weights)
+    design_j = jnp.asarray(_pad_to(design, rows, design.shape[1]))
+    weights_j = jnp.asarray(_pad_to(star_weights, rows))
     thetas, s2s, oks, iters, converged = [], [], [], 0, True
     for start in range(0, n_pixels, block):
         stop = min(start + block, n_pixels)
         pad = block - (stop - start)
-        # np.pad always copies; a full block goes to the device as a plain slice.
-        f = flux[:, start:stop] if pad == 0 else np.pad(flux[:, start:stop], ((0, 0), (0, pad)))
-        iv = ivar[:, start:stop] if pad == 0 else np.pad(ivar[:, start:stop], ((0, 0), (0, pad)))
         act = np.pad(active[start:stop], ((0, pad), (0, 0)), constant_values=True)
         lam = np.pad(l1[start:stop], (0, pad))
-        out = fit_block(
-            jnp.asarray(f),
-            jnp.asarray(iv),
+        arrays = [
+            _pad_to(flux[:, start:stop], rows, block),
+            _pad_to(ivar[:, start:stop], rows, block),
             design_j,
             weights_j,
-            jnp.asarray(act),
-            jnp.asarray(lam),
-            options,
-            use_l1,
-        )
+            act,
+            lam,
+        ]
+        out = _call_fit_block(arrays, options, use_l1)
         keep = slice(0, stop - start)
         thetas.append(np.asarray(out.theta)[keep])
         s2s.append(np.asarray(out.s2)[keep])
@@ -312,7 +315,40 @@ def fit_pixels(
     return np.concatenate(thetas), np.concatenate(s2s), np.concatenate(oks), iters, converged
 
 
+def _pad_to(a: np.ndarray, *shape: int) -> np.ndarray:
+    """``a`` zero-padded at the end of each axis to ``shape``; ``a`` itself when it fits.
+
+    A block that needs no padding goes to JAX as a plain slice (no copy).
+    """
+    if a.shape == shape:
+        return a
+    out = empty_aligned(shape, a.dtype)
+    out[...] = 0
+    out[tuple(slice(0, n) for n in a.shape)] = a
+    return out
+
+
 fit_block = eqx.filter_jit(fit_block_impl)
+
+
+def _fit_block_fields(*arrays: Array, options: TrainingOptions, use_l1: bool) -> tuple[Array, ...]:
+    out = fit_block_impl(*arrays, options, use_l1)
+    return (out.theta, out.s2, out.pixel_ok, out.n_iter, out.converged)
+
+
+def _call_fit_block(arrays: list[Any], options: TrainingOptions, use_l1: bool) -> BlockFit:
+    """One compiled training block; with the compilation cache on, traced once per machine.
+
+    See :mod:`starlabel._internal._exported` (the CLI and pipeline case); otherwise the
+    ordinary ``filter_jit``.
+    """
+    if exported_dir() is None:
+        return fit_block(*(jnp.asarray(a) for a in arrays), options, use_l1)
+    fn = functools.partial(_fit_block_fields, options=options, use_l1=use_l1)
+    theta, s2, pixel_ok, n_iter, converged = exported_call(
+        "cannon_train_block", fn, (options, use_l1), arrays
+    )
+    return BlockFit(theta=theta, s2=s2, pixel_ok=pixel_ok, n_iter=n_iter, converged=converged)
 
 
 def training_star_weights(

@@ -1,0 +1,151 @@
+"""Traced programs kept on disk (``jax.export``), so a new process does not trace them again.
+
+JAX's persistent compilation cache (``_compile_cache.py``) skips XLA's compilation, but
+each process still traces the Python function and lowers it to find its cache entry.
+For the Cannon's test step (a vmapped, multi-start Levenberg–Marquardt) that tracing
+takes longer than the computation on 10⁴ spectra: about a second of every
+``starlabel infer`` on a CPU. :func:`exported_call` stores the traced program once as
+serialised StableHLO (:func:`jax.export.export`), keyed by everything that decides it
+without tracing: the function's name, its static configuration, the input shapes and
+dtypes, the JAX version, x64 mode and a hash of starlabel's own source (so an edited
+program never loads a stale one). A later process deserialises it in about a
+millisecond; compiling it then hits the persistent compilation cache.
+
+Every call goes through the exported program, the first one included, so repeated
+runs give bit-identical results. Used only where the persistent cache is on (the CLI,
+the pipeline); without it, it is the ordinary ``jax.jit``. Without ``flatbuffers``
+(which ``jax.export`` needs to serialise) nothing is stored and each process traces.
+An unreadable entry is exported again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["exported_call", "exported_dir"]
+
+logger = logging.getLogger("starlabel")
+
+_CALLS: dict[str, Callable[..., Any]] = {}
+"""Key -> jitted call of the exported program, for later calls in this process."""
+
+
+def exported_dir() -> Path | None:
+    """``<compilation cache>/../exported`` when JAX's persistent cache is on, else None."""
+    import jax
+
+    folder = jax.config.jax_compilation_cache_dir
+    return Path(folder).parent / "exported" if folder else None
+
+
+@functools.cache
+def _source_hash() -> str:
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _key(name: str, static: Hashable, avals: Sequence[Any]) -> str:
+    import jax
+
+    parts = [
+        name,
+        repr(static),
+        repr([(a.shape, str(a.dtype)) for a in avals]),
+        jax.__version__,
+        jax.default_backend(),
+        str(bool(jax.config.jax_enable_x64)),
+        _source_hash(),
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
+
+
+def exported_call(
+    name: str, fn: Callable[..., tuple[Any, ...]], static: Hashable, arrays: Sequence[Any]
+) -> tuple[Any, ...]:
+    """``jax.jit(fn)(*arrays)`` through a program traced once and kept on disk.
+
+    Parameters
+    ----------
+    name : str
+        Stable name of the function (part of the key and of the file name).
+    fn : callable
+        A pure function of ``arrays`` returning a tuple of arrays, with its static
+        configuration bound in (e.g. ``functools.partial``).
+    static : hashable
+        Everything bound into ``fn`` that changes the program. Its ``repr`` is part of
+        the key, so it must show every value (Equinox modules of static fields do).
+    arrays : sequence of arrays
+        The inputs (numpy or JAX arrays).
+
+    Returns
+    -------
+    tuple of jax.Array
+        What ``fn`` returns.
+    """
+    import jax
+    import numpy as np
+
+    folder = exported_dir()
+    if folder is None:
+        return jax.jit(fn)(*arrays)
+    avals = [jax.ShapeDtypeStruct(np.shape(a), jax.dtypes.canonicalize_dtype(a.dtype)) for a in arrays]
+    key = _key(name, static, avals)
+    call = _CALLS.get(key)
+    if call is None:
+        path = folder / f"{name}-{key}.stablehlo"
+        exported = _load(path)
+        if exported is None:
+            exported = jax.export.export(jax.jit(fn))(*avals)
+            _store(path, exported)
+        call = _CALLS[key] = jax.jit(_named(name, exported.call))
+    return call(*arrays)
+
+
+def _named(name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call`` under ``name``, so that JAX's logs and cache keys say which program it is."""
+
+    def program(*arrays: Any) -> Any:
+        return call(*arrays)
+
+    program.__name__ = program.__qualname__ = name
+    return program
+
+
+def _load(path: Path) -> Any | None:
+    import jax
+
+    try:
+        return jax.export.deserialize(bytearray(path.read_bytes()))
+    except FileNotFoundError:
+        return None
+    except Exception as error:  # a corrupt or foreign entry: export again
+        logger.debug("starlabel: ignoring exported program %s (%s)", path, error)
+        return None
+
+
+def _store(path: Path, exported: Any) -> None:
+    try:
+        data = exported.serialize()
+    except ImportError as error:  # jax.export serialises with flatbuffers
+        logger.debug("starlabel: not storing %s (%s)", path, error)
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A temporary name, then a rename: concurrent processes (Ray actors) never read
+        # a half-written entry.
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
+            handle.write(data)
+        os.replace(handle.name, path)
+    except OSError as error:  # a read-only or full cache folder: still correct, just slower
+        logger.debug("starlabel: could not store exported program %s (%s)", path, error)
