@@ -123,8 +123,10 @@ def test_csv_writer_matches_astropy_and_round_trips(tmp_path, rng):
     )
     table = result.to_table()
     assert csv_text(table) == _astropy_csv(table)  # byte for byte
-    path = result.write(tmp_path / "labels.csv")  # column-wise, without astropy
-    assert path.read_text() == _astropy_csv(table)
+    path = result.write(tmp_path / "labels.csv")  # ECSV-style header, then the column-wise body
+    text = path.read_text()
+    body = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
+    assert text.startswith("# %ECSV") and body == _astropy_csv(table)
     back = read_result(path)
     np.testing.assert_array_equal(back.ids, result.ids)
     np.testing.assert_array_equal(back.labels, result.labels)  # repr round-trips exactly
