@@ -44,12 +44,13 @@ def test_report_of_a_run_directory_is_self_contained(finished_run: tuple[Path, l
         "Quality flags",
         "χ² distribution",
         "Comparison with reference labels",
+        "Calibration of the errors",
     ):
         assert f"<h2>{heading}</h2>" in page
     assert "file1-star00003" in page  # the failed chunk's reason is shown
     images = _images(page)
-    # labels, errors, kiel, flags, chi2, one-to-one, residuals
-    assert len(images) == 7 and all(image.startswith(b"\x89PNG") for image in images)
+    # labels, errors, kiel, flags, chi2, one-to-one, residuals, z-scores
+    assert len(images) == 8 and all(image.startswith(b"\x89PNG") for image in images)
     assert "http://" not in page and "https://" not in page and "<script" not in page
     result = read_result(output)
     assert f"{result.n_stars:,} stars" in page and result.n_stars == 64
@@ -65,7 +66,7 @@ def test_report_with_truth_file_and_label_subset(
     # the failed chunk (rows 32-48 of the run) took file 0's last 8 stars with it
     assert f"{files[0].name} (32 matched ids)" in page
     assert "<h2>Kiel diagram</h2>" not in page  # teff not among the shown labels
-    assert len(_images(page)) == 6
+    assert len(_images(page)) == 7
 
 
 def test_report_without_reference_labels(tmp_path: Path) -> None:

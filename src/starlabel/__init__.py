@@ -2,6 +2,7 @@
 
 from . import data as data
 from . import models as models
+from ._errors import StarlabelUserError as StarlabelUserError
 from ._version import __version__ as __version__
 from .data import InferenceResult as InferenceResult
 from .data import SpectralDataset as SpectralDataset

@@ -1,15 +1,27 @@
 """The ``starlabel`` command line: argument parsing and wiring only.
 
-Every command turns bad input (missing file, wrong keys, unknown label, bad option)
-into a one-line ``error: …`` on stderr and exit code 2; numerical work lives in the
-library so that it can be tested on its own.
+Exit codes, the same for every command:
+
+- 0: success.
+- 1: ``infer`` finished with spectra left without results (see its errors report);
+  re-running the same command retries them.
+- 2: bad input (a missing or unreadable file, a missing key, an unknown label, a bad
+  option): one line ``error: …`` on stderr naming the culprit and the fix.
+- 3: an internal error (a bug in starlabel or a library under it): a short message on
+  stderr, and the full traceback in a log file whose path the message gives
+  (``$STARLABEL_CACHE_DIR/logs/``, else ``~/.cache/starlabel/logs/``).
+
+Numerical work lives in the library so that it can be tested on its own.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +30,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from ._errors import StarlabelUserError
+from ._internal._compile_cache import default_cache_dir
 from ._version import __version__
 
 app = typer.Typer(
@@ -33,30 +47,66 @@ app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+EXIT_INCOMPLETE = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+
+# What starlabel raises for bad files, keys, labels and option values. TypeError and
+# RuntimeError are not here: inside the library they mean a bug, which must not be
+# reported as if the user's input were wrong.
 _USER_ERRORS = (
     FileNotFoundError,
     FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
     KeyError,
     ValueError,
-    TypeError,
-    NotImplementedError,
-    RuntimeError,  # e.g. pipeline.RunMismatchError: a restart with other options
+    StarlabelUserError,  # e.g. pipeline.RunMismatchError: a restart with other options
 )
 
 
+def _write_crash_log(command: str, error: BaseException) -> Path | None:
+    """Write the traceback of an internal error to a new log file; None if that fails."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    header = f"starlabel {__version__}, command {command!r}, {stamp}\nargv: {sys.argv!r}\n\n"
+    text = header + "".join(traceback.format_exception(error))
+    try:
+        folder = default_cache_dir() / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"starlabel-{command}-{stamp}-{os.getpid()}.log"
+        path.write_text(text)
+    except OSError:
+        return None
+    return path
+
+
 def _user_errors(fn: _F) -> _F:
-    """Report expected user errors as one line and exit 2 instead of a traceback."""
+    """Map exceptions to the documented exit codes (module docstring).
+
+    User errors become one line and exit code 2; anything else is a bug: a short
+    message, the traceback in a log file, exit code 3.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except typer.Exit:
-            raise  # a command's own exit code (click's Exit is a RuntimeError too)
         except _USER_ERRORS as error:
             message = error.args[0] if error.args else repr(error)
             typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(code=2) from None
+            raise typer.Exit(code=EXIT_USER_ERROR) from None
+        except Exception as error:
+            if type(error).__module__.split(".")[0] in ("typer", "click"):
+                raise  # a command's own exit code or usage error (typer's Exit is a RuntimeError)
+            path = _write_crash_log(fn.__name__, error)
+            where = f"traceback written to {path}" if path else "".join(traceback.format_exception(error))
+            typer.echo(
+                f"internal error (a bug in starlabel, not in your input): {type(error).__name__}: {error}\n"
+                f"{where}\nPlease report it with that traceback.",
+                err=True,
+            )
+            raise typer.Exit(code=EXIT_INTERNAL_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -125,12 +175,42 @@ def simulate(
 
 
 # ----------------------------------------------------------------------------- train
-def _load_training_set(data: Path, labels: str) -> Any:
+def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> Any:
+    """Read the training set and say how many stars train when some lack a label.
+
+    ``drops_incomplete``: the model leaves out a star missing any label (the Cannon);
+    otherwise a star trains on the labels it has (Lux, NN) and only stars with no
+    known label contribute nothing (NN) or only their spectrum (Lux).
+    """
+    import numpy as np
+
     from .data import read_dataset
 
     names = _split_labels(labels)
     dataset = read_dataset(data, labels=names)
     typer.echo(f"training set: {dataset}", err=True)
+    known = np.isfinite(dataset.labels)
+    if not known.all():
+        n = dataset.n_stars
+        unknown = ", ".join(
+            f"{name} {n - k}"
+            for name, k in zip(dataset.label_names, known.sum(axis=0).tolist(), strict=True)
+            if k < n
+        )
+        if drops_incomplete:
+            used = int(known.all(axis=1).sum())
+            typer.echo(
+                f"training on {used} of {n} stars: {n - used} dropped because a label is unknown"
+                f" (NaN; per label: {unknown}).",
+                err=True,
+            )
+        else:
+            partial = int((~known.all(axis=1)).sum())
+            typer.echo(
+                f"training on all {n} stars; {partial} lack some label (NaN; per label: {unknown})"
+                " and train on the labels they have.",
+                err=True,
+            )
     return dataset
 
 
@@ -170,7 +250,7 @@ def train_cannon(
     ] = False,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
-    dataset = None if stream else _load_training_set(data, labels)
+    dataset = None if stream else _load_training_set(data, labels, drops_incomplete=True)
     from .models.cannon import Cannon
 
     windows = None
@@ -186,6 +266,14 @@ def train_cannon(
     if dataset is None:
         typer.echo(f"training set: {data} (streamed in blocks of stars)", err=True)
         fitted = model.fit_file(data, progress=True)
+        info = dict(fitted.training_info)
+        if info.get("n_missing_labels"):
+            n_train, dropped = info["n_train"], info["n_missing_labels"]
+            typer.echo(
+                f"trained on {n_train} of {n_train + dropped} stars: {dropped} dropped because a label is"
+                " unknown (NaN).",
+                err=True,
+            )
     else:
         with console.status("training The Cannon…"):
             fitted = model.fit(dataset)
@@ -212,7 +300,7 @@ def train_lux(
     ] = ScatterKind.pixel,
 ) -> None:
     """Train Lux (latent-variable model of labels and flux, learned error model)."""
-    dataset = _load_training_set(data, labels)
+    dataset = _load_training_set(data, labels, drops_incomplete=False)
     from .models.lux import Lux
 
     model = Lux(label_names=dataset.label_names, latent_size=latent_size, scatter=scatter.value)
@@ -233,7 +321,7 @@ def train_nn(
 ) -> None:
     """Train the neural-network label regressor baseline."""
     widths = tuple(int(w) for w in hidden.split(",") if w.strip())
-    dataset = _load_training_set(data, labels)
+    dataset = _load_training_set(data, labels, drops_incomplete=False)
     from .models.nn import NNRegressor
 
     model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
@@ -442,7 +530,69 @@ def infer(
     if summary.n_errors:
         typer.echo(f"first error: {summary.first_error}", err=True)
     if not summary.complete:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_INCOMPLETE)
+
+
+# ----------------------------------------------------------------------------- prepare
+class GridName(StrEnum):
+    """Gap-removed APOGEE output grid."""
+
+    dr12 = "dr12"
+    dr17 = "dr17"
+
+
+class ContinuumName(StrEnum):
+    """Continuum normalisation method."""
+
+    sincos = "sincos"
+    poly = "poly"
+    quantile = "quantile"
+    none = "none"
+
+
+@app.command()
+@_user_errors
+def prepare(
+    inputs: Annotated[list[str], typer.Argument(help="apStar/aspcapStar files or folders of them.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Dataset file to write (.h5 or .npz).")],
+    allstar: Annotated[
+        Path | None, typer.Option(help="allStar catalogue to join labels from (by APOGEE_ID).")
+    ] = None,
+    labels: Annotated[str | None, typer.Option(help="Label columns to keep, comma-separated.")] = None,
+    grid: Annotated[
+        GridName, typer.Option(help="dr12: 7214 pixels; dr17: 7514 pixels (DR13-17).")
+    ] = GridName.dr17,
+    continuum: Annotated[
+        ContinuumName, typer.Option(help="Continuum method (sincos and poly are linear and S/N-invariant).")
+    ] = ContinuumName.sincos,
+    cont_pixels: Annotated[
+        str | None,
+        typer.Option(help="Continuum pixels on the grid: .npy/.npz/text mask or indices, or 'all'."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar while reading.")] = True,
+) -> None:
+    """Read survey spectra, mask, cut, continuum-normalise and write a dataset.
+
+    A file that cannot be read (truncated, corrupt, another grid) is named on stderr
+    and in the printed report, and skipped; the other files are still prepared.
+    """
+    from .data import write_dataset
+    from .survey import prepare as prepare_spectra
+
+    dataset, report = prepare_spectra(
+        inputs,
+        allstar=allstar,
+        labels=_split_labels(labels),
+        grid=grid.value,
+        continuum=continuum.value,
+        cont_pixels=cont_pixels,
+        progress=progress,
+    )
+    for skipped in report.skipped:
+        typer.echo(f"warning: skipped {skipped.path}: {skipped.reason}", err=True)
+    typer.echo(str(report))
+    write_dataset(dataset, output)
+    typer.echo(f"wrote {dataset} to {output}")
 
 
 # ----------------------------------------------------------------------------- evaluate

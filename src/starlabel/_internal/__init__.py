@@ -15,3 +15,6 @@ from ._validate import (
 from ._validate import (
     check_shape as check_shape,
 )
+from ._validate import (
+    numeric_label as numeric_label,
+)

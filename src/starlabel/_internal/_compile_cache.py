@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["CACHE_DIR_ENV", "default_compilation_cache_dir", "enable_compilation_cache"]
+__all__ = ["CACHE_DIR_ENV", "default_cache_dir", "default_compilation_cache_dir", "enable_compilation_cache"]
 
 logger = logging.getLogger("starlabel")
 
@@ -21,14 +21,19 @@ CACHE_DIR_ENV = "STARLABEL_CACHE_DIR"
 """Environment variable naming starlabel's cache folder (compiled code goes in ``jax/``)."""
 
 
-def default_compilation_cache_dir() -> Path:
-    """``$STARLABEL_CACHE_DIR/jax``, else ``$XDG_CACHE_HOME/starlabel/jax``, else ``~/.cache/starlabel/jax``."""
+def default_cache_dir() -> Path:
+    """``$STARLABEL_CACHE_DIR``, else ``$XDG_CACHE_HOME/starlabel``, else ``~/.cache/starlabel``."""
     root = os.environ.get(CACHE_DIR_ENV)
     if root:
-        return Path(root).expanduser() / "jax"
+        return Path(root).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "starlabel" / "jax"
+    return base / "starlabel"
+
+
+def default_compilation_cache_dir() -> Path:
+    """``$STARLABEL_CACHE_DIR/jax``, else ``$XDG_CACHE_HOME/starlabel/jax``, else ``~/.cache/starlabel/jax``."""
+    return default_cache_dir() / "jax"
 
 
 def enable_compilation_cache(directory: str | os.PathLike[str] | None = None) -> str | None:

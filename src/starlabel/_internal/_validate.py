@@ -19,6 +19,30 @@ def as_float_array(value: object, name: str) -> np.ndarray:
     return array
 
 
+def numeric_label(values: object, name: str, source: object) -> np.ndarray:
+    """Label values as float64, or a ``ValueError`` naming the label, the file and a bad value.
+
+    ``source`` names where the values come from (a file path) in the message. NaN
+    marks an unknown label; strings that spell numbers (``"4800"``) are accepted.
+    """
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        pass
+    example: object = None
+    for value in np.asarray(values).ravel():
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        try:
+            float(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            example = text if isinstance(text, str) else repr(text)
+            break
+    raise ValueError(
+        f"label {name!r} in {str(source)!r} holds non-numeric values (e.g. {str(example)!r}); labels"
+        " must be numbers, with NaN where a value is unknown: fix that column or train on other labels."
+    ) from None
+
+
 def check_shape(array: np.ndarray, expected: tuple[int | None, ...], name: str, hint: str) -> None:
     """Raise ``ValueError`` unless ``array`` has ``expected`` shape (``None`` = any size).
 

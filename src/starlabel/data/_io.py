@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .._internal import numeric_label
 from ._dataset import SpectralDataset
 from ._npz import write_npz
 
@@ -138,15 +139,24 @@ def read_dataset(
     label_array = label_err = None
     if wanted:
         if "labels" in arrays and declared:
-            table = np.atleast_2d(np.asarray(arrays["labels"], dtype=float))
+            table = np.atleast_2d(np.asarray(arrays["labels"]))
             errors = arrays.get("label_err")
             missing = [n for n in wanted if n not in declared]
             if missing:
                 raise KeyError(f"{str(path)!r} has no label(s) {missing}; its labels are {list(declared)}.")
             columns = [declared.index(n) for n in wanted]
-            label_array = table[:, columns]
+            label_array = np.stack(
+                [numeric_label(table[:, c], n, path) for n, c in zip(wanted, columns, strict=True)], axis=1
+            )
             if errors is not None:
-                label_err = np.atleast_2d(np.asarray(errors, dtype=float))[:, columns]
+                errors = np.atleast_2d(np.asarray(errors))
+                label_err = np.stack(
+                    [
+                        numeric_label(errors[:, c], f"{n}_err", path)
+                        for n, c in zip(wanted, columns, strict=True)
+                    ],
+                    axis=1,
+                )
         else:
             missing = [n for n in wanted if n not in arrays]
             if missing:
@@ -159,14 +169,16 @@ def read_dataset(
                     f"{str(path)!r} has no label array(s) {missing}; 1-D per-star arrays"
                     f" present: {candidates}."
                 )
-            label_array = np.stack([np.asarray(arrays[n], dtype=float) for n in wanted], axis=1)
+            label_array = np.stack([numeric_label(arrays[n], n, path) for n in wanted], axis=1)
             if all(f"{n}_err" in arrays for n in wanted):
-                label_err = np.stack([np.asarray(arrays[f"{n}_err"], dtype=float) for n in wanted], axis=1)
+                label_err = np.stack(
+                    [numeric_label(arrays[f"{n}_err"], f"{n}_err", path) for n in wanted], axis=1
+                )
             elif any(f"{n}_err" in arrays for n in wanted):
                 # Partial errors: unknown ones become NaN rather than silently dropping all.
                 label_err = np.stack(
                     [
-                        np.asarray(arrays[f"{n}_err"], dtype=float)
+                        numeric_label(arrays[f"{n}_err"], f"{n}_err", path)
                         if f"{n}_err" in arrays
                         else np.full(len(flux), np.nan)
                         for n in wanted

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .._internal import ALIGNMENT, empty_aligned
+from .._internal import ALIGNMENT, empty_aligned, numeric_label
 from ._dataset import SpectralDataset
 from ._io import DATASET_SUFFIXES
 from ._npz import LOCAL_HEADER
@@ -296,13 +296,13 @@ class RowSource:
         declared = self.label_names()
         table = None
         if "labels" in self._shapes and declared and len(self._shapes["labels"]) == 2:
-            table = np.asarray(self._rows("labels", start, stop), dtype=float)
+            table = np.asarray(self._rows("labels", start, stop))
         names, columns = [], []
         for name in labels:
             if name not in {"flux", "ivar", "flux_err", "mask", "ids"} and self._per_star(name):
-                columns.append(np.asarray(self._rows(name, start, stop), dtype=float).reshape(-1))
+                columns.append(numeric_label(self._rows(name, start, stop), name, self.path).reshape(-1))
             elif table is not None and name in declared:
-                columns.append(table[:, declared.index(name)])
+                columns.append(numeric_label(table[:, declared.index(name)], name, self.path))
             else:
                 continue
             names.append(name)

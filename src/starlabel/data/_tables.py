@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import MissingExtraError
+
 __all__ = ["TABLE_FORMATS", "read_table_file", "table_format", "write_table_file"]
 
 TABLE_FORMATS: dict[str, str] = {
@@ -52,7 +54,7 @@ def _read_parquet(path: Path) -> Any:
     try:
         import pyarrow.parquet as pq
     except ImportError as error:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
+        raise MissingExtraError(
             f"reading {str(path)!r} needs pyarrow: pip install 'starlabel[parquet]'."
         ) from error
     arrow = pq.read_table(path)

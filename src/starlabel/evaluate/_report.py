@@ -2,7 +2,8 @@
 
 The page holds the run summary and errors, label distributions, the Kiel diagram,
 quality flags, the χ² distribution and — when reference labels exist — the metrics
-table with one-to-one and residual plots. Images are embedded as base64 PNG data
+table with one-to-one and residual plots, and the calibration of the errors
+(z = (inferred − reference)/σ against a unit Gaussian). Images are embedded as base64 PNG data
 URIs and there is no script or stylesheet to fetch, so the single file works offline
 and can be mailed or archived as is.
 """
@@ -25,6 +26,7 @@ from matplotlib.figure import Figure
 from ..data import DATASET_SUFFIXES, RESULT_SUFFIXES, Flag, InferenceResult, read_dataset, read_result
 from ._metrics import label_metrics
 from ._plots import find_kiel_labels, plot_kiel, plot_one_to_one, plot_residuals
+from ._uncertainty_plots import plot_zscore_histograms, zscore_summary
 
 __all__ = ["write_report"]
 
@@ -86,7 +88,8 @@ def _reference(
         raise FileNotFoundError(f"truth file {str(truth)!r} does not exist.")
     suffix = truth.suffix.lower()
     if suffix in DATASET_SUFFIXES:
-        dataset = read_dataset(truth)
+        # Ask for the labels by name: a file with one array per label declares none.
+        dataset = read_dataset(truth, labels=tuple(names))
         ids, available = dataset.ids, dataset.label_names
         table = dataset.labels if dataset.labels is not None else np.empty((len(ids), 0))
     elif suffix in RESULT_SUFFIXES:
@@ -373,6 +376,7 @@ def write_report(
             body.append(
                 _image(lambda p: plot_residuals(shown_pred, shown_ref, names, p), folder, "residuals")
             )
+            body += _calibration_section(predicted, errors, reference, names, folder)
         else:
             body.append(
                 '<p class="note">No reference labels: pass truth=… (CLI: --truth) or run inference'
@@ -388,6 +392,42 @@ def write_report(
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out)
     return out
+
+
+def _calibration_section(
+    predicted: np.ndarray, errors: np.ndarray, reference: np.ndarray, names: Sequence[str], folder: Path
+) -> list[str]:
+    """Calibration of the errors: z = (inferred − reference)/σ per label against N(0, 1)."""
+    parts = ["<h2>Calibration of the errors</h2>"]
+    # σ = 0 gives z = ±inf and a missing reference NaN: both are left out of the statistics.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        finite = np.isfinite((predicted - reference) / errors)
+        usable = [k for k in range(len(names)) if finite[:, k].any()]
+        if not usable:
+            return [*parts, '<p class="note">No star has a finite error and a reference label.</p>']
+        shown = [names[k] for k in usable]
+        arrays = (predicted[:, usable], errors[:, usable], reference[:, usable])
+        stats = zscore_summary(*arrays)
+        image = _image(lambda p: plot_zscore_histograms(*arrays, shown, p), folder, "zscores")
+    parts.append(
+        "<p>z = (inferred − reference) / σ, with σ the <code>&lt;label&gt;_err</code> column"
+        " (reference-label errors not included). Calibrated Gaussian errors give std(z) = 1"
+        " and 68.3% of stars within |z| &lt; 1 (95.4% within 2).</p>"
+    )
+    parts.append(image)
+    rows = [
+        (
+            name,
+            int(finite[:, k].sum()),
+            float(stats["mean"][i]),
+            float(stats["std"][i]),
+            f"{float(stats['within_1'][i]):.1%}",
+            f"{float(stats['within_2'][i]):.1%}",
+        )
+        for i, (k, name) in enumerate(zip(usable, shown, strict=True))
+    ]
+    parts.append(_table(("label", "n", "mean z", "std z", "|z| < 1", "|z| < 2"), rows))
+    return parts
 
 
 def _label_stats(predicted: np.ndarray, errors: np.ndarray, names: Sequence[str]) -> list[tuple[Any, ...]]:

@@ -39,6 +39,7 @@ import numpyro.distributions as dist
 from jaxtyping import Array, Float
 from numpy.typing import ArrayLike
 
+from .._errors import LaplaceUnavailableError
 from .._internal import as_float_array, x64
 from ._components import Gaussian, GaussianMixture, gaussian_log_prob, symmetric_inverse
 from ._mixture import mixture_factor, sample_weights
@@ -638,7 +639,7 @@ def fit_cluster_membership(
     else:
         draws, ok = laplace_samples(_cluster_model, near_args, mode, seed, num_samples)
         if not ok:
-            raise RuntimeError(
+            raise LaplaceUnavailableError(
                 "the posterior Hessian at the MAP is not positive definite, so the Laplace"
                 " approximation is unavailable; use nuts=True."
             )

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._errors import MissingExtraError
 from ._chunks import ChunkSpec
 from ._engine import AbstractEngine, WorkerSpec
 from ._worker import ChunkOutcome
@@ -55,7 +56,7 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError as error:
-        raise ImportError(
+        raise MissingExtraError(
             "engine='ray' needs Ray: pip install 'starlabel[ray]' (or pip install 'ray[data]');"
             " or use the default local engine."
         ) from error

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._errors import StarlabelUserError
 from .._version import __version__
 from ._inputs import InputFile
 
@@ -30,7 +31,7 @@ _FORMAT = "starlabel-run"
 _FORMAT_VERSION = 1
 
 
-class RunMismatchError(RuntimeError):
+class RunMismatchError(StarlabelUserError, RuntimeError):
     """A run directory holds work done with a different model, inputs or options."""
 
 

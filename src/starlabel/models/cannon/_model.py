@@ -228,6 +228,7 @@ class Cannon(AbstractSpectralModel):
         theta, s2, pixel_ok = trained
         info = {
             "n_train": int(prep.used.sum()),
+            "n_missing_labels": int(np.sum(~prep.complete)),  # left out: a label is NaN
             "bad_pixels": int(np.sum(~np.asarray(pixel_ok))),
             "l1_solver": self.l1_solver,
             **info,

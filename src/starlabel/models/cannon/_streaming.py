@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from ..._errors import UnsupportedOptionError
 from ...data import DATASET_SUFFIXES
 from ._normal import outer_pairs, pin_inactive, unpack_pairs
 from ._train import (
@@ -397,7 +398,7 @@ def fit_file(
     if not (isinstance(rows_per_block, int | np.integer) and rows_per_block >= 1):
         raise ValueError(f"`rows_per_block` must be a positive integer, got {rows_per_block!r}.")
     if np.any(np.asarray(model.l1, dtype=float) > 0):
-        raise NotImplementedError(
+        raise UnsupportedOptionError(
             "Cannon.fit_file does not support L1 regularisation (l1 > 0): the lasso θ step does"
             " not fit its streamed Newton scheme. Train in memory with"
             " Cannon.fit(starlabel.data.read_dataset(path)), or set l1=0."
