@@ -1,0 +1,196 @@
+"""Every command and option of the CLI, run through the CLI on small simulated data.
+
+One simulated survey (a quadratic Cannon model, 3 labels, known truth) and one Cannon
+trained on it through `starlabel train cannon` are shared by the whole module. Each
+test-step option must be accepted, add the columns docs/test_step.md promises, and
+give labels near the truth. Internal numerics are left to the library tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from matplotlib.image import imread
+from typer.testing import CliRunner
+
+from starlabel import __version__
+from starlabel.cli import app
+from starlabel.data import read_dataset, read_result, simulate_cannon, write_dataset
+from starlabel.models import load_model
+
+LABELS = ("teff", "logg", "fe_h")
+N_TRAIN, N_TEST, N_PIXELS = 300, 24, 100  # ≥ 77 pixels for --fit-rv's ±150 km/s
+
+
+def run(*args: object) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, f"starlabel {' '.join(map(str, args))}:\n{result.output}"
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    folder = tmp_path_factory.mktemp("cli")
+    sim = simulate_cannon(N_TRAIN + N_TEST, N_PIXELS, 3, snr=100.0, seed=3)
+    data = sim.dataset.replace(ids=[f"star{i:04d}" for i in range(N_TRAIN + N_TEST)])
+    train = write_dataset(data[np.arange(N_TRAIN)], folder / "train.npz")
+    test = write_dataset(data[np.arange(N_TRAIN, N_TRAIN + N_TEST)], folder / "test.npz")
+    model = folder / "cannon.starlabel"
+    run("train", "cannon", train, "--labels", ",".join(LABELS), "-o", model)
+    return {
+        "folder": folder,
+        "train": train,
+        "test": test,
+        "model": model,
+        "truth": sim.true_labels[N_TRAIN:],
+        "spread": sim.true_labels.std(axis=0),
+    }
+
+
+def _scaled_rmse(labels: np.ndarray, survey: dict) -> np.ndarray:
+    return np.sqrt(np.mean((labels - survey["truth"]) ** 2, axis=0)) / survey["spread"]
+
+
+def test_version():
+    assert run("--version").strip() == f"starlabel {__version__}"
+
+
+def test_simulate_latent(tmp_path):
+    run("simulate", "latent", "-o", tmp_path / "lux.npz", "--n-stars", 40, "--n-pixels", 16, "--n-labels", 2)
+    data = read_dataset(tmp_path / "lux.npz")
+    assert (data.n_stars, data.n_pixels, len(data.label_names)) == (40, 16, 2)
+    assert np.all(np.isfinite(data.labels)) and np.all(data.ivar > 0)
+
+
+def test_train_cannon_stream_gives_the_in_memory_model(survey, tmp_path):
+    streamed = tmp_path / "streamed.starlabel"
+    run("train", "cannon", survey["train"], "--labels", ",".join(LABELS), "-o", streamed, "--stream")
+    a, b = load_model(survey["model"]), load_model(streamed)
+    assert a.label_names == b.label_names == LABELS
+    np.testing.assert_allclose(np.asarray(b.theta), np.asarray(a.theta), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(b.s2), np.asarray(a.s2), rtol=1e-4, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("family", "options", "max_rmse"),
+    [
+        ("lux", ["--latent-size", "4", "--scatter", "scalar"], 0.35),
+        ("nn", ["--hidden", "32", "--epochs", "150", "--seed", "1"], 0.5),
+    ],
+)
+def test_train_lux_and_nn_then_infer(survey, tmp_path, family, options, max_rmse):
+    model = tmp_path / f"{family}.starlabel"
+    out = run("train", family, survey["train"], "--labels", ",".join(LABELS), "-o", model, *options)
+    assert f"saved {family} model" in out
+    assert load_model(model).label_names == LABELS
+    run("infer", model, survey["test"], "-o", tmp_path / "labels.csv", "--no-progress")
+    table = read_result(tmp_path / "labels.csv")
+    assert table.n_stars == N_TEST and np.all(table.label_err > 0)
+    # well below predicting the mean (scaled RMSE 1)
+    assert np.all(_scaled_rmse(table.labels, survey) < max_rmse), _scaled_rmse(table.labels, survey)
+
+
+# (options, extra columns the docs promise, largest scaled RMSE); the MAP's is ~0.02 here
+INFER_CASES = {
+    "fisher": ([], {"n_iter"}, 0.1),
+    "laplace": (["--uncertainty", "laplace"], set(), 0.1),
+    "uncertainty-nuts": (["--uncertainty", "nuts"], {"rhat_teff", "ess_teff", "rhat_fe_h"}, 0.1),
+    # README's combination: every option of the grid posterior mean at once
+    "mean-kde-student-auto": (
+        ["--estimator", "mean", "--prior", "kde", "--likelihood", "student", "--temperature", "auto"]
+        + ["--train", "TRAIN"],
+        {"teff_best", "mode2_teff", "mode2_mass", "n_eff", "log_evidence"},
+        0.1,
+    ),
+    "nuts-gaussian": (
+        ["--estimator", "nuts", "--prior", "gaussian"],
+        {"rhat_max", "ess_min", "n_divergent"},
+        0.1,
+    ),
+    "rv-continuum": (["--fit-rv", "--fit-continuum", "1"], {"rv", "rv_err", "cont_r0_c0", "cont_r0_c1"}, 0.1),
+    "binary": (["--binary"], {"binary", "delta_chi2", "delta_bic", "binary_w", "teff_1", "teff_2"}, 0.1),
+}
+
+
+@pytest.mark.parametrize("case", INFER_CASES)
+def test_infer_option(survey, tmp_path, case):
+    options, columns, max_rmse = INFER_CASES[case]
+    options = [str(survey["train"]) if o == "TRAIN" else o for o in options]
+    out = tmp_path / "labels.csv"
+    run("infer", survey["model"], survey["test"], "-o", out, "--no-progress", *options)
+    table = read_result(out)
+    np.testing.assert_array_equal(table.ids, [f"star{i:04d}" for i in range(N_TRAIN, N_TRAIN + N_TEST)])
+    # A CSV without metadata: read_result takes every `x` with an `x_err` column for a
+    # label, so rv and binary_w come back as "labels" after the model's own.
+    assert table.label_names[:3] == LABELS
+    written = Table.read(out, format="ascii.csv")
+    assert columns <= set(written.colnames), sorted(columns - set(written.colnames))
+    labels, errors = table.labels[:, :3], table.label_err[:, :3]
+    assert np.all(np.isfinite(labels)) and np.all(errors > 0)
+    assert np.all(_scaled_rmse(labels, survey) < max_rmse), _scaled_rmse(labels, survey)
+    if "rv" in columns and "binary" not in columns:
+        # unshifted spectra: velocities consistent with 0, continuum at 1
+        rv, rv_err = np.asarray(written["rv"]), np.asarray(written["rv_err"])
+        assert np.all(rv_err > 0) and np.all(np.abs(rv) < 5 * rv_err + 0.05)
+        assert np.all(np.abs(np.asarray(written["cont_r0_c0"]) - 1) < 0.01)
+    if case == "binary":
+        assert np.all(np.isfinite(np.asarray(written["delta_chi2"], dtype=float)))
+
+
+def _chromium() -> str | None:
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+
+
+def _screenshot(chromium: str, page: Path, folder: Path) -> np.ndarray:
+    """RGB in [0, 1] of the page as headless Chromium draws it in a 1200 × 3000 window."""
+    shot = folder / f"{page.stem}.png"
+    subprocess.run(
+        [
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={folder / 'chromium'}", f"--screenshot={shot}", "--window-size=1200,3000",
+            page.as_uri(),
+        ],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return imread(shot)[..., :3]
+
+
+def test_evaluate_and_report_render_in_a_browser(survey, tmp_path):
+    out = tmp_path / "labels.parquet"
+    run("infer", survey["model"], survey["test"], "-o", out, "--no-progress")
+    printed = run(
+        "evaluate", out, survey["test"], "--labels", ",".join(LABELS), "--json", tmp_path / "m.json",
+        "--plots", tmp_path / "plots",
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "m.json").read_text())["labels"]
+    for label in LABELS:  # the printed table row: model, label, n, RMSE, …
+        row = next(line.split() for line in printed.splitlines() if line.split()[1:2] == [label])
+        assert int(row[2]) == N_TEST
+        assert float(row[3]) == pytest.approx(metrics[label]["rmse"], rel=5e-3)  # 3 significant digits
+    assert metrics["teff"]["rmse"] < 0.1 * survey["spread"][0]
+    assert {p.name for p in (tmp_path / "plots").iterdir()} >= {"one_to_one.png", "residuals.png", "kiel.png"}
+    html = tmp_path / "report.html"
+    assert str(html) in run("report", f"{out}.run", "--truth", survey["test"], "-o", html)
+    page = html.read_text(encoding="utf-8")
+    assert "Comparison with reference labels" in page and f"{N_TEST} stars" in page
+    assert page.count("data:image/png;base64,") >= 7
+
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no chromium binary on PATH: apt-get install chromium to check the report renders")
+    # The same page with every plot removed is the baseline: the plots must add ink.
+    bare = tmp_path / "bare.html"
+    bare.write_text(re.sub(r"<img [^>]*>", "", page), encoding="utf-8")
+    image, baseline = _screenshot(chromium, html, tmp_path), _screenshot(chromium, bare, tmp_path)
+    assert image.shape == baseline.shape == (3000, 1200, 3)
+    ink, bare_ink = (np.mean(x.min(axis=2) < 0.8) for x in (image, baseline))
+    colour = np.sum(image.max(axis=2) - image.min(axis=2) > 0.25)  # text and tables are grey
+    assert ink > bare_ink + 0.03 and colour > 2_000, (ink, bare_ink, colour)
