@@ -21,6 +21,8 @@ from test_pipeline_support import TESTS_DIR, make_survey
 ray = pytest.importorskip(
     "ray", reason="Ray is optional: pip install 'starlabel[ray]' to test the Ray engine"
 )
+# One worker under pytest-xdist runs them all, so one local Ray instance serves them.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 @pytest.fixture(scope="module")
