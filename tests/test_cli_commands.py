@@ -144,6 +144,18 @@ def test_infer_option(survey, tmp_path, case):
         assert np.all(np.isfinite(np.asarray(written["delta_chi2"], dtype=float)))
 
 
+def test_infer_with_an_unreadable_input_writes_the_rest_and_exits_1(survey, tmp_path):
+    (tmp_path / "mixed").mkdir()
+    shutil.copy(survey["test"], tmp_path / "mixed" / "good.npz")
+    (tmp_path / "mixed" / "broken.npz").write_bytes(b"PK\x03\x04 truncated")
+    result = CliRunner().invoke(app, ["infer", str(survey["model"]), str(tmp_path / "mixed"), "-o",
+                                      str(tmp_path / "mixed.csv"), "--no-progress"])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"wrote {N_TEST} rows" in result.output and "first error" in result.output
+    assert "not a zip file" in result.output and "Exit" not in result.output
+    assert read_result(tmp_path / "mixed.csv").n_stars == N_TEST
+
+
 def _chromium() -> str | None:
     return next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
 
