@@ -13,8 +13,8 @@ Same data, same process, side by side:
   with compile time reported separately, and peak memory.
 
 BLAS threads are pinned to 1 (set before numpy loads): Ho's code solves one small
-system per pixel, where threaded BLAS only adds overhead (NOTES.md measured 2.2 s vs
-58 s on this busy 2-core box), so this is the reference's best setting. XLA is pinned
+system per pixel, where threaded BLAS only adds overhead (measured earlier: 2.2 s vs
+58 s on a busy 2-core box), so this is the reference's best setting. XLA is pinned
 to one intra-op thread too (see below), so both codes use one core. Casey's ``the-cannon`` is tried and recorded as skipped when
 it does not import unpatched. Timings are wall-clock; the load average is recorded
 because the machine is shared.
@@ -114,7 +114,7 @@ def casey_status() -> str:
         import thecannon  # noqa: F401
     except Exception as error:  # noqa: BLE001 - any failure means "not runnable unpatched"
         return f"skipped: `import thecannon` fails ({type(error).__name__}: {error})"
-    return "importable (not benchmarked: its training fails on numpy >= 2.4, see NOTES.md)"
+    return "importable (not benchmarked: its training fails on numpy >= 2.4)"
 
 
 # ----------------------------------------------------------------------------- starlabel

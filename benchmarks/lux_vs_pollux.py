@@ -1,4 +1,4 @@
-"""Lux (starlabel) against pollux 0.1.0 on the seed experiment, side by side in one run.
+"""Lux (starlabel) against pollux 0.1.0 on the pollux "underestimated uncertainties" experiment, side by side.
 
 Data: ``simulate_linear_latent()`` — 2048 stars, 8 latents, 2 labels, 128 pixels, the
 periodic systematic flux error left out of ``flux_err`` (the pollux tutorial's recipe,
@@ -7,8 +7,8 @@ labels are never used), score against the noise-free labels.
 
 pollux needs Python ≥ 3.12 and ``xmmutablemap<0.3``; the setup step builds a venv for
 it under ``~/.cache/starlabel-bench/pollux-venv`` with a 3.12+ interpreter found on
-PATH or under pyenv. Without one, the pollux rows hold the reason and NOTES.md's
-recorded numbers, labelled as not measured side by side.
+PATH or under pyenv. Without one, the pollux rows hold the reason and numbers recorded
+earlier on the same machine, labelled as not measured side by side.
 
 Both sides use the same scaling (mean/std per column on the training set). The
 comparison of *losses* uses starlabel's joint-MAP objective with linear transforms,
@@ -37,8 +37,8 @@ import numpy as np
 
 CACHE = Path.home() / ".cache" / "starlabel-bench"
 VENV = CACHE / "pollux-venv"
-NOTES_POLLUX = {
-    "source": "shared/NOTES.md (measured earlier on this box, NOT side by side)",
+RECORDED_POLLUX = {
+    "source": "measured earlier on this box (NOT side by side)",
     "adam_2000_steps_rmse": [0.069, 0.230],
     "adam_20000_steps_rmse": [0.029, 0.140],
     "adam_20000_steps_train_s": 27.0,
@@ -302,7 +302,7 @@ def main() -> None:
     n_train = 1024
     load_before = os.getloadavg()
     results: dict = {
-        "experiment": "Lux seed 000: 2048 stars, 8 latents, 2 labels, 128 px, periodic systematic flux error;"
+        "experiment": "pollux underestimated-uncertainties tutorial: 2048 stars, 8 latents, 2 labels, 128 px, periodic systematic flux error;"
         " train 1024, flux-only test 1024, RMSE vs noise-free labels",
         "machine": {
             "platform": platform.platform(),
@@ -315,11 +315,11 @@ def main() -> None:
     }
     steps = [10, 2000] if args.quick else [2000, 20000]
     if args.no_pollux:
-        results["pollux"] = {"status": "skipped (--no-pollux)", "recorded": NOTES_POLLUX}
+        results["pollux"] = {"status": "skipped (--no-pollux)", "recorded": RECORDED_POLLUX}
     else:
         python, how = setup_pollux()
         if python is None:
-            results["pollux"] = {"status": f"not run: {how}", "recorded": NOTES_POLLUX}
+            results["pollux"] = {"status": f"not run: {how}", "recorded": RECORDED_POLLUX}
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 summary = run_pollux(python, sim, n_train, steps, test_steps=10000, workdir=Path(tmp))

@@ -270,7 +270,7 @@ def run_numpyro(fitted, whitening, flux, ivar, num_warmup, num_samples):
                 progbar=False,
             )
 
-        # One jit around the whole run: fori_collect alone retraces on every call (NOTES.md).
+        # One jit around the whole run: fori_collect alone retraces on every call.
         run = jax.jit(run)
         _, (first,) = timed(run, jax.random.key(0))
         draws, (warm,) = timed(run, jax.random.key(1))

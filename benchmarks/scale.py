@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from _common import log, peak_rss_bytes
 
-N_PIXELS = 7214  # APOGEE DR12 gap-removed grid (NOTES.md)
+N_PIXELS = 7214  # APOGEE DR12 gap-removed grid
 BASE_STARS = 10_000
 REPO = Path(__file__).resolve().parents[1]
 _ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"

@@ -130,7 +130,7 @@ def test_infer_option(survey, tmp_path, case):
     # A CSV without metadata: read_result takes every `x` with an `x_err` column for a
     # label, so rv and binary_w come back as "labels" after the model's own.
     assert table.label_names[:3] == LABELS
-    written = Table.read(out, format="ascii.csv")
+    written = Table.read(out, format="ascii.csv", comment="#")
     assert columns <= set(written.colnames), sorted(columns - set(written.colnames))
     labels, errors = table.labels[:, :3], table.label_err[:, :3]
     assert np.all(np.isfinite(labels)) and np.all(errors > 0)

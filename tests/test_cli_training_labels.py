@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from starlabel.cli import app
 from starlabel.data import SpectralDataset, read_dataset, simulate_cannon, write_dataset
-from starlabel.models import load_model
+from starlabel.models import load_model, read_model_header
 
 runner = CliRunner()
 
@@ -67,6 +69,10 @@ def test_cannon_says_how_many_stars_it_used(half_labelled, tmp_path):
         in (result.stderr)
     )
     assert dict(load_model(model).training_info)["n_train"] == 29
+    # the model file records which data it learned from
+    training_set = read_model_header(model)["training_set"]
+    assert training_set["sha256"] == read_dataset(half_labelled, labels=("teff", "logg")).checksum()
+    assert (training_set["of"], training_set["n_stars"]) == ("arrays", 60)
 
     result = runner.invoke(
         app,
@@ -85,6 +91,11 @@ def test_cannon_says_how_many_stars_it_used(half_labelled, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "trained on 29 of 60 stars: 31 dropped because a label is unknown (NaN)." in result.stderr
+    streamed = read_model_header(model)["training_set"]
+    assert (
+        streamed["of"] == "file"
+        and streamed["sha256"] == hashlib.sha256(half_labelled.read_bytes()).hexdigest()
+    )
 
 
 def test_nn_says_stars_train_on_the_labels_they_have(half_labelled, tmp_path):

@@ -37,7 +37,7 @@ def local_cluster():
 
 
 def _engine(workers: int) -> RayEngine:
-    # Fractional CPUs leave the driver room on a 2-CPU box (see NOTES.md on starvation).
+    # Fractional CPUs leave the driver room on a 2-CPU box (Ray starves the driver otherwise).
     return RayEngine(
         num_workers=workers, cpus_per_worker=0.5, worker_env={"PYTHONPATH": TESTS_DIR}, startup_timeout_s=120
     )

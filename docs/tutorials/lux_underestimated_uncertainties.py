@@ -1,6 +1,7 @@
 """Lux with underestimated flux uncertainties: learning a per-pixel extra scatter.
 
-The tutorial reproduces the Lux seed experiment with starlabel, and improves on it:
+The experiment of the pollux tutorial "Lux: Simulated Data and Underestimated
+Uncertainties", run with starlabel and taken further:
 
 1. Simulate 2048 stars with 8 latents, 2 labels and 128 pixels. The flux gets extra
    Gaussian noise with a periodic standard deviation ``2 cos²(2π i / 32)`` that the
@@ -58,7 +59,7 @@ def main() -> dict:
     out = args.out or Path(tempfile.mkdtemp(prefix="lux_tutorial_"))
     out.mkdir(parents=True, exist_ok=True)
 
-    # 1. Data: the seed recipe (seed 42), systematic error left out of flux_err.
+    # 1. Data: 2048 stars (generator seed 42), systematic error left out of flux_err.
     sim = simulate_linear_latent(n_stars=2048, n_latents=8, n_labels=2, n_pixels=128, seed=42)
     train = sim.dataset[:1024]
     test = sim.dataset[1024:].replace(labels=None)  # flux only: no label can leak

@@ -47,7 +47,7 @@ from starlabel.models.cannon import Cannon  # noqa: E402
 
 def straight_line(out: Path, quick: bool) -> None:
     print("\n== 1. A straight line with outliers ==")
-    sim = simulate_line_with_outliers()  # the seed's recipe: N=32, 8 outliers, seed 42
+    sim = simulate_line_with_outliers()  # N=32, 8 outliers, seed 42
     design = np.stack([sim.x, np.ones_like(sim.x)], axis=1) / sim.y_err[:, None]
     m_ls, b_ls = np.linalg.lstsq(design, sim.y / sim.y_err, rcond=None)[0]
     print(f"weighted least squares: m = {m_ls:.3f}, b = {b_ls:.3f}   (truth 3.17, -11.9)")

@@ -11,7 +11,7 @@ true labels are known, so every uncertainty can be checked:
 3. natural gradient descent, preconditioned by the Fisher matrix at the start;
 4. Fisher eigen-reparametrisation: the same optimisers in whitened coordinates;
 5. NUTS in whitened coordinates for a handful of stars, against the Fisher ellipse,
-   and the seed lab's single-spectrum emcee run (16 walkers × 15,000 steps) side by
+   and a single-spectrum emcee ensemble run (16 walkers × 15,000 steps) side by
    side with NUTS: wall time, effective samples per second, agreement;
 6. calibration over the whole test set: z-score histograms and error vs S/N.
 
@@ -155,7 +155,7 @@ def optimiser_race(args, start, truth, out: Path) -> dict:
 
 
 def emcee_comparison(fitted, test, nuts_draws, walkers: int, steps: int, burn: int) -> dict:
-    """Section 5b: the seed lab's ensemble sampler on star 0, next to whitened NUTS."""
+    """Section 5b: an emcee ensemble sampler on star 0, next to whitened NUTS."""
     try:
         import emcee
     except ImportError:

@@ -31,7 +31,6 @@ import typer
 from rich.console import Console
 
 from ._errors import StarlabelUserError
-from ._internal._compile_cache import default_cache_dir
 from ._version import __version__
 
 app = typer.Typer(
@@ -71,6 +70,8 @@ def _write_crash_log(command: str, error: BaseException) -> Path | None:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     header = f"starlabel {__version__}, command {command!r}, {stamp}\nargv: {sys.argv!r}\n\n"
     text = header + "".join(traceback.format_exception(error))
+    from ._internal._compile_cache import default_cache_dir  # (imports jax: only on a crash)
+
     try:
         folder = default_cache_dir() / "logs"
         folder.mkdir(parents=True, exist_ok=True)
@@ -150,7 +151,7 @@ def simulate(
     kind: Annotated[
         SimulationKind,
         typer.Argument(
-            help="cannon: polynomial-in-labels spectra; latent: the Lux seed's linear latent model."
+            help="cannon: polynomial-in-labels spectra; latent: a linear latent-variable model (Lux)."
         ),
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Dataset file to write (.npz or .h5).")],
@@ -214,8 +215,8 @@ def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> An
     return dataset
 
 
-def _save_fitted(fitted: Any, output: Path) -> None:
-    fitted.save(output)
+def _save_fitted(fitted: Any, output: Path, training_set: Any) -> None:
+    fitted.save(output, training_set=training_set)  # its checksum goes into the provenance
     typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
 
 
@@ -277,7 +278,7 @@ def train_cannon(
     else:
         with console.status("training The Cannon…"):
             fitted = model.fit(dataset)
-    _save_fitted(fitted, output)
+    _save_fitted(fitted, output, dataset if dataset is not None else data)
 
 
 class ScatterKind(StrEnum):
@@ -306,7 +307,7 @@ def train_lux(
     model = Lux(label_names=dataset.label_names, latent_size=latent_size, scatter=scatter.value)
     with console.status("training Lux…"):
         fitted = model.fit(dataset)
-    _save_fitted(fitted, output)
+    _save_fitted(fitted, output, dataset)
 
 
 @train_app.command("nn")
@@ -327,7 +328,7 @@ def train_nn(
     model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
     with console.status("training the NN regressor…"):
         fitted = model.fit(dataset)
-    _save_fitted(fitted, output)
+    _save_fitted(fitted, output, dataset)
 
 
 # ----------------------------------------------------------------------------- infer
@@ -392,7 +393,7 @@ def infer(
     model: Annotated[Path, typer.Argument(help="Model file written by `starlabel train`.")],
     inputs: Annotated[list[str], typer.Argument(help="Dataset files, globs or folders.")],
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="Results table: .csv, .fits, .h5 or .parquet.")
+        Path, typer.Option("-o", "--output", help="Results table: .csv, .ecsv, .fits, .h5 or .parquet.")
     ],
     prior: Annotated[
         PriorName, typer.Option(help="Label prior learned from the training labels (for mean/nuts).")

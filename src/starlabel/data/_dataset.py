@@ -398,6 +398,28 @@ class SpectralDataset:
             raise ValueError(f"cannot split {self.n_stars} stars with test_fraction={test_fraction}.")
         return self._take(np.sort(order[n_test:])), self._take(np.sort(order[:n_test]))
 
+    def checksum(self) -> str:
+        """SHA-256 (hex) of the data a model learns from: flux, ivar, labels, names, ids.
+
+        Two datasets with equal arrays (bit for bit), label names and ids have the same
+        checksum, whatever file they came from; ``meta`` and wavelength are not included.
+        Model files record it (:func:`starlabel.models.save_model`'s ``training_set``).
+        """
+        import hashlib
+
+        digest = hashlib.sha256()
+        arrays = {"flux": self.flux, "ivar": self.ivar, "labels": self.labels, "ids": self.ids}
+        for name, array in arrays.items():
+            if array is None:
+                continue
+            array = np.ascontiguousarray(array)
+            if array.dtype.kind == "U":
+                array = np.char.encode(array, "utf-8")
+            digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(array.tobytes())
+        digest.update(("label_names:" + ",".join(self.label_names)).encode())
+        return digest.hexdigest()
+
     def same_grid(self, other: SpectralDataset) -> bool:
         """Whether ``other`` has the same pixels: their number and wavelengths (or neither has any)."""
         if other.n_pixels != self.n_pixels or (other.wavelength is None) != (self.wavelength is None):

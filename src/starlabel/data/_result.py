@@ -1,8 +1,14 @@
-"""Per-star inference results and their tables (CSV, FITS, HDF5, Parquet)."""
+"""Per-star inference results and their tables (CSV, ECSV, FITS, HDF5, Parquet).
+
+Every table carries its provenance (:func:`result_provenance`) and the units of its
+label columns (:mod:`starlabel.data._units`), in the form each format allows (see
+:func:`starlabel.data._tables.write_table_file`).
+"""
 
 from __future__ import annotations
 
 import enum
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,9 +19,64 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._internal import check_label_names
+from .._version import __version__
 from ._tables import TABLE_FORMATS, read_table_file, write_table_file
+from ._units import DESCRIPTIONS, column_units
 
-__all__ = ["Flag", "InferenceResult", "RESULT_SUFFIXES", "read_result"]
+__all__ = ["Flag", "InferenceResult", "PROVENANCE_KEY", "RESULT_SUFFIXES", "read_result", "result_provenance"]
+
+PROVENANCE_KEY = "provenance"
+"""``InferenceResult.meta`` / table-metadata key of the provenance record."""
+
+_MODEL_KEYS = ("kind", "path", "sha256", "starlabel_version", "training_set")
+"""What a provenance record says about the model (see :func:`result_provenance`)."""
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def result_provenance(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The provenance record of a result with metadata ``meta``, as written to its tables.
+
+    ``{"starlabel_version": …, "model": {"kind", "path", "sha256", "starlabel_version",
+    "training_set"}, "test_step": {…}}``: the starlabel version writing the table; what
+    is known of the model (the pipeline knows the model file and its SHA-256, and the
+    training-set checksum the file records; a result made in Python knows the kind);
+    and every test-step option, from the model's own record (``meta``: estimator,
+    uncertainty, prior, temperature, …) and the options it was called with.
+
+    Parameters
+    ----------
+    meta : mapping
+        ``InferenceResult.meta``; an earlier record under ``"provenance"`` is extended.
+
+    Returns
+    -------
+    dict
+        JSON-able.
+    """
+    earlier = meta.get(PROVENANCE_KEY)
+    record: dict[str, Any] = dict(earlier) if isinstance(earlier, Mapping) else {}
+    model = dict(record.get("model") or {})
+    if "model" in meta and isinstance(meta["model"], str):
+        model.setdefault("kind", meta["model"])
+    test_step = {
+        str(k): v
+        for k, v in meta.items()
+        if k not in (PROVENANCE_KEY, "label_names", "model") and _jsonable(v)
+    }
+    test_step.update(record.get("test_step") or {})
+    record.update(
+        starlabel_version=record.get("starlabel_version", __version__),
+        model={k: model.get(k) for k in _MODEL_KEYS} | model,
+        test_step=test_step,
+    )
+    return record
 
 
 class Flag(enum.IntFlag):
@@ -151,7 +212,10 @@ class InferenceResult:
 
         Columns: ``id``, then for each label ``<label>`` and ``<label>_err``, then
         ``chi2``, ``dof``, ``rchi2`` (reduced χ²), ``flags`` and any extra columns.
-        Covariances are kept as ``cov_<a>_<b>`` for a < b when present.
+        Covariances are kept as ``cov_<a>_<b>`` for a < b when present. Label columns
+        carry units where the label is recognised (:func:`~starlabel.data._units.label_unit`);
+        ``meta`` holds the scalar metadata, ``label_names`` and the ``provenance``
+        record (:func:`result_provenance`).
         """
         from astropy.table import Table
 
@@ -171,12 +235,22 @@ class InferenceResult:
         table["flags"] = self.flags
         for key, value in self.extra.items():
             table[key] = np.asarray(value)
+        for column, unit in column_units(table.colnames, self.label_names).items():
+            table[column].unit = unit
+        for name in self.label_names:
+            if name.lower() in DESCRIPTIONS:
+                table[name].description = DESCRIPTIONS[name.lower()]
         table.meta.update({str(k): v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool))})
         table.meta["label_names"] = ",".join(self.label_names)
+        table.meta[PROVENANCE_KEY] = result_provenance(self.meta)
         return table
 
     def write(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
-        """Write the table to CSV, FITS, HDF5 (``.h5``) or Parquet, chosen by suffix."""
+        """Write the table to CSV, ECSV, FITS, HDF5 (``.h5``) or Parquet, chosen by suffix.
+
+        Every format keeps the units of the label columns and the metadata, including
+        the provenance record (see :func:`starlabel.data._tables.write_table_file`).
+        """
         path = Path(path)
         if path.suffix.lower() not in RESULT_SUFFIXES:
             raise ValueError(
@@ -249,5 +323,9 @@ def read_result(path: str | os.PathLike[str]) -> InferenceResult:
         dof=np.asarray(table["dof"], dtype=float) if "dof" in table.colnames else np.full(n, np.nan),
         flags=np.asarray(table["flags"]) if "flags" in table.colnames else np.zeros(n, dtype=int),
         extra=extra,
-        meta={k: v for k, v in table.meta.items() if isinstance(v, (str, int, float, bool))},
+        meta={
+            k: v
+            for k, v in table.meta.items()
+            if isinstance(v, (str, int, float, bool)) or (k == PROVENANCE_KEY and isinstance(v, Mapping))
+        },
     )

@@ -7,6 +7,8 @@ pyarrow directly: astropy's Parquet reader needs pandas, which starlabel does no
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,18 @@ import numpy as np
 
 from .._errors import MissingExtraError
 
-__all__ = ["TABLE_FORMATS", "read_table_file", "table_format", "write_table_file"]
+logger = logging.getLogger("starlabel")
+
+__all__ = [
+    "FITS_META_CARD",
+    "META_KEY",
+    "TABLE_FORMATS",
+    "arrow_table",
+    "csv_comment_header",
+    "read_table_file",
+    "table_format",
+    "write_table_file",
+]
 
 TABLE_FORMATS: dict[str, str] = {
     ".csv": "ascii.csv",
@@ -48,16 +61,70 @@ def table_format(path: str | os.PathLike[str]) -> str:
         ) from None
 
 
+META_KEY = "starlabel_meta"
+"""Parquet schema-metadata key and HDF5 attribute holding the table metadata as JSON."""
+
+FITS_META_CARD = "SL_META"
+"""FITS header keyword holding the table metadata as JSON (a long string: CONTINUE cards)."""
+
+
+def _meta_json(table: Any) -> str:
+    """``{"meta": …, "units": {column: unit}}`` of an astropy table, as JSON."""
+    units = {name: str(column.unit) for name, column in table.columns.items() if column.unit is not None}
+    return json.dumps({"meta": dict(table.meta), "units": units}, default=str)
+
+
+def _apply_meta_json(table: Any, text: str) -> None:
+    """Restore metadata and column units recorded by :func:`_meta_json` (in place)."""
+    record = json.loads(text)
+    table.meta.clear()
+    table.meta.update(record.get("meta", {}))
+    for name, unit in record.get("units", {}).items():
+        if name in table.colnames:
+            table[name].unit = unit
+
+
+def _import_pyarrow(path: Path) -> Any:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet  # noqa: F401  (the submodule: pa.parquet)
+    except ImportError as error:  # pragma: no cover - exercised only without the extra
+        raise MissingExtraError(
+            f"Parquet table {str(path)!r} needs pyarrow: pip install 'starlabel[parquet]'."
+        ) from error
+    return pa
+
+
+def arrow_table(table: Any, string_lengths: dict[str, int] | None = None) -> Any:
+    """An astropy table as a ``pyarrow.Table``: units as field metadata, the rest as JSON.
+
+    The schema metadata holds :data:`META_KEY` (see :func:`_meta_json`) and, for
+    astropy's own Parquet reader, the width of each string column
+    (``table::len::<column>``: ``string_lengths`` or the column's own width).
+    """
+    import pyarrow as pa
+
+    fields, arrays = [], []
+    lengths = dict(string_lengths or {})
+    for name, column in table.columns.items():
+        values = np.asarray(column)
+        mask = np.asarray(column.mask) if getattr(column, "mask", None) is not None else None
+        array = pa.array(values, mask=mask if mask is not None and mask.any() else None)
+        if values.dtype.kind == "U":
+            lengths.setdefault(name, max(values.dtype.itemsize // 4, 1))
+        unit = {b"unit": str(column.unit).encode()} if column.unit is not None else None
+        fields.append(pa.field(name, array.type, metadata=unit))
+        arrays.append(array)
+    metadata = {f"table::len::{name}": str(n) for name, n in lengths.items()}
+    metadata[META_KEY] = _meta_json(table)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+
+
 def _read_parquet(path: Path) -> Any:
     from astropy.table import MaskedColumn, Table
 
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as error:  # pragma: no cover - exercised only without the extra
-        raise MissingExtraError(
-            f"reading {str(path)!r} needs pyarrow: pip install 'starlabel[parquet]'."
-        ) from error
-    arrow = pq.read_table(path)
+    pa = _import_pyarrow(path)
+    arrow = pa.parquet.read_table(path)
     table = Table()
     for name in arrow.column_names:
         column = arrow.column(name)
@@ -69,11 +136,97 @@ def _read_parquet(path: Path) -> Any:
             table[name] = MaskedColumn(values, mask=mask)
         else:
             table[name] = values
+        field_meta = arrow.schema.field(name).metadata or {}
+        if b"unit" in field_meta:
+            table[name].unit = field_meta[b"unit"].decode()
+    schema_meta = arrow.schema.metadata or {}
+    if META_KEY.encode() in schema_meta:
+        _apply_meta_json(table, schema_meta[META_KEY.encode()].decode())
     return table
+
+
+def _write_fits(table: Any, path: Path) -> None:
+    """FITS with units as TUNITn (also non-FITS ones such as dex) and all metadata as JSON."""
+    from astropy.io import fits
+
+    plain = table.copy(copy_data=False)
+    for column in plain.columns.values():
+        column.unit = None  # astropy refuses units outside the FITS standard (dex)
+    # Short scalar keys stay readable as ordinary cards; everything is in the JSON card.
+    plain.meta = {
+        k: v for k, v in table.meta.items() if len(str(k)) <= 8 and isinstance(v, str | int | float | bool)
+    }
+    hdu = fits.table_to_hdu(plain)
+    for i, column in enumerate(table.columns.values(), start=1):
+        if column.unit is not None:
+            hdu.header[f"TUNIT{i}"] = str(column.unit)
+    hdu.header[FITS_META_CARD] = _meta_json(table)
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+
+
+def _read_fits(path: Path) -> Any:
+    import warnings
+
+    from astropy.table import Table
+    from astropy.units import Unit, UnitsWarning
+
+    with warnings.catch_warnings():
+        # TUNITn = 'dex' is not a FITS-standard unit; it is restored below.
+        warnings.simplefilter("ignore", UnitsWarning)
+        table = Table.read(path, format="fits")
+    text = table.meta.pop(FITS_META_CARD, None)
+    if text is not None:
+        _apply_meta_json(table, str(text))
+    for column in table.columns.values():
+        if column.unit is not None and type(column.unit).__name__ == "UnrecognizedUnit":
+            column.unit = Unit(str(column.unit), parse_strict="silent")
+    return table
+
+
+def csv_comment_header(table: Any) -> str:
+    """An ECSV header (``# ``-prefixed YAML: column types, units, metadata) for a CSV file.
+
+    The CSV body that follows is plain comma-separated text; readers that skip ``#``
+    lines (pandas ``comment='#'``, astropy ``comment='#'``) see an ordinary CSV, and
+    astropy's ``format='ascii.ecsv'`` reads the whole file with units and metadata.
+    """
+    import io
+
+    buffer = io.StringIO()
+    table[:0].write(buffer, format="ascii.ecsv", delimiter=",")
+    return "".join(f"{line}\n" for line in buffer.getvalue().splitlines() if line.startswith("#"))
+
+
+def _write_csv(table: Any, path: Path) -> None:
+    import yaml
+
+    try:
+        header = csv_comment_header(table)
+    except (TypeError, ValueError, yaml.YAMLError) as error:
+        # Metadata that YAML cannot represent (from a user's catalogue) must not cost
+        # the table: write it without the header, and say so.
+        logger.warning("starlabel: %s written without its ECSV metadata header (%s).", path.name, error)
+        header = ""
+    with open(path, "w", newline="") as handle:
+        handle.write(header)
+        table.write(handle, format="ascii.csv")
+
+
+def _read_csv(path: Path) -> Any:
+    from astropy.table import Table
+
+    with open(path) as handle:
+        first = handle.readline()
+    if first.startswith("# %ECSV"):
+        return Table.read(path, format="ascii.ecsv")
+    return Table.read(path, format="ascii.csv", comment="#")
 
 
 def read_table_file(path: str | os.PathLike[str], *, hdf5_path: str | None = None) -> Any:
     """Read ``path`` into an ``astropy.table.Table``, format chosen by suffix.
+
+    Column units and table metadata written by :func:`write_table_file` come back in
+    every format.
 
     Parameters
     ----------
@@ -97,6 +250,10 @@ def read_table_file(path: str | os.PathLike[str], *, hdf5_path: str | None = Non
     fmt = table_format(path)
     if fmt == "parquet":
         return _read_parquet(path)
+    if fmt == "fits":
+        return _read_fits(path)
+    if fmt == "ascii.csv":
+        return _read_csv(path)
     kwargs: dict[str, Any] = {"format": fmt}
     if fmt == "hdf5" and hdf5_path is not None:
         kwargs["path"] = hdf5_path
@@ -108,8 +265,11 @@ def write_table_file(
 ) -> Path:
     """Write an astropy Table atomically, format chosen by suffix; returns the path.
 
-    FITS keeps only metadata keys of ≤ 8 characters (header keywords) and Parquet
-    none, so that scalar metadata never makes a write fail.
+    Column units and the table metadata (nested JSON-able values included) are kept:
+    ECSV and HDF5 natively (HDF5 also as the JSON attribute :data:`META_KEY` for other
+    tools), FITS as TUNITn cards plus the JSON card :data:`FITS_META_CARD`, Parquet as
+    field metadata plus the JSON schema entry :data:`META_KEY`, CSV as an ECSV
+    comment header (:func:`csv_comment_header`).
 
     Raises
     ------
@@ -123,15 +283,21 @@ def write_table_file(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = table.copy(copy_data=False)
-    kwargs: dict[str, Any] = {"format": fmt, "overwrite": True}
-    if fmt == "hdf5":
-        kwargs.update(path=hdf5_path, serialize_meta=True)
-    elif fmt == "fits":
-        table.meta = {k: v for k, v in table.meta.items() if len(str(k)) <= 8}
-    elif fmt == "parquet":
-        table.meta = {}
     tmp = path.with_name(path.name + ".partial" + path.suffix)
-    table.write(tmp, **kwargs)
+    if fmt == "fits":
+        _write_fits(table, tmp)
+    elif fmt == "parquet":
+        pa = _import_pyarrow(path)
+        pa.parquet.write_table(arrow_table(table), tmp)
+    elif fmt == "ascii.csv":
+        _write_csv(table, tmp)
+    elif fmt == "hdf5":
+        table.write(tmp, format=fmt, overwrite=True, path=hdf5_path, serialize_meta=True)
+        import h5py
+
+        with h5py.File(tmp, "r+") as handle:
+            handle[hdf5_path].attrs[META_KEY] = _meta_json(table)
+    else:
+        table.write(tmp, format=fmt, overwrite=True)
     os.replace(tmp, path)
     return path

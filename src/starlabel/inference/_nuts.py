@@ -5,8 +5,8 @@ close to :math:`N(0, I)`, so the sampler needs no mass-matrix adaptation (identi
 metric), a step size near 1 and short trajectories (3–7 leapfrog steps). Warm-up
 therefore only tunes the step size by dual averaging, which converges in a few hundred
 iterations. Why blackjax: its NUTS kernel is a pure function we can ``jit`` and ``vmap``
-over chains and stars; numpyro's ``MCMC.run`` retraces on every call (see NOTES.md and
-``benchmarks/posteriors.py`` for the measured comparison).
+over chains and stars; numpyro's ``MCMC.run`` retraces on every call
+(``benchmarks/posteriors.py`` compares the two kernels' sampling cost).
 """
 
 from __future__ import annotations

@@ -309,7 +309,7 @@ def _membership_summary(
 ) -> tuple[Array, Array, Array, Array]:
     """Posterior membership (mean, spread), MAP membership and per-sample member counts.
 
-    One scan over the samples, in O(stars) memory: the seed's logsumexp average of the
+    One scan over the samples, in O(stars) memory: the logsumexp average of the
     conditional membership, its second moment, and Σ_i p(member_i | θ_s).
     """
 

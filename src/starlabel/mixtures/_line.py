@@ -62,9 +62,8 @@ def simulate_line_with_outliers(
 
     x ~ U(0, 10) (sorted); true ``y = slope·x + intercept``; ``n_outliers`` indices
     drawn with replacement get a true ``y ~ N(0, outlier_scale²)`` instead; errors
-    σ ~ U(0.5, 3); the observed ``y`` adds N(0, σ²) noise. Defaults follow the
-    mixture-model seed (N = 32, 8 outliers, m = 3.17, b = −11.9, generator seed 42),
-    whose draws give 8 distinct outliers; other seeds may repeat an index, and
+    σ ~ U(0.5, 3); the observed ``y`` adds N(0, σ²) noise. Defaults: N = 32, 8
+    outliers, m = 3.17, b = −11.9, generator seed 42, whose draws give 8 distinct outliers; other seeds may repeat an index, and
     ``is_outlier`` then marks fewer points.
 
     Parameters
@@ -85,8 +84,8 @@ def simulate_line_with_outliers(
     rng = np.random.default_rng(seed)
     x = np.sort(rng.uniform(0.0, 10.0, n_points))
     true_y = slope * x + intercept
-    # Indices are drawn with replacement, as in the seed's recipe, so that seed=42
-    # reproduces its data exactly; a repeated index means fewer distinct outliers.
+    # Indices are drawn with replacement (seed=42 gives 8 distinct ones); a repeated
+    # index means fewer distinct outliers.
     picked = rng.choice(n_points, size=n_outliers)
     true_y[picked] = rng.normal(0.0, outlier_scale, n_outliers)
     is_outlier = np.zeros(n_points, dtype=bool)

@@ -5,7 +5,7 @@ ourselves: numpyro's ``potential_energy`` gives the negative log-posterior in
 unconstrained space, a damped Newton method finds the MAP (and the Laplace
 Hessian), and blackjax's NUTS kernel (with Stan-style step-size and
 diagonal-metric warmup, all inside one ``jit``) samples. ``numpyro.infer.MCMC``
-would recompile on every ``run`` call (see NOTES.md); here the compiled program is
+would recompile on every ``run`` call; here the compiled program is
 cached on the model function and the data shapes, so a second fit of the
 same-sized problem starts at once. Data always travel as arguments, never in
 closures, so they are not baked into the compiled program as constants.

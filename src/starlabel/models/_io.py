@@ -7,7 +7,14 @@ A model file is a NumPy ``.npz`` archive (a zip; the suffix is conventionally
 
       {"format": "starlabel-model", "format_version": 1,
        "library_version": "0.1.0", "kind": "cannon",
-       "label_names": ["teff", "logg", "m_h"], "config": {...}}
+       "label_names": ["teff", "logg", "m_h"], "config": {...},
+       "training_set": {"sha256": "…", "of": "arrays", "n_stars": 500, "source": "…"}}
+
+  ``training_set`` (optional; files without it load as before) identifies the data
+  the model was trained on: the SHA-256 of the training arrays
+  (:meth:`SpectralDataset.checksum`, ``"of": "arrays"``) or of the training file
+  (``"of": "file"``, for training streamed from a file). Result tables copy it into
+  their provenance.
 
 * one array per array leaf of the fitted model, named by its pytree key path
   (e.g. ``.theta``, ``.label_scaler.shift``).
@@ -75,8 +82,41 @@ def _array_leaves(model: eqx.Module) -> list[tuple[str, Any]]:
     return [(jax.tree_util.keystr(path), leaf) for path, leaf in leaves if eqx.is_array(leaf)]
 
 
-def save_model(model: AbstractFittedModel, path: str | os.PathLike[str]) -> Path:
+def training_set_record(training_set: Any) -> dict[str, Any]:
+    """The ``training_set`` header entry for a SpectralDataset or a training file path."""
+    from ..data import SpectralDataset
+
+    if isinstance(training_set, SpectralDataset):
+        return {
+            "sha256": training_set.checksum(),
+            "of": "arrays",
+            "n_stars": training_set.n_stars,
+            "source": str(training_set.meta.get("source")) if training_set.meta.get("source") else None,
+        }
+    if isinstance(training_set, str | os.PathLike):
+        import hashlib
+
+        path = Path(training_set)
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        return {"sha256": digest.hexdigest(), "of": "file", "n_stars": None, "source": str(path.absolute())}
+    raise TypeError(
+        f"`training_set` must be a SpectralDataset or a file path, got {type(training_set).__name__}."
+    )
+
+
+def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
     """Save a fitted model to ``path`` (written atomically; see the module docstring).
+
+    Parameters
+    ----------
+    model : AbstractFittedModel
+    path : path-like
+    training_set : SpectralDataset or path-like, optional
+        The data the model was trained on; its checksum goes into the header (and from
+        there into the provenance of every result table made with this file).
 
     Returns
     -------
@@ -96,6 +136,8 @@ def save_model(model: AbstractFittedModel, path: str | os.PathLike[str]) -> Path
         "label_names": list(model.label_names),
         "config": model.config(),
     }
+    if training_set is not None:
+        header["training_set"] = training_set_record(training_set)
     arrays = {name: np.asarray(leaf) for name, leaf in _array_leaves(model)}
     if "__header__" in arrays:
         raise ValueError("a model leaf may not be called '__header__'.")

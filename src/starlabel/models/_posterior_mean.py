@@ -11,7 +11,7 @@ NUTS). For such models the χ² of a spectrum is a polynomial in the label vecto
 with :math:`\Omega = \mathrm{diag}(1/(\sigma^2 + s^2))`. The statistics ``(c, g, H)``
 are formed once per spectrum (one matrix product for a whole chunk); each grid node then
 costs O(terms²) instead of O(pixels), which is what makes a few thousand nodes per star
-affordable (NOTES.md: "normal-equation statistics").
+affordable.
 
 Temperature: the tempered posterior :math:`p(d|\ell)^{1/T} p(\ell)` widens the
 likelihood to absorb model misspecification. :func:`select_temperature` picks T by
@@ -23,6 +23,7 @@ predictive density. Test data are never used.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -912,7 +913,8 @@ def infer_labels(
         temperature = selection.temperature
         if width_scale is None:
             width_scale = selection.width_scale
-        meta_extra["temperature_cv"] = str(selection.to_dict())
+        # JSON, not a Python repr: it goes into every result table's provenance.
+        meta_extra["temperature_cv"] = json.dumps(selection.to_dict(), default=float)
     if width_scale is not None:
         if estimator == "map":
             raise ValueError(

@@ -47,11 +47,14 @@ class AbstractFittedModel(eqx.Module):
     def skeleton(cls, config: dict[str, Any]) -> AbstractFittedModel:
         """A model with the right pytree structure (array values are placeholders)."""
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Save to ``path`` in the versioned starlabel model format (see ``models/_io``)."""
+    def save(self, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
+        """Save to ``path`` in the versioned starlabel model format (see ``models/_io``).
+
+        ``training_set`` (the SpectralDataset or file trained on) records its checksum.
+        """
         from ._io import save_model
 
-        return save_model(self, path)
+        return save_model(self, path, training_set=training_set)
 
 
 class AbstractSpectralModel(eqx.Module):

@@ -1,8 +1,7 @@
 """Neural-network label regressor: spectrum → labels, the baseline for Cannon and Lux.
 
 A multilayer perceptron (equinox) maps standardised flux to standardised labels and is
-trained with optax AdamW on the mean squared error over known labels. Following the
-lab report's "NN 2", every epoch sees a fresh noisy copy of each training spectrum,
+trained with optax AdamW on the mean squared error over known labels. Every epoch sees a fresh noisy copy of each training spectrum,
 flux + N(0, flux_err²), so the network learns that pixels with large reported errors
 carry less information; a held-out validation split picks the best epoch. Training
 runs in float32 (the network does not need the precision); one jitted ``lax.scan``

@@ -10,15 +10,18 @@ chunks in plan order, emits every spectrum exactly once.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..data import InferenceResult
+from ..data._result import PROVENANCE_KEY
+from ..data._tables import arrow_table
 from ._chunks import ChunkSpec, Segment
 from ._inputs import InputFile
 from ._manifest import write_json_atomic
@@ -243,30 +246,29 @@ def _string_lengths(paths: Sequence[Path]) -> dict[str, int]:
 
 
 def _arrow_table(result: InferenceResult, schema: Any | None, lengths: dict[str, int]) -> Any:
-    import pyarrow as pa
-
-    table = result.to_table()
-    columns = {name: np.asarray(table[name]) for name in table.colnames}
+    # astropy's Parquet reader restores fixed-width strings from the lengths (the
+    # widest over all parts) and warns without them.
+    table = arrow_table(result.to_table(), lengths)
     if schema is None:
-        # astropy's Parquet reader restores fixed-width strings from these keys and
-        # warns without them.
-        metadata = {f"table::len::{name}": str(n) for name, n in lengths.items()}
-        return pa.table(columns).replace_schema_metadata(metadata)
-    if list(columns) != schema.names:
+        return table
+    if table.schema.names != schema.names:
         raise ValueError(
-            f"result parts disagree on columns ({list(columns)} vs {schema.names}); the model"
+            f"result parts disagree on columns ({table.schema.names} vs {schema.names}); the model"
             " returned different extra columns for different chunks."
         )
-    return pa.table(columns).cast(schema)
+    return table.cast(schema)
 
 
-def merge_parts(run_dir: Path, chunks: Sequence[ChunkSpec], output: Path) -> int:
+def merge_parts(
+    run_dir: Path, chunks: Sequence[ChunkSpec], output: Path, provenance: Mapping[str, Any] | None = None
+) -> int:
     """Concatenate the finished parts, in plan order, into ``output`` (format by suffix).
 
     Parquet output is streamed part by part (memory independent of the number of
-    spectra); CSV, FITS and HDF5 are assembled in memory (about 200 bytes per spectrum)
-    and written with :meth:`InferenceResult.write`. Either way the output appears
-    atomically.
+    spectra); CSV, ECSV, FITS and HDF5 are assembled in memory (about 200 bytes per
+    spectrum) and written with :meth:`InferenceResult.write`. Either way the output
+    appears atomically, with ``provenance`` (model file, its SHA-256, the inference
+    options; see :func:`starlabel.data._result.result_provenance`) in its metadata.
 
     Returns
     -------
@@ -275,6 +277,13 @@ def merge_parts(run_dir: Path, chunks: Sequence[ChunkSpec], output: Path) -> int
     """
     done = done_chunk_names(run_dir)
     paths = [_part_path(run_dir, chunk) for chunk in chunks if chunk.name in done]
+
+    def read(path: Path) -> InferenceResult:
+        part = read_part(path)
+        if provenance is None:
+            return part
+        return dataclasses.replace(part, meta={**part.meta, PROVENANCE_KEY: dict(provenance)})
+
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
@@ -285,7 +294,7 @@ def merge_parts(run_dir: Path, chunks: Sequence[ChunkSpec], output: Path) -> int
         lengths = _string_lengths(paths)
         try:
             for path in paths:
-                part = read_part(path)
+                part = read(path)
                 table = _arrow_table(part, writer.schema if writer is not None else None, lengths)
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema)
@@ -298,7 +307,7 @@ def merge_parts(run_dir: Path, chunks: Sequence[ChunkSpec], output: Path) -> int
             raise ValueError(f"no finished parts in {str(run_dir)!r}: nothing to merge.")
         os.replace(tmp, output)
         return total
-    parts = [read_part(path) for path in paths]
+    parts = [read(path) for path in paths]
     if not parts:
         raise ValueError(f"no finished parts in {str(run_dir)!r}: nothing to merge.")
     merged = parts[0].concatenate_with(parts[1:])

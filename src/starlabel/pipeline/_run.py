@@ -381,7 +381,17 @@ def run_inference(
                 bar.advance(n_ok)
 
     report, n_errors, n_failed = write_errors_report(run_dir, described, chunks)
-    n_written = merge_parts(run_dir, chunks, output) if done_chunk_names(run_dir) else 0
+    provenance = {
+        "model": {
+            "kind": kind,
+            "path": str(model_path),
+            "sha256": manifest.model["sha256"],
+            "starlabel_version": header.get("library_version"),
+            "training_set": header.get("training_set"),
+        },
+        "test_step": options,
+    }
+    n_written = merge_parts(run_dir, chunks, output, provenance) if done_chunk_names(run_dir) else 0
     finished = time.perf_counter()
     steady = (
         n_after_first / (finished - first_done_at)

@@ -117,7 +117,7 @@ def read_apstar(path: str | os.PathLike[str], *, combination: str | int = "globa
         An ``apStar-*.fits`` file.
     combination : {"global", "pixel", "visits"} or int
         Which spectrum to read: the visits combined with global weights (row 1, what
-        the lab report and ASPCAP use), with pixel-by-pixel weights (row 0), every
+        ASPCAP uses), with pixel-by-pixel weights (row 0), every
         single visit (rows 2…, one spectrum each), or a row number. A star observed once
         has a single spectrum, which is returned for any combination.
 

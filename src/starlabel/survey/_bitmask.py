@@ -4,7 +4,7 @@ apStar HDU 3 holds one integer per pixel whose bits say what may be wrong with i
 A pixel is *bad* (``mask = True``, ``ivar = 0``) when any of a configurable set of bits
 is set, when its flux is not positive, when its error is huge (the pipeline writes
 errors of ~1e10 into pixels without data), or, optionally, when its flux is below a
-fraction of the star's median flux (the lab report's rule for the chip edges).
+fraction of the star's median flux (for the chip edges).
 
 Which bits to treat as bad is a choice. :data:`DEFAULT_BAD_BITS` drops every pixel with
 a detector, cosmic-ray, sky-subtraction or persistence problem, and keeps pixels merely
@@ -195,9 +195,8 @@ def mask_pixels(
     ``bad_bits`` set in ``bitmask``; and, when ``low_flux_fraction`` is given, flux below
     that fraction of the star's median flux over the pixels still good.
 
-    The lab report's 5% rule compared each pixel with the median over *stars* at that
-    pixel; here the comparison is with the same star's median, so a faint star is not
-    judged against bright ones.
+    The comparison is with the same star's median (not the median over stars at that
+    pixel), so a faint star is not judged against bright ones.
 
     Parameters
     ----------

@@ -15,7 +15,7 @@ at every S/N. Scaling all ivar by a constant (a different S/N) does not change t
 * :class:`SinesAndCosines` – φ = 1, sin(2πkλ/L), cos(2πkλ/L) for k = 1…order
   (The Cannon's choice, Ness et al. 2015; Casey et al. 2016).
 * :class:`Polynomial` – Legendre polynomials in λ scaled to [−1, 1] per region, with
-  iterative symmetric outlier rejection (the lab report's per-chip quadratic). The fit
+  iterative symmetric outlier rejection (a quadratic per chip by default). The fit
   is linear once the rejected pixels are fixed; rejection is relative to each star's
   robust scatter and symmetric, so it does not move the level with S/N.
 * :class:`RunningQuantile` – an upper quantile of the flux in a sliding window. For
@@ -179,7 +179,7 @@ class Polynomial(AbstractContinuum):
     Parameters
     ----------
     degree : int
-        Polynomial degree (default 2, the lab report's per-chip quadratic).
+        Polynomial degree (default 2: a quadratic per chip).
     clip : float
         Rejection threshold in robust standard deviations (default 3).
     max_iterations : int

@@ -19,8 +19,8 @@ ASPCAP_STAR_BAD = 1 << 23
 class QualityCuts:
     """Which stars to keep. Cuts run in the order of the fields; ``None`` disables one.
 
-    Defaults follow the lab report: S/N > 50, every label valid, at most 3000 bad
-    pixels on the gap-removed grid.
+    Defaults: S/N > 50, every label valid, at most 3000 bad pixels on the gap-removed
+    grid.
 
     Parameters
     ----------

@@ -215,7 +215,7 @@ def prepare(
     bad_bits : sequence of str or int, or preset
         APOGEE_PIXMASK bits that make a pixel bad (default :data:`DEFAULT_BAD_BITS`).
     low_flux_fraction : float, optional
-        Also mask flux below this fraction of the star's median (lab report: 0.05).
+        Also mask flux below this fraction of the star's median (e.g. 0.05).
     combination : {"global", "pixel", "visits"} or int
         Which apStar spectrum to read.
     format : str, optional

@@ -182,7 +182,7 @@ class ScalarScatter(AbstractScatter):
 class FunctionErrorModel(AbstractErrorModel):
     """A user function ``fn(err, **params) -> total_err`` (1-σ in, 1-σ out).
 
-    The seed tutorial's error transform ``sqrt(err² + s²)`` is :class:`PixelScatter`;
+    The error transform ``sqrt(err² + s²)`` is :class:`PixelScatter`;
     use this class for anything else, e.g. a multiplicative inflation
     ``lambda err, k: k * err``. Trained on the gradient path only.
 
