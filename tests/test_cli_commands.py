@@ -26,7 +26,9 @@ from starlabel.data import read_dataset, read_result, simulate_cannon, write_dat
 from starlabel.models import load_model
 
 LABELS = ("teff", "logg", "fe_h")
-N_TRAIN, N_TEST, N_PIXELS = 300, 24, 100  # ≥ 77 pixels for --fit-rv's ±150 km/s
+# --fit-rv leaves out the pixels within reach of its ±150 km/s of each region edge (36
+# here, 4.2 km/s per pixel); on 100 pixels the 28 left cannot pin the labels down.
+N_TRAIN, N_TEST, N_PIXELS = 160, 16, 300
 
 
 def run(*args: object) -> str:
@@ -182,7 +184,8 @@ def test_evaluate_and_report_render_in_a_browser(survey, tmp_path):
     for label in LABELS:  # the printed table row: model, label, n, RMSE, …
         row = next(line.split() for line in printed.splitlines() if line.split()[1:2] == [label])
         assert int(row[2]) == N_TEST
-        assert float(row[3]) == pytest.approx(metrics[label]["rmse"], rel=5e-3)  # 3 significant digits
+        decimals = len(row[3].partition(".")[2])
+        assert abs(float(row[3]) - metrics[label]["rmse"]) <= 0.5 * 10.0**-decimals + 1e-12  # as rounded
     assert metrics["teff"]["rmse"] < 0.1 * survey["spread"][0]
     assert {p.name for p in (tmp_path / "plots").iterdir()} >= {"one_to_one.png", "residuals.png", "kiel.png"}
     html = tmp_path / "report.html"
