@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from astropy.table import Table
 from matplotlib.image import imread
 from typer.testing import CliRunner
@@ -24,6 +25,10 @@ from starlabel import __version__
 from starlabel.cli import app
 from starlabel.data import read_dataset, read_result, simulate_cannon, write_dataset
 from starlabel.models import load_model
+from test_docs_contract import fenced_commands
+
+# One xdist worker runs the module, so the shared model and compiled test steps are built once.
+pytestmark = pytest.mark.xdist_group("cli")
 
 LABELS = ("teff", "logg", "fe_h")
 # --fit-rv leaves out the pixels within reach of its ±150 km/s of each region edge (36
@@ -152,6 +157,72 @@ def test_infer_with_an_unreadable_input_writes_the_rest_and_exits_1(survey, tmp_
     assert f"wrote {N_TEST} rows" in result.output and "first error" in result.output
     assert "not a zip file" in result.output and "Exit" not in result.output
     assert read_result(tmp_path / "mixed.csv").n_stars == N_TEST
+
+
+def test_simulate_noise_and_bad_pixel_options(tmp_path):
+    run("simulate", "cannon", "-o", tmp_path / "s.npz", "--n-stars", 200, "--n-pixels", 50, "--snr", 50,
+        "--bad-pixel-fraction", 0.1, "--seed", 2)  # fmt: skip
+    data = read_dataset(tmp_path / "s.npz")
+    assert np.mean(data.mask) == pytest.approx(0.1, abs=0.02)
+    assert np.median(1 / np.sqrt(data.ivar[~data.mask])) == pytest.approx(1 / 50, rel=0.05)
+
+
+def test_train_cannon_terms_censor_and_l1(survey, tmp_path):
+    wavelength = read_dataset(survey["test"]).wavelength
+    window = [float(wavelength[0]), float(wavelength[N_PIXELS // 2])]
+    (tmp_path / "censor.json").write_text(json.dumps({"fe_h": [window]}))
+    model = tmp_path / "censored.starlabel"
+    run("train", "cannon", survey["train"], "--labels", ",".join(LABELS), "-o", model,
+        "--terms", "teff + logg + fe_h + teff^2 + logg*teff", "--censor", tmp_path / "censor.json",
+        "--l1", 1.0)  # fmt: skip
+    fitted = load_model(model)
+    assert len(fitted.term_names) == 6  # the constant and the five terms asked for
+    allowed = np.asarray(fitted.allowed)
+    inside = (wavelength >= window[0]) & (wavelength <= window[1])
+    assert allowed[2, inside].all() and not allowed[2, ~inside].any() and allowed[:2].all()
+
+
+def test_infer_run_options_and_overwrite(survey, tmp_path):
+    out = tmp_path / "labels.csv"
+    common = [survey["model"], survey["test"], "-o", out, "--no-progress"]
+    run("infer", *common, "--no-memmap", "--no-compilation-cache")
+    first = read_result(out)
+    # Other options into the same run directory: refused without --overwrite …
+    refused = CliRunner().invoke(app, ["infer", *map(str, common), "--uncertainty", "laplace"])
+    assert refused.exit_code == 2 and "--overwrite" in refused.output, refused.output
+    # … and done from scratch with it: same optimum, new errors.
+    assert f"{N_TEST} inferred now, 0 resumed" in run("infer", *common, "--uncertainty", "laplace",
+                                                      "--overwrite", "--memmap", "--compilation-cache")  # fmt: skip
+    second = read_result(out)
+    assert np.all(np.abs(second.labels - first.labels) < 0.01 * first.label_err)
+    assert not np.array_equal(second.label_err, first.label_err)
+
+
+# Options no test can run here, and why.
+UNTESTED_OPTIONS = {("prepare", "--allstar"): "the shared data hold no allStar catalogue"}
+
+
+def test_every_cli_option_is_used_by_some_test():
+    """Each option (any of its spellings) appears as a literal in the tests or the docs' command lines."""
+    root = typer.main.get_command(app)
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in Path(__file__).parent.glob("test_*.py"))
+    used = {f'"{word}"' for line in fenced_commands() for word in line.words}
+
+    def walk(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, (*path, name))
+        yield path, command
+
+    missing = []
+    for path, command in walk(root, ()):
+        for parameter in command.params:
+            if parameter.param_type_name != "option":
+                continue
+            spellings = [f'"{o}"' for o in (*parameter.opts, *parameter.secondary_opts)]
+            key = (" ".join(path), parameter.opts[0])
+            if key not in UNTESTED_OPTIONS and not any(s in sources or s in used for s in spellings):
+                missing.append(" ".join(["starlabel", *path, parameter.opts[0]]))
+    assert not missing, f"options no test runs: {missing}"
 
 
 def _chromium() -> str | None:

@@ -88,7 +88,8 @@ def test_real_ngc103_field_through_the_cli(shared_data, tmp_path):
         "-o",
         str(tmp_path / "members.csv"),
     ]
-    result = CliRunner().invoke(app, [*args, "--no-nuts", "--plots", str(tmp_path / "plots"), "--seed", "0"])
+    options = ["--errors", "e_pmRA,e_pmDE,e_Plx", "--n-field-max", "4", "--no-nuts", "--seed", "0"]
+    result = CliRunner().invoke(app, [*args, *options, "--plots", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
     assert "mean_pmra" in result.output and "skipped: 65" in result.output
     summary = json.loads((tmp_path / "members.json").read_text())
