@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 from astropy.table import Table
+from typer.testing import CliRunner
 
-from starlabel.evaluate._mixture_plots import plot_membership
+from starlabel.cli import app
 from starlabel.mixtures import fit_cluster_membership, fit_membership_table, simulate_cluster_field
 
 
@@ -72,40 +73,52 @@ def test_missing_rows_reported_and_kept(simulated):
     assert "skipped: 4" in result.summary()
 
 
-def test_real_ngc103_field(shared_data, tmp_path):
+def test_real_ngc103_field_through_the_cli(shared_data, tmp_path):
+    """`starlabel members TABLE --pm pmRA,pmDE --parallax Plx -o members.csv`, as README.md shows it."""
     path = shared_data / "gaia" / "asteca_field_ngc103_gaiadr3.csv"
-    # Laplace posterior here to keep the suite fast; NUTS is exercised on the simulated
-    # field above and on this one in the tutorial (docs/mixtures.md has its numbers).
-    result = fit_membership_table(
-        path, pm_columns=("pmRA", "pmDE"), parallax_column="Plx", nuts=False, seed=0
-    )
-    params = result.fit.parameters()
+    # Laplace posterior (--no-nuts) here to keep the suite fast; NUTS is exercised on the
+    # simulated field above and on this one in the tutorial (docs/mixtures.md has its numbers).
+    args = [
+        "members",
+        str(path),
+        "--pm",
+        "pmRA,pmDE",
+        "--parallax",
+        "Plx",
+        "-o",
+        str(tmp_path / "members.csv"),
+    ]
+    options = ["--errors", "e_pmRA,e_pmDE,e_Plx", "--n-field-max", "4", "--no-nuts", "--seed", "0"]
+    result = CliRunner().invoke(app, [*args, *options, "--plots", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    assert "mean_pmra" in result.output and "skipped: 65" in result.output
+    summary = json.loads((tmp_path / "members.json").read_text())
+    params = summary["cluster"]
     assert abs(params["mean_pmra"]["median"] - (-2.8)) < 0.1
     assert abs(params["mean_pmdec"]["median"] - (-1.1)) < 0.1
     assert abs(params["mean_parallax"]["median"] - 0.28) < 0.05
     for name in ("mean_pmra", "mean_pmdec", "mean_parallax"):
         assert 0 < params[name]["std"] < 0.02
-    assert result.fit.method == "laplace"
-    assert result.fit.n_field >= 2  # a single Gaussian field is rejected by BIC
-    assert result.fit.bic[1] - min(result.fit.bic.values()) > 100
-    n, n_err = result.fit.n_members()
+    assert summary["sampler"]["method"] == "laplace"
+    assert summary["field"]["n_components"] >= 2  # a single Gaussian field is rejected by BIC
+    bic = summary["field"]["bic"]
+    assert bic["1"] - min(bic.values()) > 100
+    n, n_err = summary["n_members"]["expected"], summary["n_members"]["std"]
     assert 100 < n < 1000 and 0 < n_err < 0.2 * n
     # The 65 rows without astrometry are reported and kept, not dropped.
-    assert result.n_skipped == 65 and len(result.table) == 8683
-    assert np.isfinite(np.asarray(result.table["p_member_err"])).sum() == 8683 - 65
+    assert summary["n_skipped"] == 65 and summary["n_rows"] == 8683
 
-    out = result.write(tmp_path / "members.csv")
-    back = Table.read(out, format="ascii.csv", comment="#")  # after the ECSV comment header
-    assert back.colnames[: len(result.table.colnames) - 4] == result.table.colnames[:-4]
-    np.testing.assert_allclose(
-        np.asarray(back["p_member"]), np.asarray(result.table["p_member"]), equal_nan=True
-    )
-    summary = json.loads(result.to_json(tmp_path / "members.json").read_text())
-    assert summary["n_skipped"] == 65 and summary["field"]["n_components"] == result.fit.n_field
-    assert abs(summary["cluster"]["mean_parallax"]["median"] - 0.28) < 0.05
-    paths = plot_membership(result, tmp_path / "plots")
-    assert [p.name for p in paths] == ["members_pm.png", "members_parallax.png"]
-    assert all(p.stat().st_size > 10_000 for p in paths)
+    source = Table.read(path, format="ascii.csv")
+    back = Table.read(tmp_path / "members.csv", format="ascii.csv", comment="#")  # after the ECSV header
+    assert back.colnames[: len(source.colnames)] == source.colnames
+    assert {"p_member", "p_member_err", "p_member_map", "member_status"} <= set(back.colnames)
+    p, p_err = np.asarray(back["p_member"], dtype=float), np.asarray(back["p_member_err"], dtype=float)
+    assert np.isfinite(p_err).sum() == np.isfinite(p).sum() == 8683 - 65
+    assert np.all((p[np.isfinite(p)] >= 0) & (p[np.isfinite(p)] <= 1))
+    assert np.sum(p[np.isfinite(p)]) == pytest.approx(n, rel=0.05)
+    paths = sorted((tmp_path / "plots").iterdir())
+    assert [q.name for q in paths] == ["members_parallax.png", "members_pm.png"]
+    assert all(q.stat().st_size > 10_000 for q in paths)
 
 
 def test_missing_columns_listed(tmp_path):

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from starlabel.data import read_result
-from starlabel.pipeline import RayEngine, resolve_engine, run_inference
+from starlabel.cli import app
+from starlabel.data import read_result, simulate_cannon, write_dataset
+from starlabel.models.cannon import Cannon
+from starlabel.pipeline import RayEngine, resolve_engine, run_dir_for, run_inference
+from test_docs_contract import fenced_commands, localise
 from test_pipeline_support import TESTS_DIR, make_survey
 
 ray = pytest.importorskip(
     "ray", reason="Ray is optional: pip install 'starlabel[ray]' to test the Ray engine"
 )
+# One worker under pytest-xdist runs them all, so one local Ray instance serves them.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +89,58 @@ def test_ray_refuses_more_workers_than_fit(local_cluster, tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="does not fit the Ray cluster"):
         run_inference(model_path, files, tmp_path / "x.csv", engine=RayEngine(num_workers=3), progress=False)
     assert isinstance(resolve_engine("ray", num_workers=2), RayEngine)
+
+
+def test_a_worker_killed_mid_run_costs_only_its_queued_chunks(local_cluster, tmp_path: Path) -> None:
+    model_path, files = make_survey(tmp_path, n_files=2, n_stars=40, n_pixels=24)
+    local = tmp_path / "local.parquet"
+    run_inference(model_path, files, local, chunk_size=5, progress=False)
+    # The worker that gets row 20 (chunk 4 of 16) SIGKILLs itself, once.
+    options = {"die_on_id": "file0-star00020", "die_marker": str(tmp_path / "died"), "delay": 0.05}
+    output = tmp_path / "ray.parquet"
+    engine = RayEngine(
+        num_workers=2, cpus_per_worker=0.5, tasks_per_worker=2, worker_env={"PYTHONPATH": TESTS_DIR},
+        startup_timeout_s=120,
+    )  # fmt: skip
+    first = run_inference(
+        model_path, files, output, chunk_size=5, infer_options=options, engine=engine, progress=False
+    )
+    assert (tmp_path / "died").exists() and not first.complete
+    # Only the chunks queued at the dead worker fail (the one it died on and at most
+    # one behind it); a new worker takes its place and the other chunks all finish.
+    with open(first.errors_report, newline="") as handle:
+        errors = list(csv.DictReader(handle))
+    assert 1 <= len(errors) <= 2 and all("worker died" in row["error"] for row in errors), errors
+    assert first.n_written == 80 - 5 * len(errors)
+    # The same command again retries exactly those chunks; the table is the local one.
+    second = run_inference(
+        model_path, files, output, chunk_size=5, infer_options=options, engine=engine, progress=False
+    )
+    assert second.complete and second.n_processed == 5 * len(errors) and second.n_errors == 0
+    a, b = read_result(local), read_result(output)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    for name in ("labels", "cov", "chi2", "dof", "flags"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_documented_ray_command_runs_through_the_cli(local_cluster, tmp_path: Path, monkeypatch) -> None:
+    """docs/scaling.md's `starlabel infer … --engine ray` line, on this process's Ray instance."""
+    lines = [line for line in fenced_commands() if line.runs_elsewhere == "tests/test_pipeline_ray.py"]
+    assert lines, "docs show no `--engine ray` command line any more"
+    monkeypatch.chdir(tmp_path)
+    sim = simulate_cannon(260, 30, 3, seed=2)
+    Cannon(sim.dataset.label_names).fit(sim.dataset[np.arange(200)]).save(tmp_path / "cannon.starlabel")
+    for i, start in enumerate((200, 230)):
+        folder = tmp_path / "survey" / f"plate{i}"
+        folder.mkdir(parents=True)
+        write_dataset(sim.dataset[np.arange(start, start + 30)], folder / "spectra.h5")
+    for line in lines:
+        argv = localise(line.words, tmp_path, tmp_path)
+        output = Path(argv[argv.index("-o") + 1])
+        result = CliRunner().invoke(app, [*argv, "--no-progress"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        table = read_result(output)
+        assert table.n_stars == 60
+        assert json.loads((run_dir_for(output) / "summary.json").read_text())["engine"] == "ray"
+        rmse = np.sqrt(np.mean((table.labels - sim.true_labels[200:]) ** 2, axis=0))
+        assert np.all(rmse < 0.1 * sim.true_labels.std(axis=0)), rmse

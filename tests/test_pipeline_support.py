@@ -2,12 +2,15 @@
 
 The pipeline must work with any fitted model, so its tests use this small linear
 regressor (labels = flux · W + b) registered as model kind ``"test-linear"``. It can
-be told to sleep per chunk (to give the SIGKILL test time to strike mid-run) and to
-fail on chunks containing a given star id (error isolation).
+be told to sleep per chunk (to give the SIGKILL test time to strike mid-run), to
+fail on chunks containing a given star id (error isolation), and to kill its own
+process once on such a chunk (a Ray worker dying mid-run).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,10 +36,21 @@ class LinearFitted(AbstractFittedModel):
     label_names: tuple[str, ...] = eqx.field(static=True)
 
     def infer(
-        self, data: SpectralDataset, *, delay: float = 0.0, fail_on_id: str | None = None
+        self,
+        data: SpectralDataset,
+        *,
+        delay: float = 0.0,
+        fail_on_id: str | None = None,
+        die_on_id: str | None = None,
+        die_marker: str | None = None,
     ) -> InferenceResult:
         if delay:
             time.sleep(delay)
+        if die_on_id is not None and die_on_id in set(data.ids.tolist()) and die_marker is not None:
+            # A worker dies once, as under the OOM killer; the marker lets a rerun pass.
+            if not Path(die_marker).exists():
+                Path(die_marker).touch()
+                os.kill(os.getpid(), signal.SIGKILL)
         if fail_on_id is not None and fail_on_id in set(data.ids.tolist()):
             raise ValueError(f"refusing chunk with star {fail_on_id}")
         weights = np.asarray(self.weights)

@@ -188,28 +188,34 @@ class RayEngine(AbstractEngine):
     ) -> Iterator[ChunkOutcome]:
         todo = list(reversed(chunks))
         load = [0] * len(actors)
-        in_flight: dict[Any, tuple[int, ChunkSpec]] = {}
+        # Each request remembers its actor: a dead actor's queued requests still come
+        # back (as errors) after a new actor has taken its slot.
+        in_flight: dict[Any, tuple[int, ChunkSpec, Any]] = {}
 
         def fill() -> None:
-            for slot in range(len(actors)):
+            for slot, actor in enumerate(actors):
                 while todo and load[slot] < self.tasks_per_worker:
                     chunk = todo.pop()
-                    in_flight[actors[slot].process.remote(chunk)] = (slot, chunk)
+                    in_flight[actor.process.remote(chunk)] = (slot, chunk, actor)
                     load[slot] += 1
 
         fill()
         while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             ref = ready[0]
-            slot, chunk = in_flight.pop(ref)
-            load[slot] -= 1
+            slot, chunk, actor = in_flight.pop(ref)
+            current = actors[slot] is actor
+            if current:
+                load[slot] -= 1
             try:
                 outcome = ray.get(ref)
             except ray.exceptions.RayActorError as error:
-                # The worker process died (e.g. out of memory): report the chunk and
-                # replace the worker; the actor's other queued chunks fail the same way.
+                # The worker process died (e.g. out of memory): report the chunk (a
+                # restart retries it); the chunks queued behind it fail the same way.
+                # Replace the worker at once, so that no new chunk goes to the dead one.
                 outcome = ChunkOutcome(chunk, None, f"worker died: {type(error).__name__}")
-                if actors[slot] is not None and load[slot] == 0:
+                if current:
                     actors[slot] = start_actor()
+                    load[slot] = 0
             yield outcome
             fill()
