@@ -264,3 +264,20 @@ def test_the_quadratic_cannon_cannot_represent_the_spectra():
     # strong lines: the model is off by more than the noise; line-free pixels: it is not
     assert np.median(misfit[strong] / noise[strong]) > 1.5
     assert np.median(misfit[clean] / noise[clean]) < 0.5
+
+
+def test_cli_observation_options_reach_the_simulator(tmp_path):
+    out = tmp_path / "window.npz"
+    args = ["simulate", "lines", "-o", str(out), "--n-stars", "12", "--n-pixels", "300", "--first-pixel", "1000",
+            "--snr-min", "40", "--snr-max", "50", "--resolution", "15000", "--continuum-error", "0",
+            "--keep-continuum", "--seed", "4"]  # fmt: skip
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = read_dataset(out, labels=("teff", "snr"))
+    sim = simulate_lines(12, n_pixels=300, first_pixel=1000, snr=(40.0, 50.0), resolution=15_000.0,
+                         continuum_error=0.0, keep_continuum=True, seed=4)  # fmt: skip
+    np.testing.assert_array_equal(data.wavelength, sim.dataset.wavelength)
+    np.testing.assert_array_equal(data.flux[~data.mask], sim.dataset.flux[~sim.dataset.mask])
+    assert np.all((data.label("snr") >= 40) & (data.label("snr") <= 50))
+    full_grid = simulate_lines(1, n_pixels=1001, seed=4).dataset.wavelength
+    assert data.wavelength[0] == pytest.approx(full_grid[1000])
