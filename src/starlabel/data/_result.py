@@ -149,18 +149,23 @@ class InferenceResult:
     def to_table(self) -> Any:
         """As an ``astropy.table.Table``: id, labels, ``<label>_err``, χ², flags, extras.
 
-        Columns: ``id``, then for each label ``<label>`` and ``<label>_err``, then
-        ``chi2``, ``dof``, ``rchi2`` (reduced χ²), ``flags`` and any extra columns.
-        Covariances are kept as ``cov_<a>_<b>`` for a < b when present.
+        Columns: ``id``, then for each label ``<label>``, ``<label>_err`` and, when
+        the result has it, ``<label>_err_stat`` (the statistical part of calibrated
+        errors), then ``chi2``, ``dof``, ``rchi2`` (reduced χ²), ``flags`` and any other
+        extra columns. Covariances are kept as ``cov_<a>_<b>`` for a < b when present.
         """
         from astropy.table import Table
 
         table = Table()
         table["id"] = self.ids
         errors = self.label_err
+        placed = set()
         for i, name in enumerate(self.label_names):
             table[name] = self.labels[:, i]
             table[f"{name}_err"] = errors[:, i]
+            if f"{name}_err_stat" in self.extra:
+                table[f"{name}_err_stat"] = np.asarray(self.extra[f"{name}_err_stat"])
+                placed.add(f"{name}_err_stat")
         if self.cov is not None:
             for i, a in enumerate(self.label_names):
                 for j in range(i + 1, len(self.label_names)):
@@ -170,7 +175,8 @@ class InferenceResult:
         table["rchi2"] = self.reduced_chi2
         table["flags"] = self.flags
         for key, value in self.extra.items():
-            table[key] = np.asarray(value)
+            if key not in placed:
+                table[key] = np.asarray(value)
         table.meta.update({str(k): v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool))})
         table.meta["label_names"] = ",".join(self.label_names)
         return table

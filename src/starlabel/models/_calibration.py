@@ -97,7 +97,15 @@ class ErrorCalibration(eqx.Module):
 
     def __check_init__(self) -> None:
         k = len(self.label_names)
-        for name in ("scale", "floor", "misfit_power", "z_std_before", "z_std_after", "coverage_before", "coverage_after"):
+        for name in (
+            "scale",
+            "floor",
+            "misfit_power",
+            "z_std_before",
+            "z_std_after",
+            "coverage_before",
+            "coverage_after",
+        ):
             if getattr(self, name).shape != (k,):
                 raise ValueError(
                     f"ErrorCalibration.{name} has shape {getattr(self, name).shape}; expected ({k},),"
@@ -246,7 +254,11 @@ def with_stat_errors(result: InferenceResult) -> InferenceResult:
 
 
 def apply_calibration(
-    calibration: ErrorCalibration | None, result: InferenceResult, *, calibrate: bool = True, why_not: str = ""
+    calibration: ErrorCalibration | None,
+    result: InferenceResult,
+    *,
+    calibrate: bool = True,
+    why_not: str = "",
 ) -> InferenceResult:
     """Calibrate ``result`` when a calibration exists and is wanted; say which it is.
 

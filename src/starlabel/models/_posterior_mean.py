@@ -636,7 +636,7 @@ def select_temperature(
     stds = np.zeros_like(means)
     for held in folds:
         rest = np.setdiff1d(np.arange(train.n_stars), held)
-        fitted = model.fit(train[rest])
+        fitted = model.fit(train[rest], calibrate=False)
         fold_prior = resolve_prior(prior, names, truth_all[rest]) if isinstance(prior, str) else prior
         for t, temperature in enumerate(temps):
             result = infer_posterior_mean(

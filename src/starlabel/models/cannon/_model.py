@@ -294,7 +294,9 @@ class Cannon(AbstractSpectralModel):
         weights = None if star_weights is None else np.asarray(star_weights, dtype=float)
 
         def refit(rows: np.ndarray) -> FittedCannon:
-            return self.fit(train[rows], star_weights=None if weights is None else weights[rows], calibrate=False)
+            return self.fit(
+                train[rows], star_weights=None if weights is None else weights[rows], calibrate=False
+            )
 
         return calibrated_fit(fitted, train, refit)
 

@@ -351,7 +351,8 @@ class Lux(AbstractSpectralModel):
             if extra is not None:
                 subset = {
                     name: OutputData(
-                        np.asarray(item.values)[rows], None if item.err is None else np.asarray(item.err)[rows]
+                        np.asarray(item.values)[rows],
+                        None if item.err is None else np.asarray(item.err)[rows],
                     )
                     for name, item in extra.items()
                 }
