@@ -136,7 +136,9 @@ def test_old_model_file_loads_uncalibrated_and_says_so(small_models, caplog):
     result = loaded.infer(dataset[200:])
     assert result.meta["errors"] == "statistical" and "retrain" in result.meta["error_calibration"]
     np.testing.assert_allclose(result.label_err[:, 1], result.extra["logg_err_stat"])
-    ran = CliRunner().invoke(app, ["infer", str(old), str(data), "-o", str(folder / "old.csv"), "--no-progress"])
+    ran = CliRunner().invoke(
+        app, ["infer", str(old), str(data), "-o", str(folder / "old.csv"), "--no-progress"]
+    )
     assert ran.exit_code == 0, ran.output
     assert "by an older starlabel, without error calibration" in ran.output
 
@@ -148,7 +150,9 @@ def test_cli_trains_calibrated_by_default_and_no_calibrate_opts_out(small_models
     for flag in ([], ["--no-calibrate"]):
         model = folder / f"cli{len(flag)}.starlabel"
         labels = "teff,logg,fe_h"
-        trained = runner.invoke(app, ["train", "cannon", str(data), "--labels", labels, "-o", str(model), *flag])
+        trained = runner.invoke(
+            app, ["train", "cannon", str(data), "--labels", labels, "-o", str(model), *flag]
+        )
         assert trained.exit_code == 0, trained.output
         out = folder / f"cli{len(flag)}.csv"
         ran = runner.invoke(app, ["infer", str(model), str(data), "-o", str(out), "--no-progress"])

@@ -61,6 +61,7 @@ def evaluate_against(
     Returns
     -------
     MetricsTable
+        With the errors' calibration (std z, share with |z| < 1) from ``result.label_err``.
     """
     names = tuple(label_names) if label_names is not None else result.label_names
     missing = [n for n in names if n not in result.label_names]
@@ -71,7 +72,7 @@ def evaluate_against(
     predicted = np.stack([result.label(n)[i_result] for n in names], axis=1)
     truth = reference.labels[i_reference]  # type: ignore[index]
     errors = np.stack([result.label_err[:, result.label_names.index(n)][i_result] for n in names], axis=1)
-    table = label_metrics(predicted, truth, names, model=model)
+    table = label_metrics(predicted, truth, names, model=model, errors=errors)
     if plots is not None:
         folder = Path(plots)
         plot_one_to_one(predicted, truth, names, folder / "one_to_one.png", errors=errors, title=model)
