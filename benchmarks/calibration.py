@@ -42,9 +42,11 @@ from starlabel.models.nn import NNRegressor
 MODELS = {
     "cannon": lambda names, quick: Cannon(names, order=2),
     "lux": lambda names, quick: Lux(names, latent_size=8),
-    "nn": lambda names, quick: NNRegressor(names, epochs=60 if quick else 300),
+    "nn": lambda names, quick: NNRegressor(names, epochs=60 if quick else NN_EPOCHS[0]),
 }
 """The default configurations (``starlabel train cannon|lux|nn``); ``--quick`` shortens the NN."""
+NN_EPOCHS = [300]
+"""The NN's epochs (its default, 300); ``--nn-epochs`` changes it and the JSON records it."""
 
 
 def _stats(residual: np.ndarray, errors: np.ndarray) -> dict[str, list[float]]:
@@ -127,6 +129,7 @@ def main() -> None:
     parser.add_argument("--cases", default="giants,lines", help="comma-separated: giants, lines")
     parser.add_argument("--models", default="cannon,lux,nn", help="comma-separated model families")
     parser.add_argument("--merge", nargs="+", type=Path, help="join earlier runs' JSON files into --out")
+    parser.add_argument("--nn-epochs", type=int, default=300, help="NN training epochs (default 300)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "calibration.json")
     args = parser.parse_args()
     if args.merge:
@@ -140,7 +143,9 @@ def main() -> None:
         args.out.write_text(json.dumps(merged, indent=2) + "\n")
         return
     models = args.models.split(",")
+    NN_EPOCHS[0] = args.nn_epochs
     results: dict = {
+        "nn_epochs": args.nn_epochs,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
