@@ -88,6 +88,7 @@ def run_case(name: str, splits, reference: np.ndarray, names, quick: bool, data,
             "train_seconds_without": round(seconds[False], 2),
             "train_seconds_with": round(seconds[True], 2),
             "train_time_ratio": round(seconds[True] / seconds[False], 2),
+            "nn_epochs": NN_EPOCHS[0] if model_name == "nn" and not quick else None,
             "load_average_after": os.getloadavg(),
             "calibrations": calibrations,
         }
@@ -136,7 +137,8 @@ def main() -> None:
         parts = [json.loads(p.read_text()) for p in args.merge]
         merged = {**parts[0], "cases": {}, "runs": [p["machine"] for p in parts]}
         for part in parts:
-            merged["cases"].update(part["cases"])
+            for case, rows in part["cases"].items():
+                merged["cases"].setdefault(case, {}).update(rows)
             merged.update({k: v for k, v in part.items() if k.endswith("_setup")})
         merged["table_markdown"] = table(merged)
         print(merged["table_markdown"])

@@ -11,9 +11,9 @@ a factor and by a floor that no S/N removes (Cannon on real giants: held-out z s
 
 where :math:`\chi^2_\nu` is the star's reduced χ² and :math:`\tilde\chi^2_\nu` its
 median over the held-out training stars (the term is 1 for models without a χ², such
-as the NN regressor: there γ = 0), by K-fold cross-validation: refit on K−1 folds, run the same test step on the held-out
-fold, and fit ``a`` and ``σ_sys`` to the held-out residuals by maximum likelihood
-(:func:`fit_error_calibration`). :class:`ErrorCalibration` stores the result in the
+as the NN regressor: there γ = 0), by K-fold cross-validation: refit on K−1 folds, run
+the same test step on the held-out fold, and fit ``a``, ``σ_sys`` and ``γ`` to the
+held-out residuals by maximum likelihood (:func:`fit_error_calibration`). :class:`ErrorCalibration` stores the result in the
 fitted model (and its model file) and :meth:`ErrorCalibration.apply` turns any
 :class:`~starlabel.data.InferenceResult` of that test step into calibrated totals,
 keeping the statistical part as ``<label>_err_stat``. It knows nothing about model
@@ -102,15 +102,7 @@ class ErrorCalibration(eqx.Module):
 
     def __check_init__(self) -> None:
         k = len(self.label_names)
-        for name in (
-            "scale",
-            "floor",
-            "misfit_power",
-            "z_std_before",
-            "z_std_after",
-            "coverage_before",
-            "coverage_after",
-        ):
+        for name in _REPORTED:
             if getattr(self, name).shape != (k,):
                 raise ValueError(
                     f"ErrorCalibration.{name} has shape {getattr(self, name).shape}; expected ({k},),"
