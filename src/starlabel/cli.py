@@ -503,14 +503,6 @@ def infer(
     from .models import read_model_header
     from .pipeline import run_inference
 
-    header = read_model_header(model)
-    if header.get("calibration") is None:
-        when = "with --no-calibrate" if header.get("format_version", 1) >= 2 else "by an older starlabel"
-        typer.echo(
-            f"note: {model} was trained {when}, without error calibration: <label>_err are the"
-            " model's statistical errors (too small on real spectra); retrain to calibrate them.",
-            err=True,
-        )
 
     options: dict[str, Any] = {}
     if estimator is not EstimatorName.map:
@@ -552,6 +544,14 @@ def infer(
         options["continuum_order"] = fit_continuum
     if binary:
         options["binary"] = True
+    header = read_model_header(model)
+    if header.get("calibration") is None:
+        when = "with --no-calibrate" if header.get("format_version", 1) >= 2 else "by an older starlabel"
+        typer.echo(
+            f"note: {model} was trained {when}, without error calibration: <label>_err are the"
+            " model's statistical errors (too small on real spectra); retrain to calibrate them.",
+            err=True,
+        )
     summary = run_inference(
         model,
         inputs,
