@@ -503,7 +503,6 @@ def infer(
     from .models import read_model_header
     from .pipeline import run_inference
 
-
     options: dict[str, Any] = {}
     if estimator is not EstimatorName.map:
         options["estimator"] = estimator.value
