@@ -85,6 +85,13 @@ def test_calibration_fit_recovers_a_known_error_model():
         fit_error_calibration(residual[:5], sigma[:5], ("x", "y"))
 
 
+def test_too_small_a_training_set_for_calibration_says_how_to_train_anyway():
+    data = simulate_cannon(n_stars=12, n_pixels=20, n_labels=3, seed=5).dataset
+    with pytest.raises(ValueError, match=r"error calibration refits .*\(calibrate=False"):
+        Cannon(data.label_names).fit(data)
+    assert Cannon(data.label_names).fit(data, calibrate=False).calibration is None
+
+
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory):
     sim = simulate_cannon(n_stars=300, n_pixels=40, n_labels=3, snr=50.0, seed=4)

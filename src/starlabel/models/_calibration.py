@@ -525,5 +525,15 @@ def calibrated_fit(
     def infer(model: Any, rows: np.ndarray) -> InferenceResult:
         return model.infer(train[rows], calibrate=False)
 
-    calibration = cross_validated_calibration(refit, infer, reference, names, n_folds=n_folds, seed=seed)
+    def refit_fold(rows: np.ndarray) -> Any:
+        try:
+            return refit(rows)
+        except ValueError as error:
+            raise ValueError(
+                f"error calibration refits the model on {n_folds - 1}/{n_folds} of the training set"
+                f" ({len(rows)} of {train.n_stars} stars), which failed: {error} Train on more stars,"
+                " or without calibration (calibrate=False; --no-calibrate on the command line)."
+            ) from error
+
+    calibration = cross_validated_calibration(refit_fold, infer, reference, names, n_folds=n_folds, seed=seed)
     return eqx.tree_at(lambda m: m.calibration, fitted, calibration, is_leaf=lambda x: x is None)
