@@ -36,7 +36,9 @@ def lux_case():
     from starlabel.models.lux import Lux
 
     sim = simulate_linear_latent(n_stars=1024 + N_TEST, n_latents=4, n_pixels=64, seed=7)
-    fitted = Lux(("label_0", "label_1"), latent_size=4, scatter="pixel").fit(sim.dataset[:1024])
+    fitted = Lux(("label_0", "label_1"), latent_size=4, scatter="pixel").fit(
+        sim.dataset[:1024], calibrate=False
+    )
     test = sim.dataset[1024:].replace(labels=None)  # the test step never sees labels
     return fitted, test, sim.true_labels[1024:]
 
@@ -121,7 +123,7 @@ def cannon_case():
 
     n_train, n_test = 4000, 2048
     sim = simulate_cannon(n_stars=n_train + n_test, n_pixels=200, n_labels=3, snr=(20.0, 80.0), seed=5)
-    fitted = Cannon(sim.dataset.label_names, order=2).fit(sim.dataset[:n_train])
+    fitted = Cannon(sim.dataset.label_names, order=2).fit(sim.dataset[:n_train], calibrate=False)
     test = sim.dataset[n_train:].replace(labels=None)
     return fitted, test, sim.true_labels[n_train:]
 

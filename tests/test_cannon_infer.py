@@ -40,7 +40,7 @@ def setup():
         + rng.normal(size=truth_flux.shape) / TEST_SNR
     )
     test = sim.dataset[test_index].replace(flux=noisy, flux_err=np.full(noisy.shape, 1 / TEST_SNR))
-    fitted = Cannon(label_names=sim.dataset.label_names).fit(sim.dataset[:N_TRAIN])
+    fitted = Cannon(label_names=sim.dataset.label_names).fit(sim.dataset[:N_TRAIN], calibrate=False)
     return sim, fitted, test, sim.true_labels[test_index]
 
 

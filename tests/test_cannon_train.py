@@ -90,20 +90,22 @@ def test_star_weight_two_equals_a_duplicated_star(sim):
     data = sim.dataset[:300]
     twice = SpectralDataset.concatenate([data, data[:100].replace(ids=[f"dup{i}" for i in range(100)])])
     model = Cannon(label_names=data.label_names, tol=TOL)
-    by_weight = model.fit(data, star_weights=np.r_[np.full(100, 2.0), np.ones(200)])
-    by_copy = model.fit(twice)
+    by_weight = model.fit(data, star_weights=np.r_[np.full(100, 2.0), np.ones(200)], calibrate=False)
+    by_copy = model.fit(twice, calibrate=False)
     np.testing.assert_allclose(by_weight.s2, by_copy.s2, rtol=1e-7, atol=1e-14)
     probe = sim.true_labels[:20]
     np.testing.assert_allclose(by_weight.predict_flux(probe), by_copy.predict_flux(probe), atol=1e-10)
     # a zero weight is the same as a star without information (ivar = 0)
-    dropped = model.fit(data, star_weights=np.r_[np.zeros(100), np.ones(200)])
-    blind = model.fit(data.replace(ivar=np.where(np.arange(300)[:, None] < 100, 0.0, data.ivar)))
+    dropped = model.fit(data, star_weights=np.r_[np.zeros(100), np.ones(200)], calibrate=False)
+    blind = model.fit(
+        data.replace(ivar=np.where(np.arange(300)[:, None] < 100, 0.0, data.ivar)), calibrate=False
+    )
     np.testing.assert_allclose(dropped.s2, blind.s2, rtol=1e-7, atol=1e-14)
     np.testing.assert_allclose(dropped.predict_flux(probe), blind.predict_flux(probe), atol=1e-10)
 
 
 def test_public_fit_predicts_the_true_flux(sim):
-    fitted = Cannon(label_names=sim.dataset.label_names, tol=TOL).fit(sim.dataset)
+    fitted = Cannon(label_names=sim.dataset.label_names, tol=TOL).fit(sim.dataset, calibrate=False)
     assert dict(fitted.training_info)["converged"]
     residual = fitted.predict_flux(sim.true_labels) - sim.true_flux
     # A least-squares fit of T terms to N stars leaves an error of about
@@ -119,7 +121,7 @@ def test_empty_and_sparse_pixels_are_flagged_not_nan(sim):
     ivar = data.ivar.copy()
     ivar[:, 5] = 0.0  # no star
     ivar[8:, 9] = 0.0  # 8 stars for 10 terms
-    fitted = Cannon(label_names=data.label_names, tol=TOL).fit(data.replace(ivar=ivar))
+    fitted = Cannon(label_names=data.label_names, tol=TOL).fit(data.replace(ivar=ivar), calibrate=False)
     ok = np.asarray(fitted.pixel_ok)
     assert not ok[5] and not ok[9] and ok.sum() == N_PIXELS - 2
     assert np.all(np.isfinite(fitted.theta)) and np.all(np.isfinite(fitted.s2))
@@ -130,8 +132,10 @@ def test_censored_label_has_exactly_zero_derivative_outside_its_windows(sim):
     data = sim.dataset
     wave = data.wavelength
     windows = [(wave[10], wave[20]), (wave[40], wave[45])]
-    plain = Cannon(label_names=data.label_names, tol=TOL).fit(data)
-    censored = Cannon(label_names=data.label_names, censor={"fe_h": windows}, tol=TOL).fit(data)
+    plain = Cannon(label_names=data.label_names, tol=TOL).fit(data, calibrate=False)
+    censored = Cannon(label_names=data.label_names, censor={"fe_h": windows}, tol=TOL).fit(
+        data, calibrate=False
+    )
     inside = np.zeros(N_PIXELS, bool)
     inside[10:21] = inside[40:46] = True
     for point in (None, sim.true_labels[0], sim.true_labels[7]):
@@ -152,7 +156,7 @@ def test_l1_sparsity_rises_with_strength(sim):
     data = sim.dataset
     zero_fraction = []
     for strength in (0.0, 3e2, 3e3, 3e4):
-        fitted = Cannon(label_names=data.label_names, l1=strength, tol=TOL).fit(data)
+        fitted = Cannon(label_names=data.label_names, l1=strength, tol=TOL).fit(data, calibrate=False)
         theta = np.asarray(fitted.theta)
         assert np.all(theta[:, 0] != 0.0)  # the constant term is never penalised
         zero_fraction.append(np.mean(theta[:, 1:] == 0.0))
@@ -164,8 +168,10 @@ def test_l1_sparsity_rises_with_strength(sim):
 def test_l1_solvers_agree_on_the_trained_model(sim):
     data = sim.dataset
     per_pixel = np.linspace(1e3, 5e3, N_PIXELS)
-    cd = Cannon(label_names=data.label_names, l1=per_pixel, tol=TOL).fit(data)
-    fista = Cannon(label_names=data.label_names, l1=per_pixel, tol=TOL, l1_solver="fista").fit(data)
+    cd = Cannon(label_names=data.label_names, l1=per_pixel, tol=TOL).fit(data, calibrate=False)
+    fista = Cannon(label_names=data.label_names, l1=per_pixel, tol=TOL, l1_solver="fista").fit(
+        data, calibrate=False
+    )
     np.testing.assert_allclose(cd.theta, fista.theta, atol=1e-7)
     np.testing.assert_allclose(cd.s2, fista.s2, rtol=1e-5, atol=1e-12)
 

@@ -23,9 +23,11 @@ def small():
 @pytest.mark.parametrize("objective", ["marginal", "map"])
 def test_alternating_and_lbfgs_agree_on_the_optimum(small, objective):
     _, train, test = small
-    closed = Lux(NAMES, latent_size=2, objective=objective, tol=1e-10, max_steps=5000).fit(train)
+    closed = Lux(NAMES, latent_size=2, objective=objective, tol=1e-10, max_steps=5000).fit(
+        train, calibrate=False
+    )
     grad = Lux(NAMES, latent_size=2, objective=objective, solver="lbfgs", tol=1e-12, max_steps=20000).fit(
-        train
+        train, calibrate=False
     )
     assert closed.fit_info.solver == "alternating" and grad.fit_info.solver == "lbfgs"
     assert bool(closed.fit_info.converged) and bool(grad.fit_info.converged)
@@ -45,9 +47,9 @@ def test_alternating_and_lbfgs_agree_on_the_optimum(small, objective):
 
 def test_adam_fallback_approaches_the_same_optimum(small):
     _, train, test = small
-    exact = Lux(NAMES, latent_size=2, objective="map").fit(train)
+    exact = Lux(NAMES, latent_size=2, objective="map").fit(train, calibrate=False)
     adam = Lux(NAMES, latent_size=2, objective="map", solver="adam", learning_rate=3e-3, max_steps=4000).fit(
-        train
+        train, calibrate=False
     )
     assert float(adam.fit_info.final_loss) < float(exact.fit_info.final_loss) + 0.01 * abs(
         float(exact.fit_info.final_loss)
@@ -77,7 +79,7 @@ def _quadratic_data(n_stars: int, seed: int) -> tuple[SpectralDataset, np.ndarra
 def test_polynomial_transform_captures_what_affine_cannot():
     data, z = _quadratic_data(200, seed=5)
     train, test, truth = data[:120], data[120:], z[120:]
-    affine = Lux(NAMES, latent_size=2, objective="map", scatter="none").fit(train)
+    affine = Lux(NAMES, latent_size=2, objective="map", scatter="none").fit(train, calibrate=False)
     poly = Lux(
         NAMES,
         latent_size=2,
@@ -85,7 +87,7 @@ def test_polynomial_transform_captures_what_affine_cannot():
         scatter="none",
         flux_transform=PolynomialTransform(degree=2),
         max_steps=1500,
-    ).fit(train)
+    ).fit(train, calibrate=False)
     assert poly.fit_info.solver == "lbfgs"
     rmse_affine = np.sqrt(np.mean((affine.infer(test).labels - truth) ** 2))
     rmse_poly = np.sqrt(np.mean((poly.infer(test).labels - truth) ** 2))
@@ -103,7 +105,7 @@ def test_mlp_transform_trains_predicts_and_saves(tmp_path):
         scatter="none",
         flux_transform=MLPTransform(width_size=16, depth=1),
         max_steps=1000,
-    ).fit(train)
+    ).fit(train, calibrate=False)
     history = np.asarray(fitted.fit_info.loss_history)
     assert history[-1] < 0.2 * history[0]
     result = fitted.infer(test)
@@ -122,7 +124,7 @@ def test_function_error_model_learns_an_error_inflation():
     inflation = FunctionErrorModel(
         lambda err, k: jnp.abs(k) * err, {"k": jnp.ones(1)}, priors={"k": dist.HalfNormal(10.0)}
     )
-    fitted = Lux(NAMES, latent_size=2, scatter=inflation).fit(shrunk)
+    fitted = Lux(NAMES, latent_size=2, scatter=inflation).fit(shrunk, calibrate=False)
     assert fitted.fit_info.solver == "lbfgs"
     k = abs(float(fitted.outputs[1].error_model.params["k"][0]))
     assert abs(k - 3.0) < 0.15, k

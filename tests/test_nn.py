@@ -19,7 +19,7 @@ def sim():
 
 @pytest.fixture(scope="module")
 def fitted(sim):
-    return NNRegressor(NAMES, hidden=(64, 32), epochs=120, seed=1).fit(sim.dataset[:300])
+    return NNRegressor(NAMES, hidden=(64, 32), epochs=120, seed=1).fit(sim.dataset[:300], calibrate=False)
 
 
 def test_beats_the_mean_predictor_by_a_wide_margin(sim, fitted):
@@ -64,7 +64,7 @@ def test_missing_labels_and_masked_pixels(sim, rng):
     mask = rng.uniform(size=train.flux.shape) < 0.05
     holey = train.replace(labels=labels, mask=mask, ivar=np.where(mask, 0.0, train.ivar))
     # Same architecture and epochs as the fixture: the compiled training loop is reused.
-    model = NNRegressor(NAMES, hidden=(64, 32), epochs=120, seed=1).fit(holey)
+    model = NNRegressor(NAMES, hidden=(64, 32), epochs=120, seed=1).fit(holey, calibrate=False)
     result = model.infer(sim.dataset[300:])
     assert np.all(np.isfinite(result.labels))
     truth = sim.true_labels[300:]

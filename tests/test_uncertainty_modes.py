@@ -19,7 +19,7 @@ def cannon_case():
     from starlabel.models.cannon import Cannon
 
     sim = simulate_cannon(n_stars=600, n_pixels=120, n_labels=3, snr=(30.0, 80.0), seed=11)
-    fitted = Cannon(sim.dataset.label_names, order=2).fit(sim.dataset[:500])
+    fitted = Cannon(sim.dataset.label_names, order=2).fit(sim.dataset[:500], calibrate=False)
     return fitted, sim.dataset[500:532].replace(labels=None), sim.true_labels[500:532]
 
 
@@ -70,7 +70,9 @@ def test_lux_nuts_mode_agrees_with_its_closed_form_posterior():
     from starlabel.models.lux import Lux
 
     sim = simulate_linear_latent(n_stars=400, n_latents=3, n_pixels=48, seed=4)
-    fitted = Lux(("label_0", "label_1"), latent_size=3, scatter="pixel").fit(sim.dataset[:300])
+    fitted = Lux(("label_0", "label_1"), latent_size=3, scatter="pixel").fit(
+        sim.dataset[:300], calibrate=False
+    )
     test = sim.dataset[300:316].replace(labels=None)
     fisher = fitted.infer(test)
     nuts = fitted.infer(

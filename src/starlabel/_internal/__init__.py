@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ._aligned import as_aligned as as_aligned
     from ._aligned import empty_aligned as empty_aligned
     from ._aligned import is_aligned as is_aligned
+    from ._folds import fold_indices as fold_indices
     from ._precision import x64 as x64
     from ._validate import as_float_array as as_float_array
     from ._validate import check_label_names as check_label_names

@@ -210,12 +210,13 @@ class InferenceResult:
     def to_table(self) -> Any:
         """As an ``astropy.table.Table``: id, labels, ``<label>_err``, χ², flags, extras.
 
-        Columns: ``id``, then for each label ``<label>`` and ``<label>_err``, then
-        ``chi2``, ``dof``, ``rchi2`` (reduced χ²), ``flags`` and any extra columns.
-        Covariances are kept as ``cov_<a>_<b>`` for a < b when present. Label columns
-        carry units where the label is recognised (:func:`~starlabel.data._units.label_unit`);
-        ``meta`` holds the scalar metadata, ``label_names`` and the ``provenance``
-        record (:func:`result_provenance`).
+        Columns: ``id``, then for each label ``<label>``, ``<label>_err`` and, when
+        the result has it, ``<label>_err_stat`` (the statistical part of calibrated
+        errors), then ``chi2``, ``dof``, ``rchi2`` (reduced χ²), ``flags`` and any other
+        extra columns. Covariances are kept as ``cov_<a>_<b>`` for a < b when present.
+        Label columns (and their error columns) carry units where the label is recognised
+        (:func:`~starlabel.data._units.label_unit`); ``meta`` holds the scalar metadata,
+        ``label_names`` and the ``provenance`` record (:func:`result_provenance`).
         """
         from astropy.table import Table
 
@@ -236,9 +237,13 @@ class InferenceResult:
         """The table's columns in order (see :meth:`to_table`), without astropy."""
         columns: dict[str, np.ndarray] = {"id": self.ids}
         errors = self.label_err
+        placed = set()
         for i, name in enumerate(self.label_names):
             columns[name] = self.labels[:, i]
             columns[f"{name}_err"] = errors[:, i]
+            if f"{name}_err_stat" in self.extra:
+                columns[f"{name}_err_stat"] = np.asarray(self.extra[f"{name}_err_stat"])
+                placed.add(f"{name}_err_stat")
         if self.cov is not None:
             for i, a in enumerate(self.label_names):
                 for j in range(i + 1, len(self.label_names)):
@@ -248,7 +253,8 @@ class InferenceResult:
         columns["rchi2"] = self.reduced_chi2
         columns["flags"] = self.flags
         for key, value in self.extra.items():
-            columns[key] = np.asarray(value)
+            if key not in placed:
+                columns[key] = np.asarray(value)
         return columns
 
     def write(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:

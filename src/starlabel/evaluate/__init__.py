@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ._report import write_report as write_report
     from ._uncertainty_plots import plot_posterior_corner as plot_posterior_corner
     from ._uncertainty_plots import plot_uncertainty_vs_snr as plot_uncertainty_vs_snr
+    from ._uncertainty_plots import plot_zscore_comparison as plot_zscore_comparison
     from ._uncertainty_plots import plot_zscore_histograms as plot_zscore_histograms
     from ._uncertainty_plots import zscore_summary as zscore_summary
 

@@ -60,6 +60,7 @@ def evaluate_against(
     Returns
     -------
     MetricsTable
+        With the errors' calibration (std z, share with |z| < 1) from ``result.label_err``.
     """
     names = tuple(label_names) if label_names is not None else result.label_names
     missing = [n for n in names if n not in result.label_names]
@@ -70,7 +71,7 @@ def evaluate_against(
     predicted = np.stack([result.label(n)[i_result] for n in names], axis=1)
     truth = reference.labels[i_reference]  # type: ignore[index]
     errors = np.stack([result.label_err[:, result.label_names.index(n)][i_result] for n in names], axis=1)
-    table = label_metrics(predicted, truth, names, model=model)
+    table = label_metrics(predicted, truth, names, model=model, errors=errors)
     if plots is not None:
         # matplotlib loads only when plots are asked for (0.3–0.5 s of a CLI run)
         from ._plots import find_kiel_labels, plot_kiel, plot_one_to_one, plot_residuals

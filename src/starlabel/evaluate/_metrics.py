@@ -38,6 +38,11 @@ class LabelMetrics:
     scaled_rmse : float
         RMSE divided by the standard deviation of the reference labels (dimensionless;
         0 is perfect, 1 is no better than predicting the mean).
+    z_std : float
+        Standard deviation of z = residual / reported 1-σ error (1 when the errors are
+        honest); NaN when no errors were given.
+    coverage : float
+        Share of stars with |z| < 1 (0.683 when the errors are honest Gaussian ones).
     """
 
     name: str
@@ -47,6 +52,8 @@ class LabelMetrics:
     mae: float
     robust_scatter: float
     scaled_rmse: float
+    z_std: float = np.nan
+    coverage: float = np.nan
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,17 @@ class MetricsTable:
             "model": self.model,
             "labels": {
                 m.name: {
-                    k: getattr(m, k) for k in ("n", "rmse", "bias", "mae", "robust_scatter", "scaled_rmse")
+                    k: getattr(m, k)
+                    for k in (
+                        "n",
+                        "rmse",
+                        "bias",
+                        "mae",
+                        "robust_scatter",
+                        "scaled_rmse",
+                        "z_std",
+                        "coverage",
+                    )
                 }
                 for m in self.labels
             },
@@ -90,10 +107,13 @@ def label_metrics(
     label_names: Sequence[str],
     *,
     model: str = "",
+    errors: np.ndarray | None = None,
 ) -> MetricsTable:
     """Compute RMSE, bias, MAE, robust scatter and scaled RMSE per label.
 
     Stars where either value is NaN are left out of that label's statistics only.
+    With ``errors``, also the calibration of the errors: std(z) and the share with
+    |z| < 1 of z = (predicted − reference)/error, over stars with a positive error.
 
     Parameters
     ----------
@@ -103,6 +123,8 @@ def label_metrics(
         One name per column.
     model : str
         Name shown in tables.
+    errors : array-like, shape (stars, labels), optional
+        Reported 1-σ errors of ``predicted`` (e.g. ``result.label_err``).
 
     Returns
     -------
@@ -123,6 +145,12 @@ def label_metrics(
             " both must be (stars, labels) with the same label order."
         )
     names = check_label_names(label_names, predicted.shape[1])
+    if errors is not None:
+        errors = np.atleast_2d(as_float_array(errors, "errors"))
+        if errors.shape != predicted.shape:
+            raise ValueError(
+                f"`errors` has shape {errors.shape}; expected {predicted.shape} like `predicted`."
+            )
     rows = []
     for k, name in enumerate(names):
         good = np.isfinite(predicted[:, k]) & np.isfinite(reference[:, k])
@@ -132,6 +160,13 @@ def label_metrics(
             continue
         spread = np.std(reference[good, k])
         rmse = float(np.sqrt(np.mean(residual**2)))
+        z_std = coverage = np.nan
+        if errors is not None:
+            sigma = errors[good, k]
+            usable = np.isfinite(sigma) & (sigma > 0)
+            if usable.any():
+                z = residual[usable] / sigma[usable]
+                z_std, coverage = float(np.std(z)), float(np.mean(np.abs(z) < 1))
         rows.append(
             LabelMetrics(
                 name=name,
@@ -141,6 +176,8 @@ def label_metrics(
                 mae=float(np.mean(np.abs(residual))),
                 robust_scatter=float(_MAD_TO_SIGMA * np.median(np.abs(residual - np.median(residual)))),
                 scaled_rmse=float(rmse / spread) if spread > 0 else np.nan,
+                z_std=z_std,
+                coverage=coverage,
             )
         )
     return MetricsTable(tuple(rows), model=model)
@@ -158,23 +195,29 @@ def _fmt(value: float) -> str:
 
 
 def format_metrics(tables: Sequence[MetricsTable]) -> str:
-    """Render one or more models' metrics as an aligned plain-text table."""
+    """Render one or more models' metrics as an aligned plain-text table.
+
+    Columns ``std z`` and ``|z|<1`` (the calibration of the reported errors) appear
+    when any table has them.
+    """
+    with_z = any(np.isfinite(m.z_std) for table in tables for m in table.labels)
     header = ("model", "label", "n", "RMSE", "bias", "MAE", "robust σ", "RMSE/σ_ref")
+    header += ("std z", "|z|<1") if with_z else ()
     rows = [header]
     for table in tables:
         for m in table.labels:
-            rows.append(
-                (
-                    table.model or "-",
-                    m.name,
-                    str(m.n),
-                    _fmt(m.rmse),
-                    _fmt(m.bias),
-                    _fmt(m.mae),
-                    _fmt(m.robust_scatter),
-                    _fmt(m.scaled_rmse),
-                )
+            row = (
+                table.model or "-",
+                m.name,
+                str(m.n),
+                _fmt(m.rmse),
+                _fmt(m.bias),
+                _fmt(m.mae),
+                _fmt(m.robust_scatter),
+                _fmt(m.scaled_rmse),
             )
+            coverage = f"{m.coverage:.1%}" if np.isfinite(m.coverage) else "nan"
+            rows.append(row + ((_fmt(m.z_std), coverage) if with_z else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
         "  ".join(

@@ -7,7 +7,7 @@ Like the other plots here they are built on :class:`matplotlib.figure.Figure` (n
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,13 @@ from numpy.typing import ArrayLike
 
 from .._internal import as_float_array, check_label_names, check_shape
 
-__all__ = ["plot_posterior_corner", "plot_zscore_histograms", "plot_uncertainty_vs_snr", "zscore_summary"]
+__all__ = [
+    "plot_posterior_corner",
+    "plot_zscore_comparison",
+    "plot_zscore_histograms",
+    "plot_uncertainty_vs_snr",
+    "zscore_summary",
+]
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
@@ -199,6 +205,74 @@ def plot_zscore_histograms(
         ax.set_xlabel("(inferred − true) / σ")
     axes[0].set_ylabel("density")
     axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_zscore_comparison(
+    zscores: Mapping[str, ArrayLike],
+    label_names: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+) -> Path:
+    """Distributions of z = (inferred − reference)/σ of several models against N(0, 1).
+
+    One panel per label; each model's z are drawn as a step histogram whose legend
+    gives its std(z) and share with |z| < 1 (1 and 68.3 % for honest errors).
+
+    Parameters
+    ----------
+    zscores : mapping of str to array-like, shape (stars, labels)
+        Model name → its z values (NaN are skipped).
+    label_names : sequence of str
+        One name per column.
+    path : path-like
+        Output image.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        If ``zscores`` is empty or a model's array is not (stars, labels).
+    """
+    if not zscores:
+        raise ValueError("`zscores` is empty; give at least one model's z values.")
+    names = check_label_names(label_names, len(label_names))
+    arrays = {}
+    for model, values in zscores.items():
+        z = np.atleast_2d(as_float_array(values, f"zscores[{model!r}]"))
+        check_shape(z, (z.shape[0], len(names)), f"zscores[{model!r}]", f"(stars, {len(names)})")
+        arrays[model] = z
+    fig = Figure(figsize=(3.4 * len(names), 3.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    grid = np.linspace(-5, 5, 401)
+    for k, (ax, name) in enumerate(zip(axes, names, strict=True)):
+        ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), color="k", lw=1.5, label="N(0, 1)")
+        for i, (model, z) in enumerate(arrays.items()):
+            column = z[:, k][np.isfinite(z[:, k])]
+            if column.size == 0:
+                continue
+            inside = np.mean(np.abs(column) < 1)
+            ax.hist(
+                np.clip(column, -5, 5),
+                bins=40,
+                range=(-5, 5),
+                density=True,
+                histtype="step",
+                lw=1.3,
+                color=f"C{i}",
+                label=f"{model}: std {np.std(column):.2f}, |z|<1 {inside:.0%}",
+            )
+        ax.set_xlabel(f"z = ({name} − reference) / σ")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("density")
     if title:
         fig.suptitle(title)
     return _save(fig, path)

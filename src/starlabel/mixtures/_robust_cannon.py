@@ -200,7 +200,7 @@ def fit_robust_cannon(
             held = folds == k
             # Zero weight rather than a subset keeps every fold's training arrays the
             # same shape, so the Cannon's compiled training step is reused.
-            fold_model = model.fit(data, star_weights=np.where(held, 0.0, weights))
+            fold_model = model.fit(data, star_weights=np.where(held, 0.0, weights), calibrate=False)
             idx = np.flatnonzero(held)
             log_in[idx] = np.asarray(
                 _log_likelihoods(fold_model, jnp.asarray(listed[idx]), flux[idx], ivar[idx])

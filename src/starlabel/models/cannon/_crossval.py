@@ -155,7 +155,7 @@ def cross_validate(
     for m in range(k):
         held = np.flatnonzero(fold == m)
         kept = np.flatnonzero(fold != m)
-        fitted = model.fit(data[kept], star_weights=weights[kept])
+        fitted = model.fit(data[kept], star_weights=weights[kept], calibrate=False)
         parts.append(fitted.infer(data[held], **options))
         order.append(held)
     stacked = parts[0].concatenate_with(parts[1:])
