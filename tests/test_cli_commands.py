@@ -275,4 +275,4 @@ def test_evaluate_and_report_render_in_a_browser(survey, tmp_path):
     assert image.shape == baseline.shape == (3000, 1200, 3)
     ink, bare_ink = (np.mean(x.min(axis=2) < 0.8) for x in (image, baseline))
     colour = np.sum(image.max(axis=2) - image.min(axis=2) > 0.25)  # text and tables are grey
-    assert ink > bare_ink + 0.03 and colour > 2_000, (ink, bare_ink, colour)
+    assert ink > 1.5 * bare_ink + 0.01 and colour > 2_000, (ink, bare_ink, colour)  # plots add half again
