@@ -357,6 +357,28 @@ def _n_stars(args: Args) -> int:
     return sizes.pop()
 
 
+def chunked_over_stars(
+    run: Callable[[Any], tuple[Array, ...]], args: Args, chunk_size: int
+) -> list[np.ndarray]:
+    """Apply a compiled per-chunk function to fixed-size chunks of per-star ``args``.
+
+    The last chunk is padded by repeating its first star (real data keeps the padded
+    rows finite), so one compilation serves every chunk; outputs are concatenated
+    along the stars axis and returned as numpy arrays in ``run``'s output order.
+    """
+    n_stars = _n_stars(args)
+    chunk = min(int(chunk_size), n_stars)
+    outs = []
+    for start in range(0, n_stars, chunk):
+        stop = min(start + chunk, n_stars)
+        part = jax.tree.map(lambda a, s=start, e=stop: jnp.asarray(a)[s:e], args)
+        pad = chunk - (stop - start)
+        if pad:
+            part = jax.tree.map(lambda a, p=pad: jnp.concatenate([a, jnp.repeat(a[:1], p, axis=0)]), part)
+        outs.append([np.asarray(o)[: stop - start] for o in run(part)])
+    return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
+
+
 @x64
 def grid_posterior(
     log_likelihood: LogLikelihoodFn,
@@ -464,17 +486,8 @@ def grid_posterior(
     zoom = _node_tables(k, int(n_zoom_nodes), kind)
     zoom_nodes = _Nodes(jnp.asarray(zoom[0]), jnp.asarray(zoom[1]), zoom[2])
     settings = _Settings(int(n_refine), float(k_sigma), float(min_mode_mass), float(dip))
-    n_stars = _n_stars(args)
-    chunk = min(int(chunk_size), n_stars)
-    outs = []
-    for start in range(0, n_stars, chunk):
-        stop = min(start + chunk, n_stars)
-        part = jax.tree.map(lambda a, s=start, e=stop: jnp.asarray(a)[s:e], args)
-        pad = chunk - (stop - start)
-        if pad:
-            # Repeat the first star of the chunk: real data keeps the padded rows finite.
-            part = jax.tree.map(lambda a, p=pad: jnp.concatenate([a, jnp.repeat(a[:1], p, axis=0)]), part)
-        out = _batch(
+    columns = chunked_over_stars(
+        lambda part: _batch(
             log_likelihood,
             prior,
             part,
@@ -484,7 +497,8 @@ def grid_posterior(
             nodes,
             zoom_nodes,
             settings,
-        )
-        outs.append([np.asarray(o)[: stop - start] for o in out])
-    columns = [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
+        ),
+        args,
+        chunk_size,
+    )
     return GridPosterior(*[jnp.asarray(c) for c in columns])

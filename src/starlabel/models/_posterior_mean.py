@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -36,7 +36,9 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from .._internal import x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference._grid import GridPosterior, grid_posterior
+from ..inference._importance import ImportancePosterior, importance_posterior
 from ..inference._priors import AbstractLabelPrior, resolve_prior
+from ._sanity import unusable_widths
 from .cannon._test_step import spectrum_stats, theta_pairs
 
 __all__ = [
@@ -318,14 +320,27 @@ def infer_posterior_mean(
     theta: Any = None,
     likelihood: str = "gaussian",
     dof: float = 5.0,
+    method: str = "auto",
+    start: Any = None,
+    n_samples: int = 1024,
+    min_ess: float = 50.0,
 ) -> InferenceResult:
-    r"""Posterior mean and covariance of each star's labels by nested grid quadrature.
+    r"""Posterior mean and covariance of each star's labels (grid or importance sampling).
 
-    Evaluates :math:`p(d|\ell)^{1/T} p(\ell)` for every spectrum on a coarse grid over
-    the prior's box, zooms ``n_refine`` times onto the dominant mode, and reports the
-    posterior moments, the grid's best node and any separated secondary mode (see
-    :func:`starlabel.inference.grid_posterior`). Use for ≤ 5 labels; beyond that use
-    :func:`infer_nuts`.
+    Two integrators of :math:`p(d|\ell)^{1/T} p(\ell)`, chosen by ``method``:
+
+    * ``"grid"``: nested quadrature over the prior's box, zoomed ``n_refine`` times
+      onto the dominant mode, with separated secondary modes detected
+      (:func:`starlabel.inference.grid_posterior`);
+    * ``"importance"``: Newton steps to the mode, then importance sampling from a
+      Student-t mixture built on the Laplace covariance
+      (:func:`starlabel.inference.importance_posterior`); scales to any label count.
+
+    ``"auto"`` takes the grid up to :data:`GRID_MAX_LABELS` labels and importance
+    sampling above: with a few thousand nodes a grid has ≥ 12 nodes per axis in 3
+    dimensions but only 4 in 5, where its finest stage collapses onto one node for
+    narrow (many-pixel) posteriors and the widths come out near zero (see
+    ``docs/test_step.md``).
 
     Parameters
     ----------
@@ -351,15 +366,29 @@ def infer_posterior_mean(
         with ``dof`` degrees of freedom): a per-star tempering by its own reduced χ².
     dof : float
         ν of the ``"student"`` likelihood (→ ∞ recovers the Gaussian).
+    method : {"auto", "grid", "importance"}
+        The integrator (see above).
+    start : array-like, shape (stars, labels), optional
+        Extra per-star starting point for the importance sampler's mode search (e.g.
+        the model's MAP); the training labels are always tried.
+    n_samples : int
+        Importance draws per star.
+    min_ess : float
+        Effective sample size below which an importance-sampled star is flagged
+        NOT_CONVERGED (the grid uses 5 effective nodes).
 
     Returns
     -------
     InferenceResult
         ``labels`` = posterior mean, ``cov`` = posterior covariance, ``chi2`` at the mean
         (untempered, with s²), ``dof`` = usable pixels − labels, flags (MULTIMODAL,
-        NOT_CONVERGED when the finest grid holds < 5 effective nodes, BAD_COVARIANCE,
-        POOR_FIT, FEW_PIXELS), and extra columns ``<label>_best`` (grid MAP),
-        ``mode2_<label>``, ``mode2_mass``, ``n_eff``, ``log_evidence``.
+        NOT_CONVERGED when the finest grid holds < 5 effective nodes or the importance
+        weights < ``min_ess`` effective draws, BAD_COVARIANCE for non-finite or
+        non-positive widths, UNCONSTRAINED for a width beyond the training label range,
+        POOR_FIT, FEW_PIXELS), and extra columns ``<label>_best`` (grid best node, or the
+        mode), ``mode2_<label>``, ``mode2_mass`` (NaN/0 for importance sampling, which
+        does not look for other modes), ``n_eff`` (effective nodes or draws),
+        ``log_evidence``; ``meta["method"]`` names the integrator.
 
     Raises
     ------
@@ -373,24 +402,88 @@ def infer_posterior_mean(
         raise ValueError(f"unknown likelihood {likelihood!r}; choose 'gaussian' or 'student'.")
     if likelihood == "student" and not dof > 0:
         raise ValueError(f"`dof` must be > 0 for the Student likelihood, got {dof}.")
+    method = _check_method(method, model.n_labels)
     label_prior = posterior_prior(model, prior)
     lower, upper = _box(model, label_prior, bounds)
     stats = spectrum_statistics(model, data.flux, data.ivar, theta)
-    post = grid_posterior(
-        _LogLikelihood(model, float(dof) if likelihood == "student" else None),
-        label_prior,
-        (stats.c, stats.g, stats.H, stats.n_good),
-        lower=lower,
-        upper=upper,
-        temperature=temperature,
-        n_nodes=n_nodes,
-        n_zoom_nodes=n_zoom_nodes,
-        n_refine=n_refine,
-        min_mode_mass=min_mode_mass,
-        chunk_size=chunk_size,
-    )
+    log_likelihood = _LogLikelihood(model, float(dof) if likelihood == "student" else None)
+    args = (stats.c, stats.g, stats.H, stats.n_good)
+    if method == "grid":
+        post = grid_posterior(
+            log_likelihood,
+            label_prior,
+            args,
+            lower=lower,
+            upper=upper,
+            temperature=temperature,
+            n_nodes=n_nodes,
+            n_zoom_nodes=n_zoom_nodes,
+            n_refine=n_refine,
+            min_mode_mass=min_mode_mass,
+            chunk_size=chunk_size,
+        )
+        min_eff = 5.0
+    else:
+        sampled = importance_posterior(
+            log_likelihood,
+            label_prior,
+            args,
+            lower=lower,
+            upper=upper,
+            candidates=_candidates(model),
+            start=start,
+            scale=np.asarray(model.scale),
+            temperature=temperature,
+            n_samples=n_samples,
+            chunk_size=chunk_size,
+        )
+        post = _as_grid_posterior(sampled)
+        min_eff = float(min_ess)
     name = likelihood if likelihood == "gaussian" else f"student(dof={float(dof):g})"
-    return _assemble(model, data, stats, post, label_prior, temperature, poor_fit, name)
+    result = _assemble(model, data, stats, post, label_prior, temperature, poor_fit, name, min_eff)
+    return dataclasses.replace(result, meta={**result.meta, "method": method})
+
+
+GRID_MAX_LABELS: int = 3
+"""Largest label count for which ``method="auto"`` integrates on the grid."""
+
+POSTERIOR_METHODS: tuple[str, ...] = ("auto", "grid", "importance")
+"""Integrators :func:`infer_posterior_mean` accepts."""
+
+
+def _check_method(method: str, n_labels: int) -> str:
+    if method not in POSTERIOR_METHODS:
+        raise ValueError(f"unknown posterior method {method!r}; choose one of {list(POSTERIOR_METHODS)}.")
+    if method == "auto":
+        return "grid" if n_labels <= GRID_MAX_LABELS else "importance"
+    return method
+
+
+def _candidates(model: PolynomialSpectrum, count: int = 256) -> np.ndarray:
+    """Starting points for the mode search: an even subset of the kept training labels."""
+    train = np.asarray(model.train_labels)
+    train = train[np.all(np.isfinite(train), axis=1)]
+    if len(train) < 4:
+        # Too few kept labels: corners and centre of the training box instead.
+        box = np.asarray(model.box)
+        mid = 0.5 * (box[0] + box[1])
+        return np.concatenate([train, mid[None], box, 0.5 * (mid[None] + box)])
+    return train[np.linspace(0, len(train) - 1, min(count, len(train))).astype(int)]
+
+
+def _as_grid_posterior(post: ImportancePosterior) -> GridPosterior:
+    """Importance-sampling summaries in the grid's layout (no secondary-mode search)."""
+    n, k = post.mean.shape
+    return GridPosterior(
+        post.mean,
+        post.cov,
+        post.mode,
+        post.log_evidence,
+        post.ess,
+        jnp.full((n, k), jnp.nan),
+        jnp.zeros(n),
+        jnp.zeros(n, dtype=bool),
+    )
 
 
 def _assemble(
@@ -402,6 +495,7 @@ def _assemble(
     temperature: float,
     poor_fit: float,
     likelihood: str,
+    min_eff: float = 5.0,
 ) -> InferenceResult:
     mean = np.asarray(post.mean)
     cov = np.asarray(post.cov)
@@ -409,14 +503,15 @@ def _assemble(
     n_good = np.asarray(stats.n_good)
     dof = n_good - model.n_labels
     n_eff = np.asarray(post.n_eff)
-    diag = np.diagonal(cov, axis1=1, axis2=2)
-    bad_cov = ~np.all(np.isfinite(cov), axis=(1, 2)) | np.any(diag <= 0, axis=1)
+    unusable = unusable_widths(mean, cov, np.asarray(model.box))
+    bad_cov = unusable.bad_covariance
     with np.errstate(divide="ignore", invalid="ignore"):
         rchi2 = np.where(dof > 0, chi2 / dof, np.nan)
     flags = np.zeros(len(mean), dtype=np.int64)
     flags |= np.where(np.asarray(post.multimodal), int(Flag.MULTIMODAL), 0)
-    flags |= np.where(n_eff < 5.0, int(Flag.NOT_CONVERGED), 0)
+    flags |= np.where(~(n_eff >= min_eff), int(Flag.NOT_CONVERGED), 0)
     flags |= np.where(bad_cov, int(Flag.BAD_COVARIANCE), 0)
+    flags |= np.where(unusable.wide, int(Flag.UNCONSTRAINED), 0)
     flags |= np.where(rchi2 > poor_fit, int(Flag.POOR_FIT), 0)
     flags |= np.where(n_good <= model.n_terms, int(Flag.FEW_PIXELS), 0)
     box = np.asarray(model.box)
@@ -476,6 +571,12 @@ class TemperatureSelection:
         ``z_std`` at the chosen temperature: the factor by which the posterior widths
         must grow for the held-out training stars' z to spread as N(0, 1). Apply it
         with :func:`rescale_uncertainty` (``infer_labels(temperature="auto")`` does).
+    usable : ndarray, shape (temperatures,)
+        Share of held-out training stars whose posterior entered the scores (finite
+        label and width, not flagged NOT_CONVERGED or BAD_COVARIANCE).
+
+    All per-temperature arrays follow ``temperatures``, which includes any candidates
+    added while widening the range (see :func:`select_temperature`).
     """
 
     temperature: float
@@ -487,6 +588,7 @@ class TemperatureSelection:
     z_std: np.ndarray
     label_names: tuple[str, ...] = field(default=())
     width_scale: np.ndarray = field(default_factory=lambda: np.ones(0))
+    usable: np.ndarray = field(default_factory=lambda: np.ones(0))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (store it with the model)."""
@@ -500,6 +602,7 @@ class TemperatureSelection:
             "z_std": self.z_std.tolist(),
             "label_names": list(self.label_names),
             "width_scale": self.width_scale.tolist(),
+            "usable": self.usable.tolist(),
         }
 
 
@@ -574,6 +677,8 @@ def select_temperature(
     n_folds: int = 5,
     seed: int = 0,
     score: str = "crps",
+    max_temperature: float = 1024.0,
+    min_usable: float = 0.5,
     **grid_options: Any,
 ) -> TemperatureSelection:
     """Choose the likelihood temperature by k-fold cross-validation on the training set.
@@ -607,8 +712,15 @@ def select_temperature(
         Seed of the fold assignment.
     score : {"crps", "log"}
         The criterion (see above).
+    max_temperature : float
+        When the best candidate is the largest, the range is widened by doubling up to
+        this; when it is the smallest and above 1, by halving down to 1.
+    min_usable : float
+        Share of held-out stars that must get a usable posterior (finite, converged)
+        for a temperature to be scored; stars that do not are left out of the scores.
     **grid_options
-        Passed to :func:`infer_posterior_mean` (e.g. ``n_nodes``, ``likelihood``).
+        Passed to :func:`infer_posterior_mean` (e.g. ``n_nodes``, ``likelihood``,
+        ``method``).
 
     Returns
     -------
@@ -622,7 +734,11 @@ def select_temperature(
     ------
     ValueError
         On fewer than two folds, a non-positive candidate, or a training set without the
-        model's labels.
+        model's labels; and instead of returning nonsense: when no temperature gives
+        enough usable held-out posteriors, when the best temperature is still the
+        largest at ``max_temperature``, or when the width factor of a label is not
+        finite or outside [1/:data:`MAX_WIDTH_SCALE`, :data:`MAX_WIDTH_SCALE`]. Each
+        message names the cause and what to do.
     """
     if score not in ("crps", "log"):
         raise ValueError(f"unknown score {score!r}; choose 'crps' or 'log'.")
@@ -636,37 +752,156 @@ def select_temperature(
         raise ValueError(f"`train` must carry the labels {list(names)} for cross-validation.")
     truth_all = train.select_labels(names).labels
     folds = _fold_indices(train.n_stars, n_folds, seed)
-    scores = np.zeros((len(temps), train.n_stars))
-    means = np.zeros((len(temps), train.n_stars, len(names)))
-    stds = np.zeros_like(means)
+    fits = []
     for held in folds:
         rest = np.setdiff1d(np.arange(train.n_stars), held)
-        fitted = model.fit(train[rest])
         fold_prior = resolve_prior(prior, names, truth_all[rest]) if isinstance(prior, str) else prior
-        for t, temperature in enumerate(temps):
-            result = infer_posterior_mean(
-                fitted, train[held], prior=fold_prior, temperature=temperature, **grid_options
-            )
-            scores[t, held] = _gaussian_log_score(result.labels, result.cov, truth_all[held])
-            means[t, held] = result.labels
-            stds[t, held] = result.label_err
+        fits.append((held, model.fit(train[rest]), fold_prior))
     finite = np.all(np.isfinite(truth_all), axis=1)
-    log_score = np.array([np.nanmean(np.where(finite, s, np.nan)) for s in scores])
-    resid = means - truth_all[None]
-    rmse = np.sqrt(np.nanmean(np.where(finite[None, :, None], resid**2, np.nan), axis=1))
-    z_std = np.nanstd(np.where(finite[None, :, None], resid / stds, np.nan), axis=1)
-    spread = np.nanstd(truth_all[finite], axis=0)
-    crps = np.array(
-        [
-            np.nanmean(np.where(finite[:, None], _gaussian_crps(m, s, truth_all) / spread[None, :], np.nan))
-            for m, s in zip(means, stds, strict=True)
-        ]
-    )
-    best = int(np.nanargmin(crps)) if score == "crps" else int(np.nanargmax(log_score))
-    width_scale = np.where(np.isfinite(z_std[best]) & (z_std[best] > 0), z_std[best], 1.0)
+    spread = np.std(truth_all[finite], axis=0) if np.any(finite) else np.full(len(names), np.nan)
+    scored: dict[float, _HeldOutScores] = {}
+
+    def evaluate(temperature: float) -> _HeldOutScores:
+        if temperature not in scored:
+            results = [
+                (held, infer_posterior_mean(fitted, train[held], prior=p, temperature=temperature, **grid_options))
+                for held, fitted, p in fits
+            ]
+            scored[temperature] = _held_out_scores(results, truth_all, finite, spread, min_usable)
+        return scored[temperature]
+
+    def criterion(temperature: float) -> float:
+        out = evaluate(temperature)
+        return out.crps if score == "crps" else -out.log_score
+
+    temps = sorted(set(temps))
+    best = _best_temperature(temps, criterion, max_temperature)
+    temps = sorted(scored)
+    table = [scored[t] for t in temps]
+    chosen = scored[best]
+    _check_width_scale_cv(chosen, best, names, temps, table, train.n_stars)
     return TemperatureSelection(
-        temps[best], temps, score, crps, log_score, rmse, z_std, names, width_scale=width_scale
+        best,
+        tuple(temps),
+        score,
+        np.array([t.crps for t in table]),
+        np.array([t.log_score for t in table]),
+        np.array([t.rmse for t in table]),
+        np.array([t.z_std for t in table]),
+        names,
+        width_scale=chosen.z_std,
+        usable=np.array([t.usable for t in table]),
     )
+
+
+class _HeldOutScores(NamedTuple):
+    """Cross-validation scores of one temperature over the held-out training stars."""
+
+    crps: float
+    log_score: float
+    rmse: np.ndarray
+    z_std: np.ndarray
+    usable: float
+    """Share of held-out stars with a finite label, a usable posterior and a score."""
+
+
+_UNUSABLE = int(Flag.NOT_CONVERGED | Flag.BAD_COVARIANCE)
+
+
+def _held_out_scores(
+    results: list[tuple[np.ndarray, InferenceResult]],
+    truth: np.ndarray,
+    finite: np.ndarray,
+    spread: np.ndarray,
+    min_usable: float,
+) -> _HeldOutScores:
+    """Scores over stars whose posterior is usable; NaN scores when too few are."""
+    n, k = truth.shape
+    means, stds = np.full((n, k), np.nan), np.full((n, k), np.nan)
+    log_scores, ok = np.full(n, np.nan), np.zeros(n, dtype=bool)
+    for held, result in results:
+        means[held], stds[held] = result.labels, result.label_err
+        log_scores[held] = _gaussian_log_score(result.labels, result.cov, truth[held])
+        ok[held] = (result.flags & _UNUSABLE) == 0
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        z = (means - truth) / stds
+        ok &= finite & np.all(np.isfinite(z), axis=1) & np.isfinite(log_scores)
+        crps = _gaussian_crps(means, stds, truth) / spread[None, :]
+    usable = float(np.mean(ok))
+    if usable < min_usable or not np.any(ok):
+        nan_k = np.full(k, np.nan)
+        return _HeldOutScores(np.nan, np.nan, nan_k, nan_k, usable)
+    rmse = np.sqrt(np.mean((means[ok] - truth[ok]) ** 2, axis=0))
+    return _HeldOutScores(
+        float(np.mean(crps[ok])), float(np.mean(log_scores[ok])), rmse, np.std(z[ok], axis=0), usable
+    )
+
+
+def _best_temperature(temps: list[float], criterion: Any, max_temperature: float) -> float:
+    """Minimise ``criterion`` over ``temps``, widening the range while the best is at its edge.
+
+    Above: double the largest candidate up to ``max_temperature``. Below: halve the
+    smallest down to T = 1 (the untempered likelihood, the natural lower end).
+    """
+    values = {t: criterion(t) for t in temps}
+    while True:
+        usable = {t: v for t, v in values.items() if np.isfinite(v)}
+        if not usable:
+            return min(values)  # the caller reports the failure with the table
+        best = min(usable, key=usable.get)
+        if len(values) == 1:
+            return best
+        if best == max(values) and best < max_temperature:
+            nxt = min(2.0 * best, max_temperature)
+        elif best == min(values) and best > 1.0:
+            nxt = max(0.5 * best, 1.0)
+        else:
+            return best
+        values[nxt] = criterion(nxt)
+
+
+MAX_WIDTH_SCALE: float = 5.0
+"""Largest width factor :func:`select_temperature` accepts (and 1/that the smallest)."""
+
+
+def _check_width_scale_cv(
+    chosen: _HeldOutScores,
+    temperature: float,
+    names: tuple[str, ...],
+    temps: list[float],
+    table: list[_HeldOutScores],
+    n_stars: int,
+) -> None:
+    """Raise instead of returning a temperature or width factor that cannot be trusted."""
+    usable = ", ".join(f"T={t:g}: {s.usable:.0%}" for t, s in zip(temps, table, strict=True))
+    if not np.isfinite(chosen.crps):
+        raise ValueError(
+            "temperature cross-validation failed: at no temperature did enough held-out training"
+            f" stars get a usable posterior (finite label and width, converged; {usable} of"
+            f" {n_stars}). Check the training set's labels and spectra (flux, ivar), or pass a"
+            " number to --temperature (temperature=) instead of 'auto'."
+        )
+    at_edge = len(temps) > 1 and temperature == max(temps)
+    if at_edge:
+        raise ValueError(
+            f"temperature cross-validation picked T={temperature:g}, the largest allowed: the"
+            " model misfits the held-out training spectra so much that no tempering calibrates"
+            " it. Use a more flexible model (or more training stars), or pass a number to"
+            " --temperature (temperature=) and check the errors yourself."
+        )
+    scale = chosen.z_std
+    bad = [
+        f"{n}={v:.3g}"
+        for n, v in zip(names, scale, strict=True)
+        if not (np.isfinite(v) and 1.0 / MAX_WIDTH_SCALE <= v <= MAX_WIDTH_SCALE)
+    ]
+    if bad:
+        raise ValueError(
+            f"width calibration failed at T={temperature:g}: the held-out training stars' z"
+            f" spread ({', '.join(bad)}) is outside [{1 / MAX_WIDTH_SCALE:g}, {MAX_WIDTH_SCALE:g}],"
+            " so the posterior widths cannot be trusted even after rescaling. Check the"
+            " training labels for outliers, or use --estimator map."
+        )
 
 
 # --------------------------------------------------------------------------- NUTS
