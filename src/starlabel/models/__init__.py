@@ -1,6 +1,10 @@
 """Spectral model families (Cannon, Lux, NN) behind one protocol, and model files."""
 
 from ._binary import fit_binary as fit_binary
+from ._calibration import ErrorCalibration as ErrorCalibration
+from ._calibration import apply_calibration as apply_calibration
+from ._calibration import cross_validated_calibration as cross_validated_calibration
+from ._calibration import fit_error_calibration as fit_error_calibration
 from ._io import FORMAT_VERSION as FORMAT_VERSION
 from ._io import load_model as load_model
 from ._io import read_model_header as read_model_header

@@ -5,22 +5,30 @@ A model file is a NumPy ``.npz`` archive (a zip; the suffix is conventionally
 
 * ``__header__``: UTF-8 JSON, one object::
 
-      {"format": "starlabel-model", "format_version": 1,
+      {"format": "starlabel-model", "format_version": 2,
        "library_version": "0.1.0", "kind": "cannon",
-       "label_names": ["teff", "logg", "m_h"], "config": {...}}
+       "label_names": ["teff", "logg", "m_h"], "config": {...},
+       "calibration": {"label_names": [...], "n_folds": 5, "n_stars": 400} or null}
 
 * one array per array leaf of the fitted model, named by its pytree key path
-  (e.g. ``.theta``, ``.label_scaler.shift``).
+  (e.g. ``.theta``, ``.label_scaler.shift``, ``.calibration.scale``).
 
 Loading reads the header, checks the format and version, rebuilds a skeleton from
-``kind`` and ``config`` and fills its array leaves from the archive. Reading never
-unpickles (``allow_pickle=False``), so a model file cannot execute code.
+``kind`` and ``config`` (plus the error calibration every family carries the same
+way, see :class:`~starlabel.models.ErrorCalibration`) and fills its array leaves from
+the archive. Reading never unpickles (``allow_pickle=False``), so a model file cannot
+execute code.
+
+Versions: 1 had no ``calibration`` key; such files still load, and their models
+infer with statistical errors only (a logged warning says so, and every result's
+``meta["errors"]`` is ``"statistical"``).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -33,6 +41,7 @@ import numpy as np
 
 from .._internal import x64
 from .._version import __version__
+from ._calibration import ErrorCalibration
 from .base import AbstractFittedModel
 
 __all__ = [
@@ -44,9 +53,13 @@ __all__ = [
     "save_model",
 ]
 
+logger = logging.getLogger(__name__)
+
 FORMAT_NAME = "starlabel-model"
-FORMAT_VERSION = 1
-"""Bump when the header or array naming changes incompatibly; loaders refuse newer files."""
+FORMAT_VERSION = 2
+"""Bump when the header or array naming changes; loaders read older versions and refuse newer.
+
+2: optional error calibration (header ``calibration``, arrays ``.calibration.*``)."""
 
 MODEL_KINDS: dict[str, str] = {
     "cannon": "starlabel.models.cannon:FittedCannon",
@@ -95,6 +108,7 @@ def save_model(model: AbstractFittedModel, path: str | os.PathLike[str]) -> Path
         "kind": model.kind,
         "label_names": list(model.label_names),
         "config": model.config(),
+        "calibration": None if _calibration(model) is None else _calibration(model).config(),
     }
     arrays = {name: np.asarray(leaf) for name, leaf in _array_leaves(model)}
     if "__header__" in arrays:
@@ -141,6 +155,10 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return header, arrays
 
 
+def _calibration(model: AbstractFittedModel) -> ErrorCalibration | None:
+    return getattr(model, "calibration", None)
+
+
 @x64
 def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
     """Load a fitted model saved by :func:`save_model`.
@@ -157,6 +175,20 @@ def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
     header, arrays = _open(path)
     cls = _resolve(header["kind"])
     skeleton = cls.skeleton(header["config"])
+    if header.get("calibration") is not None:
+        skeleton = eqx.tree_at(
+            lambda m: m.calibration,
+            skeleton,
+            ErrorCalibration.skeleton(header["calibration"]),
+            is_leaf=lambda x: x is None,
+        )
+    elif header["format_version"] < 2:
+        logger.warning(
+            "%s was written by starlabel %s without error calibration: its <label>_err are"
+            " statistical errors only (too small on real spectra); retrain it to calibrate them.",
+            path,
+            header.get("library_version"),
+        )
     names = [name for name, _ in _array_leaves(skeleton)]
     missing = sorted(set(names) - set(arrays))
     if missing:

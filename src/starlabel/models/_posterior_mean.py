@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from .._internal import x64
+from .._internal import fold_indices, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference._grid import GridPosterior, grid_posterior
 from ..inference._importance import ImportancePosterior, importance_posterior
@@ -663,11 +663,6 @@ def rescale_uncertainty(result: InferenceResult, width_scale: Any) -> InferenceR
     )
 
 
-def _fold_indices(n: int, n_folds: int, seed: int) -> list[np.ndarray]:
-    order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(part) for part in np.array_split(order, n_folds)]
-
-
 def select_temperature(
     model: Any,
     train: SpectralDataset,
@@ -751,7 +746,7 @@ def select_temperature(
     if train.labels is None or any(n not in train.label_names for n in names):
         raise ValueError(f"`train` must carry the labels {list(names)} for cross-validation.")
     truth_all = train.select_labels(names).labels
-    folds = _fold_indices(train.n_stars, n_folds, seed)
+    folds = fold_indices(train.n_stars, n_folds, seed)
     fits = []
     for held in folds:
         rest = np.setdiff1d(np.arange(train.n_stars), held)

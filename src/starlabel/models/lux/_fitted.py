@@ -14,6 +14,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ..._internal import as_float_array, x64
 from ...data import Flag, InferenceResult, ShiftScale, SpectralDataset
+from .._calibration import ErrorCalibration, apply_calibration
 from .._posterior import check_uncertainty, refine_uncertainty
 from ..base import AbstractGenerativeModel
 from ._error_models import AbstractScatter, error_model_from_config
@@ -84,6 +85,9 @@ class FittedLux(AbstractGenerativeModel):
     label_range : Float[Array, "2 labels"]
         Training label minimum and maximum (data units), for OUTSIDE_TRAINING.
     fit_info : LuxFitInfo
+    calibration : ErrorCalibration, optional
+        Error calibration of the default test step (labels from flux alone), learned
+        by cross-validation at ``fit`` time; None when trained with ``calibrate=False``.
     """
 
     kind: ClassVar[str] = "lux"
@@ -93,6 +97,7 @@ class FittedLux(AbstractGenerativeModel):
     scalers: tuple[ShiftScale, ...]
     label_range: Float[Array, "2 labels"]
     fit_info: LuxFitInfo
+    calibration: ErrorCalibration | None = None
 
     # ------------------------------------------------------------------ access
     @property
@@ -223,6 +228,7 @@ class FittedLux(AbstractGenerativeModel):
         include_label_scatter: bool = True,
         uncertainty: str = "fisher",
         posterior_options: Mapping[str, Any] | None = None,
+        calibrate: bool = True,
     ) -> InferenceResult:
         """Infer labels of every star in ``data`` from its flux (by default) alone.
 
@@ -263,6 +269,12 @@ class FittedLux(AbstractGenerativeModel):
         posterior_options : mapping, optional
             Keywords for :func:`~starlabel.models.posterior_infer` (``num_warmup``,
             ``num_samples``, ``seed``, …) when ``uncertainty`` is not ``"fisher"``.
+        calibrate : bool
+            Apply the model's :attr:`calibration` (default True): ``cov`` becomes the
+            calibrated total and the statistical errors are kept in
+            ``extra["<label>_err_stat"]``. Only the test step it was learned on
+            (``inputs=("flux",)``, ``uncertainty="fisher"``) is calibrated;
+            ``meta["errors"]`` says which you got.
 
         Returns
         -------
@@ -270,7 +282,7 @@ class FittedLux(AbstractGenerativeModel):
             ``labels`` (data units), ``cov`` (stars, labels, labels), ``chi2`` over the
             used entries with the learned scatter in the variance, ``dof`` = used
             entries − latent_size, ``flags`` (NOT_CONVERGED, FEW_PIXELS,
-            BAD_COVARIANCE, OUTSIDE_TRAINING, POOR_FIT).
+            BAD_COVARIANCE, OUTSIDE_TRAINING, POOR_FIT), ``extra["<label>_err_stat"]``.
         """
         check_uncertainty(uncertainty)
         if uncertainty != "fisher" and tuple(inputs) != ("flux",):
@@ -315,10 +327,15 @@ class FittedLux(AbstractGenerativeModel):
                 "uncertainty": "fisher",
             },
         )
+        why = ""
+        if tuple(inputs) != ("flux",):
+            why = f"inputs={tuple(inputs)}; the calibration was learned on ('flux',)"
         if uncertainty == "fisher":
-            return result
+            return apply_calibration(self.calibration, result, calibrate=calibrate, why_not=why)
         refined = refine_uncertainty(self, data, result, post.mean, uncertainty, posterior_options)
-        return dataclasses.replace(refined, cov=refined.cov + label_scatter)
+        refined = dataclasses.replace(refined, cov=refined.cov + label_scatter)
+        why = f"uncertainty={uncertainty!r}; the calibration was learned on 'fisher'"
+        return apply_calibration(self.calibration, refined, calibrate=calibrate, why_not=why)
 
     @eqx.filter_jit
     def _labels_with_cov(self, mean, cov):

@@ -1,0 +1,490 @@
+r"""Calibrated label uncertainties: how far a model's statistical errors are from its real ones.
+
+A model's own error for a star (the inverse Fisher matrix, a Laplace width, the spread
+of a network's outputs under flux noise) measures the *statistical* uncertainty the
+model believes in. On spectra the model cannot describe exactly it is too small, by
+a factor and by a floor that no S/N removes (Cannon on real giants: held-out z spread
+≈ 3). :func:`cross_validated_calibration` learns, from the training set alone, per label
+
+.. math:: \sigma_\mathrm{total}^2 = (a\,\sigma_\mathrm{stat})^2
+          + \sigma_\mathrm{sys}^2\,(\chi^2_\nu / \tilde\chi^2_\nu)^{\gamma} ,
+
+where :math:`\chi^2_\nu` is the star's reduced χ² and :math:`\tilde\chi^2_\nu` its
+median over the held-out training stars (the term is 1 for models without a χ², such
+as the NN regressor: there γ = 0), by K-fold cross-validation: refit on K−1 folds, run the same test step on the held-out
+fold, and fit ``a`` and ``σ_sys`` to the held-out residuals by maximum likelihood
+(:func:`fit_error_calibration`). :class:`ErrorCalibration` stores the result in the
+fitted model (and its model file) and :meth:`ErrorCalibration.apply` turns any
+:class:`~starlabel.data.InferenceResult` of that test step into calibrated totals,
+keeping the statistical part as ``<label>_err_stat``. It knows nothing about model
+families, so every family and estimator can use it. See ``docs/uncertainties.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .._internal import fold_indices
+from ..data import InferenceResult, SpectralDataset
+
+__all__ = [
+    "CALIBRATION_FOLDS",
+    "ErrorCalibration",
+    "apply_calibration",
+    "calibrated_fit",
+    "cross_validated_calibration",
+    "fit_error_calibration",
+    "STAT_SUFFIX",
+]
+
+CALIBRATION_FOLDS = 5
+"""Default number of cross-validation folds used at ``fit`` time."""
+
+STAT_SUFFIX = "_err_stat"
+"""Suffix of the extra result columns holding the statistical (uncalibrated) errors."""
+
+_CLIP = 5.0
+"""Held-out stars with |z| above this (under the current fit) are left out of the next fit."""
+_MIN_STARS = 10
+"""Fewest finite held-out residuals per label for a calibration fit."""
+
+
+class ErrorCalibration(eqx.Module):
+    """Per-label calibration ``σ_total² = (scale · σ_stat)² + floor²`` learned by cross-validation.
+
+    Attributes
+    ----------
+    label_names : tuple of str
+    scale : Float[Array, " labels"]
+        ``a``: factor on the model's statistical errors (≥ 0, dimensionless).
+    floor : Float[Array, " labels"]
+        ``σ_sys``: error added in quadrature, in each label's own units (≥ 0), for a
+        star whose reduced χ² is the typical ``rchi2_ref``.
+    misfit_power : Float[Array, " labels"]
+        ``γ`` (0 ≤ γ ≤ 3): the added error grows as ``(χ²_ν / rchi2_ref)^(γ/2)``, so
+        stars the model fits badly get larger errors. 0 for models without a χ².
+    rchi2_ref : Float[Array, ""]
+        Median reduced χ² of the held-out training stars (1 when there is none).
+    z_std_before, z_std_after : Float[Array, " labels"]
+        Spread (standard deviation) of the held-out ``z = Δ/σ`` with the statistical
+        and with the calibrated errors, over all held-out stars of the fit.
+    coverage_before, coverage_after : Float[Array, " labels"]
+        Share of held-out stars with ``|z| < 1`` (0.683 when calibrated).
+    n_folds : int
+        Cross-validation folds the calibration was learned with.
+    n_stars : int
+        Held-out stars with finite residuals and errors (the fit's sample).
+    """
+
+    label_names: tuple[str, ...] = eqx.field(static=True)
+    scale: Float[Array, " labels"]
+    floor: Float[Array, " labels"]
+    misfit_power: Float[Array, " labels"]
+    rchi2_ref: Float[Array, ""]
+    z_std_before: Float[Array, " labels"]
+    z_std_after: Float[Array, " labels"]
+    coverage_before: Float[Array, " labels"]
+    coverage_after: Float[Array, " labels"]
+    n_folds: int = eqx.field(static=True, default=CALIBRATION_FOLDS)
+    n_stars: int = eqx.field(static=True, default=0)
+
+    def __check_init__(self) -> None:
+        k = len(self.label_names)
+        for name in ("scale", "floor", "misfit_power", "z_std_before", "z_std_after", "coverage_before", "coverage_after"):
+            if getattr(self, name).shape != (k,):
+                raise ValueError(
+                    f"ErrorCalibration.{name} has shape {getattr(self, name).shape}; expected ({k},),"
+                    f" one value per label {list(self.label_names)}."
+                )
+
+    # ------------------------------------------------------------------ use
+    def floor_variance(self, rchi2: np.ndarray) -> np.ndarray:
+        """``σ_sys² (χ²_ν / rchi2_ref)^γ`` per star and label, shape (stars, labels).
+
+        Stars without a finite, positive reduced χ² get the plain ``σ_sys²``.
+        """
+        rchi2 = np.asarray(rchi2, dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(np.isfinite(rchi2) & (rchi2 > 0), rchi2 / float(self.rchi2_ref), 1.0)
+        ratio = np.clip(ratio, _RATIO_RANGE[0], _RATIO_RANGE[1])
+        gamma = np.asarray(self.misfit_power, dtype=float)
+        return np.asarray(self.floor, dtype=float)[None, :] ** 2 * ratio[:, None] ** gamma[None, :]
+
+    def total_cov(self, cov: np.ndarray, rchi2: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated covariances ``D C D + diag(σ_sys² (χ²_ν/χ̃²_ν)^γ)`` with ``D = diag(a)``.
+
+        Labels whose statistical variance is zero (frozen) or not finite keep it:
+        the floor is added only where the model reports a positive variance.
+
+        Parameters
+        ----------
+        cov : ndarray, shape (stars, labels, labels)
+            Statistical covariances, labels in :attr:`label_names` order.
+        rchi2 : ndarray, shape (stars,), optional
+            Reduced χ² of each star's fit (default: the typical value for every star).
+
+        Returns
+        -------
+        ndarray, shape (stars, labels, labels)
+        """
+        cov = np.asarray(cov, dtype=float)
+        a = np.asarray(self.scale, dtype=float)
+        floor2 = self.floor_variance(np.full(cov.shape[0], np.nan) if rchi2 is None else rchi2)
+        diag = np.diagonal(cov, axis1=1, axis2=2)
+        with np.errstate(invalid="ignore"):
+            add = np.where(diag > 0, floor2, 0.0)
+        total = cov * (a[:, None] * a[None, :])[None]
+        k = np.arange(cov.shape[1])
+        total[:, k, k] += add
+        return total
+
+    def apply(self, result: InferenceResult) -> InferenceResult:
+        """``result`` with calibrated covariances; the statistical errors kept as extras.
+
+        Parameters
+        ----------
+        result : InferenceResult
+            Output of the test step this calibration was learned on, with the same
+            label names.
+
+        Returns
+        -------
+        InferenceResult
+            ``cov`` (hence ``<label>_err``) the calibrated total; ``extra`` gains
+            ``<label>_err_stat``; ``meta["error_calibration"]`` describes the
+            calibration and ``meta["errors"]`` is ``"calibrated"``.
+
+        Raises
+        ------
+        ValueError
+            If the result's labels differ from the calibration's or it has no covariance.
+        """
+        if tuple(result.label_names) != self.label_names:
+            raise ValueError(
+                f"this calibration is for labels {list(self.label_names)}, but the result has"
+                f" {list(result.label_names)}."
+            )
+        if result.cov is None:
+            raise ValueError("the result has no covariance to calibrate.")
+        stat = with_stat_errors(result)
+        return dataclasses.replace(
+            stat,
+            cov=self.total_cov(result.cov, result.reduced_chi2),
+            meta={**stat.meta, "errors": "calibrated", "error_calibration": self.describe()},
+        )
+
+    # ------------------------------------------------------------------ report
+    def describe(self) -> str:
+        """One line: ``a`` and ``σ_sys`` per label and how they were learned."""
+        parts = [
+            f"{n}: a={float(a):.3g}, sys={float(s):.3g}, gamma={float(g):.2g}"
+            for n, a, s, g in zip(
+                self.label_names,
+                np.asarray(self.scale),
+                np.asarray(self.floor),
+                np.asarray(self.misfit_power),
+                strict=True,
+            )
+        ]
+        return f"{self.n_folds}-fold CV on {self.n_stars} training stars; " + "; ".join(parts)
+
+    def table(self) -> list[dict[str, Any]]:
+        """Per-label rows (label, a, σ_sys, held-out std z and coverage before/after)."""
+        arrays = [np.asarray(getattr(self, f)) for f in _REPORTED]
+        return [
+            {"label": name, **{f: float(a[k]) for f, a in zip(_REPORTED, arrays, strict=True)}}
+            for k, name in enumerate(self.label_names)
+        ]
+
+    # ------------------------------------------------------------------ files
+    def config(self) -> dict[str, Any]:
+        """JSON-able structure for the model-file header (arrays are stored separately)."""
+        return {"label_names": list(self.label_names), "n_folds": self.n_folds, "n_stars": self.n_stars}
+
+    @classmethod
+    def skeleton(cls, config: dict[str, Any]) -> ErrorCalibration:
+        """A placeholder calibration with the structure ``config`` describes."""
+        names = tuple(config["label_names"])
+        ones = jnp.ones(len(names))
+        arrays = {name: ones for name in _REPORTED}
+        return cls(
+            names,
+            **arrays,
+            rchi2_ref=jnp.ones(()),
+            n_folds=int(config["n_folds"]),
+            n_stars=int(config["n_stars"]),
+        )
+
+
+_REPORTED = (
+    "scale",
+    "floor",
+    "misfit_power",
+    "z_std_before",
+    "z_std_after",
+    "coverage_before",
+    "coverage_after",
+)
+_RATIO_RANGE = (0.1, 100.0)
+"""χ²_ν / χ̃²_ν is clipped to this range: a star far outside it is flagged POOR_FIT anyway,
+and the clip keeps one absurd fit from getting an absurd error."""
+_MAX_POWER = 3.0
+
+
+def with_stat_errors(result: InferenceResult) -> InferenceResult:
+    """``result`` with ``<label>_err_stat`` extras equal to its current ``<label>_err``."""
+    errors = result.label_err
+    extra = {**result.extra, **{f"{n}{STAT_SUFFIX}": errors[:, k] for k, n in enumerate(result.label_names)}}
+    return dataclasses.replace(result, extra=extra)
+
+
+def apply_calibration(
+    calibration: ErrorCalibration | None, result: InferenceResult, *, calibrate: bool = True, why_not: str = ""
+) -> InferenceResult:
+    """Calibrate ``result`` when a calibration exists and is wanted; say which it is.
+
+    The one place every family's ``infer`` finishes: ``<label>_err_stat`` is always
+    added, and ``meta["errors"]`` is ``"calibrated"`` or ``"statistical"`` with
+    ``meta["error_calibration"]`` saying why not (no calibration in the model,
+    ``calibrate=False``, or ``why_not``: a test step the calibration was not learned on).
+
+    Parameters
+    ----------
+    calibration : ErrorCalibration or None
+        The fitted model's calibration.
+    result : InferenceResult
+        The test step's statistical result.
+    calibrate : bool
+        False to keep the statistical errors.
+    why_not : str
+        Non-empty when this test step differs from the one calibrated (e.g. another
+        ``uncertainty``): the statistical errors are kept and this reason recorded.
+
+    Returns
+    -------
+    InferenceResult
+    """
+    if calibration is not None and calibrate and not why_not and result.cov is not None:
+        return calibration.apply(result)
+    if calibration is None:
+        reason = "none: the model was trained without error calibration (retrain to calibrate)"
+    elif not calibrate:
+        reason = "off: calibrate=False"
+    else:
+        reason = f"not applied: {why_not or 'no covariance'}"
+    stat = with_stat_errors(result)
+    return dataclasses.replace(stat, meta={**stat.meta, "errors": "statistical", "error_calibration": reason})
+
+
+# --------------------------------------------------------------------------- fitting
+def _nll(
+    params: np.ndarray, delta2: np.ndarray, sigma2: np.ndarray, log_ratio: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Gaussian negative log-likelihood of residuals; gradient in (ln a, ln σ_sys, γ)."""
+    a2, s2 = np.exp(2.0 * params[0]), np.exp(2.0 * params[1])
+    floor = s2 * np.exp(params[2] * log_ratio)
+    var = a2 * sigma2 + floor
+    value = 0.5 * np.sum(delta2 / var + np.log(var))
+    dvar = 0.5 * (1.0 / var - delta2 / var**2)
+    grad = [np.sum(dvar * 2.0 * a2 * sigma2), np.sum(dvar * 2.0 * floor), np.sum(dvar * floor * log_ratio)]
+    return float(value), np.array(grad)
+
+
+def _fit_label(delta: np.ndarray, sigma: np.ndarray, log_ratio: np.ndarray) -> tuple[float, float, float]:
+    """Maximum-likelihood (a, σ_sys, γ) for one label, refitted without |z| > 5 outliers."""
+    from scipy.optimize import minimize
+
+    keep = np.ones(delta.shape, dtype=bool)
+    spread = float(np.sqrt(np.mean(delta**2))) or 1.0
+    # ln σ_sys is bounded below far under the residual spread: a floor of 1e-6 of it is
+    # "no floor" for every purpose, and the bound keeps the optimiser finite.
+    low = np.log(1e-6 * spread)
+    power_max = _MAX_POWER if np.any(log_ratio != 0) else 0.0
+    params = np.array([np.log(max(np.sqrt(np.mean((delta / sigma) ** 2)), 1e-3)), np.log(0.5 * spread), 0.0])
+    for _ in range(5):
+        best = minimize(
+            _nll,
+            np.clip(params, [-20.0, low, 0.0], [20.0, np.log(100.0 * spread), power_max]),
+            args=(delta[keep] ** 2, sigma[keep] ** 2, log_ratio[keep]),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(-20.0, 20.0), (low, np.log(100.0 * spread)), (0.0, power_max)],
+        )
+        params = best.x
+        a, s = np.exp(params[:2])
+        z = delta / np.sqrt((a * sigma) ** 2 + s**2 * np.exp(params[2] * log_ratio))
+        new_keep = np.abs(z) < _CLIP
+        if np.array_equal(new_keep, keep) or new_keep.sum() < _MIN_STARS:
+            break
+        keep = new_keep
+    a, s = np.exp(params[:2])
+    return float(a), float(s if s > 1e-5 * spread else 0.0), float(params[2])
+
+
+def fit_error_calibration(
+    residuals: np.ndarray,
+    errors: np.ndarray,
+    label_names: tuple[str, ...],
+    *,
+    rchi2: np.ndarray | None = None,
+    n_folds: int = CALIBRATION_FOLDS,
+) -> ErrorCalibration:
+    """Fit ``σ_total² = (a σ_stat)² + σ_sys² (χ²_ν/χ̃²_ν)^γ`` per label to held-out residuals.
+
+    Maximum likelihood of ``Δ ~ N(0, σ_total²)`` per label, with ``a > 0``,
+    ``σ_sys ≥ 0`` and ``0 ≤ γ ≤ 3`` (γ = 0 without ``rchi2``). Robust to a few catastrophic residuals: stars with ``|z| > 5`` under
+    a fit are left out of the next one (up to five refits), so a handful of stars at
+    the wrong place along the giant branch does not inflate every star's error.
+
+    Parameters
+    ----------
+    residuals : ndarray, shape (stars, labels)
+        Held-out ``predicted − reference`` in label units (NaN = missing).
+    errors : ndarray, shape (stars, labels)
+        The test step's statistical 1-σ errors for the same stars.
+    label_names : tuple of str
+    rchi2 : ndarray, shape (stars,), optional
+        The held-out stars' reduced χ² (NaN or absent for models without a likelihood).
+    n_folds : int
+        Folds the residuals came from (recorded).
+
+    Returns
+    -------
+    ErrorCalibration
+
+    Raises
+    ------
+    ValueError
+        If shapes disagree or a label has fewer than 10 usable stars (finite residual
+        and positive finite error): a calibration that cannot be fitted is an error,
+        never a silent default.
+    """
+    residuals = np.asarray(residuals, dtype=float)
+    errors = np.asarray(errors, dtype=float)
+    names = tuple(label_names)
+    if residuals.shape != errors.shape or residuals.ndim != 2 or residuals.shape[1] != len(names):
+        raise ValueError(
+            f"`residuals` {residuals.shape} and `errors` {errors.shape} must both be (stars,"
+            f" {len(names)}) for labels {list(names)}."
+        )
+    rows: dict[str, list[float]] = {f: [] for f in _REPORTED}
+    good_all = np.isfinite(residuals) & np.isfinite(errors) & (errors > 0)
+    rchi2 = np.full(len(residuals), np.nan) if rchi2 is None else np.asarray(rchi2, dtype=float)
+    usable = np.isfinite(rchi2) & (rchi2 > 0)
+    reference = float(np.median(rchi2[usable])) if usable.mean() > 0.5 else 1.0
+    if usable.mean() > 0.5:
+        ratio = np.clip(np.where(usable, rchi2 / reference, 1.0), *_RATIO_RANGE)
+    else:  # no χ² (e.g. the NN regressor): a constant floor
+        ratio = np.ones(len(residuals))
+    log_ratio = np.log(ratio)
+    for k, name in enumerate(names):
+        good = good_all[:, k]
+        if good.sum() < _MIN_STARS:
+            raise ValueError(
+                f"cannot calibrate the errors of {name!r}: only {int(good.sum())} held-out stars have a"
+                f" finite residual and a positive error (need ≥ {_MIN_STARS}); train with more stars"
+                " or without calibration (calibrate=False / --no-calibrate)."
+            )
+        delta, sigma = residuals[good, k], errors[good, k]
+        a, s, gamma = _fit_label(delta, sigma, log_ratio[good])
+        z0 = delta / sigma
+        z1 = delta / np.sqrt((a * sigma) ** 2 + s**2 * ratio[good] ** gamma)
+        for f, v in zip(
+            _REPORTED,
+            (a, s, gamma, np.std(z0), np.std(z1), np.mean(np.abs(z0) < 1), np.mean(np.abs(z1) < 1)),
+            strict=True,
+        ):
+            rows[f].append(float(v))
+    return ErrorCalibration(
+        names,
+        **{f: jnp.asarray(rows[f]) for f in _REPORTED},
+        rchi2_ref=jnp.asarray(reference),
+        n_folds=int(n_folds),
+        n_stars=int(good_all.all(axis=1).sum()),
+    )
+
+
+def cross_validated_calibration(
+    refit: Callable[[np.ndarray], Any],
+    infer: Callable[[Any, np.ndarray], InferenceResult],
+    reference: np.ndarray,
+    label_names: tuple[str, ...],
+    *,
+    n_folds: int = CALIBRATION_FOLDS,
+    seed: int = 0,
+) -> ErrorCalibration:
+    """Learn an :class:`ErrorCalibration` by K-fold cross-validation on a training set.
+
+    For each fold: ``fitted = refit(kept_rows)`` trains on the other folds and
+    ``infer(fitted, held_rows)`` runs the *uncalibrated* test step on the held-out
+    stars; their residuals against ``reference`` and statistical errors are then fitted
+    by :func:`fit_error_calibration`. Only the training set is used.
+
+    Parameters
+    ----------
+    refit : callable
+        ``rows (n,) int → fitted model`` trained on those training rows only.
+    infer : callable
+        ``(fitted, rows) → InferenceResult`` with statistical errors for those rows.
+    reference : ndarray, shape (stars, labels)
+        The training labels (NaN = unknown).
+    label_names : tuple of str
+    n_folds : int
+        K (default 5).
+    seed : int
+        Seed of the fold assignment.
+
+    Returns
+    -------
+    ErrorCalibration
+
+    Raises
+    ------
+    ValueError
+        On a bad ``n_folds`` or too few usable held-out stars.
+    """
+    reference = np.asarray(reference, dtype=float)
+    n = reference.shape[0]
+    residuals = np.full(reference.shape, np.nan)
+    errors = np.full(reference.shape, np.nan)
+    rchi2 = np.full(n, np.nan)
+    everyone = np.arange(n)
+    for held in fold_indices(n, n_folds, seed):
+        fitted = refit(np.setdiff1d(everyone, held))
+        result = infer(fitted, held)
+        residuals[held] = result.labels - reference[held]
+        errors[held] = result.label_err
+        rchi2[held] = result.reduced_chi2
+    return fit_error_calibration(residuals, errors, label_names, rchi2=rchi2, n_folds=n_folds)
+
+
+def calibrated_fit(
+    fitted: Any,
+    train: SpectralDataset,
+    refit: Callable[[np.ndarray], Any],
+    *,
+    n_folds: int = CALIBRATION_FOLDS,
+    seed: int = 0,
+) -> Any:
+    """``fitted`` carrying the calibration its family's default test step needs.
+
+    Shared by every family's ``fit(calibrate=True)``: cross-validates ``refit`` on
+    ``train`` (the training labels are the reference) and stores the result in the
+    fitted model's ``calibration`` field.
+    """
+    names = tuple(fitted.label_names)
+    # Index the label columns directly: select_labels would copy the spectra too.
+    reference = train.labels[:, [train.label_index(n) for n in names]]
+
+    def infer(model: Any, rows: np.ndarray) -> InferenceResult:
+        return model.infer(train[rows], calibrate=False)
+
+    calibration = cross_validated_calibration(refit, infer, reference, names, n_folds=n_folds, seed=seed)
+    return eqx.tree_at(lambda m: m.calibration, fitted, calibration, is_leaf=lambda x: x is None)
