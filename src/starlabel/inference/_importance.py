@@ -162,7 +162,11 @@ def _one_star(
 
     # 1. Starting points: the caller's start (if finite) and the best candidates.
     starts = jnp.concatenate([jnp.where(jnp.isfinite(start), start, candidates[0])[None], candidates])
-    start_lp = jax.vmap(log_post, in_axes=(0, None))(starts, prior)
+    # Screen by the likelihood alone: the candidates are typically the prior's own kernel
+    # centres, and a full kernel sum at each would cost more than everything after it.
+    screen = lambda x: jnp.where(inside(x), log_likelihood(x, args), -jnp.inf)  # noqa: E731
+    start_lp = jax.vmap(screen)(starts)
+    start_lp = jnp.where(jnp.isnan(start_lp), -jnp.inf, start_lp)
     start_lp = start_lp.at[0].set(jnp.where(jnp.all(jnp.isfinite(start)), start_lp[0], -jnp.inf))
     _, top = jax.lax.top_k(start_lp, settings.n_newton)
     # Newton in units of the label scale: a curvature floor of 1/box² caps every width

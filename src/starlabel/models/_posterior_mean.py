@@ -23,6 +23,7 @@ predictive density. Test data are never used.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -38,6 +39,7 @@ from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference._grid import GridPosterior, grid_posterior
 from ..inference._importance import ImportancePosterior, importance_posterior
 from ..inference._priors import AbstractLabelPrior, resolve_prior
+from ._calibration import ErrorCalibration, fit_error_calibration
 from ._sanity import unusable_widths
 from .cannon._test_step import spectrum_stats, theta_pairs
 
@@ -51,7 +53,11 @@ __all__ = [
     "TemperatureSelection",
     "select_temperature",
     "rescale_uncertainty",
+    "calibration_options",
+    "calibration_from_options",
     "ESTIMATORS",
+    "GRID_MAX_LABELS",
+    "POSTERIOR_METHODS",
     "infer_labels",
 ]
 
@@ -574,6 +580,12 @@ class TemperatureSelection:
     usable : ndarray, shape (temperatures,)
         Share of held-out training stars whose posterior entered the scores (finite
         label and width, not flagged NOT_CONVERGED or BAD_COVARIANCE).
+    calibration : ErrorCalibration
+        ``σ_total² = (a σ)² + σ_sys² (χ²_ν/χ̃²_ν)^γ`` fitted to the held-out
+        residuals and posterior widths at the chosen T
+        (:func:`~starlabel.models.fit_error_calibration`); what
+        ``infer_labels(temperature="auto")`` applies. Unlike ``width_scale`` it also
+        covers the model's misfit, which does not shrink with S/N.
 
     All per-temperature arrays follow ``temperatures``, which includes any candidates
     added while widening the range (see :func:`select_temperature`).
@@ -589,6 +601,7 @@ class TemperatureSelection:
     label_names: tuple[str, ...] = field(default=())
     width_scale: np.ndarray = field(default_factory=lambda: np.ones(0))
     usable: np.ndarray = field(default_factory=lambda: np.ones(0))
+    calibration: ErrorCalibration | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (store it with the model)."""
@@ -603,6 +616,7 @@ class TemperatureSelection:
             "label_names": list(self.label_names),
             "width_scale": self.width_scale.tolist(),
             "usable": self.usable.tolist(),
+            "calibration": None if self.calibration is None else calibration_options(self.calibration),
         }
 
 
@@ -751,7 +765,7 @@ def select_temperature(
     for held in folds:
         rest = np.setdiff1d(np.arange(train.n_stars), held)
         fold_prior = resolve_prior(prior, names, truth_all[rest]) if isinstance(prior, str) else prior
-        fits.append((held, model.fit(train[rest]), fold_prior))
+        fits.append((held, _fit_uncalibrated(model, train[rest]), fold_prior))
     finite = np.all(np.isfinite(truth_all), axis=1)
     spread = np.std(truth_all[finite], axis=0) if np.any(finite) else np.full(len(names), np.nan)
     scored: dict[float, _HeldOutScores] = {}
@@ -775,6 +789,7 @@ def select_temperature(
     table = [scored[t] for t in temps]
     chosen = scored[best]
     _check_width_scale_cv(chosen, best, names, temps, table, train.n_stars)
+    calibration = _posterior_calibration(chosen, names, best, n_folds)
     return TemperatureSelection(
         best,
         tuple(temps),
@@ -786,7 +801,15 @@ def select_temperature(
         names,
         width_scale=chosen.z_std,
         usable=np.array([t.usable for t in table]),
+        calibration=calibration,
     )
+
+
+def _fit_uncalibrated(model: Any, data: SpectralDataset) -> Any:
+    """``model.fit(data)`` without the default-test-step error calibration (not used here)."""
+    if "calibrate" in inspect.signature(model.fit).parameters:
+        return model.fit(data, calibrate=False)
+    return model.fit(data)
 
 
 class _HeldOutScores(NamedTuple):
@@ -798,6 +821,12 @@ class _HeldOutScores(NamedTuple):
     z_std: np.ndarray
     usable: float
     """Share of held-out stars with a finite label, a usable posterior and a score."""
+    residuals: np.ndarray
+    """(stars, labels) posterior mean − training label; NaN where not usable."""
+    errors: np.ndarray
+    """(stars, labels) posterior σ."""
+    rchi2: np.ndarray
+    """(stars,) reduced χ² at the posterior mean."""
 
 
 _UNUSABLE = int(Flag.NOT_CONVERGED | Flag.BAD_COVARIANCE)
@@ -813,9 +842,9 @@ def _held_out_scores(
     """Scores over stars whose posterior is usable; NaN scores when too few are."""
     n, k = truth.shape
     means, stds = np.full((n, k), np.nan), np.full((n, k), np.nan)
-    log_scores, ok = np.full(n, np.nan), np.zeros(n, dtype=bool)
+    log_scores, ok, rchi2 = np.full(n, np.nan), np.zeros(n, dtype=bool), np.full(n, np.nan)
     for held, result in results:
-        means[held], stds[held] = result.labels, result.label_err
+        means[held], stds[held], rchi2[held] = result.labels, result.label_err, result.reduced_chi2
         log_scores[held] = _gaussian_log_score(result.labels, result.cov, truth[held])
         ok[held] = (result.flags & _UNUSABLE) == 0
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -823,12 +852,20 @@ def _held_out_scores(
         ok &= finite & np.all(np.isfinite(z), axis=1) & np.isfinite(log_scores)
         crps = _gaussian_crps(means, stds, truth) / spread[None, :]
     usable = float(np.mean(ok))
+    residuals = np.where(ok[:, None], means - truth, np.nan)
     if usable < min_usable or not np.any(ok):
         nan_k = np.full(k, np.nan)
-        return _HeldOutScores(np.nan, np.nan, nan_k, nan_k, usable)
+        return _HeldOutScores(np.nan, np.nan, nan_k, nan_k, usable, residuals, stds, rchi2)
     rmse = np.sqrt(np.mean((means[ok] - truth[ok]) ** 2, axis=0))
     return _HeldOutScores(
-        float(np.mean(crps[ok])), float(np.mean(log_scores[ok])), rmse, np.std(z[ok], axis=0), usable
+        float(np.mean(crps[ok])),
+        float(np.mean(log_scores[ok])),
+        rmse,
+        np.std(z[ok], axis=0),
+        usable,
+        residuals,
+        stds,
+        rchi2,
     )
 
 
@@ -855,7 +892,7 @@ def _best_temperature(temps: list[float], criterion: Any, max_temperature: float
         values[nxt] = criterion(nxt)
 
 
-MAX_WIDTH_SCALE: float = 5.0
+MAX_WIDTH_SCALE: float = 20.0
 """Largest width factor :func:`select_temperature` accepts (and 1/that the smallest)."""
 
 
@@ -897,6 +934,78 @@ def _check_width_scale_cv(
             " so the posterior widths cannot be trusted even after rescaling. Check the"
             " training labels for outliers, or use --estimator map."
         )
+
+
+def _posterior_calibration(
+    chosen: _HeldOutScores, names: tuple[str, ...], temperature: float, n_folds: int
+) -> ErrorCalibration:
+    """The error calibration of the held-out posteriors at the chosen T, checked."""
+    try:
+        calibration = fit_error_calibration(
+            chosen.residuals, chosen.errors, names, rchi2=chosen.rchi2, n_folds=n_folds
+        )
+    except ValueError as error:
+        raise ValueError(f"error calibration of the posterior mean failed at T={temperature:g}: {error}") from None
+    after = np.asarray(calibration.z_std_after)
+    values = np.concatenate([np.asarray(calibration.scale), np.asarray(calibration.floor), after])
+    if not np.all(np.isfinite(values)) or np.any(after > MAX_WIDTH_SCALE):
+        raise ValueError(
+            f"error calibration of the posterior mean failed at T={temperature:g}"
+            f" ({calibration.describe()}; held-out z spread after it"
+            f" {np.round(after, 3).tolist()}): the errors cannot be trusted. Check the training"
+            " labels for outliers, or use --estimator map."
+        )
+    return calibration
+
+
+def calibration_options(calibration: ErrorCalibration) -> dict[str, Any]:
+    """A JSON-able form of an :class:`ErrorCalibration` (for run options and manifests)."""
+    return {
+        "label_names": list(calibration.label_names),
+        "scale": np.asarray(calibration.scale).tolist(),
+        "floor": np.asarray(calibration.floor).tolist(),
+        "misfit_power": np.asarray(calibration.misfit_power).tolist(),
+        "rchi2_ref": float(calibration.rchi2_ref),
+        "n_folds": calibration.n_folds,
+        "n_stars": calibration.n_stars,
+    }
+
+
+def calibration_from_options(options: Mapping[str, Any], label_names: tuple[str, ...]) -> ErrorCalibration:
+    """Rebuild :func:`calibration_options` output, checking it against ``label_names``.
+
+    Raises
+    ------
+    ValueError
+        If the labels differ or a value is missing, not finite or negative.
+    """
+    try:
+        names = tuple(options["label_names"])
+        arrays = {f: np.asarray(options[f], dtype=float) for f in ("scale", "floor", "misfit_power")}
+        reference = float(options["rchi2_ref"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"`error_calibration` is not a calibration_options() mapping: {error!r}.") from None
+    k = len(names)
+    if names != tuple(label_names) or any(a.shape != (k,) for a in arrays.values()):
+        raise ValueError(
+            f"`error_calibration` is for labels {list(names)}, the model infers {list(label_names)}."
+        )
+    if not all(np.all(np.isfinite(a) & (a >= 0)) for a in arrays.values()) or not reference > 0:
+        raise ValueError(f"`error_calibration` holds non-finite or negative values: {dict(options)!r}.")
+    nan = jnp.full(k, jnp.nan)
+    return ErrorCalibration(
+        names,
+        jnp.asarray(arrays["scale"]),
+        jnp.asarray(arrays["floor"]),
+        jnp.asarray(arrays["misfit_power"]),
+        jnp.asarray(reference),
+        nan,
+        nan,
+        nan,
+        nan,
+        n_folds=int(options.get("n_folds", 5)),
+        n_stars=int(options.get("n_stars", 0)),
+    )
 
 
 # --------------------------------------------------------------------------- NUTS
@@ -1070,6 +1179,7 @@ def infer_labels(
     binary: bool = False,
     key: PRNGKeyArray | None = None,
     width_scale: Any = None,
+    error_calibration: Any = None,
     **options: Any,
 ) -> InferenceResult:
     """One entry point for every test step: estimator, prior, tempering, nuisance, binary.
@@ -1091,9 +1201,9 @@ def infer_labels(
         Label prior for ``"mean"``/``"nuts"`` (fitted to the model's training labels).
     temperature : float or "auto"
         Likelihood temperature; ``"auto"`` chooses it by 5-fold cross-validation on
-        ``train`` (:func:`select_temperature`), also calibrates the widths with the
-        selection's ``width_scale`` (unless ``width_scale`` is given), and records
-        both in ``meta``.
+        ``train`` (:func:`select_temperature`), also calibrates the errors with the
+        selection's ``calibration`` (unless ``width_scale`` or ``error_calibration``
+        is given), and records both in ``meta``.
     train : SpectralDataset, optional
         Training set, needed only for ``temperature="auto"``.
     model : AbstractSpectralModel, optional
@@ -1111,6 +1221,11 @@ def infer_labels(
     width_scale : float or sequence of float, optional
         Per-label factors for the uncertainties of ``"mean"``/``"nuts"``
         (:func:`rescale_uncertainty`), e.g. from an earlier :func:`select_temperature`.
+    error_calibration : ErrorCalibration or mapping, optional
+        ``σ_total² = (a σ)² + σ_sys² (χ²_ν/χ̃²_ν)^γ`` for the errors of ``"mean"``/
+        ``"nuts"`` (:attr:`TemperatureSelection.calibration`, or its
+        :func:`calibration_options` form); the posterior σ is kept as
+        ``<label>_err_stat``.
     **options
         Passed to the chosen routine (e.g. ``n_nodes``, ``num_samples``, ``v_max``).
 
@@ -1140,16 +1255,21 @@ def infer_labels(
         likelihood_options = {k: options[k] for k in ("likelihood", "dof") if k in options}
         selection = select_temperature(_unfitted(fitted, model), train, prior=prior, **likelihood_options)
         temperature = selection.temperature
-        if width_scale is None:
-            width_scale = selection.width_scale
+        if width_scale is None and error_calibration is None:
+            error_calibration = selection.calibration
         meta_extra["temperature_cv"] = str(selection.to_dict())
-    if width_scale is not None:
+    if width_scale is not None or error_calibration is not None:
         if estimator == "map":
             raise ValueError(
-                "`width_scale` calibrates posterior widths; use estimator='mean' or 'nuts'"
-                " (the MAP errors are Fisher errors)."
+                "`width_scale` and `error_calibration` calibrate posterior widths; use"
+                " estimator='mean' or 'nuts' (the MAP errors carry the model's own calibration)."
             )
+        if width_scale is not None and error_calibration is not None:
+            raise ValueError("pass `width_scale` or `error_calibration`, not both.")
+    if width_scale is not None:
         width_scale = _check_width_scale(width_scale, tuple(fitted.label_names))
+    if error_calibration is not None and not isinstance(error_calibration, ErrorCalibration):
+        error_calibration = calibration_from_options(error_calibration, tuple(fitted.label_names))
     temperature = _check_temperature(temperature)
     nuisance = fit_rv or continuum_order is not None
     if binary:
@@ -1195,6 +1315,8 @@ def infer_labels(
         )
     if width_scale is not None:
         result = rescale_uncertainty(result, width_scale)
+    if error_calibration is not None:
+        result = error_calibration.apply(result)
     if meta_extra:
         result = dataclasses.replace(result, meta={**result.meta, **meta_extra})
     return result
