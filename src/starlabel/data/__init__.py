@@ -4,6 +4,12 @@ from ._dataset import SpectralDataset as SpectralDataset
 from ._io import DATASET_SUFFIXES as DATASET_SUFFIXES
 from ._io import read_dataset as read_dataset
 from ._io import write_dataset as write_dataset
+from ._linelist import LineList as LineList
+from ._lines import LINE_ELEMENTS as LINE_ELEMENTS
+from ._lines import LINE_LABELS as LINE_LABELS
+from ._lines import LINE_TRUTH as LINE_TRUTH
+from ._lines import LineSimulation as LineSimulation
+from ._lines import simulate_lines as simulate_lines
 from ._result import RESULT_SUFFIXES as RESULT_SUFFIXES
 from ._result import Flag as Flag
 from ._result import InferenceResult as InferenceResult

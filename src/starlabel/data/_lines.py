@@ -1,0 +1,516 @@
+"""A line-list spectral simulator that none of starlabel's models can represent exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._internal import empty_aligned
+from ._dataset import SpectralDataset
+from ._linelist import (
+    ALPHA_ELEMENTS,
+    APSTAR_SEGMENTS,
+    ELEMENTS,
+    LineList,
+    apstar_wavelength,
+    line_list,
+    line_spectra,
+    solar_abundances,
+)
+
+__all__ = [
+    "LINE_LABELS",
+    "LINE_TRUTH",
+    "LINE_ELEMENTS",
+    "POPULATIONS",
+    "LineSimulation",
+    "simulate_lines",
+]
+
+LINE_LABELS: tuple[str, ...] = ("teff", "logg", "fe_h", "alpha_fe", "vmacro")
+"""Stellar labels every :func:`simulate_lines` star has: K, dex (cgs), dex, dex, km/s."""
+LINE_ELEMENTS: tuple[str, ...] = tuple(e.lower() for e in ELEMENTS if e != "Fe")
+"""Elements that can be free labels (``elements=("mg", "c")`` adds ``mg_fe``, ``c_fe``)."""
+LINE_TRUTH: tuple[str, ...] = (
+    "rv",
+    "snr",
+    "is_binary",
+    "q",
+    "flux_ratio",
+    "delta_v",
+    "teff_2",
+    "logg_2",
+    "vmacro_2",
+)
+"""Truth columns written beside the labels: primary radial velocity (km/s), S/N per pixel,
+binary flag (0/1), mass ratio, H-band flux ratio secondary/primary, secondary minus primary
+velocity (km/s), and the secondary's Teff, logg, vmacro (NaN for single stars)."""
+POPULATIONS: tuple[str, ...] = ("giants", "dwarfs", "mixed")
+
+
+@dataclass(frozen=True)
+class LineSimulation:
+    """Output of :func:`simulate_lines`.
+
+    Attributes
+    ----------
+    dataset : SpectralDataset
+        Noisy flux, its ``flux_err`` and mask (bad pixels: ``ivar = 0``), wavelength in
+        Å, ids, and the true stellar labels :data:`LINE_LABELS` plus any ``<x>_fe``
+        element labels (of the primary star, for binaries).
+    true_flux : ndarray of float32, shape (stars, pixels)
+        Noise-free observed flux (lines, radial velocity, companion and continuum).
+    flux_err : ndarray of float32, shape (stars, pixels)
+        The 1-σ errors the noise was drawn with (larger at sky-line pixels), ×100 at
+        bad pixels; ``dataset`` gives bad pixels ``ivar = 0`` instead.
+    continuum : ndarray of float32, shape (stars, pixels)
+        The multiplicative continuum in ``true_flux``: ``1 + δ`` (a smooth normalisation
+        residual) by default, the stellar-and-instrument continuum with ``keep_continuum``.
+    truth : dict of str to ndarray, shape (stars,)
+        The :data:`LINE_TRUTH` columns.
+    secondary_labels : ndarray, shape (stars, labels)
+        The companion's labels in the dataset's label order (NaN for single stars).
+    lines : LineList
+        The fixed line list the spectra were built from.
+    """
+
+    dataset: SpectralDataset
+    true_flux: np.ndarray
+    flux_err: np.ndarray
+    continuum: np.ndarray
+    truth: dict[str, np.ndarray]
+    secondary_labels: np.ndarray
+    lines: LineList
+
+    def truth_dataset(self) -> SpectralDataset:
+        """The dataset with every :data:`LINE_TRUTH` column added as a label.
+
+        This is what ``starlabel simulate lines`` writes: one array per label and per
+        truth column, so ``read_dataset(path, labels=("teff", "logg"))`` picks labels.
+        """
+        ds = self.dataset
+        extra = np.stack([self.truth[k] for k in LINE_TRUTH], axis=1)
+        return ds.replace(
+            labels=np.concatenate([ds.labels, extra], axis=1), label_names=ds.label_names + LINE_TRUTH
+        )
+
+
+# ----------------------------------------------------------------------------- labels
+def _draw_population(rng: np.random.Generator, n: int, population: str) -> dict[str, np.ndarray]:
+    """Teff, logg, [Fe/H], [α/Fe], vmacro of an HR-diagram-like population."""
+    fe_h = np.clip(rng.normal(-0.1, 0.3, n), -1.5, 0.5)
+    # Two α sequences: the low-α disc anticorrelated with [Fe/H], a high-α one of
+    # metal-poor stars.
+    p_high = 0.6 / (1.0 + np.exp((fe_h + 0.45) / 0.12))
+    high = rng.uniform(size=n) < p_high
+    alpha = np.where(high, 0.27 - 0.1 * (fe_h + 0.5), 0.02 - 0.12 * fe_h) + rng.normal(0.0, 0.03, n)
+    alpha_fe = np.clip(alpha, -0.15, 0.45)
+    if population == "giants":
+        giant = np.ones(n, bool)
+    elif population == "dwarfs":
+        giant = np.zeros(n, bool)
+    else:
+        giant = rng.uniform(size=n) < 0.5
+    # Giants: red giant branch (metal-poor ones hotter) plus a red clump (a quarter).
+    clump = rng.uniform(size=n) < 0.25
+    logg_rgb = 3.6 - 2.5 * rng.beta(1.6, 1.0, n)
+    teff_rgb = 4550.0 + 480.0 * (logg_rgb - 2.5) - 280.0 * fe_h + rng.normal(0.0, 60.0, n)
+    teff_rc = 4720.0 - 150.0 * fe_h + rng.normal(0.0, 70.0, n)
+    logg_rc = rng.normal(2.45, 0.08, n)
+    teff_g = np.where(clump, teff_rc, teff_rgb)
+    logg_g = np.where(clump, logg_rc, logg_rgb)
+    # Dwarfs: main sequence 4200–6500 K, with stars evolving off it at lower logg.
+    teff_d = 4200.0 + 2300.0 * rng.beta(1.3, 1.1, n)
+    logg_ms = 4.62 - 0.45 * ((teff_d - 4200.0) / 2300.0) ** 2 + 0.05 * fe_h
+    logg_d = logg_ms - np.abs(rng.normal(0.0, 0.15, n))
+    teff = np.clip(np.where(giant, teff_g, teff_d), 3700.0, 6600.0)
+    logg = np.clip(np.where(giant, logg_g, logg_d), 0.8, 4.9)
+    # Macroturbulence: Doyle et al. (2014)-like for dwarfs, APOGEE-giant-like for giants.
+    dt = teff - 5777.0
+    vmac_d = 3.21 + 2.33e-3 * dt + 2.0e-6 * dt**2 - 2.0 * (logg - 4.44)
+    vmac_g = 10.0 ** (0.741 - 0.0998 * logg - 0.225 * fe_h)
+    vmacro = np.clip(np.where(giant, vmac_g, vmac_d) * np.exp(rng.normal(0.0, 0.15, n)), 0.5, 15.0)
+    return {"teff": teff, "logg": logg, "fe_h": fe_h, "alpha_fe": alpha_fe, "vmacro": vmacro, "giant": giant}
+
+
+def _element_trends(stars: dict[str, np.ndarray]) -> np.ndarray:
+    """[X/Fe] beyond the α term for each element (stars, elements): Galactic trends and mixing.
+
+    Giants show first-dredge-up C depletion and N enhancement growing up the giant
+    branch; [Al/Fe] follows [α/Fe] by half; [Mn/Fe] falls and [Ni/Fe] barely moves
+    with [Fe/H]; Ti is partly α (its α term is damped to 0.8). The rest are solar.
+    """
+    n = len(stars["teff"])
+    trend = np.zeros((n, len(ELEMENTS)))
+    mixing = np.where(stars["giant"], np.clip(3.2 - stars["logg"], 0.0, 2.0), 0.0)
+    trend[:, ELEMENTS.index("C")] = -0.1 * mixing - 0.05 * stars["giant"]
+    trend[:, ELEMENTS.index("N")] = 0.15 * mixing + 0.1 * stars["giant"]
+    trend[:, ELEMENTS.index("Al")] = 0.5 * stars["alpha_fe"]
+    trend[:, ELEMENTS.index("Mn")] = 0.2 * stars["fe_h"]
+    trend[:, ELEMENTS.index("Ni")] = 0.03 * stars["fe_h"]
+    trend[:, ELEMENTS.index("Ti")] = -0.2 * stars["alpha_fe"]
+    return trend
+
+
+# ----------------------------------------------------------------------------- binaries
+def _planck_ratio(wavelength: np.ndarray, t2: np.ndarray, t1: np.ndarray) -> np.ndarray:
+    """B_λ(T2) / B_λ(T1), shapes (stars, pixels) from (pixels,) and (stars,)."""
+    x = 1.4388e8 / wavelength[None, :]  # hc/k in Å K
+    return np.expm1(x / t1[:, None]) / np.expm1(x / t2[:, None])
+
+
+def _companions(stars: dict[str, np.ndarray], q: np.ndarray) -> dict[str, np.ndarray]:
+    """Secondary Teff, logg and radius ratio from the mass ratio q = M2/M1.
+
+    The secondary is on the main sequence with the primary's composition: M2 = q M1
+    with R ∝ M^0.8, so g ∝ M^-0.6 and, for a dwarf primary, Teff2 = Teff1 q^0.6. A giant
+    primary has M1 = 1.2 M☉ and its companion sits on the main sequence
+    (Teff ≈ 5777 K · M^0.6, logg ≈ 4.44 − 0.6 log M).
+    """
+    giant = stars["giant"]
+    m1 = np.where(giant, 1.2, np.clip((stars["teff"] / 5777.0) ** (1 / 0.6), 0.5, 1.6))
+    m2 = q * m1
+    teff2 = np.where(giant, 5777.0 * m2**0.6, stars["teff"] * q**0.6)
+    logg2 = np.where(giant, 4.44 - 0.6 * np.log10(m2), stars["logg"] - 0.6 * np.log10(q))
+    teff2, logg2 = np.clip(teff2, 3200.0, 6600.0), np.clip(logg2, 3.5, 5.1)
+    r1 = np.sqrt(m1 / 10.0 ** (stars["logg"] - 4.44))
+    r2 = np.sqrt(m2 / 10.0 ** (logg2 - 4.44))
+    dt = teff2 - 5777.0
+    vmac2 = np.clip(3.21 + 2.33e-3 * dt + 2.0e-6 * dt**2 - 2.0 * (logg2 - 4.44), 0.5, 15.0)
+    return {"teff": teff2, "logg": logg2, "vmacro": vmac2, "radius_ratio": r2 / r1}
+
+
+# ----------------------------------------------------------------------------- continuum & noise
+def _segments_of(pixels: np.ndarray) -> np.ndarray:
+    """Which detector (0, 1, 2) each apStar pixel falls on."""
+    return np.searchsorted(np.array([s for s, _ in APSTAR_SEGMENTS[1:]]), pixels, side="right")
+
+
+def _smooth_continuum(rng: np.random.Generator, pixels: np.ndarray, n: int, amplitude: float) -> np.ndarray:
+    """1 + δ, float32 (stars, pixels): Legendre degree 3 per detector, coefficients ~ N(0, amplitude²)."""
+    if amplitude == 0:
+        return np.ones((n, len(pixels)), np.float32)
+    chip = _segments_of(pixels)
+    basis = np.zeros((4 * len(APSTAR_SEGMENTS), len(pixels)), np.float32)
+    for c, (lo, hi) in enumerate(APSTAR_SEGMENTS):
+        sel = chip == c
+        x = 2.0 * (pixels[sel] - lo) / (hi - lo) - 1.0
+        basis[4 * c : 4 * c + 4, sel] = np.polynomial.legendre.legvander(x, 3).T
+    coef = rng.normal(0.0, amplitude, (n, basis.shape[0])).astype(np.float32)
+    out = coef @ basis
+    out += 1.0
+    return out
+
+
+def _stellar_continuum(wavelength: np.ndarray, teff: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """Planck slope at Teff (relative to 16,000 Å) × each detector's throughput, float32."""
+    x = 1.4388e8 / wavelength[None, :]
+    planck = (16000.0 / wavelength[None, :]) ** 5 * np.expm1(1.4388e8 / 16000.0 / teff[:, None])
+    planck /= np.expm1(x / teff[:, None])
+    chip = _segments_of(pixels)
+    throughput = np.empty(len(pixels))
+    for c in np.unique(chip):
+        sel = chip == c
+        lo, hi = APSTAR_SEGMENTS[c]
+        u = 2.0 * (pixels[sel] - lo) / (hi - lo) - 1.0
+        throughput[sel] = (1.0 - 0.25 * u**2) * (1.0 - 0.1 * c)
+    return (planck * throughput[None, :]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Observed:
+    true_flux: np.ndarray  # float32 (stars, pixels)
+    flux_err: np.ndarray  # float32, inflated at bad pixels
+    flux: np.ndarray  # aligned float64, noisy
+    ivar: np.ndarray  # aligned float64, 0 at bad pixels
+    bad: np.ndarray  # bool
+
+
+def _observe(
+    rng: np.random.Generator,
+    flux: np.ndarray,
+    continuum: np.ndarray,
+    snr: np.ndarray,
+    pattern: np.ndarray,
+    bad_fraction: float,
+) -> _Observed:
+    """Continuum, photon-like noise and bad pixels, in float32 passes over (stars, pixels)."""
+    n, p = flux.shape
+    true_flux = flux * continuum
+    sigma = np.sqrt(np.maximum(flux, 0.05))
+    sigma *= continuum
+    sigma *= (pattern[None, :] / snr[:, None]).astype(np.float32)
+    noise = rng.standard_normal((n, p), dtype=np.float32)
+    noise *= sigma
+    noisy = empty_aligned((n, p))
+    np.add(true_flux, noise, out=noisy)
+    # Bad pixels: junk flux (10σ scale) with errors inflated ×100, masked.
+    n_bad = rng.binomial(n * p, bad_fraction) if bad_fraction > 0 else 0
+    where = rng.choice(n * p, n_bad, replace=False) if n_bad else np.zeros(0, int)
+    noisy.flat[where] += 10.0 * sigma.flat[where] * rng.standard_normal(n_bad)
+    ivar = empty_aligned((n, p))
+    np.multiply(sigma, sigma, out=ivar)
+    np.divide(1.0, ivar, out=ivar)
+    ivar.flat[where] = 0.0
+    sigma.flat[where] *= 100.0
+    bad = np.zeros((n, p), bool)
+    bad.flat[where] = True
+    return _Observed(true_flux, sigma, noisy, ivar, bad)
+
+
+def _noise_pattern(pixels: np.ndarray) -> np.ndarray:
+    """Fixed per-pixel error multiplier: 1 ± 5 % detector response, ×2–6 at sky-line pixels."""
+    rng = np.random.default_rng(1515)
+    pattern = rng.normal(1.0, 0.05, 8575)
+    sky = rng.uniform(size=8575) < 0.03
+    pattern[sky] *= rng.uniform(2.0, 6.0, sky.sum())
+    return pattern[pixels]
+
+
+# ----------------------------------------------------------------------------- public
+def _output_pixels(n_pixels: int | None, first_pixel: int) -> np.ndarray:
+    grid = np.concatenate([np.arange(lo, hi) for lo, hi in APSTAR_SEGMENTS])
+    if not 0 <= first_pixel < len(grid):
+        raise ValueError(f"first_pixel must be in [0, {len(grid)}), got {first_pixel}.")
+    stop = len(grid) if n_pixels is None else first_pixel + n_pixels
+    if n_pixels is not None and (n_pixels < 1 or stop > len(grid)):
+        raise ValueError(
+            f"n_pixels must be 1…{len(grid) - first_pixel} with first_pixel={first_pixel}"
+            f" (the DR12 grid has {len(grid)} pixels), got {n_pixels}."
+        )
+    return grid[first_pixel:stop]
+
+
+def simulate_lines(
+    n_stars: int = 1000,
+    *,
+    population: str = "giants",
+    elements: Sequence[str] = (),
+    snr: float | tuple[float, float] = (60.0, 250.0),
+    rv_scale: float = 0.0,
+    binary_fraction: float = 0.0,
+    n_pixels: int | None = None,
+    first_pixel: int = 0,
+    resolution: float = 22_500.0,
+    bad_pixel_fraction: float = 0.01,
+    continuum_error: float = 0.005,
+    keep_continuum: bool = False,
+    seed: int = 0,
+) -> LineSimulation:
+    r"""Simulate APOGEE-like H-band spectra from a line list with curve-of-growth physics.
+
+    The spectra are *not* polynomial, latent-linear or neural in the labels, so they
+    are the "truth our models cannot match": a model trained on them has a misfit that
+    the reported flux errors do not contain.
+
+    **Line list.** 792 lines of Fe I/II, C I, Na I, Mg I, Al I, Si I, S I, K I, Ca I,
+    Ti I/II, V I, Mn I, Ni I and the molecules OH, CO (piled up redward of its
+    second-overtone band heads) and CN, over apStar pixels 0–8575 (15,100–17,000 Å),
+    drawn once from a fixed seed: wavelength, species, lower-level excitation
+    potential χ, damping constant and log gf (set so that a red-clump reference star,
+    4,750 K / 2.5 / solar, has line-centre optical depths log τ0 spread over −2.5…2).
+
+    **Line strength.** For each line, τ0 ∝ gf · (N_X/N_H) · f_stage · 10^(−θχ) · λ /
+    (κ_c Δ), θ = 5040/T_eff: A(X) = A☉(X) + [Fe/H] + [X/Fe] with [X/Fe] = [α/Fe] for O,
+    Mg, Si, S, Ca, Ti (plus free element labels or Galactic trends); f_stage from the
+    Saha equation at a photospheric electron pressure P_e(T_eff, logg, [Fe/H]) for
+    atoms, or dissociation equilibrium ∝ P_gas 10^(θ D0) for molecules; the H⁻
+    continuum opacity κ_c ∝ P_e θ^2.5 10^(0.754θ); Δ = √(2kT/m + ξ²) the Doppler width,
+    with microturbulence ξ tied to logg. So neutral lines of ionised metals hardly
+    depend on gravity, ions and molecules do, and everything saturates.
+
+    **Curve of growth and profile.** The equivalent width comes from a tabulated Voigt
+    curve of growth W(τ0, a) (damping a ∝ P_gas^0.7), linear for weak lines, ∝
+    √(ln τ0) when saturated, ∝ √(a τ0) on the damping part. The observed line is a
+    pseudo-Voigt of area W whose Gaussian part adds in quadrature the saturated
+    intrinsic width, macroturbulence (σ = vmacro/√2) and the instrument (R(λ) =
+    ``resolution`` ± 3 % across the band) and whose Lorentzian part matches the
+    damping wings. Blends multiply: flux = Π (1 − depth_i), each line evaluated within
+    ±14 pixels of its centre (tapered). At fixed W, a larger vmacro makes a line
+    broader and shallower.
+
+    **Observation.** A radial velocity (N(0, ``rv_scale``) km/s) shifts the spectrum by
+    log10(1 + v/c)/6·10⁻⁶ pixels. A binary (fraction ``binary_fraction``) adds a
+    main-sequence companion of mass ratio q ~ U(0.3, 1) with the same composition:
+    for a dwarf primary Teff₂ = Teff₁ q^0.6, logg from g ∝ M/R² with R ∝ M^0.8; its
+    H-band flux ratio is (R₂/R₁)² B_λ(T₂)/B_λ(T₁) and its velocity offset ±U(15, 80)
+    km/s. The continuum-normalised flux is multiplied by ``1 + δ``, a smooth residual
+    of normalisation (Legendre degree 3 per detector, coefficients ~ N(0,
+    ``continuum_error``²)), or with ``keep_continuum`` by a Planck slope × detector
+    throughput. Noise is Gaussian with σ = continuum · √(flux/continuum) / S/N ·
+    pattern (S/N ~ U(``snr``) per star; a fixed pattern of ±5 % pixel response and
+    ×2–6 at 3 % "sky-line" pixels); ``bad_pixel_fraction`` of each star's pixels are
+    bad: masked, flux corrupted by 10σ-scale junk, error ×100 in ``flux_err``.
+
+    **Labels.** ``population`` picks giants (red giant branch with metal-poor stars
+    hotter, plus a red clump), dwarfs (main sequence 4,200–6,500 K and stars leaving
+    it) or a 50/50 mix; [Fe/H] ~ N(−0.1, 0.3) clipped to [−1.5, 0.5]; [α/Fe] on a low-α
+    sequence anticorrelated with [Fe/H] and a high-α metal-poor one; vmacro from
+    Teff/logg relations with 15 % scatter.
+
+    Parameters
+    ----------
+    n_stars : int
+        Number of spectra.
+    population : {"giants", "dwarfs", "mixed"}
+        Which part of the HR diagram the labels are drawn from.
+    elements : sequence of str
+        Elements from :data:`LINE_ELEMENTS` whose [X/Fe] become free labels
+        ``<x>_fe`` (their trend plus N(0, 0.08²) dex; α elements vary around [α/Fe]).
+        Elements not named follow their trend exactly.
+    snr : float or (low, high)
+        Per-pixel S/N at the continuum; a range draws each star's S/N uniformly.
+    rv_scale : float
+        Standard deviation of the radial velocities, km/s (0: rest frame).
+    binary_fraction : float
+        Fraction of stars with a companion, in [0, 1].
+    n_pixels, first_pixel : int
+        Return pixels ``first_pixel … first_pixel + n_pixels − 1`` of the APOGEE DR12
+        7,214-pixel grid (λ = 10^(4.179 + 6·10⁻⁶ i) for apStar i in [322, 3242) ∪
+        [3648, 6048) ∪ [6412, 8306)); default the whole grid.
+    resolution : float
+        Resolving power R at 16,000 Å.
+    bad_pixel_fraction : float
+        Fraction of each star's pixels that are bad, in [0, 1).
+    continuum_error : float
+        Size of the smooth continuum-normalisation residual δ (0: exactly normalised).
+    keep_continuum : bool
+        Multiply by the stellar and instrument continuum instead of ``1 + δ``.
+    seed : int
+        Seed; equal arguments and seed give identical data.
+
+    Returns
+    -------
+    LineSimulation
+        ``.dataset`` for training/inference, ``.truth_dataset()`` with the truth columns
+        (what the CLI writes), noise-free flux and the line list.
+
+    Raises
+    ------
+    ValueError
+        For an unknown population or element, or an option out of range.
+
+    Examples
+    --------
+    >>> sim = simulate_lines(200, n_pixels=500, seed=1)
+    >>> sim.dataset.label_names
+    ('teff', 'logg', 'fe_h', 'alpha_fe', 'vmacro')
+    """
+    if population not in POPULATIONS:
+        raise ValueError(f"population must be one of {list(POPULATIONS)}, got {population!r}.")
+    element_names = tuple(e.strip().lower() for e in elements)
+    unknown = [e for e in element_names if e not in LINE_ELEMENTS]
+    if unknown:
+        raise ValueError(f"unknown element(s) {unknown} in elements; choose from {list(LINE_ELEMENTS)}.")
+    if len(set(element_names)) != len(element_names):
+        raise ValueError(f"elements has repeated names: {list(element_names)}.")
+    if n_stars < 1:
+        raise ValueError(f"n_stars must be ≥ 1, got {n_stars}.")
+    low, high = (snr, snr) if np.isscalar(snr) else snr  # type: ignore[misc]
+    if not 0 < low <= high:
+        raise ValueError(f"snr must be positive with low ≤ high, got {snr}.")
+    if not 0.0 <= binary_fraction <= 1.0:
+        raise ValueError(f"binary_fraction must be in [0, 1], got {binary_fraction}.")
+    if not 0.0 <= bad_pixel_fraction < 1.0:
+        raise ValueError(f"bad_pixel_fraction must be in [0, 1), got {bad_pixel_fraction}.")
+    if rv_scale < 0 or continuum_error < 0 or resolution <= 0:
+        raise ValueError(
+            f"rv_scale and continuum_error must be ≥ 0 and resolution > 0, got {rv_scale}, {continuum_error}, {resolution}."
+        )
+    pixels = _output_pixels(n_pixels, first_pixel)
+    wavelength = apstar_wavelength(pixels)
+    rng = np.random.default_rng(seed)
+
+    stars = _draw_population(rng, n_stars, population)
+    x_fe = _element_trends(stars)
+    element_labels = []
+    for name in element_names:
+        k = [e.lower() for e in ELEMENTS].index(name)
+        x_fe[:, k] += rng.normal(0.0, 0.08, n_stars)
+        alpha_term = (
+            stars["alpha_fe"] * (0.8 if name == "ti" else 1.0) if ELEMENTS[k] in ALPHA_ELEMENTS else 0.0
+        )
+        element_labels.append(x_fe[:, k] + alpha_term)
+    abundance = solar_abundances(stars["fe_h"], stars["alpha_fe"], x_fe)
+    rv = rng.normal(0.0, rv_scale, n_stars) if rv_scale > 0 else np.zeros(n_stars)
+    star_snr = rng.uniform(low, high, n_stars)
+
+    binary = rng.uniform(size=n_stars) < binary_fraction
+    q = np.where(binary, rng.uniform(0.3, 1.0, n_stars), np.nan)
+    delta_v = np.where(binary, rng.choice([-1.0, 1.0], n_stars) * rng.uniform(15.0, 80.0, n_stars), np.nan)
+
+    flux = line_spectra(
+        stars["teff"], stars["logg"], stars["fe_h"], abundance, stars["vmacro"], rv, pixels, resolution
+    )
+    secondary = {k: np.full(n_stars, np.nan) for k in ("teff", "logg", "vmacro")}
+    flux_ratio = np.full(n_stars, np.nan)
+    if binary.any():
+        idx = np.flatnonzero(binary)
+        comp = _companions({k: v[idx] for k, v in stars.items()}, q[idx])
+        second = line_spectra(
+            comp["teff"],
+            comp["logg"],
+            stars["fe_h"][idx],
+            abundance[idx],
+            comp["vmacro"],
+            rv[idx] + delta_v[idx],
+            pixels,
+            resolution,
+        )
+        ratio = comp["radius_ratio"][:, None] ** 2 * _planck_ratio(
+            wavelength, comp["teff"], stars["teff"][idx]
+        )
+        flux[idx] = (flux[idx] + ratio * second) / (1.0 + ratio)
+        for k in secondary:
+            secondary[k][idx] = comp[k]
+        at_16000 = _planck_ratio(np.array([16000.0]), comp["teff"], stars["teff"][idx])[:, 0]
+        flux_ratio[idx] = comp["radius_ratio"] ** 2 * at_16000
+
+    if keep_continuum:
+        continuum = _stellar_continuum(wavelength, stars["teff"], pixels)
+    else:
+        continuum = _smooth_continuum(rng, pixels, n_stars, continuum_error)
+    observed = _observe(rng, flux, continuum, star_snr, _noise_pattern(pixels), bad_pixel_fraction)
+
+    names = LINE_LABELS + tuple(f"{e}_fe" for e in element_names)
+    labels = np.stack([stars[k] for k in LINE_LABELS] + element_labels, axis=1)
+    second_labels = labels.copy()
+    second_labels[:, 0], second_labels[:, 1], second_labels[:, 4] = (
+        secondary["teff"],
+        secondary["logg"],
+        secondary["vmacro"],
+    )
+    second_labels[~binary] = np.nan
+    truth = {
+        "rv": rv,
+        "snr": star_snr,
+        "is_binary": binary.astype(float),
+        "q": q,
+        "flux_ratio": flux_ratio,
+        "delta_v": delta_v,
+        "teff_2": secondary["teff"],
+        "logg_2": secondary["logg"],
+        "vmacro_2": secondary["vmacro"],
+    }
+    dataset = SpectralDataset(
+        observed.flux,
+        ivar=observed.ivar,
+        mask=observed.bad,
+        copy=False,  # fresh aligned float64 arrays, adopted as they are
+        wavelength=wavelength,
+        labels=labels,
+        label_names=names,
+        ids=[f"lines{i:06d}" for i in range(n_stars)],
+        meta={
+            "simulator": "lines",
+            "seed": seed,
+            "population": population,
+            "resolution": resolution,
+            "keep_continuum": keep_continuum,
+        },
+    )
+    return LineSimulation(
+        dataset, observed.true_flux, observed.flux_err, continuum, truth, second_labels, line_list()
+    )
