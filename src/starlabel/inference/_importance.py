@@ -46,7 +46,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._internal import x64
 from ._custom_types import Args
@@ -102,7 +102,7 @@ class _Draws(eqx.Module):
 
     z: Float[Array, "samples labels"]
     radius: Float[Array, " samples"]
-    wide: Float[Array, " samples"]
+    wide: Bool[Array, " samples"]
     """True for the draws of the wide component (a stratified share ``defensive``)."""
 
 
@@ -129,15 +129,21 @@ def _log_t(delta2: Array, log_det: Array, k: int, nu: float) -> Array:
     return const - 0.5 * log_det - 0.5 * (nu + k) * jnp.log1p(delta2 / nu)
 
 
-def _floored_inverse(neg_hess: Array, floor: Array) -> tuple[Array, Array]:
-    """Inverse and inverse Cholesky-like factor of ``neg_hess`` with eigenvalues ≥ ``floor``."""
-    sym = 0.5 * (neg_hess + neg_hess.T)
+def _floored_inverse(neg_hess: Array, box: Array) -> tuple[Array, Array, Array]:
+    """Inverse of ``neg_hess``, a root ``R`` (``R Rᵀ`` = inverse) and its log determinant.
+
+    The inverse is no wider than ``box`` in any direction.
+
+    Eigenvalues are floored in coordinates where the box is the unit cube, so a
+    direction the data and prior leave flat (or curved upwards) gets the box's width
+    instead of an infinite or negative one, while constrained directions are untouched.
+    """
+    sym = 0.5 * (neg_hess + neg_hess.T) * box[:, None] * box[None, :]
     sym = jnp.where(jnp.isfinite(sym), sym, 0.0)
     values, vectors = jnp.linalg.eigh(sym)
-    values = jnp.maximum(values, floor)
-    inverse = (vectors / values[None, :]) @ vectors.T
-    root = vectors / jnp.sqrt(values)[None, :]  # root @ root.T = inverse
-    return inverse, root
+    values = jnp.maximum(values, 1.0)
+    root = box[:, None] * vectors / jnp.sqrt(values)[None, :]
+    return root @ root.T, root, 2.0 * jnp.sum(jnp.log(box)) - jnp.sum(jnp.log(values))
 
 
 def _one_star(
@@ -169,10 +175,9 @@ def _one_star(
     start_lp = jnp.where(jnp.isnan(start_lp), -jnp.inf, start_lp)
     start_lp = start_lp.at[0].set(jnp.where(jnp.all(jnp.isfinite(start)), start_lp[0], -jnp.inf))
     _, top = jax.lax.top_k(start_lp, settings.n_newton)
-    # Newton in units of the label scale: a curvature floor of 1/box² caps every width
-    # at the box, so a direction the data and prior leave flat cannot blow up.
+    # Newton in units of the label scale; the curvature floor caps every width at the
+    # box, so a direction the data and prior leave flat cannot blow up.
     box_units = (upper - lower) / scale
-    floor = 1.0 / jnp.max(box_units) ** 2
     steps = jnp.asarray([1.0, 0.5, 0.25, 0.125, 1.0 / 16, 1.0 / 64, 0.0], dtype=lower.dtype)
 
     def newton(x0: Array) -> tuple[Array, Array]:
@@ -182,7 +187,7 @@ def _one_star(
         def step(u: Array, _: None) -> tuple[Array, None]:
             grad = jax.grad(f)(u)
             hess = jax.hessian(f)(u)
-            inverse, _ = _floored_inverse(-hess, floor)
+            inverse, _, _ = _floored_inverse(-hess, box_units)
             direction = inverse @ jnp.where(jnp.isfinite(grad), grad, 0.0)
             trial = u[None, :] + steps[:, None] * direction[None, :]
             values = jax.vmap(f)(trial)
@@ -197,7 +202,7 @@ def _one_star(
     # 2. Laplace covariance at the mode, in scaled units, and the proposal.
     local = prior.localise(mode)
     f = lambda u: log_post(mode + u * scale, local)  # noqa: E731
-    inverse, root = _floored_inverse(-jax.hessian(f)(jnp.zeros_like(mode)), floor)
+    inverse, root, log_det_u = _floored_inverse(-jax.hessian(f)(jnp.zeros_like(mode)), box_units)
     laplace_cov = inverse * scale[:, None] * scale[None, :]
     factor = jnp.where(draws.wide, settings.wide, settings.inflate)
     u = (draws.z * (draws.radius * factor)[:, None]) @ root.T
@@ -205,7 +210,7 @@ def _one_star(
     # Mixture density at each draw (balance heuristic): Mahalanobis distance in the
     # Laplace metric, d² = zᵀz · radius², is shared by both components up to their scale.
     delta2 = jnp.sum(draws.z**2, axis=1) * (draws.radius * factor) ** 2
-    log_det = 2.0 * jnp.sum(jnp.log(jnp.linalg.norm(root, axis=0))) + 2.0 * jnp.sum(jnp.log(scale))
+    log_det = log_det_u + 2.0 * jnp.sum(jnp.log(scale))
     nu = settings.proposal_dof
     log_core = _log_t(delta2 / settings.inflate**2, log_det + 2 * k * math.log(settings.inflate), k, nu)
     log_wide = _log_t(delta2 / settings.wide**2, log_det + 2 * k * math.log(settings.wide), k, nu)
