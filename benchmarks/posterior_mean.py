@@ -69,7 +69,12 @@ def lines(n_train: int, n_test: int, n_pixels: int | None) -> dict:
     truth = test.labels
     fitted = Cannon(data.label_names).fit(train, calibrate=False)
     log("lines: trained", data.flux.shape)
-    out: dict = {"n_train": n_train, "n_test": n_test, "n_pixels": int(data.n_pixels), "labels": list(data.label_names)}
+    out: dict = {
+        "n_train": n_train,
+        "n_test": n_test,
+        "n_pixels": int(data.n_pixels),
+        "labels": list(data.label_names),
+    }
     best = fitted.infer(test, calibrate=False)
     best, seconds = _timed(fitted.infer, test, calibrate=False)
     out["map"] = {**_summary(best, truth), "spectra_per_s": round(n_test / seconds, 1)}
@@ -148,7 +153,10 @@ def main() -> None:
     parser.add_argument("--part", choices=("all", "lines", "giants"), default="all")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "posterior_mean.json"))
     args = parser.parse_args()
-    results: dict = {"load_avg_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results: dict = {
+        "load_avg_start": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     if args.part in ("all", "lines"):
         results["lines"] = lines(600, 300, None) if args.quick else lines(2000, 1000, None)
     if args.part in ("all", "giants"):

@@ -45,7 +45,9 @@ def test_importance_sampling_recovers_a_conjugate_gaussian_posterior(rng):
 
     post_prec = like_prec / temperature + np.linalg.inv(prior_cov)
     post_cov = np.linalg.inv(post_prec)
-    post_mean = (post_cov @ (like_prec / temperature @ y.T + (np.linalg.inv(prior_cov) @ prior_mean)[:, None])).T
+    post_mean = (
+        post_cov @ (like_prec / temperature @ y.T + (np.linalg.inv(prior_cov) @ prior_mean)[:, None])
+    ).T
     prior = GaussianPrior(tuple("abcde"), jnp.asarray(prior_mean), jnp.asarray(prior_cov))
     post = importance_posterior(
         log_likelihood,
@@ -140,14 +142,18 @@ def test_temperature_cv_refuses_non_finite_scores_and_absurd_width_scales():
     with pytest.raises(ValueError, match=r"width calibration failed at T=1.*teff=2.5e\+74"):
         _check_width_scale_cv(blown[0], 1.0, names, [1.0, 2.0], blown, 50)
     with pytest.raises(ValueError, match=r"logg=nan"):
-        _check_width_scale_cv(_scores(0.3, [1.0, np.nan]), 1.0, names, [1.0], [_scores(0.3, [1.0, np.nan])], 50)
+        _check_width_scale_cv(
+            _scores(0.3, [1.0, np.nan]), 1.0, names, [1.0], [_scores(0.3, [1.0, np.nan])], 50
+        )
     _check_width_scale_cv(blown[1], 2.0, names, [1.0, 2.0, 4.0], blown + [_scores(0.5, [1, 1])], 50)
 
 
 def test_unusable_widths_flag_non_finite_negative_and_wider_than_training():
     box = np.array([[4000.0, 1.0], [6000.0, 5.0]])
     labels = np.array([[5000.0, 3.0], [5000.0, 3.0], [np.nan, 3.0], [5000.0, 3.0], [5000.0, 3.0]])
-    cov = np.stack([np.diag(v) for v in ([100.0**2, 0.1**2], [np.inf, 0.01], [1.0, 1.0], [-1.0, 1.0], [2500.0**2, 1.0])])
+    cov = np.stack(
+        [np.diag(v) for v in ([100.0**2, 0.1**2], [np.inf, 0.01], [1.0, 1.0], [-1.0, 1.0], [2500.0**2, 1.0])]
+    )
     check = unusable_widths(labels, cov, box)
     np.testing.assert_array_equal(check.bad_covariance, [False, True, True, True, False])
     np.testing.assert_array_equal(check.wide, [False, False, False, False, True])

@@ -341,7 +341,10 @@ def _cross_validated_temperature(model: Path, train: Path, prior: str, likelihoo
         f" (cross-validated on {train})",
         err=True,
     )
-    return {"temperature": float(selection.temperature), "error_calibration": calibration_options(calibration)}
+    return {
+        "temperature": float(selection.temperature),
+        "error_calibration": calibration_options(calibration),
+    }
 
 
 class EngineName(StrEnum):

@@ -116,16 +116,12 @@ def _make_draws(key: PRNGKeyArray, n_samples: int, n_labels: int, settings: _Set
     radius = 1.0 / jnp.sqrt(g)
     n_wide = int(round(settings.defensive * half))
     wide = jnp.arange(half) < n_wide
-    return _Draws(
-        jnp.concatenate([z, -z]), jnp.concatenate([radius, radius]), jnp.concatenate([wide, wide])
-    )
+    return _Draws(jnp.concatenate([z, -z]), jnp.concatenate([radius, radius]), jnp.concatenate([wide, wide]))
 
 
 def _log_t(delta2: Array, log_det: Array, k: int, nu: float) -> Array:
     """Log density of a K-variate Student t at Mahalanobis distance² ``delta2``."""
-    const = (
-        math.lgamma(0.5 * (nu + k)) - math.lgamma(0.5 * nu) - 0.5 * k * math.log(nu * math.pi)
-    )
+    const = math.lgamma(0.5 * (nu + k)) - math.lgamma(0.5 * nu) - 0.5 * k * math.log(nu * math.pi)
     return const - 0.5 * log_det - 0.5 * (nu + k) * jnp.log1p(delta2 / nu)
 
 
@@ -214,9 +210,7 @@ def _one_star(
     nu = settings.proposal_dof
     log_core = _log_t(delta2 / settings.inflate**2, log_det + 2 * k * math.log(settings.inflate), k, nu)
     log_wide = _log_t(delta2 / settings.wide**2, log_det + 2 * k * math.log(settings.wide), k, nu)
-    log_q = jnp.logaddexp(
-        math.log1p(-settings.defensive) + log_core, math.log(settings.defensive) + log_wide
-    )
+    log_q = jnp.logaddexp(math.log1p(-settings.defensive) + log_core, math.log(settings.defensive) + log_wide)
 
     # 3. Self-normalised weights and moments.
     log_target = jax.vmap(log_post, in_axes=(0, None))(x, local)
@@ -244,9 +238,9 @@ def _batch(
     draws: _Draws,
     settings: _Settings,
 ) -> tuple[Array, ...]:
-    return jax.vmap(
-        _one_star, in_axes=(None, None, 0, 0, None, None, None, None, None, None, None)
-    )(log_likelihood, prior, args, start, candidates, lower, upper, scale, temperature, draws, settings)
+    return jax.vmap(_one_star, in_axes=(None, None, 0, 0, None, None, None, None, None, None, None))(
+        log_likelihood, prior, args, start, candidates, lower, upper, scale, temperature, draws, settings
+    )
 
 
 @x64

@@ -794,7 +794,12 @@ def select_temperature(
     def evaluate(temperature: float) -> _HeldOutScores:
         if temperature not in scored:
             results = [
-                (held, infer_posterior_mean(fitted, train[held], prior=p, temperature=temperature, **grid_options))
+                (
+                    held,
+                    infer_posterior_mean(
+                        fitted, train[held], prior=p, temperature=temperature, **grid_options
+                    ),
+                )
                 for held, fitted, p in fits
             ]
             scored[temperature] = _held_out_scores(
@@ -992,8 +997,7 @@ def _posterior_calibration(chosen: _HeldOutScores, temperature: float) -> ErrorC
     calibration = chosen.calibration
     if calibration is None:
         raise ValueError(
-            f"error calibration of the posterior mean failed at T={temperature:g}:"
-            f" {chosen.calibration_error}"
+            f"error calibration of the posterior mean failed at T={temperature:g}: {chosen.calibration_error}"
         )
     after = np.asarray(calibration.z_std_after)
     values = np.concatenate([np.asarray(calibration.scale), np.asarray(calibration.floor), after])
