@@ -23,6 +23,7 @@ from starlabel.models._posterior_mean import (
     calibration_options,
     infer_labels,
     infer_posterior_mean,
+    select_temperature,
 )
 from starlabel.models._sanity import unusable_widths
 from starlabel.models.cannon import Cannon
@@ -82,31 +83,44 @@ def test_importance_sampling_recovers_a_conjugate_gaussian_posterior(rng):
 def test_five_label_posterior_mean_on_line_list_spectra_is_not_garbage():
     """Issue 15 regression: 5 labels, spectra of a physics the Cannon cannot match.
 
-    On the old grid this setting chose T = 12 (the edge of its range) after a
-    "Mean of empty slice" warning (an error under this suite's filterwarnings) and
-    returned errors ~7× the real ones (width scale 6.5–10.6).
+    On the old grid this data set chose T at the edge of its range after a "Mean of
+    empty slice" warning (an error under this suite's filterwarnings) and returned
+    errors ~7× the real ones (width scale 6.5–10.6 with the default options).
+    Three folds and three starting temperatures keep it fast; the search widens the
+    range itself.
     """
     sim = simulate_lines(260, population="dwarfs", n_pixels=1000, seed=1)
     train, test = sim.dataset[:200], sim.dataset[200:]
     truth = test.labels
     fitted = Cannon(train.label_names).fit(train, calibrate=False)
     best = fitted.infer(test, calibrate=False)
+    options = {"n_samples": 512, "chunk_size": 64}  # one compiled shape for folds and test
+    selection = select_temperature(
+        Cannon(train.label_names), train, temperatures=(1.0, 4.0, 16.0), n_folds=3, **options
+    )
+    assert np.all(selection.usable > 0.8)  # held-out posteriors are usable at every T
+    assert 1.0 <= selection.temperature < 1024.0
     result = infer_labels(
-        fitted, test, estimator="mean", prior="kde", temperature="auto", train=train, n_samples=512
+        fitted,
+        test,
+        estimator="mean",
+        prior="kde",
+        temperature=selection.temperature,
+        error_calibration=selection.calibration,
+        **options,
     )
     assert result.meta["method"] == "importance"
     assert np.all(np.isfinite(result.labels)) and np.all(np.isfinite(result.label_err))
-    assert np.all(np.asarray(result.extra["n_eff"]) > 100)  # effective draws of 512
+    assert np.mean(np.asarray(result.extra["n_eff"]) > 50) > 0.9  # effective draws of 512
     rmse_map = np.sqrt(np.mean((best.labels - truth) ** 2, axis=0))
     rmse = np.sqrt(np.mean((result.labels - truth) ** 2, axis=0))
-    assert np.all(rmse <= 1.08 * rmse_map), (rmse, rmse_map)
+    assert np.all(rmse <= 1.05 * rmse_map), (rmse, rmse_map)
     # Errors of the right size: the MAP's own are 5-20x too small here, the old
     # posterior mean's 7x too large; 60 held-out stars bound std(z) to about ±20%.
     z = (result.labels - truth) / result.label_err
     assert np.all((z.std(axis=0) > 0.7) & (z.std(axis=0) < 1.35)), z.std(axis=0)
     assert ((best.labels - truth) / best.label_err).std(axis=0).min() > 4.0
-    assert 1.0 <= result.meta["temperature"] < 1024.0
-    assert "error_calibration" in result.meta and "teff_err_stat" in result.extra
+    assert "teff_err_stat" in result.extra
 
 
 def _scores(crps: float, z_std, usable: float = 1.0) -> _HeldOutScores:

@@ -362,12 +362,16 @@ def chunked_over_stars(
 ) -> list[np.ndarray]:
     """Apply a compiled per-chunk function to fixed-size chunks of per-star ``args``.
 
-    The last chunk is padded by repeating its first star (real data keeps the padded
-    rows finite), so one compilation serves every chunk; outputs are concatenated
+    Chunks hold ``chunk_size`` stars, or the next power of two ≥ the number of stars
+    when that is smaller; the last chunk is padded by repeating its first star (real
+    data keeps the padded rows finite), so one compilation serves every chunk; outputs
+    are concatenated
     along the stars axis and returned as numpy arrays in ``run``'s output order.
     """
     n_stars = _n_stars(args)
-    chunk = min(int(chunk_size), n_stars)
+    # A power of two at least as large as a small call: calls of similar sizes (the
+    # folds of a cross-validation, a test set) then share one compiled program.
+    chunk = min(int(chunk_size), 1 << max(0, (n_stars - 1).bit_length()))
     outs = []
     for start in range(0, n_stars, chunk):
         stop = min(start + chunk, n_stars)

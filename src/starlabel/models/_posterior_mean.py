@@ -55,6 +55,7 @@ __all__ = [
     "rescale_uncertainty",
     "calibration_options",
     "calibration_from_options",
+    "map_start",
     "ESTIMATORS",
     "GRID_MAX_LABELS",
     "POSTERIOR_METHODS",
@@ -375,8 +376,9 @@ def infer_posterior_mean(
     method : {"auto", "grid", "importance"}
         The integrator (see above).
     start : array-like, shape (stars, labels), optional
-        Extra per-star starting point for the importance sampler's mode search (e.g.
-        the model's MAP); the training labels are always tried.
+        Extra per-star starting point for the importance sampler's mode search; default
+        the model's own MAP (:func:`map_start`) when ``theta`` is not given. The
+        training labels are always tried too.
     n_samples : int
         Importance draws per star.
     min_ess : float
@@ -409,6 +411,8 @@ def infer_posterior_mean(
     if likelihood == "student" and not dof > 0:
         raise ValueError(f"`dof` must be > 0 for the Student likelihood, got {dof}.")
     method = _check_method(method, model.n_labels)
+    if method == "importance" and start is None and theta is None:
+        start = map_start(fitted, data)
     label_prior = posterior_prior(model, prior)
     lower, upper = _box(model, label_prior, bounds)
     stats = spectrum_statistics(model, data.flux, data.ivar, theta)
@@ -463,6 +467,21 @@ def _check_method(method: str, n_labels: int) -> str:
     if method == "auto":
         return "grid" if n_labels <= GRID_MAX_LABELS else "importance"
     return method
+
+
+def map_start(fitted: Any, data: SpectralDataset) -> np.ndarray | None:
+    """The model's own (multi-start) MAP labels, where it has an ``infer``; else None.
+
+    The importance sampler's Newton steps start from the better of these and the
+    training labels: on few pixels the χ² surface has local minima that a start at the
+    nearest training label can fall into, which the MAP's multi-start avoids.
+    """
+    infer = getattr(fitted, "infer", None)
+    if infer is None:
+        return None
+    if "calibrate" in inspect.signature(infer).parameters:
+        return np.asarray(infer(data, calibrate=False).labels)  # only the labels are used
+    return np.asarray(infer(data).labels)
 
 
 def _candidates(model: PolynomialSpectrum, count: int = 256) -> np.ndarray:
@@ -782,11 +801,15 @@ def select_temperature(
         raise ValueError(f"`train` must carry the labels {list(names)} for cross-validation.")
     truth_all = train.select_labels(names).labels
     folds = fold_indices(train.n_stars, n_folds, seed)
+    sampled = _check_method(grid_options.get("method", "auto"), len(names)) == "importance"
     fits = []
     for held in folds:
         rest = np.setdiff1d(np.arange(train.n_stars), held)
         fold_prior = resolve_prior(prior, names, truth_all[rest]) if isinstance(prior, str) else prior
-        fits.append((held, _fit_uncalibrated(model, train[rest]), fold_prior))
+        fitted = _fit_uncalibrated(model, train[rest])
+        # The MAP start does not depend on T: find it once per fold.
+        start = map_start(fitted, train[held]) if sampled else None
+        fits.append((held, fitted, fold_prior, start))
     finite = np.all(np.isfinite(truth_all), axis=1)
     spread = np.std(truth_all[finite], axis=0) if np.any(finite) else np.full(len(names), np.nan)
     scored: dict[float, _HeldOutScores] = {}
@@ -797,10 +820,10 @@ def select_temperature(
                 (
                     held,
                     infer_posterior_mean(
-                        fitted, train[held], prior=p, temperature=temperature, **grid_options
+                        fitted, train[held], prior=p, temperature=temperature, start=start, **grid_options
                     ),
                 )
-                for held, fitted, p in fits
+                for held, fitted, p, start in fits
             ]
             scored[temperature] = _held_out_scores(
                 results, truth_all, finite, spread, min_usable, names, n_folds
