@@ -357,6 +357,34 @@ def _n_stars(args: Args) -> int:
     return sizes.pop()
 
 
+def check_prior_box(
+    prior: AbstractLabelPrior, lower: Any, upper: Any, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the prior, the integration box and the temperature of a posterior integrator.
+
+    Returns ``lower`` and ``upper`` as float64 arrays of shape (labels,).
+    """
+    if not isinstance(prior, AbstractLabelPrior):
+        raise TypeError(
+            f"`prior` must be an AbstractLabelPrior (see resolve_prior), got {type(prior).__name__}."
+        )
+    lower_np = np.asarray(lower, dtype=np.float64).reshape(-1)
+    upper_np = np.asarray(upper, dtype=np.float64).reshape(-1)
+    k = prior.n_labels
+    if lower_np.shape != (k,) or upper_np.shape != (k,):
+        raise ValueError(
+            f"`lower` and `upper` must have shape ({k},) for labels {list(prior.label_names)};"
+            f" got {lower_np.shape} and {upper_np.shape}."
+        )
+    if not np.all(np.isfinite(lower_np) & np.isfinite(upper_np) & (upper_np > lower_np)):
+        raise ValueError(
+            f"the box must be finite with upper > lower; got lower={lower_np}, upper={upper_np}."
+        )
+    if not temperature > 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+    return lower_np, upper_np
+
+
 def chunked_over_stars(
     run: Callable[[Any], tuple[Array, ...]], args: Args, chunk_size: int
 ) -> list[np.ndarray]:
@@ -460,24 +488,8 @@ def grid_posterior(
     Bailer-Jones (2011), MNRAS 411, 435 (posterior means over stellar-parameter grids);
     Owen (2013), *Monte Carlo theory, methods and examples*, ch. 15 (quasi-Monte Carlo).
     """
-    if not isinstance(prior, AbstractLabelPrior):
-        raise TypeError(
-            f"`prior` must be an AbstractLabelPrior (see resolve_prior), got {type(prior).__name__}."
-        )
-    lower_np = np.asarray(lower, dtype=np.float64).reshape(-1)
-    upper_np = np.asarray(upper, dtype=np.float64).reshape(-1)
+    lower_np, upper_np = check_prior_box(prior, lower, upper, temperature)
     k = prior.n_labels
-    if lower_np.shape != (k,) or upper_np.shape != (k,):
-        raise ValueError(
-            f"`lower` and `upper` must have shape ({k},) for labels {list(prior.label_names)};"
-            f" got {lower_np.shape} and {upper_np.shape}."
-        )
-    if not np.all(np.isfinite(lower_np) & np.isfinite(upper_np) & (upper_np > lower_np)):
-        raise ValueError(
-            f"the box must be finite with upper > lower; got lower={lower_np}, upper={upper_np}."
-        )
-    if not temperature > 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
     if n_refine < 0 or chunk_size < 1 or k_sigma <= 0 or not 0 < min_mode_mass < 1:
         raise ValueError(
             "need n_refine ≥ 0, chunk_size ≥ 1, k_sigma > 0 and 0 < min_mode_mass < 1; got"

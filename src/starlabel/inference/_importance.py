@@ -13,17 +13,14 @@ steps, so a whole chunk of stars runs as one vmapped program:
    autodiff Hessian, eigenvalues floored so the step is always an ascent direction, and
    a backtracking choice among step lengths 1, ½, …, 0 (never uphill). The highest
    end point is the mode.
-2. **Proposal.** At each Newton end point the Laplace covariance
-   Σ = (−∇² log p_T)⁻¹ defines a defensive pair of multivariate Student-t densities
-   (ν = ``proposal_dof``), ``(1 − α) t(μ, c₁²Σ) + α t(μ, c₂²Σ)``: the first matches
-   the posterior's core, the wide one keeps the weights bounded where the posterior is
-   wider or more skewed than its curvature says. The proposal mixes the end points,
-   each weighted by its Laplace evidence (plus an even tenth), so two starts that found
-   separate modes both get draws, and starts that met at one mode cost nothing. The
-   draws are antithetic pairs ``μ ± L z``, which cancels the odd-order part of the
-   error of the mean.
+2. **Proposal.** The Laplace covariance Σ = (−∇² log p_T)⁻¹ at the mode defines a
+   defensive mixture of two multivariate Student-t densities (ν = ``proposal_dof``),
+   ``(1 − α) t(μ, c₁²Σ) + α t(μ, c₂²Σ)``: the first matches the posterior's core, the
+   wide one keeps the weights bounded where the posterior is wider or more skewed than
+   its curvature says. The draws are antithetic pairs ``μ ± L z``, which cancels the
+   odd-order part of the error of the mean.
 3. **Weights.** ``log w = log p_T(ℓ) − log q(ℓ)`` (the prior is localised to its
-   kernels near each draw's mode), self-normalised; the mean and covariance are the weighted
+   kernels near the mode), self-normalised; the mean and covariance are the weighted
    moments. The Kish effective sample size ``(Σw)²/Σw²`` and the largest normalised
    weight say whether the proposal covered the posterior: a low ESS means the moments
    are not to be trusted (the caller flags the star).
@@ -53,7 +50,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._internal import x64
 from ._custom_types import Args
-from ._grid import _n_stars, chunked_over_stars
+from ._grid import _n_stars, check_prior_box, chunked_over_stars
 from ._priors import AbstractLabelPrior
 
 __all__ = ["ImportancePosterior", "importance_posterior"]
@@ -71,9 +68,9 @@ class ImportancePosterior(eqx.Module):
     cov : Float[Array, "stars labels labels"]
         Posterior covariance.
     mode : Float[Array, "stars labels"]
-        Highest mode of the tempered posterior found by the Newton steps.
+        Mode of the tempered posterior found by the Newton steps.
     laplace_cov : Float[Array, "stars labels labels"]
-        Inverse of the (eigenvalue-floored) negative Hessian at that mode.
+        Inverse of the (eigenvalue-floored) negative Hessian at the mode.
     log_evidence : Float[Array, " stars"]
         :math:`\log \int p(d|\ell)^{1/T} p(\ell)\, d\ell` inside the box (IS estimate).
     ess : Float[Array, " stars"]
@@ -107,13 +104,11 @@ class _Draws(eqx.Module):
     radius: Float[Array, " samples"]
     wide: Bool[Array, " samples"]
     """True for the draws of the wide component (a stratified share ``defensive``)."""
-    pick: Float[Array, " samples"]
-    """Uniform numbers choosing each draw's mode (shared by an antithetic pair)."""
 
 
 def _make_draws(key: PRNGKeyArray, n_samples: int, n_labels: int, settings: _Settings) -> _Draws:
     half = n_samples // 2
-    k_z, k_r, k_p = jax.random.split(key, 3)
+    k_z, k_r = jax.random.split(key)
     z = jax.random.normal(k_z, (half, n_labels), dtype=jnp.float64)
     nu = settings.proposal_dof
     # t draw = z / sqrt(g) with g ~ χ²_ν / ν; the antithetic partner shares g.
@@ -121,15 +116,7 @@ def _make_draws(key: PRNGKeyArray, n_samples: int, n_labels: int, settings: _Set
     radius = 1.0 / jnp.sqrt(g)
     n_wide = int(round(settings.defensive * half))
     wide = jnp.arange(half) < n_wide
-    # Stratified uniforms: every mode gets its share of draws up to rounding.
-    pick = (jnp.arange(half) + jax.random.uniform(k_p, (half,), dtype=jnp.float64)) / half
-    pick = jax.random.permutation(k_p, pick)
-    return _Draws(
-        jnp.concatenate([z, -z]),
-        jnp.concatenate([radius, radius]),
-        jnp.concatenate([wide, wide]),
-        jnp.concatenate([pick, pick]),
-    )
+    return _Draws(jnp.concatenate([z, -z]), jnp.concatenate([radius, radius]), jnp.concatenate([wide, wide]))
 
 
 def _log_t(delta2: Array, log_det: Array, k: int, nu: float) -> Array:
@@ -206,44 +193,27 @@ def _one_star(
         return x0 + u * scale, f(u)
 
     ends, end_lp = jax.vmap(newton)(starts[top])
-    best = jnp.argmax(end_lp)
-    mode = ends[best]
+    mode = ends[jnp.argmax(end_lp)]
 
-    # 2. A Laplace approximation at every end point, and the proposal: a mixture over
-    # the end points (several when the starts found separate modes, identical copies
-    # otherwise), each weighted by its Laplace evidence, with a tenth spread evenly so
-    # that no mode goes unsampled.
-    def laplace(centre: Array) -> tuple[Any, Array, Array, Array]:
-        local = prior.localise(centre)
-        f = lambda u: log_post(centre + u * scale, local)  # noqa: E731
-        _, root, log_det_u = _floored_inverse(-jax.hessian(f)(jnp.zeros_like(centre)), box_units)
-        return local, root, log_det_u + 2.0 * jnp.sum(jnp.log(scale)), f(jnp.zeros_like(centre))
-
-    locals_, roots, log_dets, peaks = jax.vmap(laplace)(ends)
-    n_modes = ends.shape[0]
-    evidence = jnp.where(jnp.isfinite(peaks), peaks + 0.5 * log_dets, -jnp.inf)
-    share = 0.9 * jax.nn.softmax(evidence) + 0.1 / n_modes
-    component = jnp.clip(jnp.searchsorted(jnp.cumsum(share), draws.pick), 0, n_modes - 1)
-    laplace_cov = (roots[best] @ roots[best].T) * scale[:, None] * scale[None, :]
+    # 2. Laplace covariance at the mode, in scaled units, and the proposal.
+    local = prior.localise(mode)
+    f = lambda u: log_post(mode + u * scale, local)  # noqa: E731
+    inverse, root, log_det_u = _floored_inverse(-jax.hessian(f)(jnp.zeros_like(mode)), box_units)
+    laplace_cov = inverse * scale[:, None] * scale[None, :]
     factor = jnp.where(draws.wide, settings.wide, settings.inflate)
-    u = jnp.einsum("nab,nb->na", roots[component], draws.z * (draws.radius * factor)[:, None])
-    x = ends[component] + u * scale[None, :]
-    # Mixture density at each draw (balance heuristic over modes and core/wide scales):
-    # the Mahalanobis distance to every mode in its own Laplace metric.
+    u = (draws.z * (draws.radius * factor)[:, None]) @ root.T
+    x = mode[None, :] + u * scale[None, :]
+    # Mixture density at each draw (balance heuristic): Mahalanobis distance in the
+    # Laplace metric, d² = zᵀz · radius², is shared by both components up to their scale.
+    delta2 = jnp.sum(draws.z**2, axis=1) * (draws.radius * factor) ** 2
+    log_det = log_det_u + 2.0 * jnp.sum(jnp.log(scale))
     nu = settings.proposal_dof
+    log_core = _log_t(delta2 / settings.inflate**2, log_det + 2 * k * math.log(settings.inflate), k, nu)
+    log_wide = _log_t(delta2 / settings.wide**2, log_det + 2 * k * math.log(settings.wide), k, nu)
+    log_q = jnp.logaddexp(math.log1p(-settings.defensive) + log_core, math.log(settings.defensive) + log_wide)
 
-    def log_q_mode(centre: Array, root: Array, log_det: Array) -> Array:
-        whitened = jnp.linalg.solve(root, ((x - centre[None, :]) / scale[None, :]).T).T
-        delta2 = jnp.sum(whitened**2, axis=1)
-        core = _log_t(delta2 / settings.inflate**2, log_det + 2 * k * math.log(settings.inflate), k, nu)
-        wide = _log_t(delta2 / settings.wide**2, log_det + 2 * k * math.log(settings.wide), k, nu)
-        return jnp.logaddexp(math.log1p(-settings.defensive) + core, math.log(settings.defensive) + wide)
-
-    log_q = jax.nn.logsumexp(jax.vmap(log_q_mode)(ends, roots, log_dets) + jnp.log(share)[:, None], axis=0)
-
-    # 3. Self-normalised weights and moments (each draw's prior localised at its mode).
-    draw_prior = lambda i: jax.tree.map(lambda a: a[i], locals_)  # noqa: E731
-    log_target = jax.vmap(lambda xi, i: log_post(xi, draw_prior(i)))(x, component)
+    # 3. Self-normalised weights and moments.
+    log_target = jax.vmap(log_post, in_axes=(0, None))(x, local)
     log_w = jnp.where(jnp.isfinite(log_target), log_target - log_q, -jnp.inf)
     w = jax.nn.softmax(log_w)
     mean = w @ x
@@ -355,22 +325,8 @@ def importance_posterior(
     >>> [round(v, 2) for v in post.mean[0].tolist()], round(float(post.cov[0, 0]) ** 0.5, 2)
     ([0.3, -0.2], 0.1)
     """
-    if not isinstance(prior, AbstractLabelPrior):
-        raise TypeError(
-            f"`prior` must be an AbstractLabelPrior (see resolve_prior), got {type(prior).__name__}."
-        )
+    lower_np, upper_np = check_prior_box(prior, lower, upper, temperature)
     k = prior.n_labels
-    lower_np = np.asarray(lower, dtype=np.float64).reshape(-1)
-    upper_np = np.asarray(upper, dtype=np.float64).reshape(-1)
-    if lower_np.shape != (k,) or upper_np.shape != (k,):
-        raise ValueError(
-            f"`lower` and `upper` must have shape ({k},) for labels {list(prior.label_names)};"
-            f" got {lower_np.shape} and {upper_np.shape}."
-        )
-    if not np.all(np.isfinite(lower_np) & np.isfinite(upper_np) & (upper_np > lower_np)):
-        raise ValueError(
-            f"the box must be finite with upper > lower; got lower={lower_np}, upper={upper_np}."
-        )
     cand = np.asarray(candidates, dtype=np.float64)
     cand = cand[np.all(np.isfinite(cand), axis=1)] if cand.ndim == 2 else cand
     if cand.ndim != 2 or cand.shape[1] != k or len(cand) < max(n_newton, 1):
@@ -381,8 +337,6 @@ def importance_posterior(
     scale_np = (upper_np - lower_np) / 10.0 if scale is None else np.asarray(scale, np.float64).reshape(-1)
     if scale_np.shape != (k,) or not np.all(np.isfinite(scale_np) & (scale_np > 0)):
         raise ValueError(f"`scale` must be {k} positive numbers, got {scale!r}.")
-    if not temperature > 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
     if n_samples < 2 or n_samples % 2 or newton_steps < 1 or n_newton < 1 or chunk_size < 1:
         raise ValueError(
             "need an even n_samples ≥ 2, newton_steps ≥ 1, n_newton ≥ 1 and chunk_size ≥ 1; got"
