@@ -66,6 +66,7 @@ def test_temperature_cv_finds_misspecification():
         prior="gaussian",
         temperatures=(1.0, 3.0, 10.0),
         n_folds=3,
+        score="crps",
     )
     assert chosen.temperature == 1.0
     # Cubic truth fitted by a linear model on many sharp pixels: the model errors are
@@ -78,6 +79,7 @@ def test_temperature_cv_finds_misspecification():
         prior="gaussian",
         temperatures=(1.0, 3.0, 10.0),
         n_folds=3,
+        score="crps",
     )
     # Measured: z std 1.41 / 0.83 / 0.64 at T = 1 / 3 / 10; CRPS picks 3, the log score
     # (which punishes the largest misses hardest) picks 10.

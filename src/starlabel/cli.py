@@ -478,17 +478,22 @@ def _cross_validated_temperature(model: Path, train: Path, prior: str, likelihoo
     """Choose the likelihood temperature and width calibration once, by k-fold CV on the training set only."""
     from .data import read_dataset
     from .models import load_model
-    from .models._posterior_mean import _unfitted, select_temperature
+    from .models._posterior_mean import _unfitted, calibration_options, select_temperature
 
     fitted = load_model(model)
     training = read_dataset(train, labels=fitted.label_names)
     with console.status("choosing the temperature by cross-validation on the training set…"):
         selection = select_temperature(_unfitted(fitted, None), training, prior=prior, likelihood=likelihood)
-    scale = [round(float(k), 4) for k in selection.width_scale]
+    calibration = selection.calibration
     typer.echo(
-        f"temperature {selection.temperature:g}, width scale {scale} (cross-validated on {train})", err=True
+        f"temperature {selection.temperature:g}, error calibration {calibration.describe()}"
+        f" (cross-validated on {train})",
+        err=True,
     )
-    return {"temperature": float(selection.temperature), "width_scale": scale}
+    return {
+        "temperature": float(selection.temperature),
+        "error_calibration": calibration_options(calibration),
+    }
 
 
 class EngineName(StrEnum):

@@ -99,6 +99,10 @@ class Flag(enum.IntFlag):
     """The posterior has a separated secondary mode."""
     POOR_FIT = 64
     """Reduced χ² far above 1: the model does not describe this spectrum."""
+    UNCONSTRAINED = 128
+    """A label's uncertainty is wider than the training set's range of that label: the
+    spectrum does not constrain it (or the error computation broke down). Treat the
+    label as unmeasured; the reported value is mostly the prior's or the start's."""
 
     @classmethod
     def describe(cls, value: int) -> str:

@@ -357,6 +357,60 @@ def _n_stars(args: Args) -> int:
     return sizes.pop()
 
 
+def check_prior_box(
+    prior: AbstractLabelPrior, lower: Any, upper: Any, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the prior, the integration box and the temperature of a posterior integrator.
+
+    Returns ``lower`` and ``upper`` as float64 arrays of shape (labels,).
+    """
+    if not isinstance(prior, AbstractLabelPrior):
+        raise TypeError(
+            f"`prior` must be an AbstractLabelPrior (see resolve_prior), got {type(prior).__name__}."
+        )
+    lower_np = np.asarray(lower, dtype=np.float64).reshape(-1)
+    upper_np = np.asarray(upper, dtype=np.float64).reshape(-1)
+    k = prior.n_labels
+    if lower_np.shape != (k,) or upper_np.shape != (k,):
+        raise ValueError(
+            f"`lower` and `upper` must have shape ({k},) for labels {list(prior.label_names)};"
+            f" got {lower_np.shape} and {upper_np.shape}."
+        )
+    if not np.all(np.isfinite(lower_np) & np.isfinite(upper_np) & (upper_np > lower_np)):
+        raise ValueError(
+            f"the box must be finite with upper > lower; got lower={lower_np}, upper={upper_np}."
+        )
+    if not temperature > 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+    return lower_np, upper_np
+
+
+def chunked_over_stars(
+    run: Callable[[Any], tuple[Array, ...]], args: Args, chunk_size: int
+) -> list[np.ndarray]:
+    """Apply a compiled per-chunk function to fixed-size chunks of per-star ``args``.
+
+    Chunks hold ``chunk_size`` stars, or the next power of two ≥ the number of stars
+    when that is smaller; the last chunk is padded by repeating its first star (real
+    data keeps the padded rows finite), so one compilation serves every chunk; outputs
+    are concatenated
+    along the stars axis and returned as numpy arrays in ``run``'s output order.
+    """
+    n_stars = _n_stars(args)
+    # A power of two at least as large as a small call: calls of similar sizes (the
+    # folds of a cross-validation, a test set) then share one compiled program.
+    chunk = min(int(chunk_size), 1 << max(0, (n_stars - 1).bit_length()))
+    outs = []
+    for start in range(0, n_stars, chunk):
+        stop = min(start + chunk, n_stars)
+        part = jax.tree.map(lambda a, s=start, e=stop: jnp.asarray(a)[s:e], args)
+        pad = chunk - (stop - start)
+        if pad:
+            part = jax.tree.map(lambda a, p=pad: jnp.concatenate([a, jnp.repeat(a[:1], p, axis=0)]), part)
+        outs.append([np.asarray(o)[: stop - start] for o in run(part)])
+    return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
+
+
 @x64
 def grid_posterior(
     log_likelihood: LogLikelihoodFn,
@@ -434,24 +488,8 @@ def grid_posterior(
     Bailer-Jones (2011), MNRAS 411, 435 (posterior means over stellar-parameter grids);
     Owen (2013), *Monte Carlo theory, methods and examples*, ch. 15 (quasi-Monte Carlo).
     """
-    if not isinstance(prior, AbstractLabelPrior):
-        raise TypeError(
-            f"`prior` must be an AbstractLabelPrior (see resolve_prior), got {type(prior).__name__}."
-        )
-    lower_np = np.asarray(lower, dtype=np.float64).reshape(-1)
-    upper_np = np.asarray(upper, dtype=np.float64).reshape(-1)
+    lower_np, upper_np = check_prior_box(prior, lower, upper, temperature)
     k = prior.n_labels
-    if lower_np.shape != (k,) or upper_np.shape != (k,):
-        raise ValueError(
-            f"`lower` and `upper` must have shape ({k},) for labels {list(prior.label_names)};"
-            f" got {lower_np.shape} and {upper_np.shape}."
-        )
-    if not np.all(np.isfinite(lower_np) & np.isfinite(upper_np) & (upper_np > lower_np)):
-        raise ValueError(
-            f"the box must be finite with upper > lower; got lower={lower_np}, upper={upper_np}."
-        )
-    if not temperature > 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
     if n_refine < 0 or chunk_size < 1 or k_sigma <= 0 or not 0 < min_mode_mass < 1:
         raise ValueError(
             "need n_refine ≥ 0, chunk_size ≥ 1, k_sigma > 0 and 0 < min_mode_mass < 1; got"
@@ -464,17 +502,8 @@ def grid_posterior(
     zoom = _node_tables(k, int(n_zoom_nodes), kind)
     zoom_nodes = _Nodes(jnp.asarray(zoom[0]), jnp.asarray(zoom[1]), zoom[2])
     settings = _Settings(int(n_refine), float(k_sigma), float(min_mode_mass), float(dip))
-    n_stars = _n_stars(args)
-    chunk = min(int(chunk_size), n_stars)
-    outs = []
-    for start in range(0, n_stars, chunk):
-        stop = min(start + chunk, n_stars)
-        part = jax.tree.map(lambda a, s=start, e=stop: jnp.asarray(a)[s:e], args)
-        pad = chunk - (stop - start)
-        if pad:
-            # Repeat the first star of the chunk: real data keeps the padded rows finite.
-            part = jax.tree.map(lambda a, p=pad: jnp.concatenate([a, jnp.repeat(a[:1], p, axis=0)]), part)
-        out = _batch(
+    columns = chunked_over_stars(
+        lambda part: _batch(
             log_likelihood,
             prior,
             part,
@@ -484,7 +513,8 @@ def grid_posterior(
             nodes,
             zoom_nodes,
             settings,
-        )
-        outs.append([np.asarray(o)[: stop - start] for o in out])
-    columns = [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
+        ),
+        args,
+        chunk_size,
+    )
     return GridPosterior(*[jnp.asarray(c) for c in columns])

@@ -821,6 +821,7 @@ def infer_with_nuisance(
         temperature=temperature,
         theta=theta,
         poor_fit=poor_fit,
+        start=params[:, :k],
         **grid_options,
     )
     # Conditional (fixed-nuisance) vs marginal Laplace covariance of the labels: the

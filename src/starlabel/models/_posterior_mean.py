@@ -23,10 +23,11 @@ predictive density. Test data are never used.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -37,7 +38,10 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from .._internal import fold_indices, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference._grid import GridPosterior, grid_posterior
+from ..inference._importance import ImportancePosterior, importance_posterior
 from ..inference._priors import AbstractLabelPrior, resolve_prior
+from ._calibration import ErrorCalibration, fit_error_calibration
+from ._sanity import unusable_widths
 from .cannon._test_step import spectrum_stats, theta_pairs
 
 __all__ = [
@@ -50,7 +54,12 @@ __all__ = [
     "TemperatureSelection",
     "select_temperature",
     "rescale_uncertainty",
+    "calibration_options",
+    "calibration_from_options",
+    "map_start",
     "ESTIMATORS",
+    "GRID_MAX_LABELS",
+    "POSTERIOR_METHODS",
     "infer_labels",
 ]
 
@@ -319,14 +328,27 @@ def infer_posterior_mean(
     theta: Any = None,
     likelihood: str = "gaussian",
     dof: float = 5.0,
+    method: str = "auto",
+    start: Any = None,
+    n_samples: int = 1024,
+    min_ess: float = 50.0,
 ) -> InferenceResult:
-    r"""Posterior mean and covariance of each star's labels by nested grid quadrature.
+    r"""Posterior mean and covariance of each star's labels (grid or importance sampling).
 
-    Evaluates :math:`p(d|\ell)^{1/T} p(\ell)` for every spectrum on a coarse grid over
-    the prior's box, zooms ``n_refine`` times onto the dominant mode, and reports the
-    posterior moments, the grid's best node and any separated secondary mode (see
-    :func:`starlabel.inference.grid_posterior`). Use for ≤ 5 labels; beyond that use
-    :func:`infer_nuts`.
+    Two integrators of :math:`p(d|\ell)^{1/T} p(\ell)`, chosen by ``method``:
+
+    * ``"grid"``: nested quadrature over the prior's box, zoomed ``n_refine`` times
+      onto the dominant mode, with separated secondary modes detected
+      (:func:`starlabel.inference.grid_posterior`);
+    * ``"importance"``: Newton steps to the mode, then importance sampling from a
+      Student-t mixture built on the Laplace covariance
+      (:func:`starlabel.inference.importance_posterior`); scales to any label count.
+
+    ``"auto"`` takes the grid up to :data:`GRID_MAX_LABELS` labels and importance
+    sampling above: with a few thousand nodes a grid has ≥ 12 nodes per axis in 3
+    dimensions but only 4 in 5, where its finest stage collapses onto one node for
+    narrow (many-pixel) posteriors and the widths come out near zero (see
+    ``docs/test_step.md``).
 
     Parameters
     ----------
@@ -352,15 +374,30 @@ def infer_posterior_mean(
         with ``dof`` degrees of freedom): a per-star tempering by its own reduced χ².
     dof : float
         ν of the ``"student"`` likelihood (→ ∞ recovers the Gaussian).
+    method : {"auto", "grid", "importance"}
+        The integrator (see above).
+    start : array-like, shape (stars, labels), optional
+        Extra per-star starting point for the importance sampler's mode search; default
+        the model's own MAP (:func:`map_start`) when ``theta`` is not given. The
+        training labels are always tried too.
+    n_samples : int
+        Importance draws per star.
+    min_ess : float
+        Effective sample size below which an importance-sampled star is flagged
+        NOT_CONVERGED (the grid uses 5 effective nodes).
 
     Returns
     -------
     InferenceResult
         ``labels`` = posterior mean, ``cov`` = posterior covariance, ``chi2`` at the mean
         (untempered, with s²), ``dof`` = usable pixels − labels, flags (MULTIMODAL,
-        NOT_CONVERGED when the finest grid holds < 5 effective nodes, BAD_COVARIANCE,
-        POOR_FIT, FEW_PIXELS), and extra columns ``<label>_best`` (grid MAP),
-        ``mode2_<label>``, ``mode2_mass``, ``n_eff``, ``log_evidence``.
+        NOT_CONVERGED when the finest grid holds < 5 effective nodes or the importance
+        weights < ``min_ess`` effective draws, BAD_COVARIANCE for non-finite or
+        non-positive widths, UNCONSTRAINED for a width beyond the training label range,
+        POOR_FIT, FEW_PIXELS), and extra columns ``<label>_best`` (grid best node, or the
+        mode), ``mode2_<label>``, ``mode2_mass`` (NaN/0 for importance sampling, which
+        does not look for other modes), ``n_eff`` (effective nodes or draws),
+        ``log_evidence``; ``meta["method"]`` names the integrator.
 
     Raises
     ------
@@ -374,24 +411,105 @@ def infer_posterior_mean(
         raise ValueError(f"unknown likelihood {likelihood!r}; choose 'gaussian' or 'student'.")
     if likelihood == "student" and not dof > 0:
         raise ValueError(f"`dof` must be > 0 for the Student likelihood, got {dof}.")
+    method = _check_method(method, model.n_labels)
+    if method == "importance" and start is None and theta is None:
+        start = map_start(fitted, data)
     label_prior = posterior_prior(model, prior)
     lower, upper = _box(model, label_prior, bounds)
     stats = spectrum_statistics(model, data.flux, data.ivar, theta)
-    post = grid_posterior(
-        _LogLikelihood(model, float(dof) if likelihood == "student" else None),
-        label_prior,
-        (stats.c, stats.g, stats.H, stats.n_good),
-        lower=lower,
-        upper=upper,
-        temperature=temperature,
-        n_nodes=n_nodes,
-        n_zoom_nodes=n_zoom_nodes,
-        n_refine=n_refine,
-        min_mode_mass=min_mode_mass,
-        chunk_size=chunk_size,
-    )
+    log_likelihood = _LogLikelihood(model, float(dof) if likelihood == "student" else None)
+    args = (stats.c, stats.g, stats.H, stats.n_good)
+    if method == "grid":
+        post = grid_posterior(
+            log_likelihood,
+            label_prior,
+            args,
+            lower=lower,
+            upper=upper,
+            temperature=temperature,
+            n_nodes=n_nodes,
+            n_zoom_nodes=n_zoom_nodes,
+            n_refine=n_refine,
+            min_mode_mass=min_mode_mass,
+            chunk_size=chunk_size,
+        )
+        min_eff = 5.0
+    else:
+        sampled = importance_posterior(
+            log_likelihood,
+            label_prior,
+            args,
+            lower=lower,
+            upper=upper,
+            candidates=_candidates(model),
+            start=start,
+            scale=np.asarray(model.scale),
+            temperature=temperature,
+            n_samples=n_samples,
+            chunk_size=chunk_size,
+        )
+        post = _as_grid_posterior(sampled)
+        min_eff = float(min_ess)
     name = likelihood if likelihood == "gaussian" else f"student(dof={float(dof):g})"
-    return _assemble(model, data, stats, post, label_prior, temperature, poor_fit, name)
+    result = _assemble(model, data, stats, post, label_prior, temperature, poor_fit, name, min_eff)
+    return dataclasses.replace(result, meta={**result.meta, "method": method})
+
+
+GRID_MAX_LABELS: int = 3
+"""Largest label count for which ``method="auto"`` integrates on the grid."""
+
+POSTERIOR_METHODS: tuple[str, ...] = ("auto", "grid", "importance")
+"""Integrators :func:`infer_posterior_mean` accepts."""
+
+
+def _check_method(method: str, n_labels: int) -> str:
+    if method not in POSTERIOR_METHODS:
+        raise ValueError(f"unknown posterior method {method!r}; choose one of {list(POSTERIOR_METHODS)}.")
+    if method == "auto":
+        return "grid" if n_labels <= GRID_MAX_LABELS else "importance"
+    return method
+
+
+def map_start(fitted: Any, data: SpectralDataset) -> np.ndarray | None:
+    """The model's own (multi-start) MAP labels, where it has an ``infer``; else None.
+
+    The importance sampler's Newton steps start from the better of these and the
+    training labels: on few pixels the χ² surface has local minima that a start at the
+    nearest training label can fall into, which the MAP's multi-start avoids.
+    """
+    infer = getattr(fitted, "infer", None)
+    if infer is None:
+        return None
+    if "calibrate" in inspect.signature(infer).parameters:
+        return np.asarray(infer(data, calibrate=False).labels)  # only the labels are used
+    return np.asarray(infer(data).labels)
+
+
+def _candidates(model: PolynomialSpectrum, count: int = 256) -> np.ndarray:
+    """Starting points for the mode search: an even subset of the kept training labels."""
+    train = np.asarray(model.train_labels)
+    train = train[np.all(np.isfinite(train), axis=1)]
+    if len(train) < 4:
+        # Too few kept labels: corners and centre of the training box instead.
+        box = np.asarray(model.box)
+        mid = 0.5 * (box[0] + box[1])
+        return np.concatenate([train, mid[None], box, 0.5 * (mid[None] + box)])
+    return train[np.linspace(0, len(train) - 1, min(count, len(train))).astype(int)]
+
+
+def _as_grid_posterior(post: ImportancePosterior) -> GridPosterior:
+    """Importance-sampling summaries in the grid's layout (no secondary-mode search)."""
+    n, k = post.mean.shape
+    return GridPosterior(
+        post.mean,
+        post.cov,
+        post.mode,
+        post.log_evidence,
+        post.ess,
+        jnp.full((n, k), jnp.nan),
+        jnp.zeros(n),
+        jnp.zeros(n, dtype=bool),
+    )
 
 
 def _assemble(
@@ -403,6 +521,7 @@ def _assemble(
     temperature: float,
     poor_fit: float,
     likelihood: str,
+    min_eff: float = 5.0,
 ) -> InferenceResult:
     mean = np.asarray(post.mean)
     cov = np.asarray(post.cov)
@@ -410,14 +529,15 @@ def _assemble(
     n_good = np.asarray(stats.n_good)
     dof = n_good - model.n_labels
     n_eff = np.asarray(post.n_eff)
-    diag = np.diagonal(cov, axis1=1, axis2=2)
-    bad_cov = ~np.all(np.isfinite(cov), axis=(1, 2)) | np.any(diag <= 0, axis=1)
+    unusable = unusable_widths(mean, cov, np.asarray(model.box))
+    bad_cov = unusable.bad_covariance
     with np.errstate(divide="ignore", invalid="ignore"):
         rchi2 = np.where(dof > 0, chi2 / dof, np.nan)
     flags = np.zeros(len(mean), dtype=np.int64)
     flags |= np.where(np.asarray(post.multimodal), int(Flag.MULTIMODAL), 0)
-    flags |= np.where(n_eff < 5.0, int(Flag.NOT_CONVERGED), 0)
+    flags |= np.where(~(n_eff >= min_eff), int(Flag.NOT_CONVERGED), 0)
     flags |= np.where(bad_cov, int(Flag.BAD_COVARIANCE), 0)
+    flags |= np.where(unusable.wide, int(Flag.UNCONSTRAINED), 0)
     flags |= np.where(rchi2 > poor_fit, int(Flag.POOR_FIT), 0)
     flags |= np.where(n_good <= model.n_terms, int(Flag.FEW_PIXELS), 0)
     box = np.asarray(model.box)
@@ -461,7 +581,7 @@ class TemperatureSelection:
     temperatures : tuple of float
         Candidates tried.
     score : str
-        The criterion that chose: ``"crps"`` or ``"log"``.
+        The criterion that chose: ``"calibrated"``, ``"crps"`` or ``"log"``.
     crps : ndarray, shape (temperatures,)
         Mean over held-out training stars and labels of the continuous ranked
         probability score of ``N(mean, σ²)`` at the known label, in units of that
@@ -477,6 +597,22 @@ class TemperatureSelection:
         ``z_std`` at the chosen temperature: the factor by which the posterior widths
         must grow for the held-out training stars' z to spread as N(0, 1). Apply it
         with :func:`rescale_uncertainty` (``infer_labels(temperature="auto")`` does).
+    usable : ndarray, shape (temperatures,)
+        Share of held-out training stars whose posterior entered the scores (finite
+        label and width, not flagged BAD_COVARIANCE, nor NOT_CONVERGED when importance
+        sampled).
+    calibration : ErrorCalibration
+        ``σ_total² = (a σ)² + σ_sys² (χ²_ν/χ̃²_ν)^γ`` fitted to the held-out
+        residuals and posterior widths at the chosen T
+        (:func:`~starlabel.models.fit_error_calibration`); what
+        ``infer_labels(temperature="auto")`` applies. Unlike ``width_scale`` it also
+        covers the model's misfit, which does not shrink with S/N.
+    calibrated_crps : ndarray, shape (temperatures,)
+        ``crps`` with each star's σ replaced by its calibrated total under the
+        calibration fitted at that T (the default criterion).
+
+    All per-temperature arrays follow ``temperatures``, which includes any candidates
+    added while widening the range (see :func:`select_temperature`).
     """
 
     temperature: float
@@ -488,6 +624,9 @@ class TemperatureSelection:
     z_std: np.ndarray
     label_names: tuple[str, ...] = field(default=())
     width_scale: np.ndarray = field(default_factory=lambda: np.ones(0))
+    usable: np.ndarray = field(default_factory=lambda: np.ones(0))
+    calibration: ErrorCalibration | None = None
+    calibrated_crps: np.ndarray = field(default_factory=lambda: np.ones(0))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (store it with the model)."""
@@ -501,6 +640,9 @@ class TemperatureSelection:
             "z_std": self.z_std.tolist(),
             "label_names": list(self.label_names),
             "width_scale": self.width_scale.tolist(),
+            "usable": self.usable.tolist(),
+            "calibrated_crps": self.calibrated_crps.tolist(),
+            "calibration": None if self.calibration is None else calibration_options(self.calibration),
         }
 
 
@@ -569,23 +711,39 @@ def select_temperature(
     temperatures: Sequence[float] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0),
     n_folds: int = 5,
     seed: int = 0,
-    score: str = "crps",
+    score: str = "calibrated",
+    max_temperature: float = 1024.0,
+    min_usable: float = 0.5,
     **grid_options: Any,
 ) -> TemperatureSelection:
     """Choose the likelihood temperature by k-fold cross-validation on the training set.
 
     For each fold, ``model`` is refitted on the other folds, the prior is rebuilt from
     their labels, and the held-out spectra are inferred with :func:`infer_posterior_mean`
-    at every candidate T. Both criteria are proper scoring rules of the held-out stars'
-    known labels under the Gaussian summary (mean, σ) of their posterior, so both
-    reward accurate means *and* honest widths. They differ in the tails: the log score
-    charges a star z²/2, so a few confidently wrong stars (labels outside the training
-    bulk) push T up until every width covers them; the CRPS charges ≈ σ|z|, so it is
-    decided by the bulk. On the 500 shared giants the CRPS picks T ≈ 4 (lowest RMSE),
-    the log score T ≥ 8 (z spread closest to 1, RMSE 3–5 points worse); see
-    ``docs/test_step.md``. Width and location are then separated: at the chosen T the
-    held-out z spread per label is returned as ``width_scale``, the factor that
-    calibrates the widths without moving the means (measured 1.1–1.6 on the giants).
+    at every candidate T. The criteria are proper scoring rules of the held-out stars'
+    known labels under the Gaussian summary (mean, σ) of their posterior, so they
+    reward accurate means *and* honest widths. The raw ones differ in the tails: the
+    log score charges a star z²/2, so a few confidently wrong stars (labels outside the
+    training bulk) push T up until every width covers them; the CRPS charges ≈ σ|z|,
+    so it is decided by the bulk. On the 500 shared giants the CRPS picks T ≈ 4
+    (lowest RMSE), the log score T ≥ 8 (z spread closest to 1, RMSE 3–5 points
+    worse); see ``docs/test_step.md``.
+
+    Width and location are separated. At every T the held-out residuals and widths
+    are fitted by the error calibration ``σ_total² = (a σ)² + σ_sys² (χ²_ν/χ̃²_ν)^γ``
+    (:func:`~starlabel.models.fit_error_calibration`), and the default criterion,
+    ``"calibrated"``, is the CRPS under those calibrated widths: T then only has to
+    place the posterior mean well (how much the prior counts), not also make its raw
+    width right. With thousands of pixels and a model that misfits, the raw CRPS
+    chooses T ≈ z² ≈ 100 for width alone, which lets the prior pull the labels; the
+    calibrated one stays near 1. The chosen T's calibration is returned as
+    ``calibration`` and its plain z spread as ``width_scale``.
+
+    Nothing untrustworthy is returned silently: held-out stars without a usable
+    posterior are left out of the scores (and counted in ``usable``); when the best T
+    is at the upper end of the candidates the range is widened (doubling, up to
+    ``max_temperature``), at the lower end and above 1 halved down to 1; and the
+    failures listed under Raises are errors.
 
     Parameters
     ----------
@@ -601,10 +759,18 @@ def select_temperature(
         Folds (≥ 2).
     seed : int
         Seed of the fold assignment.
-    score : {"crps", "log"}
-        The criterion (see above).
+    score : {"calibrated", "crps", "log"}
+        The criterion (see above); ``"calibrated"`` (default) is the CRPS after the
+        error calibration fitted at each T.
+    max_temperature : float
+        When the best candidate is the largest, the range is widened by doubling up to
+        this; when it is the smallest and above 1, by halving down to 1.
+    min_usable : float
+        Share of held-out stars that must get a usable posterior (finite, converged)
+        for a temperature to be scored; stars that do not are left out of the scores.
     **grid_options
-        Passed to :func:`infer_posterior_mean` (e.g. ``n_nodes``, ``likelihood``).
+        Passed to :func:`infer_posterior_mean` (e.g. ``n_nodes``, ``likelihood``,
+        ``method``).
 
     Returns
     -------
@@ -618,10 +784,14 @@ def select_temperature(
     ------
     ValueError
         On fewer than two folds, a non-positive candidate, or a training set without the
-        model's labels.
+        model's labels; and instead of returning nonsense: when no temperature gives
+        enough usable held-out posteriors, when the best temperature is still the
+        largest at ``max_temperature``, or when the width factor of a label is not
+        finite or outside [1/:data:`MAX_WIDTH_SCALE`, :data:`MAX_WIDTH_SCALE`]. Each
+        message names the cause and what to do.
     """
-    if score not in ("crps", "log"):
-        raise ValueError(f"unknown score {score!r}; choose 'crps' or 'log'.")
+    if score not in ("calibrated", "crps", "log"):
+        raise ValueError(f"unknown score {score!r}; choose 'calibrated', 'crps' or 'log'.")
     temps = tuple(float(t) for t in temperatures)
     if not temps or any(not t > 0 for t in temps):
         raise ValueError(f"`temperatures` must be positive numbers, got {temperatures!r}.")
@@ -632,36 +802,286 @@ def select_temperature(
         raise ValueError(f"`train` must carry the labels {list(names)} for cross-validation.")
     truth_all = train.select_labels(names).labels
     folds = fold_indices(train.n_stars, n_folds, seed)
-    scores = np.zeros((len(temps), train.n_stars))
-    means = np.zeros((len(temps), train.n_stars, len(names)))
-    stds = np.zeros_like(means)
+    sampled = _check_method(grid_options.get("method", "auto"), len(names)) == "importance"
+    fits = []
     for held in folds:
         rest = np.setdiff1d(np.arange(train.n_stars), held)
-        fitted = model.fit(train[rest], calibrate=False)
         fold_prior = resolve_prior(prior, names, truth_all[rest]) if isinstance(prior, str) else prior
-        for t, temperature in enumerate(temps):
-            result = infer_posterior_mean(
-                fitted, train[held], prior=fold_prior, temperature=temperature, **grid_options
-            )
-            scores[t, held] = _gaussian_log_score(result.labels, result.cov, truth_all[held])
-            means[t, held] = result.labels
-            stds[t, held] = result.label_err
+        fitted = _fit_uncalibrated(model, train[rest])
+        # The MAP start does not depend on T: find it once per fold.
+        start = map_start(fitted, train[held]) if sampled else None
+        fits.append((held, fitted, fold_prior, start))
     finite = np.all(np.isfinite(truth_all), axis=1)
-    log_score = np.array([np.nanmean(np.where(finite, s, np.nan)) for s in scores])
-    resid = means - truth_all[None]
-    rmse = np.sqrt(np.nanmean(np.where(finite[None, :, None], resid**2, np.nan), axis=1))
-    z_std = np.nanstd(np.where(finite[None, :, None], resid / stds, np.nan), axis=1)
-    spread = np.nanstd(truth_all[finite], axis=0)
-    crps = np.array(
-        [
-            np.nanmean(np.where(finite[:, None], _gaussian_crps(m, s, truth_all) / spread[None, :], np.nan))
-            for m, s in zip(means, stds, strict=True)
-        ]
-    )
-    best = int(np.nanargmin(crps)) if score == "crps" else int(np.nanargmax(log_score))
-    width_scale = np.where(np.isfinite(z_std[best]) & (z_std[best] > 0), z_std[best], 1.0)
+    spread = np.std(truth_all[finite], axis=0) if np.any(finite) else np.full(len(names), np.nan)
+    scored: dict[float, _HeldOutScores] = {}
+
+    def evaluate(temperature: float) -> _HeldOutScores:
+        if temperature not in scored:
+            results = [
+                (
+                    held,
+                    infer_posterior_mean(
+                        fitted, train[held], prior=p, temperature=temperature, start=start, **grid_options
+                    ),
+                )
+                for held, fitted, p, start in fits
+            ]
+            scored[temperature] = _held_out_scores(
+                results, truth_all, finite, spread, min_usable, names, n_folds
+            )
+        return scored[temperature]
+
+    def criterion(temperature: float) -> float:
+        out = evaluate(temperature)
+        return {"calibrated": out.calibrated_crps, "crps": out.crps, "log": -out.log_score}[score]
+
+    temps = sorted(set(temps))
+    best = _best_temperature(temps, criterion, max_temperature)
+    temps = sorted(scored)
+    table = [scored[t] for t in temps]
+    chosen = scored[best]
+    _check_width_scale_cv(chosen, best, names, temps, table, train.n_stars)
+    calibration = _posterior_calibration(chosen, best)
     return TemperatureSelection(
-        temps[best], temps, score, crps, log_score, rmse, z_std, names, width_scale=width_scale
+        best,
+        tuple(temps),
+        score,
+        np.array([t.crps for t in table]),
+        np.array([t.log_score for t in table]),
+        np.array([t.rmse for t in table]),
+        np.array([t.z_std for t in table]),
+        names,
+        width_scale=chosen.z_std,
+        usable=np.array([t.usable for t in table]),
+        calibration=calibration,
+        calibrated_crps=np.array([t.calibrated_crps for t in table]),
+    )
+
+
+def _fit_uncalibrated(model: Any, data: SpectralDataset) -> Any:
+    """``model.fit(data)`` without the default-test-step error calibration (not used here)."""
+    if "calibrate" in inspect.signature(model.fit).parameters:
+        return model.fit(data, calibrate=False)
+    return model.fit(data)
+
+
+class _HeldOutScores(NamedTuple):
+    """Cross-validation scores of one temperature over the held-out training stars."""
+
+    crps: float
+    log_score: float
+    rmse: np.ndarray
+    z_std: np.ndarray
+    usable: float
+    """Share of held-out stars with a finite label, a usable posterior and a score."""
+    residuals: np.ndarray
+    """(stars, labels) posterior mean − training label; NaN where not usable."""
+    errors: np.ndarray
+    """(stars, labels) posterior σ."""
+    rchi2: np.ndarray
+    """(stars,) reduced χ² at the posterior mean."""
+    calibrated_crps: float
+    """``crps`` with the widths replaced by their calibrated totals (``calibration``)."""
+    calibration: ErrorCalibration | None
+    """(a, σ_sys, γ) fitted to these held-out residuals; None when the fit failed."""
+    calibration_error: str
+    """Why the calibration fit failed (empty when it did not)."""
+
+
+_UNUSABLE = int(Flag.NOT_CONVERGED | Flag.BAD_COVARIANCE)
+
+
+def _held_out_scores(
+    results: list[tuple[np.ndarray, InferenceResult]],
+    truth: np.ndarray,
+    finite: np.ndarray,
+    spread: np.ndarray,
+    min_usable: float,
+    names: tuple[str, ...],
+    n_folds: int,
+) -> _HeldOutScores:
+    """Scores over stars whose posterior is usable; NaN scores when too few are."""
+    n, k = truth.shape
+    means, stds = np.full((n, k), np.nan), np.full((n, k), np.nan)
+    log_scores, ok, rchi2 = np.full(n, np.nan), np.zeros(n, dtype=bool), np.full(n, np.nan)
+    for held, result in results:
+        means[held], stds[held], rchi2[held] = result.labels, result.label_err, result.reduced_chi2
+        log_scores[held] = _gaussian_log_score(result.labels, result.cov, truth[held])
+        # A grid quadrature is exact with few effective nodes (its n_eff flag is a hint,
+        # not a failure); importance weights with few effective draws are a failure.
+        unusable = _UNUSABLE if result.meta.get("method") == "importance" else int(Flag.BAD_COVARIANCE)
+        ok[held] = (result.flags & unusable) == 0
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        z = (means - truth) / stds
+        ok &= finite & np.all(np.isfinite(z), axis=1) & np.isfinite(log_scores)
+        crps = _gaussian_crps(means, stds, truth) / spread[None, :]
+    usable = float(np.mean(ok))
+    residuals = np.where(ok[:, None], means - truth, np.nan)
+    if usable < min_usable or not np.any(ok):
+        nan_k = np.full(k, np.nan)
+        why = f"only {usable:.0%} of the held-out stars have a usable posterior"
+        return _HeldOutScores(np.nan, np.nan, nan_k, nan_k, usable, residuals, stds, rchi2, np.nan, None, why)
+    rmse = np.sqrt(np.mean((means[ok] - truth[ok]) ** 2, axis=0))
+    calibration, why, calibrated = None, "", np.nan
+    try:
+        calibration = fit_error_calibration(residuals, stds, names, rchi2=rchi2, n_folds=n_folds)
+    except ValueError as error:
+        why = str(error)
+    if calibration is not None:
+        total = np.sqrt(
+            (np.asarray(calibration.scale)[None, :] * stds) ** 2 + calibration.floor_variance(rchi2)
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            calibrated_crps = _gaussian_crps(means, total, truth) / spread[None, :]
+        calibrated = float(np.mean(calibrated_crps[ok]))
+    return _HeldOutScores(
+        float(np.mean(crps[ok])),
+        float(np.mean(log_scores[ok])),
+        rmse,
+        np.std(z[ok], axis=0),
+        usable,
+        residuals,
+        stds,
+        rchi2,
+        calibrated,
+        calibration,
+        why,
+    )
+
+
+def _best_temperature(temps: list[float], criterion: Any, max_temperature: float) -> float:
+    """Minimise ``criterion`` over ``temps``, widening the range while the best is at its edge.
+
+    Above: double the largest candidate up to ``max_temperature``. Below: halve the
+    smallest down to T = 1 (the untempered likelihood, the natural lower end).
+    """
+    values = {t: criterion(t) for t in temps}
+    while True:
+        usable = {t: v for t, v in values.items() if np.isfinite(v)}
+        if not usable:
+            return min(values)  # the caller reports the failure with the table
+        best = min(usable, key=usable.get)
+        if len(values) == 1:
+            return best
+        if best == max(values) and best < max_temperature:
+            nxt = min(2.0 * best, max_temperature)
+        elif best == min(values) and best > 1.0:
+            nxt = max(0.5 * best, 1.0)
+        else:
+            return best
+        values[nxt] = criterion(nxt)
+
+
+MAX_WIDTH_SCALE: float = 20.0
+"""Largest width factor :func:`select_temperature` accepts (and 1/that the smallest)."""
+
+
+def _check_width_scale_cv(
+    chosen: _HeldOutScores,
+    temperature: float,
+    names: tuple[str, ...],
+    temps: list[float],
+    table: list[_HeldOutScores],
+    n_stars: int,
+) -> None:
+    """Raise instead of returning a temperature or width factor that cannot be trusted."""
+    usable = ", ".join(f"T={t:g}: {s.usable:.0%}" for t, s in zip(temps, table, strict=True))
+    if not np.isfinite(chosen.crps):
+        raise ValueError(
+            "temperature cross-validation failed: at no temperature did enough held-out training"
+            f" stars get a usable posterior (finite label and width, converged; {usable} of"
+            f" {n_stars}). Check the training set's labels and spectra (flux, ivar), or pass a"
+            " number to --temperature (temperature=) instead of 'auto'."
+        )
+    at_edge = len(temps) > 1 and temperature == max(temps)
+    if at_edge:
+        raise ValueError(
+            f"temperature cross-validation picked T={temperature:g}, the largest allowed: the"
+            " model misfits the held-out training spectra so much that no tempering calibrates"
+            " it. Use a more flexible model (or more training stars), or pass a number to"
+            " --temperature (temperature=) and check the errors yourself."
+        )
+    scale = chosen.z_std
+    bad = [
+        f"{n}={v:.3g}"
+        for n, v in zip(names, scale, strict=True)
+        if not (np.isfinite(v) and 1.0 / MAX_WIDTH_SCALE <= v <= MAX_WIDTH_SCALE)
+    ]
+    if bad:
+        raise ValueError(
+            f"width calibration failed at T={temperature:g}: the held-out training stars' z"
+            f" spread ({', '.join(bad)}) is outside [{1 / MAX_WIDTH_SCALE:g}, {MAX_WIDTH_SCALE:g}],"
+            " so the posterior widths cannot be trusted even after rescaling. Check the"
+            " training labels for outliers, or use --estimator map."
+        )
+
+
+def _posterior_calibration(chosen: _HeldOutScores, temperature: float) -> ErrorCalibration:
+    """The error calibration of the held-out posteriors at the chosen T, checked."""
+    calibration = chosen.calibration
+    if calibration is None:
+        raise ValueError(
+            f"error calibration of the posterior mean failed at T={temperature:g}: {chosen.calibration_error}"
+        )
+    after = np.asarray(calibration.z_std_after)
+    values = np.concatenate([np.asarray(calibration.scale), np.asarray(calibration.floor), after])
+    if not np.all(np.isfinite(values)) or np.any(after > MAX_WIDTH_SCALE):
+        raise ValueError(
+            f"error calibration of the posterior mean failed at T={temperature:g}"
+            f" ({calibration.describe()}; held-out z spread after it"
+            f" {np.round(after, 3).tolist()}): the errors cannot be trusted. Check the training"
+            " labels for outliers, or use --estimator map."
+        )
+    return calibration
+
+
+def calibration_options(calibration: ErrorCalibration) -> dict[str, Any]:
+    """A JSON-able form of an :class:`ErrorCalibration` (for run options and manifests)."""
+    return {
+        "label_names": list(calibration.label_names),
+        "scale": np.asarray(calibration.scale).tolist(),
+        "floor": np.asarray(calibration.floor).tolist(),
+        "misfit_power": np.asarray(calibration.misfit_power).tolist(),
+        "rchi2_ref": float(calibration.rchi2_ref),
+        "n_folds": calibration.n_folds,
+        "n_stars": calibration.n_stars,
+    }
+
+
+def calibration_from_options(options: Mapping[str, Any], label_names: tuple[str, ...]) -> ErrorCalibration:
+    """Rebuild :func:`calibration_options` output, checking it against ``label_names``.
+
+    Raises
+    ------
+    ValueError
+        If the labels differ or a value is missing, not finite or negative.
+    """
+    try:
+        names = tuple(options["label_names"])
+        arrays = {f: np.asarray(options[f], dtype=float) for f in ("scale", "floor", "misfit_power")}
+        reference = float(options["rchi2_ref"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"`error_calibration` is not a calibration_options() mapping: {error!r}.") from None
+    k = len(names)
+    if names != tuple(label_names) or any(a.shape != (k,) for a in arrays.values()):
+        raise ValueError(
+            f"`error_calibration` is for labels {list(names)}, the model infers {list(label_names)}."
+        )
+    if not all(np.all(np.isfinite(a) & (a >= 0)) for a in arrays.values()) or not reference > 0:
+        raise ValueError(f"`error_calibration` holds non-finite or negative values: {dict(options)!r}.")
+    nan = jnp.full(k, jnp.nan)
+    return ErrorCalibration(
+        names,
+        jnp.asarray(arrays["scale"]),
+        jnp.asarray(arrays["floor"]),
+        jnp.asarray(arrays["misfit_power"]),
+        jnp.asarray(reference),
+        nan,
+        nan,
+        nan,
+        nan,
+        n_folds=int(options.get("n_folds", 5)),
+        n_stars=int(options.get("n_stars", 0)),
     )
 
 
@@ -836,6 +1256,7 @@ def infer_labels(
     binary: bool = False,
     key: PRNGKeyArray | None = None,
     width_scale: Any = None,
+    error_calibration: Any = None,
     **options: Any,
 ) -> InferenceResult:
     """One entry point for every test step: estimator, prior, tempering, nuisance, binary.
@@ -857,9 +1278,9 @@ def infer_labels(
         Label prior for ``"mean"``/``"nuts"`` (fitted to the model's training labels).
     temperature : float or "auto"
         Likelihood temperature; ``"auto"`` chooses it by 5-fold cross-validation on
-        ``train`` (:func:`select_temperature`), also calibrates the widths with the
-        selection's ``width_scale`` (unless ``width_scale`` is given), and records
-        both in ``meta``.
+        ``train`` (:func:`select_temperature`), also calibrates the errors with the
+        selection's ``calibration`` (unless ``width_scale`` or ``error_calibration``
+        is given), and records both in ``meta``.
     train : SpectralDataset, optional
         Training set, needed only for ``temperature="auto"``.
     model : AbstractSpectralModel, optional
@@ -877,6 +1298,11 @@ def infer_labels(
     width_scale : float or sequence of float, optional
         Per-label factors for the uncertainties of ``"mean"``/``"nuts"``
         (:func:`rescale_uncertainty`), e.g. from an earlier :func:`select_temperature`.
+    error_calibration : ErrorCalibration or mapping, optional
+        ``σ_total² = (a σ)² + σ_sys² (χ²_ν/χ̃²_ν)^γ`` for the errors of ``"mean"``/
+        ``"nuts"`` (:attr:`TemperatureSelection.calibration`, or its
+        :func:`calibration_options` form); the posterior σ is kept as
+        ``<label>_err_stat``.
     **options
         Passed to the chosen routine (e.g. ``n_nodes``, ``num_samples``, ``v_max``).
 
@@ -903,20 +1329,28 @@ def infer_labels(
             )
         if estimator == "map":
             raise ValueError("temperature only affects 'mean' and 'nuts'; drop it or change the estimator.")
-        likelihood_options = {k: options[k] for k in ("likelihood", "dof") if k in options}
+        # The cross-validation runs the same posterior as the final inference.
+        likelihood_options = {
+            k: options[k] for k in ("likelihood", "dof", "method", "n_samples", "min_ess") if k in options
+        }
         selection = select_temperature(_unfitted(fitted, model), train, prior=prior, **likelihood_options)
         temperature = selection.temperature
-        if width_scale is None:
-            width_scale = selection.width_scale
+        if width_scale is None and error_calibration is None:
+            error_calibration = selection.calibration
         # JSON, not a Python repr: it goes into every result table's provenance.
         meta_extra["temperature_cv"] = json.dumps(selection.to_dict(), default=float)
-    if width_scale is not None:
+    if width_scale is not None or error_calibration is not None:
         if estimator == "map":
             raise ValueError(
-                "`width_scale` calibrates posterior widths; use estimator='mean' or 'nuts'"
-                " (the MAP errors are Fisher errors)."
+                "`width_scale` and `error_calibration` calibrate posterior widths; use"
+                " estimator='mean' or 'nuts' (the MAP errors carry the model's own calibration)."
             )
+        if width_scale is not None and error_calibration is not None:
+            raise ValueError("pass `width_scale` or `error_calibration`, not both.")
+    if width_scale is not None:
         width_scale = _check_width_scale(width_scale, tuple(fitted.label_names))
+    if error_calibration is not None and not isinstance(error_calibration, ErrorCalibration):
+        error_calibration = calibration_from_options(error_calibration, tuple(fitted.label_names))
     temperature = _check_temperature(temperature)
     nuisance = fit_rv or continuum_order is not None
     if binary:
@@ -962,6 +1396,8 @@ def infer_labels(
         )
     if width_scale is not None:
         result = rescale_uncertainty(result, width_scale)
+    if error_calibration is not None:
+        result = error_calibration.apply(result)
     if meta_extra:
         result = dataclasses.replace(result, meta={**result.meta, **meta_extra})
     return result

@@ -24,7 +24,16 @@ from ..models._io import MODEL_KINDS
 from ._chunks import ChunkSpec, Segment
 
 TEST_STEP_OPTIONS = frozenset(
-    {"estimator", "prior", "temperature", "width_scale", "fit_rv", "continuum_order", "binary"}
+    {
+        "estimator",
+        "prior",
+        "temperature",
+        "width_scale",
+        "error_calibration",
+        "fit_rv",
+        "continuum_order",
+        "binary",
+    }
 )
 """``infer_options`` keys that route a chunk through ``models.infer_labels``."""
 

@@ -21,6 +21,7 @@ from jaxtyping import Array, Bool, Float
 from ..._internal import empty_aligned
 from ..._internal._exported import exported_call, exported_dir
 from ...data import Flag, InferenceResult
+from .._sanity import unusable_widths
 from ._test_step import LabelFit, LabelStepOptions, SpectrumStats, fit_labels, spectrum_stats
 from ._vectorizer import PolynomialVectorizer
 
@@ -288,11 +289,15 @@ def assemble_result(
     n_terms: int,
     poor_fit: float,
     meta: Mapping[str, Any],
+    box: np.ndarray | None = None,
 ) -> InferenceResult:
     """Unscale labels and covariances and set the quality flags.
 
     ``shift``/``scale`` are (labels,) or per star (stars, labels); ``outside`` (stars,)
     marks labels outside the training distribution (see :meth:`LabelSpace.outside`).
+    ``box`` (2, labels), the training label range in scaled units, enables the
+    UNCONSTRAINED flag (a free label's error wider than that range) and the check
+    that a non-empty star's labels are finite.
     """
     x = raw["x"]
     n_free = int(np.sum(free))
@@ -303,6 +308,11 @@ def assemble_result(
     cov = raw["cov"] * (scale[..., :, None] * scale[..., None, :])
     diag = np.diagonal(cov, axis1=1, axis2=2)[:, free]
     bad_cov = ~np.all(np.isfinite(cov), axis=(1, 2)) | np.any(diag <= 0, axis=1)
+    wide = np.zeros(len(x), dtype=bool)
+    if box is not None:
+        check = unusable_widths(x[:, free], raw["cov"][:, free][:, :, free], np.asarray(box)[:, free])
+        bad_cov |= check.bad_covariance
+        wide = check.wide
     cov = np.where(bad_cov[:, None, None], np.nan, cov)
 
     flags = np.zeros(len(x), dtype=np.int64)
@@ -311,6 +321,7 @@ def assemble_result(
     flags |= np.where(outside, int(Flag.OUTSIDE_TRAINING), 0)
     flags |= np.where(n_good <= n_terms, int(Flag.FEW_PIXELS), 0)
     flags |= np.where(bad_cov, int(Flag.BAD_COVARIANCE), 0)
+    flags |= np.where(wide, int(Flag.UNCONSTRAINED), 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rchi2 = np.where(dof > 0, raw["chi2"] / dof, np.nan)
     flags |= np.where(rchi2 > poor_fit, int(Flag.POOR_FIT), 0)

@@ -630,6 +630,7 @@ class FittedCannon(AbstractGenerativeModel):
             scale=scale,
             free=free,
             outside=space.outside(raw["x"], free),
+            box=np.asarray(space.box),
             n_terms=self.vectorizer.n_terms,
             poor_fit=poor_fit,
             meta={"model": "cannon", "n_starts": n_starts, "max_iter": max_iter, "uncertainty": "fisher"},
