@@ -128,8 +128,8 @@ def test_infer_option(survey, tmp_path, case):
     options = [str(survey["train"]) if o == "TRAIN" else o for o in options]
     out = tmp_path / "labels.csv"
     printed = run("infer", survey["model"], survey["test"], "-o", out, "--no-progress", *options)
-    if "auto" in options:  # the temperature and width scale chosen on the training set are shown
-        assert f"(cross-validated on {survey['train']})" in printed and "width scale" in printed
+    if "auto" in options:  # the temperature and error calibration chosen on the training set are shown
+        assert f"(cross-validated on {survey['train']})" in printed and "error calibration" in printed
     table = read_result(out)
     np.testing.assert_array_equal(table.ids, [f"star{i:04d}" for i in range(N_TRAIN, N_TRAIN + N_TEST)])
     assert table.label_names == LABELS  # not rv or binary_w, which have _err columns too

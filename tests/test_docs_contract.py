@@ -171,8 +171,8 @@ def check_against_parser(line: Documented) -> None:
                 return
         raise AssertionError(f"{where}: no starlabel command accepts {line.words[1]}")
     for command, path, rest in _resolve(line.words):
-        if _is_group(command) and set(rest) <= {"--help", "--version"}:
-            continue  # `starlabel --help`, `starlabel train --help`, or a group named in prose
+        if _is_group(command) and rest and set(rest) <= {"--help", "--version"}:
+            continue  # `starlabel --help`, `starlabel train --help`
         assert not _is_group(command), f"{where}: `{path}` is a group, not a command"
         for i, word in enumerate(rest):
             if word.startswith("-") and len(word) > 1:
