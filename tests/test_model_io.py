@@ -22,7 +22,7 @@ from starlabel.models import (
 class LinearLabels(AbstractFittedModel):
     """labels ≈ W · flux + b, fitted by least squares (a test double for the protocol)."""
 
-    kind: ClassVar[str] = "test-linear"
+    kind: ClassVar[str] = "test-linear-io"
     label_names: tuple[str, ...]
     weights: Float[Array, "pixels labels"]
     scaler: ShiftScale
@@ -53,7 +53,7 @@ class LinearLabels(AbstractFittedModel):
         return cls(tuple(config["label_names"]), jnp.zeros((1, 1)), ShiftScale(zero, zero + 1))
 
 
-register_model_kind("test-linear", "test_model_io:LinearLabels")
+register_model_kind("test-linear-io", "test_model_io:LinearLabels")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_round_trip_gives_identical_inference(tmp_path, fitted_and_data):
     fitted, data = fitted_and_data
     path = save_model(fitted, tmp_path / "m.starlabel")
     header = read_model_header(path)
-    assert header["kind"] == "test-linear" and header["format_version"] == FORMAT_VERSION
+    assert header["kind"] == "test-linear-io" and header["format_version"] == FORMAT_VERSION
     assert header["label_names"] == ["teff", "logg"]
     loaded = load_model(path)
     assert isinstance(loaded, LinearLabels)
