@@ -238,7 +238,7 @@ class InferenceResult:
         return table
 
     def _columns(self) -> dict[str, np.ndarray]:
-        """The table's columns in order (see :meth:`to_table`), without astropy."""
+        """The table's columns in order (see :meth:`to_table`)."""
         columns: dict[str, np.ndarray] = {"id": self.ids}
         errors = self.label_err
         placed = set()

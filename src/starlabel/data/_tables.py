@@ -315,7 +315,7 @@ _CSV_SPECIAL = (",", '"', "\n", "\r")
 def csv_text(table: Any) -> str | None:
     """The text astropy's ``ascii.csv`` writer produces for ``table``, built column-wise.
 
-    ``table`` is an ``astropy.table.Table`` or a mapping of column name to 1-D array.
+    ``table`` is an ``astropy.table.Table`` (the results writer's, after its ECSV header).
 
     astropy formats a CSV row by row in Python (about 3 µs per value). Here each
     column becomes text in one call (``map(str, column.tolist())``: Python's shortest
@@ -325,16 +325,14 @@ def csv_text(table: Any) -> str | None:
     reproduce: masked, multidimensional, byte-string or formatted columns, and strings
     that astropy would quote or trim (and empty ones).
     """
-    if hasattr(table, "colnames"):  # an astropy Table
-        if any(getattr(table[n], "mask", None) is not None or table[n].info.format for n in table.colnames):
-            return None
-        table = {name: table[name] for name in table.colnames}
-    names = [str(name) for name in table]
+    if any(getattr(table[n], "mask", None) is not None or table[n].info.format for n in table.colnames):
+        return None
+    names = [str(name) for name in table.colnames]
     if any(char in name for name in names for char in _CSV_SPECIAL) or any(n != n.strip() for n in names):
         return None
     columns: list[list[str]] = [names]
-    for column in table.values():
-        values = np.asarray(column)
+    for name in table.colnames:
+        values = np.asarray(table[name])
         if values.ndim != 1 or values.dtype.kind not in "fiubU":
             return None
         if values.dtype.kind == "U" and len(values):
