@@ -59,3 +59,14 @@ def test_internal_error_exits_3_and_logs_the_traceback(tmp_path, monkeypatch, bu
     assert "in broken_writer" in text and f"{type(bug).__name__}: {bug}" in text
     assert "command 'simulate'" in text
     assert len(result.stderr.splitlines()) == 3  # short: message, log path, what to do
+
+
+def test_out_of_memory_is_one_line_and_exit_code_4(tmp_path):
+    # A real allocation failure: 10^11 stars cannot be simulated on any test machine.
+    out = tmp_path / "s.npz"
+    result = runner.invoke(app, ["simulate", "cannon", "-o", str(out), "--n-stars", str(10**11)])
+    assert result.exit_code == 4, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory in `simulate`")
+    assert "Unable to allocate" in lines[0] and "--chunk-size" in lines[0]
+    assert "Traceback" not in result.output and not out.exists()

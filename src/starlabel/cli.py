@@ -10,6 +10,7 @@ Exit codes, the same for every command:
 - 3: an internal error (a bug in starlabel or a library under it): a short message on
   stderr, and the full traceback in a log file whose path the message gives
   (``$STARLABEL_CACHE_DIR/logs/``, else ``~/.cache/starlabel/logs/``).
+- 4: out of memory: one line ``error: out of memory …`` saying what to make smaller.
 
 Numerical work lives in the library so that it can be tested on its own.
 """
@@ -49,6 +50,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 EXIT_INCOMPLETE = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
+EXIT_OUT_OF_MEMORY = 4
 
 # What starlabel raises for bad files, keys, labels and option values. TypeError and
 # RuntimeError are not here: inside the library they mean a bug, which must not be
@@ -82,11 +84,20 @@ def _write_crash_log(command: str, error: BaseException) -> Path | None:
     return path
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+    """True for Python's MemoryError and XLA's RESOURCE_EXHAUSTED (host or device memory)."""
+    if isinstance(error, MemoryError):
+        return True
+    # Matched by name and message so that this check never imports jax.
+    return type(error).__name__ in ("XlaRuntimeError", "JaxRuntimeError") and "RESOURCE_EXHAUSTED" in str(error)
+
+
 def _user_errors(fn: _F) -> _F:
     """Map exceptions to the documented exit codes (module docstring).
 
-    User errors become one line and exit code 2; anything else is a bug: a short
-    message, the traceback in a log file, exit code 3.
+    User errors become one line and exit code 2; running out of memory is not a bug
+    but a size to reduce, so it gets one line and exit code 4; anything else is a
+    bug: a short message, the traceback in a log file, exit code 3.
     """
 
     @functools.wraps(fn)
@@ -100,6 +111,15 @@ def _user_errors(fn: _F) -> _F:
         except Exception as error:
             if type(error).__module__.split(".")[0] in ("typer", "click"):
                 raise  # a command's own exit code or usage error (typer's Exit is a RuntimeError)
+            if _is_out_of_memory(error):
+                detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+                typer.echo(
+                    f"error: out of memory in `{fn.__name__}` ({detail}). Process less at once "
+                    "(a smaller `infer --chunk-size`, fewer spectra or pixels per file) "
+                    "or use a machine with more memory.",
+                    err=True,
+                )
+                raise typer.Exit(code=EXIT_OUT_OF_MEMORY) from None
             path = _write_crash_log(fn.__name__, error)
             where = f"traceback written to {path}" if path else "".join(traceback.format_exception(error))
             typer.echo(
