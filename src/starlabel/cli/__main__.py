@@ -1,0 +1,5 @@
+"""`python -m starlabel.cli`."""
+
+from . import main
+
+main()

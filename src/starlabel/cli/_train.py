@@ -1,0 +1,218 @@
+"""`starlabel train cannon|lux|nn`: fit a model to a labelled dataset."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._common import (
+    _CompilationCache,
+    _split_labels,
+    _use_compilation_cache,
+    _user_errors,
+    console,
+    train_app,
+)
+
+
+# ----------------------------------------------------------------------------- train
+def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> Any:
+    """Read the training set and say how many stars train when some lack a label.
+
+    ``drops_incomplete``: the model leaves out a star missing any label (the Cannon);
+    otherwise a star trains on the labels it has (Lux, NN) and only stars with no
+    known label contribute nothing (NN) or only their spectrum (Lux).
+    """
+    import numpy as np
+
+    from ..data import read_dataset
+
+    names = _split_labels(labels)
+    dataset = read_dataset(data, labels=names)
+    typer.echo(f"training set: {dataset}", err=True)
+    known = np.isfinite(dataset.labels)
+    if not known.all():
+        n = dataset.n_stars
+        unknown = ", ".join(
+            f"{name} {n - k}"
+            for name, k in zip(dataset.label_names, known.sum(axis=0).tolist(), strict=True)
+            if k < n
+        )
+        if drops_incomplete:
+            used = int(known.all(axis=1).sum())
+            typer.echo(
+                f"training on {used} of {n} stars: {n - used} dropped because a label is unknown"
+                f" (NaN; per label: {unknown}).",
+                err=True,
+            )
+        else:
+            partial = int((~known.all(axis=1)).sum())
+            typer.echo(
+                f"training on all {n} stars; {partial} lack some label (NaN; per label: {unknown})"
+                " and train on the labels they have.",
+                err=True,
+            )
+    return dataset
+
+
+def _save_fitted(fitted: Any, output: Path, training_set: Any) -> None:
+    fitted.save(output, training_set=training_set)  # its checksum goes into the provenance
+    typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
+
+
+def _report_calibration(fitted: Any) -> None:
+    """Print the error calibration learned at training time (or that there is none)."""
+    calibration = getattr(fitted, "calibration", None)
+    if calibration is None:
+        typer.echo("errors: not calibrated (<label>_err will be the model's statistical errors)")
+        return
+    typer.echo(
+        f"error calibration ({calibration.n_folds}-fold cross-validation on the training set):"
+        " sigma_total^2 = (a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma"
+    )
+    typer.echo(
+        f"  {'label':<10} {'a':>9} {'sigma_sys':>10} {'gamma':>6}   held-out std z before → after"
+        "   |z|<1 before → after"
+    )
+    for row in calibration.table():
+        typer.echo(
+            f"  {row['label']:<10} {row['scale']:>9.3g} {row['floor']:>10.4g} {row['misfit_power']:>6.2f}"
+            f"   {row['z_std_before']:>6.2f} → {row['z_std_after']:<6.2f}"
+            f"            {row['coverage_before']:>5.1%} → {row['coverage_after']:.1%}"
+        )
+
+
+def _calibration_progress(calibrate: bool) -> str:
+    return " and calibrating its errors (5-fold cross-validation)" if calibrate else ""
+
+
+_LABELS_HELP = "Comma-separated label names to train on, e.g. teff,logg,m_h."
+_CALIBRATE_HELP = (
+    "Learn calibrated <label>_err by 5-fold cross-validation on the training set (default);"
+    " --no-calibrate keeps the model's statistical errors and trains about 6x faster."
+)
+
+
+@train_app.command("cannon")
+@_user_errors
+def train_cannon(
+    data: Annotated[Path, typer.Argument(help="Training dataset (.npz or .h5).")],
+    labels: Annotated[str, typer.Option(help=_LABELS_HELP)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")],
+    order: Annotated[int, typer.Option(help="Polynomial order in the labels.")] = 2,
+    terms: Annotated[
+        str | None,
+        typer.Option(help='Explicit terms instead of --order, e.g. "teff + logg + teff^2 + logg*teff".'),
+    ] = None,
+    censor: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file {label: [[start_Å, end_Å], ...]}: each label only acts inside its windows."
+        ),
+    ] = None,
+    l1: Annotated[float, typer.Option(help="L1 regularisation strength on non-constant θ terms.")] = 0.0,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Read DATA in blocks of stars (Cannon.fit_file) instead of loading it, for training"
+            " sets larger than memory; needs an uncompressed .npz or HDF5 file and --l1 0;"
+            " streamed models are not calibrated.",
+        ),
+    ] = False,
+    compilation_cache: _CompilationCache = True,
+    calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
+) -> None:
+    """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
+    dataset = None if stream else _load_training_set(data, labels, drops_incomplete=True)
+    _use_compilation_cache(compilation_cache)  # after reading: a bad file fails before JAX loads
+    from ..models.cannon import Cannon
+
+    windows = None
+    if censor is not None:
+        if not censor.exists():
+            raise FileNotFoundError(f"--censor file {str(censor)!r} does not exist.")
+        try:
+            windows = json.loads(censor.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--censor file {str(censor)!r} is not valid JSON: {error}") from None
+    names = dataset.label_names if dataset is not None else _split_labels(labels)
+    model = Cannon(label_names=names, order=order, terms=terms, censor=windows, l1=l1)
+    if dataset is None:
+        typer.echo(f"training set: {data} (streamed in blocks of stars)", err=True)
+        fitted = model.fit_file(data, progress=True)
+        info = dict(fitted.training_info)
+        if info.get("n_missing_labels"):
+            n_train, dropped = info["n_train"], info["n_missing_labels"]
+            typer.echo(
+                f"trained on {n_train} of {n_train + dropped} stars: {dropped} dropped because a label is"
+                " unknown (NaN).",
+                err=True,
+            )
+    else:
+        with console.status(f"training The Cannon{_calibration_progress(calibrate)}…"):
+            fitted = model.fit(dataset, calibrate=calibrate)
+    _report_calibration(fitted)
+    _save_fitted(fitted, output, dataset if dataset is not None else data)
+
+
+class ScatterKind(StrEnum):
+    """Lux extra-scatter error model."""
+
+    pixel = "pixel"
+    scalar = "scalar"
+    none = "none"
+
+
+@train_app.command("lux")
+@_user_errors
+def train_lux(
+    data: Annotated[Path, typer.Argument(help="Training dataset (.npz or .h5).")],
+    labels: Annotated[str, typer.Option(help=_LABELS_HELP)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")],
+    latent_size: Annotated[int, typer.Option(help="Size of each star's latent vector.")] = 8,
+    scatter: Annotated[
+        ScatterKind, typer.Option(help="Learned extra flux scatter: per pixel, one scalar, or none.")
+    ] = ScatterKind.pixel,
+    compilation_cache: _CompilationCache = True,
+    calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
+) -> None:
+    """Train Lux (latent-variable model of labels and flux, learned error model)."""
+    dataset = _load_training_set(data, labels, drops_incomplete=False)
+    _use_compilation_cache(compilation_cache)
+    from ..models.lux import Lux
+
+    model = Lux(label_names=dataset.label_names, latent_size=latent_size, scatter=scatter.value)
+    with console.status(f"training Lux{_calibration_progress(calibrate)}…"):
+        fitted = model.fit(dataset, calibrate=calibrate)
+    _report_calibration(fitted)
+    _save_fitted(fitted, output, dataset)
+
+
+@train_app.command("nn")
+@_user_errors
+def train_nn(
+    data: Annotated[Path, typer.Argument(help="Training dataset (.npz or .h5).")],
+    labels: Annotated[str, typer.Option(help=_LABELS_HELP)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")],
+    hidden: Annotated[str, typer.Option(help="Hidden layer widths, comma-separated.")] = "128,64",
+    epochs: Annotated[int, typer.Option(help="Training epochs (best validation epoch is kept).")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    compilation_cache: _CompilationCache = True,
+    calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
+) -> None:
+    """Train the neural-network label regressor baseline."""
+    widths = tuple(int(w) for w in hidden.split(",") if w.strip())
+    dataset = _load_training_set(data, labels, drops_incomplete=False)
+    _use_compilation_cache(compilation_cache)
+    from ..models.nn import NNRegressor
+
+    model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
+    with console.status(f"training the NN regressor{_calibration_progress(calibrate)}…"):
+        fitted = model.fit(dataset, calibrate=calibrate)
+    _report_calibration(fitted)
+    _save_fitted(fitted, output, dataset)
