@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from ._aligned import as_aligned as as_aligned
     from ._aligned import empty_aligned as empty_aligned
     from ._aligned import is_aligned as is_aligned
+    from ._atomic import atomic_path as atomic_path
+    from ._atomic import partial_path as partial_path
     from ._folds import fold_indices as fold_indices
     from ._precision import x64 as x64
     from ._validate import as_float_array as as_float_array
