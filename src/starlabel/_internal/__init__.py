@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ._atomic import atomic_path as atomic_path
     from ._atomic import partial_path as partial_path
     from ._folds import fold_indices as fold_indices
+    from ._folds import fold_of as fold_of
     from ._precision import x64 as x64
     from ._validate import as_float_array as as_float_array
     from ._validate import check_label_names as check_label_names
