@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
@@ -16,8 +17,9 @@ from ..._internal._buckets import bucket_size
 from ...data import InferenceResult, ShiftScale, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration, calibrated_fit
 from .._posterior import check_uncertainty, refine_uncertainty
-from ..base import AbstractGenerativeModel, AbstractSpectralModel
+from ..base import AbstractFittedFluxModel, AbstractSpectralModel
 from ._censor import active_terms, resolve_censor
+from ._flux_model import PolynomialSpectrum
 from ._infer import (
     LabelSpace,
     assemble_result,
@@ -373,7 +375,7 @@ class Cannon(AbstractSpectralModel):
         )
 
 
-class FittedCannon(AbstractGenerativeModel):
+class FittedCannon(AbstractFittedFluxModel):
     """A trained Cannon: per-pixel coefficients θ, scatter s², label scaling, censoring.
 
     Attributes
@@ -467,6 +469,32 @@ class FittedCannon(AbstractGenerativeModel):
         return array
 
     # ------------------------------------------------------------------ generative
+    def flux_model(self) -> PolynomialSpectrum:
+        """The labels → flux model (float64) the grid, velocity and binary fits evaluate."""
+        with jax.enable_x64(True):
+            shift = jnp.asarray(self.label_scaler.shift, dtype=jnp.float64)
+            scale = jnp.asarray(self.label_scaler.scale, dtype=jnp.float64)
+            space = self.label_space
+            return PolynomialSpectrum(
+                self.label_names,
+                self.vectorizer,
+                shift,
+                scale,
+                jnp.asarray(self.theta, dtype=jnp.float64),
+                jnp.asarray(self.s2, dtype=jnp.float64),
+                jnp.asarray(self.pixel_ok),
+                jnp.asarray(space.train) * scale[None, :] + shift[None, :],
+                jnp.asarray(space.box) * scale[None, :] + shift[None, :],
+            )
+
+    def configuration(self) -> Cannon:
+        """The :class:`Cannon` with this label vector, to refit on cross-validation folds.
+
+        Censoring and L1 settings are not stored in the fitted model: pass the original
+        configuration explicitly where those matter.
+        """
+        return Cannon(self.label_names, terms=tuple(self.term_names[1:]))
+
     @x64
     def predict_flux(self, labels: Any) -> np.ndarray:
         """Model flux at ``labels``.

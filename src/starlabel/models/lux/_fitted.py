@@ -16,7 +16,7 @@ from ..._internal import as_float_array, map_chunks, x64
 from ...data import Flag, InferenceResult, ShiftScale, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration
 from .._posterior import check_uncertainty, refine_uncertainty
-from ..base import AbstractGenerativeModel
+from ..base import AbstractLatentModel
 from ._error_models import AbstractScatter, error_model_from_config
 from ._objective import LOG_2PI, DataBlock, LuxOutput
 from ._prepare import OutputData, raw_outputs, scaled_block
@@ -72,7 +72,7 @@ def _pad(blocks: tuple[DataBlock, ...], size: int) -> tuple[DataBlock, ...]:
     )
 
 
-class FittedLux(AbstractGenerativeModel):
+class FittedLux(AbstractLatentModel):
     """A trained Lux model (see :class:`Lux`).
 
     Attributes
