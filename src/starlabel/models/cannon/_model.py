@@ -30,7 +30,14 @@ from ._infer import (
     start_pool,
 )
 from ._test_step import LabelStepOptions, theta_pairs
-from ._train import L1_SOLVERS, TrainingOptions, fit_pixels, training_star_weights
+from ._train import (
+    L1_SOLVERS,
+    TrainingArrays,
+    TrainingOptions,
+    fit_arrays,
+    training_arrays,
+    training_star_weights,
+)
 from ._vectorizer import PolynomialVectorizer
 
 __all__ = ["Cannon", "FittedCannon"]
@@ -261,6 +268,25 @@ class Cannon(AbstractSpectralModel):
             training_info=tuple(sorted(info.items())),
         )
 
+    def _fit_arrays(
+        self,
+        prep: _Prepared,
+        arrays: TrainingArrays,
+        wavelength: Any,
+        info: Mapping[str, Any] | None = None,
+    ) -> FittedCannon:
+        """Train on prepared spectra (see :func:`._train.training_arrays`) with ``prep``'s weights."""
+        scaler, scaled, design = prep.design()
+        theta, s2, pixel_ok, n_iter, converged = fit_arrays(
+            arrays, design, prep.weights, prep.active, prep.l1, prep.options
+        )
+        if not converged:
+            logger.warning(
+                "Cannon.fit: scatter iterations hit max_iter=%d before tol=%g.", self.max_iter, self.tol
+            )
+        info = {"em_iterations": int(n_iter), "converged": bool(converged), **(info or {})}
+        return self._fitted(prep, scaler, scaled, (theta, s2, pixel_ok), wavelength, info)
+
     @x64
     def fit(
         self, train: SpectralDataset, *, star_weights: Any = None, calibrate: bool = True
@@ -293,24 +319,23 @@ class Cannon(AbstractSpectralModel):
             usable stars than model terms.
         """
         prep = self._prepare(train, star_weights)
-        scaler, scaled, design = prep.design()
-        theta, s2, pixel_ok, n_iter, converged = fit_pixels(
-            train.flux, train.ivar, design, prep.weights, prep.active, prep.l1, prep.options
-        )
-        if not converged:
-            logger.warning(
-                "Cannon.fit: scatter iterations hit max_iter=%d before tol=%g.", self.max_iter, self.tol
-            )
-        info = {"em_iterations": int(n_iter), "converged": bool(converged)}
-        fitted = self._fitted(prep, scaler, scaled, (theta, s2, pixel_ok), train.wavelength, info)
+        arrays = training_arrays(train.flux, train.ivar)
+        fitted = self._fit_arrays(prep, arrays, train.wavelength)
         if not calibrate:
             return fitted
-        weights = None if star_weights is None else np.asarray(star_weights, dtype=float)
 
         def refit(rows: np.ndarray) -> FittedCannon:
-            return self.fit(
-                train[rows], star_weights=None if weights is None else weights[rows], calibrate=False
+            # A calibration fold keeps every star in the arrays and gives the held-out
+            # ones weight 0 (exact zeros in every sum): the same padded device arrays and
+            # compiled program as the fit above, no sliced copies of the spectra. The
+            # label scaling is fitted on the fold's stars, as for train[rows].
+            weights = np.zeros(train.n_stars)
+            weights[rows] = 1.0 if star_weights is None else np.asarray(star_weights, dtype=float)[rows]
+            fold = self._prepare_labels(
+                prep.labels, train.n_pixels, train.wavelength, weights, "the training set"
             )
+            missing = {"n_missing_labels": int(np.sum(~prep.complete[rows]))}
+            return self._fit_arrays(fold, arrays, train.wavelength, missing)
 
         return calibrated_fit(fitted, train, refit)
 
