@@ -65,7 +65,9 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
         import h5py
 
         with h5py.File(path, "r") as handle:
-            arrays = {key: handle[key][()] for key in handle.keys() if isinstance(handle[key], h5py.Dataset)}
+            arrays: dict[str, np.ndarray] = {
+                key: item[()] for key, item in handle.items() if isinstance(item, h5py.Dataset)
+            }
             arrays.update({f"attr:{k}": np.asarray(v) for k, v in handle.attrs.items()})
             return arrays
     except (OSError, ValueError, KeyError) as error:

@@ -77,4 +77,4 @@ def write_npz(handle: BinaryIO, arrays: Mapping[str, np.ndarray], *, alignment: 
             info.extra = struct.pack("<HH", _PADDING_ID, pad - 4) + bytes(pad - 4) if pad else b""
             with archive.open(info, mode="w", force_zip64=True) as member:
                 member.write(header)
-                member.write(array.reshape(-1).view(np.uint8))
+                member.write(array.reshape(-1).view(np.uint8).data)

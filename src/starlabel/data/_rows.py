@@ -125,7 +125,7 @@ class _NpzMember:
             out = empty_aligned((count, *self.shape[1:]), self.dtype)
             with open(self._path, "rb", buffering=0) as raw:
                 raw.seek(offset)
-                n_read = raw.readinto(memoryview(out).cast("B"))
+                n_read = raw.readinto(out.data.cast("B"))
             if n_read != out.nbytes:
                 raise ValueError(
                     f"{str(self._path)!r}: member {self._name!r} ends early (rows {start}-{stop}); the file is truncated."
