@@ -35,7 +35,7 @@ import numpy as np
 
 from .._internal import atomic_path, numeric_label
 from ._dataset import SpectralDataset
-from ._npz import write_npz
+from ._npz import NpzMember, write_npz
 
 __all__ = ["read_dataset", "write_dataset", "DATASET_SUFFIXES"]
 
@@ -85,11 +85,9 @@ def _read_member(path: Path, archive: Any, key: str) -> np.ndarray:
     the stored bytes into the aligned buffer directly is one pass, at the speed of
     ``cat``, and the dataset adopts the buffer.
     """
-    from ._rows import _NpzMember
-
     info = archive.zip.getinfo(f"{key}.npy")
     if info.compress_type == zipfile.ZIP_STORED and info.file_size >= _DIRECT_MIN_BYTES:
-        member = _NpzMember(path, archive.zip, f"{key}.npy", memmap=False)
+        member = NpzMember(path, archive.zip, f"{key}.npy", memmap=False)
         if member.shape:
             return member.read(0, member.shape[0])
     return archive[key]

@@ -54,6 +54,7 @@ from .base import AbstractFittedModel
 __all__ = [
     "FORMAT_VERSION",
     "MODEL_KINDS",
+    "model_class",
     "load_model",
     "read_model_header",
     "register_model_kind",
@@ -83,7 +84,8 @@ def register_model_kind(kind: str, target: str) -> None:
     MODEL_KINDS[kind] = target
 
 
-def _resolve(kind: str) -> type[AbstractFittedModel]:
+def model_class(kind: str) -> type[AbstractFittedModel]:
+    """The fitted-model class registered under ``kind`` (imported on first use)."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(MODEL_KINDS)}.")
     module_name, class_name = MODEL_KINDS[kind].split(":")
@@ -215,7 +217,7 @@ def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
     """
     path = Path(path)
     header, arrays = _open(path)
-    cls = _resolve(header["kind"])
+    cls = model_class(header["kind"])
     skeleton = cls.skeleton(header["config"])
     if header.get("calibration") is not None:
         skeleton = eqx.tree_at(

@@ -19,9 +19,7 @@ from typing import Any
 import numpy as np
 
 from .._internal import atomic_path
-from ..data import InferenceResult
-from ..data._result import PROVENANCE_KEY
-from ..data._tables import arrow_table
+from ..data import PROVENANCE_KEY, InferenceResult, arrow_table
 from ._chunks import ChunkSpec, Segment
 from ._inputs import InputFile
 from ._manifest import write_json_atomic
