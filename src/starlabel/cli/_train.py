@@ -128,6 +128,10 @@ def train_cannon(
     calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
+    if stream:  # the model header records the file's SHA-256: hash it while JAX imports
+        from .._internal._hashing import hash_in_background
+
+        hash_in_background([data])
     dataset = None if stream else _load_training_set(data, labels, drops_incomplete=True)
     _use_compilation_cache(compilation_cache)  # after reading: a bad file fails before JAX loads
     from ..models.cannon import Cannon

@@ -109,14 +109,10 @@ def training_set_record(training_set: Any) -> dict[str, Any]:
             "source": str(training_set.meta.get("source")) if training_set.meta.get("source") else None,
         }
     if isinstance(training_set, str | os.PathLike):
-        import hashlib
+        from .._internal._hashing import sha256_of_file
 
         path = Path(training_set)
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        return {"sha256": digest.hexdigest(), "of": "file", "n_stars": None, "source": str(path.absolute())}
+        return {"sha256": sha256_of_file(path), "of": "file", "n_stars": None, "source": str(path.absolute())}
     raise TypeError(
         f"`training_set` must be a SpectralDataset or a file path, got {type(training_set).__name__}."
     )
