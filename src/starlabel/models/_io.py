@@ -73,6 +73,7 @@ MODEL_KINDS: dict[str, str] = {
     "cannon": "starlabel.models.cannon:FittedCannon",
     "lux": "starlabel.models.lux:FittedLux",
     "nn": "starlabel.models.nn:FittedNNRegressor",
+    "payne": "starlabel.models.payne:FittedPayne",
 }
 """Model kind → ``"module:Class"`` of its fitted class, imported only when loading."""
 
