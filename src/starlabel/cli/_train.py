@@ -72,7 +72,12 @@ def _report_calibration(fitted: Any) -> None:
         return
     typer.echo(
         f"error calibration ({calibration.n_folds}-fold cross-validation on the training set):"
-        " sigma_total^2 = (a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma"
+        " sigma_total^2 = f^2 [(a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma]"
+    )
+    typer.echo(
+        f"  training-size factor f = {calibration.size_factor:.3f} (irreducible share"
+        f" r = {calibration.irreducible_share:g}: the fold models train on"
+        f" {calibration.n_folds - 1}/{calibration.n_folds} of the stars)"
     )
     typer.echo(
         f"  {'label':<10} {'a':>9} {'sigma_sys':>10} {'gamma':>6}   held-out std z before → after"

@@ -5,11 +5,12 @@ A model file is a NumPy ``.npz`` archive (a zip; the suffix is conventionally
 
 * ``__header__``: UTF-8 JSON, one object::
 
-      {"format": "starlabel-model", "format_version": 2,
+      {"format": "starlabel-model", "format_version": 3,
        "library_version": "0.1.0", "kind": "cannon",
        "label_names": ["teff", "logg", "m_h"], "config": {...},
        "training_set": {"sha256": "…", "of": "arrays", "n_stars": 500, "source": "…"},
-       "calibration": {"label_names": [...], "n_folds": 5, "n_stars": 400} or null}
+       "calibration": {"label_names": [...], "n_folds": 5, "n_stars": 400,
+                       "irreducible_share": 1.0, "size_factor": 1.0} or null}
 
   ``training_set`` (optional; files without it load as before) identifies the data
   the model was trained on: the SHA-256 of the training arrays
@@ -28,7 +29,8 @@ execute code.
 
 Versions: 1 had no ``calibration`` key; such files still load, and their models
 infer with statistical errors only (a logged warning says so, and every result's
-``meta["errors"]`` is ``"statistical"``).
+``meta["errors"]`` is ``"statistical"``). Version 2 calibrations had no training-size
+factor; they load with ``f = 1`` (as they were learned) and a logged note.
 """
 
 from __future__ import annotations
@@ -64,10 +66,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "starlabel-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bump when the header or array naming changes; loaders read older versions and refuse newer.
 
-2: optional error calibration (header ``calibration``, arrays ``.calibration.*``)."""
+2: optional error calibration (header ``calibration``, arrays ``.calibration.*``).
+3: the calibration's training-size factor (``calibration.irreducible_share``, ``size_factor``)."""
 
 MODEL_KINDS: dict[str, str] = {
     "cannon": "starlabel.models.cannon:FittedCannon",
@@ -223,6 +226,14 @@ def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
             ErrorCalibration.skeleton(header["calibration"]),
             is_leaf=lambda x: x is None,
         )
+        if header["format_version"] < 3:
+            logger.warning(
+                "note: %s was written by starlabel %s (model format %s): its error calibration has no"
+                " training-size factor (f = 1); retrain to learn one.",
+                path,
+                header.get("library_version"),
+                header["format_version"],
+            )
     elif header["format_version"] < 2:
         logger.warning(
             "%s was written by starlabel %s without error calibration: its <label>_err are"

@@ -40,6 +40,7 @@ from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference._grid import GridPosterior, grid_posterior
 from ..inference._importance import ImportancePosterior, importance_posterior
 from ..inference._priors import AbstractLabelPrior, resolve_prior
+from ._accuracy_guard import guard_temperature
 from ._calibration import ErrorCalibration, fit_error_calibration
 from ._sanity import unusable_widths
 from .base import AbstractFittedFluxModel
@@ -519,6 +520,9 @@ class TemperatureSelection:
     calibrated_crps : ndarray, shape (temperatures,)
         ``crps`` with each star's σ replaced by its calibrated total under the
         calibration fitted at that T (the default criterion).
+    accuracy_refused : tuple of float
+        Candidates the accuracy guard refused: held-out RMSE more than 1 % above the
+        best candidate's for some label (:mod:`starlabel.models._accuracy_guard`).
 
     All per-temperature arrays follow ``temperatures``, which includes any candidates
     added while widening the range (see :func:`select_temperature`).
@@ -536,6 +540,7 @@ class TemperatureSelection:
     usable: np.ndarray = field(default_factory=lambda: np.ones(0))
     calibration: ErrorCalibration | None = None
     calibrated_crps: np.ndarray = field(default_factory=lambda: np.ones(0))
+    accuracy_refused: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (store it with the model)."""
@@ -551,6 +556,7 @@ class TemperatureSelection:
             "width_scale": self.width_scale.tolist(),
             "usable": self.usable.tolist(),
             "calibrated_crps": self.calibrated_crps.tolist(),
+            "accuracy_refused": list(self.accuracy_refused),
             "calibration": None if self.calibration is None else calibration_options(self.calibration),
         }
 
@@ -748,6 +754,13 @@ def select_temperature(
     best = _best_temperature(temps, criterion, max_temperature)
     temps = sorted(scored)
     table = [scored[t] for t in temps]
+    # The score may prefer a T whose means are less accurate (the prior pulls harder):
+    # refuse candidates more than 1 % worse in held-out RMSE than the best candidate.
+    if np.isfinite(criterion(best)):
+        guard = guard_temperature(temps, [criterion(t) for t in temps], np.array([t.rmse for t in table]))
+        best, refused = guard.temperature, guard.refused
+    else:
+        refused = ()
     chosen = scored[best]
     _check_width_scale_cv(chosen, best, names, temps, table, train.n_stars)
     calibration = _posterior_calibration(chosen, best)
@@ -764,6 +777,7 @@ def select_temperature(
         usable=np.array([t.usable for t in table]),
         calibration=calibration,
         calibrated_crps=np.array([t.calibrated_crps for t in table]),
+        accuracy_refused=refused,
     )
 
 
