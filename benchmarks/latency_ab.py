@@ -112,13 +112,24 @@ def main() -> None:
     summary = {tag: _summary(rows) for tag, rows in runs.items()}
     ratios = {
         f"{key}_before_over_after": summary["before"][key] / summary["after"][key]
-        for key in ("train_wall_s", "infer_wall_s", "total_wall_s", "train_cpu_s", "infer_cpu_s", "total_cpu_s")
+        for key in (
+            "train_wall_s",
+            "infer_wall_s",
+            "total_wall_s",
+            "train_cpu_s",
+            "infer_cpu_s",
+            "total_cpu_s",
+        )
     }
     _common.log(json.dumps({**summary, **ratios}, indent=1))
     report = {
         "run": _common.finish(record),
         "before": {"commit": args.before, "tree": "git archive <commit> src"},
-        "after": {"commit": record.get("commit"), "dirty": record.get("dirty"), "tree": "src/ of this checkout"},
+        "after": {
+            "commit": record.get("commit"),
+            "dirty": record.get("dirty"),
+            "tree": "src/ of this checkout",
+        },
         "case": "3 labels x 7214 px; train cannon on 1000 stars (default calibration), infer 5000 to CSV",
         "rounds": args.rounds,
         "order": "alternating: before, after; then after, before; ...",
