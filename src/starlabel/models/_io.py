@@ -45,7 +45,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .._internal import x64
@@ -246,7 +245,9 @@ def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
     if missing:
         raise ValueError(f"{str(path)!r} lacks arrays {missing} needed by a {header['kind']!r} model.")
     leaves, treedef = jax.tree_util.tree_flatten(skeleton)
-    filled = iter(jnp.asarray(arrays[name]) for name in names)
+    # device_put, not jnp.asarray: the latter runs a conversion program per array shape,
+    # each lowered (and looked up in the compilation cache) in every new process.
+    filled = iter(jax.device_put(arrays[name]) for name in names)
     new_leaves = [next(filled) if eqx.is_array(leaf) else leaf for leaf in leaves]
     model = jax.tree_util.tree_unflatten(treedef, new_leaves)
     if tuple(model.label_names) != tuple(header["label_names"]):

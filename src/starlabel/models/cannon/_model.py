@@ -111,8 +111,8 @@ def label_space(scaled: np.ndarray) -> LabelSpace:
     if len(kept) > _MAX_KEPT_TRAIN:
         kept = kept[np.sort(np.random.default_rng(0).choice(len(kept), _MAX_KEPT_TRAIN, replace=False))]
     return LabelSpace(
-        box=jnp.asarray(np.stack([scaled.min(axis=0), scaled.max(axis=0)])),
-        train=jnp.asarray(kept),
+        box=jax.device_put(np.stack([scaled.min(axis=0), scaled.max(axis=0)])),
+        train=jax.device_put(np.ascontiguousarray(kept)),
         nn_radius=jnp.asarray(float(np.max(nearest_distance(kept, kept, exclude_self=True)))),
     )
 
@@ -258,12 +258,13 @@ class Cannon(AbstractSpectralModel):
             label_names=self.label_names,
             vectorizer=prep.vectorizer,
             label_scaler=scaler,
-            theta=jnp.asarray(theta),
-            s2=jnp.asarray(s2),
-            pixel_ok=jnp.asarray(pixel_ok),
-            allowed=jnp.asarray(prep.allowed),
-            l1=jnp.asarray(prep.l1),
-            wavelength=None if wavelength is None else jnp.asarray(wavelength),
+            # device_put, not jnp.asarray: no conversion program to lower per shape.
+            theta=jax.device_put(np.asarray(theta)),
+            s2=jax.device_put(np.asarray(s2)),
+            pixel_ok=jax.device_put(np.asarray(pixel_ok)),
+            allowed=jax.device_put(prep.allowed),
+            l1=jax.device_put(prep.l1),
+            wavelength=None if wavelength is None else jax.device_put(np.asarray(wavelength)),
             label_space=label_space(scaled[prep.used]),
             training_info=tuple(sorted(info.items())),
         )
@@ -725,17 +726,19 @@ class FittedCannon(AbstractFittedFluxModel):
         names = tuple(config["label_names"])
         exponents = tuple(tuple(int(p) for p in row) for row in config["exponents"])
         n_pixels, n_terms, n_labels = int(config["n_pixels"]), len(exponents), len(names)
-        zeros = jnp.zeros
+        # numpy placeholders (load_model replaces every array): jnp.zeros & co. would
+        # each compile a small program per shape in every process that loads a model.
+        zeros = np.zeros
         return cls(
             label_names=names,
             vectorizer=PolynomialVectorizer(names, exponents),
-            label_scaler=ShiftScale(zeros(n_labels), jnp.ones(n_labels)),
+            label_scaler=ShiftScale(zeros(n_labels), np.ones(n_labels)),
             theta=zeros((n_pixels, n_terms)),
             s2=zeros(n_pixels),
-            pixel_ok=jnp.ones(n_pixels, dtype=bool),
-            allowed=jnp.ones((n_labels, n_pixels), dtype=bool),
+            pixel_ok=np.ones(n_pixels, dtype=bool),
+            allowed=np.ones((n_labels, n_pixels), dtype=bool),
             l1=zeros(n_pixels),
-            wavelength=jnp.linspace(1.0, 2.0, n_pixels) if config["has_wavelength"] else None,
+            wavelength=np.linspace(1.0, 2.0, n_pixels) if config["has_wavelength"] else None,
             label_space=LabelSpace(
                 zeros((2, n_labels)), zeros((int(config["n_kept_train"]), n_labels)), zeros(())
             ),

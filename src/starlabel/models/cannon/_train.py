@@ -348,8 +348,8 @@ def fit_arrays(
     """
     rows, block, n_pixels = arrays.flux[0].shape[0], arrays.block, arrays.n_pixels
     use_l1 = bool(np.any(l1 > 0))
-    design_j = jnp.asarray(_pad_to(design, rows, design.shape[1]))
-    weights_j = jnp.asarray(_pad_to(star_weights, rows))
+    design_j = jax.device_put(_pad_to(np.asarray(design), rows, design.shape[1]))
+    weights_j = jax.device_put(_pad_to(np.asarray(star_weights), rows))
     thetas, s2s, oks, iters, converged = [], [], [], 0, True
     for index, start in enumerate(range(0, n_pixels, block)):
         stop = min(start + block, n_pixels)
