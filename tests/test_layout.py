@@ -152,5 +152,7 @@ def test_subpackages_follow_the_architecture_order() -> None:
 def test_the_checker_sees_a_cycle_and_a_private_import(tmp_path) -> None:
     edges = {"a._x": {"b._y"}, "b._y": {"a._x"}, "c": {"a._x"}}
     assert _cycles(edges) == {frozenset({"a._x", "b._y"})}
-    tree = ast.parse("if TYPE_CHECKING:\n    from .a import b\nelse:\n    from .c import d\nfrom .e import f\n")
+    tree = ast.parse(
+        "if TYPE_CHECKING:\n    from .a import b\nelse:\n    from .c import d\nfrom .e import f\n"
+    )
     assert [node.module for node in _runtime_imports(tree)] == ["c", "e"]
