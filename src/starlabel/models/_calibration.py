@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -269,12 +270,14 @@ class ErrorCalibration(eqx.Module):
         calibrations were learned without the training-size factor (f = 1) and keep it.
         """
         names = tuple(config["label_names"])
-        ones = np.ones(len(names))  # numpy: load_model replaces it (no program to compile)
+        # device_put of numpy, not jnp.ones: load_model replaces it, and jnp.ones would
+        # compile a small program per shape in every process that loads a model.
+        ones = jax.device_put(np.ones(len(names)))
         arrays = {name: ones for name in _REPORTED}
         return cls(
             names,
             **arrays,
-            rchi2_ref=np.ones(()),
+            rchi2_ref=jax.device_put(np.ones(())),
             n_folds=int(config["n_folds"]),
             n_stars=int(config["n_stars"]),
             irreducible_share=float(config.get("irreducible_share", 1.0)),
