@@ -84,6 +84,18 @@ def test_payne_save_load_is_bit_identical(sim, fitted, tmp_path):
     assert back.configuration() == Payne(LABELS, **SMALL)
 
 
+def test_payne_statistics_step_agrees_with_the_generic_pixel_fit(sim, fitted):
+    from starlabel.models._flux_fit import fit_labels
+
+    test = sim.dataset[N_TRAIN : N_TRAIN + 12]
+    fast = fitted.infer(test, calibrate=False)
+    generic = fit_labels(fitted, test, n_templates=32, n_starts=2, n_iter=50)
+    err = np.sqrt(np.diagonal(fast.cov, axis1=1, axis2=2))
+    # Same χ² surface, same LM: the minima agree well within the errors, and so do χ².
+    assert np.max(np.abs(generic.labels - fast.labels) / err) < 0.2
+    np.testing.assert_allclose(generic.chi2, fast.chi2, rtol=1e-3)
+
+
 def test_payne_fits_radial_velocity_through_the_generic_step(fitted):
     moved = simulate_lines(12, n_pixels=N_PIXELS, seed=5, rv_scale=20.0)
     result = infer_labels(fitted, moved.dataset, fit_rv=True, v_max=60.0)

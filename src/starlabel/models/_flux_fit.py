@@ -11,6 +11,9 @@ inverse Fisher matrix ``(Jᵀ Ω J)⁻¹`` with ``Ω = 1/(σ² + s²)``. No wave
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -22,7 +25,14 @@ from ..data import Flag, InferenceResult, SpectralDataset
 from ._nuisance import AbstractPackedModel, _lm, fit_quality
 from .base import AbstractFluxModel, flux_model_of
 
-__all__ = ["LabelFit", "fit_labels", "label_result", "template_labels"]
+__all__ = [
+    "LabelFit",
+    "check_fit_options",
+    "fit_labels",
+    "label_result",
+    "map_padded_chunks",
+    "template_labels",
+]
 
 
 class _LabelsOnly(AbstractPackedModel):
@@ -138,27 +148,45 @@ def fit_labels(
             f"`data` has {data.n_pixels} pixels; the model has {spectrum.n_pixels}: put the spectra"
             " on the model's pixel grid."
         )
-    for name, value in (("n_templates", n_templates), ("n_starts", n_starts), ("n_iter", n_iter)):
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"`{name}` must be an integer ≥ 1, got {value!r}.")
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+    check_fit_options(n_templates=n_templates, n_starts=n_starts, n_iter=n_iter, chunk_size=chunk_size)
     templates = jnp.asarray(template_labels(spectrum, n_templates), dtype=jnp.float64)
     n_starts = min(n_starts, int(templates.shape[0]))
     low, high = spectrum.safety_box()
     lower, upper = jnp.asarray(low), jnp.asarray(high)
-    chunk = min(chunk_size, data.n_stars)
+    return map_padded_chunks(
+        lambda f, iv: _fit_chunk(spectrum, f, iv, templates, lower, upper, n_starts, n_iter),
+        data.flux,
+        data.ivar,
+        chunk_size,
+    )
+
+
+def check_fit_options(**options: int) -> None:
+    """Every option must be an integer ≥ 1 (``n_templates``, ``n_starts``, ``n_iter``, ``chunk_size``)."""
+    for name, value in options.items():
+        if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"`{name}` must be an integer ≥ 1, got {value!r}.")
+
+
+def map_padded_chunks(
+    fn: Callable[[Array, Array], Any], flux: np.ndarray, ivar: np.ndarray, chunk_size: int
+) -> Any:
+    """``fn(flux, ivar)`` on chunks of stars, concatenated (numpy leaves).
+
+    The last chunk is padded with copies of its first row, so every call has one shape
+    (one compilation); the padding is trimmed from the output.
+    """
+    n_stars = flux.shape[0]
+    chunk = min(chunk_size, n_stars)
     outs = []
-    for begin in range(0, data.n_stars, chunk):
-        end = min(begin + chunk, data.n_stars)
-        flux, ivar = data.flux[begin:end], data.ivar[begin:end]
+    for begin in range(0, n_stars, chunk):
+        end = min(begin + chunk, n_stars)
+        f, iv = flux[begin:end], ivar[begin:end]
         pad = chunk - (end - begin)
         if pad:
-            flux = np.concatenate([flux, np.repeat(flux[:1], pad, axis=0)])
-            ivar = np.concatenate([ivar, np.repeat(ivar[:1], pad, axis=0)])
-        out = _fit_chunk(
-            spectrum, jnp.asarray(flux), jnp.asarray(ivar), templates, lower, upper, n_starts, n_iter
-        )
+            f = np.concatenate([f, np.repeat(f[:1], pad, axis=0)])
+            iv = np.concatenate([iv, np.repeat(iv[:1], pad, axis=0)])
+        out = fn(jnp.asarray(f), jnp.asarray(iv))
         outs.append(jax.tree.map(lambda a, n=end - begin: np.asarray(a)[:n], out))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
 

@@ -17,6 +17,7 @@ from .._calibration import ErrorCalibration, apply_calibration, calibrated_fit
 from .._flux_fit import label_result
 from .._posterior import check_uncertainty, refine_uncertainty
 from ..base import AbstractFittedFluxModel, AbstractSpectralModel
+from ..nn import _as_names
 from ._flux_model import PayneSpectrum
 from ._network import ACTIVATIONS, PayneNetwork
 from ._test_step import fit_payne_labels
@@ -26,14 +27,6 @@ __all__ = ["Payne", "FittedPayne"]
 
 _MAX_KEPT_TRAIN = 1000
 """Training label vectors kept in the model for starting points."""
-
-
-def _as_names(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        raise ValueError(
-            f"`label_names` must be a tuple of names such as ('teff', 'logg'), not the string {value!r}."
-        )
-    return tuple(str(v) for v in value)
 
 
 class Payne(AbstractSpectralModel):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._flux_fit import LabelFit, template_labels
+from .._flux_fit import LabelFit, check_fit_options, map_padded_chunks, template_labels
 from .._nuisance import AbstractPackedModel, _lm
 from ._flux_model import PayneSpectrum
 
@@ -101,25 +101,14 @@ def fit_payne_labels(
     Same answer as :func:`starlabel.models._flux_fit.fit_labels` on the model's pixels,
     at a fraction of the cost. Arguments as there; ``flux``/``ivar`` are (stars, pixels).
     """
-    for name, value in (("n_templates", n_templates), ("n_starts", n_starts), ("n_iter", n_iter)):
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"`{name}` must be an integer ≥ 1, got {value!r}.")
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+    check_fit_options(n_templates=n_templates, n_starts=n_starts, n_iter=n_iter, chunk_size=chunk_size)
     templates = jnp.asarray(template_labels(spectrum, n_templates), dtype=jnp.float64)
     n_starts = min(n_starts, int(templates.shape[0]))
     low, high = spectrum.safety_box()
     lower, upper = jnp.asarray(low), jnp.asarray(high)
-    n_stars = flux.shape[0]
-    chunk = min(chunk_size, n_stars)
-    outs = []
-    for begin in range(0, n_stars, chunk):
-        end = min(begin + chunk, n_stars)
-        f, iv = flux[begin:end], ivar[begin:end]
-        pad = chunk - (end - begin)
-        if pad:
-            f = np.concatenate([f, np.repeat(f[:1], pad, axis=0)])
-            iv = np.concatenate([iv, np.repeat(iv[:1], pad, axis=0)])
-        out = _fit_chunk(spectrum, jnp.asarray(f), jnp.asarray(iv), templates, lower, upper, n_starts, n_iter)
-        outs.append(jax.tree.map(lambda a, n=end - begin: np.asarray(a)[:n], out))
-    return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
+    return map_padded_chunks(
+        lambda f, iv: _fit_chunk(spectrum, f, iv, templates, lower, upper, n_starts, n_iter),
+        flux,
+        ivar,
+        chunk_size,
+    )
