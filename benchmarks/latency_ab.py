@@ -3,7 +3,7 @@
 ``benchmarks/latency.py`` is the reference measurement (against Ho's ``thecannon``) and
 needs a quiet machine. This script measures what one change did, on whatever machine
 state there is: it runs the command line from two source trees, BEFORE (a commit,
-extracted with ``git archive``) and AFTER (this checkout's ``src/``), on the same files,
+extracted with ``git archive``) and AFTER (a copy of this checkout's ``src/``), on the same files,
 alternating the order every round (B A, A B, …) so that both see the same load, and
 reports the median per tree and the ratio. Each tree has its own compilation cache,
 warmed by one untimed round, so every timed run is a warm-cache run (the JSON counts
@@ -100,7 +100,10 @@ def main() -> None:
     record = _common.start(args, THREADS)
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
-    trees = {"before": _tree(args.before, args.workdir / "before"), "after": REPO / "src"}
+    # A copy of src/ as it is now: edits made while this runs do not reach the timed runs.
+    after = args.workdir / "after" / "src"
+    shutil.copytree(REPO / "src", after, ignore=shutil.ignore_patterns("__pycache__"))
+    trees = {"before": _tree(args.before, args.workdir / "before"), "after": after}
     paths = latency._simulate(args.workdir, 1000, [5000], 3, seed=0)
     for tag, src in trees.items():  # fills each tree's compilation cache; not timed
         _train_infer(src, args.workdir, paths, tag)
@@ -128,7 +131,7 @@ def main() -> None:
         "after": {
             "commit": record.get("commit"),
             "dirty": record.get("dirty"),
-            "tree": "src/ of this checkout",
+            "tree": "a copy of src/ of this checkout, taken at the start",
         },
         "case": "3 labels x 7214 px; train cannon on 1000 stars (default calibration), infer 5000 to CSV",
         "rounds": args.rounds,
