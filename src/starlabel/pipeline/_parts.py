@@ -129,7 +129,8 @@ def write_part(
     path = _part_path(run_dir, chunk)
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+        # numpy's stubs fear a key named allow_pickle in **arrays; ours are column names.
+        np.savez(handle, **arrays)  # pyright: ignore[reportArgumentType]
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
