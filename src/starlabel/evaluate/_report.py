@@ -327,11 +327,14 @@ def write_report(
         body.append(_table(("label", "min", "16%", "median", "84%", "max", "median 1σ error"), stats))
         kiel = find_kiel_labels(names)
         if kiel is not None:
-            teff, logg, metal = (predicted[subset, names.index(n)] if n is not None else None for n in kiel)
+            teff_name, logg_name, metal_name = kiel
+            teff = predicted[subset, names.index(teff_name)]
+            logg = predicted[subset, names.index(logg_name)]
+            metal = predicted[subset, names.index(metal_name)] if metal_name is not None else None
             body.append("<h2>Kiel diagram</h2>" + subset_note)
             body.append(
                 _image(
-                    lambda p: plot_kiel(teff, logg, p, metallicity=metal, metallicity_name=kiel[2] or ""),
+                    lambda p: plot_kiel(teff, logg, p, metallicity=metal, metallicity_name=metal_name or ""),
                     folder,
                     "kiel",
                 )
@@ -363,9 +366,11 @@ def write_report(
         if reference is not None:
             body.append("<h2>Comparison with reference labels</h2>")
             body.append(f"<p>Reference labels from {html.escape(reference_source)}.</p>" + subset_note)
-            metrics = label_metrics(predicted, reference, names).to_dict()["labels"]
+            metrics = label_metrics(predicted, reference, names)
             keys = ("n", "rmse", "bias", "mae", "robust_scatter", "scaled_rmse")
-            body.append(_table(("label", *keys), [(n, *(metrics[n][k] for k in keys)) for n in names]))
+            body.append(
+                _table(("label", *keys), [(n, *(getattr(metrics[n], k) for k in keys)) for n in names])
+            )
             shown_pred, shown_ref, shown_err = predicted[subset], reference[subset], errors[subset]
             body.append(
                 _image(

@@ -115,7 +115,9 @@ def _node_tables(n_labels: int, n_nodes: int, kind: str) -> tuple[np.ndarray, np
     from scipy.stats import qmc
 
     count = 1 << int(math.ceil(math.log2(max(n_nodes, 2))))
-    unit = qmc.Sobol(d=n_labels, scramble=True, seed=0).random(count)
+    # `seed`: the only name scipy < 1.15 (allowed by pyproject) knows; newer scipy takes it
+    # through a decorator its signature (`rng`) does not show.
+    unit = qmc.Sobol(d=n_labels, scramble=True, seed=0).random(count)  # pyright: ignore[reportCallIssue]
     k = min(2 * n_labels + 2, count - 1)
     distance = np.sum((unit[:, None, :] - unit[None, :, :]) ** 2, axis=-1)
     np.fill_diagonal(distance, np.inf)

@@ -464,7 +464,7 @@ def fit_membership_table(
         checks.append((columns["positions"][0], ~np.isfinite(ra)))
         checks.append((columns["positions"][1], ~np.isfinite(dec)))
     bad_matrix = np.stack([bad for _, bad in checks], axis=1)
-    skipped = bad_matrix.any(axis=1)
+    skipped = np.any(bad_matrix, axis=1)
     ok = ~skipped
     reasons = np.full(len(table), "", dtype=object)
     for row in np.flatnonzero(skipped):

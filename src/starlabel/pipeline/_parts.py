@@ -126,7 +126,8 @@ def write_part(
     arrays[_META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path = _part_path(run_dir, chunk)
     with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+        # numpy's stubs fear a key named allow_pickle in **arrays; ours are column names.
+        np.savez(handle, **arrays)  # pyright: ignore[reportArgumentType]
     if not failures:
         _error_path(run_dir, chunk).unlink(missing_ok=True)
     return path
