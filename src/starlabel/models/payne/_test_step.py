@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._flux_fit import LabelFit, check_fit_options, map_padded_chunks, template_labels
+from ..._internal import map_chunks
+from .._flux_fit import LabelFit, check_fit_options, template_labels
 from .._nuisance import AbstractPackedModel, _lm
 from ._flux_model import PayneSpectrum
 
@@ -106,9 +107,8 @@ def fit_payne_labels(
     n_starts = min(n_starts, int(templates.shape[0]))
     low, high = spectrum.safety_box()
     lower, upper = jnp.asarray(low), jnp.asarray(high)
-    return map_padded_chunks(
-        lambda f, iv: _fit_chunk(spectrum, f, iv, templates, lower, upper, n_starts, n_iter),
-        flux,
-        ivar,
-        chunk_size,
+    return map_chunks(
+        lambda rows: _fit_chunk(spectrum, *rows, templates, lower, upper, n_starts, n_iter),
+        (flux, ivar),
+        size=min(chunk_size, flux.shape[0]),
     )
