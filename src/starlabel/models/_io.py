@@ -35,13 +35,14 @@ factor; they load with ``f = 1`` (as they were learned) and a logged note.
 
 from __future__ import annotations
 
+import abc
 import importlib
 import json
 import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -50,9 +51,12 @@ import numpy as np
 from .._internal import x64
 from .._version import __version__
 from ._calibration import ErrorCalibration
-from .base import AbstractFittedModel
+
+if TYPE_CHECKING:  # annotations only: base.py builds on this module
+    from .base import AbstractFittedModel
 
 __all__ = [
+    "AbstractSavedModel",
     "FORMAT_VERSION",
     "MODEL_KINDS",
     "model_class",
@@ -80,6 +84,36 @@ MODEL_KINDS: dict[str, str] = {
 """Model kind → ``"module:Class"`` of its fitted class, imported only when loading."""
 
 
+class AbstractSavedModel(eqx.Module):
+    """What the model file format needs of a model: its kind, config and skeleton.
+
+    :class:`starlabel.models.AbstractFittedModel` builds on this class, so every fitted
+    model can be saved; the format itself needs nothing else (and so does not depend on
+    the model protocol in ``base.py``).
+    """
+
+    kind: ClassVar[str]
+    """Short registry name written to model files (e.g. ``"cannon"``)."""
+
+    label_names: eqx.AbstractVar[tuple[str, ...]]
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-able hyperparameters from which :meth:`skeleton` rebuilds the structure."""
+
+    @classmethod
+    @abc.abstractmethod
+    def skeleton(cls, config: dict[str, Any]) -> AbstractSavedModel:
+        """A model with the right pytree structure (array values are placeholders)."""
+
+    def save(self, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
+        """Save to ``path`` in the versioned starlabel model format (:func:`save_model`).
+
+        ``training_set`` (the SpectralDataset or file trained on) records its checksum.
+        """
+        return save_model(self, path, training_set=training_set)
+
+
 def register_model_kind(kind: str, target: str) -> None:
     """Register a third-party fitted-model class (``"package.module:Class"``) under ``kind``."""
     if ":" not in target:
@@ -92,7 +126,10 @@ def model_class(kind: str) -> type[AbstractFittedModel]:
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(MODEL_KINDS)}.")
     module_name, class_name = MODEL_KINDS[kind].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, AbstractSavedModel)):
+        raise TypeError(f"{MODEL_KINDS[kind]!r} (model kind {kind!r}) is not a starlabel fitted-model class.")
+    return cast("type[AbstractFittedModel]", cls)
 
 
 def _array_leaves(model: eqx.Module) -> list[tuple[str, Any]]:
@@ -121,12 +158,12 @@ def training_set_record(training_set: Any) -> dict[str, Any]:
     )
 
 
-def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
+def save_model(model: AbstractSavedModel, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
     """Save a fitted model to ``path`` (written atomically; see the module docstring).
 
     Parameters
     ----------
-    model : AbstractFittedModel
+    model : AbstractSavedModel
     path : path-like
     training_set : SpectralDataset or path-like, optional
         The data the model was trained on; its checksum goes into the header (and from
@@ -137,7 +174,7 @@ def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, trai
     pathlib.Path
         The path written.
     """
-    if not isinstance(model, AbstractFittedModel):
+    if not isinstance(model, AbstractSavedModel):
         raise TypeError(
             f"save_model needs a fitted model (got {type(model).__name__}); call .fit(data) first."
         )
@@ -198,7 +235,7 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return header, arrays
 
 
-def _calibration(model: AbstractFittedModel) -> ErrorCalibration | None:
+def _calibration(model: AbstractSavedModel) -> ErrorCalibration | None:
     return getattr(model, "calibration", None)
 
 
