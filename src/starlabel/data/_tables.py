@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from .._errors import MissingExtraError
+from .._internal import atomic_path
 
 if TYPE_CHECKING:
     from astropy.table import Column, Table
@@ -303,23 +304,22 @@ def write_table_file(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial" + path.suffix)
-    if fmt == "fits":
-        _write_fits(table, tmp)
-    elif fmt == "parquet":
-        pa = _import_pyarrow(path)
-        pa.parquet.write_table(arrow_table(table), tmp)
-    elif fmt == "ascii.csv":
-        _write_csv(table, tmp)
-    elif fmt == "hdf5":
-        table.write(tmp, format=fmt, overwrite=True, path=hdf5_path, serialize_meta=True)
-        import h5py
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        if fmt == "fits":
+            _write_fits(table, tmp)
+        elif fmt == "parquet":
+            pa = _import_pyarrow(path)
+            pa.parquet.write_table(arrow_table(table), tmp)
+        elif fmt == "ascii.csv":
+            _write_csv(table, tmp)
+        elif fmt == "hdf5":
+            table.write(tmp, format=fmt, overwrite=True, path=hdf5_path, serialize_meta=True)
+            import h5py
 
-        with h5py.File(tmp, "r+") as handle:
-            handle[hdf5_path].attrs[META_KEY] = _meta_json(table)
-    else:
-        table.write(tmp, format=fmt, overwrite=True)
-    os.replace(tmp, path)
+            with h5py.File(tmp, "r+") as handle:
+                handle[hdf5_path].attrs[META_KEY] = _meta_json(table)
+        else:
+            table.write(tmp, format=fmt, overwrite=True)
     return path
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from .._internal import atomic_path
 from ..data import DATASET_SUFFIXES, RESULT_SUFFIXES, Flag, InferenceResult, read_dataset, read_result
 from ._metrics import label_metrics
 from ._plots import find_kiel_labels, plot_kiel, plot_one_to_one, plot_residuals
@@ -393,9 +394,8 @@ def write_report(
         f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return out
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..data._tables import TABLE_FORMATS, read_table_file, write_table_file
+from ..data import TABLE_FORMATS, read_table_file, write_table_file
 from ._cluster import ClusterFit, fit_cluster_membership
 
 __all__ = ["MembershipResult", "fit_membership_table", "read_table"]

@@ -5,11 +5,12 @@ A model file is a NumPy ``.npz`` archive (a zip; the suffix is conventionally
 
 * ``__header__``: UTF-8 JSON, one object::
 
-      {"format": "starlabel-model", "format_version": 2,
+      {"format": "starlabel-model", "format_version": 3,
        "library_version": "0.1.0", "kind": "cannon",
        "label_names": ["teff", "logg", "m_h"], "config": {...},
        "training_set": {"sha256": "…", "of": "arrays", "n_stars": 500, "source": "…"},
-       "calibration": {"label_names": [...], "n_folds": 5, "n_stars": 400} or null}
+       "calibration": {"label_names": [...], "n_folds": 5, "n_stars": 400,
+                       "irreducible_share": 1.0, "size_factor": 1.0} or null}
 
   ``training_set`` (optional; files without it load as before) identifies the data
   the model was trained on: the SHA-256 of the training arrays
@@ -28,7 +29,8 @@ execute code.
 
 Versions: 1 had no ``calibration`` key; such files still load, and their models
 infer with statistical errors only (a logged warning says so, and every result's
-``meta["errors"]`` is ``"statistical"``).
+``meta["errors"]`` is ``"statistical"``). Version 2 calibrations had no training-size
+factor; they load with ``f = 1`` (as they were learned) and a logged note.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .._internal import x64
@@ -54,6 +55,7 @@ from .base import AbstractFittedModel
 __all__ = [
     "FORMAT_VERSION",
     "MODEL_KINDS",
+    "model_class",
     "load_model",
     "read_model_header",
     "register_model_kind",
@@ -63,15 +65,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "starlabel-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bump when the header or array naming changes; loaders read older versions and refuse newer.
 
-2: optional error calibration (header ``calibration``, arrays ``.calibration.*``)."""
+2: optional error calibration (header ``calibration``, arrays ``.calibration.*``).
+3: the calibration's training-size factor (``calibration.irreducible_share``, ``size_factor``)."""
 
 MODEL_KINDS: dict[str, str] = {
     "cannon": "starlabel.models.cannon:FittedCannon",
     "lux": "starlabel.models.lux:FittedLux",
     "nn": "starlabel.models.nn:FittedNNRegressor",
+    "payne": "starlabel.models.payne:FittedPayne",
 }
 """Model kind → ``"module:Class"`` of its fitted class, imported only when loading."""
 
@@ -83,7 +87,8 @@ def register_model_kind(kind: str, target: str) -> None:
     MODEL_KINDS[kind] = target
 
 
-def _resolve(kind: str) -> type[AbstractFittedModel]:
+def model_class(kind: str) -> type[AbstractFittedModel]:
+    """The fitted-model class registered under ``kind`` (imported on first use)."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(MODEL_KINDS)}.")
     module_name, class_name = MODEL_KINDS[kind].split(":")
@@ -107,14 +112,10 @@ def training_set_record(training_set: Any) -> dict[str, Any]:
             "source": str(training_set.meta.get("source")) if training_set.meta.get("source") else None,
         }
     if isinstance(training_set, str | os.PathLike):
-        import hashlib
+        from .._internal._hashing import sha256_of_file
 
         path = Path(training_set)
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        return {"sha256": digest.hexdigest(), "of": "file", "n_stars": None, "source": str(path.absolute())}
+        return {"sha256": sha256_of_file(path), "of": "file", "n_stars": None, "source": str(path.absolute())}
     raise TypeError(
         f"`training_set` must be a SpectralDataset or a file path, got {type(training_set).__name__}."
     )
@@ -215,7 +216,7 @@ def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
     """
     path = Path(path)
     header, arrays = _open(path)
-    cls = _resolve(header["kind"])
+    cls = model_class(header["kind"])
     skeleton = cls.skeleton(header["config"])
     if header.get("calibration") is not None:
         skeleton = eqx.tree_at(
@@ -224,6 +225,14 @@ def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
             ErrorCalibration.skeleton(header["calibration"]),
             is_leaf=lambda x: x is None,
         )
+        if header["format_version"] < 3:
+            logger.warning(
+                "note: %s was written by starlabel %s (model format %s): its error calibration has no"
+                " training-size factor (f = 1); retrain to learn one.",
+                path,
+                header.get("library_version"),
+                header["format_version"],
+            )
     elif header["format_version"] < 2:
         logger.warning(
             "%s was written by starlabel %s without error calibration: its <label>_err are"
@@ -236,7 +245,9 @@ def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
     if missing:
         raise ValueError(f"{str(path)!r} lacks arrays {missing} needed by a {header['kind']!r} model.")
     leaves, treedef = jax.tree_util.tree_flatten(skeleton)
-    filled = iter(jnp.asarray(arrays[name]) for name in names)
+    # device_put, not jnp.asarray: the latter runs a conversion program per array shape,
+    # each lowered (and looked up in the compilation cache) in every new process.
+    filled = iter(jax.device_put(arrays[name]) for name in names)
     new_leaves = [next(filled) if eqx.is_array(leaf) else leaf for leaf in leaves]
     model = jax.tree_util.tree_unflatten(treedef, new_leaves)
     if tuple(model.label_names) != tuple(header["label_names"]):

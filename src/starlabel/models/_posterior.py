@@ -40,6 +40,7 @@ from ..inference import (
     split_rhat,
     whiten,
 )
+from .base import AbstractLatentModel
 
 __all__ = [
     "POSTERIOR_METHODS",
@@ -368,15 +369,7 @@ def _adaptor_and_start(fitted: Any, data: SpectralDataset, start: Any) -> tuple[
             f"`fitted` ({type(fitted).__name__}) has no log_likelihood(params, flux, ivar);"
             " posterior_infer needs a fitted generative model such as FittedCannon or FittedLux."
         )
-    latent = callable(getattr(fitted, "latents_to_labels", None))
-    if latent:
-        if not callable(getattr(fitted, "latent_log_prior", None)) or not callable(
-            getattr(fitted, "infer_latents", None)
-        ):
-            raise TypeError(
-                f"`fitted` ({type(fitted).__name__}) maps latents to labels but lacks"
-                " latent_log_prior or infer_latents."
-            )
+    latent = isinstance(fitted, AbstractLatentModel)
     if start is not None:
         given = as_float_array(start, "start")
         size = fitted.latent_size if latent else len(fitted.label_names)

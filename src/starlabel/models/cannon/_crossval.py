@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ..._internal import x64
+from ..._internal import fold_of, x64
 from ...data import InferenceResult, SpectralDataset
 from ._infer import assemble_result, start_pool
 from ._model import Cannon
@@ -148,8 +148,7 @@ def cross_validate(
         result = _leave_one_out(model, data, star_weights, **options)
         return CrossValidation(result, reference, np.arange(data.n_stars), "leave-one-out")
 
-    fold = np.empty(data.n_stars, dtype=np.int64)
-    fold[np.random.default_rng(seed).permutation(data.n_stars)] = np.arange(data.n_stars) % k
+    fold = fold_of(data.n_stars, k, seed)
     weights = np.ones(data.n_stars) if star_weights is None else np.asarray(star_weights, dtype=float)
     parts, order = [], []
     for m in range(k):

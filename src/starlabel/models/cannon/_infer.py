@@ -14,7 +14,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
@@ -261,7 +260,8 @@ def run_test_step(
     n_stars = flux.shape[0]
     size = chunk_length(n_stars, chunk_size)
     theta, pairs, s2, pixel_ok = model_arrays
-    shared = [jnp.asarray(a) for a in (starts, free, lower, upper, box)]
+    # device_put, not jnp.asarray (a conversion program lowered per shape in every process).
+    shared = [jax.device_put(np.asarray(a)) for a in (starts, free, lower, upper, box)]
     pieces: list[LabelFit] = []
     for start in range(0, n_stars, size):
         stop = min(start + size, n_stars)
