@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -217,12 +218,13 @@ class ErrorCalibration(eqx.Module):
     def skeleton(cls, config: dict[str, Any]) -> ErrorCalibration:
         """A placeholder calibration with the structure ``config`` describes."""
         names = tuple(config["label_names"])
-        ones = np.ones(len(names))  # numpy: load_model replaces it (no program to compile)
+        # Put from numpy, not jnp.ones (a program compiled per shape); load_model replaces it.
+        ones = jax.device_put(np.ones(len(names)))
         arrays = {name: ones for name in _REPORTED}
         return cls(
             names,
             **arrays,
-            rchi2_ref=np.ones(()),
+            rchi2_ref=jax.device_put(np.ones(())),
             n_folds=int(config["n_folds"]),
             n_stars=int(config["n_stars"]),
         )

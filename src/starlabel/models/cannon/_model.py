@@ -699,19 +699,20 @@ class FittedCannon(AbstractGenerativeModel):
         names = tuple(config["label_names"])
         exponents = tuple(tuple(int(p) for p in row) for row in config["exponents"])
         n_pixels, n_terms, n_labels = int(config["n_pixels"]), len(exponents), len(names)
-        # numpy placeholders (load_model replaces every array): jnp.zeros & co. would
-        # each compile a small program per shape in every process that loads a model.
-        zeros = np.zeros
+        # Placeholders put from numpy (load_model replaces every array): jnp.zeros & co.
+        # would each compile a small program per shape in every process that loads a model.
+        put = jax.device_put
+        zeros = lambda shape: put(np.zeros(shape))  # noqa: E731
         return cls(
             label_names=names,
             vectorizer=PolynomialVectorizer(names, exponents),
-            label_scaler=ShiftScale(zeros(n_labels), np.ones(n_labels)),
+            label_scaler=ShiftScale(zeros(n_labels), put(np.ones(n_labels))),
             theta=zeros((n_pixels, n_terms)),
             s2=zeros(n_pixels),
-            pixel_ok=np.ones(n_pixels, dtype=bool),
-            allowed=np.ones((n_labels, n_pixels), dtype=bool),
+            pixel_ok=put(np.ones(n_pixels, dtype=bool)),
+            allowed=put(np.ones((n_labels, n_pixels), dtype=bool)),
             l1=zeros(n_pixels),
-            wavelength=np.linspace(1.0, 2.0, n_pixels) if config["has_wavelength"] else None,
+            wavelength=put(np.linspace(1.0, 2.0, n_pixels)) if config["has_wavelength"] else None,
             label_space=LabelSpace(
                 zeros((2, n_labels)), zeros((int(config["n_kept_train"]), n_labels)), zeros(())
             ),
