@@ -1,4 +1,4 @@
-"""`starlabel train cannon|lux|nn`: fit a model to a labelled dataset."""
+"""`starlabel train cannon|lux|nn|payne`: fit a model to a labelled dataset."""
 
 from __future__ import annotations
 
@@ -72,7 +72,12 @@ def _report_calibration(fitted: Any) -> None:
         return
     typer.echo(
         f"error calibration ({calibration.n_folds}-fold cross-validation on the training set):"
-        " sigma_total^2 = (a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma"
+        " sigma_total^2 = f^2 [(a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma]"
+    )
+    typer.echo(
+        f"  training-size factor f = {calibration.size_factor:.3f} (irreducible share"
+        f" r = {calibration.irreducible_share:g}: the fold models train on"
+        f" {calibration.n_folds - 1}/{calibration.n_folds} of the stars)"
     )
     typer.echo(
         f"  {'label':<10} {'a':>9} {'sigma_sys':>10} {'gamma':>6}   held-out std z before → after"
@@ -218,5 +223,51 @@ def train_nn(
     model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
     with console.status(f"training the NN regressor{_calibration_progress(calibrate)}…"):
         fitted = model.fit(dataset, calibrate=calibrate)
+    _report_calibration(fitted)
+    _save_fitted(fitted, output, dataset)
+
+
+@train_app.command("payne")
+@_user_errors
+def train_payne(
+    data: Annotated[
+        Path, typer.Argument(help="Training dataset (.npz or .h5): observed stars or a synthetic grid.")
+    ],
+    labels: Annotated[str, typer.Option(help=_LABELS_HELP)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")],
+    hidden: Annotated[str, typer.Option(help="Hidden layer widths, comma-separated.")] = "300,300",
+    components: Annotated[
+        int,
+        typer.Option(help="Learned spectra the flux is a combination of (the network's last, linear layer)."),
+    ] = 64,
+    epochs: Annotated[
+        int,
+        typer.Option(help="Most training epochs (early stopping on a validation split usually ends sooner)."),
+    ] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    compilation_cache: _CompilationCache = True,
+    calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
+) -> None:
+    """Train The Payne (neural network from labels to the whole spectrum, learned scatter)."""
+    try:
+        widths = tuple(int(w) for w in hidden.split(",") if w.strip())
+    except ValueError:
+        raise ValueError(
+            f"--hidden must be comma-separated integers such as 300,300, got {hidden!r}."
+        ) from None
+    dataset = _load_training_set(data, labels, drops_incomplete=True)
+    _use_compilation_cache(compilation_cache)
+    from ..models.payne import Payne
+
+    model = Payne(
+        label_names=dataset.label_names, hidden=widths, n_components=components, epochs=epochs, seed=seed
+    )
+    with console.status(f"training The Payne{_calibration_progress(calibrate)}…"):
+        fitted = model.fit(dataset, calibrate=calibrate)
+    typer.echo(
+        f"network {'-'.join(map(str, fitted.network.sizes))}: best validation epoch {fitted.best_epoch}"
+        f" of {int(fitted.train_loss.shape[0])} run",
+        err=True,
+    )
     _report_calibration(fitted)
     _save_fitted(fitted, output, dataset)

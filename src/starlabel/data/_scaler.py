@@ -85,7 +85,7 @@ class ShiftScale(eqx.Module):
             if w.shape != values.shape:
                 raise ValueError(f"`weights` shape {w.shape} must match `x` shape {values.shape}.")
             values = np.where(w > 0, values, np.nan)
-        usable = np.isfinite(values).any(axis=0)
+        usable = np.any(np.isfinite(values), axis=0)
         safe = np.where(usable[None, :], values, 0.0)
         if robust:
             shift = np.nanmedian(safe, axis=0)

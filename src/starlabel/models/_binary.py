@@ -35,7 +35,7 @@ from .._internal import x64
 from ..data import InferenceResult, SpectralDataset
 from ._nuisance import (
     SCAN_STRIDE,
-    AbstractFluxModel,
+    AbstractPackedModel,
     DopplerResampler,
     NuisanceModel,
     _lm,
@@ -52,7 +52,7 @@ DEFAULT_SHARED: tuple[str, ...] = ("fe_h", "m_h", "feh", "mh", "metallicity")
 """Label names treated as shared by both components when ``shared`` is not given."""
 
 
-class BinaryModel(AbstractFluxModel):
+class BinaryModel(AbstractPackedModel):
     """Flux of two stars: ``w S_{v1} m(ℓ1) + (1 − w) S_{v1+Δv} m(ℓ2)``.
 
     Parameters are packed as ``[ℓ1 (labels), ℓ2 (free labels), u, Δv, v1]`` with

@@ -17,8 +17,9 @@ from ..._internal._buckets import bucket_size
 from ...data import InferenceResult, ShiftScale, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration, calibrated_fit
 from .._posterior import check_uncertainty, refine_uncertainty
-from ..base import AbstractGenerativeModel, AbstractSpectralModel
+from ..base import AbstractFittedFluxModel, AbstractSpectralModel
 from ._censor import active_terms, resolve_censor
+from ._flux_model import PolynomialSpectrum
 from ._infer import (
     LabelSpace,
     assemble_result,
@@ -400,7 +401,7 @@ class Cannon(AbstractSpectralModel):
         )
 
 
-class FittedCannon(AbstractGenerativeModel):
+class FittedCannon(AbstractFittedFluxModel):
     """A trained Cannon: per-pixel coefficients θ, scatter s², label scaling, censoring.
 
     Attributes
@@ -494,6 +495,32 @@ class FittedCannon(AbstractGenerativeModel):
         return array
 
     # ------------------------------------------------------------------ generative
+    def flux_model(self) -> PolynomialSpectrum:
+        """The labels → flux model (float64) the grid, velocity and binary fits evaluate."""
+        with jax.enable_x64(True):
+            shift = jnp.asarray(self.label_scaler.shift, dtype=jnp.float64)
+            scale = jnp.asarray(self.label_scaler.scale, dtype=jnp.float64)
+            space = self.label_space
+            return PolynomialSpectrum(
+                self.label_names,
+                self.vectorizer,
+                shift,
+                scale,
+                jnp.asarray(self.theta, dtype=jnp.float64),
+                jnp.asarray(self.s2, dtype=jnp.float64),
+                jnp.asarray(self.pixel_ok),
+                jnp.asarray(space.train) * scale[None, :] + shift[None, :],
+                jnp.asarray(space.box) * scale[None, :] + shift[None, :],
+            )
+
+    def configuration(self) -> Cannon:
+        """The :class:`Cannon` with this label vector, to refit on cross-validation folds.
+
+        Censoring and L1 settings are not stored in the fitted model: pass the original
+        configuration explicitly where those matter.
+        """
+        return Cannon(self.label_names, terms=tuple(self.term_names[1:]))
+
     @x64
     def predict_flux(self, labels: Any) -> np.ndarray:
         """Model flux at ``labels``.
@@ -699,20 +726,23 @@ class FittedCannon(AbstractGenerativeModel):
         names = tuple(config["label_names"])
         exponents = tuple(tuple(int(p) for p in row) for row in config["exponents"])
         n_pixels, n_terms, n_labels = int(config["n_pixels"]), len(exponents), len(names)
-        # Placeholders put from numpy (load_model replaces every array): jnp.zeros & co.
-        # would each compile a small program per shape in every process that loads a model.
-        put = jax.device_put
-        zeros = lambda shape: put(np.zeros(shape))  # noqa: E731
+
+        # Placeholders put on the device from numpy (load_model replaces every array):
+        # jnp.zeros & co. would each compile a small program per shape in every process
+        # that loads a model. Device arrays, not numpy ones, because the fields are typed.
+        def zeros(shape: Any, dtype: Any = float) -> Array:
+            return jax.device_put(np.zeros(shape, dtype=dtype))
+
         return cls(
             label_names=names,
             vectorizer=PolynomialVectorizer(names, exponents),
-            label_scaler=ShiftScale(zeros(n_labels), put(np.ones(n_labels))),
+            label_scaler=ShiftScale(zeros(n_labels), zeros(n_labels)),
             theta=zeros((n_pixels, n_terms)),
             s2=zeros(n_pixels),
-            pixel_ok=put(np.ones(n_pixels, dtype=bool)),
-            allowed=put(np.ones((n_labels, n_pixels), dtype=bool)),
+            pixel_ok=zeros(n_pixels, bool),
+            allowed=zeros((n_labels, n_pixels), bool),
             l1=zeros(n_pixels),
-            wavelength=put(np.linspace(1.0, 2.0, n_pixels)) if config["has_wavelength"] else None,
+            wavelength=zeros(n_pixels) if config["has_wavelength"] else None,
             label_space=LabelSpace(
                 zeros((2, n_labels)), zeros((int(config["n_kept_train"]), n_labels)), zeros(())
             ),
