@@ -34,6 +34,8 @@ def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> An
     names = _split_labels(labels)
     dataset = read_dataset(data, labels=names)
     typer.echo(f"training set: {dataset}", err=True)
+    if dataset.labels is None:
+        raise ValueError(f"training set {str(data)!r} has no labels; name them with --labels.")
     known = np.isfinite(dataset.labels)
     if not known.all():
         n = dataset.n_stars
@@ -150,6 +152,8 @@ def train_cannon(
         except json.JSONDecodeError as error:
             raise ValueError(f"--censor file {str(censor)!r} is not valid JSON: {error}") from None
     names = dataset.label_names if dataset is not None else _split_labels(labels)
+    if names is None:
+        raise ValueError("--stream needs --labels: name the label columns, e.g. --labels teff,logg,m_h.")
     model = Cannon(label_names=names, order=order, terms=terms, censor=windows, l1=l1)
     if dataset is None:
         typer.echo(f"training set: {data} (streamed in blocks of stars)", err=True)

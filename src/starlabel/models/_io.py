@@ -186,7 +186,7 @@ def save_model(model: AbstractSavedModel, path: str | os.PathLike[str], *, train
         "kind": model.kind,
         "label_names": list(model.label_names),
         "config": model.config(),
-        "calibration": None if _calibration(model) is None else _calibration(model).config(),
+        "calibration": None if (calibration := _calibration(model)) is None else calibration.config(),
     }
     if training_set is not None:
         header["training_set"] = training_set_record(training_set)
@@ -196,7 +196,8 @@ def save_model(model: AbstractSavedModel, path: str | os.PathLike[str], *, train
     header_bytes = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "wb") as handle:
-        np.savez(handle, __header__=header_bytes, **arrays)
+        # numpy's stubs fear a key named allow_pickle in **arrays; ours are model leaf names.
+        np.savez(handle, __header__=header_bytes, **arrays)  # pyright: ignore[reportArgumentType]
     os.replace(tmp, path)
     return path
 
