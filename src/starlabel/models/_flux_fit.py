@@ -149,8 +149,9 @@ def fit_labels(
     n_starts = min(n_starts, int(templates.shape[0]))
     low, high = spectrum.safety_box()
     lower, upper = jnp.asarray(low), jnp.asarray(high)
+    # The rows are numpy slices; filter_jit takes them as it takes JAX arrays.
     return map_chunks(
-        lambda rows: _fit_chunk(spectrum, *rows, templates, lower, upper, n_starts, n_iter),
+        lambda rows: _fit_chunk(spectrum, *rows, templates, lower, upper, n_starts, n_iter),  # pyright: ignore[reportArgumentType]
         (data.flux, data.ivar),
         size=min(chunk_size, data.n_stars),
     )

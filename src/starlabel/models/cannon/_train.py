@@ -396,6 +396,7 @@ def _call_fit_block(arrays: list[Any], options: TrainingOptions, use_l1: bool) -
     ordinary ``filter_jit``.
     """
     if exported_dir() is None:
+        # `arrays`: fit_block's array arguments in order (a list, as exported_call takes).
         return fit_block(*(jnp.asarray(a) for a in arrays), options, use_l1)  # pyright: ignore[reportCallIssue]
     fn = functools.partial(_fit_block_fields, options=options, use_l1=use_l1)
     theta, s2, pixel_ok, n_iter, converged = exported_call(
