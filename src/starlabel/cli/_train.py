@@ -126,8 +126,18 @@ def train_cannon(
     ] = False,
     compilation_cache: _CompilationCache = True,
     calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
+    binary_calibration: Annotated[
+        bool,
+        typer.Option(
+            "--binary-calibration",
+            help="Also learn the decision of `infer --binary` (the binary_score threshold that 0.5% of"
+            " the training stars exceed) by 5-fold cross-validation of two-star fits; needs wavelengths.",
+        ),
+    ] = False,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
+    if stream and binary_calibration:
+        raise ValueError("--binary-calibration needs the training set in memory; drop --stream.")
     dataset = None if stream else _load_training_set(data, labels, drops_incomplete=True)
     _use_compilation_cache(compilation_cache)  # after reading: a bad file fails before JAX loads
     from ..models.cannon import Cannon
@@ -157,6 +167,18 @@ def train_cannon(
         with console.status(f"training The Cannon{_calibration_progress(calibrate)}…"):
             fitted = model.fit(dataset, calibrate=calibrate)
     _report_calibration(fitted)
+    if binary_calibration:
+        from ..models import learn_binary_calibration, save_model
+
+        with console.status("learning the binary decision (5-fold cross-validation of two-star fits)…"):
+            decision = learn_binary_calibration(model, dataset)
+        typer.echo(
+            f"binary decision: binary_score > {decision.threshold:.4g} ({decision.false_positive_rate:.1%}"
+            f" of {decision.n_stars} held-out training stars above it)"
+        )
+        save_model(fitted, output, training_set=dataset, binary_calibration=decision)
+        typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
+        return
     _save_fitted(fitted, output, dataset if dataset is not None else data)
 
 

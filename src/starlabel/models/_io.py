@@ -9,7 +9,8 @@ A model file is a NumPy ``.npz`` archive (a zip; the suffix is conventionally
        "library_version": "0.1.0", "kind": "cannon",
        "label_names": ["teff", "logg", "m_h"], "config": {...},
        "training_set": {"sha256": "…", "of": "arrays", "n_stars": 500, "source": "…"},
-       "calibration": {"label_names": [...], "n_folds": 5, "n_stars": 400} or null}
+       "calibration": {"label_names": [...], "n_folds": 5, "n_stars": 400} or null,
+       "binary_calibration": {"threshold": …, "quantiles": [...], …}}  (optional)
 
   ``training_set`` (optional; files without it load as before) identifies the data
   the model was trained on: the SHA-256 of the training arrays
@@ -120,7 +121,13 @@ def training_set_record(training_set: Any) -> dict[str, Any]:
     )
 
 
-def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
+def save_model(
+    model: AbstractFittedModel,
+    path: str | os.PathLike[str],
+    *,
+    training_set: Any = None,
+    binary_calibration: Any = None,
+) -> Path:
     """Save a fitted model to ``path`` (written atomically; see the module docstring).
 
     Parameters
@@ -130,6 +137,9 @@ def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, trai
     training_set : SpectralDataset or path-like, optional
         The data the model was trained on; its checksum goes into the header (and from
         there into the provenance of every result table made with this file).
+    binary_calibration : BinaryCalibration, optional
+        The binary decision learned on the training set; stored in the header as
+        ``binary_calibration`` (a JSON object), where ``infer --binary`` finds it.
 
     Returns
     -------
@@ -152,6 +162,8 @@ def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, trai
     }
     if training_set is not None:
         header["training_set"] = training_set_record(training_set)
+    if binary_calibration is not None:
+        header["binary_calibration"] = binary_calibration.to_dict()
     arrays = {name: np.asarray(leaf) for name, leaf in _array_leaves(model)}
     if "__header__" in arrays:
         raise ValueError("a model leaf may not be called '__header__'.")
