@@ -360,11 +360,11 @@ def fit_binary(
     v_max: float = 150.0,
     dv_max: float = 100.0,
     n_templates: int = 2,
-    n_starts: int = 2,
-    n_iter: int = 30,
+    n_starts: int = 1,
+    n_iter: int = 20,
     bic_threshold: float = 0.0,
     calibration: BinaryCalibration | dict[str, Any] | None = None,
-    chunk_size: int = 32,
+    chunk_size: int = 8,
     poor_fit: float = 3.0,
 ) -> InferenceResult:
     r"""Fit every spectrum as a single star and as a binary, and compare the two.
@@ -399,7 +399,8 @@ def fit_binary(
         ``starlabel train cannon --binary-calibration`` stores it in the model file):
         ``binary`` is ``binary_score > calibration.threshold`` and ``p_binary`` is filled.
     chunk_size : int
-        Spectra per compiled batch.
+        Spectra per compiled batch. Small batches are faster: a batched LM iterates
+        until its slowest star converges (8 ran 1.3× faster than 16 on 2 cores).
     poor_fit : float
         Reduced χ² (single-star) above which POOR_FIT is set.
 
