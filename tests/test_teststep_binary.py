@@ -128,8 +128,9 @@ def test_binary_errors_are_clear(chip):
 # Line-list dwarfs (the simulator's physics, which the quadratic Cannon misfits) on the
 # first 1,500 pixels of the APOGEE grid: 300 training stars, then 200 single stars and 40
 # binaries with q ≥ 0.7 and 20 ≤ |Δv| ≤ 70 km/s. Measured here: 40 of 40 binaries and
-# 0 of 200 singles flagged with the learned threshold; the fixed rule ΔBIC > 0 flags most
-# singles on these spectra.
+# 0 of 200 singles flagged with the learned threshold (868; highest single 807, lowest
+# binary 1,918); the fixed rule ΔBIC > 0 flags 61 % of the singles. Teff RMSE 42 K for
+# the singles, 52 K for the detected binaries' primaries.
 N_LINE_PIXELS, N_TRAIN_DWARFS, N_SINGLE, N_BINARY = 1500, 300, 200, 40
 
 
@@ -176,6 +177,7 @@ def test_learned_decision_detects_binaries_and_spares_singles(dwarfs):
     flagged, truth = result.extra["binary"], test.is_binary
     assert flagged[truth].mean() >= 0.95, flagged[truth].sum()
     assert flagged[~truth].mean() <= 0.01, flagged[~truth].sum()
+    assert (result.extra["delta_bic"][~truth] > 0).mean() > 0.3  # what a fixed threshold would do
     # The rule and the columns agree: binary ⇔ score above the threshold ⇔ the BINARY bit.
     score, p = result.extra["binary_score"], result.extra["p_binary"]
     np.testing.assert_array_equal(flagged, score > decision.threshold)
