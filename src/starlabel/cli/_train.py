@@ -1,4 +1,4 @@
-"""`starlabel train cannon|lux|nn`: fit a model to a labelled dataset."""
+"""`starlabel train cannon|lux|nn|payne`: fit a model to a labelled dataset."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> An
     names = _split_labels(labels)
     dataset = read_dataset(data, labels=names)
     typer.echo(f"training set: {dataset}", err=True)
+    if dataset.labels is None:
+        raise ValueError(f"training set {str(data)!r} has no labels; name them with --labels.")
     known = np.isfinite(dataset.labels)
     if not known.all():
         n = dataset.n_stars
@@ -72,7 +74,12 @@ def _report_calibration(fitted: Any) -> None:
         return
     typer.echo(
         f"error calibration ({calibration.n_folds}-fold cross-validation on the training set):"
-        " sigma_total^2 = (a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma"
+        " sigma_total^2 = f^2 [(a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma]"
+    )
+    typer.echo(
+        f"  training-size factor f = {calibration.size_factor:.3f} (irreducible share"
+        f" r = {calibration.irreducible_share:g}: the fold models train on"
+        f" {calibration.n_folds - 1}/{calibration.n_folds} of the stars)"
     )
     typer.echo(
         f"  {'label':<10} {'a':>9} {'sigma_sys':>10} {'gamma':>6}   held-out std z before → after"
@@ -138,6 +145,10 @@ def train_cannon(
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
     if stream and binary_calibration:
         raise ValueError("--binary-calibration needs the training set in memory; drop --stream.")
+    if stream:  # the model header records the file's SHA-256: hash it while JAX imports
+        from .._internal._hashing import hash_in_background
+
+        hash_in_background([data])
     dataset = None if stream else _load_training_set(data, labels, drops_incomplete=True)
     _use_compilation_cache(compilation_cache)  # after reading: a bad file fails before JAX loads
     from ..models.cannon import Cannon
@@ -151,6 +162,8 @@ def train_cannon(
         except json.JSONDecodeError as error:
             raise ValueError(f"--censor file {str(censor)!r} is not valid JSON: {error}") from None
     names = dataset.label_names if dataset is not None else _split_labels(labels)
+    if names is None:
+        raise ValueError("--stream needs --labels: name the label columns, e.g. --labels teff,logg,m_h.")
     model = Cannon(label_names=names, order=order, terms=terms, censor=windows, l1=l1)
     if dataset is None:
         typer.echo(f"training set: {data} (streamed in blocks of stars)", err=True)
@@ -167,7 +180,7 @@ def train_cannon(
         with console.status(f"training The Cannon{_calibration_progress(calibrate)}…"):
             fitted = model.fit(dataset, calibrate=calibrate)
     _report_calibration(fitted)
-    if binary_calibration:
+    if binary_calibration and dataset is not None:  # (--stream was refused above)
         from ..models import learn_binary_calibration, save_model
 
         with console.status("learning the binary decision (5-fold cross-validation of two-star fits)…"):
@@ -236,5 +249,51 @@ def train_nn(
     model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
     with console.status(f"training the NN regressor{_calibration_progress(calibrate)}…"):
         fitted = model.fit(dataset, calibrate=calibrate)
+    _report_calibration(fitted)
+    _save_fitted(fitted, output, dataset)
+
+
+@train_app.command("payne")
+@_user_errors
+def train_payne(
+    data: Annotated[
+        Path, typer.Argument(help="Training dataset (.npz or .h5): observed stars or a synthetic grid.")
+    ],
+    labels: Annotated[str, typer.Option(help=_LABELS_HELP)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")],
+    hidden: Annotated[str, typer.Option(help="Hidden layer widths, comma-separated.")] = "300,300",
+    components: Annotated[
+        int,
+        typer.Option(help="Learned spectra the flux is a combination of (the network's last, linear layer)."),
+    ] = 64,
+    epochs: Annotated[
+        int,
+        typer.Option(help="Most training epochs (early stopping on a validation split usually ends sooner)."),
+    ] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    compilation_cache: _CompilationCache = True,
+    calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
+) -> None:
+    """Train The Payne (neural network from labels to the whole spectrum, learned scatter)."""
+    try:
+        widths = tuple(int(w) for w in hidden.split(",") if w.strip())
+    except ValueError:
+        raise ValueError(
+            f"--hidden must be comma-separated integers such as 300,300, got {hidden!r}."
+        ) from None
+    dataset = _load_training_set(data, labels, drops_incomplete=True)
+    _use_compilation_cache(compilation_cache)
+    from ..models.payne import Payne
+
+    model = Payne(
+        label_names=dataset.label_names, hidden=widths, n_components=components, epochs=epochs, seed=seed
+    )
+    with console.status(f"training The Payne{_calibration_progress(calibrate)}…"):
+        fitted = model.fit(dataset, calibrate=calibrate)
+    typer.echo(
+        f"network {'-'.join(map(str, fitted.network.sizes))}: best validation epoch {fitted.best_epoch}"
+        f" of {int(fitted.train_loss.shape[0])} run",
+        err=True,
+    )
     _report_calibration(fitted)
     _save_fitted(fitted, output, dataset)

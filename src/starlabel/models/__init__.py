@@ -1,4 +1,4 @@
-"""Spectral model families (Cannon, Lux, NN) behind one protocol, and model files.
+"""Spectral model families (Cannon, Lux, NN, Payne) behind one protocol, and model files.
 
 Names load on first use: ``from starlabel.models.cannon import Cannon`` imports
 what the Cannon needs and not the posterior, nuisance and binary machinery.
@@ -17,7 +17,10 @@ if TYPE_CHECKING:
     from ._calibration import cross_validated_calibration as cross_validated_calibration
     from ._calibration import fit_error_calibration as fit_error_calibration
     from ._io import FORMAT_VERSION as FORMAT_VERSION
+    from ._io import MODEL_KINDS as MODEL_KINDS
+    from ._io import AbstractSavedModel as AbstractSavedModel
     from ._io import load_model as load_model
+    from ._io import model_class as model_class
     from ._io import read_model_header as read_model_header
     from ._io import register_model_kind as register_model_kind
     from ._io import save_model as save_model
@@ -31,8 +34,13 @@ if TYPE_CHECKING:
     from ._posterior_mean import infer_posterior_mean as infer_posterior_mean
     from ._posterior_mean import rescale_uncertainty as rescale_uncertainty
     from ._posterior_mean import select_temperature as select_temperature
+    from .base import AbstractFittedFluxModel as AbstractFittedFluxModel
     from .base import AbstractFittedModel as AbstractFittedModel
+    from .base import AbstractFluxModel as AbstractFluxModel
     from .base import AbstractGenerativeModel as AbstractGenerativeModel
+    from .base import AbstractLatentModel as AbstractLatentModel
+    from .base import AbstractLinearFluxModel as AbstractLinearFluxModel
     from .base import AbstractSpectralModel as AbstractSpectralModel
+    from .base import flux_model_of as flux_model_of
 
 __getattr__, __dir__ = lazy_exports(__name__, __file__)

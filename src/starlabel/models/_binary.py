@@ -48,7 +48,7 @@ from jaxtyping import Array, Float
 from .._internal import x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ._nuisance import (
-    AbstractFluxModel,
+    AbstractPackedModel,
     DopplerResampler,
     NuisanceModel,
     _best_of,
@@ -159,7 +159,12 @@ class BinaryCalibration:
                 " Retrain with `starlabel train cannon --binary-calibration`."
             )
         return cls(
-            **{k: config[k] for k in fields if k in config} | {"quantiles": tuple(config["quantiles"])}
+            quantiles=tuple(float(x) for x in config["quantiles"]),
+            threshold=float(config["threshold"]),
+            false_positive_rate=float(config["false_positive_rate"]),
+            n_stars=int(config["n_stars"]),
+            n_folds=int(config["n_folds"]),
+            fit_rv=bool(config.get("fit_rv", True)),
         )
 
 
@@ -181,7 +186,7 @@ def _tail_quantile(scores: np.ndarray, rate: float, tail: float = 0.1) -> float:
     return max(empirical, start + float(np.mean(excess)) * float(np.log(tail / rate)))
 
 
-class BinaryModel(AbstractFluxModel):
+class BinaryModel(AbstractPackedModel):
     """Flux of two stars: ``w S_{v1} m(ℓ1) + (1 − w) S_{v1+Δv} m(ℓ2)``.
 
     Parameters are packed as ``[ℓ1 (labels), ℓ2 (free labels), u, Δv, v1]`` with
@@ -455,11 +460,15 @@ def fit_binary(
     )
     if not fit_rv:
         single_model = dataclasses.replace(single_model, fit_rv=False)
-    spectrum = single_model.spectrum
+    spectrum, theta_spline = single_model.spectrum, single_model.theta_spline
+    if not isinstance(spectrum, PolynomialSpectrum) or theta_spline is None:
+        raise ValueError(
+            f"binary fits need the Cannon's polynomial spectrum, not a {type(spectrum).__name__}."
+        )
     binary = BinaryModel(
         spectrum,
         single_model.resampler,
-        single_model.theta_spline,
+        theta_spline,
         _shared_indices(spectrum.label_names, shared),
         bool(fit_rv),
         flux_ratio,

@@ -40,12 +40,13 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._internal import x64
 from ..data import Flag, InferenceResult, SpectralDataset
-from ._posterior_mean import PolynomialSpectrum, polynomial_spectrum
+from .base import AbstractFluxModel, AbstractLinearFluxModel, flux_model_of
 
 __all__ = [
     "C_KMS",
-    "AbstractFluxModel",
+    "AbstractPackedModel",
     "DopplerResampler",
+    "SplinePrefilter",
     "find_regions",
     "NuisanceModel",
     "NuisanceFit",
@@ -276,6 +277,13 @@ class DopplerResampler(eqx.Module):
         weights = weights.reshape(weights.shape + (1,) * (coefficients.ndim - 1))
         return jnp.sum(coefficients[index] * weights, axis=1)
 
+    @staticmethod
+    def prefilter_block(values: np.ndarray) -> np.ndarray:
+        """Cubic B-spline coefficients of one region's ``values`` (pixels first, mirror ends)."""
+        from scipy.ndimage import spline_filter1d
+
+        return spline_filter1d(np.asarray(values, dtype=np.float64), order=3, axis=0, mode="mirror")
+
     def prefilter(self, values: Any) -> np.ndarray:
         """Cubic B-spline coefficients of ``values`` (pixels first), region by region.
 
@@ -333,8 +341,12 @@ def _continuum_basis(wavelength: np.ndarray, regions: np.ndarray, order: int) ->
     return basis
 
 
-class AbstractFluxModel(eqx.Module):
-    """A model flux of packed parameters with its Jacobian: what the batched LM fits."""
+class AbstractPackedModel(eqx.Module):
+    """A model flux of packed parameters (labels and nuisances) with its Jacobian.
+
+    What the batched Levenberg–Marquardt fits; labels alone are an
+    :class:`~starlabel.models.AbstractFluxModel`.
+    """
 
     @abc.abstractmethod
     def flux(self, params: Float[Array, " params"]) -> Float[Array, " pixels"]:
@@ -349,7 +361,9 @@ class AbstractFluxModel(eqx.Module):
         return self.flux(params), self.jacobian(params)
 
 
-def _label_columns(spectrum: PolynomialSpectrum, theta: Array, labels: Array) -> Float[Array, "pixels k"]:
+def _label_columns(
+    spectrum: AbstractLinearFluxModel, theta: Array, labels: Array
+) -> Float[Array, "pixels k"]:
     """Columns ``θ x(ℓ)`` and ``θ ∂x/∂ℓ_j`` (pixels, 1 + labels) from one product.
 
     The product is formed pixels-last and transposed: on CPU under vmap that is 3–6×
@@ -360,17 +374,65 @@ def _label_columns(spectrum: PolynomialSpectrum, theta: Array, labels: Array) ->
     return jnp.einsum("kt,pt->kp", stacked, theta).T
 
 
-class NuisanceModel(AbstractFluxModel):
-    """Flux model ``c(λ; a) · S_v[θ v(ℓ)]`` with parameters packed as ``[ℓ, v, a]``.
+class SplinePrefilter(eqx.Module):
+    """:meth:`DopplerResampler.prefilter` as a banded operator, for spectra known only in JAX.
+
+    A linear model's coefficients are prefiltered once in numpy; a non-linear model's
+    spectrum changes with the labels, so its prefilter must run inside the fit. The exact
+    mirror-boundary prefilter of each region is formed once and kept within ``half_width``
+    pixels of the diagonal: its weights fall as (2 − √3)^|k|, below 1e-13 at |k| = 24.
 
     Attributes
     ----------
-    spectrum : PolynomialSpectrum
+    index : Int[Array, "pixels taps"]
+        Source pixels of each output pixel.
+    weight : Float[Array, "pixels taps"]
+        Their weights (0 outside the pixel's region).
+    """
+
+    index: Int[Array, "pixels taps"]
+    weight: Float[Array, "pixels taps"]
+
+    def __init__(self, resampler: DopplerResampler, half_width: int = 24) -> None:
+        start, length = np.asarray(resampler.start), np.asarray(resampler.length)
+        n = len(start)
+        offsets = np.arange(-half_width, half_width + 1)
+        index = np.clip(np.arange(n)[:, None] + offsets[None, :], 0, n - 1)
+        weight = np.zeros((n, len(offsets)))
+        for first in np.unique(start):
+            size = int(length[first])
+            block = resampler.prefilter_block(np.eye(size))  # (size, size): column j = response to pixel j
+            local = np.arange(size)[:, None] + offsets[None, :]
+            inside = (local >= 0) & (local < size)
+            rows = np.arange(size)[:, None].repeat(len(offsets), axis=1)
+            weight[first : first + size] = np.where(inside, block[rows, np.clip(local, 0, size - 1)], 0.0)
+        with jax.enable_x64(True):
+            self.index = jnp.asarray(index)
+            self.weight = jnp.asarray(weight)
+
+    def __call__(self, values: Float[Array, "pixels ..."]) -> Float[Array, "pixels ..."]:
+        """B-spline coefficients of ``values`` (pixels first)."""
+        weight = self.weight.reshape(self.weight.shape + (1,) * (values.ndim - 1))
+        return jnp.sum(values[self.index] * weight, axis=1)
+
+
+class NuisanceModel(AbstractPackedModel):
+    """Flux model ``c(λ; a) · S_v[m(ℓ)]`` with parameters packed as ``[ℓ, v, a]``.
+
+    ``m`` is any :class:`~starlabel.models.AbstractFluxModel`. A linear one (the Cannon)
+    is shifted through its prefiltered coefficients ``theta_spline`` (one prefilter for
+    every label vector); any other is prefiltered at each evaluation by ``prefilter``.
+
+    Attributes
+    ----------
+    spectrum : AbstractFluxModel
         The rest-frame label model.
     resampler : DopplerResampler
         Velocity shifts on the model grid.
-    theta_spline : Float[Array, "pixels terms"]
-        B-spline coefficients of the model's θ (see :meth:`DopplerResampler.prefilter`).
+    theta_spline : Float[Array, "pixels terms"] or None
+        B-spline coefficients of a linear model's θ (see :meth:`DopplerResampler.prefilter`).
+    prefilter : SplinePrefilter or None
+        The prefilter of a non-linear model's spectra.
     basis : Float[Array, "pixels coefficients"]
         Continuum basis (regions × (order + 1) columns; empty without continuum).
     fit_rv : bool
@@ -379,9 +441,10 @@ class NuisanceModel(AbstractFluxModel):
         Continuum polynomial order per region (−1: no continuum).
     """
 
-    spectrum: PolynomialSpectrum
+    spectrum: AbstractFluxModel
     resampler: DopplerResampler
-    theta_spline: Float[Array, "pixels terms"]
+    theta_spline: Float[Array, "pixels terms"] | None
+    prefilter: SplinePrefilter | None
     basis: Float[Array, "pixels coefficients"]
     fit_rv: bool = eqx.field(static=True)
     order: int = eqx.field(static=True)
@@ -415,23 +478,51 @@ class NuisanceModel(AbstractFluxModel):
     def coefficients(
         self, v: Float[Array, ""], coefficients: Float[Array, " coefficients"]
     ) -> Float[Array, "pixels terms"]:
-        """Per-pixel model coefficients ``c ⊙ S_v θ`` (linear in the label vector)."""
+        """Per-pixel model coefficients ``c ⊙ S_v θ`` (linear in the label vector; linear models only)."""
+        if self.theta_spline is None:
+            raise TypeError("per-pixel coefficients exist for a linear flux model (the Cannon) only.")
         return self.continuum(coefficients)[:, None] * self.resampler(self.theta_spline, v)
+
+    def rest_spline(self, labels: Float[Array, " labels"]) -> Float[Array, " pixels"]:
+        """B-spline coefficients of the rest-frame model spectrum at ``labels``."""
+        if self.theta_spline is not None:
+            spectrum = self.spectrum
+            assert isinstance(spectrum, AbstractLinearFluxModel)
+            return self.theta_spline @ spectrum.label_vector(labels)
+        assert self.prefilter is not None
+        return self.prefilter(self.spectrum.flux(labels))
+
+    def _rest_and_derivative(self, labels: Float[Array, " labels"]) -> tuple[Array, Array]:
+        """:meth:`rest_spline` and its derivative (pixels, labels)."""
+        if self.theta_spline is not None:
+            spectrum = self.spectrum
+            assert isinstance(spectrum, AbstractLinearFluxModel)
+            rest = self.theta_spline @ spectrum.label_vector(labels)
+            return rest, self.theta_spline @ jax.jacfwd(spectrum.label_vector)(labels)
+        assert self.prefilter is not None
+        flux, pushforward = jax.linearize(self.spectrum.flux, labels)
+        jac = jax.vmap(pushforward, out_axes=1)(jnp.eye(labels.shape[0], dtype=labels.dtype))
+        return self.prefilter(flux), self.prefilter(jac)
 
     def flux(self, params: Float[Array, " params"]) -> Float[Array, " pixels"]:
         """Model flux of one star."""
         labels, v, coefficients = self.unpack(params)
-        rest = self.theta_spline @ self.spectrum.label_vector(labels)
-        return self.continuum(coefficients) * self.resampler(rest, v)
+        return self.continuum(coefficients) * self.resampler(self.rest_spline(labels), v)
 
     def jacobian(self, params: Float[Array, " params"]) -> Float[Array, "pixels params"]:
         """∂flux/∂params, analytic (jacfwd through the taps' gathers costs ~15× more)."""
         return self.flux_and_jacobian(params)[1]
 
     def flux_and_jacobian(self, params: Float[Array, " params"]) -> tuple[Array, Array]:
-        """Flux and ∂flux/∂params from one product of θ with ``[x(ℓ), ∂x/∂ℓ]``."""
+        """Flux and ∂flux/∂params (a linear model: one product of θ with ``[x(ℓ), ∂x/∂ℓ]``)."""
         labels, v, coefficients = self.unpack(params)
-        rest = _label_columns(self.spectrum, self.theta_spline, labels)  # (pixels, 1 + labels)
+        if self.theta_spline is not None:
+            spectrum = self.spectrum
+            assert isinstance(spectrum, AbstractLinearFluxModel)
+            rest = _label_columns(spectrum, self.theta_spline, labels)  # (pixels, 1 + labels)
+        else:
+            spline, d_spline = self._rest_and_derivative(labels)
+            rest = jnp.concatenate([spline[:, None], d_spline], axis=1)
         continuum = self.continuum(coefficients)
         moved = self.resampler(rest, v)
         shifted = moved[:, 0]
@@ -472,7 +563,7 @@ class _LMState(eqx.Module):
 
 
 def _lm(
-    model: AbstractFluxModel,
+    model: AbstractPackedModel,
     flux: Array,
     omega: Array,
     p0: Array,
@@ -632,8 +723,8 @@ def _fit_chunk(
     max_lag: int = 0,
 ) -> NuisanceFit:
     free = jnp.asarray(model.free(), dtype=flux.dtype)
-    rest = jax.vmap(lambda t: model.theta_spline @ model.spectrum.label_vector(t))(templates)
-    values = jax.vmap(lambda t: model.spectrum.theta @ model.spectrum.label_vector(t))(templates)
+    rest = jax.vmap(model.rest_spline)(templates)
+    values = jax.vmap(model.spectrum.flux)(templates)  # rest-frame spectra, for the CCF
 
     def one_star(f: Array, iv: Array) -> tuple[Array, ...]:
         omega = model.weights(iv)
@@ -658,7 +749,7 @@ def _fit_chunk(
 
 
 def _best_of(
-    model: AbstractFluxModel,
+    model: AbstractPackedModel,
     f: Array,
     omega: Array,
     starts: Array,
@@ -678,12 +769,16 @@ def _best_of(
     return params[best], cov[best], chi2[best], jnp.sum(omega > 0).astype(f.dtype), done[best]
 
 
-def _templates(spectrum: PolynomialSpectrum, n: int) -> np.ndarray:
+def _templates(spectrum: AbstractFluxModel, n: int) -> np.ndarray:
     """``n`` training label vectors spread along the main axis of the training labels."""
     train = np.asarray(spectrum.train_labels)
     if n <= 1 or len(train) < n:
         return np.median(train, axis=0)[None, :]
-    scaled = (train - np.asarray(spectrum.shift)) / np.asarray(spectrum.scale)
+    if isinstance(spectrum, AbstractLinearFluxModel):
+        shift, scale = np.asarray(spectrum.shift), np.asarray(spectrum.scale)
+    else:
+        shift, scale = train.mean(axis=0), np.maximum(train.std(axis=0), 1e-12)
+    scaled = (train - shift) / scale
     centred = scaled - np.median(scaled, axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     projection = centred @ vt[0]
@@ -704,7 +799,8 @@ def build_nuisance_model(
 
     Parameters
     ----------
-    fitted : FittedCannon or PolynomialSpectrum
+    fitted : AbstractFittedFluxModel or AbstractFluxModel
+        FittedCannon, FittedPayne, or a flux model itself.
     wavelength : array-like, shape (pixels,)
         The data's (= model's) wavelengths, Å, uniform in ln λ within each region.
     fit_rv : bool
@@ -727,7 +823,7 @@ def build_nuisance_model(
         raise ValueError(
             "radial-velocity and continuum fits need `data.wavelength` (Å); the dataset has none."
         )
-    spectrum = polynomial_spectrum(fitted)
+    spectrum = flux_model_of(fitted)
     wl = np.asarray(wavelength, dtype=np.float64)
     if wl.shape != (spectrum.n_pixels,):
         raise ValueError(f"`wavelength` has shape {wl.shape}; the model has {spectrum.n_pixels} pixels.")
@@ -735,10 +831,12 @@ def build_nuisance_model(
     resampler = DopplerResampler.from_wavelength(wl, v_max=v_max if fit_rv else 1e-6, regions=region)
     order = -1 if continuum_order is None else int(continuum_order)
     basis = _continuum_basis(wl, region, order) if order >= 0 else np.zeros((len(wl), 0))
-    theta_spline = resampler.prefilter(np.asarray(spectrum.theta))
+    linear = isinstance(spectrum, AbstractLinearFluxModel)
     with jax.enable_x64(True):
+        theta_spline = jnp.asarray(resampler.prefilter(np.asarray(spectrum.theta))) if linear else None
+        prefilter = None if linear else SplinePrefilter(resampler)
         return NuisanceModel(
-            spectrum, resampler, jnp.asarray(theta_spline), jnp.asarray(basis), bool(fit_rv), order
+            spectrum, resampler, theta_spline, prefilter, jnp.asarray(basis), bool(fit_rv), order
         )
 
 
@@ -891,7 +989,8 @@ def infer_with_nuisance(
 
     Parameters
     ----------
-    fitted : FittedCannon or PolynomialSpectrum
+    fitted : AbstractFittedFluxModel or AbstractFluxModel
+        FittedCannon, FittedPayne or a flux model (``estimator="mean"``: linear ones only).
     data : SpectralDataset
         Spectra with ``wavelength`` (Å), on the model's grid.
     fit_rv : bool
@@ -934,6 +1033,11 @@ def infer_with_nuisance(
     model = build_nuisance_model(
         fitted, data.wavelength, fit_rv=fit_rv, continuum_order=continuum_order, v_max=v_max, regions=regions
     )
+    if estimator == "mean" and model.theta_spline is None:
+        raise ValueError(
+            f"estimator='mean' integrates a polynomial-in-labels model on a grid; the"
+            f" {type(model.spectrum).__name__} is not one: use estimator='map'."
+        )
     fit = fit_nuisance(model, data, n_templates=n_templates)
     k = model.n_labels
     params, cov = np.asarray(fit.params), np.asarray(fit.cov)

@@ -33,15 +33,18 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._internal import fold_indices, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference._grid import GridPosterior, grid_posterior
 from ..inference._importance import ImportancePosterior, importance_posterior
 from ..inference._priors import AbstractLabelPrior, resolve_prior
+from ._accuracy_guard import guard_temperature
 from ._calibration import ErrorCalibration, fit_error_calibration
 from ._sanity import unusable_widths
+from .base import AbstractFittedFluxModel
+from .cannon._flux_model import PolynomialSpectrum
 from .cannon._test_step import spectrum_stats, theta_pairs
 
 __all__ = [
@@ -65,118 +68,25 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- model view
-class PolynomialSpectrum(eqx.Module):
-    """A pure-JAX view of a model whose flux is ``θ · v((ℓ − shift)/scale)`` per pixel.
-
-    Built from a fitted Cannon by :func:`polynomial_spectrum`; this is what the
-    posterior-mean, radial-velocity, continuum and binary fits evaluate.
-
-    Attributes
-    ----------
-    label_names : tuple of str
-    vectorizer : callable Module
-        Scaled labels (labels,) → label vector (terms,).
-    shift, scale : Float[Array, " labels"]
-        Label scaling.
-    theta : Float[Array, "pixels terms"]
-        Coefficients (flux units).
-    s2 : Float[Array, " pixels"]
-        Intrinsic scatter variance (flux²).
-    pixel_ok : Bool[Array, " pixels"]
-        Pixels the model describes (others are ignored).
-    train_labels : Float[Array, "train labels"]
-        Training labels kept by the model (own units): priors and starting points.
-    box : Float[Array, "2 labels"]
-        Training label range (own units).
-    """
-
-    label_names: tuple[str, ...] = eqx.field(static=True)
-    vectorizer: Any
-    shift: Float[Array, " labels"]
-    scale: Float[Array, " labels"]
-    theta: Float[Array, "pixels terms"]
-    s2: Float[Array, " pixels"]
-    pixel_ok: Bool[Array, " pixels"]
-    train_labels: Float[Array, "train labels"]
-    box: Float[Array, "2 labels"]
-
-    @property
-    def n_pixels(self) -> int:
-        """Number of pixels."""
-        return int(self.theta.shape[0])
-
-    @property
-    def n_labels(self) -> int:
-        """Number of labels."""
-        return len(self.label_names)
-
-    @property
-    def n_terms(self) -> int:
-        """Number of polynomial terms."""
-        return int(self.theta.shape[1])
-
-    def label_vector(self, labels: Float[Array, " labels"]) -> Float[Array, " terms"]:
-        """``v((ℓ − shift)/scale)``."""
-        return self.vectorizer((labels - self.shift) / self.scale)
-
-    def flux(self, labels: Float[Array, " labels"]) -> Float[Array, " pixels"]:
-        """Model flux of one star at ``labels`` (own units)."""
-        return self.theta @ self.label_vector(labels)
-
-    def weights(self, ivar: Float[Array, " pixels"]) -> Float[Array, " pixels"]:
-        """``1/(σ² + s²)`` on usable pixels, 0 elsewhere."""
-        good = self.pixel_ok & (ivar > 0)
-        return jnp.where(good, ivar / (1.0 + ivar * self.s2), 0.0)
-
-    def safety_box(self) -> tuple[np.ndarray, np.ndarray]:
-        """Training range widened by its width on each side (own units)."""
-        box = np.asarray(self.box)
-        width = np.maximum(box[1] - box[0], 1e-9)
-        return box[0] - width, box[1] + width
-
-
 def polynomial_spectrum(fitted: Any) -> PolynomialSpectrum:
-    """The :class:`PolynomialSpectrum` of a fitted Cannon (or any model with its fields).
+    """The :class:`PolynomialSpectrum` of a fitted Cannon (or the spectrum itself).
 
     Raises
     ------
     TypeError
-        If ``fitted`` lacks ``theta``, ``s2``, ``vectorizer`` and ``label_scaler``: the
-        grid, radial-velocity and binary test steps need a model linear in coefficients.
+        If ``fitted`` has no polynomial flux model: the grid and binary test steps need a
+        model linear in its coefficients.
     """
     if isinstance(fitted, PolynomialSpectrum):
         return fitted
-    needed = ("theta", "s2", "vectorizer", "label_scaler", "label_names")
-    missing = [n for n in needed if not hasattr(fitted, n)]
-    if missing:
-        raise TypeError(
-            f"{type(fitted).__name__} lacks {missing}: the posterior-mean, radial-velocity and"
-            " binary test steps need a polynomial-in-labels model such as a FittedCannon."
-        )
-    with jax.enable_x64(True):
-        shift = jnp.asarray(fitted.label_scaler.shift, dtype=jnp.float64)
-        scale = jnp.asarray(fitted.label_scaler.scale, dtype=jnp.float64)
-        theta = jnp.asarray(fitted.theta, dtype=jnp.float64)
-        pixel_ok = getattr(fitted, "pixel_ok", None)
-        pixel_ok = jnp.ones(theta.shape[0], dtype=bool) if pixel_ok is None else jnp.asarray(pixel_ok)
-        space = getattr(fitted, "label_space", None)
-        if space is not None:
-            train = jnp.asarray(space.train) * scale[None, :] + shift[None, :]
-            box = jnp.asarray(space.box) * scale[None, :] + shift[None, :]
-        else:
-            train = shift[None, :]
-            box = jnp.stack([shift - 3 * scale, shift + 3 * scale])
-        return PolynomialSpectrum(
-            tuple(fitted.label_names),
-            fitted.vectorizer,
-            shift,
-            scale,
-            theta,
-            jnp.asarray(fitted.s2, dtype=jnp.float64),
-            pixel_ok,
-            train,
-            box,
-        )
+    if isinstance(fitted, AbstractFittedFluxModel):
+        model = fitted.flux_model()
+        if isinstance(model, PolynomialSpectrum):
+            return model
+    raise TypeError(
+        f"{type(fitted).__name__} is not a polynomial-in-labels model: the posterior-mean,"
+        " grid and binary test steps need one such as a FittedCannon (or a PolynomialSpectrum)."
+    )
 
 
 class SpectrumStatistics(eqx.Module):
@@ -610,6 +520,9 @@ class TemperatureSelection:
     calibrated_crps : ndarray, shape (temperatures,)
         ``crps`` with each star's σ replaced by its calibrated total under the
         calibration fitted at that T (the default criterion).
+    accuracy_refused : tuple of float
+        Candidates the accuracy guard refused: held-out RMSE more than 1 % above the
+        best candidate's for some label (:mod:`starlabel.models._accuracy_guard`).
 
     All per-temperature arrays follow ``temperatures``, which includes any candidates
     added while widening the range (see :func:`select_temperature`).
@@ -627,6 +540,7 @@ class TemperatureSelection:
     usable: np.ndarray = field(default_factory=lambda: np.ones(0))
     calibration: ErrorCalibration | None = None
     calibrated_crps: np.ndarray = field(default_factory=lambda: np.ones(0))
+    accuracy_refused: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (store it with the model)."""
@@ -642,11 +556,14 @@ class TemperatureSelection:
             "width_scale": self.width_scale.tolist(),
             "usable": self.usable.tolist(),
             "calibrated_crps": self.calibrated_crps.tolist(),
+            "accuracy_refused": list(self.accuracy_refused),
             "calibration": None if self.calibration is None else calibration_options(self.calibration),
         }
 
 
-def _gaussian_log_score(mean: np.ndarray, cov: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def _gaussian_log_score(mean: np.ndarray, cov: np.ndarray | None, truth: np.ndarray) -> np.ndarray:
+    if cov is None:  # no covariance: no score, as for one that is not positive definite
+        return np.full(len(mean), np.nan)
     diff = truth - mean
     try:
         chol = np.linalg.cholesky(cov)
@@ -801,6 +718,8 @@ def select_temperature(
     if train.labels is None or any(n not in train.label_names for n in names):
         raise ValueError(f"`train` must carry the labels {list(names)} for cross-validation.")
     truth_all = train.select_labels(names).labels
+    if truth_all is None:  # checked above; this tells the type checker
+        raise ValueError(f"`train` must carry the labels {list(names)} for cross-validation.")
     folds = fold_indices(train.n_stars, n_folds, seed)
     sampled = _check_method(grid_options.get("method", "auto"), len(names)) == "importance"
     fits = []
@@ -839,6 +758,13 @@ def select_temperature(
     best = _best_temperature(temps, criterion, max_temperature)
     temps = sorted(scored)
     table = [scored[t] for t in temps]
+    # The score may prefer a T whose means are less accurate (the prior pulls harder):
+    # refuse candidates more than 1 % worse in held-out RMSE than the best candidate.
+    if np.isfinite(criterion(best)):
+        guard = guard_temperature(temps, [criterion(t) for t in temps], np.array([t.rmse for t in table]))
+        best, refused = guard.temperature, guard.refused
+    else:
+        refused = ()
     chosen = scored[best]
     _check_width_scale_cv(chosen, best, names, temps, table, train.n_stars)
     calibration = _posterior_calibration(chosen, best)
@@ -855,6 +781,7 @@ def select_temperature(
         usable=np.array([t.usable for t in table]),
         calibration=calibration,
         calibrated_crps=np.array([t.calibrated_crps for t in table]),
+        accuracy_refused=refused,
     )
 
 
@@ -960,7 +887,7 @@ def _best_temperature(temps: list[float], criterion: Any, max_temperature: float
         usable = {t: v for t, v in values.items() if np.isfinite(v)}
         if not usable:
             return min(values)  # the caller reports the failure with the table
-        best = min(usable, key=usable.get)
+        best = min(usable, key=lambda t: usable[t])
         if len(values) == 1:
             return best
         if best == max(values) and best < max_temperature:
@@ -1148,10 +1075,9 @@ def infer_nuts(
     _check_data(model, data)
     temperature = _check_temperature(temperature)
     label_prior = posterior_prior(model, prior)
-    if start is None:
-        start = fitted.infer(data)
-    centre = np.asarray(start.labels, dtype=float)
-    cov = np.asarray(start.cov, dtype=float)
+    first: InferenceResult = fitted.infer(data) if start is None else start
+    centre = np.asarray(first.labels, dtype=float)
+    cov = np.asarray(first.cov, dtype=float)
     # Fall back to the model's label scale where the MAP covariance is unusable; the
     # sampler then starts from a wider whitening but still converges.
     scale2 = np.asarray(model.scale) ** 2 * 1e-2
@@ -1230,12 +1156,10 @@ def _unfitted(fitted: Any, model: Any) -> Any:
     """The configuration to refit in temperature cross-validation."""
     if model is not None:
         return model
-    if getattr(fitted, "kind", None) == "cannon":
-        from .cannon import Cannon
-
+    if isinstance(fitted, AbstractFittedFluxModel):
         # Same label vector; censoring and L1 settings are not stored in the fitted
         # model, so pass `model=` to cross-validate a censored or regularised Cannon.
-        return Cannon(fitted.label_names, terms=tuple(fitted.term_names[1:]))
+        return fitted.configuration()
     raise ValueError(
         "temperature='auto' refits the model on training folds; pass `model=` (the unfitted"
         f" configuration) for a {type(fitted).__name__}."

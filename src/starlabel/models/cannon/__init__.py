@@ -10,6 +10,7 @@ leave-one-out cross-validation are included. See ``docs/cannon.md``.
 from ._censor import censor_from_windows as censor_from_windows
 from ._crossval import CrossValidation as CrossValidation
 from ._crossval import cross_validate as cross_validate
+from ._flux_model import PolynomialSpectrum as PolynomialSpectrum
 from ._l1 import lasso_coordinate_descent as lasso_coordinate_descent
 from ._l1 import lasso_fista as lasso_fista
 from ._model import Cannon as Cannon
