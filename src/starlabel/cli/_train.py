@@ -133,8 +133,18 @@ def train_cannon(
     ] = False,
     compilation_cache: _CompilationCache = True,
     calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
+    binary_calibration: Annotated[
+        bool,
+        typer.Option(
+            "--binary-calibration",
+            help="Also learn the decision of `infer --binary` (the binary_score threshold that 0.2% of"
+            " the training stars exceed) by 5-fold cross-validation of two-star fits; needs wavelengths.",
+        ),
+    ] = False,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
+    if stream and binary_calibration:
+        raise ValueError("--binary-calibration needs the training set in memory; drop --stream.")
     if stream:  # the model header records the file's SHA-256: hash it while JAX imports
         from .._internal._hashing import hash_in_background
 
@@ -170,6 +180,18 @@ def train_cannon(
         with console.status(f"training The Cannon{_calibration_progress(calibrate)}…"):
             fitted = model.fit(dataset, calibrate=calibrate)
     _report_calibration(fitted)
+    if binary_calibration and dataset is not None:  # (--stream was refused above)
+        from ..models import learn_binary_calibration, save_model
+
+        with console.status("learning the binary decision (5-fold cross-validation of two-star fits)…"):
+            decision = learn_binary_calibration(model, dataset)
+        typer.echo(
+            f"binary decision: binary_score > {decision.threshold:.4g} ({decision.false_positive_rate:.1%}"
+            f" of {decision.n_stars} held-out training stars above it)"
+        )
+        save_model(fitted, output, training_set=dataset, binary_calibration=decision)
+        typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
+        return
     _save_fitted(fitted, output, dataset if dataset is not None else data)
 
 

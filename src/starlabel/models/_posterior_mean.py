@@ -1216,7 +1216,9 @@ def infer_labels(
         (extra ``cont_r{region}_c{power}``).
     binary : bool
         Also fit a two-star model and compare (:func:`starlabel.models.fit_binary`);
-        extra columns ``binary``, ``delta_chi2``, ``delta_bic`` and the components.
+        extra columns ``binary``, ``p_binary``, ``delta_chi2``, ``delta_bic`` and the
+        components. ``binary_calibration=`` (a :class:`~starlabel.models.BinaryCalibration`
+        or the model-file header's dict) gives the decision learned on the training set.
     key : PRNGKeyArray, optional
         For ``"nuts"`` (default ``jax.random.key(0)``).
     width_scale : float or sequence of float, optional
@@ -1282,7 +1284,9 @@ def infer_labels(
             raise ValueError("--binary runs its own MAP fits; use estimator='map' and no continuum.")
         from ._binary import fit_binary
 
-        result = fit_binary(fitted, data, fit_rv=fit_rv, **options)
+        binary_options = dict(options)
+        learned = binary_options.pop("binary_calibration", None)  # from the model file's header
+        result = fit_binary(fitted, data, fit_rv=fit_rv, calibration=learned, **binary_options)
     elif nuisance:
         if estimator == "nuts":
             raise ValueError(
