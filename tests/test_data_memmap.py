@@ -8,13 +8,12 @@ import pytest
 
 from starlabel._internal import is_aligned
 from starlabel.data import SpectralDataset, open_rows, read_dataset, write_dataset
-from starlabel.data._npz import write_npz
-from starlabel.data._rows import _NpzMember
+from starlabel.data._npz import NpzMember, write_npz
 
 
 def _member_offsets(path):
     with zipfile.ZipFile(path) as archive:
-        return {name: _NpzMember(path, archive, name, memmap=True)._offset for name in archive.namelist()}
+        return {name: NpzMember(path, archive, name, memmap=True)._offset for name in archive.namelist()}
 
 
 def _is_mapped(array: np.ndarray) -> bool:

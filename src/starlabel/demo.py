@@ -21,11 +21,37 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from .data import SpectralDataset, read_dataset, shared_data_dir, simulate_cannon, write_dataset
+from .data import (
+    InferenceResult,
+    SpectralDataset,
+    read_dataset,
+    shared_data_dir,
+    simulate_cannon,
+    write_dataset,
+)
 from .evaluate import MetricsTable, evaluate_against, format_metrics, plot_spectrum, plot_zscore_comparison
 from .models.base import AbstractFittedModel, AbstractSpectralModel
 
 __all__ = ["DemoSummary", "run_demo", "DEMO_MODELS"]
+
+
+def _plot_cannon_spectrum(
+    fitted: AbstractFittedModel, result: InferenceResult, test: SpectralDataset, path: Path, what: str
+) -> None:
+    """The first test star's spectrum with the Cannon's model flux at its inferred labels."""
+    from .models.cannon import FittedCannon  # imported already by _cannon
+
+    if not isinstance(fitted, FittedCannon):
+        return
+    plot_spectrum(
+        test.wavelength,
+        test.flux[0],
+        path,
+        model_flux=fitted.predict_flux(result.labels[:1])[0],
+        ivar=test.ivar[0],
+        mask=test.mask[0],
+        title=f"{what} with the cannon model at its inferred labels",
+    )
 
 
 def _cannon(names: tuple[str, ...], quick: bool) -> AbstractSpectralModel:
@@ -95,22 +121,17 @@ def _run_case(
         inferred = time.perf_counter() - start
         result.write(folder / "results.csv")
         tables[name] = evaluate_against(result, test, names, plots=folder, model=name)
+        if test.labels is None:
+            raise ValueError(f"the {case} test set has no labels to compare the inferred ones with.")
         reference = test.labels[:, [test.label_index(n) for n in names]]
         zscores[name] = (result.labels - reference) / result.label_err
         notes.append(
             f"{name}: trained in {trained:.1f} s, inferred {test.n_stars} spectra in {inferred:.1f} s."
         )
         console.log(f"{case}: {name}: train {trained:.1f} s, infer {inferred:.1f} s")
-        if name == "cannon" and hasattr(fitted, "predict_flux"):
-            model_flux = fitted.predict_flux(result.labels[:1])[0]
-            plot_spectrum(
-                test.wavelength,
-                test.flux[0],
-                folder / "spectrum.png",
-                model_flux=model_flux,
-                ivar=test.ivar[0],
-                mask=test.mask[0],
-                title=f"{case}: star {test.ids[0]} with the {name} model at its inferred labels",
+        if name == "cannon":
+            _plot_cannon_spectrum(
+                fitted, result, test, folder / "spectrum.png", f"{case}: star {test.ids[0]}"
             )
     if zscores:
         plot_zscore_comparison(

@@ -59,7 +59,8 @@ def enable_compilation_cache(directory: str | os.PathLike[str] | None = None) ->
     """
     import jax
 
-    configured = jax.config.jax_compilation_cache_dir
+    # JAX's options are dynamic attributes of jax.config, invisible to a type checker.
+    configured = jax.config.jax_compilation_cache_dir  # pyright: ignore[reportAttributeAccessIssue]
     if configured:
         return str(configured)
     path = Path(directory).expanduser() if directory is not None else default_compilation_cache_dir()

@@ -41,7 +41,8 @@ def exported_dir() -> Path | None:
     """``<compilation cache>/../exported`` when JAX's persistent cache is on, else None."""
     import jax
 
-    folder = jax.config.jax_compilation_cache_dir
+    # JAX's options are dynamic attributes of jax.config, invisible to a type checker.
+    folder = jax.config.jax_compilation_cache_dir  # pyright: ignore[reportAttributeAccessIssue]
     return Path(folder).parent / "exported" if folder else None
 
 
@@ -64,7 +65,8 @@ def _key(name: str, static: Hashable, avals: Sequence[Any]) -> str:
         repr([(a.shape, str(a.dtype)) for a in avals]),
         jax.__version__,
         jax.default_backend(),
-        str(bool(jax.config.jax_enable_x64)),
+        # A dynamic option of jax.config, like the cache folder above.
+        str(bool(jax.config.jax_enable_x64)),  # pyright: ignore[reportAttributeAccessIssue]
         _source_hash(),
     ]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]

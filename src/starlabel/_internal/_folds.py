@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fold_indices"]
+__all__ = ["fold_indices", "fold_of"]
 
 
 def fold_indices(n: int, n_folds: int, seed: int) -> list[np.ndarray]:
@@ -28,3 +28,11 @@ def fold_indices(n: int, n_folds: int, seed: int) -> list[np.ndarray]:
         raise ValueError(f"`n_folds` must be an integer in [2, {n}], got {n_folds!r}.")
     order = np.random.default_rng(seed).permutation(n)
     return [np.sort(part) for part in np.array_split(order, n_folds)]
+
+
+def fold_of(n: int, n_folds: int, seed: int) -> np.ndarray:
+    """The fold of each item under :func:`fold_indices`, shape ``(n,)``, values in ``[0, n_folds)``."""
+    fold = np.empty(n, dtype=np.int64)
+    for m, held in enumerate(fold_indices(n, n_folds, seed)):
+        fold[held] = m
+    return fold

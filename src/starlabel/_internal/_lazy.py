@@ -27,7 +27,8 @@ __all__ = ["lazy_exports"]
 def _source(package: str, init_file: str) -> str:
     """The package ``__init__``'s source, through its loader (works from a zip too)."""
     loader = getattr(sys.modules.get(package), "__loader__", None)
-    source = loader.get_source(package) if hasattr(loader, "get_source") else None
+    get_source = getattr(loader, "get_source", None)
+    source = get_source(package) if get_source is not None else None
     return source if source is not None else Path(init_file).read_text(encoding="utf-8")
 
 

@@ -23,6 +23,8 @@ def _cross_validated_temperature(model: Path, train: Path, prior: str, likelihoo
     with console.status("choosing the temperature by cross-validation on the training set…"):
         selection = select_temperature(_unfitted(fitted, None), training, prior=prior, likelihood=likelihood)
     calibration = selection.calibration
+    if calibration is None:  # select_temperature calibrates or raises; this tells the checker
+        raise ValueError("the temperature selection returned no error calibration.")
     typer.echo(
         f"temperature {selection.temperature:g}, error calibration {calibration.describe()}"
         f" (cross-validated on {train})",
@@ -196,6 +198,11 @@ def infer(
         options["continuum_order"] = fit_continuum
     if binary:
         options["binary"] = True
+    # The run manifest records each input's SHA-256 (~0.45 s per 577 MB on one core):
+    # start it on a background thread now, while JAX and the pipeline import.
+    from .._internal._hashing import hash_in_background
+
+    hash_in_background(inputs)
     _use_compilation_cache(compilation_cache)  # after the option checks: a bad option fails fast
     from ..models import read_model_header
     from ..pipeline import run_inference

@@ -34,6 +34,8 @@ def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> An
     names = _split_labels(labels)
     dataset = read_dataset(data, labels=names)
     typer.echo(f"training set: {dataset}", err=True)
+    if dataset.labels is None:
+        raise ValueError(f"training set {str(data)!r} has no labels; name them with --labels.")
     known = np.isfinite(dataset.labels)
     if not known.all():
         n = dataset.n_stars
@@ -72,7 +74,12 @@ def _report_calibration(fitted: Any) -> None:
         return
     typer.echo(
         f"error calibration ({calibration.n_folds}-fold cross-validation on the training set):"
-        " sigma_total^2 = (a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma"
+        " sigma_total^2 = f^2 [(a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma]"
+    )
+    typer.echo(
+        f"  training-size factor f = {calibration.size_factor:.3f} (irreducible share"
+        f" r = {calibration.irreducible_share:g}: the fold models train on"
+        f" {calibration.n_folds - 1}/{calibration.n_folds} of the stars)"
     )
     typer.echo(
         f"  {'label':<10} {'a':>9} {'sigma_sys':>10} {'gamma':>6}   held-out std z before → after"
@@ -128,6 +135,10 @@ def train_cannon(
     calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
+    if stream:  # the model header records the file's SHA-256: hash it while JAX imports
+        from .._internal._hashing import hash_in_background
+
+        hash_in_background([data])
     dataset = None if stream else _load_training_set(data, labels, drops_incomplete=True)
     _use_compilation_cache(compilation_cache)  # after reading: a bad file fails before JAX loads
     from ..models.cannon import Cannon
@@ -141,6 +152,8 @@ def train_cannon(
         except json.JSONDecodeError as error:
             raise ValueError(f"--censor file {str(censor)!r} is not valid JSON: {error}") from None
     names = dataset.label_names if dataset is not None else _split_labels(labels)
+    if names is None:
+        raise ValueError("--stream needs --labels: name the label columns, e.g. --labels teff,logg,m_h.")
     model = Cannon(label_names=names, order=order, terms=terms, censor=windows, l1=l1)
     if dataset is None:
         typer.echo(f"training set: {data} (streamed in blocks of stars)", err=True)

@@ -17,6 +17,7 @@ from ._lines import LINE_LABELS as LINE_LABELS
 from ._lines import LINE_TRUTH as LINE_TRUTH
 from ._lines import LineSimulation as LineSimulation
 from ._lines import simulate_lines as simulate_lines
+from ._result import PROVENANCE_KEY as PROVENANCE_KEY
 from ._result import RESULT_SUFFIXES as RESULT_SUFFIXES
 from ._result import Flag as Flag
 from ._result import InferenceResult as InferenceResult
@@ -30,6 +31,10 @@ from ._simulate import CannonSimulation as CannonSimulation
 from ._simulate import LatentSimulation as LatentSimulation
 from ._simulate import simulate_cannon as simulate_cannon
 from ._simulate import simulate_linear_latent as simulate_linear_latent
+from ._tables import TABLE_FORMATS as TABLE_FORMATS
+from ._tables import arrow_table as arrow_table
+from ._tables import read_table_file as read_table_file
+from ._tables import write_table_file as write_table_file
 
 if TYPE_CHECKING:
     from ._scaler import ShiftScale as ShiftScale

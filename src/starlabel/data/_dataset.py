@@ -111,6 +111,7 @@ class SpectralDataset:
 
     flux: np.ndarray
     ivar: np.ndarray
+    _mask: np.ndarray | None
     wavelength: np.ndarray | None
     labels: np.ndarray | None
     label_names: tuple[str, ...]
@@ -293,10 +294,12 @@ class SpectralDataset:
         Formed on first access (a pass over ``ivar``): streaming inference reads
         ``ivar`` alone and never pays for it.
         """
-        if self._mask is None:
+        mask = self._mask
+        if mask is None:
             # Two threads racing here compute the same array; either may win.
-            object.__setattr__(self, "_mask", _frozen(self.ivar == 0))
-        return self._mask
+            mask = _frozen(self.ivar == 0)
+            object.__setattr__(self, "_mask", mask)
+        return mask
 
     @property
     def flux_err(self) -> np.ndarray:
@@ -416,7 +419,7 @@ class SpectralDataset:
             if array.dtype.kind == "U":
                 array = np.char.encode(array, "utf-8")
             digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-            digest.update(array.tobytes())
+            digest.update(array.data)  # its buffer: the bytes of tobytes(), without the copy
         digest.update(("label_names:" + ",".join(self.label_names)).encode())
         return digest.hexdigest()
 
@@ -424,7 +427,9 @@ class SpectralDataset:
         """Whether ``other`` has the same pixels: their number and wavelengths (or neither has any)."""
         if other.n_pixels != self.n_pixels or (other.wavelength is None) != (self.wavelength is None):
             return False
-        return other.wavelength is None or bool(np.allclose(other.wavelength, self.wavelength))
+        if other.wavelength is None or self.wavelength is None:
+            return True  # neither has wavelengths (they agree on having them, above)
+        return bool(np.allclose(other.wavelength, self.wavelength))
 
     @staticmethod
     def concatenate(
@@ -465,10 +470,16 @@ class SpectralDataset:
             ivar=ivar,
             copy=False,
             wavelength=first.wavelength,
-            labels=np.concatenate([d.labels for d in datasets]) if has_labels else None,
+            # The checks above make every dataset agree with the first on having labels
+            # (same label names) and label_err, so the filters below drop nothing.
+            labels=np.concatenate([d.labels for d in datasets if d.labels is not None])
+            if has_labels
+            else None,
             label_names=first.label_names if has_labels else None,
             label_err=(
-                np.concatenate([d.label_err for d in datasets]) if first.label_err is not None else None
+                np.concatenate([d.label_err for d in datasets if d.label_err is not None])
+                if first.label_err is not None
+                else None
             ),
             ids=np.concatenate([d.ids for d in datasets]) if ids is None else ids,
             meta=first.meta,

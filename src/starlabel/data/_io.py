@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from .._internal import numeric_label
+from .._internal import atomic_path, numeric_label
 from ._dataset import SpectralDataset
-from ._npz import write_npz
+from ._npz import NpzMember, write_npz
 
 __all__ = ["read_dataset", "write_dataset", "DATASET_SUFFIXES"]
 
@@ -65,7 +65,9 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
         import h5py
 
         with h5py.File(path, "r") as handle:
-            arrays = {key: handle[key][()] for key in handle.keys() if isinstance(handle[key], h5py.Dataset)}
+            arrays: dict[str, np.ndarray] = {
+                key: item[()] for key, item in handle.items() if isinstance(item, h5py.Dataset)
+            }
             arrays.update({f"attr:{k}": np.asarray(v) for k, v in handle.attrs.items()})
             return arrays
     except (OSError, ValueError, KeyError) as error:
@@ -83,11 +85,9 @@ def _read_member(path: Path, archive: Any, key: str) -> np.ndarray:
     the stored bytes into the aligned buffer directly is one pass, at the speed of
     ``cat``, and the dataset adopts the buffer.
     """
-    from ._rows import _NpzMember
-
     info = archive.zip.getinfo(f"{key}.npy")
     if info.compress_type == zipfile.ZIP_STORED and info.file_size >= _DIRECT_MIN_BYTES:
-        member = _NpzMember(path, archive.zip, f"{key}.npy", memmap=False)
+        member = NpzMember(path, archive.zip, f"{key}.npy", memmap=False)
         if member.shape:
             return member.read(0, member.shape[0])
     return archive[key]
@@ -269,20 +269,21 @@ def write_dataset(dataset: SpectralDataset, path: str | os.PathLike[str]) -> Pat
                 arrays[f"{name}_err"] = dataset.label_err[:, i]
     meta_json = _jsonable(dataset.meta)
 
-    tmp = path.with_name(path.name + ".partial")
-    if fmt == "npz":
-        with open(tmp, "wb") as handle:
-            # Aligned members: survey-scale readers map rows without copying them.
-            write_npz(handle, {"meta_json": np.array(meta_json), **arrays})
-    else:
-        import h5py
+    with atomic_path(path) as tmp:
+        if fmt == "npz":
+            with open(tmp, "wb") as handle:
+                # Aligned members: survey-scale readers map rows without copying them.
+                write_npz(handle, {"meta_json": np.array(meta_json), **arrays})
+        else:
+            import h5py
 
-        with h5py.File(tmp, "w") as handle:
-            for key, value in arrays.items():
-                if value.dtype.kind == "U":
-                    handle.create_dataset(key, data=value.astype(object), dtype=h5py.string_dtype())
-                else:
-                    handle.create_dataset(key, data=value, compression="gzip" if value.ndim == 2 else None)
-            handle.attrs["meta_json"] = meta_json
-    os.replace(tmp, path)
+            with h5py.File(tmp, "w") as handle:
+                for key, value in arrays.items():
+                    if value.dtype.kind == "U":
+                        handle.create_dataset(key, data=value.astype(object), dtype=h5py.string_dtype())
+                    else:
+                        handle.create_dataset(
+                            key, data=value, compression="gzip" if value.ndim == 2 else None
+                        )
+                handle.attrs["meta_json"] = meta_json
     return path

@@ -19,6 +19,7 @@ from ._linelist import (
     line_spectra,
     solar_abundances,
 )
+from ._simulate import snr_bounds
 
 __all__ = [
     "LINE_LABELS",
@@ -120,6 +121,8 @@ class LineSimulation:
         truth column, so ``read_dataset(path, labels=("teff", "logg"))`` picks labels.
         """
         ds = self.dataset
+        if ds.labels is None:
+            raise ValueError("LineSimulation.dataset has no labels; it was not made by simulate_lines.")
         extra = np.stack([self.truth[k] for k in LINE_TRUTH], axis=1)
         return ds.replace(
             labels=np.concatenate([ds.labels, extra], axis=1), label_names=ds.label_names + LINE_TRUTH
@@ -495,7 +498,7 @@ def simulate_lines(
         raise ValueError(f"elements has repeated names: {list(element_names)}.")
     if n_stars < 1:
         raise ValueError(f"n_stars must be ≥ 1, got {n_stars}.")
-    low, high = (snr, snr) if np.isscalar(snr) else snr  # type: ignore[misc]
+    low, high = snr_bounds(snr)
     if not 0 < low <= high:
         raise ValueError(f"snr must be positive with low ≤ high, got {snr}.")
     if not 0.0 <= binary_fraction <= 1.0:
@@ -585,8 +588,8 @@ def simulate_lines(
     observed = _observe(rng, flux, continuum, star_snr, _noise_pattern(pixels), bad_pixel_fraction)
 
     names = LINE_LABELS + tuple(f"{e}_fe" for e in element_names)
-    labels = np.stack([stars[k] for k in LINE_LABELS] + element_labels, axis=1)
-    second_labels = labels.copy()
+    true_labels = np.stack([stars[k] for k in LINE_LABELS] + element_labels, axis=1)
+    second_labels = true_labels.copy()
     second_labels[:, 0], second_labels[:, 1], second_labels[:, 4] = (
         secondary["teff"],
         secondary["logg"],
@@ -599,7 +602,7 @@ def simulate_lines(
         mask=observed.bad,
         copy=False,  # fresh aligned float64 arrays, adopted as they are
         wavelength=wavelength,
-        labels=labels,
+        labels=true_labels,
         label_names=names,
         ids=[f"lines{i:06d}" for i in range(n_stars)],
         meta={

@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 
 from .._internal import check_label_names
 from .._version import __version__
-from ._tables import TABLE_FORMATS, read_table_file, write_table_file
+from ._tables import TABLE_FORMATS, read_table_file, table_column, write_table_file
 from ._units import DESCRIPTIONS, column_units
 
 __all__ = ["Flag", "InferenceResult", "PROVENANCE_KEY", "RESULT_SUFFIXES", "read_result", "result_provenance"]
@@ -116,7 +116,7 @@ class Flag(enum.IntFlag):
 RESULT_SUFFIXES: dict[str, str] = {k: v for k, v in TABLE_FORMATS.items() if v != "votable"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class InferenceResult:
     """Labels inferred for a set of stars, with uncertainties, fit quality and flags.
 
@@ -142,43 +142,58 @@ class InferenceResult:
         Run information (model kind, options, library version), written to table headers.
     """
 
-    # Annotated as array-like because construction accepts lists; __post_init__
-    # converts every field to a numpy array of the documented dtype.
-    ids: ArrayLike
-    label_names: Sequence[str]
-    labels: ArrayLike
-    cov: ArrayLike | None
-    chi2: ArrayLike
-    dof: ArrayLike
-    flags: ArrayLike
-    extra: Mapping[str, ArrayLike] = field(default_factory=dict)
+    ids: np.ndarray
+    label_names: tuple[str, ...]
+    labels: np.ndarray
+    cov: np.ndarray | None
+    chi2: np.ndarray
+    dof: np.ndarray
+    flags: np.ndarray
+    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        labels = np.asarray(self.labels, dtype=float)
+    # A hand-written __init__ (not the dataclass one) because construction accepts
+    # array-likes (lists, JAX arrays) while the attributes are always numpy arrays of
+    # the documented dtype: the fields are typed as what they hold, the arguments as
+    # what they accept. The signature is the one the dataclass would generate.
+    def __init__(
+        self,
+        ids: ArrayLike,
+        label_names: Sequence[str],
+        labels: ArrayLike,
+        cov: ArrayLike | None,
+        chi2: ArrayLike,
+        dof: ArrayLike,
+        flags: ArrayLike,
+        extra: Mapping[str, ArrayLike] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        labels = np.asarray(labels, dtype=float)
         n_stars = labels.shape[0]
         if labels.ndim != 2:
             raise ValueError(f"InferenceResult.labels must be (stars, labels), got shape {labels.shape}.")
         setter = object.__setattr__
-        setter(self, "label_names", check_label_names(self.label_names, labels.shape[1]))
+        setter(self, "label_names", check_label_names(label_names, labels.shape[1]))
         setter(self, "labels", labels)
-        setter(self, "ids", np.asarray(self.ids).astype(str))
-        setter(self, "chi2", np.asarray(self.chi2, dtype=float))
-        setter(self, "dof", np.asarray(self.dof, dtype=float))
-        setter(self, "flags", np.asarray(self.flags, dtype=np.int64))
+        setter(self, "ids", np.asarray(ids).astype(str))
+        setter(self, "chi2", np.asarray(chi2, dtype=float))
+        setter(self, "dof", np.asarray(dof, dtype=float))
+        setter(self, "flags", np.asarray(flags, dtype=np.int64))
+        setter(self, "meta", {} if meta is None else meta)
         for name in ("ids", "chi2", "dof", "flags"):
             if getattr(self, name).shape != (n_stars,):
                 raise ValueError(
                     f"InferenceResult.{name} has shape {getattr(self, name).shape}; expected"
                     f" ({n_stars},) to match labels {labels.shape}."
                 )
-        if self.cov is not None:
-            cov = np.asarray(self.cov, dtype=float)
+        if cov is not None:
+            cov = np.asarray(cov, dtype=float)
             k = labels.shape[1]
             if cov.shape != (n_stars, k, k):
                 raise ValueError(f"InferenceResult.cov has shape {cov.shape}; expected {(n_stars, k, k)}.")
-            setter(self, "cov", cov)
-        setter(self, "extra", {key: np.asarray(value) for key, value in self.extra.items()})
+        setter(self, "cov", cov)
+        extra = {} if extra is None else extra
+        setter(self, "extra", {key: np.asarray(value) for key, value in extra.items()})
         for key, value in self.extra.items():
             if np.shape(value)[:1] != (n_stars,):
                 raise ValueError(
@@ -224,17 +239,19 @@ class InferenceResult:
         """
         from astropy.table import Table
 
-        table = Table()
+        meta: dict[str, Any] = {
+            str(k): v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool))
+        }
+        meta["label_names"] = ",".join(self.label_names)
+        meta[PROVENANCE_KEY] = result_provenance(self.meta)
+        table = Table(meta=meta)
         for name, column in self._columns().items():
             table[name] = column
         for column, unit in column_units(table.colnames, self.label_names).items():
-            table[column].unit = unit
+            table_column(table, column).unit = unit
         for name in self.label_names:
             if name.lower() in DESCRIPTIONS:
-                table[name].description = DESCRIPTIONS[name.lower()]
-        table.meta.update({str(k): v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool))})
-        table.meta["label_names"] = ",".join(self.label_names)
-        table.meta[PROVENANCE_KEY] = result_provenance(self.meta)
+                table_column(table, name).description = DESCRIPTIONS[name.lower()]
         return table
 
     def _columns(self) -> dict[str, np.ndarray]:
@@ -289,7 +306,7 @@ class InferenceResult:
             ids=np.concatenate([p.ids for p in parts]),
             label_names=self.label_names,
             labels=np.concatenate([p.labels for p in parts]),
-            cov=np.concatenate([p.cov for p in parts]) if has_cov else None,  # type: ignore[misc]
+            cov=np.concatenate([p.cov for p in parts if p.cov is not None]) if has_cov else None,
             chi2=np.concatenate([p.chi2 for p in parts]),
             dof=np.concatenate([p.dof for p in parts]),
             flags=np.concatenate([p.flags for p in parts]),

@@ -21,10 +21,7 @@ The file layout is the one documented in :mod:`starlabel.data._io`.
 
 from __future__ import annotations
 
-import errno
 import json
-import mmap
-import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,109 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from .._internal import ALIGNMENT, empty_aligned, numeric_label
+from .._internal import empty_aligned, numeric_label
 from ._dataset import SpectralDataset
 from ._io import DATASET_SUFFIXES
-from ._npz import LOCAL_HEADER
+from ._npz import NpzMember
 
 __all__ = ["RowSource", "open_rows"]
-
-_MAP_MIN_BYTES = 1 << 20
-"""Smaller reads are copied: a mapping's system calls cost more than copying a few
-spectra (a survey of one-star files reads a few kB per member)."""
-
-
-class _NpzMember:
-    """One ``.npy`` member of a zip archive, readable by row ranges."""
-
-    def __init__(self, path: Path, archive: zipfile.ZipFile, name: str, memmap: bool) -> None:
-        info = archive.getinfo(name)
-        self._memmap = memmap
-        self.stored = info.compress_type == zipfile.ZIP_STORED
-        self._archive = archive
-        self._name = name
-        self._path = path
-        with archive.open(name) as member:
-            version = np.lib.format.read_magic(member)
-            reader = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = reader(member)
-            header_size = member.tell()
-        if fortran and len(shape) > 1:
-            raise ValueError(f"{str(path)!r}: member {name!r} is Fortran-ordered; rows cannot be streamed.")
-        if dtype.hasobject:
-            raise ValueError(f"{str(path)!r}: member {name!r} holds Python objects; refusing to unpickle.")
-        self.shape: tuple[int, ...] = tuple(shape)
-        self.dtype = dtype
-        self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        self._header_size = header_size
-        self._offset = -1
-        if self.stored:
-            with open(path, "rb") as raw:
-                raw.seek(info.header_offset)
-                fields = LOCAL_HEADER.unpack(raw.read(LOCAL_HEADER.size))
-                name_len, extra_len = fields[-2], fields[-1]
-            self._offset = info.header_offset + LOCAL_HEADER.size + name_len + extra_len + header_size
-
-    def _mapped(self, offset: int, count: int) -> np.ndarray | None:
-        """Rows mapped straight from the page cache: no copy, and aligned as stored.
-
-        Copy-on-write, so that repairs in place (``SpectralDataset(copy=False)``) touch
-        private pages and never the file. None when the system refuses another mapping
-        (before Python 3.13 each one keeps a file descriptor open while its rows are
-        alive): the caller then copies.
-        """
-        nbytes = count * self._row_bytes
-        base = offset - offset % mmap.ALLOCATIONGRANULARITY
-        options = {"trackfd": False} if sys.version_info >= (3, 13) else {}
-        try:
-            with open(self._path, "rb") as raw:
-                mapped = mmap.mmap(
-                    raw.fileno(), offset - base + nbytes, access=mmap.ACCESS_COPY, offset=base, **options
-                )
-        except ValueError as error:  # the file is shorter than its zip directory says
-            raise ValueError(
-                f"{str(self._path)!r}: member {self._name!r} ends early ({error}); the file is truncated."
-            ) from None
-        except OSError as error:
-            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
-                return None
-            raise
-        rows = np.frombuffer(
-            mapped, dtype=self.dtype, count=nbytes // self.dtype.itemsize, offset=offset - base
-        )
-        return rows.reshape((count, *self.shape[1:]))
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        if not self.shape:
-            with self._archive.open(self._name) as member:
-                return np.lib.format.read_array(member, allow_pickle=False)
-        stop = min(stop, self.shape[0])
-        count = max(stop - start, 0)
-        offset = self._offset + start * self._row_bytes
-        mappable = count * self._row_bytes >= _MAP_MIN_BYTES and offset % ALIGNMENT == 0
-        if self.stored and self._memmap and mappable:
-            mapped = self._mapped(offset, count)
-            if mapped is not None:
-                return mapped
-        if self.stored:
-            out = empty_aligned((count, *self.shape[1:]), self.dtype)
-            with open(self._path, "rb", buffering=0) as raw:
-                raw.seek(offset)
-                n_read = raw.readinto(memoryview(out).cast("B"))
-            if n_read != out.nbytes:
-                raise ValueError(
-                    f"{str(self._path)!r}: member {self._name!r} ends early (rows {start}-{stop}); the file is truncated."
-                )
-            return out
-        with self._archive.open(self._name) as member:
-            # Seeking a compressed member decompresses up to the target (see module docstring).
-            member.seek(self._header_size + start * self._row_bytes)
-            buffer = member.read(count * self._row_bytes)
-        return np.frombuffer(buffer, dtype=self.dtype).reshape((count, *self.shape[1:])).copy()
 
 
 def _as_mask(stored: np.ndarray) -> np.ndarray:
@@ -166,7 +66,7 @@ class RowSource:
         if self._format == "npz":
             self._handle = zipfile.ZipFile(path)
             self._members = {
-                name.removesuffix(".npy"): _NpzMember(path, self._handle, name, memmap)
+                name.removesuffix(".npy"): NpzMember(path, self._handle, name, memmap)
                 for name in self._handle.namelist()
                 if name.endswith(".npy")
             }

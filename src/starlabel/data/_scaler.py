@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, overload
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
@@ -84,7 +85,7 @@ class ShiftScale(eqx.Module):
             if w.shape != values.shape:
                 raise ValueError(f"`weights` shape {w.shape} must match `x` shape {values.shape}.")
             values = np.where(w > 0, values, np.nan)
-        usable = np.isfinite(values).any(axis=0)
+        usable = np.any(np.isfinite(values), axis=0)
         safe = np.where(usable[None, :], values, 0.0)
         if robust:
             shift = np.nanmedian(safe, axis=0)
@@ -100,7 +101,7 @@ class ShiftScale(eqx.Module):
         # whose mean does not round-trip), and 1/scale² must stay finite for covariances.
         floor = np.maximum(64.0 * np.finfo(np.float64).eps * np.abs(shift), 1e-150)
         scale = np.where(np.isfinite(scale) & (scale > floor), scale, 1.0)
-        return cls(jnp.asarray(shift), jnp.asarray(scale))
+        return cls(jax.device_put(shift), jax.device_put(scale))  # no per-shape conversion program
 
     @overload
     def transform(self, x: ArrayLike) -> Array: ...

@@ -18,6 +18,15 @@ __all__ = [
 ]
 
 
+def snr_bounds(snr: float | tuple[float, float]) -> tuple[float, float]:
+    """The (low, high) range of a signal-to-noise option: one number is both bounds."""
+    bounds = np.asarray(snr, dtype=float)
+    if bounds.shape not in ((), (2,)):
+        raise ValueError(f"snr must be a number or a (low, high) pair, got {snr!r}.")
+    low, high = np.broadcast_to(bounds, (2,))
+    return float(low), float(high)
+
+
 # --------------------------------------------------------------------------- latent
 @dataclass(frozen=True)
 class LatentSimulation:
@@ -239,7 +248,7 @@ def simulate_cannon(
     true_flux = design @ theta.T
 
     pixel_scatter = rng.uniform(0.0, 2.0 * scatter, n_pixels) if scatter > 0 else np.zeros(n_pixels)
-    low, high = (snr, snr) if np.isscalar(snr) else snr  # type: ignore[misc]
+    low, high = snr_bounds(snr)
     star_snr = rng.uniform(low, high, n_stars)
     flux_err = np.ones((n_stars, n_pixels)) / star_snr[:, None]
     flux = (

@@ -11,11 +11,15 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from .._errors import MissingExtraError
+from .._internal import atomic_path
+
+if TYPE_CHECKING:
+    from astropy.table import Column, Table
 
 logger = logging.getLogger("starlabel")
 
@@ -27,6 +31,7 @@ __all__ = [
     "csv_comment_header",
     "csv_text",
     "read_table_file",
+    "table_column",
     "table_format",
     "write_table_file",
 ]
@@ -42,6 +47,16 @@ TABLE_FORMATS: dict[str, str] = {
     ".hdf5": "hdf5",
     ".parquet": "parquet",
 }
+
+
+def table_column(table: Table, name: str) -> Column:
+    """The column ``name`` of ``table`` (a ``Column`` or ``MaskedColumn``).
+
+    Only a typed ``table[name]``: astropy's ``Table.__getitem__`` is unannotated, so a
+    type checker reads its result as the union of what every key kind returns (``Row``,
+    ``Table``, …), while a column name always gives a column.
+    """
+    return cast("Column", table[name])
 
 
 def table_format(path: str | os.PathLike[str]) -> str:
@@ -139,7 +154,7 @@ def _read_parquet(path: Path) -> Any:
             table[name] = values
         field_meta = arrow.schema.field(name).metadata or {}
         if b"unit" in field_meta:
-            table[name].unit = field_meta[b"unit"].decode()
+            table_column(table, name).unit = field_meta[b"unit"].decode()
     schema_meta = arrow.schema.metadata or {}
     if META_KEY.encode() in schema_meta:
         _apply_meta_json(table, schema_meta[META_KEY.encode()].decode())
@@ -180,7 +195,8 @@ def _read_fits(path: Path) -> Any:
         _apply_meta_json(table, str(text))
     for column in table.columns.values():
         if column.unit is not None and type(column.unit).__name__ == "UnrecognizedUnit":
-            column.unit = Unit(str(column.unit), parse_strict="silent")
+            # Unit's metaclass __call__ takes parse_strict; pyright checks Unit.__init__.
+            column.unit = Unit(str(column.unit), parse_strict="silent")  # pyright: ignore[reportCallIssue]
     return table
 
 
@@ -288,23 +304,22 @@ def write_table_file(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial" + path.suffix)
-    if fmt == "fits":
-        _write_fits(table, tmp)
-    elif fmt == "parquet":
-        pa = _import_pyarrow(path)
-        pa.parquet.write_table(arrow_table(table), tmp)
-    elif fmt == "ascii.csv":
-        _write_csv(table, tmp)
-    elif fmt == "hdf5":
-        table.write(tmp, format=fmt, overwrite=True, path=hdf5_path, serialize_meta=True)
-        import h5py
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        if fmt == "fits":
+            _write_fits(table, tmp)
+        elif fmt == "parquet":
+            pa = _import_pyarrow(path)
+            pa.parquet.write_table(arrow_table(table), tmp)
+        elif fmt == "ascii.csv":
+            _write_csv(table, tmp)
+        elif fmt == "hdf5":
+            table.write(tmp, format=fmt, overwrite=True, path=hdf5_path, serialize_meta=True)
+            import h5py
 
-        with h5py.File(tmp, "r+") as handle:
-            handle[hdf5_path].attrs[META_KEY] = _meta_json(table)
-    else:
-        table.write(tmp, format=fmt, overwrite=True)
-    os.replace(tmp, path)
+            with h5py.File(tmp, "r+") as handle:
+                handle[hdf5_path].attrs[META_KEY] = _meta_json(table)
+        else:
+            table.write(tmp, format=fmt, overwrite=True)
     return path
 
 

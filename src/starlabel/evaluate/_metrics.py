@@ -201,9 +201,9 @@ def format_metrics(tables: Sequence[MetricsTable]) -> str:
     when any table has them.
     """
     with_z = any(np.isfinite(m.z_std) for table in tables for m in table.labels)
-    header = ("model", "label", "n", "RMSE", "bias", "MAE", "robust σ", "RMSE/σ_ref")
+    header: tuple[str, ...] = ("model", "label", "n", "RMSE", "bias", "MAE", "robust σ", "RMSE/σ_ref")
     header += ("std z", "|z|<1") if with_z else ()
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for table in tables:
         for m in table.labels:
             row = (

@@ -130,7 +130,8 @@ def plot_parallax_components(
     if values.shape[1] < 3:
         raise ValueError("this membership fit has no parallax column; nothing to histogram.")
     plx = values[:, 2]
-    edges = np.linspace(*np.percentile(plx, [1.0, 99.0]), bins + 1)
+    low, high = np.percentile(plx, [1.0, 99.0])
+    edges = np.linspace(low, high, bins + 1)
     params = result.fit.parameters()
     fig = Figure(figsize=(10, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)

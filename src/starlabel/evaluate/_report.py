@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from .._internal import atomic_path
 from ..data import DATASET_SUFFIXES, RESULT_SUFFIXES, Flag, InferenceResult, read_dataset, read_result
 from ._metrics import label_metrics
 from ._plots import find_kiel_labels, plot_kiel, plot_one_to_one, plot_residuals
@@ -326,11 +327,14 @@ def write_report(
         body.append(_table(("label", "min", "16%", "median", "84%", "max", "median 1σ error"), stats))
         kiel = find_kiel_labels(names)
         if kiel is not None:
-            teff, logg, metal = (predicted[subset, names.index(n)] if n is not None else None for n in kiel)
+            teff_name, logg_name, metal_name = kiel
+            teff = predicted[subset, names.index(teff_name)]
+            logg = predicted[subset, names.index(logg_name)]
+            metal = predicted[subset, names.index(metal_name)] if metal_name is not None else None
             body.append("<h2>Kiel diagram</h2>" + subset_note)
             body.append(
                 _image(
-                    lambda p: plot_kiel(teff, logg, p, metallicity=metal, metallicity_name=kiel[2] or ""),
+                    lambda p: plot_kiel(teff, logg, p, metallicity=metal, metallicity_name=metal_name or ""),
                     folder,
                     "kiel",
                 )
@@ -362,9 +366,11 @@ def write_report(
         if reference is not None:
             body.append("<h2>Comparison with reference labels</h2>")
             body.append(f"<p>Reference labels from {html.escape(reference_source)}.</p>" + subset_note)
-            metrics = label_metrics(predicted, reference, names).to_dict()["labels"]
+            metrics = label_metrics(predicted, reference, names)
             keys = ("n", "rmse", "bias", "mae", "robust_scatter", "scaled_rmse")
-            body.append(_table(("label", *keys), [(n, *(metrics[n][k] for k in keys)) for n in names]))
+            body.append(
+                _table(("label", *keys), [(n, *(getattr(metrics[n], k) for k in keys)) for n in names])
+            )
             shown_pred, shown_ref, shown_err = predicted[subset], reference[subset], errors[subset]
             body.append(
                 _image(
@@ -388,9 +394,8 @@ def write_report(
         f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return out
 
 

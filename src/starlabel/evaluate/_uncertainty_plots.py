@@ -115,7 +115,7 @@ def plot_posterior_corner(
 
 
 def _zscores(
-    labels: np.ndarray, errors: np.ndarray, truth: np.ndarray, names: Sequence[str]
+    labels: ArrayLike, errors: ArrayLike, truth: ArrayLike, names: Sequence[str]
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     labels = np.atleast_2d(as_float_array(labels, "labels"))
     errors = as_float_array(errors, "errors")
@@ -193,7 +193,7 @@ def plot_zscore_histograms(
     z, names = _zscores(labels, errors, truth, label_names)
     k = z.shape[1]
     fig = Figure(figsize=(3.2 * k, 3.0), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, k))
+    axes = fig.subplots(1, k, squeeze=False)[0]
     grid = np.linspace(-5, 5, 401)
     density = np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi)
     for ax, column, name in zip(axes, z.T, names, strict=True):
@@ -329,7 +329,7 @@ def plot_uncertainty_vs_snr(
         actual, _ = _zscores(labels, np.ones_like(errors), truth, names)
     k = errors.shape[1]
     fig = Figure(figsize=(3.2 * k, 3.0), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, k))
+    axes = fig.subplots(1, k, squeeze=False)[0]
     order = np.argsort(snr)
     edges = np.quantile(snr, np.linspace(0, 1, 9))
     centres = 0.5 * (edges[1:] + edges[:-1])

@@ -207,7 +207,8 @@ def gaussian_fisher_information(
         If ``data`` is not one-dimensional or ``chunk_size`` is not a positive integer.
     """
     _check_chunk(chunk_size)
-    params, data, args = as_float64((params, jnp.asarray(data), args))
+    params, args = as_float64((params, args))
+    data = as_float64(jnp.asarray(data))
     if data.ndim != 1:
         raise ValueError(f"`data` must be one-dimensional (a data vector), got shape {data.shape}.")
     return _gaussian_fisher(log_likelihood, params, data, args, chunk_size)

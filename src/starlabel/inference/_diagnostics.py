@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.core import Tracer
 from jaxtyping import Array
 
 from .._internal import x64
@@ -26,7 +27,7 @@ def _per_component(statistic: Callable[..., Array], x: Array) -> Array:
     # axes trips strict rank promotion and its squeeze drops size-1 event axes, and one
     # compiled 2-D statistic then serves every parameter of the same chain length.
     columns = jnp.reshape(x, (x.shape[0], x.shape[1], -1))
-    if isinstance(columns, jax.core.Tracer):
+    if isinstance(columns, Tracer):
         # Inside a compiled program: one vmapped copy of the statistic, not one per column.
         values = jax.vmap(_jitted(statistic), in_axes=2)(columns)
     else:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import warnings
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float
 
@@ -132,7 +132,7 @@ def _from_precision(mean: Params, precision: Float[Array, "n n"], rtol: float) -
 
 def _warn_if_not_pd(approx: GaussianApproximation, what: str) -> None:
     ok = approx.result == RESULTS.successful
-    if isinstance(ok, jax.core.Tracer):
+    if isinstance(ok, Tracer):
         return  # inside jit/vmap: the result code is the record
     bad = ~np.asarray(ok)
     if np.any(bad):

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from .._internal import x64
+from .._internal import map_chunks, x64
 from ._custom_types import Args
 from ._priors import AbstractLabelPrior
 
@@ -115,7 +115,9 @@ def _node_tables(n_labels: int, n_nodes: int, kind: str) -> tuple[np.ndarray, np
     from scipy.stats import qmc
 
     count = 1 << int(math.ceil(math.log2(max(n_nodes, 2))))
-    unit = qmc.Sobol(d=n_labels, scramble=True, seed=0).random(count)
+    # `seed`: the only name scipy < 1.15 (allowed by pyproject) knows; newer scipy takes it
+    # through a decorator its signature (`rng`) does not show.
+    unit = qmc.Sobol(d=n_labels, scramble=True, seed=0).random(count)  # pyright: ignore[reportCallIssue]
     k = min(2 * n_labels + 2, count - 1)
     distance = np.sum((unit[:, None, :] - unit[None, :, :]) ** 2, axis=-1)
     np.fill_diagonal(distance, np.inf)
@@ -400,15 +402,7 @@ def chunked_over_stars(
     # A power of two at least as large as a small call: calls of similar sizes (the
     # folds of a cross-validation, a test set) then share one compiled program.
     chunk = min(int(chunk_size), 1 << max(0, (n_stars - 1).bit_length()))
-    outs = []
-    for start in range(0, n_stars, chunk):
-        stop = min(start + chunk, n_stars)
-        part = jax.tree.map(lambda a, s=start, e=stop: jnp.asarray(a)[s:e], args)
-        pad = chunk - (stop - start)
-        if pad:
-            part = jax.tree.map(lambda a, p=pad: jnp.concatenate([a, jnp.repeat(a[:1], p, axis=0)]), part)
-        outs.append([np.asarray(o)[: stop - start] for o in run(part)])
-    return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
+    return list(map_chunks(lambda part: tuple(run(part)), args, size=chunk))
 
 
 @x64

@@ -183,7 +183,7 @@ def _one_star(
         def step(u: Array, _: None) -> tuple[Array, None]:
             grad = jax.grad(f)(u)
             hess = jax.hessian(f)(u)
-            inverse, _, _ = _floored_inverse(-hess, box_units)
+            inverse = _floored_inverse(-hess, box_units)[0]
             direction = inverse @ jnp.where(jnp.isfinite(grad), grad, 0.0)
             trial = u[None, :] + steps[:, None] * direction[None, :]
             values = jax.vmap(f)(trial)

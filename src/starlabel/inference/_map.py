@@ -26,7 +26,8 @@ class _Negated(eqx.Module):
 
 
 def _half_sum_of_squares(residuals: PyTree[Array]) -> Float[Array, ""]:
-    return 0.5 * sum(jnp.sum(r**2) for r in jax.tree.leaves(residuals))
+    # asarray: Python's sum starts from the int 0, so a checker sees `Array | int`.
+    return jnp.asarray(0.5 * sum(jnp.sum(r**2) for r in jax.tree.leaves(residuals)))
 
 
 def _check_params(params0: Params) -> None:

@@ -157,9 +157,10 @@ def scale_by_fisher(fisher: GaussianApproximation, *, floor: float = 1e-10) -> o
         del params
         return _EmptyState()
 
+    # Typed as optax's TransformUpdateFn asks: any state (it is this transform's own).
     def update(
-        updates: Params, state: _EmptyState, params: Params | None = None
-    ) -> tuple[Params, _EmptyState]:
+        updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.OptState]:
         del params
         return _precondition(metric, updates), state
 

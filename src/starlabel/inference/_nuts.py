@@ -99,7 +99,8 @@ def _chain(
         index, step_key = inputs
         warming = index < num_warmup
         step_size = jnp.where(warming, jnp.exp(da.log_step_size), da_final(da))
-        state, info = kernel(step_key, state, target, step_size, inverse_mass, max_doublings)
+        # blackjax annotates step_size as float; under jit it is a traced scalar, which it supports.
+        state, info = kernel(step_key, state, target, step_size, inverse_mass, max_doublings)  # pyright: ignore[reportArgumentType]
         # A divergent trajectory can report NaN acceptance; count it as a rejection.
         accept = jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0)
         updated = da_update(da, accept)

@@ -9,11 +9,13 @@ parameters settle first, is the cheap fix; Fisher preconditioning
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Bool, Int, PyTree
+from jaxtyping import Array, ArrayLike, Bool, PyTree
 
 from ._custom_types import Params
 
@@ -51,8 +53,10 @@ def delay(optimiser: optax.GradientTransformation, steps: int) -> optax.Gradient
         raise ValueError(f"`steps` must be a non-negative integer, got {steps!r}.")
     start = int(steps)
 
-    def started(count: Int[Array, ""]) -> Bool[Array, ""]:
-        return count >= start
+    # optax's ConditionFn: the step count (an integer scalar) and optional extra args.
+    def started(step: ArrayLike, **extra_args: Any) -> Bool[Array, ""]:
+        del extra_args
+        return jnp.asarray(step) >= start
 
     return optax.transforms.conditionally_mask(optimiser, started)
 
@@ -109,7 +113,10 @@ def group_optimisers(
                 f" {unknown}, without an optimiser {missing} (keys: {sorted(params)})."
             )
         labels = _top_level_keys
-    return optax.multi_transform(transforms, labels)
+    # multi_transform takes a Mapping[Hashable, …], invariant in its key type: a str-keyed
+    # dict must be declared Hashable-keyed to be accepted.
+    groups: dict[Hashable, optax.GradientTransformation] = {**transforms}
+    return optax.multi_transform(groups, labels)
 
 
 def _top_level_keys(params: Params) -> PyTree[str]:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import PyTree
+from jaxtyping import Array, PyTree
 
 
+@overload
+def as_float64(tree: Array) -> Array: ...
+@overload
+def as_float64(tree: PyTree) -> PyTree: ...
 def as_float64(tree: PyTree) -> PyTree:
     """Cast floating array leaves (and Python floats) to float64; leave the rest alone.
 

@@ -242,7 +242,8 @@ def _cluster_model(
     log(w_field) + const to the likelihood (see ``_near_cluster``).
     """
     dims = y.shape[1]
-    mean = numpyro.sample("cluster_mean", dist.Normal(jnp.zeros(dims), prior_scale).to_event(1))
+    # numpyro types a sample as ArrayLike; inside a model it is a JAX array (asarray: no copy).
+    mean = jnp.asarray(numpyro.sample("cluster_mean", dist.Normal(jnp.zeros(dims), prior_scale).to_event(1)))
     # Half-normal dispersions: unlike a log-uniform prior they do not leave NUTS a long
     # flat valley in log σ when the parallax spread is unresolved (σ_ϖ → 0).
     pm_disp = numpyro.sample("pm_dispersion", dist.HalfNormal(1.0))
@@ -254,8 +255,8 @@ def _cluster_model(
     weights = sample_weights("weights", 2)
     cluster_lp = Gaussian(mean, _cluster_cov(jnp.stack(disp), dims)).log_prob(y, y_cov)
     if positions.shape[1] == 2:
-        centre = numpyro.sample("centre", dist.Normal(jnp.zeros(2), 10.0).to_event(1))
-        radius = numpyro.sample("radius", dist.HalfNormal(1.0))
+        centre = jnp.asarray(numpyro.sample("centre", dist.Normal(jnp.zeros(2), 10.0).to_event(1)))
+        radius = jnp.asarray(numpyro.sample("radius", dist.HalfNormal(1.0)))
         cluster_lp = cluster_lp + _position_log_prob(positions, centre, radius)
     lp = jnp.stack([cluster_lp, field_lp], axis=1) + jnp.log(weights)[None, :]
     mixture_factor("astrometry", lp)

@@ -252,7 +252,8 @@ def sample_weights(
         Weights, non-negative and summing to one.
     """
     alpha = jnp.broadcast_to(jnp.asarray(concentration, dtype=float), (n_components,))
-    return numpyro.sample(name, dist.Dirichlet(alpha))
+    # numpyro types a sample as ArrayLike; inside a model it is a JAX array (asarray: no copy).
+    return jnp.asarray(numpyro.sample(name, dist.Dirichlet(alpha)))
 
 
 def mixture_factor(name: str, weighted_log_probs: Float[Array, "stars components"]) -> Float[Array, ""]:

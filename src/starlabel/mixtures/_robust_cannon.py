@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._internal import x64
+from .._internal import fold_of, x64
 from ..data import InferenceResult, SpectralDataset
 from ..models.cannon import Cannon, FittedCannon
 
@@ -184,7 +184,7 @@ def fit_robust_cannon(
     n_stars, n_labels = listed.shape
     flux, ivar = jnp.asarray(data.flux), jnp.asarray(data.ivar)
     # Fixed, seeded fold assignment: the same star is always held out by the same model.
-    folds = np.random.default_rng(seed).permutation(n_stars) % n_folds
+    folds = fold_of(n_stars, n_folds, seed)
 
     weights = np.ones(n_stars)
     fraction = float(initial_fraction)

@@ -36,7 +36,8 @@ class _Potential(eqx.Module):
     model: Callable[..., None] = eqx.field(static=True)
 
     def __call__(self, z: PyTree[Array], model_args: tuple) -> Array:
-        return potential_energy(self.model, model_args, {}, z)
+        # numpyro types the energy as a float or array; it is a traced scalar here.
+        return jnp.asarray(potential_energy(self.model, model_args, {}, z))
 
 
 class _Chain(eqx.Module):

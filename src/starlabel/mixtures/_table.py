@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..data._tables import TABLE_FORMATS, read_table_file, write_table_file
+from ..data import TABLE_FORMATS, read_table_file, write_table_file
 from ._cluster import ClusterFit, fit_cluster_membership
 
 __all__ = ["MembershipResult", "fit_membership_table", "read_table"]
@@ -464,7 +464,7 @@ def fit_membership_table(
         checks.append((columns["positions"][0], ~np.isfinite(ra)))
         checks.append((columns["positions"][1], ~np.isfinite(dec)))
     bad_matrix = np.stack([bad for _, bad in checks], axis=1)
-    skipped = bad_matrix.any(axis=1)
+    skipped = np.any(bad_matrix, axis=1)
     ok = ~skipped
     reasons = np.full(len(table), "", dtype=object)
     for row in np.flatnonzero(skipped):

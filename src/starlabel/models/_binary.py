@@ -291,11 +291,15 @@ def fit_binary(
     single_model: NuisanceModel = build_nuisance_model(
         fitted, data.wavelength, fit_rv=fit_rv, continuum_order=None, v_max=v_max + dv_max
     )
-    spectrum = single_model.spectrum
+    spectrum, theta_spline = single_model.spectrum, single_model.theta_spline
+    if not isinstance(spectrum, PolynomialSpectrum) or theta_spline is None:
+        raise ValueError(
+            f"binary fits need the Cannon's polynomial spectrum, not a {type(spectrum).__name__}."
+        )
     binary = BinaryModel(
         spectrum,
         single_model.resampler,
-        single_model.theta_spline,
+        theta_spline,
         _shared_indices(spectrum.label_names, shared),
         bool(fit_rv),
         flux_ratio,

@@ -13,8 +13,18 @@ where :math:`\chi^2_\nu` is the star's reduced χ² and :math:`\tilde\chi^2_\nu`
 median over the held-out training stars (the term is 1 for models without a χ², such
 as the NN regressor: there γ = 0), by K-fold cross-validation: refit on K−1 folds, run
 the same test step on the held-out fold, and fit ``a``, ``σ_sys`` and ``γ`` to the
-held-out residuals by maximum likelihood (:func:`fit_error_calibration`). :class:`ErrorCalibration` stores the result in the
-fitted model (and its model file) and :meth:`ErrorCalibration.apply` turns any
+held-out residuals by maximum likelihood (:func:`fit_error_calibration`).
+
+The fold models train on (K−1)/K of the training set, so their errors are larger than
+the final model's by the part of the error that shrinks with more training data. With
+``r`` the *irreducible share* of the held-out variance (the part that does not shrink:
+model misfit, label noise) and the rest falling as 1/N, the final model's variance is
+the folds' times
+
+.. math:: f^2 = 1 - (1 - r)/K ,
+
+and ``f`` (the *training-size factor*) multiplies the learned total.
+:class:`ErrorCalibration` stores the result in the fitted model (and its model file) and :meth:`ErrorCalibration.apply` turns any
 :class:`~starlabel.data.InferenceResult` of that test step into calibrated totals,
 keeping the statistical part as ``<label>_err_stat``. It knows nothing about model
 families, so every family and estimator can use it. See ``docs/uncertainties.md``.
@@ -27,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -36,6 +47,7 @@ from ..data import InferenceResult, SpectralDataset
 
 __all__ = [
     "CALIBRATION_FOLDS",
+    "IRREDUCIBLE_SHARE",
     "ErrorCalibration",
     "apply_calibration",
     "calibrated_fit",
@@ -46,6 +58,10 @@ __all__ = [
 
 CALIBRATION_FOLDS = 5
 """Default number of cross-validation folds used at ``fit`` time."""
+
+IRREDUCIBLE_SHARE = 1.0
+"""Default irreducible share ``r`` of the held-out error variance (1: the training-size
+factor is off, f = 1); see ``benchmarks/results/calibration_size_factor.json``."""
 
 STAT_SUFFIX = "_err_stat"
 """Suffix of the extra result columns holding the statistical (uncalibrated) errors."""
@@ -86,6 +102,9 @@ class ErrorCalibration(eqx.Module):
         Cross-validation folds the calibration was learned with.
     n_stars : int
         Held-out stars with finite residuals and errors (the fit's sample).
+    irreducible_share : float
+        ``r`` in [0, 1]: share of the held-out error variance that does not shrink with
+        more training data; sets :attr:`size_factor`. 1 (the default) leaves it off.
     """
 
     label_names: tuple[str, ...] = eqx.field(static=True)
@@ -99,8 +118,15 @@ class ErrorCalibration(eqx.Module):
     coverage_after: Float[Array, " labels"]
     n_folds: int = eqx.field(static=True, default=CALIBRATION_FOLDS)
     n_stars: int = eqx.field(static=True, default=0)
+    irreducible_share: float = eqx.field(static=True, default=1.0)
 
     def __check_init__(self) -> None:
+        share = self.irreducible_share
+        if not (isinstance(share, int | float) and 0.0 <= share <= 1.0):
+            raise ValueError(
+                f"`irreducible_share` must be a number in [0, 1] (1 turns the training-size factor"
+                f" off), got {share!r}."
+            )
         k = len(self.label_names)
         for name in _REPORTED:
             if getattr(self, name).shape != (k,):
@@ -110,6 +136,20 @@ class ErrorCalibration(eqx.Module):
                 )
 
     # ------------------------------------------------------------------ use
+    @property
+    def size_factor(self) -> float:
+        """``f = sqrt(1 − (1 − r)/K)``: the final model's errors over the fold models' (≤ 1).
+
+        The K fold models each train on (K−1)/K of the training set; if a share
+        ``1 − r`` of their error variance falls as 1/(training stars), the model trained
+        on all of it has ``f²`` times their variance.
+        """
+        return float(np.sqrt(1.0 - (1.0 - self.irreducible_share) / self.n_folds))
+
+    def with_irreducible_share(self, share: float) -> ErrorCalibration:
+        """A copy with another irreducible share ``r`` (hence another :attr:`size_factor`)."""
+        return dataclasses.replace(self, irreducible_share=share)
+
     def floor_variance(self, rchi2: np.ndarray) -> np.ndarray:
         """``σ_sys² (χ²_ν / rchi2_ref)^γ`` per star and label, shape (stars, labels).
 
@@ -123,7 +163,7 @@ class ErrorCalibration(eqx.Module):
         return np.asarray(self.floor, dtype=float)[None, :] ** 2 * ratio[:, None] ** gamma[None, :]
 
     def total_cov(self, cov: np.ndarray, rchi2: np.ndarray | None = None) -> np.ndarray:
-        """Calibrated covariances ``D C D + diag(σ_sys² (χ²_ν/χ̃²_ν)^γ)`` with ``D = diag(a)``.
+        """Calibrated covariances ``f² [D C D + diag(σ_sys² (χ²_ν/χ̃²_ν)^γ)]`` with ``D = diag(a)``.
 
         Labels whose statistical variance is zero (frozen) or not finite keep it:
         the floor is added only where the model reports a positive variance.
@@ -148,7 +188,7 @@ class ErrorCalibration(eqx.Module):
         total = cov * (a[:, None] * a[None, :])[None]
         k = np.arange(cov.shape[1])
         total[:, k, k] += add
-        return total
+        return total * self.size_factor**2
 
     def apply(self, result: InferenceResult) -> InferenceResult:
         """``result`` with calibrated covariances; the statistical errors kept as extras.
@@ -198,7 +238,10 @@ class ErrorCalibration(eqx.Module):
                 strict=True,
             )
         ]
-        return f"{self.n_folds}-fold CV on {self.n_stars} training stars; " + "; ".join(parts)
+        return (
+            f"{self.n_folds}-fold CV on {self.n_stars} training stars; training-size factor"
+            f" f={self.size_factor:.3f} (irreducible share {self.irreducible_share:g}); " + "; ".join(parts)
+        )
 
     def table(self) -> list[dict[str, Any]]:
         """Per-label rows (label, a, σ_sys, held-out std z and coverage before/after)."""
@@ -211,20 +254,33 @@ class ErrorCalibration(eqx.Module):
     # ------------------------------------------------------------------ files
     def config(self) -> dict[str, Any]:
         """JSON-able structure for the model-file header (arrays are stored separately)."""
-        return {"label_names": list(self.label_names), "n_folds": self.n_folds, "n_stars": self.n_stars}
+        return {
+            "label_names": list(self.label_names),
+            "n_folds": self.n_folds,
+            "n_stars": self.n_stars,
+            "irreducible_share": self.irreducible_share,
+            "size_factor": self.size_factor,  # for readers of the header; derived from the above
+        }
 
     @classmethod
     def skeleton(cls, config: dict[str, Any]) -> ErrorCalibration:
-        """A placeholder calibration with the structure ``config`` describes."""
+        """A placeholder calibration with the structure ``config`` describes.
+
+        Headers written before model format 3 have no ``irreducible_share``: those
+        calibrations were learned without the training-size factor (f = 1) and keep it.
+        """
         names = tuple(config["label_names"])
-        ones = jnp.ones(len(names))
+        # device_put of numpy, not jnp.ones: load_model replaces it, and jnp.ones would
+        # compile a small program per shape in every process that loads a model.
+        ones = jax.device_put(np.ones(len(names)))
         arrays = {name: ones for name in _REPORTED}
         return cls(
             names,
             **arrays,
-            rchi2_ref=jnp.ones(()),
+            rchi2_ref=jax.device_put(np.ones(())),
             n_folds=int(config["n_folds"]),
             n_stars=int(config["n_stars"]),
+            irreducible_share=float(config.get("irreducible_share", 1.0)),
         )
 
 
@@ -307,7 +363,7 @@ def _nll(
 
 
 def _fit_label(
-    delta: np.ndarray, sigma: np.ndarray, log_ratio: np.ndarray
+    delta: np.ndarray, sigma: np.ndarray, log_ratio: np.ndarray, max_power: float = _MAX_POWER
 ) -> tuple[float, float, float, np.ndarray]:
     """Maximum-likelihood (a, σ_sys, γ) for one label, refitted without |z| > 5 outliers.
 
@@ -320,7 +376,7 @@ def _fit_label(
     # ln σ_sys is bounded below far under the residual spread: a floor of 1e-6 of it is
     # "no floor" for every purpose, and the bound keeps the optimiser finite.
     low = np.log(1e-6 * spread)
-    power_max = _MAX_POWER if np.any(log_ratio != 0) else 0.0
+    power_max = max_power if np.any(log_ratio != 0) else 0.0
     params = np.array([np.log(max(np.sqrt(np.mean((delta / sigma) ** 2)), 1e-3)), np.log(0.5 * spread), 0.0])
     for _ in range(5):
         best = minimize(
@@ -368,6 +424,8 @@ def fit_error_calibration(
     *,
     rchi2: np.ndarray | None = None,
     n_folds: int = CALIBRATION_FOLDS,
+    irreducible_share: float = IRREDUCIBLE_SHARE,
+    max_power: float = _MAX_POWER,
 ) -> ErrorCalibration:
     """Fit ``σ_total² = (a σ_stat)² + σ_sys² (χ²_ν/χ̃²_ν)^γ`` per label to held-out residuals.
 
@@ -390,7 +448,13 @@ def fit_error_calibration(
     rchi2 : ndarray, shape (stars,), optional
         The held-out stars' reduced χ² (NaN or absent for models without a likelihood).
     n_folds : int
-        Folds the residuals came from (recorded).
+        Folds the residuals came from (recorded; with ``irreducible_share`` it sets the
+        training-size factor ``f``).
+    irreducible_share : float
+        ``r`` in [0, 1]; the calibrated totals are multiplied by
+        ``f = sqrt(1 − (1 − r)/n_folds)`` (see :attr:`ErrorCalibration.size_factor`).
+    max_power : float
+        Upper bound of ``γ``.
 
     Returns
     -------
@@ -430,7 +494,7 @@ def fit_error_calibration(
                 " or without calibration (calibrate=False / --no-calibrate)."
             )
         delta, sigma = residuals[good, k], errors[good, k]
-        a, s, gamma, kept = _fit_label(delta, sigma, log_ratio[good])
+        a, s, gamma, kept = _fit_label(delta, sigma, log_ratio[good], max_power)
         z0 = delta / sigma
         z1 = delta / np.sqrt((a * sigma) ** 2 + s**2 * ratio[good] ** gamma)
         width = _balance(z1[kept])
@@ -447,6 +511,7 @@ def fit_error_calibration(
         rchi2_ref=jnp.asarray(reference),
         n_folds=int(n_folds),
         n_stars=int(good_all.all(axis=1).sum()),
+        irreducible_share=irreducible_share,
     )
 
 
@@ -458,6 +523,7 @@ def cross_validated_calibration(
     *,
     n_folds: int = CALIBRATION_FOLDS,
     seed: int = 0,
+    irreducible_share: float = IRREDUCIBLE_SHARE,
 ) -> ErrorCalibration:
     """Learn an :class:`ErrorCalibration` by K-fold cross-validation on a training set.
 
@@ -479,6 +545,8 @@ def cross_validated_calibration(
         K (default 5).
     seed : int
         Seed of the fold assignment.
+    irreducible_share : float
+        ``r`` of the training-size factor (see :func:`fit_error_calibration`).
 
     Returns
     -------
@@ -501,7 +569,9 @@ def cross_validated_calibration(
         residuals[held] = result.labels - reference[held]
         errors[held] = result.label_err
         rchi2[held] = result.reduced_chi2
-    return fit_error_calibration(residuals, errors, label_names, rchi2=rchi2, n_folds=n_folds)
+    return fit_error_calibration(
+        residuals, errors, label_names, rchi2=rchi2, n_folds=n_folds, irreducible_share=irreducible_share
+    )
 
 
 def calibrated_fit(
@@ -511,6 +581,7 @@ def calibrated_fit(
     *,
     n_folds: int = CALIBRATION_FOLDS,
     seed: int = 0,
+    irreducible_share: float = IRREDUCIBLE_SHARE,
 ) -> Any:
     """``fitted`` carrying the calibration its family's default test step needs.
 
@@ -519,6 +590,8 @@ def calibrated_fit(
     fitted model's ``calibration`` field.
     """
     names = tuple(fitted.label_names)
+    if train.labels is None:
+        raise ValueError("the training set has no labels to calibrate the errors against.")
     # Index the label columns directly: select_labels would copy the spectra too.
     reference = train.labels[:, [train.label_index(n) for n in names]]
 
@@ -535,5 +608,7 @@ def calibrated_fit(
                 " or without calibration (calibrate=False; --no-calibrate on the command line)."
             ) from error
 
-    calibration = cross_validated_calibration(refit_fold, infer, reference, names, n_folds=n_folds, seed=seed)
+    calibration = cross_validated_calibration(
+        refit_fold, infer, reference, names, n_folds=n_folds, seed=seed, irreducible_share=irreducible_share
+    )
     return eqx.tree_at(lambda m: m.calibration, fitted, calibration, is_leaf=lambda x: x is None)

@@ -5,11 +5,12 @@ A model file is a NumPy ``.npz`` archive (a zip; the suffix is conventionally
 
 * ``__header__``: UTF-8 JSON, one object::
 
-      {"format": "starlabel-model", "format_version": 2,
+      {"format": "starlabel-model", "format_version": 3,
        "library_version": "0.1.0", "kind": "cannon",
        "label_names": ["teff", "logg", "m_h"], "config": {...},
        "training_set": {"sha256": "…", "of": "arrays", "n_stars": 500, "source": "…"},
-       "calibration": {"label_names": [...], "n_folds": 5, "n_stars": 400} or null}
+       "calibration": {"label_names": [...], "n_folds": 5, "n_stars": 400,
+                       "irreducible_share": 1.0, "size_factor": 1.0} or null}
 
   ``training_set`` (optional; files without it load as before) identifies the data
   the model was trained on: the SHA-256 of the training arrays
@@ -28,32 +29,37 @@ execute code.
 
 Versions: 1 had no ``calibration`` key; such files still load, and their models
 infer with statistical errors only (a logged warning says so, and every result's
-``meta["errors"]`` is ``"statistical"``).
+``meta["errors"]`` is ``"statistical"``). Version 2 calibrations had no training-size
+factor; they load with ``f = 1`` (as they were learned) and a logged note.
 """
 
 from __future__ import annotations
 
+import abc
 import importlib
 import json
 import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .._internal import x64
 from .._version import __version__
 from ._calibration import ErrorCalibration
-from .base import AbstractFittedModel
+
+if TYPE_CHECKING:  # annotations only: base.py builds on this module
+    from .base import AbstractFittedModel
 
 __all__ = [
+    "AbstractSavedModel",
     "FORMAT_VERSION",
     "MODEL_KINDS",
+    "model_class",
     "load_model",
     "read_model_header",
     "register_model_kind",
@@ -63,10 +69,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "starlabel-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bump when the header or array naming changes; loaders read older versions and refuse newer.
 
-2: optional error calibration (header ``calibration``, arrays ``.calibration.*``)."""
+2: optional error calibration (header ``calibration``, arrays ``.calibration.*``).
+3: the calibration's training-size factor (``calibration.irreducible_share``, ``size_factor``)."""
 
 MODEL_KINDS: dict[str, str] = {
     "cannon": "starlabel.models.cannon:FittedCannon",
@@ -77,6 +84,36 @@ MODEL_KINDS: dict[str, str] = {
 """Model kind → ``"module:Class"`` of its fitted class, imported only when loading."""
 
 
+class AbstractSavedModel(eqx.Module):
+    """What the model file format needs of a model: its kind, config and skeleton.
+
+    :class:`starlabel.models.AbstractFittedModel` builds on this class, so every fitted
+    model can be saved; the format itself needs nothing else (and so does not depend on
+    the model protocol in ``base.py``).
+    """
+
+    kind: ClassVar[str]
+    """Short registry name written to model files (e.g. ``"cannon"``)."""
+
+    label_names: eqx.AbstractVar[tuple[str, ...]]
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-able hyperparameters from which :meth:`skeleton` rebuilds the structure."""
+
+    @classmethod
+    @abc.abstractmethod
+    def skeleton(cls, config: dict[str, Any]) -> AbstractSavedModel:
+        """A model with the right pytree structure (array values are placeholders)."""
+
+    def save(self, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
+        """Save to ``path`` in the versioned starlabel model format (:func:`save_model`).
+
+        ``training_set`` (the SpectralDataset or file trained on) records its checksum.
+        """
+        return save_model(self, path, training_set=training_set)
+
+
 def register_model_kind(kind: str, target: str) -> None:
     """Register a third-party fitted-model class (``"package.module:Class"``) under ``kind``."""
     if ":" not in target:
@@ -84,11 +121,15 @@ def register_model_kind(kind: str, target: str) -> None:
     MODEL_KINDS[kind] = target
 
 
-def _resolve(kind: str) -> type[AbstractFittedModel]:
+def model_class(kind: str) -> type[AbstractFittedModel]:
+    """The fitted-model class registered under ``kind`` (imported on first use)."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(MODEL_KINDS)}.")
     module_name, class_name = MODEL_KINDS[kind].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, AbstractSavedModel)):
+        raise TypeError(f"{MODEL_KINDS[kind]!r} (model kind {kind!r}) is not a starlabel fitted-model class.")
+    return cast("type[AbstractFittedModel]", cls)
 
 
 def _array_leaves(model: eqx.Module) -> list[tuple[str, Any]]:
@@ -108,25 +149,21 @@ def training_set_record(training_set: Any) -> dict[str, Any]:
             "source": str(training_set.meta.get("source")) if training_set.meta.get("source") else None,
         }
     if isinstance(training_set, str | os.PathLike):
-        import hashlib
+        from .._internal._hashing import sha256_of_file
 
         path = Path(training_set)
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        return {"sha256": digest.hexdigest(), "of": "file", "n_stars": None, "source": str(path.absolute())}
+        return {"sha256": sha256_of_file(path), "of": "file", "n_stars": None, "source": str(path.absolute())}
     raise TypeError(
         f"`training_set` must be a SpectralDataset or a file path, got {type(training_set).__name__}."
     )
 
 
-def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
+def save_model(model: AbstractSavedModel, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
     """Save a fitted model to ``path`` (written atomically; see the module docstring).
 
     Parameters
     ----------
-    model : AbstractFittedModel
+    model : AbstractSavedModel
     path : path-like
     training_set : SpectralDataset or path-like, optional
         The data the model was trained on; its checksum goes into the header (and from
@@ -137,7 +174,7 @@ def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, trai
     pathlib.Path
         The path written.
     """
-    if not isinstance(model, AbstractFittedModel):
+    if not isinstance(model, AbstractSavedModel):
         raise TypeError(
             f"save_model needs a fitted model (got {type(model).__name__}); call .fit(data) first."
         )
@@ -149,7 +186,7 @@ def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, trai
         "kind": model.kind,
         "label_names": list(model.label_names),
         "config": model.config(),
-        "calibration": None if _calibration(model) is None else _calibration(model).config(),
+        "calibration": None if (calibration := _calibration(model)) is None else calibration.config(),
     }
     if training_set is not None:
         header["training_set"] = training_set_record(training_set)
@@ -159,7 +196,8 @@ def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, trai
     header_bytes = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "wb") as handle:
-        np.savez(handle, __header__=header_bytes, **arrays)
+        # numpy's stubs fear a key named allow_pickle in **arrays; ours are model leaf names.
+        np.savez(handle, __header__=header_bytes, **arrays)  # pyright: ignore[reportArgumentType]
     os.replace(tmp, path)
     return path
 
@@ -198,7 +236,7 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return header, arrays
 
 
-def _calibration(model: AbstractFittedModel) -> ErrorCalibration | None:
+def _calibration(model: AbstractSavedModel) -> ErrorCalibration | None:
     return getattr(model, "calibration", None)
 
 
@@ -216,7 +254,7 @@ def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
     """
     path = Path(path)
     header, arrays = _open(path)
-    cls = _resolve(header["kind"])
+    cls = model_class(header["kind"])
     skeleton = cls.skeleton(header["config"])
     if header.get("calibration") is not None:
         skeleton = eqx.tree_at(
@@ -225,6 +263,14 @@ def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
             ErrorCalibration.skeleton(header["calibration"]),
             is_leaf=lambda x: x is None,
         )
+        if header["format_version"] < 3:
+            logger.warning(
+                "note: %s was written by starlabel %s (model format %s): its error calibration has no"
+                " training-size factor (f = 1); retrain to learn one.",
+                path,
+                header.get("library_version"),
+                header["format_version"],
+            )
     elif header["format_version"] < 2:
         logger.warning(
             "%s was written by starlabel %s without error calibration: its <label>_err are"
@@ -237,7 +283,9 @@ def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
     if missing:
         raise ValueError(f"{str(path)!r} lacks arrays {missing} needed by a {header['kind']!r} model.")
     leaves, treedef = jax.tree_util.tree_flatten(skeleton)
-    filled = iter(jnp.asarray(arrays[name]) for name in names)
+    # device_put, not jnp.asarray: the latter runs a conversion program per array shape,
+    # each lowered (and looked up in the compilation cache) in every new process.
+    filled = iter(jax.device_put(arrays[name]) for name in names)
     new_leaves = [next(filled) if eqx.is_array(leaf) else leaf for leaf in leaves]
     model = jax.tree_util.tree_unflatten(treedef, new_leaves)
     if tuple(model.label_names) != tuple(header["label_names"]):

@@ -40,6 +40,7 @@ from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference._grid import GridPosterior, grid_posterior
 from ..inference._importance import ImportancePosterior, importance_posterior
 from ..inference._priors import AbstractLabelPrior, resolve_prior
+from ._accuracy_guard import guard_temperature
 from ._calibration import ErrorCalibration, fit_error_calibration
 from ._sanity import unusable_widths
 from .base import AbstractFittedFluxModel
@@ -519,6 +520,9 @@ class TemperatureSelection:
     calibrated_crps : ndarray, shape (temperatures,)
         ``crps`` with each star's σ replaced by its calibrated total under the
         calibration fitted at that T (the default criterion).
+    accuracy_refused : tuple of float
+        Candidates the accuracy guard refused: held-out RMSE more than 1 % above the
+        best candidate's for some label (:mod:`starlabel.models._accuracy_guard`).
 
     All per-temperature arrays follow ``temperatures``, which includes any candidates
     added while widening the range (see :func:`select_temperature`).
@@ -536,6 +540,7 @@ class TemperatureSelection:
     usable: np.ndarray = field(default_factory=lambda: np.ones(0))
     calibration: ErrorCalibration | None = None
     calibrated_crps: np.ndarray = field(default_factory=lambda: np.ones(0))
+    accuracy_refused: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (store it with the model)."""
@@ -551,11 +556,14 @@ class TemperatureSelection:
             "width_scale": self.width_scale.tolist(),
             "usable": self.usable.tolist(),
             "calibrated_crps": self.calibrated_crps.tolist(),
+            "accuracy_refused": list(self.accuracy_refused),
             "calibration": None if self.calibration is None else calibration_options(self.calibration),
         }
 
 
-def _gaussian_log_score(mean: np.ndarray, cov: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def _gaussian_log_score(mean: np.ndarray, cov: np.ndarray | None, truth: np.ndarray) -> np.ndarray:
+    if cov is None:  # no covariance: no score, as for one that is not positive definite
+        return np.full(len(mean), np.nan)
     diff = truth - mean
     try:
         chol = np.linalg.cholesky(cov)
@@ -710,6 +718,8 @@ def select_temperature(
     if train.labels is None or any(n not in train.label_names for n in names):
         raise ValueError(f"`train` must carry the labels {list(names)} for cross-validation.")
     truth_all = train.select_labels(names).labels
+    if truth_all is None:  # checked above; this tells the type checker
+        raise ValueError(f"`train` must carry the labels {list(names)} for cross-validation.")
     folds = fold_indices(train.n_stars, n_folds, seed)
     sampled = _check_method(grid_options.get("method", "auto"), len(names)) == "importance"
     fits = []
@@ -748,6 +758,13 @@ def select_temperature(
     best = _best_temperature(temps, criterion, max_temperature)
     temps = sorted(scored)
     table = [scored[t] for t in temps]
+    # The score may prefer a T whose means are less accurate (the prior pulls harder):
+    # refuse candidates more than 1 % worse in held-out RMSE than the best candidate.
+    if np.isfinite(criterion(best)):
+        guard = guard_temperature(temps, [criterion(t) for t in temps], np.array([t.rmse for t in table]))
+        best, refused = guard.temperature, guard.refused
+    else:
+        refused = ()
     chosen = scored[best]
     _check_width_scale_cv(chosen, best, names, temps, table, train.n_stars)
     calibration = _posterior_calibration(chosen, best)
@@ -764,6 +781,7 @@ def select_temperature(
         usable=np.array([t.usable for t in table]),
         calibration=calibration,
         calibrated_crps=np.array([t.calibrated_crps for t in table]),
+        accuracy_refused=refused,
     )
 
 
@@ -869,7 +887,7 @@ def _best_temperature(temps: list[float], criterion: Any, max_temperature: float
         usable = {t: v for t, v in values.items() if np.isfinite(v)}
         if not usable:
             return min(values)  # the caller reports the failure with the table
-        best = min(usable, key=usable.get)
+        best = min(usable, key=lambda t: usable[t])
         if len(values) == 1:
             return best
         if best == max(values) and best < max_temperature:
@@ -1057,10 +1075,9 @@ def infer_nuts(
     _check_data(model, data)
     temperature = _check_temperature(temperature)
     label_prior = posterior_prior(model, prior)
-    if start is None:
-        start = fitted.infer(data)
-    centre = np.asarray(start.labels, dtype=float)
-    cov = np.asarray(start.cov, dtype=float)
+    first: InferenceResult = fitted.infer(data) if start is None else start
+    centre = np.asarray(first.labels, dtype=float)
+    cov = np.asarray(first.cov, dtype=float)
     # Fall back to the model's label scale where the MAP covariance is unusable; the
     # sampler then starts from a wider whitening but still converges.
     scale2 = np.asarray(model.scale) ** 2 * 1e-2

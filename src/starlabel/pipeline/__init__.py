@@ -12,7 +12,7 @@ from ._chunks import plan_chunks as plan_chunks
 from ._engine import AbstractEngine as AbstractEngine
 from ._engine import LocalEngine as LocalEngine
 from ._engine import WorkerSpec as WorkerSpec
-from ._engine import resolve_engine as resolve_engine
+from ._engine_choice import resolve_engine as resolve_engine
 from ._engine_ray import RayEngine as RayEngine
 from ._inputs import InputFile as InputFile
 from ._inputs import describe_inputs as describe_inputs

@@ -21,9 +21,7 @@ from .._internal._compile_cache import enable_compilation_cache
 from ._chunks import ChunkSpec
 from ._worker import ChunkOutcome, ChunkProcessor, finish_chunk, run_read
 
-__all__ = ["AbstractEngine", "LocalEngine", "WorkerSpec", "resolve_engine", "ENGINE_NAMES"]
-
-ENGINE_NAMES = ("local", "ray")
+__all__ = ["AbstractEngine", "LocalEngine", "WorkerSpec"]
 
 
 @dataclass(frozen=True)
@@ -123,47 +121,3 @@ class LocalEngine(AbstractEngine):
                 outcome = finish_chunk(processor, chunk, rows, began)
                 del rows
                 yield outcome
-
-
-def resolve_engine(
-    engine: str | AbstractEngine,
-    *,
-    address: str | None = None,
-    num_workers: int | None = None,
-) -> AbstractEngine:
-    """Turn an engine name (and its CLI options) into an engine object.
-
-    Parameters
-    ----------
-    engine : {"local", "ray"} or AbstractEngine
-        An engine object is returned unchanged (then ``address`` and
-        ``num_workers`` must be None).
-    address : str, optional
-        Ray cluster address (``"auto"``, ``"ray://host:10001"``); Ray only.
-    num_workers : int, optional
-        Ray actors to start (default: one per CPU of the cluster); Ray only.
-
-    Raises
-    ------
-    ValueError
-        For an unknown name or options that the engine does not take.
-    """
-    if isinstance(engine, AbstractEngine):
-        if address is not None or num_workers is not None:
-            raise ValueError(
-                "`address`/`num_workers` configure engine='ray'; with an engine object set"
-                " them on the object instead."
-            )
-        return engine
-    if engine == "local":
-        if address is not None or num_workers is not None:
-            raise ValueError(
-                "`address` and `num_workers` only apply to engine='ray' (CLI: --engine ray);"
-                " the local engine uses this process and all its cores."
-            )
-        return LocalEngine()
-    if engine == "ray":
-        from ._engine_ray import RayEngine
-
-        return RayEngine(address=address, num_workers=num_workers)
-    raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINE_NAMES)}.")

@@ -9,18 +9,16 @@ Shapes are read from the file headers only; no spectra are loaded here.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .._internal._hashing import discard_background_hash, sha256_of_file
 from ..data import DATASET_SUFFIXES, open_rows
 
 __all__ = ["InputFile", "resolve_inputs", "describe_inputs"]
-
-_HASH_BLOCK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -126,14 +124,6 @@ def resolve_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return list(seen)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe_inputs(paths: Iterable[Path], known: Sequence[InputFile] = ()) -> list[InputFile]:
     """Fingerprint and measure each input file.
 
@@ -162,11 +152,12 @@ def describe_inputs(paths: Iterable[Path], known: Sequence[InputFile] = ()) -> l
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key in cache:
+            discard_background_hash(path, stat)  # the command line may have started one
             described.append(cache[key])
             continue
         target = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if target not in by_target:
-            by_target[target] = _sha256(path)
+            by_target[target] = sha256_of_file(path, stat)
         error = ""
         n_stars = n_pixels = -1
         try:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._errors import StarlabelUserError
+from .._internal import atomic_path
 from .._version import __version__
 from ._inputs import InputFile
 
@@ -37,12 +37,8 @@ class RunMismatchError(StarlabelUserError, RuntimeError):
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON so that a crash leaves either the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w") as handle:
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "w") as handle:
         json.dump(payload, handle, indent=1, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def file_sha256(path: Path) -> str:

@@ -12,16 +12,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data import InferenceResult
-from ..data._result import PROVENANCE_KEY
-from ..data._tables import arrow_table
+from .._internal import atomic_path
+from ..data import PROVENANCE_KEY, InferenceResult, arrow_table
 from ._chunks import ChunkSpec, Segment
 from ._inputs import InputFile
 from ._manifest import write_json_atomic
@@ -127,12 +125,9 @@ def write_part(
     }
     arrays[_META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path = _part_path(run_dir, chunk)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as handle:
+        # numpy's stubs fear a key named allow_pickle in **arrays; ours are column names.
+        np.savez(handle, **arrays)  # pyright: ignore[reportArgumentType]
     if not failures:
         _error_path(run_dir, chunk).unlink(missing_ok=True)
     return path
@@ -222,12 +217,10 @@ def write_errors_report(
             missing += int(failure.get("n_spectra", 0))
             rows.append({key: failure.get(key, "") for key in _REPORT_COLUMNS})
     path = run_dir / ERRORS_NAME
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=_REPORT_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
     return path, len(rows), missing
 
 
@@ -288,24 +281,23 @@ def merge_parts(
     if output.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
-        tmp = output.with_name(output.name + ".partial")
+        if not paths:
+            raise ValueError(f"no finished parts in {str(run_dir)!r}: nothing to merge.")
         writer = None
         total = 0
         lengths = _string_lengths(paths)
-        try:
-            for path in paths:
-                part = read(path)
-                table = _arrow_table(part, writer.schema if writer is not None else None, lengths)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-                total += part.n_stars
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:
-            raise ValueError(f"no finished parts in {str(run_dir)!r}: nothing to merge.")
-        os.replace(tmp, output)
+        with atomic_path(output) as tmp:
+            try:
+                for path in paths:
+                    part = read(path)
+                    table = _arrow_table(part, writer.schema if writer is not None else None, lengths)
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
+                    total += part.n_stars
+            finally:
+                if writer is not None:
+                    writer.close()
         return total
     parts = [read(path) for path in paths]
     if not parts:

@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from .._internal._compile_cache import default_compilation_cache_dir
+from .._internal._prefetch import import_in_background
 from .._internal._progress import Progress
 from ..data import RESULT_SUFFIXES
-from ..models import read_model_header
-from ..models._io import MODEL_KINDS, _resolve
+from ..models import MODEL_KINDS, model_class, read_model_header
 from ._chunks import CHUNK_PLAN, plan_chunks
-from ._engine import AbstractEngine, WorkerSpec, resolve_engine
+from ._engine import AbstractEngine, WorkerSpec
+from ._engine_choice import resolve_engine
 from ._inputs import describe_inputs, resolve_inputs
 from ._manifest import RunManifest, file_sha256, read_manifest, write_json_atomic
 from ._parts import (
@@ -147,7 +148,7 @@ def _check_model_accepts(kind: str, options: Mapping[str, Any]) -> None:
     """Refuse options the model's ``infer`` does not take, before any chunk runs."""
     if kind not in MODEL_KINDS or TEST_STEP_OPTIONS & set(options):
         return  # unknown kinds load lazily; test-step options are checked by infer_labels
-    parameters = inspect.signature(_resolve(kind).infer).parameters
+    parameters = inspect.signature(model_class(kind).infer).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
     accepted = sorted(name for name in parameters if name not in ("self", "data"))
@@ -350,6 +351,10 @@ def run_inference(
         memmap=bool(memmap),
     )
 
+    if output.suffix.lower() != ".parquet":
+        # The merge below builds an astropy Table; import it on the core the test step
+        # leaves idle instead of after the last chunk.
+        import_in_background("astropy.table")
     n_processed = 0
     first_done_at = None
     n_after_first = 0

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..data import InferenceResult, SpectralDataset, open_rows
-from ..models import AbstractFittedModel, load_model, register_model_kind
-from ..models._io import MODEL_KINDS
+from ..models import MODEL_KINDS, AbstractFittedModel, load_model, register_model_kind
 from ._chunks import ChunkSpec, Segment
 
 TEST_STEP_OPTIONS = frozenset(
@@ -209,7 +208,7 @@ class ChunkProcessor:
         if TEST_STEP_OPTIONS & set(self.infer_options):
             # Estimators, priors, nuisance parameters and binaries are resolved in one
             # place, the models' test-step entry point; the pipeline only forwards them.
-            from ..models._posterior_mean import infer_labels
+            from ..models import infer_labels
 
             result = infer_labels(self.model, data, **self.infer_options)
         else:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ._fitsio import header_value, open_fits, require_file
+from ._fitsio import column_names, hdu_at, header_value, open_fits, require_file
 from ._spectra import SurveySpectra
 
 __all__ = [
@@ -100,11 +100,11 @@ def _has_hdu(hdul: fits.HDUList, index: int) -> bool:
 
 
 def _log_wavelength(header: fits.Header, n_pixels: int) -> np.ndarray | None:
-    start = header.get("CRVAL1")
-    step = header.get("CDELT1")
+    start = header_value(header, "CRVAL1")
+    step = header_value(header, "CDELT1")
     if start is None or step is None:
         return None
-    reference = float(header.get("CRPIX1", 1.0))
+    reference = float(header_value(header, "CRPIX1", default=1.0))
     return 10.0 ** (float(start) + float(step) * (np.arange(n_pixels) + 1.0 - reference))
 
 
@@ -149,11 +149,11 @@ def read_apstar(path: str | os.PathLike[str], *, combination: str | int = "globa
                 f"{path.name}: has fewer than 4 HDUs; an apStar file has flux, error and"
                 " bitmask in HDUs 1–3. For other layouts use read_fits_spectra with an ArrayLayout."
             )
-        header = hdul[0].header
-        flux = _as_rows(hdul[1].data, 1, path)
-        err = _as_rows(hdul[2].data, 2, path)
-        bits = _as_rows(hdul[3].data, 3, path)
-        wavelength = _log_wavelength(hdul[1].header, flux.shape[1])
+        header = hdu_at(hdul, 0).header
+        flux = _as_rows(hdu_at(hdul, 1).data, 1, path)
+        err = _as_rows(hdu_at(hdul, 2).data, 2, path)
+        bits = _as_rows(hdu_at(hdul, 3).data, 3, path)
+        wavelength = _log_wavelength(hdu_at(hdul, 1).header, flux.shape[1])
         if wavelength is None:
             wavelength = _log_wavelength(header, flux.shape[1])
         apogee_id = str(header_value(header, "OBJID", "APOGEE_ID", "OBJ", default="")).strip()
@@ -231,16 +231,17 @@ def read_aspcapstar(path: str | os.PathLike[str]) -> SurveySpectra:
     path = require_file(path, "aspcapStar")
     notes: list[str] = []
     with open_fits(path, notes) as hdul:
-        if not _has_hdu(hdul, 4) or not isinstance(hdul[4], fits.BinTableHDU):
+        table_hdu = hdu_at(hdul, 4) if _has_hdu(hdul, 4) else None
+        if not isinstance(table_hdu, fits.BinTableHDU):
             raise ValueError(
                 f"{path.name}: an aspcapStar file has flux, error and model in HDUs 1–3 and the"
                 " ASPCAP table in HDU 4; this file has no table there."
             )
-        flux = _as_rows(hdul[1].data, 1, path).astype(np.float64)
-        err = _as_rows(hdul[2].data, 2, path).astype(np.float64)
-        wavelength = _log_wavelength(hdul[1].header, flux.shape[1])
-        table = hdul[4].data
-        columns = [c.upper() for c in table.columns.names]
+        flux = _as_rows(hdu_at(hdul, 1).data, 1, path).astype(np.float64)
+        err = _as_rows(hdu_at(hdul, 2).data, 2, path).astype(np.float64)
+        wavelength = _log_wavelength(hdu_at(hdul, 1).header, flux.shape[1])
+        table = table_hdu.data
+        columns = [c.upper() for c in column_names(table_hdu)]
 
         def column(name: str) -> np.ndarray | None:
             return np.asarray(table[name]) if name in columns else None
@@ -389,21 +390,28 @@ def read_allstar(
                 i
                 for i, h in enumerate(hdul)
                 if isinstance(h, fits.BinTableHDU)
-                and id_column.upper() in (c.upper() for c in h.columns.names)
+                and id_column.upper() in (c.upper() for c in column_names(h))
             ]
             if not candidates:
                 raise KeyError(f"{path.name} has no table HDU with a {id_column!r} column.")
             hdu = candidates[0]
-        table = hdul[hdu].data
-        names = list(table.columns.names)
-        ids = np.char.strip(np.asarray(table[_find_column(names, id_column, path, "id")]).astype(str))
-        snr = _missing_to_nan(table[_find_column(names, snr_column, path, "S/N")])
+        table_hdu = hdu_at(hdul, hdu)
+        if not isinstance(table_hdu, fits.BinTableHDU | fits.TableHDU):
+            raise ValueError(f"{path.name}: HDU {hdu} is not a table (it is a {type(table_hdu).__name__}).")
+        table = table_hdu.data
+        names = column_names(table_hdu)
+
+        def column(name: str) -> np.ndarray:
+            return np.asarray(table[name])
+
+        ids = np.char.strip(column(_find_column(names, id_column, path, "id")).astype(str))
+        snr = _missing_to_nan(column(_find_column(names, snr_column, path, "S/N")))
         label_columns = [_find_column(names, label, path, "label") for label in labels]
-        values = np.stack([_missing_to_nan(table[c]) for c in label_columns], axis=1)
+        values = np.stack([_missing_to_nan(column(c)) for c in label_columns], axis=1)
         upper = {n.upper(): n for n in names}
         errors = np.stack(
             [
-                _missing_to_nan(table[upper[(c + error_suffix).upper()]])
+                _missing_to_nan(column(upper[(c + error_suffix).upper()]))
                 if (c + error_suffix).upper() in upper
                 else np.full(len(ids), np.nan)
                 for c in label_columns
@@ -412,7 +420,7 @@ def read_allstar(
         )
         errors[errors < 0] = np.nan
         flags = {
-            upper[f.upper()]: np.asarray(table[upper[f.upper()]]).astype(np.int64)
+            upper[f.upper()]: column(upper[f.upper()]).astype(np.int64)
             for f in flag_columns
             if f.upper() in upper
         }

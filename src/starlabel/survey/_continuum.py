@@ -39,7 +39,7 @@ import abc
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import equinox as eqx
 import numpy as np
@@ -106,7 +106,12 @@ class AbstractContinuum(eqx.Module):
     makes a normalisation S/N-invariant.
     """
 
-    linear: eqx.AbstractClassVar[bool]
+    if TYPE_CHECKING:
+        # Type checkers do not read eqx.AbstractClassVar (an alias of ClassVar) as a
+        # ClassVar and would make `linear` a constructor argument of every subclass.
+        linear: ClassVar[bool]
+    else:
+        linear: eqx.AbstractClassVar[bool]
 
     @abc.abstractmethod
     def fit_region(

@@ -15,11 +15,19 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeAlias, cast, overload
 
 from astropy.io import fits
+from astropy.io.fits.hdu.base import ExtensionHDU
 from astropy.io.fits.verify import VerifyWarning
 
-__all__ = ["header_value", "open_fits", "require_file"]
+__all__ = ["CardValue", "HDU", "column_names", "hdu_at", "header_value", "open_fits", "require_file"]
+
+CardValue: TypeAlias = str | int | float | bool
+"""The value of a FITS header card (keyword = value)."""
+
+HDU: TypeAlias = ExtensionHDU | fits.PrimaryHDU
+"""One header-data unit of a FITS file."""
 
 
 def require_file(path: str | os.PathLike[str], kind: str) -> Path:
@@ -61,9 +69,33 @@ def open_fits(path: Path, notes: list[str]) -> Iterator[fits.HDUList]:
         notes.append(f"{path.name}: astropy repaired {repaired} non-standard FITS header card(s)")
 
 
-def header_value(header: fits.Header, *keys: str, default: object = None) -> object:
+def hdu_at(hdul: fits.HDUList, key: int | str) -> HDU:
+    """The HDU at index or name ``key`` of ``hdul``; ``IndexError``/``KeyError`` if absent.
+
+    Only a typed ``hdul[key]``: astropy's ``HDUList.__getitem__`` is unannotated and a
+    slice gives an ``HDUList``, so a type checker reads every index as possibly a list.
+    """
+    return cast(HDU, hdul[key])
+
+
+def column_names(hdu: fits.BinTableHDU | fits.TableHDU) -> list[str]:
+    """Names of the columns of a FITS table HDU, in file order."""
+    columns = hdu.columns
+    if columns is None:
+        raise ValueError(f"FITS table HDU {hdu.name!r} has no column definitions.")
+    # ColDefs.names is made by a descriptor astropy leaves untyped; it is a list of str.
+    return list(cast("list[str]", columns.names))
+
+
+@overload
+def header_value(header: fits.Header, *keys: str) -> CardValue | None: ...
+@overload
+def header_value(header: fits.Header, *keys: str, default: CardValue) -> CardValue: ...
+def header_value(header: fits.Header, *keys: str, default: CardValue | None = None) -> CardValue | None:
     """The first of ``keys`` present in ``header``, else ``default``."""
     for key in keys:
         if key in header:
-            return header[key]
+            # astropy's Header.__getitem__ is unannotated (a slice gives a Header); a
+            # keyword gives the card's value.
+            return cast(CardValue, header[key])
     return default

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from ._fitsio import open_fits, require_file
+from ._fitsio import HDU, column_names, hdu_at, header_value, open_fits, require_file
 from ._spectra import SurveySpectra
 
 __all__ = ["ArrayLayout", "read_fits_spectra", "read_hdf5_spectra", "read_npz_spectra"]
@@ -105,9 +105,7 @@ def _assemble(path: Path, layout: ArrayLayout, get: Any, notes: list[str]) -> Su
             )
         flux = flux[[layout.row]]
 
-    def per_pixel(location: str | None, what: str, dtype: Any) -> np.ndarray | None:
-        if location is None:
-            return None
+    def per_pixel(location: str, what: str, dtype: Any) -> np.ndarray:
         values = np.asarray(get(location), dtype=dtype)
         values = values[None, :] if values.ndim == 1 else values
         if layout.row is not None and values.shape == stored_shape:
@@ -119,9 +117,7 @@ def _assemble(path: Path, layout: ArrayLayout, get: Any, notes: list[str]) -> Su
             )
         return values
 
-    def per_star(location: str | None, what: str) -> np.ndarray | None:
-        if location is None:
-            return None
+    def per_star(location: str, what: str) -> np.ndarray:
         values = np.atleast_1d(np.asarray(get(location)))
         if layout.row is not None and values.shape == (stored_shape[0],):
             values = values[[layout.row]]
@@ -141,7 +137,7 @@ def _assemble(path: Path, layout: ArrayLayout, get: Any, notes: list[str]) -> Su
     else:
         notes.append(f"{path.name}: no errors in the layout; every pixel has unknown error")
         err = np.full(flux.shape, np.inf)
-    bitmask = per_pixel(layout.bitmask, "bitmask", np.int64)
+    bitmask = per_pixel(layout.bitmask, "bitmask", np.int64) if layout.bitmask is not None else None
 
     wavelength = None
     if layout.wavelength is not None:
@@ -152,14 +148,17 @@ def _assemble(path: Path, layout: ArrayLayout, get: Any, notes: list[str]) -> Su
                 f"{path.name}: wavelength at {layout.wavelength!r} has {wavelength.size} values"
                 f" but the spectra have {flux.shape[1]} pixels."
             )
-    ids = per_star(layout.ids, "ids")
+    ids = per_star(layout.ids, "ids") if layout.ids is not None else None
     ids = (
         np.array([str(i.decode() if isinstance(i, bytes) else i).strip() for i in ids])
         if ids is not None
         else np.array([path.stem if flux.shape[0] == 1 else f"{path.stem}/{k}" for k in range(flux.shape[0])])
     )
-    snr = per_star(layout.snr, "snr")
-    snr = np.full(flux.shape[0], np.nan) if snr is None else snr.astype(np.float64)
+    snr = (
+        per_star(layout.snr, "snr").astype(np.float64)
+        if layout.snr is not None
+        else np.full(flux.shape[0], np.nan)
+    )
     names = tuple(layout.labels)
     labels = (
         np.stack(
@@ -212,9 +211,9 @@ def read_fits_spectra(path: str | os.PathLike[str], layout: ArrayLayout) -> Surv
     notes: list[str] = []
     with open_fits(path, notes) as hdul:
 
-        def hdu_of(token: str) -> fits.hdu.base.ExtensionHDU | fits.PrimaryHDU:
+        def hdu_of(token: str) -> HDU:
             try:
-                return hdul[int(token)] if token.strip().lstrip("-").isdigit() else hdul[token]
+                return hdu_at(hdul, int(token) if token.strip().lstrip("-").isdigit() else token)
             except (KeyError, IndexError):
                 available = [f"{i}:{h.name}" for i, h in enumerate(hdul)]
                 raise KeyError(f"{path.name} has no HDU {token!r}; HDUs: {available}.") from None
@@ -227,8 +226,10 @@ def read_fits_spectra(path: str | os.PathLike[str], layout: ArrayLayout) -> Surv
                     raise KeyError(
                         f"{path.name}: wavelength='header' needs CRVAL1 and CDELT1 in the flux HDU."
                     )
-                pixels = np.arange(data.shape[-1]) + 1.0 - float(header.get("CRPIX1", 1.0))
-                return 10.0 ** (float(header["CRVAL1"]) + float(header["CDELT1"]) * pixels)
+                pixels = np.arange(data.shape[-1]) + 1.0 - float(header_value(header, "CRPIX1", default=1.0))
+                start = float(header_value(header, "CRVAL1", default=np.nan))  # present: checked above
+                step = float(header_value(header, "CDELT1", default=np.nan))
+                return 10.0 ** (start + step * pixels)
             token, _, name = location.partition(":")
             hdu = hdu_of(token)
             if not name:
@@ -236,13 +237,13 @@ def read_fits_spectra(path: str | os.PathLike[str], layout: ArrayLayout) -> Surv
                     raise KeyError(f"{path.name}: HDU {token!r} has no data.")
                 return np.asarray(hdu.data)
             if isinstance(hdu, fits.BinTableHDU | fits.TableHDU):
-                columns = list(hdu.columns.names)
+                columns = column_names(hdu)
                 if name not in columns:
                     raise KeyError(f"{path.name}: HDU {token!r} has no column {name!r}; columns: {columns}.")
                 return np.asarray(hdu.data[name])
             if name not in hdu.header:
                 raise KeyError(f"{path.name}: HDU {token!r} has no header keyword {name!r}.")
-            return hdu.header[name]
+            return header_value(hdu.header, name)
 
         return _assemble(path, layout, get, notes)
 
@@ -269,9 +270,10 @@ def read_hdf5_spectra(path: str | os.PathLike[str], layout: ArrayLayout) -> Surv
         handle.visit(lambda name: datasets.append(name) if isinstance(handle[name], h5py.Dataset) else None)
 
         def get(location: str) -> Any:
-            if location not in handle or not isinstance(handle[location], h5py.Dataset):
+            item = handle[location] if location in handle else None
+            if not isinstance(item, h5py.Dataset):
                 raise KeyError(f"{path.name} has no dataset {location!r}; datasets: {datasets}.")
-            return handle[location][()]
+            return item[()]
 
         return _assemble(path, layout, get, [])
 

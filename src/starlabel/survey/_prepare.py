@@ -312,7 +312,7 @@ def prepare(
         raise ValueError(f"the quality cuts removed every star; relax them.\n{report(0)}")
     raw = raw[np.flatnonzero(keep)]
 
-    if normalise:
+    if method is not None:  # i.e. normalise
         regions = chip_regions()
         dataset, fit = continuum_normalise(raw, method, continuum_pixels=cont_mask, regions=regions)
         n_cont = "every good pixel" if cont_mask is None else f"{int(cont_mask.sum())} continuum pixels"

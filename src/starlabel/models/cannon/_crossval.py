@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ..._internal import x64
+from ..._internal import fold_of, x64
 from ...data import InferenceResult, SpectralDataset
 from ._infer import assemble_result, start_pool
 from ._model import Cannon
@@ -148,8 +148,7 @@ def cross_validate(
         result = _leave_one_out(model, data, star_weights, **options)
         return CrossValidation(result, reference, np.arange(data.n_stars), "leave-one-out")
 
-    fold = np.empty(data.n_stars, dtype=np.int64)
-    fold[np.random.default_rng(seed).permutation(data.n_stars)] = np.arange(data.n_stars) % k
+    fold = fold_of(data.n_stars, k, seed)
     weights = np.ones(data.n_stars) if star_weights is None else np.asarray(star_weights, dtype=float)
     parts, order = [], []
     for m in range(k):
@@ -282,7 +281,15 @@ def _leave_one_out(
 
     options = LabelStepOptions(max_iter=max_iter, tol=tol)
     use_l1 = bool(np.any(prep.l1 > 0))
-    shared = [jnp.asarray(a) for a in (data.flux, data.ivar, labels, prep.weights, prep.active, prep.l1)]
+    # A tuple display, not a comprehension, so its length (six arguments) is known statically.
+    shared = (
+        jnp.asarray(data.flux),
+        jnp.asarray(data.ivar),
+        jnp.asarray(labels),
+        jnp.asarray(prep.weights),
+        jnp.asarray(prep.active),
+        jnp.asarray(prep.l1),
+    )
     block = max(1, min(n_stars, (1 << 24) // max(n_stars * n_stars, 1)))
     diffs_sq = (labels[:, None, :] - labels[None, :, :]) ** 2  # (stars, stars, labels)
     pieces: list[dict[str, np.ndarray]] = []

@@ -30,7 +30,14 @@ from ._infer import (
     start_pool,
 )
 from ._test_step import LabelStepOptions, theta_pairs
-from ._train import L1_SOLVERS, TrainingOptions, fit_pixels, training_star_weights
+from ._train import (
+    L1_SOLVERS,
+    TrainingArrays,
+    TrainingOptions,
+    fit_arrays,
+    training_arrays,
+    training_star_weights,
+)
 from ._vectorizer import PolynomialVectorizer
 
 __all__ = ["Cannon", "FittedCannon"]
@@ -104,8 +111,8 @@ def label_space(scaled: np.ndarray) -> LabelSpace:
     if len(kept) > _MAX_KEPT_TRAIN:
         kept = kept[np.sort(np.random.default_rng(0).choice(len(kept), _MAX_KEPT_TRAIN, replace=False))]
     return LabelSpace(
-        box=jnp.asarray(np.stack([scaled.min(axis=0), scaled.max(axis=0)])),
-        train=jnp.asarray(kept),
+        box=jax.device_put(np.stack([scaled.min(axis=0), scaled.max(axis=0)])),
+        train=jax.device_put(np.ascontiguousarray(kept)),
         nn_radius=jnp.asarray(float(np.max(nearest_distance(kept, kept, exclude_self=True)))),
     )
 
@@ -251,15 +258,35 @@ class Cannon(AbstractSpectralModel):
             label_names=self.label_names,
             vectorizer=prep.vectorizer,
             label_scaler=scaler,
-            theta=jnp.asarray(theta),
-            s2=jnp.asarray(s2),
-            pixel_ok=jnp.asarray(pixel_ok),
-            allowed=jnp.asarray(prep.allowed),
-            l1=jnp.asarray(prep.l1),
-            wavelength=None if wavelength is None else jnp.asarray(wavelength),
+            # device_put, not jnp.asarray: no conversion program to lower per shape.
+            theta=jax.device_put(np.asarray(theta)),
+            s2=jax.device_put(np.asarray(s2)),
+            pixel_ok=jax.device_put(np.asarray(pixel_ok)),
+            allowed=jax.device_put(prep.allowed),
+            l1=jax.device_put(prep.l1),
+            wavelength=None if wavelength is None else jax.device_put(np.asarray(wavelength)),
             label_space=label_space(scaled[prep.used]),
             training_info=tuple(sorted(info.items())),
         )
+
+    def _fit_arrays(
+        self,
+        prep: _Prepared,
+        arrays: TrainingArrays,
+        wavelength: Any,
+        info: Mapping[str, Any] | None = None,
+    ) -> FittedCannon:
+        """Train on prepared spectra (see :func:`._train.training_arrays`) with ``prep``'s weights."""
+        scaler, scaled, design = prep.design()
+        theta, s2, pixel_ok, n_iter, converged = fit_arrays(
+            arrays, design, prep.weights, prep.active, prep.l1, prep.options
+        )
+        if not converged:
+            logger.warning(
+                "Cannon.fit: scatter iterations hit max_iter=%d before tol=%g.", self.max_iter, self.tol
+            )
+        info = {"em_iterations": int(n_iter), "converged": bool(converged), **(info or {})}
+        return self._fitted(prep, scaler, scaled, (theta, s2, pixel_ok), wavelength, info)
 
     @x64
     def fit(
@@ -293,24 +320,23 @@ class Cannon(AbstractSpectralModel):
             usable stars than model terms.
         """
         prep = self._prepare(train, star_weights)
-        scaler, scaled, design = prep.design()
-        theta, s2, pixel_ok, n_iter, converged = fit_pixels(
-            train.flux, train.ivar, design, prep.weights, prep.active, prep.l1, prep.options
-        )
-        if not converged:
-            logger.warning(
-                "Cannon.fit: scatter iterations hit max_iter=%d before tol=%g.", self.max_iter, self.tol
-            )
-        info = {"em_iterations": int(n_iter), "converged": bool(converged)}
-        fitted = self._fitted(prep, scaler, scaled, (theta, s2, pixel_ok), train.wavelength, info)
+        arrays = training_arrays(train.flux, train.ivar)
+        fitted = self._fit_arrays(prep, arrays, train.wavelength)
         if not calibrate:
             return fitted
-        weights = None if star_weights is None else np.asarray(star_weights, dtype=float)
 
         def refit(rows: np.ndarray) -> FittedCannon:
-            return self.fit(
-                train[rows], star_weights=None if weights is None else weights[rows], calibrate=False
+            # A calibration fold keeps every star in the arrays and gives the held-out
+            # ones weight 0 (exact zeros in every sum): the same padded device arrays and
+            # compiled program as the fit above, no sliced copies of the spectra. The
+            # label scaling is fitted on the fold's stars, as for train[rows].
+            weights = np.zeros(train.n_stars)
+            weights[rows] = 1.0 if star_weights is None else np.asarray(star_weights, dtype=float)[rows]
+            fold = self._prepare_labels(
+                prep.labels, train.n_pixels, train.wavelength, weights, "the training set"
             )
+            missing = {"n_missing_labels": int(np.sum(~prep.complete[rows]))}
+            return self._fit_arrays(fold, arrays, train.wavelength, missing)
 
         return calibrated_fit(fitted, train, refit)
 
@@ -700,17 +726,23 @@ class FittedCannon(AbstractFittedFluxModel):
         names = tuple(config["label_names"])
         exponents = tuple(tuple(int(p) for p in row) for row in config["exponents"])
         n_pixels, n_terms, n_labels = int(config["n_pixels"]), len(exponents), len(names)
-        zeros = jnp.zeros
+
+        # Placeholders put on the device from numpy (load_model replaces every array):
+        # jnp.zeros & co. would each compile a small program per shape in every process
+        # that loads a model. Device arrays, not numpy ones, because the fields are typed.
+        def zeros(shape: Any, dtype: Any = float) -> Array:
+            return jax.device_put(np.zeros(shape, dtype=dtype))
+
         return cls(
             label_names=names,
             vectorizer=PolynomialVectorizer(names, exponents),
-            label_scaler=ShiftScale(zeros(n_labels), jnp.ones(n_labels)),
+            label_scaler=ShiftScale(zeros(n_labels), zeros(n_labels)),
             theta=zeros((n_pixels, n_terms)),
             s2=zeros(n_pixels),
-            pixel_ok=jnp.ones(n_pixels, dtype=bool),
-            allowed=jnp.ones((n_labels, n_pixels), dtype=bool),
+            pixel_ok=zeros(n_pixels, bool),
+            allowed=zeros((n_labels, n_pixels), bool),
             l1=zeros(n_pixels),
-            wavelength=jnp.linspace(1.0, 2.0, n_pixels) if config["has_wavelength"] else None,
+            wavelength=zeros(n_pixels) if config["has_wavelength"] else None,
             label_space=LabelSpace(
                 zeros((2, n_labels)), zeros((int(config["n_kept_train"]), n_labels)), zeros(())
             ),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -51,6 +51,9 @@ __all__ = [
     "TrainingOptions",
     "BlockFit",
     "fit_pixels",
+    "fit_arrays",
+    "TrainingArrays",
+    "training_arrays",
     "fit_block",
     "fit_block_impl",
     "L1_SOLVERS",
@@ -261,6 +264,47 @@ def fit_block_impl(
     )
 
 
+class TrainingArrays(NamedTuple):
+    """Training flux and inverse variances, padded and on the device, in blocks of pixels.
+
+    Built once by :func:`training_arrays` and reused by every fit on the same spectra
+    (the error calibration's folds give held-out stars weight 0 instead of slicing), so
+    the padded copies and host-to-device transfers are made once per training set.
+    """
+
+    flux: tuple[Array, ...]
+    """Per block: flux, shape (bucketed stars, block)."""
+    ivar: tuple[Array, ...]
+    """Per block: inverse variances, shape (bucketed stars, block); 0 in the padding."""
+    n_stars: int
+    n_pixels: int
+    block: int
+    """Pixels per block (the last block is padded with empty pixels)."""
+
+
+def training_arrays(flux: np.ndarray, ivar: np.ndarray, *, max_elements: int = 1 << 23) -> TrainingArrays:
+    """Pad ``flux`` and ``ivar`` (stars, pixels) to the training program's shapes, on the device.
+
+    Blocks of pixels hold ``stars × block ≤ max_elements`` values; the star axis is
+    padded to :func:`~starlabel._internal._buckets.bucket_size` (rows of ivar 0) and the
+    last block with empty pixels, so every block has one shape and compiles once.
+    """
+    n_stars, n_pixels = flux.shape
+    rows = bucket_size(n_stars, minimum=8)
+    block = max(1, min(n_pixels, max_elements // rows))
+    blocks = [(start, min(start + block, n_pixels)) for start in range(0, n_pixels, block)]
+    # One transfer per array and block, reused by every fit (device_put adopts an
+    # aligned host buffer on the CPU instead of copying it).
+    put = lambda a, start, stop: jax.device_put(_pad_to(a[:, start:stop], rows, block))  # noqa: E731
+    return TrainingArrays(
+        flux=tuple(put(flux, start, stop) for start, stop in blocks),
+        ivar=tuple(put(ivar, start, stop) for start, stop in blocks),
+        n_stars=n_stars,
+        n_pixels=n_pixels,
+        block=block,
+    )
+
+
 def fit_pixels(
     flux: np.ndarray,
     ivar: np.ndarray,
@@ -285,27 +329,35 @@ def fit_pixels(
     -------
     theta (pixels, terms), s2 (pixels,), pixel_ok (pixels,), max EM iterations, all converged
     """
-    n_stars, n_pixels = flux.shape
-    rows = bucket_size(n_stars, minimum=8)
-    block = max(1, min(n_pixels, max_elements // rows))
+    arrays = training_arrays(flux, ivar, max_elements=max_elements)
+    return fit_arrays(arrays, design, star_weights, active, l1, options)
+
+
+def fit_arrays(
+    arrays: TrainingArrays,
+    design: np.ndarray,
+    star_weights: np.ndarray,
+    active: np.ndarray,
+    l1: np.ndarray,
+    options: TrainingOptions,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, bool]:
+    """:func:`fit_pixels` on spectra already prepared by :func:`training_arrays`.
+
+    ``design`` (stars, terms) and ``star_weights`` (stars,) have one row per star of
+    ``arrays``; a star of weight 0 adds exact zeros to every sum, so it changes nothing.
+    """
+    rows, block, n_pixels = arrays.flux[0].shape[0], arrays.block, arrays.n_pixels
     use_l1 = bool(np.any(l1 > 0))
-    design_j = jnp.asarray(_pad_to(design, rows, design.shape[1]))
-    weights_j = jnp.asarray(_pad_to(star_weights, rows))
+    design_j = jax.device_put(_pad_to(np.asarray(design), rows, design.shape[1]))
+    weights_j = jax.device_put(_pad_to(np.asarray(star_weights), rows))
     thetas, s2s, oks, iters, converged = [], [], [], 0, True
-    for start in range(0, n_pixels, block):
+    for index, start in enumerate(range(0, n_pixels, block)):
         stop = min(start + block, n_pixels)
         pad = block - (stop - start)
         act = np.pad(active[start:stop], ((0, pad), (0, 0)), constant_values=True)
         lam = np.pad(l1[start:stop], (0, pad))
-        arrays = [
-            _pad_to(flux[:, start:stop], rows, block),
-            _pad_to(ivar[:, start:stop], rows, block),
-            design_j,
-            weights_j,
-            act,
-            lam,
-        ]
-        out = _call_fit_block(arrays, options, use_l1)
+        fields = [arrays.flux[index], arrays.ivar[index], design_j, weights_j, act, lam]
+        out = _call_fit_block(fields, options, use_l1)
         keep = slice(0, stop - start)
         thetas.append(np.asarray(out.theta)[keep])
         s2s.append(np.asarray(out.s2)[keep])
@@ -332,7 +384,8 @@ fit_block = eqx.filter_jit(fit_block_impl)
 
 
 def _fit_block_fields(*arrays: Array, options: TrainingOptions, use_l1: bool) -> tuple[Array, ...]:
-    out = fit_block_impl(*arrays, options, use_l1)
+    # `arrays`: fit_block_impl's array arguments in order (a list, as exported_call takes).
+    out = fit_block_impl(*arrays, options, use_l1)  # pyright: ignore[reportCallIssue]
     return (out.theta, out.s2, out.pixel_ok, out.n_iter, out.converged)
 
 
@@ -343,7 +396,7 @@ def _call_fit_block(arrays: list[Any], options: TrainingOptions, use_l1: bool) -
     ordinary ``filter_jit``.
     """
     if exported_dir() is None:
-        return fit_block(*(jnp.asarray(a) for a in arrays), options, use_l1)
+        return fit_block(*(jnp.asarray(a) for a in arrays), options, use_l1)  # pyright: ignore[reportCallIssue]
     fn = functools.partial(_fit_block_fields, options=options, use_l1=use_l1)
     theta, s2, pixel_ok, n_iter, converged = exported_call(
         "cannon_train_block", fn, (options, use_l1), arrays

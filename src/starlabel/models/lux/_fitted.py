@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ..._internal import as_float_array, x64
+from ..._internal import as_float_array, map_chunks, x64
 from ...data import Flag, InferenceResult, ShiftScale, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration
 from .._posterior import check_uncertainty, refine_uncertainty
@@ -60,15 +60,16 @@ class LuxFitInfo(eqx.Module):
     solver: str = eqx.field(static=True)
 
 
-def _pad(block: DataBlock, start: int, stop: int, size: int) -> DataBlock:
-    """Rows [start, stop) padded with unobserved rows to ``size`` (fixed shapes → one compile)."""
-    pad = size - (stop - start)
+def _pad(blocks: tuple[DataBlock, ...], size: int) -> tuple[DataBlock, ...]:
+    """Blocks grown to ``size`` rows with unobserved rows (fixed shapes → one compile)."""
 
-    def take(array, fill):
-        part = array[start:stop]
-        return jnp.concatenate([part, jnp.full((pad, *part.shape[1:]), fill, dtype=part.dtype)])
+    def grow(array, fill):
+        missing = size - array.shape[0]
+        return jnp.concatenate([array, jnp.full((missing, *array.shape[1:]), fill, dtype=array.dtype)])
 
-    return DataBlock(take(block.values, 0.0), take(block.reported_var, 1.0), take(block.observed, False))
+    return tuple(
+        DataBlock(grow(b.values, 0.0), grow(b.reported_var, 1.0), grow(b.observed, False)) for b in blocks
+    )
 
 
 class FittedLux(AbstractLatentModel):
@@ -190,13 +191,12 @@ class FittedLux(AbstractLatentModel):
     def _posterior(self, outputs, blocks, chunk_size: int, steps: int):
         n_stars = blocks[0].values.shape[0]
         size = int(min(chunk_size, 1 << max(0, (n_stars - 1).bit_length())))
-        parts = []
-        for start in range(0, n_stars, size):
-            stop = min(start + size, n_stars)
-            chunk = tuple(_pad(b, start, stop, size) for b in blocks)
-            post = latent_posterior(outputs, chunk, self.latent_size, steps)
-            parts.append(jax.tree.map(lambda a, n=stop - start: np.asarray(a[:n]), post))
-        return jax.tree.map(lambda *a: np.concatenate(a), *parts)
+        return map_chunks(
+            lambda chunk: latent_posterior(outputs, chunk, self.latent_size, steps),
+            blocks,
+            size=size,
+            pad=_pad,
+        )
 
     @x64
     def infer_latents(
@@ -333,6 +333,8 @@ class FittedLux(AbstractLatentModel):
         if uncertainty == "fisher":
             return apply_calibration(self.calibration, result, calibrate=calibrate, why_not=why)
         refined = refine_uncertainty(self, data, result, post.mean, uncertainty, posterior_options)
+        if refined.cov is None:
+            raise ValueError(f"uncertainty={uncertainty!r} gave no covariance to add the label scatter to.")
         refined = dataclasses.replace(refined, cov=refined.cov + label_scatter)
         why = f"uncertainty={uncertainty!r}; the calibration was learned on 'fisher'"
         return apply_calibration(self.calibration, refined, calibrate=calibrate, why_not=why)

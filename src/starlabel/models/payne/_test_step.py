@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._flux_fit import LabelFit, check_fit_options, map_padded_chunks, template_labels
+from ..._internal import map_chunks
+from .._flux_fit import LabelFit, check_fit_options, template_labels
 from .._nuisance import AbstractPackedModel, _lm
 from ._flux_model import PayneSpectrum
 
@@ -128,9 +129,8 @@ def fit_payne_labels(
     low, high = spectrum.safety_box()
     lower, upper = jnp.asarray(low), jnp.asarray(high)
     pairs = basis_pairs(spectrum.network.basis)
-    return map_padded_chunks(
-        lambda f, iv: _fit_chunk(spectrum, pairs, f, iv, templates, lower, upper, n_starts, n_iter),
-        flux,
-        ivar,
-        chunk_size,
+    return map_chunks(
+        lambda rows: _fit_chunk(spectrum, pairs, *rows, templates, lower, upper, n_starts, n_iter),
+        (flux, ivar),
+        size=min(chunk_size, flux.shape[0]),
     )

@@ -1,0 +1,242 @@
+"""Training-size factor ``f`` and the γ cap of the error calibration, on held-out stars.
+
+The K-fold error calibration learns ``a``, ``σ_sys`` and ``γ`` from fold models that
+train on (K−1)/K of the training set, so its widths fit errors larger than the final
+model's. ``ErrorCalibration.irreducible_share`` (``r``) multiplies the calibrated total
+by ``f = sqrt(1 − (1 − r)/K)``. This script measures, for r on a grid and γ capped at
+3 and at 2, the held-out std(z) and 1σ coverage of ``<label>_err`` per label and model
+(Cannon, Lux, NN with their default configurations), on
+
+* the 500 real APOGEE giants (``giants_100px.npz``; teff, logg, m_h), 5-fold
+  cross-validated: every star predicted by models trained without it;
+* the line-list simulator (``simulate_lines``, dwarfs, 5 labels, 7,214 pixels, S/N
+  60–250): 2,000 training and 1,000 held-out stars.
+
+Each model is trained once with the default calibration (``fit(calibrate=True)``).
+The fold residuals the calibration was fitted to are recorded, so every (cap, r)
+variant is the same ``fit_error_calibration`` refitted on them: no retraining, and
+exactly what ``fit`` with those settings stores. Training time without calibration
+is the time until the full-data fit returns, inside the same ``fit`` call.
+
+Run:  python benchmarks/calibration_size_factor.py --cases giants --out A.json
+      python benchmarks/calibration_size_factor.py --cases lines --nn-epochs 100 --out B.json
+      python benchmarks/calibration_size_factor.py --merge A.json B.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from _common import add_arguments, finish, log, pin_threads, start
+
+THREADS = pin_threads()
+
+import numpy as np  # noqa: E402
+
+import starlabel.models._calibration as calibration_module  # noqa: E402
+import starlabel.models.cannon._model as cannon_module  # noqa: E402
+import starlabel.models.lux._model as lux_module  # noqa: E402
+import starlabel.models.nn as nn_module  # noqa: E402
+from starlabel._internal import fold_indices  # noqa: E402
+from starlabel.data import read_dataset, shared_data_dir, simulate_lines  # noqa: E402
+from starlabel.models.cannon import Cannon  # noqa: E402
+from starlabel.models.lux import Lux  # noqa: E402
+from starlabel.models.nn import NNRegressor  # noqa: E402
+
+SHARES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+CAPS = [3.0, 2.0]
+TOLERANCE = (0.1, 0.04)
+MODELS = {
+    "cannon": lambda names, epochs: Cannon(names, order=2),
+    "lux": lambda names, epochs: Lux(names, latent_size=8),
+    "nn": lambda names, epochs: NNRegressor(names, epochs=epochs),
+}
+"""The default configurations of ``starlabel train cannon|lux|nn`` (NN epochs from --nn-epochs)."""
+
+_RECORDED: list[dict] = []
+_CAL_START: list[float] = []
+
+
+def _recording_fit(original):
+    def fit(residuals, errors, label_names, **kwargs):
+        _RECORDED.append(
+            {
+                "residuals": np.asarray(residuals),
+                "errors": np.asarray(errors),
+                "rchi2": kwargs.get("rchi2"),
+                "n_folds": kwargs.get("n_folds", 5),
+            }
+        )
+        return original(residuals, errors, label_names, **kwargs)
+
+    return fit
+
+
+def _timed_calibrated_fit(original):
+    def calibrated_fit(*args, **kwargs):
+        _CAL_START.append(time.perf_counter())
+        return original(*args, **kwargs)
+
+    return calibrated_fit
+
+
+FIT = calibration_module.fit_error_calibration
+calibration_module.fit_error_calibration = _recording_fit(FIT)
+for module in (cannon_module, lux_module, nn_module):
+    module.calibrated_fit = _timed_calibrated_fit(module.calibrated_fit)
+
+
+def _stats(z: np.ndarray) -> dict[str, list[float]]:
+    return {
+        "std_z": np.std(z, axis=0).round(4).tolist(),
+        "coverage_1sigma": np.mean(np.abs(z) < 1, axis=0).round(4).tolist(),
+    }
+
+
+def run_case(case: str, splits, data, names, models, epochs: int, raw: dict) -> dict:
+    """Train each model once per split; held-out z for every (γ cap, r) variant."""
+    reference = data.labels
+    out = {}
+    for model_name in models:
+        stat_pred = np.full(reference.shape, np.nan)
+        variants = {(c, r): np.full(reference.shape, np.nan) for c in CAPS for r in SHARES}
+        seconds = {"with": 0.0, "without": 0.0}
+        for train, test in splits:
+            _RECORDED.clear()
+            _CAL_START.clear()
+            t0 = time.perf_counter()
+            fitted = MODELS[model_name](names, epochs).fit(data[train], calibrate=True)
+            seconds["with"] += time.perf_counter() - t0
+            seconds["without"] += _CAL_START[0] - t0
+            folds = _RECORDED[0]
+            stat = fitted.infer(data[test], calibrate=False)
+            stat_pred[test] = stat.labels
+            for cap in CAPS:
+                base = FIT(
+                    folds["residuals"],
+                    folds["errors"],
+                    names,
+                    rchi2=folds["rchi2"],
+                    n_folds=folds["n_folds"],
+                    max_power=cap,
+                )
+                for r in SHARES:
+                    result = base.with_irreducible_share(r).apply(stat)
+                    variants[(cap, r)][test] = result.label_err
+            raw[f"{case}_{model_name}_folds_{len(raw)}"] = folds["residuals"]
+        tested = np.unique(np.concatenate([t for _, t in splits]))
+        delta = stat_pred[tested] - reference[tested]
+        grid = {
+            f"cap{c:g}": {f"r{r:g}": _stats(delta / variants[(c, r)][tested]) for r in SHARES} for c in CAPS
+        }
+        out[model_name] = {
+            "labels": list(names),
+            "n_test": int(len(tested)),
+            "rmse": np.sqrt(np.mean(delta**2, axis=0)).tolist(),
+            "train_seconds_without": round(seconds["without"], 2),
+            "train_seconds_with": round(seconds["with"], 2),
+            "train_time_ratio": round(seconds["with"] / seconds["without"], 2),
+            "nn_epochs": epochs if model_name == "nn" else None,
+            "grid": grid,
+        }
+        row = grid["cap3"]
+        log(
+            f"{case} {model_name}: r=1 std z {row['r1']['std_z']} cov {row['r1']['coverage_1sigma']};"
+            f" r=0 std z {row['r0']['std_z']} cov {row['r0']['coverage_1sigma']}"
+            f"; time {seconds}"
+        )
+    return out
+
+
+def badness(std_z: list[float], coverage: list[float]) -> float:
+    """Worst label's distance from the targets in units of their tolerance (≤ 1 meets both)."""
+    s, c = np.asarray(std_z), np.asarray(coverage)
+    return float(np.max(np.maximum(np.abs(s - 1) / TOLERANCE[0], np.abs(c - 0.6827) / TOLERANCE[1])))
+
+
+def summary(cases: dict) -> dict:
+    """Per (cap, r): the worst badness and the number of (case, model, label) misses."""
+    rows = {}
+    for c in CAPS:
+        for r in SHARES:
+            key = f"cap{c:g}_r{r:g}"
+            worst, misses, per_model = 0.0, 0, {}
+            for case, models in cases.items():
+                for model, row in models.items():
+                    stats = row["grid"][f"cap{c:g}"][f"r{r:g}"]
+                    b = badness(stats["std_z"], stats["coverage_1sigma"])
+                    per_model[f"{case}/{model}"] = round(b, 3)
+                    worst = max(worst, b)
+                    s, cov = np.asarray(stats["std_z"]), np.asarray(stats["coverage_1sigma"])
+                    misses += int(np.sum((np.abs(s - 1) > 0.1) | (np.abs(cov - 0.6827) > 0.04)))
+            rows[key] = {"worst_badness": round(worst, 3), "misses": misses, "badness": per_model}
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--cases", default="giants,lines")
+    parser.add_argument("--models", default="cannon,lux,nn")
+    parser.add_argument("--nn-epochs", type=int, default=300)
+    parser.add_argument("--merge", nargs="+", type=Path)
+    parser.add_argument("--raw", type=Path, default=None, help="also save fold residuals (.npz)")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "calibration_size_factor.json"
+    )
+    args = parser.parse_args()
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        merged = {"runs": [p["run"] for p in parts], "cases": {}, "setup": {}}
+        for part in parts:
+            merged["cases"].update(part["cases"])
+            merged["setup"].update(part["setup"])
+        merged["summary"] = summary(merged["cases"])
+        args.out.write_text(json.dumps(merged, indent=2) + "\n")
+        return
+    record = start(args, THREADS)
+    models = args.models.split(",")
+    results: dict = {"run": record, "cases": {}, "setup": {}}
+    raw: dict = {}
+    cases = args.cases.split(",")
+    if "giants" in cases:
+        folder = shared_data_dir()
+        if folder is None:
+            raise SystemExit("the shared real data were not found; set STARLABEL_SHARED_DATA.")
+        giants = read_dataset(folder / "apogee" / "giants_100px.npz", labels=("teff", "logg", "m_h"))
+        everyone = np.arange(giants.n_stars)
+        splits = [(np.setdiff1d(everyone, held), held) for held in fold_indices(giants.n_stars, 5, 2026)]
+        results["setup"]["giants"] = {"file": "apogee/giants_100px.npz", "outer_folds": 5, "seed": 2026}
+        results["cases"]["giants"] = run_case(
+            "giants", splits, giants, giants.label_names, models, args.nn_epochs, raw
+        )
+    if "lines" in cases:
+        n_train, n_test = 2000, 1000
+        data = simulate_lines(n_train + n_test, population="dwarfs", seed=15).dataset
+        log(f"line-list simulator: {data}")
+        splits = [(np.arange(n_train), np.arange(n_train, n_train + n_test))]
+        results["setup"]["lines"] = {
+            "population": "dwarfs",
+            "n_train": n_train,
+            "n_test": n_test,
+            "n_pixels": int(data.n_pixels),
+            "seed": 15,
+            "nn_epochs": args.nn_epochs,
+        }
+        results["cases"]["lines"] = run_case(
+            "lines", splits, data, data.label_names, models, args.nn_epochs, raw
+        )
+    results["run"] = finish(record)
+    results["summary"] = summary(results["cases"])
+    if args.raw is not None:
+        np.savez(args.raw, **raw)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
