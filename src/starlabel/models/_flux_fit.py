@@ -150,7 +150,9 @@ def fit_labels(
     low, high = spectrum.safety_box()
     lower, upper = jnp.asarray(low), jnp.asarray(high)
     return map_chunks(
-        lambda rows: _fit_chunk(spectrum, *rows, templates, lower, upper, n_starts, n_iter),
+        lambda rows: _fit_chunk(
+            spectrum, jnp.asarray(rows[0]), jnp.asarray(rows[1]), templates, lower, upper, n_starts, n_iter
+        ),
         (data.flux, data.ivar),
         size=min(chunk_size, data.n_stars),
     )

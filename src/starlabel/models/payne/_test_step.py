@@ -130,7 +130,17 @@ def fit_payne_labels(
     lower, upper = jnp.asarray(low), jnp.asarray(high)
     pairs = basis_pairs(spectrum.network.basis)
     return map_chunks(
-        lambda rows: _fit_chunk(spectrum, pairs, *rows, templates, lower, upper, n_starts, n_iter),
+        lambda rows: _fit_chunk(
+            spectrum,
+            pairs,
+            jnp.asarray(rows[0]),
+            jnp.asarray(rows[1]),
+            templates,
+            lower,
+            upper,
+            n_starts,
+            n_iter,
+        ),
         (flux, ivar),
         size=min(chunk_size, flux.shape[0]),
     )
