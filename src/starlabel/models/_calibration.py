@@ -58,9 +58,14 @@ __all__ = [
 CALIBRATION_FOLDS = 5
 """Default number of cross-validation folds used at ``fit`` time."""
 
-IRREDUCIBLE_SHARE = 1.0
-"""Default irreducible share ``r`` of the held-out error variance (1: the training-size
-factor is off, f = 1); see ``benchmarks/results/calibration_size_factor.json``."""
+IRREDUCIBLE_SHARE: dict[str, float] = {"cannon": 0.7, "lux": 1.0, "nn": 1.0}
+"""Default irreducible share ``r`` per model kind, used by ``fit`` (1 for other kinds:
+no factor). Measured on held-out stars (``benchmarks/results/calibration_size_factor.json``,
+``docs/uncertainties.md``): for the Cannon r = 0.7 (f = 0.970 with 5 folds) keeps every
+label of the real giants within the targets and brings the line-list log g spread
+from 0.89 to 0.91; for Lux any r < 1 widens the already too wide line-list [Fe/H] and
+[α/Fe] spreads and fails the 250-star giants test (log g 1.18); the NN's coverage is
+too high and its spread right at r = 1, so a smaller f cannot fix both."""
 
 STAT_SUFFIX = "_err_stat"
 """Suffix of the extra result columns holding the statistical (uncalibrated) errors."""
@@ -421,7 +426,7 @@ def fit_error_calibration(
     *,
     rchi2: np.ndarray | None = None,
     n_folds: int = CALIBRATION_FOLDS,
-    irreducible_share: float = IRREDUCIBLE_SHARE,
+    irreducible_share: float = 1.0,
     max_power: float = _MAX_POWER,
 ) -> ErrorCalibration:
     """Fit ``σ_total² = (a σ_stat)² + σ_sys² (χ²_ν/χ̃²_ν)^γ`` per label to held-out residuals.
@@ -450,6 +455,8 @@ def fit_error_calibration(
     irreducible_share : float
         ``r`` in [0, 1]; the calibrated totals are multiplied by
         ``f = sqrt(1 − (1 − r)/n_folds)`` (see :attr:`ErrorCalibration.size_factor`).
+        1 (no factor) by default; every family's ``fit`` (:func:`calibrated_fit`) uses
+        its kind's measured :data:`IRREDUCIBLE_SHARE`.
     max_power : float
         Upper bound of ``γ``.
 
@@ -520,7 +527,7 @@ def cross_validated_calibration(
     *,
     n_folds: int = CALIBRATION_FOLDS,
     seed: int = 0,
-    irreducible_share: float = IRREDUCIBLE_SHARE,
+    irreducible_share: float = 1.0,
 ) -> ErrorCalibration:
     """Learn an :class:`ErrorCalibration` by K-fold cross-validation on a training set.
 
@@ -578,14 +585,17 @@ def calibrated_fit(
     *,
     n_folds: int = CALIBRATION_FOLDS,
     seed: int = 0,
-    irreducible_share: float = IRREDUCIBLE_SHARE,
+    irreducible_share: float | None = None,
 ) -> Any:
     """``fitted`` carrying the calibration its family's default test step needs.
 
     Shared by every family's ``fit(calibrate=True)``: cross-validates ``refit`` on
     ``train`` (the training labels are the reference) and stores the result in the
-    fitted model's ``calibration`` field.
+    fitted model's ``calibration`` field. ``irreducible_share`` defaults to the
+    fitted model's kind's entry in :data:`IRREDUCIBLE_SHARE` (1 for other kinds).
     """
+    if irreducible_share is None:
+        irreducible_share = IRREDUCIBLE_SHARE.get(getattr(fitted, "kind", ""), 1.0)
     names = tuple(fitted.label_names)
     # Index the label columns directly: select_labels would copy the spectra too.
     reference = train.labels[:, [train.label_index(n) for n in names]]
