@@ -11,9 +11,19 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from starlabel._internal import _hashing
 from starlabel.pipeline._inputs import describe_inputs
+
+
+@pytest.fixture(autouse=True)
+def _no_pending_digests():
+    """Start from an empty table: a CLI test run earlier in this process may have left
+    digests of its own inputs pending (a command that fails before it collects them)."""
+    _hashing._PENDING.clear()
+    yield
+    _hashing._PENDING.clear()
 
 
 def _write(path, rng, n_bytes):
