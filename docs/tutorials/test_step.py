@@ -138,7 +138,7 @@ def binary_detected(fitted, primary: np.ndarray, secondary: np.ndarray, waveleng
     flux = np.stack([w * one + (1 - w) * two, one])
     data = SpectralDataset(flux + rng.normal(0, 1 / snr, flux.shape), flux_err=np.full(flux.shape, 1 / snr),
                            wavelength=wavelength, ids=["binary", "single"])  # fmt: skip
-    result = fit_binary(fitted, data, v_max=30.0, dv_max=60.0, dv_step=2.0)
+    result = fit_binary(fitted, data, v_max=30.0, dv_max=60.0)
     for i, name in enumerate(data.ids):
         print(f"{name:7s} binary={bool(result.extra['binary'][i])}  ΔBIC={result.extra['delta_bic'][i]:8.1f}"
               f"  w={result.extra['binary_w'][i]:.2f}  Δv={result.extra['binary_dv'][i]:6.1f} km/s")  # fmt: skip

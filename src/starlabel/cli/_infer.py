@@ -117,7 +117,11 @@ def infer(
     ] = None,
     binary: Annotated[
         bool,
-        typer.Option("--binary", help="Also fit a two-star model (columns binary, delta_chi2, delta_bic)."),
+        typer.Option(
+            "--binary",
+            help="Also fit a two-star model (columns binary, p_binary, delta_bic, <label>_2, …), decided by"
+            " the threshold learned at training (train cannon --binary-calibration).",
+        ),
     ] = False,
     chunk_size: Annotated[int, typer.Option(help="Spectra per chunk (bounds memory).")] = 1024,
     engine: Annotated[
@@ -206,6 +210,16 @@ def infer(
     from ..pipeline import run_inference
 
     header = read_model_header(model)
+    if binary:
+        if header.get("binary_calibration") is not None:
+            options["binary_calibration"] = header["binary_calibration"]
+        else:
+            typer.echo(
+                f"note: {model} has no binary calibration: `binary` uses the fixed rule delta_bic > 0,"
+                " which also flags single stars the model misfits, and p_binary is NaN; retrain with"
+                " `starlabel train cannon --binary-calibration` to learn the decision.",
+                err=True,
+            )
     if header.get("calibration") is None:
         when = "with --no-calibrate" if header.get("format_version", 1) >= 2 else "by an older starlabel"
         typer.echo(

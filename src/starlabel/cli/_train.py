@@ -59,8 +59,11 @@ def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> An
     return dataset
 
 
-def _save_fitted(fitted: Any, output: Path, training_set: Any) -> None:
-    fitted.save(output, training_set=training_set)  # its checksum goes into the provenance
+def _save_fitted(fitted: Any, output: Path, training_set: Any, binary_calibration: Any = None) -> None:
+    from ..models import save_model
+
+    # The training set's checksum goes into the provenance; a binary decision into the header.
+    save_model(fitted, output, training_set=training_set, binary_calibration=binary_calibration)
     typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
 
 
@@ -131,8 +134,18 @@ def train_cannon(
     ] = False,
     compilation_cache: _CompilationCache = True,
     calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
+    binary_calibration: Annotated[
+        bool,
+        typer.Option(
+            "--binary-calibration",
+            help="Also learn the decision of `infer --binary` (the binary_score threshold that 0.5% of"
+            " the training stars exceed) by 5-fold cross-validation of two-star fits; needs wavelengths.",
+        ),
+    ] = False,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
+    if stream and binary_calibration:
+        raise ValueError("--binary-calibration needs the training set in memory; drop --stream.")
     if stream:  # the model header records the file's SHA-256: hash it while JAX imports
         from .._internal._hashing import hash_in_background
 
@@ -166,7 +179,17 @@ def train_cannon(
         with console.status(f"training The Cannon{_calibration_progress(calibrate)}…"):
             fitted = model.fit(dataset, calibrate=calibrate)
     _report_calibration(fitted)
-    _save_fitted(fitted, output, dataset if dataset is not None else data)
+    decision = None
+    if binary_calibration:
+        from ..models import learn_binary_calibration
+
+        with console.status("learning the binary decision (5-fold cross-validation of two-star fits)…"):
+            decision = learn_binary_calibration(model, dataset)
+        typer.echo(
+            f"binary decision: binary_score > {decision.threshold:.4g} ({decision.false_positive_rate:.1%}"
+            f" of {decision.n_stars} held-out training stars above it)"
+        )
+    _save_fitted(fitted, output, dataset if dataset is not None else data, decision)
 
 
 class ScatterKind(StrEnum):

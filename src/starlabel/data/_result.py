@@ -103,6 +103,10 @@ class Flag(enum.IntFlag):
     """A label's uncertainty is wider than the training set's range of that label: the
     spectrum does not constrain it (or the error computation broke down). Treat the
     label as unmeasured; the reported value is mostly the prior's or the start's."""
+    BINARY = 256
+    """``--binary``: the two-star model fits far better than a single star would (its
+    ``binary_score`` beyond the threshold learned on the training set); the labels are
+    the primary's from the two-star fit. Not a quality problem, a classification."""
 
     @classmethod
     def describe(cls, value: int) -> str:

@@ -53,7 +53,7 @@ def column_units(columns: Iterable[str], label_names: Sequence[str]) -> dict[str
     """Units of a result table's columns that carry a label or a velocity.
 
     A label's unit goes to ``<label>``, ``<label>_err``, ``<label>_err_stat``, ``ref_<label>``, the binary
-    components ``<label>_1``, ``<label>_2`` and the posterior-mean extras
+    components ``<label>_1``, ``<label>_2`` (and their ``_err``) and the posterior-mean extras
     ``<label>_best``, ``mode2_<label>``; ``rv``, ``rv_err`` and the binary velocity
     columns are km/s. Columns without a known unit are left out.
     """
@@ -69,6 +69,8 @@ def column_units(columns: Iterable[str], label_names: Sequence[str]) -> dict[str
                 f"ref_{name}",
                 f"{name}_1",
                 f"{name}_2",
+                f"{name}_1_err",
+                f"{name}_2_err",
                 f"{name}_best",
                 f"mode2_{name}",
             ):

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 from .._internal._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from ._binary import BinaryCalibration as BinaryCalibration
     from ._binary import fit_binary as fit_binary
+    from ._binary import learn_binary_calibration as learn_binary_calibration
     from ._calibration import ErrorCalibration as ErrorCalibration
     from ._calibration import apply_calibration as apply_calibration
     from ._calibration import cross_validated_calibration as cross_validated_calibration

@@ -16,12 +16,26 @@ few secondary templates (training labels spread along the label distribution) an
 grid of Δv the best ``w`` is a one-dimensional linear least-squares solution, the best
 few (template, Δv) pairs seed a batched Levenberg–Marquardt over all binary parameters,
 and the lowest χ² wins. The two models are compared by Δχ² and the Bayesian information
-criterion ``ΔBIC = Δχ² − Δk ln n`` (``n`` usable pixels, ``Δk`` extra parameters); a
-star is flagged a binary when ``ΔBIC`` exceeds ``bic_threshold``.
+criterion ``ΔBIC = Δχ² − Δk ln n`` (``n`` usable pixels, ``Δk`` extra parameters).
+
+The decision. A single star the model misfits also gains χ² from a second component
+(it absorbs part of the misfit), and that gain grows with S/N like the misfit itself, so
+no fixed ΔBIC threshold works: on line-list dwarfs a threshold of 0 flagged two thirds of
+the single stars. The decision statistic is therefore ``binary_score``, a ΔBIC whose Δχ²
+is measured in units of the binary fit's reduced χ² (when that exceeds 1), and its
+threshold is learned on the training set (:func:`learn_binary_calibration`): K-fold
+cross-validation fits each held-out training star as a single star and as a binary with a
+model that never saw it, and the threshold is the ``1 − false_positive_rate`` quantile of
+their scores. ``p_binary`` is the share of those held-out training stars whose score is
+below the star's: 0.99 means the star's evidence for a companion beats 99 % of the
+training stars' (which are taken to be single). The :class:`BinaryCalibration` travels in
+the model file's header; without one the fixed rule ``ΔBIC > bic_threshold`` decides.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,52 +46,175 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._internal import x64
-from ..data import InferenceResult, SpectralDataset
+from ..data import Flag, InferenceResult, SpectralDataset
 from ._nuisance import (
-    SCAN_STRIDE,
     AbstractPackedModel,
     DopplerResampler,
     NuisanceModel,
-    _lm,
+    SplinePrefilter,
+    _best_of,
+    _doppler,
     _templates,
     build_nuisance_model,
+    correlate_lags,
     fit_nuisance,
     fit_quality,
+    lag_velocity,
+    rest_columns,
+    rest_spline,
 )
-from ._posterior_mean import PolynomialSpectrum
+from .base import AbstractFluxModel
 
-__all__ = ["BinaryModel", "DEFAULT_SHARED", "fit_binary"]
+__all__ = ["BinaryCalibration", "BinaryModel", "DEFAULT_SHARED", "fit_binary", "learn_binary_calibration"]
 
 DEFAULT_SHARED: tuple[str, ...] = ("fe_h", "m_h", "feh", "mh", "metallicity")
 """Label names treated as shared by both components when ``shared`` is not given."""
+
+
+_PROBABILITIES = np.linspace(0.0, 1.0, 201)
+"""Probability levels at which a :class:`BinaryCalibration` keeps the held-out scores."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryCalibration:
+    """The binary decision learned on a training set (see the module docstring).
+
+    Attributes
+    ----------
+    quantiles : tuple of float
+        ``binary_score`` of the cross-validated training stars at the probability levels
+        ``linspace(0, 1, len(quantiles))`` (non-decreasing).
+    threshold : float
+        A star is a binary when its ``binary_score`` exceeds this: the
+        ``1 − false_positive_rate`` quantile of the held-out scores.
+    false_positive_rate : float
+        Share of the training stars above the threshold.
+    n_stars, n_folds : int
+        Held-out stars and cross-validation folds it was learned from.
+    fit_rv : bool
+        Whether the fits it was learned from had a free velocity.
+    """
+
+    quantiles: tuple[float, ...]
+    threshold: float
+    false_positive_rate: float
+    n_stars: int
+    n_folds: int
+    fit_rv: bool = True
+
+    def __post_init__(self) -> None:
+        q = np.asarray(self.quantiles, dtype=float)
+        if q.ndim != 1 or len(q) < 2 or not np.all(np.isfinite(q)) or np.any(np.diff(q) < 0):
+            raise ValueError("BinaryCalibration.quantiles must be ≥ 2 finite non-decreasing scores.")
+        if not 0.0 < self.false_positive_rate < 1.0:
+            raise ValueError(f"false_positive_rate must be in (0, 1), got {self.false_positive_rate}.")
+
+    @classmethod
+    def from_scores(
+        cls, scores: Any, *, false_positive_rate: float = 0.005, n_folds: int = 5, fit_rv: bool = True
+    ) -> BinaryCalibration:
+        """From held-out training stars' ``binary_score`` (NaN: a failed fit, left out)."""
+        scores = np.asarray(scores, dtype=float)
+        good = scores[np.isfinite(scores)]
+        if len(good) < 20:
+            raise ValueError(
+                f"learning the binary threshold needs ≥ 20 held-out stars with a finite score, got"
+                f" {len(good)}; train on more stars."
+            )
+        if not 0.0 < false_positive_rate < 1.0:
+            raise ValueError(f"false_positive_rate must be in (0, 1), got {false_positive_rate}.")
+        return cls(
+            tuple(float(x) for x in np.quantile(good, _PROBABILITIES)),
+            float(np.quantile(good, 1.0 - false_positive_rate)),
+            float(false_positive_rate),
+            len(good),
+            int(n_folds),
+            bool(fit_rv),
+        )
+
+    def p_binary(self, score: Any) -> np.ndarray:
+        """Share of the held-out training stars with a lower score (0 … 1; NaN stays NaN)."""
+        score = np.asarray(score, dtype=float)
+        q = np.asarray(self.quantiles)
+        probabilities = np.linspace(0.0, 1.0, len(q))
+        # Ties (a flat stretch of quantiles) take their highest level, so p is a CDF.
+        unique, last = np.unique(q[::-1], return_index=True)
+        levels = probabilities[::-1][last]
+        out = np.interp(score, unique, levels, left=0.0, right=1.0)
+        return np.where(np.isfinite(score), out, np.nan)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (the model-file header's ``binary_calibration``)."""
+        return dataclasses.asdict(self) | {"quantiles": list(self.quantiles)}
+
+    @classmethod
+    def from_dict(cls, config: Any) -> BinaryCalibration:
+        """Inverse of :meth:`to_dict`; a clear error naming what is missing."""
+        if isinstance(config, BinaryCalibration):
+            return config
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(config, dict) or not set(fields[:5]) <= set(config):
+            raise ValueError(
+                f"a binary calibration needs the keys {fields[:5]}; got"
+                f" {sorted(config) if isinstance(config, dict) else type(config).__name__}."
+                " Retrain with `starlabel train cannon --binary-calibration`."
+            )
+        return cls(
+            **{k: config[k] for k in fields if k in config} | {"quantiles": tuple(config["quantiles"])}
+        )
 
 
 class BinaryModel(AbstractPackedModel):
     """Flux of two stars: ``w S_{v1} m(ℓ1) + (1 − w) S_{v1+Δv} m(ℓ2)``.
 
     Parameters are packed as ``[ℓ1 (labels), ℓ2 (free labels), u, Δv, v1]`` with
-    ``w = ½ + ½ σ(u)`` (σ the logistic function), Δv and v1 in km/s.
+    ``w = ½ + ½ σ(u)`` (σ the logistic function), Δv and v1 in km/s. ``m`` is any
+    :class:`~starlabel.models.AbstractFluxModel`: a linear one (the Cannon) is shifted
+    through its prefiltered θ (``theta_spline``), any other through ``prefilter``, as in
+    :class:`~starlabel.models._nuisance.NuisanceModel`.
 
     Attributes
     ----------
-    spectrum : PolynomialSpectrum
+    spectrum : AbstractFluxModel
     resampler : DopplerResampler
-    theta_spline : Float[Array, "pixels terms"]
-        Prefiltered coefficients for velocity shifts.
+    theta_spline : Float[Array, "pixels terms"] or None
+        A linear model's prefiltered coefficients for velocity shifts.
     shared : tuple of int
         Indices of labels the components share.
     fit_rv : bool
         Whether the primary's velocity v1 is free (else 0).
     flux_ratio : callable, optional
         ``flux_ratio(ℓ1, ℓ2) -> w`` (pure JAX); replaces the free ``w``.
+    prefilter : SplinePrefilter, optional
+        The B-spline prefilter of a non-linear model's spectra.
     """
 
-    spectrum: PolynomialSpectrum
+    spectrum: AbstractFluxModel
     resampler: DopplerResampler
-    theta_spline: Float[Array, "pixels terms"]
+    theta_spline: Float[Array, "pixels terms"] | None
     shared: tuple[int, ...] = eqx.field(static=True)
     fit_rv: bool = eqx.field(static=True)
     flux_ratio: Callable[[Array, Array], Array] | None = eqx.field(static=True, default=None)
+    prefilter: SplinePrefilter | None = None
+
+    @classmethod
+    def like(
+        cls,
+        single: NuisanceModel,
+        shared: tuple[int, ...],
+        fit_rv: bool,
+        flux_ratio: Callable[[Array, Array], Array] | None = None,
+    ) -> BinaryModel:
+        """The two-star model on the single-star model's grid, spectrum and prefilter."""
+        return cls(
+            single.spectrum,
+            single.resampler,
+            single.theta_spline,
+            shared,
+            fit_rv,
+            flux_ratio,
+            single.prefilter,
+        )
 
     @property
     def n_labels(self) -> int:
@@ -103,11 +240,15 @@ class BinaryModel(AbstractPackedModel):
         w = self.flux_ratio(l1, l2) if self.flux_ratio is not None else 0.5 + 0.5 * jax.nn.sigmoid(u)
         return l1, l2, w, dv, v1
 
+    def rest_spline(self, labels: Float[Array, " labels"]) -> Float[Array, " pixels"]:
+        """B-spline coefficients of one component's rest-frame spectrum."""
+        return rest_spline(self.spectrum, self.theta_spline, self.prefilter, labels)
+
     def components(self, params: Float[Array, " params"]) -> tuple[Array, Array]:
         """The two weighted component spectra (pixels,) as observed."""
         l1, l2, w, dv, v1 = self.unpack(params)
-        m1 = self.resampler(self.theta_spline @ self.spectrum.label_vector(l1), v1)
-        m2 = self.resampler(self.theta_spline @ self.spectrum.label_vector(l2), v1 + dv)
+        m1 = self.resampler(self.rest_spline(l1), v1)
+        m2 = self.resampler(self.rest_spline(l2), v1 + dv)
         return w * m1, (1.0 - w) * m2
 
     def flux(self, params: Float[Array, " params"]) -> Float[Array, " pixels"]:
@@ -117,17 +258,21 @@ class BinaryModel(AbstractPackedModel):
 
     def jacobian(self, params: Float[Array, " params"]) -> Float[Array, "pixels params"]:
         """∂flux/∂params (analytic; autodiff when ``flux_ratio`` ties w to the labels)."""
+        return self.flux_and_jacobian(params)[1]
+
+    def flux_and_jacobian(self, params: Float[Array, " params"]) -> tuple[Array, Array]:
+        """Flux and ∂flux/∂params from one rest-frame evaluation per star (a θ product)."""
         if self.flux_ratio is not None:
-            return jax.jacfwd(self.flux)(params)
+            return self.flux(params), jax.jacfwd(self.flux)(params)
         k, own = self.n_labels, self.free_secondary
         l1, l2, w, dv, v1 = self.unpack(params)
-        vector = self.spectrum.label_vector
-        rest1 = self.theta_spline @ vector(l1)
-        rest2 = self.theta_spline @ vector(l2)
-        d1 = self.resampler(self.theta_spline @ jax.jacfwd(vector)(l1), v1)  # (pixels, labels)
-        d2 = self.resampler(self.theta_spline @ jax.jacfwd(vector)(l2), v1 + dv)
-        m1, m2 = self.resampler(rest1, v1), self.resampler(rest2, v1 + dv)
-        dm1, dm2 = self.resampler.derivative(rest1, v1), self.resampler.derivative(rest2, v1 + dv)
+        # m(ℓ) and ∂m/∂ℓ of each star (θx and θ∂x/∂ℓ): the dominant cost of an LM step.
+        rest1 = rest_columns(self.spectrum, self.theta_spline, self.prefilter, l1)
+        rest2 = rest_columns(self.spectrum, self.theta_spline, self.prefilter, l2)
+        first, second = self.resampler(rest1, v1), self.resampler(rest2, v1 + dv)
+        m1, d1, m2, d2 = first[:, 0], first[:, 1:], second[:, 0], second[:, 1:]
+        dm1 = self.resampler.derivative(rest1[:, 0], v1)
+        dm2 = self.resampler.derivative(rest2[:, 0], v1 + dv)
         shared = np.isin(np.arange(k), own, invert=True)
         d_l1 = w * d1 + (1.0 - w) * d2 * jnp.asarray(shared, dtype=d2.dtype)[None, :]
         sig = 2.0 * (w - 0.5)
@@ -139,7 +284,7 @@ class BinaryModel(AbstractPackedModel):
             ((1.0 - w) * dm2)[:, None],
             (w * dm1 + (1.0 - w) * dm2)[:, None],
         ]
-        return jnp.concatenate(columns, axis=1)
+        return w * m1 + (1.0 - w) * m2, jnp.concatenate(columns, axis=1)
 
     def free(self) -> np.ndarray:
         """Bool (params,): which parameters are fitted."""
@@ -174,47 +319,62 @@ def _fit_binary_chunk(
     ivar: Array,
     single: Array,
     templates: Array,
-    dv_grid: Array,
     lower: Array,
     upper: Array,
+    max_lag: int,
     n_starts: int,
     n_iter: int,
 ) -> _BinaryFit:
     k = model.n_labels
     own = model.free_secondary
     free = jnp.asarray(model.free(), dtype=flux.dtype)
-    spline = jax.vmap(lambda t: model.theta_spline @ model.spectrum.label_vector(t))(templates)
+    step = float(np.median([b[3] for b in model.resampler.blocks]))
+    lags = jnp.arange(-max_lag, max_lag + 1)
 
-    pick = slice(None, None, SCAN_STRIDE)
-    scan_resampler = model.resampler.every(SCAN_STRIDE)
+    def seen(labels: Array, v: Array) -> Array:
+        return model.resampler(model.rest_spline(labels), v)
 
     def one_star(f: Array, iv: Array, single_p: Array) -> tuple[Array, ...]:
         omega = jnp.where(model.resampler.usable, model.spectrum.weights(iv), 0.0)
         l1, v1 = single_p[:k], single_p[k]
-        m1 = scan_resampler(model.theta_spline @ model.spectrum.label_vector(l1), v1)
-        f_scan, omega_scan = f[pick], omega[pick]
+        m1 = seen(l1, v1)
+        g = f - m1
+        # Secondary templates seen at v1: a twin of the primary first, then the spread.
+        labels2 = jnp.concatenate([l1[None, :], templates])
+        shifted = jax.vmap(lambda t: seen(t, v1))(labels2)
+        c_gm, c_mm, c_gg = (jnp.sum(omega * a * b) for a, b in ((g, m1), (m1, m1), (g, g)))
 
-        def candidate(template: Array, dv: Array) -> tuple[Array, Array]:
-            m2 = scan_resampler(template, v1 + dv)
-            d = m1 - m2
-            num = jnp.sum(omega_scan * (f_scan - m2) * d)
-            w = jnp.clip(num / jnp.maximum(jnp.sum(omega_scan * d * d), 1e-300), 0.5, 0.95)
-            return jnp.sum(omega_scan * (f_scan - m2 - w * d) ** 2), w
+        def candidate(t2: Array) -> tuple[Array, Array, Array]:
+            # f ≈ m1 + u (m2 − m1) with u = 1 − w the secondary's share: with d = m1 − m2,
+            # χ²(u) = Σω g² + 2u Σω g d + u² Σω d², every lag at once by FFT.
+            gd = c_gm - correlate_lags(omega * g, t2, max_lag)
+            dd = (
+                c_mm - 2.0 * correlate_lags(omega * m1, t2, max_lag) + correlate_lags(omega, t2 * t2, max_lag)
+            )
+            ok = dd > 1e-12 * c_mm
+            u = jnp.clip(jnp.where(ok, -gd / jnp.where(ok, dd, 1.0), 0.05), 0.05, 0.5)
+            chi2 = jnp.where(ok, c_gg + 2.0 * u * gd + u * u * dd, jnp.inf)
+            best = jnp.argmin(chi2)
+            return lags[best], u[best], chi2[best]
 
-        chi2, w = jax.vmap(lambda t: jax.vmap(lambda dv: candidate(t, dv))(dv_grid))(spline)
-        order = jnp.argsort(chi2.ravel())[:n_starts]
-        t_idx, dv_idx = jnp.unravel_index(order, chi2.shape)
-        w0 = w.ravel()[order]
-        u0 = jnp.log((w0 - 0.5) / (1.0 - w0 + 1e-9) + 1e-9)  # inverse of w = ½ + ½σ(u)
-
-        def start(t: Array, dv: Array, u: Array) -> tuple[Array, ...]:
-            label2 = templates[t]
-            p0 = jnp.concatenate([l1, label2[own], u[None], dv_grid[dv][None], v1[None]])
-            return _lm(model, f, omega, p0, lower, upper, free, n_iter)
-
-        params, cov, chi2_fit, done = jax.vmap(start)(t_idx, dv_idx, u0)
-        best = jnp.argmin(jnp.where(jnp.isfinite(chi2_fit), chi2_fit, jnp.inf))
-        return params[best], cov[best], chi2_fit[best], done[best]
+        lag, u, chi2 = jax.vmap(candidate)(shifted)
+        w0 = 1.0 - u
+        u0 = jnp.log((w0 - 0.5) / (1.0 - w0))  # inverse of w = ½ + ½σ(u)
+        dv0 = lag_velocity(lag.astype(f.dtype), step)
+        starts = jnp.concatenate(
+            [
+                jnp.broadcast_to(l1, (labels2.shape[0], k)),
+                labels2[:, own],
+                u0[:, None],
+                dv0[:, None],
+                jnp.broadcast_to(v1, (labels2.shape[0], 1)),
+            ],
+            axis=1,
+        )
+        params, cov, chi2_fit, _, done = _best_of(
+            model, f, omega, starts, chi2, lower, upper, free, n_starts, n_iter
+        )
+        return params, cov, chi2_fit, done
 
     params, cov, chi2, done = jax.vmap(one_star)(flux, ivar, single)
     return _BinaryFit(params, cov, chi2, done)
@@ -230,11 +390,11 @@ def fit_binary(
     flux_ratio: Callable[[Array, Array], Array] | None = None,
     v_max: float = 150.0,
     dv_max: float = 100.0,
-    dv_step: float = 4.0,
-    n_templates: int = 6,
+    n_templates: int = 2,
     n_starts: int = 2,
-    n_iter: int = 50,
+    n_iter: int = 30,
     bic_threshold: float = 0.0,
+    calibration: BinaryCalibration | dict[str, Any] | None = None,
     chunk_size: int = 32,
     poor_fit: float = 3.0,
 ) -> InferenceResult:
@@ -242,8 +402,9 @@ def fit_binary(
 
     Parameters
     ----------
-    fitted : FittedCannon or PolynomialSpectrum
-        Trained polynomial-in-labels model.
+    fitted : AbstractFittedFluxModel or AbstractFluxModel
+        FittedCannon, FittedPayne, or a flux model itself (a linear one takes the fast
+        path: one θ product per star and LM step).
     data : SpectralDataset
         Spectra with ``wavelength`` (Å) on the model's log-λ grid.
     fit_rv : bool
@@ -254,14 +415,21 @@ def fit_binary(
         ``flux_ratio(ℓ1, ℓ2) -> w`` (pure JAX) tying the mixing weight to the labels.
     v_max : float
         Largest |v1| (km/s).
-    dv_max, dv_step : float
-        Range and step of the Δv scan (km/s).
+    dv_max : float
+        Largest |Δv| (km/s) scanned and allowed.
     n_templates, n_starts : int
-        Secondary templates scanned, and (template, Δv) pairs refined by LM.
+        Secondary templates scanned besides a twin of the primary, and (template, Δv)
+        pairs refined by LM.
     n_iter : int
-        Cap on Levenberg–Marquardt iterations per start.
+        Cap on Levenberg–Marquardt iterations per start (single and binary fits).
     bic_threshold : float
-        Flag a binary when ``ΔBIC = Δχ² − Δk ln n > bic_threshold``.
+        Without a ``calibration``: flag a binary when ``ΔBIC = Δχ² − Δk ln n >
+        bic_threshold`` (a fixed rule that flags many misfit single stars; a note in
+        ``meta["binary_decision"]`` says so).
+    calibration : BinaryCalibration or its dict, optional
+        The decision learned on the training set (:func:`learn_binary_calibration`;
+        ``starlabel train cannon --binary-calibration`` stores it in the model file):
+        ``binary`` is ``binary_score > calibration.threshold`` and ``p_binary`` is filled.
     chunk_size : int
         Spectra per compiled batch.
     poor_fit : float
@@ -270,11 +438,15 @@ def fit_binary(
     Returns
     -------
     InferenceResult
-        The single-star labels and covariances (the standard answer), with extra
-        columns ``binary`` (bool flag), ``delta_chi2``, ``delta_bic``, ``binary_w`` and
-        ``binary_w_err``, ``binary_dv`` and ``binary_dv_err`` (km/s), ``binary_v1``,
-        ``<label>_1``/``<label>_2`` (component labels), ``chi2_binary``, and ``rv``/``rv_err``
-        from the single-star fit when ``fit_rv``.
+        Labels, covariances, χ² and ``rv``/``rv_err`` (when ``fit_rv``) of the single-star
+        fit, except for stars decided binary: theirs are the primary's from the two-star
+        fit, with the BINARY flag. Extra columns ``binary`` (bool), ``p_binary`` (NaN
+        without a calibration), ``binary_score``, ``delta_chi2``, ``delta_bic``,
+        ``chi2_binary``, ``binary_w``/``binary_w_err`` (the primary's share of the
+        continuum flux), ``binary_dv``/``binary_dv_err`` (secondary − primary, km/s),
+        ``binary_v1``, and ``<label>_1``, ``<label>_2`` with ``<label>_1_err``,
+        ``<label>_2_err`` (the components' labels from the two-star fit; shared labels
+        are equal).
 
     Raises
     ------
@@ -286,27 +458,27 @@ def fit_binary(
     El-Badry et al. (2018a), MNRAS 473, 5043 (binary spectral models with the Cannon);
     El-Badry et al. (2018b), MNRAS 476, 528 (unresolved binaries in APOGEE).
     """
-    if dv_step <= 0 or dv_max <= 0:
-        raise ValueError(f"`dv_max` and `dv_step` must be > 0, got {dv_max}, {dv_step}.")
+    if dv_max <= 0:
+        raise ValueError(f"`dv_max` must be > 0 km/s, got {dv_max}.")
+    # One resampler reaching v_max + dv_max for both models, with or without a fitted
+    # velocity: the secondary moves by Δv either way, and both χ² must count the same pixels.
     single_model: NuisanceModel = build_nuisance_model(
-        fitted, data.wavelength, fit_rv=fit_rv, continuum_order=None, v_max=v_max + dv_max
+        fitted, data.wavelength, fit_rv=True, continuum_order=None, v_max=v_max + dv_max
     )
+    if not fit_rv:
+        single_model = dataclasses.replace(single_model, fit_rv=False)
     spectrum = single_model.spectrum
-    binary = BinaryModel(
-        spectrum,
-        single_model.resampler,
-        single_model.theta_spline,
-        _shared_indices(spectrum.label_names, shared),
-        bool(fit_rv),
-        flux_ratio,
+    binary = BinaryModel.like(
+        single_model, _shared_indices(spectrum.label_names, shared), bool(fit_rv), flux_ratio
     )
-    single = fit_nuisance(single_model, data)
+    single = fit_nuisance(single_model, data, n_starts=1, n_iter=n_iter, chunk_size=chunk_size, scan="ccf")
     own = binary.free_secondary
     templates = jnp.asarray(_templates(spectrum, n_templates))
     safe_lo, safe_hi = spectrum.safety_box()
     lower = jnp.asarray(np.concatenate([safe_lo, safe_lo[own], [-30.0, -dv_max, -v_max]]))
     upper = jnp.asarray(np.concatenate([safe_hi, safe_hi[own], [30.0, dv_max, v_max]]))
-    dv_grid = jnp.arange(-dv_max, dv_max + 0.5 * dv_step, dv_step)
+    step = max(b[3] for b in binary.resampler.blocks)
+    max_lag = int(math.floor(math.log(_doppler(float(dv_max))) / step))
     single_params = np.asarray(single.params)
     outs = []
     chunk = min(chunk_size, data.n_stars)
@@ -321,15 +493,30 @@ def fit_binary(
             binary,
             *(jnp.asarray(a) for a in arrays),
             templates,
-            dv_grid,
             lower,
             upper,
+            max_lag,
             int(n_starts),
             int(n_iter),
         )
         outs.append(jax.tree.map(lambda a, n=end - begin: np.asarray(a)[:n], out))
     fit = jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
-    return _assemble(binary, single_model, single, fit, data, bic_threshold, poor_fit)
+    decision = None if calibration is None else BinaryCalibration.from_dict(calibration)
+    return _assemble(binary, single_model, single, fit, data, bic_threshold, decision, poor_fit)
+
+
+def binary_score(
+    delta_chi2: Any, chi2_binary: Any, n_good: Any, extra_params: int, n_binary: int
+) -> np.ndarray:
+    """ΔBIC with Δχ² in units of the binary fit's reduced χ² (when that exceeds 1).
+
+    A model misfit inflates both the reduced χ² and the Δχ² a second component gains, by
+    the same factor for a given star, so the ratio is comparable across S/N.
+    """
+    n_good = np.maximum(np.asarray(n_good, dtype=float), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rchi2 = np.asarray(chi2_binary) / np.maximum(n_good - n_binary, 1.0)
+        return np.asarray(delta_chi2) / np.maximum(rchi2, 1.0) - extra_params * np.log(n_good)
 
 
 def _assemble(
@@ -339,6 +526,7 @@ def _assemble(
     fit: Any,
     data: SpectralDataset,
     bic_threshold: float,
+    calibration: BinaryCalibration | None,
     poor_fit: float,
 ) -> InferenceResult:
     k, own = binary.n_labels, binary.free_secondary
@@ -350,8 +538,23 @@ def _assemble(
     delta_chi2 = chi2_s - chi2_b
     with np.errstate(divide="ignore", invalid="ignore"):
         delta_bic = delta_chi2 - (k_binary - k_single) * np.log(np.maximum(n_good, 1.0))
-    is_binary = np.isfinite(delta_bic) & (delta_bic > bic_threshold)
-    params, cov = fit.params, fit.cov
+    score = binary_score(delta_chi2, chi2_b, n_good, k_binary - k_single, k_binary)
+    if calibration is None:
+        is_binary = np.isfinite(delta_bic) & (delta_bic > bic_threshold)
+        p_binary = np.full(len(score), np.nan)
+        decision = (
+            f"fixed rule delta_bic > {bic_threshold:g}: the model has no binary calibration, so"
+            " misfit single stars are flagged too (retrain with --binary-calibration)"
+        )
+    else:
+        is_binary = np.isfinite(score) & (score > calibration.threshold)
+        p_binary = calibration.p_binary(score)
+        decision = (
+            f"binary_score > {calibration.threshold:.4g}, learned by {calibration.n_folds}-fold"
+            f" cross-validation on {calibration.n_stars} training stars"
+            f" ({calibration.false_positive_rate:.2%} of them above it)"
+        )
+    params, cov = np.asarray(fit.params), np.asarray(fit.cov)
     unpacked = jax.vmap(binary.unpack)(jnp.asarray(params))
     l1, l2, w, dv, v1 = (np.asarray(a) for a in unpacked)
     j = len(own)
@@ -360,8 +563,14 @@ def _assemble(
     w_err = np.where(
         binary.flux_ratio is None, 2.0 * (w - 0.5) * (1.0 - w) * np.sqrt(np.maximum(u_var, 0.0)), np.nan
     )
+    variance = np.diagonal(cov, axis1=1, axis2=2)
+    err1 = np.sqrt(np.maximum(variance[:, :k], 0.0))
+    err2 = err1.copy()  # shared labels: the primary's
+    err2[:, own] = np.sqrt(np.maximum(variance[:, k : k + j], 0.0))
     extra: dict[str, np.ndarray] = {
         "binary": is_binary,
+        "p_binary": p_binary,
+        "binary_score": score,
         "delta_chi2": delta_chi2,
         "delta_bic": delta_bic,
         "chi2_binary": chi2_b,
@@ -373,20 +582,29 @@ def _assemble(
     }
     for i, name in enumerate(names):
         extra[f"{name}_1"] = l1[:, i]
+        extra[f"{name}_1_err"] = err1[:, i]
         extra[f"{name}_2"] = l2[:, i]
+        extra[f"{name}_2_err"] = err2[:, i]
     single_params, single_cov = np.asarray(single.params), np.asarray(single.cov)
+    # A detected binary's answer is the primary of the two-star fit, not the single-star
+    # fit (which averages both stars: 198 K Teff RMSE on binaries vs 46 K for singles).
+    pick = is_binary[:, None]
+    labels = np.where(pick, l1, single_params[:, :k])
+    label_cov = np.where(pick[:, :, None], cov[:, :k, :k], single_cov[:, :k, :k])
+    chi2 = np.where(is_binary, chi2_b, chi2_s)
+    converged = np.where(is_binary, np.asarray(fit.converged), np.asarray(single.converged))
     if binary.fit_rv:
-        extra["rv"] = single_params[:, k]
-        extra["rv_err"] = np.sqrt(np.maximum(single_cov[:, k, k], 0.0))
-    label_cov, dof, flags = fit_quality(
-        single_cov[:, :k, :k], chi2_s, n_good, k_single, np.asarray(single.converged), poor_fit
-    )
+        extra["rv"] = np.where(is_binary, v1, single_params[:, k])
+        extra["rv_err"] = np.sqrt(np.maximum(np.where(is_binary, cov[:, -1, -1], single_cov[:, k, k]), 0.0))
+    label_cov, dof, flags = fit_quality(label_cov, chi2, n_good, k_single, converged, poor_fit)
+    dof = np.where(is_binary, n_good - k_binary, dof).astype(float)
+    flags |= np.where(is_binary, int(Flag.BINARY), 0)
     return InferenceResult(
         ids=data.ids,
         label_names=names,
-        labels=single_params[:, :k],
+        labels=labels,
         cov=label_cov,
-        chi2=chi2_s,
+        chi2=chi2,
         dof=dof,
         flags=flags,
         extra=extra,
@@ -395,5 +613,69 @@ def _assemble(
             "binary_model": True,
             "shared": ",".join(names[i] for i in binary.shared),
             "bic_threshold": float(bic_threshold),
+            "binary_decision": decision,
         },
+    )
+
+
+def learn_binary_calibration(
+    model: Any,
+    train: SpectralDataset,
+    *,
+    n_folds: int = 5,
+    false_positive_rate: float = 0.005,
+    fit_rv: bool = True,
+    seed: int = 0,
+    **options: Any,
+) -> BinaryCalibration:
+    """Learn the binary decision by K-fold cross-validation on the training set.
+
+    Each fold refits ``model`` on the other folds (without error calibration) and fits
+    the held-out stars as single stars and as binaries (:func:`fit_binary`); the
+    threshold is the ``1 − false_positive_rate`` quantile of their ``binary_score``.
+    The training stars are taken to be single: binaries among them raise the threshold
+    (fewer detections, never more false positives).
+
+    Parameters
+    ----------
+    model : Cannon or Payne
+        Unfitted configuration (``model.fit(train, calibrate=False)`` must return a
+        model with a flux model; K refits, so a Payne costs K trainings).
+    train : SpectralDataset
+        The training set, with ``wavelength`` (Å, log-λ grid).
+    n_folds : int
+        K.
+    false_positive_rate : float
+        Share of training stars the threshold leaves above it (default 0.5 %, half the
+        1 % target, so that sampling noise in the quantile rarely exceeds it).
+    fit_rv : bool
+        Fit velocities, as ``infer --binary --fit-rv`` will.
+    seed : int
+        Fold assignment.
+    **options
+        Passed to :func:`fit_binary`.
+
+    Returns
+    -------
+    BinaryCalibration
+
+    Raises
+    ------
+    ValueError
+        Without wavelengths, with fewer than 2 folds, or too few usable stars.
+    """
+    from .._internal import fold_indices
+
+    if train.wavelength is None:
+        raise ValueError("the binary calibration fits velocities and needs `train.wavelength` (Å).")
+    if not isinstance(n_folds, int) or n_folds < 2:
+        raise ValueError(f"`n_folds` must be an integer ≥ 2, got {n_folds!r}.")
+    scores = np.full(train.n_stars, np.nan)
+    everyone = np.arange(train.n_stars)
+    for held in fold_indices(train.n_stars, n_folds, seed):
+        fitted = model.fit(train[np.setdiff1d(everyone, held)], calibrate=False)
+        result = fit_binary(fitted, train[held], fit_rv=fit_rv, **options)
+        scores[held] = result.extra["binary_score"]
+    return BinaryCalibration.from_scores(
+        scores, false_positive_rate=false_positive_rate, n_folds=n_folds, fit_rv=fit_rv
     )

@@ -10,7 +10,8 @@ A model file is a NumPy ``.npz`` archive (a zip; the suffix is conventionally
        "label_names": ["teff", "logg", "m_h"], "config": {...},
        "training_set": {"sha256": "…", "of": "arrays", "n_stars": 500, "source": "…"},
        "calibration": {"label_names": [...], "n_folds": 5, "n_stars": 400,
-                       "irreducible_share": 1.0, "size_factor": 1.0} or null}
+                       "irreducible_share": 1.0, "size_factor": 1.0} or null,
+       "binary_calibration": {"threshold": …, "quantiles": [...], …}}  (optional)
 
   ``training_set`` (optional; files without it load as before) identifies the data
   the model was trained on: the SHA-256 of the training arrays
@@ -30,7 +31,9 @@ execute code.
 Versions: 1 had no ``calibration`` key; such files still load, and their models
 infer with statistical errors only (a logged warning says so, and every result's
 ``meta["errors"]`` is ``"statistical"``). Version 2 calibrations had no training-size
-factor; they load with ``f = 1`` (as they were learned) and a logged note.
+factor; they load with ``f = 1`` (as they were learned) and a logged note. The
+``binary_calibration`` key (the decision of ``infer --binary``) is optional in version 3:
+files without it load, and ``--binary`` then uses the fixed rule with a note.
 """
 
 from __future__ import annotations
@@ -121,7 +124,13 @@ def training_set_record(training_set: Any) -> dict[str, Any]:
     )
 
 
-def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
+def save_model(
+    model: AbstractFittedModel,
+    path: str | os.PathLike[str],
+    *,
+    training_set: Any = None,
+    binary_calibration: Any = None,
+) -> Path:
     """Save a fitted model to ``path`` (written atomically; see the module docstring).
 
     Parameters
@@ -131,6 +140,9 @@ def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, trai
     training_set : SpectralDataset or path-like, optional
         The data the model was trained on; its checksum goes into the header (and from
         there into the provenance of every result table made with this file).
+    binary_calibration : BinaryCalibration, optional
+        The binary decision learned on the training set; stored in the header as
+        ``binary_calibration`` (a JSON object), where ``infer --binary`` finds it.
 
     Returns
     -------
@@ -153,6 +165,8 @@ def save_model(model: AbstractFittedModel, path: str | os.PathLike[str], *, trai
     }
     if training_set is not None:
         header["training_set"] = training_set_record(training_set)
+    if binary_calibration is not None:
+        header["binary_calibration"] = binary_calibration.to_dict()
     arrays = {name: np.asarray(leaf) for name, leaf in _array_leaves(model)}
     if "__header__" in arrays:
         raise ValueError("a model leaf may not be called '__header__'.")

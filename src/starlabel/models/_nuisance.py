@@ -47,6 +47,8 @@ __all__ = [
     "AbstractPackedModel",
     "DopplerResampler",
     "SplinePrefilter",
+    "rest_columns",
+    "rest_spline",
     "find_regions",
     "NuisanceModel",
     "NuisanceFit",
@@ -118,6 +120,12 @@ class DopplerResampler(eqx.Module):
         False within reach of a region edge at the largest velocity ``v_max``.
     v_max : float
         Largest |v| (km/s) the resampler is valid for.
+    blocks : tuple of (first, length, pad, step)
+        Each region's first pixel, length, mirror padding (pixels) and ln λ step. With
+        them a shift is four contiguous slices of the mirror-padded region weighted by
+        the same four B-spline weights (every pixel of a region moves by the same
+        number of pixels), about ten times faster on CPU than gathering four taps per
+        pixel; empty for :meth:`every`'s subsampled view, which gathers.
     """
 
     position: Float[Array, " pixels"]
@@ -126,6 +134,7 @@ class DopplerResampler(eqx.Module):
     step: Float[Array, " pixels"]
     usable: Bool[Array, " pixels"]
     v_max: float = eqx.field(static=True)
+    blocks: tuple[tuple[int, int, int, float], ...] = eqx.field(static=True, default=())
 
     @classmethod
     def from_wavelength(
@@ -161,6 +170,7 @@ class DopplerResampler(eqx.Module):
         step = np.zeros(n)
         usable = np.zeros(n, dtype=bool)
         max_shift = math.log(_doppler(float(v_max)))
+        blocks = []
         for r in np.unique(region):
             idx = np.flatnonzero(region == r)
             if np.any(np.diff(idx) != 1):
@@ -185,6 +195,7 @@ class DopplerResampler(eqx.Module):
             length[idx] = len(idx)
             step[idx] = h
             usable[idx[margin:-margin]] = True
+            blocks.append((int(idx[0]), len(idx), margin, h))
         with jax.enable_x64(True):
             return cls(
                 jnp.asarray(position),
@@ -193,6 +204,7 @@ class DopplerResampler(eqx.Module):
                 jnp.asarray(step),
                 jnp.asarray(usable),
                 float(v_max),
+                tuple(sorted(blocks)),
             )
 
     def taps(self, v: Float[Array, ""]) -> tuple[Int[Array, "out 4"], Float[Array, "out 4"]]:
@@ -233,10 +245,35 @@ class DopplerResampler(eqx.Module):
         dsource = -1.0 / (C_KMS * (1.0 - beta * beta) * self.step)
         return _bspline_derivative(source - jnp.floor(source)) * dsource[:, None]
 
+    def _shifted(self, coefficients: Array, v: Array, derivative: bool) -> Array:
+        """Region by region: four weighted slices of the mirror-padded coefficients."""
+        parts = []
+        beta = v / C_KMS
+        for first, length, pad, h in self.blocks:
+            block = coefficients[first : first + length]
+            # Mirror about the end pixels without repeating them, as the prefilter assumes.
+            padded = jnp.concatenate([block[pad:0:-1], block, block[-2 : -pad - 2 : -1]])
+            source = -jnp.log(_doppler(v)) / h  # the same sub-pixel position for every pixel
+            base = jnp.floor(source)
+            frac = source - base
+            if derivative:
+                weights = _bspline_derivative(frac) * (-1.0 / (C_KMS * (1.0 - beta * beta) * h))
+            else:
+                weights = _bspline_weights(frac)
+            base = jnp.clip(base.astype(jnp.int32), 1 - pad, pad - 2)  # only beyond v_max
+            out = sum(
+                weights[j] * jax.lax.dynamic_slice_in_dim(padded, pad + base + j - 1, length, axis=0)
+                for j in range(4)
+            )
+            parts.append(out)
+        return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
     def derivative(
         self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]
     ) -> Float[Array, "out ..."]:
         """d/dv of :meth:`__call__` (per km/s)."""
+        if self.blocks:
+            return self._shifted(coefficients, v, True)
         index, _ = self.taps(v)
         weights = self.taps_derivative(v)
         weights = weights.reshape(weights.shape + (1,) * (coefficients.ndim - 1))
@@ -269,6 +306,8 @@ class DopplerResampler(eqx.Module):
         self, coefficients: Float[Array, "pixels ..."], v: Float[Array, ""]
     ) -> Float[Array, "out ..."]:
         """Spline ``coefficients`` (from :meth:`prefilter`) evaluated as observed at velocity ``v``."""
+        if self.blocks:
+            return self._shifted(coefficients, v, False)
         values = coefficients
         index, weights = self.taps(v)
         gathered = values[index]  # (pixels, 4, ...)
@@ -319,6 +358,23 @@ class AbstractPackedModel(eqx.Module):
     def jacobian(self, params: Float[Array, " params"]) -> Float[Array, "pixels params"]:
         """∂flux/∂params."""
 
+    def flux_and_jacobian(self, params: Float[Array, " params"]) -> tuple[Array, Array]:
+        """Both at once (override to share work; one LM step needs both)."""
+        return self.flux(params), self.jacobian(params)
+
+
+def _label_columns(
+    spectrum: AbstractLinearFluxModel, theta: Array, labels: Array
+) -> Float[Array, "pixels k"]:
+    """Columns ``θ x(ℓ)`` and ``θ ∂x/∂ℓ_j`` (pixels, 1 + labels) from one product.
+
+    The product is formed pixels-last and transposed: on CPU under vmap that is 3–6×
+    faster than ``θ @ [x, ∂x/∂ℓ]`` (pixels-first), and the shifts want pixels first.
+    """
+    vector = spectrum.label_vector
+    stacked = jnp.concatenate([vector(labels)[None, :], jax.jacfwd(vector)(labels).T], axis=0)
+    return jnp.einsum("kt,pt->kp", stacked, theta).T
+
 
 class SplinePrefilter(eqx.Module):
     """:meth:`DopplerResampler.prefilter` as a banded operator, for spectra known only in JAX.
@@ -360,6 +416,43 @@ class SplinePrefilter(eqx.Module):
         """B-spline coefficients of ``values`` (pixels first)."""
         weight = self.weight.reshape(self.weight.shape + (1,) * (values.ndim - 1))
         return jnp.sum(values[self.index] * weight, axis=1)
+
+
+def rest_spline(
+    spectrum: AbstractFluxModel,
+    theta_spline: Float[Array, "pixels terms"] | None,
+    prefilter: SplinePrefilter | None,
+    labels: Float[Array, " labels"],
+) -> Float[Array, " pixels"]:
+    """B-spline coefficients of ``spectrum``'s rest-frame flux at ``labels``.
+
+    A linear model (``theta_spline`` given: its θ prefiltered once) needs one product;
+    any other model's flux is prefiltered here, inside the fit.
+    """
+    if theta_spline is not None:
+        assert isinstance(spectrum, AbstractLinearFluxModel)
+        return theta_spline @ spectrum.label_vector(labels)
+    assert prefilter is not None
+    return prefilter(spectrum.flux(labels))
+
+
+def rest_columns(
+    spectrum: AbstractFluxModel,
+    theta_spline: Float[Array, "pixels terms"] | None,
+    prefilter: SplinePrefilter | None,
+    labels: Float[Array, " labels"],
+) -> Float[Array, "pixels k"]:
+    """:func:`rest_spline` and its derivatives by each label, (pixels, 1 + labels).
+
+    One array, so that a single Doppler shift moves the flux and its Jacobian together.
+    """
+    if theta_spline is not None:
+        assert isinstance(spectrum, AbstractLinearFluxModel)
+        return _label_columns(spectrum, theta_spline, labels)
+    assert prefilter is not None
+    flux, pushforward = jax.linearize(spectrum.flux, labels)
+    jac = jax.vmap(pushforward, out_axes=1)(jnp.eye(labels.shape[0], dtype=labels.dtype))
+    return prefilter(jnp.concatenate([flux[:, None], jac], axis=1))
 
 
 class NuisanceModel(AbstractPackedModel):
@@ -431,24 +524,11 @@ class NuisanceModel(AbstractPackedModel):
 
     def rest_spline(self, labels: Float[Array, " labels"]) -> Float[Array, " pixels"]:
         """B-spline coefficients of the rest-frame model spectrum at ``labels``."""
-        if self.theta_spline is not None:
-            spectrum = self.spectrum
-            assert isinstance(spectrum, AbstractLinearFluxModel)
-            return self.theta_spline @ spectrum.label_vector(labels)
-        assert self.prefilter is not None
-        return self.prefilter(self.spectrum.flux(labels))
+        return rest_spline(self.spectrum, self.theta_spline, self.prefilter, labels)
 
-    def _rest_and_derivative(self, labels: Float[Array, " labels"]) -> tuple[Array, Array]:
-        """:meth:`rest_spline` and its derivative (pixels, labels)."""
-        if self.theta_spline is not None:
-            spectrum = self.spectrum
-            assert isinstance(spectrum, AbstractLinearFluxModel)
-            rest = self.theta_spline @ spectrum.label_vector(labels)
-            return rest, self.theta_spline @ jax.jacfwd(spectrum.label_vector)(labels)
-        assert self.prefilter is not None
-        flux, pushforward = jax.linearize(self.spectrum.flux, labels)
-        jac = jax.vmap(pushforward, out_axes=1)(jnp.eye(labels.shape[0], dtype=labels.dtype))
-        return self.prefilter(flux), self.prefilter(jac)
+    def rest_columns(self, labels: Float[Array, " labels"]) -> Float[Array, "pixels k"]:
+        """:meth:`rest_spline` and its label derivatives, (pixels, 1 + labels)."""
+        return rest_columns(self.spectrum, self.theta_spline, self.prefilter, labels)
 
     def flux(self, params: Float[Array, " params"]) -> Float[Array, " pixels"]:
         """Model flux of one star."""
@@ -457,16 +537,24 @@ class NuisanceModel(AbstractPackedModel):
 
     def jacobian(self, params: Float[Array, " params"]) -> Float[Array, "pixels params"]:
         """∂flux/∂params, analytic in v (jacfwd through the taps' gathers costs ~15× more)."""
+        return self.flux_and_jacobian(params)[1]
+
+    def flux_and_jacobian(self, params: Float[Array, " params"]) -> tuple[Array, Array]:
+        """Flux and ∂flux/∂params from one rest-frame evaluation of ``[m(ℓ), ∂m/∂ℓ]``.
+
+        For a linear model that is one product of θ with ``[x(ℓ), ∂x/∂ℓ]``.
+        """
         labels, v, coefficients = self.unpack(params)
-        rest, d_rest = self._rest_and_derivative(labels)  # (pixels,), (pixels, labels)
+        rest = self.rest_columns(labels)  # (pixels, 1 + labels)
         continuum = self.continuum(coefficients)
-        shifted = self.resampler(rest, v)
+        moved = self.resampler(rest, v)
+        shifted = moved[:, 0]
         columns = [
-            continuum[:, None] * self.resampler(d_rest, v),
-            (continuum * self.resampler.derivative(rest, v))[:, None],
+            moved[:, 1:] * continuum[:, None],
+            (continuum * self.resampler.derivative(rest[:, 0], v))[:, None],
             self.basis * shifted[:, None],
         ]
-        return jnp.concatenate(columns, axis=1)
+        return continuum * shifted, jnp.concatenate(columns, axis=1)
 
     def weights(self, ivar: Float[Array, " pixels"]) -> Float[Array, " pixels"]:
         """Inverse variances with s², zero outside usable pixels."""
@@ -514,10 +602,10 @@ def _lm(
         return jnp.sum(omega * (flux - model.flux(p)) ** 2)
 
     def normal(p: Array) -> tuple[Array, Array]:
-        jac = model.jacobian(p) * free[None, :]
-        weighted = jac * sqrt_w[:, None]
+        model_flux, jac = model.flux_and_jacobian(p)
+        weighted = jac * free[None, :] * sqrt_w[:, None]
         F = weighted.T @ weighted
-        grad = weighted.T @ (sqrt_w * (flux - model.flux(p)))
+        grad = weighted.T @ (sqrt_w * (flux - model_flux))
         return F + jnp.diag(jnp.where(free, 0.0, 1.0)), grad
 
     def step(state: _LMState) -> _LMState:
@@ -529,13 +617,19 @@ def _lm(
         better = jnp.isfinite(trial_chi2) & (trial_chi2 < state.chi2)
         # Δχ² well below the 1 that defines a 1σ change.
         small = jnp.abs(state.chi2 - trial_chi2) < 1e-3
+        # The undamped Gauss–Newton step's predicted Δχ² (gᵀF⁻¹g): once it is negligible
+        # the fit is at its minimum, and a rejected step there is round-off, not a reason to
+        # raise the damping ~17 times (under vmap every star would wait for that).
+        newton = jnp.linalg.solve(F, grad) * free
+        flat = jnp.dot(newton, grad) < 1e-3
         damping = jnp.where(better, state.damping / 3.0, state.damping * 4.0)
         return _LMState(
             jnp.where(better, trial, state.params),
             jnp.where(better, trial_chi2, state.chi2),
             jnp.clip(damping, 1e-9, 1e9),
-            # Done on a negligible improvement, or when no damping finds a better point.
-            (better & small) | (damping > 1e8),
+            # Done on a negligible improvement, at a flat minimum, or when no damping finds
+            # a better point.
+            (better & small) | flat | (damping > 1e8),
             state.iteration + 1,
         )
 
@@ -585,6 +679,59 @@ def _scan(model: NuisanceModel, flux: Array, omega: Array, template: Array, v_gr
     return _ScanOut(v_grid[best], scale[best], chi2[best])
 
 
+def correlate_lags(a: Array, b: Array, max_lag: int) -> Float[Array, " lags"]:
+    """``c[s] = Σ_i a[i] b[i − s]`` for integer lags ``s = −max_lag … max_lag`` (by FFT).
+
+    Zero-padded, so there is no wrap-around. On a log-λ grid a lag of ``s`` pixels is a
+    velocity ``v(s)`` (:func:`lag_velocity`), and ``b`` shifted by ``s`` pixels is ``b``
+    seen at that velocity: one FFT product replaces a scan over the velocity grid.
+    """
+    n_fft = 1 << int(math.ceil(math.log2(a.shape[-1] + max_lag + 1)))
+    c = jnp.fft.irfft(jnp.fft.rfft(a, n_fft) * jnp.conj(jnp.fft.rfft(b, n_fft)), n_fft)
+    return jnp.concatenate([c[n_fft - max_lag :], c[: max_lag + 1]])
+
+
+def lag_velocity(lag: Any, step: float) -> Any:
+    """Velocity (km/s) whose Doppler factor is ``exp(lag · step)`` (``step``: ln λ per pixel)."""
+    d2 = jnp.exp(2.0 * lag * step)
+    return C_KMS * (d2 - 1.0) / (d2 + 1.0)
+
+
+def _parabola(chi2: Array, best: Array) -> Array:
+    """Sub-pixel offset (−½…½) of the minimum of a parabola through ``chi2[best−1 … best+1]``."""
+    left = chi2[jnp.clip(best - 1, 0, chi2.shape[0] - 1)]
+    mid, right = chi2[best], chi2[jnp.clip(best + 1, 0, chi2.shape[0] - 1)]
+    curve = left - 2.0 * mid + right
+    return jnp.clip(
+        jnp.where(curve > 0, 0.5 * (left - right) / jnp.where(curve > 0, curve, 1.0), 0.0), -0.5, 0.5
+    )
+
+
+def _ccf_scan(
+    model: NuisanceModel, flux: Array, omega: Array, templates: Array, max_lag: int
+) -> tuple[Array, Array]:
+    """Best velocity and χ² of each template (rest-frame values) by FFT cross-correlation.
+
+    ``χ²(s) = Σ ω f² − 2 Σ ω f T(· − s) + Σ ω T(· − s)²`` at every integer lag, then a
+    parabola through the minimum for the sub-pixel part. Pixels outside ``usable`` have
+    ω = 0 and every lag within the edge margins stays inside its own region, so the
+    regions need no separate treatment.
+    """
+    step = float(np.median([b[3] for b in model.resampler.blocks]))
+
+    def one(template: Array) -> tuple[Array, Array]:
+        chi2 = (
+            jnp.sum(omega * flux * flux)
+            - 2.0 * correlate_lags(omega * flux, template, max_lag)
+            + correlate_lags(omega, template * template, max_lag)
+        )
+        best = jnp.argmin(chi2)
+        lag = best - max_lag + _parabola(chi2, best)
+        return lag_velocity(lag, step), chi2[best]
+
+    return jax.vmap(one)(templates)
+
+
 @eqx.filter_jit
 def _fit_chunk(
     model: NuisanceModel,
@@ -596,12 +743,18 @@ def _fit_chunk(
     upper: Array,
     n_starts: int,
     n_iter: int,
+    max_lag: int = 0,
 ) -> NuisanceFit:
     free = jnp.asarray(model.free(), dtype=flux.dtype)
     rest = jax.vmap(model.rest_spline)(templates)
+    values = jax.vmap(model.spectrum.flux)(templates)  # rest-frame fluxes for the FFT starts
 
     def one_star(f: Array, iv: Array) -> tuple[Array, ...]:
         omega = model.weights(iv)
+        if max_lag:  # velocity starts by cross-correlation (no continuum)
+            v0, scan_chi2 = _ccf_scan(model, f, omega, values, max_lag)
+            starts = jnp.concatenate([templates, v0[:, None]], axis=1)
+            return _best_of(model, f, omega, starts, scan_chi2, lower, upper, free, n_starts, n_iter)
 
         def start_of(label: Array, template_flux: Array) -> tuple[Array, Array]:
             grid = v_grid if model.fit_rv else jnp.zeros((1,), dtype=f.dtype)
@@ -612,15 +765,31 @@ def _fit_chunk(
             return jnp.concatenate([label, scan.v[None], a0]), scan.chi2
 
         starts, scan_chi2 = jax.vmap(start_of)(templates, rest)
-        order = jnp.argsort(jnp.where(jnp.isfinite(scan_chi2), scan_chi2, jnp.inf))[:n_starts]
-        params, cov, chi2, done = jax.vmap(lambda p0: _lm(model, f, omega, p0, lower, upper, free, n_iter))(
-            starts[order]
-        )
-        best = jnp.argmin(jnp.where(jnp.isfinite(chi2), chi2, jnp.inf))
-        return params[best], cov[best], chi2[best], jnp.sum(omega > 0).astype(f.dtype), done[best]
+        return _best_of(model, f, omega, starts, scan_chi2, lower, upper, free, n_starts, n_iter)
 
     params, cov, chi2, n_good, done = jax.vmap(one_star)(flux, ivar)
     return NuisanceFit(params, cov, chi2, n_good, done)
+
+
+def _best_of(
+    model: AbstractPackedModel,
+    f: Array,
+    omega: Array,
+    starts: Array,
+    scan_chi2: Array,
+    lower: Array,
+    upper: Array,
+    free: Array,
+    n_starts: int,
+    n_iter: int,
+) -> tuple[Array, ...]:
+    """LM from the ``n_starts`` starts with the lowest scan χ²; the lowest final χ² wins."""
+    order = jnp.argsort(jnp.where(jnp.isfinite(scan_chi2), scan_chi2, jnp.inf))[:n_starts]
+    params, cov, chi2, done = jax.vmap(lambda p0: _lm(model, f, omega, p0, lower, upper, free, n_iter))(
+        starts[order]
+    )
+    best = jnp.argmin(jnp.where(jnp.isfinite(chi2), chi2, jnp.inf))
+    return params[best], cov[best], chi2[best], jnp.sum(omega > 0).astype(f.dtype), done[best]
 
 
 def _templates(spectrum: AbstractFluxModel, n: int) -> np.ndarray:
@@ -704,6 +873,7 @@ def fit_nuisance(
     v_step: float = 2.0,
     n_iter: int = 50,
     chunk_size: int = 64,
+    scan: str = "grid",
 ) -> NuisanceFit:
     """Joint MAP of labels, velocity and continuum for every spectrum (flat priors).
 
@@ -724,6 +894,10 @@ def fit_nuisance(
         Cap on Levenberg–Marquardt iterations.
     chunk_size : int
         Spectra per compiled batch.
+    scan : {"grid", "ccf"}
+        Velocity starts from χ² on a grid of ``v_step`` (B-spline shifts, every second
+        pixel), or from an FFT cross-correlation at whole-pixel lags refined by a
+        parabola (``"ccf"``; about ten times cheaper, for fits without continuum).
 
     Returns
     -------
@@ -734,9 +908,17 @@ def fit_nuisance(
     spectrum = model.spectrum
     if data.n_pixels != spectrum.n_pixels:
         raise ValueError(f"`data` has {data.n_pixels} pixels; the model has {spectrum.n_pixels}.")
+    if scan not in ("grid", "ccf"):
+        raise ValueError(f"`scan` must be 'grid' or 'ccf', got {scan!r}.")
+    if scan == "ccf" and (model.n_continuum or not model.resampler.blocks):
+        raise ValueError("scan='ccf' needs a fit without continuum on a log-λ grid; use scan='grid'.")
     templates = jnp.asarray(_templates(spectrum, n_templates))
     n_starts = max(1, min(int(n_starts), templates.shape[0]))
     v_max = model.resampler.v_max
+    max_lag = 0
+    if scan == "ccf" and model.fit_rv:
+        step = min(b[3] for b in model.resampler.blocks)
+        max_lag = int(math.floor(math.log(_doppler(v_max)) / step))
     v_grid = jnp.arange(-v_max, v_max + 0.5 * v_step, v_step)
     safe_lo, safe_hi = spectrum.safety_box()
     big = np.full(model.n_continuum, np.inf)
@@ -761,6 +943,7 @@ def fit_nuisance(
             upper,
             int(n_starts),
             int(n_iter),
+            max_lag,
         )
         outs.append(jax.tree.map(lambda a, n=end - begin: np.asarray(a)[:n], out))
     return jax.tree.map(lambda *parts: jnp.asarray(np.concatenate(parts)), *outs)

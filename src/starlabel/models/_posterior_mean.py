@@ -74,8 +74,8 @@ def polynomial_spectrum(fitted: Any) -> PolynomialSpectrum:
     Raises
     ------
     TypeError
-        If ``fitted`` has no polynomial flux model: the grid and binary test steps need a
-        model linear in its coefficients.
+        If ``fitted`` has no polynomial flux model: the grid test steps need a model
+        linear in its coefficients.
     """
     if isinstance(fitted, PolynomialSpectrum):
         return fitted
@@ -85,7 +85,7 @@ def polynomial_spectrum(fitted: Any) -> PolynomialSpectrum:
             return model
     raise TypeError(
         f"{type(fitted).__name__} is not a polynomial-in-labels model: the posterior-mean,"
-        " grid and binary test steps need one such as a FittedCannon (or a PolynomialSpectrum)."
+        " grid test steps need one such as a FittedCannon (or a PolynomialSpectrum)."
     )
 
 
@@ -1213,7 +1213,9 @@ def infer_labels(
         (extra ``cont_r{region}_c{power}``).
     binary : bool
         Also fit a two-star model and compare (:func:`starlabel.models.fit_binary`);
-        extra columns ``binary``, ``delta_chi2``, ``delta_bic`` and the components.
+        extra columns ``binary``, ``p_binary``, ``delta_chi2``, ``delta_bic`` and the
+        components. ``binary_calibration=`` (a :class:`~starlabel.models.BinaryCalibration`
+        or the model-file header's dict) gives the decision learned on the training set.
     key : PRNGKeyArray, optional
         For ``"nuts"`` (default ``jax.random.key(0)``).
     width_scale : float or sequence of float, optional
@@ -1279,7 +1281,9 @@ def infer_labels(
             raise ValueError("--binary runs its own MAP fits; use estimator='map' and no continuum.")
         from ._binary import fit_binary
 
-        result = fit_binary(fitted, data, fit_rv=fit_rv, **options)
+        binary_options = dict(options)
+        learned = binary_options.pop("binary_calibration", None)  # from the model file's header
+        result = fit_binary(fitted, data, fit_rv=fit_rv, calibration=learned, **binary_options)
     elif nuisance:
         if estimator == "nuts":
             raise ValueError(
