@@ -138,7 +138,7 @@ def train_cannon(
         bool,
         typer.Option(
             "--binary-calibration",
-            help="Also learn the decision of `infer --binary` (the binary_score threshold that 0.5% of"
+            help="Also learn the decision of `infer --binary` (the binary_score threshold that 0.2% of"
             " the training stars exceed) by 5-fold cross-validation of two-star fits; needs wavelengths.",
         ),
     ] = False,
