@@ -7,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -26,6 +27,16 @@ def test_background_digest_is_the_sha256_of_the_file(tmp_path, rng):
     assert len(_hashing._PENDING) == 1  # only the existing regular file started
     assert _hashing.sha256_of_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
     assert not _hashing._PENDING  # collected once
+
+
+def test_many_files_are_hashed_in_order_by_one_thread(tmp_path, rng):
+    paths = [_write(tmp_path / f"s{i}.npz", rng, (1 << 20) + i) for i in range(6)]
+    _hashing.hash_in_background(paths)
+    workers = [t for t in threading.enumerate() if t.name == "starlabel-sha256"]
+    assert len(workers) <= 1  # one reader for a survey of many files, not one per file
+    for path in paths:
+        assert _hashing.sha256_of_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not _hashing._PENDING
 
 
 def test_a_file_changed_after_its_hash_started_is_hashed_again(tmp_path, rng):

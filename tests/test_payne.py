@@ -168,7 +168,7 @@ def test_cli_train_payne_then_infer(sim, tmp_path):
     runner = CliRunner()
     args = ["train", "payne", str(train), "--labels", ",".join(LABELS), "-o", str(model)]
     done = runner.invoke(
-        app, [*args, "--hidden", "32,32", "--components", "16", "--epochs", "150", "--seed", "2"]
+        app, [*args, "--hidden", "32,32", "--components", "16", "--epochs", "80", "--seed", "2"]
     )
     assert done.exit_code == 0, done.output
     assert "saved payne model" in done.output and "error calibration" in done.output

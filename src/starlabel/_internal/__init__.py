@@ -25,5 +25,6 @@ if TYPE_CHECKING:
     from ._validate import check_label_names as check_label_names
     from ._validate import check_shape as check_shape
     from ._validate import numeric_label as numeric_label
+    from ._validate import require as require
 
 __getattr__, __dir__ = lazy_exports(__name__, __file__)

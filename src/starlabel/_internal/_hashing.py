@@ -25,25 +25,26 @@ _BLOCK = 1 << 22
 
 
 class _Pending:
-    """A digest being computed on a daemon thread (so an early exit never waits for it)."""
+    """One file's digest, computed by the background worker (or found cancelled)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.cancelled = threading.Event()
+        self.done = threading.Event()
         self.digest: str | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="starlabel-sha256", daemon=True)
-        self.thread.start()
 
-    def _run(self) -> None:
+    def run(self) -> None:
         try:
-            self.digest = _hash(self.path, self.cancelled)
-        except BaseException as error:  # re-raised (or recomputed) by the caller
-            self.error = error
+            if not self.cancelled.is_set():
+                self.digest = _hash(self.path, self.cancelled)
+        except Exception:  # noqa: BLE001 - the caller hashes again and reports the error
+            self.digest = None
+        finally:
+            self.done.set()
 
     def result(self) -> str | None:
         """The digest, or None if hashing was cancelled or failed (the caller hashes again)."""
-        self.thread.join()
+        self.done.wait()
         return self.digest
 
 
@@ -66,12 +67,19 @@ def _hash(path: Path, cancelled: threading.Event | None = None) -> str | None:
     return digest.hexdigest()
 
 
+def _work(queue: list[_Pending]) -> None:
+    for pending in queue:  # in the order the caller will ask for them
+        pending.run()
+
+
 def hash_in_background(paths: Iterable[str | os.PathLike[str]]) -> None:
-    """Start hashing each existing regular file of ``paths`` on its own daemon thread.
+    """Start hashing the existing regular files of ``paths``, in order, on one daemon thread.
 
     Anything else (globs, folders, missing files) is skipped: the caller hashes what it
-    resolves later. Starting the same file twice starts it once.
+    resolves later. A file already started (or a link to it) is not queued again. One
+    thread for all files, so a survey of many files reads them one at a time.
     """
+    queue = []
     for entry in paths:
         path = Path(entry)
         try:
@@ -82,7 +90,10 @@ def hash_in_background(paths: Iterable[str | os.PathLike[str]]) -> None:
             continue
         with _LOCK:
             if _key(stat) not in _PENDING:
-                _PENDING[_key(stat)] = _Pending(path)
+                _PENDING[_key(stat)] = pending = _Pending(path)
+                queue.append(pending)
+    if queue:
+        threading.Thread(target=_work, args=(queue,), name="starlabel-sha256", daemon=True).start()
 
 
 def discard_background_hash(path: Path, stat: os.stat_result | None = None) -> None:

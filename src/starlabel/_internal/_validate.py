@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
+
+_T = TypeVar("_T")
+
+
+def require(value: _T | None, name: str, fix: str) -> _T:
+    """``value``, or a ``ValueError`` saying that ``name`` is not set and how to ``fix`` it.
+
+    For fields that are ``None`` until a step fills them (a model before ``fit``, a
+    transform before ``initialise``): using one early is a bug worth a clear message.
+    """
+    if value is None:
+        raise ValueError(f"{name} is not set yet: {fix}.")
+    return value
 
 
 def as_float_array(value: object, name: str) -> np.ndarray:

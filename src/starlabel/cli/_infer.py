@@ -23,6 +23,8 @@ def _cross_validated_temperature(model: Path, train: Path, prior: str, likelihoo
     with console.status("choosing the temperature by cross-validation on the training set…"):
         selection = select_temperature(_unfitted(fitted, None), training, prior=prior, likelihood=likelihood)
     calibration = selection.calibration
+    if calibration is None:  # select_temperature calibrates or raises; this tells the checker
+        raise ValueError("the temperature selection returned no error calibration.")
     typer.echo(
         f"temperature {selection.temperature:g}, error calibration {calibration.describe()}"
         f" (cross-validated on {train})",

@@ -34,6 +34,8 @@ def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> An
     names = _split_labels(labels)
     dataset = read_dataset(data, labels=names)
     typer.echo(f"training set: {dataset}", err=True)
+    if dataset.labels is None:
+        raise ValueError(f"training set {str(data)!r} has no labels; name them with --labels.")
     known = np.isfinite(dataset.labels)
     if not known.all():
         n = dataset.n_stars
@@ -59,11 +61,8 @@ def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> An
     return dataset
 
 
-def _save_fitted(fitted: Any, output: Path, training_set: Any, binary_calibration: Any = None) -> None:
-    from ..models import save_model
-
-    # The training set's checksum goes into the provenance; a binary decision into the header.
-    save_model(fitted, output, training_set=training_set, binary_calibration=binary_calibration)
+def _save_fitted(fitted: Any, output: Path, training_set: Any) -> None:
+    fitted.save(output, training_set=training_set)  # its checksum goes into the provenance
     typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
 
 
@@ -163,6 +162,8 @@ def train_cannon(
         except json.JSONDecodeError as error:
             raise ValueError(f"--censor file {str(censor)!r} is not valid JSON: {error}") from None
     names = dataset.label_names if dataset is not None else _split_labels(labels)
+    if names is None:
+        raise ValueError("--stream needs --labels: name the label columns, e.g. --labels teff,logg,m_h.")
     model = Cannon(label_names=names, order=order, terms=terms, censor=windows, l1=l1)
     if dataset is None:
         typer.echo(f"training set: {data} (streamed in blocks of stars)", err=True)
@@ -179,9 +180,8 @@ def train_cannon(
         with console.status(f"training The Cannon{_calibration_progress(calibrate)}…"):
             fitted = model.fit(dataset, calibrate=calibrate)
     _report_calibration(fitted)
-    decision = None
-    if binary_calibration:
-        from ..models import learn_binary_calibration
+    if binary_calibration and dataset is not None:  # (--stream was refused above)
+        from ..models import learn_binary_calibration, save_model
 
         with console.status("learning the binary decision (5-fold cross-validation of two-star fits)…"):
             decision = learn_binary_calibration(model, dataset)
@@ -189,7 +189,10 @@ def train_cannon(
             f"binary decision: binary_score > {decision.threshold:.4g} ({decision.false_positive_rate:.1%}"
             f" of {decision.n_stars} held-out training stars above it)"
         )
-    _save_fitted(fitted, output, dataset if dataset is not None else data, decision)
+        save_model(fitted, output, training_set=dataset, binary_calibration=decision)
+        typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
+        return
+    _save_fitted(fitted, output, dataset if dataset is not None else data)
 
 
 class ScatterKind(StrEnum):

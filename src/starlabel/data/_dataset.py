@@ -419,7 +419,7 @@ class SpectralDataset:
             if array.dtype.kind == "U":
                 array = np.char.encode(array, "utf-8")
             digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-            digest.update(array)  # its buffer: the bytes of tobytes(), without the copy
+            digest.update(array.data)  # its buffer: the bytes of tobytes(), without the copy
         digest.update(("label_names:" + ",".join(self.label_names)).encode())
         return digest.hexdigest()
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ._calibration import fit_error_calibration as fit_error_calibration
     from ._io import FORMAT_VERSION as FORMAT_VERSION
     from ._io import MODEL_KINDS as MODEL_KINDS
+    from ._io import AbstractSavedModel as AbstractSavedModel
     from ._io import load_model as load_model
     from ._io import model_class as model_class
     from ._io import read_model_header as read_model_header

@@ -161,7 +161,12 @@ class BinaryCalibration:
                 " Retrain with `starlabel train cannon --binary-calibration`."
             )
         return cls(
-            **{k: config[k] for k in fields if k in config} | {"quantiles": tuple(config["quantiles"])}
+            quantiles=tuple(float(x) for x in config["quantiles"]),
+            threshold=float(config["threshold"]),
+            false_positive_rate=float(config["false_positive_rate"]),
+            n_stars=int(config["n_stars"]),
+            n_folds=int(config["n_folds"]),
+            fit_rv=bool(config.get("fit_rv", True)),
         )
 
 

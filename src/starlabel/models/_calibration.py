@@ -590,6 +590,8 @@ def calibrated_fit(
     fitted model's ``calibration`` field.
     """
     names = tuple(fitted.label_names)
+    if train.labels is None:
+        raise ValueError("the training set has no labels to calibrate the errors against.")
     # Index the label columns directly: select_labels would copy the spectra too.
     reference = train.labels[:, [train.label_index(n) for n in names]]
 

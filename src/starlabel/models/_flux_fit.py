@@ -11,16 +11,13 @@ inverse Fisher matrix ``(Jᵀ Ω J)⁻¹`` with ``Ω = 1/(σ² + s²)``. No wave
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from .._internal import x64
+from .._internal import map_chunks, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ._nuisance import AbstractPackedModel, _lm, fit_quality
 from .base import AbstractFluxModel, flux_model_of
@@ -30,7 +27,6 @@ __all__ = [
     "check_fit_options",
     "fit_labels",
     "label_result",
-    "map_padded_chunks",
     "template_labels",
 ]
 
@@ -153,11 +149,11 @@ def fit_labels(
     n_starts = min(n_starts, int(templates.shape[0]))
     low, high = spectrum.safety_box()
     lower, upper = jnp.asarray(low), jnp.asarray(high)
-    return map_padded_chunks(
-        lambda f, iv: _fit_chunk(spectrum, f, iv, templates, lower, upper, n_starts, n_iter),
-        data.flux,
-        data.ivar,
-        chunk_size,
+    # The rows are numpy slices; filter_jit takes them as it takes JAX arrays.
+    return map_chunks(
+        lambda rows: _fit_chunk(spectrum, *rows, templates, lower, upper, n_starts, n_iter),  # pyright: ignore[reportArgumentType]
+        (data.flux, data.ivar),
+        size=min(chunk_size, data.n_stars),
     )
 
 
@@ -166,29 +162,6 @@ def check_fit_options(**options: int) -> None:
     for name, value in options.items():
         if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
             raise ValueError(f"`{name}` must be an integer ≥ 1, got {value!r}.")
-
-
-def map_padded_chunks(
-    fn: Callable[[Array, Array], Any], flux: np.ndarray, ivar: np.ndarray, chunk_size: int
-) -> Any:
-    """``fn(flux, ivar)`` on chunks of stars, concatenated (numpy leaves).
-
-    The last chunk is padded with copies of its first row, so every call has one shape
-    (one compilation); the padding is trimmed from the output.
-    """
-    n_stars = flux.shape[0]
-    chunk = min(chunk_size, n_stars)
-    outs = []
-    for begin in range(0, n_stars, chunk):
-        end = min(begin + chunk, n_stars)
-        f, iv = flux[begin:end], ivar[begin:end]
-        pad = chunk - (end - begin)
-        if pad:
-            f = np.concatenate([f, np.repeat(f[:1], pad, axis=0)])
-            iv = np.concatenate([iv, np.repeat(iv[:1], pad, axis=0)])
-        out = fn(jnp.asarray(f), jnp.asarray(iv))
-        outs.append(jax.tree.map(lambda a, n=end - begin: np.asarray(a)[:n], out))
-    return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
 
 
 def label_result(

@@ -38,13 +38,14 @@ files without it load, and ``--binary`` then uses the fixed rule with a note.
 
 from __future__ import annotations
 
+import abc
 import importlib
 import json
 import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -53,9 +54,12 @@ import numpy as np
 from .._internal import x64
 from .._version import __version__
 from ._calibration import ErrorCalibration
-from .base import AbstractFittedModel
+
+if TYPE_CHECKING:  # annotations only: base.py builds on this module
+    from .base import AbstractFittedModel
 
 __all__ = [
+    "AbstractSavedModel",
     "FORMAT_VERSION",
     "MODEL_KINDS",
     "model_class",
@@ -83,6 +87,36 @@ MODEL_KINDS: dict[str, str] = {
 """Model kind → ``"module:Class"`` of its fitted class, imported only when loading."""
 
 
+class AbstractSavedModel(eqx.Module):
+    """What the model file format needs of a model: its kind, config and skeleton.
+
+    :class:`starlabel.models.AbstractFittedModel` builds on this class, so every fitted
+    model can be saved; the format itself needs nothing else (and so does not depend on
+    the model protocol in ``base.py``).
+    """
+
+    kind: ClassVar[str]
+    """Short registry name written to model files (e.g. ``"cannon"``)."""
+
+    label_names: eqx.AbstractVar[tuple[str, ...]]
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-able hyperparameters from which :meth:`skeleton` rebuilds the structure."""
+
+    @classmethod
+    @abc.abstractmethod
+    def skeleton(cls, config: dict[str, Any]) -> AbstractSavedModel:
+        """A model with the right pytree structure (array values are placeholders)."""
+
+    def save(self, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
+        """Save to ``path`` in the versioned starlabel model format (:func:`save_model`).
+
+        ``training_set`` (the SpectralDataset or file trained on) records its checksum.
+        """
+        return save_model(self, path, training_set=training_set)
+
+
 def register_model_kind(kind: str, target: str) -> None:
     """Register a third-party fitted-model class (``"package.module:Class"``) under ``kind``."""
     if ":" not in target:
@@ -95,7 +129,10 @@ def model_class(kind: str) -> type[AbstractFittedModel]:
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(MODEL_KINDS)}.")
     module_name, class_name = MODEL_KINDS[kind].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, AbstractSavedModel)):
+        raise TypeError(f"{MODEL_KINDS[kind]!r} (model kind {kind!r}) is not a starlabel fitted-model class.")
+    return cast("type[AbstractFittedModel]", cls)
 
 
 def _array_leaves(model: eqx.Module) -> list[tuple[str, Any]]:
@@ -125,7 +162,7 @@ def training_set_record(training_set: Any) -> dict[str, Any]:
 
 
 def save_model(
-    model: AbstractFittedModel,
+    model: AbstractSavedModel,
     path: str | os.PathLike[str],
     *,
     training_set: Any = None,
@@ -135,7 +172,7 @@ def save_model(
 
     Parameters
     ----------
-    model : AbstractFittedModel
+    model : AbstractSavedModel
     path : path-like
     training_set : SpectralDataset or path-like, optional
         The data the model was trained on; its checksum goes into the header (and from
@@ -149,7 +186,7 @@ def save_model(
     pathlib.Path
         The path written.
     """
-    if not isinstance(model, AbstractFittedModel):
+    if not isinstance(model, AbstractSavedModel):
         raise TypeError(
             f"save_model needs a fitted model (got {type(model).__name__}); call .fit(data) first."
         )
@@ -161,7 +198,7 @@ def save_model(
         "kind": model.kind,
         "label_names": list(model.label_names),
         "config": model.config(),
-        "calibration": None if _calibration(model) is None else _calibration(model).config(),
+        "calibration": None if (calibration := _calibration(model)) is None else calibration.config(),
     }
     if training_set is not None:
         header["training_set"] = training_set_record(training_set)
@@ -173,7 +210,8 @@ def save_model(
     header_bytes = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "wb") as handle:
-        np.savez(handle, __header__=header_bytes, **arrays)
+        # numpy's stubs fear a key named allow_pickle in **arrays; ours are model leaf names.
+        np.savez(handle, __header__=header_bytes, **arrays)  # pyright: ignore[reportArgumentType]
     os.replace(tmp, path)
     return path
 
@@ -212,7 +250,7 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return header, arrays
 
 
-def _calibration(model: AbstractFittedModel) -> ErrorCalibration | None:
+def _calibration(model: AbstractSavedModel) -> ErrorCalibration | None:
     return getattr(model, "calibration", None)
 
 

@@ -536,7 +536,7 @@ class NuisanceModel(AbstractPackedModel):
         return self.continuum(coefficients) * self.resampler(self.rest_spline(labels), v)
 
     def jacobian(self, params: Float[Array, " params"]) -> Float[Array, "pixels params"]:
-        """∂flux/∂params, analytic in v (jacfwd through the taps' gathers costs ~15× more)."""
+        """∂flux/∂params, analytic (jacfwd through the taps' gathers costs ~15× more)."""
         return self.flux_and_jacobian(params)[1]
 
     def flux_and_jacobian(self, params: Float[Array, " params"]) -> tuple[Array, Array]:
@@ -747,7 +747,7 @@ def _fit_chunk(
 ) -> NuisanceFit:
     free = jnp.asarray(model.free(), dtype=flux.dtype)
     rest = jax.vmap(model.rest_spline)(templates)
-    values = jax.vmap(model.spectrum.flux)(templates)  # rest-frame fluxes for the FFT starts
+    values = jax.vmap(model.spectrum.flux)(templates)  # rest-frame spectra, for the CCF
 
     def one_star(f: Array, iv: Array) -> tuple[Array, ...]:
         omega = model.weights(iv)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 import equinox as eqx
 import jax
@@ -131,6 +131,8 @@ def training_prediction_variance(fitted: Any, train: SpectralDataset) -> LinearP
     if train.n_pixels != theta.shape[0]:
         raise ValueError(f"`train` has {train.n_pixels} pixels but the model has {theta.shape[0]}.")
     labels = train.select_labels(fitted.label_names).labels
+    if labels is None:  # select_labels refuses a dataset without labels; this tells the checker
+        raise ValueError("`train` has no labels: training_prediction_variance needs the training set.")
     rows = np.all(np.isfinite(labels), axis=1)
     design = fitted.vectorizer.design(fitted.label_scaler.transform(jnp.asarray(labels[rows])))
     ivar = jnp.asarray(train.ivar[rows])
@@ -570,7 +572,7 @@ def _result(
     flags = np.zeros(data.n_stars, dtype=np.int64)
     flags |= np.where(~star.positive_definite, int(Flag.BAD_COVARIANCE), 0)
     not_converged = ~(star.decrement < _NEWTON_TOL)
-    extra: dict[str, np.ndarray] = {"newton_decrement": star.decrement}
+    extra: dict[str, ArrayLike] = {"newton_decrement": star.decrement}
     if method == "nuts":
         not_converged |= ~(np.max(star.rhat, axis=1) <= rhat_max)
         for i, name in enumerate(names):
@@ -608,7 +610,7 @@ def _result(
         meta=meta,
     )
     if return_samples:
-        return result, star.samples
+        return result, np.asarray(star.samples)  # numpy already (the chunks were converted)
     return result
 
 
@@ -642,12 +644,12 @@ def refine_uncertainty(
     options : mapping, optional
         Further :func:`posterior_infer` keywords (``num_warmup``, ``seed``, …).
     """
-    check_uncertainty(method)
+    posterior_method = check_uncertainty(method)
     options = dict(options or {})
     for reserved in ("method", "start", "return_samples"):
         if reserved in options:
             raise ValueError(f"`posterior_options` may not set {reserved!r}; it is fixed by infer().")
-    refined = posterior_infer(fitted, data, method=method, start=start, **options)
+    refined = posterior_infer(fitted, data, method=posterior_method, start=start, **options)
     assert isinstance(refined, InferenceResult)
     return dataclasses.replace(
         refined,
@@ -657,7 +659,12 @@ def refine_uncertainty(
     )
 
 
-def check_uncertainty(uncertainty: str) -> None:
-    """Raise a ValueError naming the choices unless ``uncertainty`` is a posterior method."""
-    if uncertainty not in POSTERIOR_METHODS:
+def _is_posterior_method(name: str) -> TypeGuard[PosteriorMethod]:
+    return name in POSTERIOR_METHODS
+
+
+def check_uncertainty(uncertainty: str) -> PosteriorMethod:
+    """``uncertainty`` as a posterior method; a ValueError naming the choices if it is none."""
+    if not _is_posterior_method(uncertainty):
         raise ValueError(f"unknown uncertainty {uncertainty!r}; choose one of {list(POSTERIOR_METHODS)}.")
+    return uncertainty

@@ -561,7 +561,9 @@ class TemperatureSelection:
         }
 
 
-def _gaussian_log_score(mean: np.ndarray, cov: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def _gaussian_log_score(mean: np.ndarray, cov: np.ndarray | None, truth: np.ndarray) -> np.ndarray:
+    if cov is None:  # no covariance: no score, as for one that is not positive definite
+        return np.full(len(mean), np.nan)
     diff = truth - mean
     try:
         chol = np.linalg.cholesky(cov)
@@ -716,6 +718,8 @@ def select_temperature(
     if train.labels is None or any(n not in train.label_names for n in names):
         raise ValueError(f"`train` must carry the labels {list(names)} for cross-validation.")
     truth_all = train.select_labels(names).labels
+    if truth_all is None:  # checked above; this tells the type checker
+        raise ValueError(f"`train` must carry the labels {list(names)} for cross-validation.")
     folds = fold_indices(train.n_stars, n_folds, seed)
     sampled = _check_method(grid_options.get("method", "auto"), len(names)) == "importance"
     fits = []
@@ -883,7 +887,7 @@ def _best_temperature(temps: list[float], criterion: Any, max_temperature: float
         usable = {t: v for t, v in values.items() if np.isfinite(v)}
         if not usable:
             return min(values)  # the caller reports the failure with the table
-        best = min(usable, key=usable.get)
+        best = min(usable, key=lambda t: usable[t])
         if len(values) == 1:
             return best
         if best == max(values) and best < max_temperature:
@@ -1071,10 +1075,9 @@ def infer_nuts(
     _check_data(model, data)
     temperature = _check_temperature(temperature)
     label_prior = posterior_prior(model, prior)
-    if start is None:
-        start = fitted.infer(data)
-    centre = np.asarray(start.labels, dtype=float)
-    cov = np.asarray(start.cov, dtype=float)
+    first: InferenceResult = fitted.infer(data) if start is None else start
+    centre = np.asarray(first.labels, dtype=float)
+    cov = np.asarray(first.cov, dtype=float)
     # Fall back to the model's label scale where the MAP covariance is unusable; the
     # sampler then starts from a wider whitening but still converges.
     scale2 = np.asarray(model.scale) ** 2 * 1e-2

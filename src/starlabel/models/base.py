@@ -25,9 +25,7 @@ are the skeleton's array leaves, matched by their pytree key paths.
 from __future__ import annotations
 
 import abc
-import os
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -36,6 +34,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ..data import InferenceResult, SpectralDataset
+from ._io import AbstractSavedModel
 
 __all__ = [
     "AbstractSpectralModel",
@@ -49,35 +48,18 @@ __all__ = [
 ]
 
 
-class AbstractFittedModel(eqx.Module):
-    """A trained model: infers labels of new spectra; saved and loaded without pickle."""
+class AbstractFittedModel(AbstractSavedModel):
+    """A trained model: infers labels of new spectra; saved and loaded without pickle.
 
-    kind: ClassVar[str]
-    """Short registry name written to model files (e.g. ``"cannon"``)."""
+    ``kind``, ``label_names``, ``config()``, ``skeleton()`` and ``save()`` come from
+    :class:`starlabel.models.AbstractSavedModel`, the model file format's contract.
+    """
 
     label_names: eqx.AbstractVar[tuple[str, ...]]
 
     @abc.abstractmethod
     def infer(self, data: SpectralDataset, **options: Any) -> InferenceResult:
         """Infer labels (and uncertainties) for every spectrum in ``data``."""
-
-    @abc.abstractmethod
-    def config(self) -> dict[str, Any]:
-        """JSON-able hyperparameters from which :meth:`skeleton` rebuilds the structure."""
-
-    @classmethod
-    @abc.abstractmethod
-    def skeleton(cls, config: dict[str, Any]) -> AbstractFittedModel:
-        """A model with the right pytree structure (array values are placeholders)."""
-
-    def save(self, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
-        """Save to ``path`` in the versioned starlabel model format (see ``models/_io``).
-
-        ``training_set`` (the SpectralDataset or file trained on) records its checksum.
-        """
-        from ._io import save_model
-
-        return save_model(self, path, training_set=training_set)
 
 
 class AbstractSpectralModel(eqx.Module):

@@ -24,7 +24,11 @@ from astropy.io.fits.verify import VerifyWarning
 __all__ = ["CardValue", "HDU", "column_names", "hdu_at", "header_value", "open_fits", "require_file"]
 
 CardValue: TypeAlias = str | int | float | bool
-"""The value of a FITS header card (keyword = value)."""
+"""The value of a FITS header card (keyword = value).
+
+astropy also has complex values and ``Undefined`` (a keyword without a value); no
+reader here looks one up.
+"""
 
 HDU: TypeAlias = ExtensionHDU | fits.PrimaryHDU
 """One header-data unit of a FITS file."""

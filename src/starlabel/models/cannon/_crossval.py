@@ -281,7 +281,15 @@ def _leave_one_out(
 
     options = LabelStepOptions(max_iter=max_iter, tol=tol)
     use_l1 = bool(np.any(prep.l1 > 0))
-    shared = [jnp.asarray(a) for a in (data.flux, data.ivar, labels, prep.weights, prep.active, prep.l1)]
+    # A tuple display, not a comprehension, so its length (six arguments) is known statically.
+    shared = (
+        jnp.asarray(data.flux),
+        jnp.asarray(data.ivar),
+        jnp.asarray(labels),
+        jnp.asarray(prep.weights),
+        jnp.asarray(prep.active),
+        jnp.asarray(prep.l1),
+    )
     block = max(1, min(n_stars, (1 << 24) // max(n_stars * n_stars, 1)))
     diffs_sq = (labels[:, None, :] - labels[None, :, :]) ** 2  # (stars, stars, labels)
     pieces: list[dict[str, np.ndarray]] = []

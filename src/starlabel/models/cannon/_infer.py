@@ -81,7 +81,8 @@ def nearest_distance(points: np.ndarray, train: np.ndarray, *, exclude_self: boo
     A k-d tree query (scipy). With ``exclude_self`` (``points`` is ``train``) each row's
     own zero distance is skipped: the second neighbour is taken.
     """
-    from scipy.spatial import cKDTree
+    # cKDTree comes from a compiled module without stubs, which pyright cannot read.
+    from scipy.spatial import cKDTree  # pyright: ignore[reportAttributeAccessIssue]
 
     if len(points) == 0:
         return np.empty(0)
@@ -214,7 +215,8 @@ def _call_fit_chunk(
     :mod:`starlabel._internal._exported`); otherwise the ordinary ``filter_jit``.
     """
     if exported_dir() is None:
-        out = fit_chunk(*arrays, vectorizer, options)
+        # `arrays`: fit_chunk's array arguments in order (a list, as exported_call takes).
+        out = fit_chunk(*arrays, vectorizer, options)  # pyright: ignore[reportCallIssue]
         return {name: getattr(out, name) for name in _FIT_FIELDS}
     fn = functools.partial(_fit_chunk_fields, vectorizer=vectorizer, options=options)
     values = exported_call("cannon_test_step", fn, (vectorizer, options), arrays)
@@ -262,7 +264,7 @@ def run_test_step(
     theta, pairs, s2, pixel_ok = model_arrays
     # device_put, not jnp.asarray (a conversion program lowered per shape in every process).
     shared = [jax.device_put(np.asarray(a)) for a in (starts, free, lower, upper, box)]
-    pieces: list[LabelFit] = []
+    pieces: list[dict[str, np.ndarray]] = []
     for start in range(0, n_stars, size):
         stop = min(start + size, n_stars)
         pad = size - (stop - start)

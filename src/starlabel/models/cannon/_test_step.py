@@ -286,26 +286,26 @@ def _spd_solve(matrix: Float[Array, "k k"], vector: Float[Array, " k"]) -> Float
     problems. A non-positive pivot gives NaN, which callers treat as failure.
     """
     n = matrix.shape[0]
-    lower = [[None] * n for _ in range(n)]
+    lower: dict[tuple[int, int], Array] = {}  # (i, j) -> L_ij for j ≤ i
     for i in range(n):
         for j in range(i + 1):
             total = matrix[i, j]
             for k in range(j):
-                total = total - lower[i][k] * lower[j][k]
+                total = total - lower[i, k] * lower[j, k]
             if i == j:
-                lower[i][j] = jnp.sqrt(total)
+                lower[i, j] = jnp.sqrt(total)
             else:
-                lower[i][j] = total / lower[j][j]
-    forward = []
+                lower[i, j] = total / lower[j, j]
+    forward: list[Array] = []
     for i in range(n):
         total = vector[i]
         for k in range(i):
-            total = total - lower[i][k] * forward[k]
-        forward.append(total / lower[i][i])
-    back = [None] * n
+            total = total - lower[i, k] * forward[k]
+        forward.append(total / lower[i, i])
+    back: dict[int, Array] = {}
     for i in reversed(range(n)):
         total = forward[i]
         for k in range(i + 1, n):
-            total = total - lower[k][i] * back[k]
-        back[i] = total / lower[i][i]
-    return jnp.stack(back)
+            total = total - lower[k, i] * back[k]
+        back[i] = total / lower[i, i]
+    return jnp.stack([back[i] for i in range(n)])

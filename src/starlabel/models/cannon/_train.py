@@ -384,7 +384,8 @@ fit_block = eqx.filter_jit(fit_block_impl)
 
 
 def _fit_block_fields(*arrays: Array, options: TrainingOptions, use_l1: bool) -> tuple[Array, ...]:
-    out = fit_block_impl(*arrays, options, use_l1)
+    # `arrays`: fit_block_impl's array arguments in order (a list, as exported_call takes).
+    out = fit_block_impl(*arrays, options, use_l1)  # pyright: ignore[reportCallIssue]
     return (out.theta, out.s2, out.pixel_ok, out.n_iter, out.converged)
 
 
@@ -395,7 +396,8 @@ def _call_fit_block(arrays: list[Any], options: TrainingOptions, use_l1: bool) -
     ordinary ``filter_jit``.
     """
     if exported_dir() is None:
-        return fit_block(*(jnp.asarray(a) for a in arrays), options, use_l1)
+        # `arrays`: fit_block's array arguments in order (a list, as exported_call takes).
+        return fit_block(*(jnp.asarray(a) for a in arrays), options, use_l1)  # pyright: ignore[reportCallIssue]
     fn = functools.partial(_fit_block_fields, options=options, use_l1=use_l1)
     theta, s2, pixel_ok, n_iter, converged = exported_call(
         "cannon_train_block", fn, (options, use_l1), arrays

@@ -37,7 +37,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._error_models import AbstractScatter, NoScatter
-from ._objective import LOG_2PI, DataBlock, LuxOutput
+from ._objective import LOG_2PI, DataBlock, LuxOutput, affine_transform
 from ._transforms import AbstractAffineTransform
 
 __all__ = ["EMResult", "supports_closed_form", "fit_closed_form"]
@@ -77,8 +77,8 @@ def _describe(outputs: tuple[LuxOutput, ...], latent_size: int) -> _Columns:
     n_groups = 0
     sizes = []
     for output in outputs:
-        transform = output.transform
-        size = transform.weight.shape[0]
+        transform = affine_transform(output)
+        size = transform.initialised_weight().shape[0]
         sizes.append(size)
         has_bias.append(np.full(size, float(transform.has_bias)))
         tau = transform.prior_scale
@@ -355,7 +355,7 @@ def _initial_extra_var(outputs: tuple[LuxOutput, ...], columns: _Columns) -> Arr
     for output in outputs:
         model = output.error_model
         if isinstance(model, AbstractScatter):
-            values.append(jnp.ravel(model.scatter) ** 2)
+            values.append(jnp.ravel(model.initialised_scatter()) ** 2)
     return jnp.concatenate([*values, jnp.zeros(1)])
 
 
@@ -372,11 +372,12 @@ def fit_closed_form(
     ``tol`` bounds the RMS change of the predictions (scaled units) and the largest
     change of any scatter between iterations.
     """
-    latent_size = outputs[0].transform.weight.shape[1]
+    transforms = [affine_transform(o) for o in outputs]
+    latent_size = transforms[0].initialised_weight().shape[1]
     columns = _describe(outputs, latent_size)
     data = _stack(outputs, blocks, columns)
-    weight = jnp.concatenate([o.transform.weight for o in outputs], axis=0)
-    bias = jnp.concatenate([o.transform.offset() for o in outputs])
+    weight = jnp.concatenate([t.initialised_weight() for t in transforms], axis=0)
+    bias = jnp.concatenate([t.offset() for t in transforms])
     params0 = _Params(weight, bias, _initial_extra_var(outputs, columns))
     state0 = _State(
         params=params0,
@@ -409,7 +410,7 @@ def fit_closed_form(
     start = 0
     for output, size in zip(outputs, columns.sizes, strict=True):
         stop = start + size
-        transform = output.transform.with_coefficients(
+        transform = affine_transform(output).with_coefficients(
             final.params.weight[start:stop], final.params.bias[start:stop]
         )
         model = output.error_model

@@ -22,7 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ..._internal import require
 from ._named import check_function, named_log_prior, named_parameters
+
+_INIT_FIX = "call initialise(output_size) first (Lux.fit does)"
 
 __all__ = [
     "AbstractErrorModel",
@@ -90,14 +93,20 @@ class AbstractScatter(AbstractErrorModel):
     def variance_coefficients(self) -> Float[Array, " outputs"]:
         """c_j in ``V_j = σ_j² + c_j s_g(j)²`` (how a group's variance reaches column j)."""
 
+    def initialised_scatter(self) -> Float[Array, " scatter"]:
+        """``s``; a ``ValueError`` before :meth:`initialise`."""
+        return require(self.scatter, f"{type(self).__name__}.scatter", _INIT_FIX)
+
     def variance(self, reported_var: Float[Array, " outputs"]) -> Float[Array, " outputs"]:
         """``σ² + c s²``."""
-        return reported_var + self.variance_coefficients() * self.scatter**2
+        return reported_var + self.variance_coefficients() * self.initialised_scatter() ** 2
 
     def log_prior(self) -> Float[Array, ""]:
         """Σ log HalfNormal(|s| | prior_scale)."""
         tau = self.prior_scale
-        return jnp.sum(0.5 * np.log(2.0 / np.pi) - np.log(tau) - 0.5 * self.scatter**2 / tau**2)
+        return jnp.sum(
+            0.5 * np.log(2.0 / np.pi) - np.log(tau) - 0.5 * self.initialised_scatter() ** 2 / tau**2
+        )
 
     def __check_init__(self) -> None:
         if not self.prior_scale > 0:
@@ -127,7 +136,7 @@ class PixelScatter(AbstractScatter):
 
     def variance_coefficients(self) -> Float[Array, " outputs"]:
         """Ones: each column has its own scatter."""
-        return jnp.ones_like(self.scatter)
+        return jnp.ones_like(self.initialised_scatter())
 
     def config(self) -> dict[str, Any]:
         """JSON-able description."""
@@ -172,7 +181,7 @@ class ScalarScatter(AbstractScatter):
 
     def variance_coefficients(self) -> Float[Array, " outputs"]:
         """``r_j²``."""
-        return self.relative_scale**2
+        return require(self.relative_scale, "ScalarScatter.relative_scale", _INIT_FIX) ** 2
 
     def config(self) -> dict[str, Any]:
         """JSON-able description."""

@@ -333,6 +333,8 @@ class FittedLux(AbstractLatentModel):
         if uncertainty == "fisher":
             return apply_calibration(self.calibration, result, calibrate=calibrate, why_not=why)
         refined = refine_uncertainty(self, data, result, post.mean, uncertainty, posterior_options)
+        if refined.cov is None:
+            raise ValueError(f"uncertainty={uncertainty!r} gave no covariance to add the label scatter to.")
         refined = dataclasses.replace(refined, cov=refined.cov + label_scatter)
         why = f"uncertainty={uncertainty!r}; the calibration was learned on 'fisher'"
         return apply_calibration(self.calibration, refined, calibrate=calibrate, why_not=why)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -128,6 +128,8 @@ class Lux(AbstractSpectralModel):
     flux_transform: Any = "affine"
     label_transform: Any = "affine"
     outputs: tuple[LuxOutput, ...] = ()
+    # str, not Literal: tests check annotations at run time, and a bad value must reach
+    # __check_init__'s ValueError (which lists the choices).
     objective: str = eqx.field(default="marginal", static=True)
     solver: str = eqx.field(default="auto", static=True)
     max_steps: int = eqx.field(default=2000, static=True)
@@ -205,7 +207,7 @@ class Lux(AbstractSpectralModel):
         )
         return (labels, flux, *self.outputs)
 
-    def _choose_solver(self, specs: tuple[LuxOutput, ...]) -> str:
+    def _choose_solver(self, specs: tuple[LuxOutput, ...]) -> Literal["alternating", "lbfgs", "bfgs", "adam"]:
         reason = supports_closed_form(specs)
         if self.objective == "marginal":
             for spec in specs:
@@ -222,7 +224,10 @@ class Lux(AbstractSpectralModel):
                 f"solver='alternating' needs affine transforms and scatter error models, but"
                 f" {reason}; use solver='lbfgs' (or 'auto')."
             )
-        return self.solver
+        solver = self.solver
+        if solver in ("alternating", "lbfgs", "bfgs", "adam"):  # always: "auto" is handled above
+            return solver
+        raise ValueError(f"`solver` must be one of {_SOLVERS}, got {solver!r}.")
 
     @x64
     def fit(
@@ -309,7 +314,7 @@ class Lux(AbstractSpectralModel):
                 outputs,
                 blocks,
                 latents0,
-                objective=self.objective,
+                objective="marginal" if self.objective == "marginal" else "map",  # checked at init
                 solver=solver,
                 max_steps=self.max_steps,
                 rtol=self.tol,

@@ -117,23 +117,29 @@ def joint_objective(
     return total
 
 
+def affine_transform(output: LuxOutput) -> AbstractAffineTransform:
+    """The transform of ``output``, which the marginal objective and EM need affine."""
+    transform = output.transform
+    if not isinstance(transform, AbstractAffineTransform):
+        raise TypeError(
+            f"output {output.name!r} has a {type(transform).__name__}; the marginal"
+            " objective and closed-form latents need affine transforms (Linear/Affine)."
+            " Use objective='map' for nonlinear transforms."
+        )
+    return transform
+
+
 def _affine_statistics(
     outputs: tuple[LuxOutput, ...], blocks: tuple[DataBlock, ...]
 ) -> tuple[Float[Array, "stars latents latents"], Float[Array, "stars latents"], Float[Array, ""]]:
     """Latent precision Λ_n, information vector h_n and ½Σ(log 2πV + w r²) per dataset."""
-    latent_size = outputs[0].transform.weight.shape[1]
+    latent_size = affine_transform(outputs[0]).initialised_weight().shape[1]
     n_stars = blocks[0].values.shape[0]
     precision = jnp.broadcast_to(jnp.eye(latent_size), (n_stars, latent_size, latent_size))
     info = jnp.zeros((n_stars, latent_size))
     constant = jnp.zeros(())
     for output, block in zip(outputs, blocks, strict=True):
-        transform = output.transform
-        if not isinstance(transform, AbstractAffineTransform):
-            raise TypeError(
-                f"output {output.name!r} has a {type(transform).__name__}; the marginal"
-                " objective and closed-form latents need affine transforms (Linear/Affine)."
-                " Use objective='map' for nonlinear transforms."
-            )
+        transform = affine_transform(output)
         var = masked_variance(output, block)
         weight_ivar = jnp.where(block.observed, 1.0 / var, 0.0)
         resid = jnp.where(block.observed, block.values - transform.offset()[None, :], 0.0)

@@ -47,7 +47,7 @@ class LatentPosterior(eqx.Module):
     converged: Bool[Array, " stars"]
 
 
-def _chi2(outputs, blocks, latents):
+def _chi2(outputs, blocks, latents) -> Float[Array, " stars"]:
     total = 0.0
     for output, block in zip(outputs, blocks, strict=True):
         prediction = jax.vmap(output.transform)(latents)
@@ -55,7 +55,7 @@ def _chi2(outputs, blocks, latents):
         total = total + jnp.sum(
             jnp.where(block.observed, (block.values - prediction) ** 2 / var, 0.0), axis=1
         )
-    return total
+    return jnp.asarray(total)  # an array once any block is added (there is always one)
 
 
 @eqx.filter_jit
@@ -67,7 +67,8 @@ def latent_posterior(
     gtol: float = 1e-5,
 ) -> LatentPosterior:
     """Latent posterior of every star in ``blocks`` given fixed ``outputs`` (see module doc)."""
-    n_used = sum(jnp.sum(b.observed, axis=1) for b in blocks).astype(float)
+    # asarray: Python's sum starts from the int 0, so a checker sees `Array | int`.
+    n_used = jnp.asarray(sum(jnp.sum(b.observed, axis=1) for b in blocks)).astype(float)
     if all(isinstance(o.transform, AbstractAffineTransform) for o in outputs):
         mean, cov = affine_latent_posterior(outputs, blocks)
         converged = jnp.ones(mean.shape[0], dtype=bool)

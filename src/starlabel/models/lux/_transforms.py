@@ -24,7 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ..._internal import require
 from ._named import check_function, named_log_prior, named_parameters
+
+_INIT_FIX = "call initialise(latent_size, output_size, key) first (Lux.fit does)"
 
 __all__ = [
     "AbstractTransform",
@@ -109,9 +112,13 @@ class AbstractAffineTransform(AbstractTransform):
         """Whether the parameter arrays exist."""
         return self.weight is not None
 
+    def initialised_weight(self) -> Float[Array, "outputs latents"]:
+        """``W``; a ``ValueError`` before :meth:`initialise`."""
+        return require(self.weight, f"{type(self).__name__}.weight", _INIT_FIX)
+
     def __call__(self, latents: Float[Array, " latents"]) -> Float[Array, " outputs"]:
         """``W z + b``."""
-        return self.weight @ latents + self.offset()
+        return self.initialised_weight() @ latents + self.offset()
 
 
 class LinearTransform(AbstractAffineTransform):
@@ -146,7 +153,8 @@ class LinearTransform(AbstractAffineTransform):
 
     def offset(self) -> Float[Array, " outputs"]:
         """Zeros: a linear transform has no intercept."""
-        return jnp.zeros(self.weight.shape[0], dtype=self.weight.dtype)
+        weight = self.initialised_weight()
+        return jnp.zeros(weight.shape[0], dtype=weight.dtype)
 
     def with_coefficients(
         self, weight: Float[Array, "outputs latents"], bias: Float[Array, " outputs"]
@@ -189,7 +197,7 @@ class AffineTransform(AbstractAffineTransform):
 
     def offset(self) -> Float[Array, " outputs"]:
         """The intercept ``b``."""
-        return self.bias
+        return require(self.bias, "AffineTransform.bias", _INIT_FIX)
 
     def with_coefficients(
         self, weight: Float[Array, "outputs latents"], bias: Float[Array, " outputs"]
@@ -266,7 +274,8 @@ class PolynomialTransform(AbstractTransform):
 
     def __call__(self, latents: Float[Array, " latents"]) -> Float[Array, " outputs"]:
         """``W φ(z) + b``."""
-        return self.weight @ self._features(latents) + self.bias
+        weight = require(self.weight, "PolynomialTransform.weight", _INIT_FIX)
+        return weight @ self._features(latents) + require(self.bias, "PolynomialTransform.bias", _INIT_FIX)
 
     def log_prior(self) -> Float[Array, ""]:
         """Σ log N(W | 0, prior_scale²); the intercept is flat."""
@@ -339,7 +348,7 @@ class MLPTransform(AbstractTransform):
 
     def __call__(self, latents: Float[Array, " latents"]) -> Float[Array, " outputs"]:
         """The network's output."""
-        return self.mlp(latents)
+        return require(self.mlp, "MLPTransform.mlp", _INIT_FIX)(latents)
 
     def log_prior(self) -> Float[Array, ""]:
         """Σ log N(θ | 0, prior_scale²) over all weights and biases."""
