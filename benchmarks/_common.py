@@ -34,6 +34,7 @@ __all__ = [
     "add_arguments",
     "finish",
     "git_commit",
+    "giants_cv_splits",
     "log",
     "peak_rss_bytes",
     "pin_threads",
@@ -210,3 +211,24 @@ def write_result(result: dict[str, object], out: Path, **versions: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def giants_cv_splits(n_folds: int = 5, seed: int = 2026) -> tuple[Any, list]:
+    """The 500 shared APOGEE giants (teff, logg, m_h) and their (train, held-out) folds.
+
+    Exits with a message when the shared data are absent. Imports starlabel only when
+    called, so :func:`pin_threads` can still run first.
+    """
+    import numpy as np
+
+    from starlabel._internal import fold_indices
+    from starlabel.data import read_dataset, shared_data_dir
+
+    folder = shared_data_dir()
+    if folder is None:
+        raise SystemExit("the shared real data were not found; set STARLABEL_SHARED_DATA.")
+    giants = read_dataset(folder / "apogee" / "giants_100px.npz", labels=("teff", "logg", "m_h"))
+    everyone = np.arange(giants.n_stars)
+    return giants, [
+        (np.setdiff1d(everyone, held), held) for held in fold_indices(giants.n_stars, n_folds, seed)
+    ]

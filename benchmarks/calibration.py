@@ -31,10 +31,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import log
+from _common import giants_cv_splits, log
 
-from starlabel._internal import fold_indices
-from starlabel.data import read_dataset, shared_data_dir, simulate_lines
+from starlabel.data import simulate_lines
 from starlabel.models.cannon import Cannon
 from starlabel.models.lux import Lux
 from starlabel.models.nn import NNRegressor
@@ -167,12 +166,7 @@ def main() -> None:
         return write
 
     if "giants" in cases:
-        folder = shared_data_dir()
-        if folder is None:
-            raise SystemExit("the shared real data were not found; set STARLABEL_SHARED_DATA.")
-        giants = read_dataset(folder / "apogee" / "giants_100px.npz", labels=("teff", "logg", "m_h"))
-        everyone = np.arange(giants.n_stars)
-        splits = [(np.setdiff1d(everyone, held), held) for held in fold_indices(giants.n_stars, 5, 2026)]
+        giants, splits = giants_cv_splits()
         log("real giants: 5-fold cross-validation over 500 stars")
         results["cases"]["giants"] = run_case(
             "giants", splits, giants.labels, giants.label_names, args.quick, giants, models, save("giants")

@@ -30,7 +30,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import add_arguments, finish, log, pin_threads, start
+from _common import add_arguments, finish, giants_cv_splits, log, pin_threads, start
 
 THREADS = pin_threads()
 
@@ -40,8 +40,7 @@ import starlabel.models._calibration as calibration_module  # noqa: E402
 import starlabel.models.cannon._model as cannon_module  # noqa: E402
 import starlabel.models.lux._model as lux_module  # noqa: E402
 import starlabel.models.nn as nn_module  # noqa: E402
-from starlabel._internal import fold_indices  # noqa: E402
-from starlabel.data import read_dataset, shared_data_dir, simulate_lines  # noqa: E402
+from starlabel.data import simulate_lines  # noqa: E402
 from starlabel.models.cannon import Cannon  # noqa: E402
 from starlabel.models.lux import Lux  # noqa: E402
 from starlabel.models.nn import NNRegressor  # noqa: E402
@@ -176,6 +175,22 @@ def summary(cases: dict) -> dict:
     return rows
 
 
+def defaults(cases: dict) -> dict:
+    """The library's defaults (r per family, γ cap) and the held-out statistics they give."""
+    shares, cap = calibration_module.IRREDUCIBLE_SHARE, calibration_module._MAX_POWER
+    rows = {}
+    for case, models in cases.items():
+        for model, row in models.items():
+            stats = row["grid"][f"cap{cap:g}"][f"r{shares.get(model, 1.0):g}"]
+            s, c = np.asarray(stats["std_z"]), np.asarray(stats["coverage_1sigma"])
+            missed = (np.abs(s - 1) > TOLERANCE[0]) | (np.abs(c - 0.6827) > TOLERANCE[1])
+            rows[f"{case}/{model}"] = {
+                **stats,
+                "missed": [n for n, m in zip(row["labels"], missed, strict=True) if m],
+            }
+    return {"irreducible_share": shares, "max_power": cap, "held_out": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
@@ -183,6 +198,7 @@ def main() -> None:
     parser.add_argument("--models", default="cannon,lux,nn")
     parser.add_argument("--nn-epochs", type=int, default=300)
     parser.add_argument("--merge", nargs="+", type=Path)
+    parser.add_argument("--note", default="", help="with --merge: a note recorded in the JSON")
     parser.add_argument("--raw", type=Path, default=None, help="also save fold residuals (.npz)")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "calibration_size_factor.json"
@@ -195,6 +211,9 @@ def main() -> None:
             merged["cases"].update(part["cases"])
             merged["setup"].update(part["setup"])
         merged["summary"] = summary(merged["cases"])
+        merged["defaults"] = defaults(merged["cases"])
+        if args.note:
+            merged["note"] = args.note
         args.out.write_text(json.dumps(merged, indent=2) + "\n")
         return
     record = start(args, THREADS)
@@ -203,12 +222,7 @@ def main() -> None:
     raw: dict = {}
     cases = args.cases.split(",")
     if "giants" in cases:
-        folder = shared_data_dir()
-        if folder is None:
-            raise SystemExit("the shared real data were not found; set STARLABEL_SHARED_DATA.")
-        giants = read_dataset(folder / "apogee" / "giants_100px.npz", labels=("teff", "logg", "m_h"))
-        everyone = np.arange(giants.n_stars)
-        splits = [(np.setdiff1d(everyone, held), held) for held in fold_indices(giants.n_stars, 5, 2026)]
+        giants, splits = giants_cv_splits()
         results["setup"]["giants"] = {"file": "apogee/giants_100px.npz", "outer_folds": 5, "seed": 2026}
         results["cases"]["giants"] = run_case(
             "giants", splits, giants, giants.label_names, models, args.nn_epochs, raw

@@ -72,8 +72,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the script runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--epochs", type=int, default=None, help="Payne epoch budget (default: the model's)")
-    parser.add_argument("--hidden", default="300,300")
-    parser.add_argument("--components", type=int, default=64)
+    parser.add_argument("--hidden", default=None, help="Payne hidden widths (default: the model's)")
+    parser.add_argument(
+        "--components", type=int, default=None, help="Payne bottleneck (default: the model's)"
+    )
     parser.add_argument(
         "--payne-calibration",
         choices=("kfold", "holdout", "none"),
@@ -126,8 +128,11 @@ def main() -> None:
     }
     _common.log("Cannon:", models["cannon"]["labels"], f"{n_test / warm:.0f} spectra/s")
 
-    hidden = tuple(int(w) for w in args.hidden.split(","))
-    settings = {"hidden": hidden, "n_components": args.components}
+    settings = {}
+    if args.hidden is not None:
+        settings["hidden"] = tuple(int(w) for w in args.hidden.split(","))
+    if args.components is not None:
+        settings["n_components"] = args.components
     if args.epochs is not None:
         settings["epochs"] = args.epochs
     if args.quick:

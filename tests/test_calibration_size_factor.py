@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from starlabel.cli import app
 from starlabel.data import simulate_cannon, write_dataset
 from starlabel.models import load_model, read_model_header
-from starlabel.models._calibration import fit_error_calibration
+from starlabel.models._calibration import IRREDUCIBLE_SHARE, fit_error_calibration
 from starlabel.models.cannon import Cannon
 
 
@@ -108,5 +108,6 @@ def test_train_prints_the_size_factor(trained):
     )
     assert ran.exit_code == 0, ran.output
     share = load_model(folder / "cli.starlabel").calibration.irreducible_share
+    assert share == IRREDUCIBLE_SHARE["cannon"] == 0.7  # the measured default
     f = (1 - (1 - share) / 5) ** 0.5
     assert f"training-size factor f = {f:.3f} (irreducible share r = {share:g}" in ran.output

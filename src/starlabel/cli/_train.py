@@ -265,11 +265,11 @@ def train_payne(
     components: Annotated[
         int,
         typer.Option(help="Learned spectra the flux is a combination of (the network's last, linear layer)."),
-    ] = 64,
+    ] = 32,
     epochs: Annotated[
         int,
-        typer.Option(help="Most training epochs (early stopping on a validation split usually ends sooner)."),
-    ] = 2000,
+        typer.Option(help="Most training epochs (the step decays over them; early stopping may end sooner)."),
+    ] = 500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     compilation_cache: _CompilationCache = True,
     calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,

@@ -149,9 +149,10 @@ def fit_labels(
     n_starts = min(n_starts, int(templates.shape[0]))
     low, high = spectrum.safety_box()
     lower, upper = jnp.asarray(low), jnp.asarray(high)
-    # The rows are numpy slices; filter_jit takes them as it takes JAX arrays.
     return map_chunks(
-        lambda rows: _fit_chunk(spectrum, *rows, templates, lower, upper, n_starts, n_iter),  # pyright: ignore[reportArgumentType]
+        lambda rows: _fit_chunk(
+            spectrum, jnp.asarray(rows[0]), jnp.asarray(rows[1]), templates, lower, upper, n_starts, n_iter
+        ),
         (data.flux, data.ivar),
         size=min(chunk_size, data.n_stars),
     )

@@ -43,14 +43,15 @@ class Payne(AbstractSpectralModel):
     hidden : tuple of int
         Hidden layer widths (default ``(300, 300)``).
     n_components : int
-        Width K of the linear bottleneck before the pixels (default 64): the flux is a
+        Width K of the linear bottleneck before the pixels (default 32): the flux is a
         combination of K learned spectra, which makes the test step fast (see
         ``payne/_network.py`` for how many line-list spectra need).
     activation : {"silu", "leaky_relu", "sigmoid", "tanh"}
         Hidden activation (default ``"silu"``: smooth, so the Jacobian the test step
         uses is continuous in the labels).
     epochs : int
-        Most training epochs (default 2000); early stopping usually ends sooner.
+        Most training epochs (default 500; the step size decays over them); early
+        stopping may end sooner.
     patience : int
         Epochs without a lower validation loss before stopping (default 100).
     learning_rate : float
@@ -74,9 +75,9 @@ class Payne(AbstractSpectralModel):
 
     label_names: tuple[str, ...] = eqx.field(static=True, converter=_as_names)
     hidden: tuple[int, ...] = eqx.field(default=(300, 300), static=True, converter=tuple)
-    n_components: int = eqx.field(default=64, static=True)
+    n_components: int = eqx.field(default=32, static=True)
     activation: str = eqx.field(default="silu", static=True)
-    epochs: int = eqx.field(default=2000, static=True)
+    epochs: int = eqx.field(default=500, static=True)
     patience: int = eqx.field(default=100, static=True)
     learning_rate: float = eqx.field(default=3e-3, static=True)
     batch_size: int = eqx.field(default=64, static=True)
@@ -312,7 +313,7 @@ class FittedPayne(AbstractFittedFluxModel):
         data: SpectralDataset,
         *,
         n_templates: int = 32,
-        n_starts: int = 2,
+        n_starts: int = 1,
         max_iter: int = 50,
         chunk_size: int = 64,
         poor_fit: float = 3.0,

@@ -129,9 +129,18 @@ def fit_payne_labels(
     low, high = spectrum.safety_box()
     lower, upper = jnp.asarray(low), jnp.asarray(high)
     pairs = basis_pairs(spectrum.network.basis)
-    # The rows are numpy slices; filter_jit takes them as it takes JAX arrays.
     return map_chunks(
-        lambda rows: _fit_chunk(spectrum, pairs, *rows, templates, lower, upper, n_starts, n_iter),  # pyright: ignore[reportArgumentType]
+        lambda rows: _fit_chunk(
+            spectrum,
+            pairs,
+            jnp.asarray(rows[0]),
+            jnp.asarray(rows[1]),
+            templates,
+            lower,
+            upper,
+            n_starts,
+            n_iter,
+        ),
         (flux, ivar),
         size=min(chunk_size, flux.shape[0]),
     )
