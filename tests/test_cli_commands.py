@@ -147,6 +147,15 @@ def test_infer_option(survey, tmp_path, case):
         assert np.all(np.isfinite(np.asarray(written["delta_chi2"], dtype=float)))
 
 
+def test_train_binary_calibration_refuses_a_streamed_training_set(survey, tmp_path):
+    """The learned binary decision refits the training set in memory (the learning itself runs
+    in test_teststep_binary.py)."""
+    refused = CliRunner().invoke(app, ["train", "cannon", str(survey["train"]), "--labels", ",".join(LABELS),
+                                       "-o", str(tmp_path / "m"), "--stream", "--binary-calibration"])  # fmt: skip
+    assert refused.exit_code != 0 and "drop --stream" in refused.output, refused.output
+    assert not (tmp_path / "m").exists()
+
+
 def test_infer_with_an_unreadable_input_writes_the_rest_and_exits_1(survey, tmp_path):
     (tmp_path / "mixed").mkdir()
     shutil.copy(survey["test"], tmp_path / "mixed" / "good.npz")

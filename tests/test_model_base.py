@@ -165,3 +165,50 @@ def test_spline_prefilter_matches_the_numpy_prefilter():
     with jax.enable_x64(True):
         ours = np.asarray(SplinePrefilter(resampler)(jnp.asarray(values)))
     np.testing.assert_allclose(ours, resampler.prefilter(values), atol=1e-12)
+
+
+def test_custom_flux_model_plugs_into_binary_fit():
+    """A non-linear flux model through the two-star fit: B-spline prefilter in the fit,
+    analytic Jacobian equal to autodiff, binaries found with their Δv and flux share."""
+    from starlabel.data import SpectralDataset
+    from starlabel.models import fit_binary
+    from starlabel.models._binary import BinaryModel
+    from starlabel.models._nuisance import build_nuisance_model
+
+    rng = np.random.default_rng(11)
+    n_pixels, step, n = 400, 1.5e-5, 6
+    wavelength = 15_100.0 * np.exp(step * np.arange(n_pixels))
+    with jax.enable_x64(True):
+        model = GaussianLines(n_pixels, rng.normal(size=(50, 2)) * 0.4)
+        binary = BinaryModel.like(build_nuisance_model(model, wavelength, fit_rv=True, v_max=100.0), (), True)
+        assert binary.theta_spline is None and binary.prefilter is not None
+        params = jnp.array([0.2, -0.1, -0.3, 0.3, 0.4, 35.0, 6.0])
+        flux, jac = binary.flux_and_jacobian(params)
+        np.testing.assert_allclose(np.asarray(flux), np.asarray(binary.flux(params)), atol=1e-12)
+        np.testing.assert_allclose(np.asarray(jac), np.asarray(jax.jacfwd(binary.flux)(params)), atol=1e-9)
+        primary, secondary = rng.normal(size=(n, 2)) * 0.3, rng.normal(size=(n, 2)) * 0.3
+        w = rng.uniform(0.6, 0.75, n)
+        dv = rng.choice([-1.0, 1.0], n) * rng.uniform(30.0, 60.0, n)
+        v1 = rng.uniform(-20.0, 20.0, n)
+        pair = w[:, None] * _observed(model, primary, v1, step)
+        pair += (1.0 - w[:, None]) * _observed(model, secondary, v1 + dv, step)
+        single = _observed(model, rng.normal(size=(n, 2)) * 0.3, rng.uniform(-20.0, 20.0, n), step)
+    sigma = 0.005
+    flux = np.concatenate([pair, single])
+    flux = flux + sigma * rng.normal(size=flux.shape)
+    data = SpectralDataset(flux=flux, ivar=np.full_like(flux, sigma**-2), wavelength=wavelength)
+    result = fit_binary(model, data, v_max=60.0, dv_max=80.0, chunk_size=2 * n)
+    assert result.extra["binary"].tolist() == [True] * n + [False] * n
+    np.testing.assert_allclose(result.extra["binary_dv"][:n], dv, atol=1.5)
+    # Label a only scales line depths, so w and a trade off: what the spectra fix is each
+    # star's depth factor w e^(a/2) (and the widths, label b). Detected binaries report
+    # the primary of the two-star fit, flagged BINARY.
+    w_fit = result.extra["binary_w"][:n]
+    np.testing.assert_allclose(
+        w_fit * np.exp(0.5 * result.labels[:n, 0]), w * np.exp(0.5 * primary[:, 0]), rtol=0.03
+    )
+    depth2 = (1.0 - w_fit) * np.exp(0.5 * result.extra["a_2"][:n])
+    np.testing.assert_allclose(depth2, (1.0 - w) * np.exp(0.5 * secondary[:, 0]), rtol=0.05)
+    np.testing.assert_allclose(result.labels[:n, 1], primary[:, 1], atol=0.05)
+    np.testing.assert_allclose(result.extra["b_2"][:n], secondary[:, 1], atol=0.1)
+    assert np.all(result.flags[:n] & 256) and not np.any(result.flags[n:] & 256)

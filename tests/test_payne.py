@@ -7,12 +7,13 @@ keeps the file fast; the full-size comparison with the Cannon is benchmarks/payn
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from starlabel.cli import app
-from starlabel.data import LINE_LABELS, read_result, simulate_lines, write_dataset
+from starlabel.data import LINE_LABELS, SpectralDataset, read_result, simulate_lines, write_dataset
 from starlabel.models import AbstractFittedFluxModel, infer_labels, load_model
 from starlabel.models.payne import FittedPayne, Payne, PayneSpectrum
 
@@ -102,6 +103,45 @@ def test_payne_fits_radial_velocity_through_the_generic_step(fitted):
     z = (result.extra["rv"] - moved.rv) / result.extra["rv_err"]
     assert np.all(np.abs(result.extra["rv"] - moved.rv) < 2.0), result.extra["rv"] - moved.rv
     assert np.all(np.isfinite(z))
+
+
+def test_payne_fits_binaries_through_the_generic_step(fitted):
+    """The two-star fit of a non-linear model: Payne binaries of known truth (the Payne's own
+    spectra, shifted and mixed) are flagged with their Δv and flux share; singles are not."""
+    from starlabel.models._binary import BinaryModel
+    from starlabel.models._nuisance import build_nuisance_model
+
+    rng = np.random.default_rng(2)
+    labels = simulate_lines(24, n_pixels=N_PIXELS, seed=6).dataset.select_labels(LABELS)
+    n = 8
+    w = rng.uniform(0.65, 0.8, n)  # clearly the brighter star: no swap of the components
+    dv = rng.choice([-1.0, 1.0], n) * rng.uniform(40.0, 70.0, n)
+    v = rng.uniform(-20.0, 20.0, 2 * n)
+    own = [0, 1, 3, 4]  # the secondary's labels; fe_h (index 2) is shared
+    with jax.enable_x64(True):
+        single = build_nuisance_model(fitted, labels.wavelength, fit_rv=True, v_max=140.0)
+        binary = BinaryModel.like(single, (2,), True)
+        u = np.log((w - 0.5) / (1.0 - w))  # w = ½ + ½ σ(u)
+        pack = np.column_stack([labels.labels[:n], labels.labels[n : 2 * n, own], u, dv, v[:n]])
+        pairs = np.asarray(jax.vmap(binary.flux)(jnp.asarray(pack)))
+        alone = np.column_stack([labels.labels[2 * n :], v[n:]])
+        singles = np.asarray(jax.vmap(single.flux)(jnp.asarray(alone)))
+    sigma = 0.004
+    flux = np.concatenate([pairs, singles])
+    flux = flux + sigma * rng.normal(size=flux.shape)
+    data = SpectralDataset(flux=flux, ivar=np.full_like(flux, sigma**-2), wavelength=labels.wavelength)
+    result = infer_labels(fitted, data, fit_rv=True, binary=True, v_max=60.0, dv_max=80.0)
+    assert result.extra["binary"].tolist() == [True] * n + [False] * n, result.extra["delta_bic"]
+    rv, fit_dv = result.extra["rv"], result.extra["binary_dv"]
+    np.testing.assert_allclose(rv[n:], v[n:], atol=2.0)
+    # The two velocities of each binary; the fit may take the fainter star as the primary
+    # (the single-star fit's velocity seeds v1), then Δv changes sign.
+    seen = np.sort(np.column_stack([rv[:n], rv[:n] + fit_dv[:n]]), axis=1)
+    true = np.sort(np.column_stack([v[:n], v[:n] + dv]), axis=1)
+    np.testing.assert_allclose(seen, true, atol=3.0)
+    right = np.abs(rv[:n] - v[:n]) < 3.0
+    assert right.sum() >= 6, (rv[:n], v[:n])
+    np.testing.assert_allclose(result.extra["binary_w"][:n][right], w[right], atol=0.05)
 
 
 def test_payne_refuses_bad_input(sim, fitted):

@@ -51,17 +51,19 @@ from ._nuisance import (
     AbstractPackedModel,
     DopplerResampler,
     NuisanceModel,
+    SplinePrefilter,
     _best_of,
     _doppler,
-    _label_columns,
     _templates,
     build_nuisance_model,
     correlate_lags,
     fit_nuisance,
     fit_quality,
     lag_velocity,
+    rest_columns,
+    rest_spline,
 )
-from ._posterior_mean import PolynomialSpectrum
+from .base import AbstractFluxModel
 
 __all__ = ["BinaryCalibration", "BinaryModel", "DEFAULT_SHARED", "fit_binary", "learn_binary_calibration"]
 
@@ -190,28 +192,53 @@ class BinaryModel(AbstractPackedModel):
     """Flux of two stars: ``w S_{v1} m(ℓ1) + (1 − w) S_{v1+Δv} m(ℓ2)``.
 
     Parameters are packed as ``[ℓ1 (labels), ℓ2 (free labels), u, Δv, v1]`` with
-    ``w = ½ + ½ σ(u)`` (σ the logistic function), Δv and v1 in km/s.
+    ``w = ½ + ½ σ(u)`` (σ the logistic function), Δv and v1 in km/s. ``m`` is any
+    :class:`~starlabel.models.AbstractFluxModel`: a linear one (the Cannon) is shifted
+    through its prefiltered θ (``theta_spline``), any other through ``prefilter``, as in
+    :class:`~starlabel.models._nuisance.NuisanceModel`.
 
     Attributes
     ----------
-    spectrum : PolynomialSpectrum
+    spectrum : AbstractFluxModel
     resampler : DopplerResampler
-    theta_spline : Float[Array, "pixels terms"]
-        Prefiltered coefficients for velocity shifts.
+    theta_spline : Float[Array, "pixels terms"] or None
+        A linear model's prefiltered coefficients for velocity shifts.
     shared : tuple of int
         Indices of labels the components share.
     fit_rv : bool
         Whether the primary's velocity v1 is free (else 0).
     flux_ratio : callable, optional
         ``flux_ratio(ℓ1, ℓ2) -> w`` (pure JAX); replaces the free ``w``.
+    prefilter : SplinePrefilter, optional
+        The B-spline prefilter of a non-linear model's spectra.
     """
 
-    spectrum: PolynomialSpectrum
+    spectrum: AbstractFluxModel
     resampler: DopplerResampler
-    theta_spline: Float[Array, "pixels terms"]
+    theta_spline: Float[Array, "pixels terms"] | None
     shared: tuple[int, ...] = eqx.field(static=True)
     fit_rv: bool = eqx.field(static=True)
     flux_ratio: Callable[[Array, Array], Array] | None = eqx.field(static=True, default=None)
+    prefilter: SplinePrefilter | None = None
+
+    @classmethod
+    def like(
+        cls,
+        single: NuisanceModel,
+        shared: tuple[int, ...],
+        fit_rv: bool,
+        flux_ratio: Callable[[Array, Array], Array] | None = None,
+    ) -> BinaryModel:
+        """The two-star model on the single-star model's grid, spectrum and prefilter."""
+        return cls(
+            single.spectrum,
+            single.resampler,
+            single.theta_spline,
+            shared,
+            fit_rv,
+            flux_ratio,
+            single.prefilter,
+        )
 
     @property
     def n_labels(self) -> int:
@@ -237,11 +264,15 @@ class BinaryModel(AbstractPackedModel):
         w = self.flux_ratio(l1, l2) if self.flux_ratio is not None else 0.5 + 0.5 * jax.nn.sigmoid(u)
         return l1, l2, w, dv, v1
 
+    def rest_spline(self, labels: Float[Array, " labels"]) -> Float[Array, " pixels"]:
+        """B-spline coefficients of one component's rest-frame spectrum."""
+        return rest_spline(self.spectrum, self.theta_spline, self.prefilter, labels)
+
     def components(self, params: Float[Array, " params"]) -> tuple[Array, Array]:
         """The two weighted component spectra (pixels,) as observed."""
         l1, l2, w, dv, v1 = self.unpack(params)
-        m1 = self.resampler(self.theta_spline @ self.spectrum.label_vector(l1), v1)
-        m2 = self.resampler(self.theta_spline @ self.spectrum.label_vector(l2), v1 + dv)
+        m1 = self.resampler(self.rest_spline(l1), v1)
+        m2 = self.resampler(self.rest_spline(l2), v1 + dv)
         return w * m1, (1.0 - w) * m2
 
     def flux(self, params: Float[Array, " params"]) -> Float[Array, " pixels"]:
@@ -254,14 +285,14 @@ class BinaryModel(AbstractPackedModel):
         return self.flux_and_jacobian(params)[1]
 
     def flux_and_jacobian(self, params: Float[Array, " params"]) -> tuple[Array, Array]:
-        """Flux and ∂flux/∂params from one product of θ with both stars' label vectors."""
+        """Flux and ∂flux/∂params from one rest-frame evaluation per star (a θ product)."""
         if self.flux_ratio is not None:
             return self.flux(params), jax.jacfwd(self.flux)(params)
         k, own = self.n_labels, self.free_secondary
         l1, l2, w, dv, v1 = self.unpack(params)
-        # θx(ℓ) and θ∂x/∂ℓ of each star: the dominant cost of an LM step.
-        rest1 = _label_columns(self.spectrum, self.theta_spline, l1)
-        rest2 = _label_columns(self.spectrum, self.theta_spline, l2)
+        # m(ℓ) and ∂m/∂ℓ of each star (θx and θ∂x/∂ℓ): the dominant cost of an LM step.
+        rest1 = rest_columns(self.spectrum, self.theta_spline, self.prefilter, l1)
+        rest2 = rest_columns(self.spectrum, self.theta_spline, self.prefilter, l2)
         first, second = self.resampler(rest1, v1), self.resampler(rest2, v1 + dv)
         m1, d1, m2, d2 = first[:, 0], first[:, 1:], second[:, 0], second[:, 1:]
         dm1 = self.resampler.derivative(rest1[:, 0], v1)
@@ -325,7 +356,7 @@ def _fit_binary_chunk(
     lags = jnp.arange(-max_lag, max_lag + 1)
 
     def seen(labels: Array, v: Array) -> Array:
-        return model.resampler(model.theta_spline @ model.spectrum.label_vector(labels), v)
+        return model.resampler(model.rest_spline(labels), v)
 
     def one_star(f: Array, iv: Array, single_p: Array) -> tuple[Array, ...]:
         omega = jnp.where(model.resampler.usable, model.spectrum.weights(iv), 0.0)
@@ -395,8 +426,9 @@ def fit_binary(
 
     Parameters
     ----------
-    fitted : FittedCannon or PolynomialSpectrum
-        Trained polynomial-in-labels model.
+    fitted : AbstractFittedFluxModel or AbstractFluxModel
+        FittedCannon, FittedPayne, or a flux model itself (a linear one takes the fast
+        path: one θ product per star and LM step).
     data : SpectralDataset
         Spectra with ``wavelength`` (Å) on the model's log-λ grid.
     fit_rv : bool
@@ -460,18 +492,9 @@ def fit_binary(
     )
     if not fit_rv:
         single_model = dataclasses.replace(single_model, fit_rv=False)
-    spectrum, theta_spline = single_model.spectrum, single_model.theta_spline
-    if not isinstance(spectrum, PolynomialSpectrum) or theta_spline is None:
-        raise ValueError(
-            f"binary fits need the Cannon's polynomial spectrum, not a {type(spectrum).__name__}."
-        )
-    binary = BinaryModel(
-        spectrum,
-        single_model.resampler,
-        theta_spline,
-        _shared_indices(spectrum.label_names, shared),
-        bool(fit_rv),
-        flux_ratio,
+    spectrum = single_model.spectrum
+    binary = BinaryModel.like(
+        single_model, _shared_indices(spectrum.label_names, shared), bool(fit_rv), flux_ratio
     )
     single = fit_nuisance(single_model, data, n_starts=1, n_iter=n_iter, chunk_size=chunk_size, scan="ccf")
     own = binary.free_secondary
@@ -640,8 +663,9 @@ def learn_binary_calibration(
 
     Parameters
     ----------
-    model : Cannon
-        Unfitted configuration (``model.fit(train, calibrate=False)`` must work).
+    model : Cannon or Payne
+        Unfitted configuration (``model.fit(train, calibrate=False)`` must return a
+        model with a flux model; K refits, so a Payne costs K trainings).
     train : SpectralDataset
         The training set, with ``wavelength`` (Å, log-λ grid).
     n_folds : int

@@ -31,7 +31,9 @@ execute code.
 Versions: 1 had no ``calibration`` key; such files still load, and their models
 infer with statistical errors only (a logged warning says so, and every result's
 ``meta["errors"]`` is ``"statistical"``). Version 2 calibrations had no training-size
-factor; they load with ``f = 1`` (as they were learned) and a logged note.
+factor; they load with ``f = 1`` (as they were learned) and a logged note. The
+``binary_calibration`` key (the decision of ``infer --binary``) is optional in version 3:
+files without it load, and ``--binary`` then uses the fixed rule with a note.
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ __all__ = [
     "AbstractPackedModel",
     "DopplerResampler",
     "SplinePrefilter",
+    "rest_columns",
+    "rest_spline",
     "find_regions",
     "NuisanceModel",
     "NuisanceFit",
@@ -416,6 +418,43 @@ class SplinePrefilter(eqx.Module):
         return jnp.sum(values[self.index] * weight, axis=1)
 
 
+def rest_spline(
+    spectrum: AbstractFluxModel,
+    theta_spline: Float[Array, "pixels terms"] | None,
+    prefilter: SplinePrefilter | None,
+    labels: Float[Array, " labels"],
+) -> Float[Array, " pixels"]:
+    """B-spline coefficients of ``spectrum``'s rest-frame flux at ``labels``.
+
+    A linear model (``theta_spline`` given: its θ prefiltered once) needs one product;
+    any other model's flux is prefiltered here, inside the fit.
+    """
+    if theta_spline is not None:
+        assert isinstance(spectrum, AbstractLinearFluxModel)
+        return theta_spline @ spectrum.label_vector(labels)
+    assert prefilter is not None
+    return prefilter(spectrum.flux(labels))
+
+
+def rest_columns(
+    spectrum: AbstractFluxModel,
+    theta_spline: Float[Array, "pixels terms"] | None,
+    prefilter: SplinePrefilter | None,
+    labels: Float[Array, " labels"],
+) -> Float[Array, "pixels k"]:
+    """:func:`rest_spline` and its derivatives by each label, (pixels, 1 + labels).
+
+    One array, so that a single Doppler shift moves the flux and its Jacobian together.
+    """
+    if theta_spline is not None:
+        assert isinstance(spectrum, AbstractLinearFluxModel)
+        return _label_columns(spectrum, theta_spline, labels)
+    assert prefilter is not None
+    flux, pushforward = jax.linearize(spectrum.flux, labels)
+    jac = jax.vmap(pushforward, out_axes=1)(jnp.eye(labels.shape[0], dtype=labels.dtype))
+    return prefilter(jnp.concatenate([flux[:, None], jac], axis=1))
+
+
 class NuisanceModel(AbstractPackedModel):
     """Flux model ``c(λ; a) · S_v[m(ℓ)]`` with parameters packed as ``[ℓ, v, a]``.
 
@@ -485,24 +524,11 @@ class NuisanceModel(AbstractPackedModel):
 
     def rest_spline(self, labels: Float[Array, " labels"]) -> Float[Array, " pixels"]:
         """B-spline coefficients of the rest-frame model spectrum at ``labels``."""
-        if self.theta_spline is not None:
-            spectrum = self.spectrum
-            assert isinstance(spectrum, AbstractLinearFluxModel)
-            return self.theta_spline @ spectrum.label_vector(labels)
-        assert self.prefilter is not None
-        return self.prefilter(self.spectrum.flux(labels))
+        return rest_spline(self.spectrum, self.theta_spline, self.prefilter, labels)
 
-    def _rest_and_derivative(self, labels: Float[Array, " labels"]) -> tuple[Array, Array]:
-        """:meth:`rest_spline` and its derivative (pixels, labels)."""
-        if self.theta_spline is not None:
-            spectrum = self.spectrum
-            assert isinstance(spectrum, AbstractLinearFluxModel)
-            rest = self.theta_spline @ spectrum.label_vector(labels)
-            return rest, self.theta_spline @ jax.jacfwd(spectrum.label_vector)(labels)
-        assert self.prefilter is not None
-        flux, pushforward = jax.linearize(self.spectrum.flux, labels)
-        jac = jax.vmap(pushforward, out_axes=1)(jnp.eye(labels.shape[0], dtype=labels.dtype))
-        return self.prefilter(flux), self.prefilter(jac)
+    def rest_columns(self, labels: Float[Array, " labels"]) -> Float[Array, "pixels k"]:
+        """:meth:`rest_spline` and its label derivatives, (pixels, 1 + labels)."""
+        return rest_columns(self.spectrum, self.theta_spline, self.prefilter, labels)
 
     def flux(self, params: Float[Array, " params"]) -> Float[Array, " pixels"]:
         """Model flux of one star."""
@@ -514,15 +540,12 @@ class NuisanceModel(AbstractPackedModel):
         return self.flux_and_jacobian(params)[1]
 
     def flux_and_jacobian(self, params: Float[Array, " params"]) -> tuple[Array, Array]:
-        """Flux and ∂flux/∂params (a linear model: one product of θ with ``[x(ℓ), ∂x/∂ℓ]``)."""
+        """Flux and ∂flux/∂params from one rest-frame evaluation of ``[m(ℓ), ∂m/∂ℓ]``.
+
+        For a linear model that is one product of θ with ``[x(ℓ), ∂x/∂ℓ]``.
+        """
         labels, v, coefficients = self.unpack(params)
-        if self.theta_spline is not None:
-            spectrum = self.spectrum
-            assert isinstance(spectrum, AbstractLinearFluxModel)
-            rest = _label_columns(spectrum, self.theta_spline, labels)  # (pixels, 1 + labels)
-        else:
-            spline, d_spline = self._rest_and_derivative(labels)
-            rest = jnp.concatenate([spline[:, None], d_spline], axis=1)
+        rest = self.rest_columns(labels)  # (pixels, 1 + labels)
         continuum = self.continuum(coefficients)
         moved = self.resampler(rest, v)
         shifted = moved[:, 0]

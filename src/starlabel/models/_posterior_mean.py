@@ -74,8 +74,8 @@ def polynomial_spectrum(fitted: Any) -> PolynomialSpectrum:
     Raises
     ------
     TypeError
-        If ``fitted`` has no polynomial flux model: the grid and binary test steps need a
-        model linear in its coefficients.
+        If ``fitted`` has no polynomial flux model: the grid test steps need a model
+        linear in its coefficients.
     """
     if isinstance(fitted, PolynomialSpectrum):
         return fitted
@@ -85,7 +85,7 @@ def polynomial_spectrum(fitted: Any) -> PolynomialSpectrum:
             return model
     raise TypeError(
         f"{type(fitted).__name__} is not a polynomial-in-labels model: the posterior-mean,"
-        " grid and binary test steps need one such as a FittedCannon (or a PolynomialSpectrum)."
+        " grid test steps need one such as a FittedCannon (or a PolynomialSpectrum)."
     )
 
 
