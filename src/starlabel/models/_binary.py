@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._internal import x64
+from .._internal import map_chunks, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ._nuisance import (
     AbstractPackedModel,
@@ -505,27 +505,22 @@ def fit_binary(
     step = max(b[3] for b in binary.resampler.blocks)
     max_lag = int(math.floor(math.log(_doppler(float(dv_max))) / step))
     single_params = np.asarray(single.params)
-    outs = []
-    chunk = min(chunk_size, data.n_stars)
-    for begin in range(0, data.n_stars, chunk):
-        end = min(begin + chunk, data.n_stars)
-        sl = slice(begin, end)
-        arrays = [data.flux[sl], data.ivar[sl], single_params[sl]]
-        pad = chunk - (end - begin)
-        if pad:
-            arrays = [np.concatenate([a, np.repeat(a[:1], pad, axis=0)]) for a in arrays]
-        out = _fit_binary_chunk(
+    fit = map_chunks(
+        lambda rows: _fit_binary_chunk(
             binary,
-            *(jnp.asarray(a) for a in arrays),
+            jnp.asarray(rows[0]),
+            jnp.asarray(rows[1]),
+            jnp.asarray(rows[2]),
             templates,
             lower,
             upper,
             max_lag,
             int(n_starts),
             int(n_iter),
-        )
-        outs.append(jax.tree.map(lambda a, n=end - begin: np.asarray(a)[:n], out))
-    fit = jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
+        ),
+        (data.flux, data.ivar, single_params),
+        size=min(chunk_size, data.n_stars),
+    )
     decision = None if calibration is None else BinaryCalibration.from_dict(calibration)
     return _assemble(binary, single_model, single, fit, data, bic_threshold, decision, poor_fit)
 

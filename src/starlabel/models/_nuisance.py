@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from .._internal import x64
+from .._internal import map_chunks, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from .base import AbstractFluxModel, AbstractLinearFluxModel, flux_model_of
 
@@ -924,19 +924,11 @@ def fit_nuisance(
     big = np.full(model.n_continuum, np.inf)
     lower = jnp.asarray(np.concatenate([safe_lo, [-v_max], -big]))
     upper = jnp.asarray(np.concatenate([safe_hi, [v_max], big]))
-    outs = []
-    chunk = min(chunk_size, data.n_stars)
-    for begin in range(0, data.n_stars, chunk):
-        end = min(begin + chunk, data.n_stars)
-        flux, ivar = data.flux[begin:end], data.ivar[begin:end]
-        pad = chunk - (end - begin)
-        if pad:
-            flux = np.concatenate([flux, np.repeat(flux[:1], pad, axis=0)])
-            ivar = np.concatenate([ivar, np.repeat(ivar[:1], pad, axis=0)])
-        out = _fit_chunk(
+    fit = map_chunks(
+        lambda rows: _fit_chunk(
             model,
-            jnp.asarray(flux),
-            jnp.asarray(ivar),
+            jnp.asarray(rows[0]),
+            jnp.asarray(rows[1]),
             templates,
             v_grid,
             lower,
@@ -944,9 +936,11 @@ def fit_nuisance(
             int(n_starts),
             int(n_iter),
             max_lag,
-        )
-        outs.append(jax.tree.map(lambda a, n=end - begin: np.asarray(a)[:n], out))
-    return jax.tree.map(lambda *parts: jnp.asarray(np.concatenate(parts)), *outs)
+        ),
+        (data.flux, data.ivar),
+        size=min(chunk_size, data.n_stars),
+    )
+    return jax.tree.map(jnp.asarray, fit)
 
 
 def fit_quality(
