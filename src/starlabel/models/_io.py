@@ -51,7 +51,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from .._internal import x64
+from .._internal import atomic_path, x64
 from .._version import __version__
 from ._calibration import ErrorCalibration
 
@@ -208,11 +208,9 @@ def save_model(
     if "__header__" in arrays:
         raise ValueError("a model leaf may not be called '__header__'.")
     header_bytes = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         # numpy's stubs fear a key named allow_pickle in **arrays; ours are model leaf names.
         np.savez(handle, __header__=header_bytes, **arrays)  # pyright: ignore[reportArgumentType]
-    os.replace(tmp, path)
     return path
 
 
