@@ -36,11 +36,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
 
 from starlabel.data import read_dataset, shared_data_dir, simulate_lines  # noqa: E402
-from starlabel.models._posterior_mean import (  # noqa: E402
-    _unfitted,
+from starlabel.models import (  # noqa: E402
     infer_labels,
     infer_posterior_mean,
     select_temperature,
+    unfitted_configuration,
 )
 from starlabel.models.cannon import Cannon  # noqa: E402
 
@@ -81,7 +81,9 @@ def lines(n_train: int, n_test: int, n_pixels: int | None) -> dict:
     log("map", out["map"])
 
     # What `starlabel infer --estimator mean --prior kde --temperature auto` runs.
-    selection, cv_seconds = _timed(select_temperature, _unfitted(fitted, None), train, prior="kde")
+    selection, cv_seconds = _timed(
+        select_temperature, unfitted_configuration(fitted, None), train, prior="kde"
+    )
     auto, seconds = _timed(
         infer_labels,
         fitted,

@@ -51,13 +51,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from starlabel.data import SpectralDataset, read_dataset, shared_data_dir  # noqa: E402
-from starlabel.models._binary import fit_binary  # noqa: E402
-from starlabel.models._nuisance import infer_with_nuisance  # noqa: E402
-from starlabel.models._posterior_mean import (  # noqa: E402
+from starlabel.models import (  # noqa: E402
     infer_posterior_mean,
     rescale_uncertainty,
     select_temperature,
 )
+from starlabel.models._binary import fit_binary  # noqa: E402
+from starlabel.models._nuisance import infer_with_nuisance  # noqa: E402
 from starlabel.models.cannon import Cannon  # noqa: E402
 from test_teststep_sim import apogee_wavelength, draw_labels, simulate_smooth, template_model  # noqa: E402
 

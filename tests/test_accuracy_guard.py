@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from starlabel.models import select_temperature
 from starlabel.models._accuracy_guard import accuracy_excess, guard_temperature
-from starlabel.models._posterior_mean import select_temperature
 from starlabel.models.cannon import Cannon
 
 

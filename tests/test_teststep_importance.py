@@ -15,10 +15,7 @@ import pytest
 from starlabel.data import Flag, simulate_lines
 from starlabel.inference import GaussianPrior
 from starlabel.inference._importance import importance_posterior
-from starlabel.models._posterior_mean import (
-    _best_temperature,
-    _check_width_scale_cv,
-    _HeldOutScores,
+from starlabel.models import (
     calibration_from_options,
     calibration_options,
     infer_labels,
@@ -26,6 +23,11 @@ from starlabel.models._posterior_mean import (
     select_temperature,
 )
 from starlabel.models._sanity import unusable_widths
+from starlabel.models._temperature import (
+    _best_temperature,
+    _check_width_scale_cv,
+    _HeldOutScores,
+)
 from starlabel.models.cannon import Cannon
 
 

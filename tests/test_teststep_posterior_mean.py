@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from starlabel.data import simulate_cannon
-from starlabel.models._posterior_mean import (
+from starlabel.models import (
     infer_labels,
     infer_nuts,
     infer_posterior_mean,

@@ -132,8 +132,7 @@ def truth_spectrum(theta, pivot, scale, scatter, train_labels, names=NAMES):
     import jax
     import jax.numpy as jnp
 
-    from starlabel.models._posterior_mean import PolynomialSpectrum
-    from starlabel.models.cannon import PolynomialVectorizer
+    from starlabel.models.cannon import PolynomialSpectrum, PolynomialVectorizer
 
     with jax.enable_x64(True):
         train = jnp.asarray(train_labels)
@@ -161,7 +160,7 @@ def line_list_theta(lines: LineList, wavelength: np.ndarray) -> np.ndarray:
 
 
 def test_line_list_theta_reproduces_the_flux(rng):
-    from starlabel.models._posterior_mean import PolynomialSpectrum  # noqa: F401 - import check
+    from starlabel.models.cannon import PolynomialSpectrum  # noqa: F401 - import check
 
     wavelength = apogee_wavelength(300)
     lines = LineList(wavelength)
@@ -183,8 +182,7 @@ def template_model(template: np.ndarray, good: np.ndarray):
     import jax
     import jax.numpy as jnp
 
-    from starlabel.models._posterior_mean import PolynomialSpectrum
-    from starlabel.models.cannon import PolynomialVectorizer
+    from starlabel.models.cannon import PolynomialSpectrum, PolynomialVectorizer
 
     theta = np.stack([np.where(good, template, 1.0), np.where(good, template - 1.0, 0.0)], axis=1)
     with jax.enable_x64(True):

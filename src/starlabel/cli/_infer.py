@@ -15,13 +15,14 @@ from ._common import EXIT_INCOMPLETE, _use_compilation_cache, _user_errors, app,
 def _cross_validated_temperature(model: Path, train: Path, prior: str, likelihood: str) -> dict[str, Any]:
     """Choose the likelihood temperature and width calibration once, by k-fold CV on the training set only."""
     from ..data import read_dataset
-    from ..models import load_model
-    from ..models._posterior_mean import _unfitted, calibration_options, select_temperature
+    from ..models import calibration_options, load_model, select_temperature, unfitted_configuration
 
     fitted = load_model(model)
     training = read_dataset(train, labels=fitted.label_names)
     with console.status("choosing the temperature by cross-validation on the training set…"):
-        selection = select_temperature(_unfitted(fitted, None), training, prior=prior, likelihood=likelihood)
+        selection = select_temperature(
+            unfitted_configuration(fitted), training, prior=prior, likelihood=likelihood
+        )
     calibration = selection.calibration
     if calibration is None:  # select_temperature calibrates or raises; this tells the checker
         raise ValueError("the temperature selection returned no error calibration.")
@@ -161,34 +162,27 @@ def infer(
     a model trained with --no-calibrate (or by an older starlabel) gives statistical
     errors in both, and says so.
     """
+    # The run manifest records each input's SHA-256 (~0.45 s per 577 MB on one core):
+    # start it on a background thread now, while JAX and the pipeline import.
+    from .._internal._hashing import hash_in_background
+
+    hash_in_background(inputs)
+    # The flags become a TestStep once, here; it refuses invalid combinations (one
+    # place, models.TestStep) before any file is read.
+    from ..models import TestStep
+
     options: dict[str, Any] = {}
     if estimator is not EstimatorName.map:
         options["estimator"] = estimator.value
     if likelihood is not LikelihoodName.gaussian:
-        if estimator is not EstimatorName.mean or fit_rv or fit_continuum is not None or binary:
-            raise ValueError(
-                "--likelihood student works with --estimator mean (without --fit-rv, --fit-continuum"
-                " or --binary); add --estimator mean or drop --likelihood."
-            )
         options["likelihood"] = likelihood.value
     if uncertainty is not UncertaintyName.fisher:
-        if estimator is not EstimatorName.map or fit_rv or fit_continuum is not None or binary:
-            raise ValueError(
-                "--uncertainty applies to the plain MAP test step (--estimator map, no --fit-rv,"
-                " --fit-continuum or --binary); --estimator mean/nuts already give posterior errors."
-            )
         options["uncertainty"] = uncertainty.value
     if prior is not PriorName.none:
         options["prior"] = prior.value
-    if temperature.strip().lower() == "auto":
-        if estimator is EstimatorName.map:
-            raise ValueError(
-                "--temperature tempers the posterior of --estimator mean or nuts; the MAP ignores it."
-            )
-        if train is None:
-            raise ValueError("--temperature auto is cross-validated on the training set; pass --train DATA.")
-        _use_compilation_cache(compilation_cache)
-        options.update(_cross_validated_temperature(model, train, prior.value, likelihood.value))
+    auto = temperature.strip().lower() == "auto"
+    if auto:
+        options["temperature"] = "auto"
     else:
         try:
             value = float(temperature)
@@ -202,11 +196,12 @@ def infer(
         options["continuum_order"] = fit_continuum
     if binary:
         options["binary"] = True
-    # The run manifest records each input's SHA-256 (~0.45 s per 577 MB on one core):
-    # start it on a background thread now, while JAX and the pipeline import.
-    from .._internal._hashing import hash_in_background
-
-    hash_in_background(inputs)
+    TestStep.from_options(options)  # checks the combination
+    if auto:
+        if train is None:
+            raise ValueError("--temperature auto is cross-validated on the training set; pass --train DATA.")
+        _use_compilation_cache(compilation_cache)
+        options.update(_cross_validated_temperature(model, train, prior.value, likelihood.value))
     _use_compilation_cache(compilation_cache)  # after the option checks: a bad option fails fast
     from ..models import read_model_header
     from ..pipeline import run_inference
@@ -238,7 +233,7 @@ def infer(
         address=address,
         num_workers=num_workers,
         overwrite=overwrite,
-        infer_options=options,
+        infer_options=TestStep.from_options(options),
         progress=progress,
         compilation_cache=compilation_cache,
         memmap=memmap,

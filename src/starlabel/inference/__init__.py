@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from ._grid import GridPosterior as GridPosterior
     from ._grid import grid_posterior as grid_posterior
     from ._grid import quadrature_nodes as quadrature_nodes
+    from ._importance import ImportancePosterior as ImportancePosterior
+    from ._importance import importance_posterior as importance_posterior
     from ._map import fit_least_squares as fit_least_squares
     from ._map import fit_map as fit_map
     from ._natural_gradient import NaturalGradient as NaturalGradient

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from ._calibration import apply_calibration as apply_calibration
     from ._calibration import cross_validated_calibration as cross_validated_calibration
     from ._calibration import fit_error_calibration as fit_error_calibration
+    from ._infer import infer as infer
+    from ._infer import infer_labels as infer_labels
+    from ._infer import run_test_step as run_test_step
     from ._io import FORMAT_VERSION as FORMAT_VERSION
     from ._io import MODEL_KINDS as MODEL_KINDS
     from ._io import AbstractSavedModel as AbstractSavedModel
@@ -29,11 +32,25 @@ if TYPE_CHECKING:
     from ._posterior import LinearPredictionVariance as LinearPredictionVariance
     from ._posterior import posterior_infer as posterior_infer
     from ._posterior import training_prediction_variance as training_prediction_variance
-    from ._posterior_mean import infer_labels as infer_labels
-    from ._posterior_mean import infer_nuts as infer_nuts
-    from ._posterior_mean import infer_posterior_mean as infer_posterior_mean
-    from ._posterior_mean import rescale_uncertainty as rescale_uncertainty
-    from ._posterior_mean import select_temperature as select_temperature
+    from ._strategies import ESTIMATORS as ESTIMATORS
+    from ._strategies import MAP as MAP
+    from ._strategies import NUTS as NUTS
+    from ._strategies import UNCERTAINTIES as UNCERTAINTIES
+    from ._strategies import AbstractEstimator as AbstractEstimator
+    from ._strategies import AbstractStrategy as AbstractStrategy
+    from ._strategies import AbstractUncertainty as AbstractUncertainty
+    from ._strategies import Binary as Binary
+    from ._strategies import Fisher as Fisher
+    from ._strategies import Laplace as Laplace
+    from ._strategies import Nuisance as Nuisance
+    from ._strategies import PosteriorMean as PosteriorMean
+    from ._strategies import TestStep as TestStep
+    from ._strategies import calibration_from_options as calibration_from_options
+    from ._strategies import calibration_options as calibration_options
+    from ._temperature import TemperatureSelection as TemperatureSelection
+    from ._temperature import rescale_uncertainty as rescale_uncertainty
+    from ._temperature import select_temperature as select_temperature
+    from ._temperature import unfitted_configuration as unfitted_configuration
     from .base import AbstractFittedFluxModel as AbstractFittedFluxModel
     from .base import AbstractFittedModel as AbstractFittedModel
     from .base import AbstractFluxModel as AbstractFluxModel
@@ -42,5 +59,8 @@ if TYPE_CHECKING:
     from .base import AbstractLinearFluxModel as AbstractLinearFluxModel
     from .base import AbstractSpectralModel as AbstractSpectralModel
     from .base import flux_model_of as flux_model_of
+    from .cannon._nuts import infer_nuts as infer_nuts
+    from .cannon._posterior_mean import infer_posterior_mean as infer_posterior_mean
+    from .cannon._posterior_mean import polynomial_spectrum as polynomial_spectrum
 
 __getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -41,6 +41,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .._internal import map_chunks, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from .base import AbstractFluxModel, AbstractLinearFluxModel, flux_model_of
+from .cannon._posterior_mean import infer_posterior_mean
 
 __all__ = [
     "C_KMS",
@@ -1041,8 +1042,6 @@ def infer_with_nuisance(
         On an unknown estimator, missing wavelengths, a non-log-uniform grid, or an
         empty request.
     """
-    from ._posterior_mean import infer_posterior_mean
-
     if estimator not in ("map", "mean"):
         raise ValueError(f"unknown estimator {estimator!r} with nuisance parameters; choose 'map' or 'mean'.")
     if not fit_rv and continuum_order is None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import abc
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._internal._compile_cache import enable_compilation_cache
+from ..models import TestStep
 from ._chunks import ChunkSpec
 from ._worker import ChunkOutcome, ChunkProcessor, finish_chunk, run_read
 
@@ -32,8 +33,8 @@ class WorkerSpec:
     ----------
     model_path : str
         Saved model file; must be readable by every worker.
-    infer_options : mapping
-        Keyword arguments for ``model.infer``.
+    test_step : TestStep
+        The test step to run (default: the model's own MAP, ``TestStep()``).
     labels_from_input : bool
         Carry input labels as ``ref_<label>`` columns.
     model_kind : tuple of (str, str), optional
@@ -46,7 +47,7 @@ class WorkerSpec:
     """
 
     model_path: str
-    infer_options: Mapping[str, Any] = field(default_factory=dict)
+    test_step: TestStep = field(default_factory=TestStep)
     labels_from_input: bool = False
     model_kind: tuple[str, str] | None = None
     compilation_cache: str | None = None
@@ -57,7 +58,7 @@ class WorkerSpec:
         if self.compilation_cache is not None:
             enable_compilation_cache(self.compilation_cache)
         return ChunkProcessor(
-            self.model_path, self.infer_options, self.labels_from_input, self.model_kind, memmap=self.memmap
+            self.model_path, self.test_step, self.labels_from_input, self.model_kind, memmap=self.memmap
         )
 
 

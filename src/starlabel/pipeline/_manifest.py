@@ -57,7 +57,9 @@ class RunManifest:
         starlabel that saved it) and ``config`` from the model header.
     options : mapping
         ``chunk_size``, ``chunk_plan`` (see :data:`~starlabel.pipeline._chunks.CHUNK_PLAN`),
-        ``infer_options`` and ``labels_from_input``.
+        ``infer_options`` (the test step's flat keyword form), ``test_step`` (its
+        serialised objects, :meth:`starlabel.models.TestStep.to_json`) and
+        ``labels_from_input``.
     output : str
         Absolute path of the merged output table.
     inputs : tuple of InputFile

@@ -17,7 +17,6 @@ again; see :func:`run_inference`.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from .._internal._compile_cache import default_compilation_cache_dir
 from .._internal._prefetch import import_in_background
 from .._internal._progress import Progress
 from ..data import RESULT_SUFFIXES
-from ..models import MODEL_KINDS, model_class, read_model_header
+from ..models import MODEL_KINDS, TestStep, read_model_header
 from ._chunks import CHUNK_PLAN, plan_chunks
 from ._engine import AbstractEngine, WorkerSpec
 from ._engine_choice import resolve_engine
@@ -48,7 +47,6 @@ from ._parts import (
     write_errors_report,
     write_part,
 )
-from ._worker import TEST_STEP_OPTIONS
 
 __all__ = ["RunSummary", "run_dir_for", "run_inference"]
 
@@ -144,35 +142,34 @@ def run_dir_for(output: str | os.PathLike[str]) -> Path:
     return output.with_name(output.name + ".run")
 
 
-def _check_model_accepts(kind: str, options: Mapping[str, Any]) -> None:
-    """Refuse options the model's ``infer`` does not take, before any chunk runs."""
-    if kind not in MODEL_KINDS or TEST_STEP_OPTIONS & set(options):
-        return  # unknown kinds load lazily; test-step options are checked by infer_labels
-    parameters = inspect.signature(model_class(kind).infer).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    accepted = sorted(name for name in parameters if name not in ("self", "data"))
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"a {kind!r} model's infer() does not take {unknown}; it takes {accepted}.")
-
-
-def _check_options(infer_options: Mapping[str, Any] | None) -> dict[str, Any]:
+def _check_options(infer_options: Mapping[str, Any] | TestStep | None) -> tuple[TestStep, dict[str, Any]]:
+    """The test step to run and its flat (provenance) form, both checked JSON-able."""
     if infer_options is None:
-        return {}
-    if not isinstance(infer_options, Mapping):
+        infer_options = {}
+    if isinstance(infer_options, TestStep):
+        step = infer_options
+        options = step.to_options()
+    elif isinstance(infer_options, Mapping):
+        options = dict(infer_options)
+        try:
+            json.dumps(options, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"`infer_options` must be JSON-serialisable (they are recorded in the run manifest): {error}."
+            ) from error
+        step = TestStep.from_options(options)  # words to objects, once
+    else:
         raise TypeError(
-            f"`infer_options` must be a mapping of keyword arguments for model.infer, got"
+            f"`infer_options` must be a TestStep or a mapping of test-step keywords, got"
             f" {type(infer_options).__name__}."
         )
-    options = dict(infer_options)
     try:
-        json.dumps(options, allow_nan=False)
+        json.dumps(step.to_json(), allow_nan=False)
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"`infer_options` must be JSON-serialisable (they are recorded in the run manifest): {error}."
         ) from error
-    return options
+    return step, options
 
 
 def _cache_folder(compilation_cache: bool | str | os.PathLike[str]) -> str | None:
@@ -198,7 +195,7 @@ def run_inference(
     num_workers: int | None = None,
     overwrite: bool = False,
     labels_from_input: bool = False,
-    infer_options: Mapping[str, Any] | None = None,
+    infer_options: Mapping[str, Any] | TestStep | None = None,
     progress: bool = True,
     compilation_cache: bool | str | os.PathLike[str] = True,
     memmap: bool = True,
@@ -249,8 +246,11 @@ def run_inference(
     labels_from_input : bool
         Also copy the model's labels from the input files into the output as
         ``ref_<label>`` columns (NaN where absent), for the report's one-to-one plots.
-    infer_options : mapping, optional
-        Keyword arguments for the model's ``infer`` (JSON-able; part of the manifest).
+    infer_options : TestStep or mapping, optional
+        The test step (:class:`starlabel.models.TestStep`), or its flat keyword form
+        (:meth:`~starlabel.models.TestStep.from_options`: ``estimator``, ``prior``,
+        ``fit_rv``, …, and the model's own ``infer`` keywords), converted once here. The
+        manifest records both forms (JSON): ``infer_options`` and ``test_step``.
     progress : bool
         Show a progress bar (spectra done, spectra/s, ETA) on stderr.
     compilation_cache : bool or path-like
@@ -299,8 +299,7 @@ def run_inference(
         )
     model_path = Path(model).absolute()
     header = read_model_header(model_path)
-    options = _check_options(infer_options)
-    _check_model_accepts(str(header.get("kind")), options)
+    step, options = _check_options(infer_options)
     runner = resolve_engine(engine, address=address, num_workers=num_workers)
     paths = resolve_inputs(inputs)
 
@@ -323,6 +322,7 @@ def run_inference(
             "chunk_size": chunk_size,
             "chunk_plan": CHUNK_PLAN,
             "infer_options": options,
+            "test_step": step.to_json(),
             "labels_from_input": labels_from_input,
         },
         output=str(output),
@@ -344,7 +344,7 @@ def run_inference(
     kind = str(header.get("kind"))
     spec = WorkerSpec(
         model_path=str(model_path),
-        infer_options=options,
+        test_step=step,
         labels_from_input=labels_from_input,
         model_kind=(kind, MODEL_KINDS[kind]) if kind in MODEL_KINDS else None,
         compilation_cache=cache_folder,

@@ -12,29 +12,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..data import InferenceResult, SpectralDataset, open_rows
-from ..models import MODEL_KINDS, AbstractFittedModel, load_model, register_model_kind
-from ._chunks import ChunkSpec, Segment
-
-TEST_STEP_OPTIONS = frozenset(
-    {
-        "estimator",
-        "prior",
-        "temperature",
-        "width_scale",
-        "error_calibration",
-        "fit_rv",
-        "continuum_order",
-        "binary",
-    }
+from ..models import (
+    MODEL_KINDS,
+    AbstractFittedModel,
+    TestStep,
+    load_model,
+    register_model_kind,
+    run_test_step,
 )
-"""``infer_options`` keys that route a chunk through ``models.infer_labels``."""
+from ._chunks import ChunkSpec, Segment
 
 __all__ = ["ChunkBatch", "ChunkOutcome", "ChunkProcessor", "ChunkRows", "REFERENCE_PREFIX"]
 
@@ -127,8 +119,9 @@ class ChunkProcessor:
     ----------
     model_path : str
         Saved model file.
-    infer_options : mapping
-        Keyword arguments for ``model.infer`` (JSON-able; recorded in the manifest).
+    test_step : TestStep
+        What to run on each batch (:func:`starlabel.models.run_test_step`; the
+        manifest records its JSON form).
     labels_from_input : bool
         Read the model's label names from the input files too and return them as
         extra ``ref_<label>`` columns (NaN where a file lacks a label), so that the
@@ -144,7 +137,7 @@ class ChunkProcessor:
     def __init__(
         self,
         model_path: str,
-        infer_options: Mapping[str, Any],
+        test_step: TestStep,
         labels_from_input: bool,
         model_kind: tuple[str, str] | None = None,
         *,
@@ -153,7 +146,7 @@ class ChunkProcessor:
         if model_kind is not None and MODEL_KINDS.get(model_kind[0]) != model_kind[1]:
             register_model_kind(*model_kind)
         self.model: AbstractFittedModel = load_model(model_path)
-        self.infer_options = dict(infer_options)
+        self.test_step = test_step
         self.labels_from_input = labels_from_input
         self.memmap = memmap
 
@@ -205,14 +198,9 @@ class ChunkProcessor:
     def infer_batch(self, batch: ChunkBatch) -> InferenceResult:
         """Run the model on one batch; the result carries the stars' own ids."""
         data = batch.data
-        if TEST_STEP_OPTIONS & set(self.infer_options):
-            # Estimators, priors, nuisance parameters and binaries are resolved in one
-            # place, the models' test-step entry point; the pipeline only forwards them.
-            from ..models import infer_labels
-
-            result = infer_labels(self.model, data, **self.infer_options)
-        else:
-            result = self.model.infer(data, **self.infer_options)
+        # The test step's choices were resolved into objects once, by the caller; the
+        # pipeline only forwards them to the models' entry point.
+        result = run_test_step(self.test_step, self.model, data)
         if not isinstance(result, InferenceResult):
             raise TypeError(
                 f"{type(self.model).__name__}.infer returned {type(result).__name__}, not InferenceResult."
