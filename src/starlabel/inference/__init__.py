@@ -1,4 +1,4 @@
-"""Generic inference over parameter pytrees: MAP, curvature, natural gradients, whitening, NUTS.
+"""Generic inference over parameter pytrees: MAP, damped Newton, curvature, natural gradients, whitening, NUTS.
 
 Everything here consumes a log density ``log_density(params, args) -> scalar`` (or
 whitened residuals for least squares / Fisher) and never imports a model, in the way
@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from ._custom_types import LogDensityFn as LogDensityFn
     from ._custom_types import Params as Params
     from ._custom_types import ResidualFn as ResidualFn
+    from ._damped_newton import DampedNewtonState as DampedNewtonState
+    from ._damped_newton import Marquardt as Marquardt
+    from ._damped_newton import cholesky_solve as cholesky_solve
+    from ._damped_newton import damped_newton as damped_newton
+    from ._damped_newton import eigh_solve as eigh_solve
+    from ._damped_newton import pin_inactive as pin_inactive
     from ._diagnostics import effective_sample_size as effective_sample_size
     from ._diagnostics import split_rhat as split_rhat
     from ._gaussian import GaussianApproximation as GaussianApproximation

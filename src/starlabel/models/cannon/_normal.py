@@ -13,9 +13,9 @@ import functools
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Float
 
-__all__ = ["PairTable", "pair_table", "outer_pairs", "unpack_pairs", "pack_pairs", "pin_inactive"]
+__all__ = ["PairTable", "pair_table", "outer_pairs", "unpack_pairs", "pack_pairs"]
 
 
 class PairTable:
@@ -63,19 +63,3 @@ def pack_pairs(
     if quadratic_form:
         packed = packed * jnp.asarray(table.multiplicity, dtype=matrices.dtype)[None, :]
     return packed
-
-
-def pin_inactive(
-    A: Float[Array, "*batch terms terms"],
-    b: Float[Array, "*batch terms"],
-    active: Bool[Array, "*batch terms"],
-) -> tuple[Float[Array, "*batch terms terms"], Float[Array, "*batch terms"]]:
-    """Restrict linear systems to their active unknowns (censored terms, frozen labels).
-
-    Inactive rows/columns become the identity with a zero right-hand side, so those
-    unknowns solve to exactly 0 and the rest of the system is untouched.
-    """
-    both = active[..., :, None] & active[..., None, :]
-    eye = jnp.broadcast_to(jnp.eye(A.shape[-1], dtype=A.dtype), A.shape)
-    A = jnp.where(both, A, 0.0) + jnp.where(active[..., :, None], 0.0, eye)
-    return A, jnp.where(active, b, 0.0)

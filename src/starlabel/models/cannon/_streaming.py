@@ -56,7 +56,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ..._errors import UnsupportedOptionError
 from ...data import DATASET_SUFFIXES
-from ._normal import outer_pairs, pin_inactive, unpack_pairs
+from ...inference import pin_inactive
+from ._normal import outer_pairs, unpack_pairs
 from ._train import (
     TrainingOptions,
     _theta_step,

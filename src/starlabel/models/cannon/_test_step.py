@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from ._normal import outer_pairs, pin_inactive, unpack_pairs
+from ...inference import DampedNewtonState, Marquardt, cholesky_solve, damped_newton, pin_inactive
+from ._normal import outer_pairs, unpack_pairs
 from ._vectorizer import PolynomialVectorizer
 
 __all__ = ["LabelStepOptions", "SpectrumStats", "LabelFit", "spectrum_stats", "fit_labels", "theta_pairs"]
@@ -127,15 +128,6 @@ def _chi2(vectorizer: PolynomialVectorizer, stats: SpectrumStats, x: Array) -> A
     return stats.c - 2.0 * v @ stats.g + v @ stats.H @ v
 
 
-class _LMState(eqx.Module):
-    x: Float[Array, " labels"]
-    chi2: Float[Array, ""]
-    damping: Float[Array, ""]
-    iteration: Int[Array, ""]
-    converged: Bool[Array, ""]
-    stalled: Bool[Array, ""]
-
-
 def _levenberg_marquardt(
     vectorizer: PolynomialVectorizer,
     stats: SpectrumStats,
@@ -145,49 +137,36 @@ def _levenberg_marquardt(
     upper: Float[Array, " labels"],
     max_iter: int | Int[Array, ""],
     tol: float,
-) -> _LMState:
-    def step(state: _LMState) -> _LMState:
-        v = vectorizer(state.x)
-        J = vectorizer.jacobian(state.x)
-        grad = J.T @ (stats.H @ v - stats.g)  # ½ ∇χ²
-        gn = J.T @ stats.H @ J  # ½ Gauss–Newton Hessian of χ²
-        # A label pinned at a bound with the descent direction pointing outwards is
-        # an active constraint: drop it from this step.
-        blocked = ((state.x <= lower) & (grad > 0)) | ((state.x >= upper) & (grad < 0))
-        use = free & ~blocked
-        M, r = pin_inactive(gn, grad, use)
-        decrement = r @ _spd_solve(M, r)
-        converged = jnp.isfinite(decrement) & (decrement <= tol)
-        diag = jnp.maximum(jnp.diagonal(M), 1e-12 * jnp.max(jnp.abs(jnp.diagonal(M))) + 1e-300)
-        delta = _spd_solve(M + state.damping * jnp.diag(diag), -r)
-        trial = jnp.clip(state.x + jnp.where(use, delta, 0.0), lower, upper)
-        v_trial = vectorizer(trial)
+) -> DampedNewtonState:
+    """:func:`starlabel.inference.damped_newton` on the statistics of one spectrum."""
+
+    def linearise(x: Array) -> tuple[Array, Array]:
+        J = vectorizer.jacobian(x)
+        grad = J.T @ (stats.H @ vectorizer(x) - stats.g)  # ½ ∇χ²
+        return grad, J.T @ stats.H @ J  # and ½ Gauss–Newton Hessian of χ²
+
+    def change(x: Array, trial: Array, chi2: Array) -> Array:
+        del chi2
+        v, v_trial = vectorizer(x), vectorizer(trial)
         # χ² change written as a product of the (small) step: c − 2v·g + vᵀHv evaluated
         # twice and subtracted would cancel to ~1e-16·c, far above the tolerance.
-        change = (v_trial - v) @ (stats.H @ (v_trial + v) - 2.0 * stats.g)
-        accept = (change <= 0) & jnp.isfinite(change) & ~converged
-        return _LMState(
-            x=jnp.where(accept, trial, state.x),
-            chi2=jnp.where(accept, state.chi2 + change, state.chi2),
-            damping=jnp.where(accept, jnp.maximum(state.damping * 0.2, 1e-10), state.damping * 10.0),
-            iteration=state.iteration + jnp.where(converged, 0, 1),
-            converged=converged,
-            stalled=state.damping > 1e16,
-        )
+        return (v_trial - v) @ (stats.H @ (v_trial + v) - 2.0 * stats.g)
 
-    def cond(state: _LMState) -> Array:
-        return ~(state.converged | state.stalled) & (state.iteration < max_iter)
-
-    x0 = jnp.clip(x0, lower, upper)
-    init = _LMState(
+    return damped_newton(
+        lambda x: _chi2(vectorizer, stats, x),
+        linearise,
         x0,
-        _chi2(vectorizer, stats, x0),
-        jnp.array(1e-3, dtype=x0.dtype),
-        jnp.array(0),
-        jnp.array(False),
-        jnp.array(False),
+        damping=_DAMPING,
+        max_steps=max_iter,
+        tol=tol,
+        change=change,
+        free=free,
+        lower=lower,
+        upper=upper,
     )
-    return jax.lax.while_loop(cond, step, init)
+
+
+_DAMPING = Marquardt(initial=1e-3, shrink=0.2, grow=10.0, smallest=1e-10, largest=1e16)
 
 
 def linear_start(
@@ -241,12 +220,12 @@ def fit_labels(
     # waits for its slowest member.
     empty = stats.n_good == 0
 
-    def explore(x0: Array) -> _LMState:
+    def explore(x0: Array) -> DampedNewtonState:
         budget = jnp.where(empty, 0, options.explore_iter)
         return _levenberg_marquardt(vectorizer, stats, x0, free, lower, upper, budget, options.tol)
 
     explored = jax.vmap(explore)(all_starts)
-    best = jnp.argmin(jnp.where(jnp.isfinite(explored.chi2), explored.chi2, jnp.inf))
+    best = jnp.argmin(jnp.where(jnp.isfinite(explored.loss), explored.loss, jnp.inf))
     final = _levenberg_marquardt(
         vectorizer,
         stats,
@@ -261,7 +240,7 @@ def fit_labels(
     J = vectorizer.jacobian(final.x)
     fisher, _ = pin_inactive(J.T @ stats.H @ J, jnp.zeros_like(final.x), free)
     eye = jnp.eye(free.shape[0], dtype=fisher.dtype)
-    cov = jax.vmap(lambda column: _spd_solve(fisher, column), out_axes=1)(eye)
+    cov = jax.vmap(lambda column: cholesky_solve(fisher, column), out_axes=1)(eye)
     cov = jnp.where(free[:, None] & free[None, :], cov, 0.0)
     span = 1e-9 * (1.0 + jnp.abs(final.x))
     hit = free & (((final.x - lower) <= span) | ((upper - final.x) <= span))
@@ -274,38 +253,3 @@ def fit_labels(
         converged=final.converged,
         hit_bound=jnp.any(hit),
     )
-
-
-def _spd_solve(matrix: Float[Array, "k k"], vector: Float[Array, " k"]) -> Float[Array, " k"]:
-    """Solve a small symmetric positive-definite system by an unrolled Cholesky.
-
-    The label systems are at most a few labels across. Written out element by element
-    they compile to straight-line code, which (unlike LAPACK calls batched under
-    ``vmap`` inside a ``while_loop``) XLA's CPU runtime runs without scheduling tasks;
-    we met a reproducible runtime hang with the batched library calls at ≳ 10⁴
-    problems. A non-positive pivot gives NaN, which callers treat as failure.
-    """
-    n = matrix.shape[0]
-    lower: dict[tuple[int, int], Array] = {}  # (i, j) -> L_ij for j ≤ i
-    for i in range(n):
-        for j in range(i + 1):
-            total = matrix[i, j]
-            for k in range(j):
-                total = total - lower[i, k] * lower[j, k]
-            if i == j:
-                lower[i, j] = jnp.sqrt(total)
-            else:
-                lower[i, j] = total / lower[j, j]
-    forward: list[Array] = []
-    for i in range(n):
-        total = vector[i]
-        for k in range(i):
-            total = total - lower[i, k] * forward[k]
-        forward.append(total / lower[i, i])
-    back: dict[int, Array] = {}
-    for i in reversed(range(n)):
-        total = forward[i]
-        for k in range(i + 1, n):
-            total = total - lower[k, i] * back[k]
-        back[i] = total / lower[i, i]
-    return jnp.stack([back[i] for i in range(n)])

@@ -42,8 +42,9 @@ from jaxtyping import Array, Bool, Float, Int
 from ..._internal import as_float_array, empty_aligned
 from ..._internal._buckets import bucket_size
 from ..._internal._exported import exported_call, exported_dir
+from ...inference import pin_inactive
 from ._l1 import lasso_coordinate_descent, lasso_fista
-from ._normal import outer_pairs, pack_pairs, pin_inactive, unpack_pairs
+from ._normal import outer_pairs, pack_pairs, unpack_pairs
 
 logger = logging.getLogger(__name__)
 
