@@ -57,6 +57,7 @@ MODELS = {
 
 _RECORDED: list[dict] = []
 _CAL_START: list[float] = []
+RAW_PATH: list[Path] = []
 
 
 def _recording_fit(original):
@@ -67,6 +68,7 @@ def _recording_fit(original):
                 "errors": np.asarray(errors),
                 "rchi2": kwargs.get("rchi2"),
                 "n_folds": kwargs.get("n_folds", 5),
+                "labels": kwargs.get("labels"),
             }
         )
         return original(residuals, errors, label_names, **kwargs)
@@ -86,6 +88,13 @@ FIT = calibration_module.fit_error_calibration
 calibration_module.fit_error_calibration = _recording_fit(FIT)
 for module in (cannon_module, lux_module, nn_module):
     module.calibrated_fit = _timed_calibrated_fit(module.calibrated_fit)
+
+
+def _snr(data) -> np.ndarray:
+    """Median per-pixel S/N of each star (pixels with ivar > 0)."""
+    flux, ivar = np.asarray(data.flux), np.asarray(data.ivar)
+    snr = np.where(ivar > 0, np.abs(flux) * np.sqrt(np.clip(ivar, 0, None)), np.nan)
+    return np.nanmedian(snr, axis=1)
 
 
 def _stats(z: np.ndarray) -> dict[str, list[float]]:
@@ -121,11 +130,33 @@ def run_case(case: str, splits, data, names, models, epochs: int, raw: dict) -> 
                     rchi2=folds["rchi2"],
                     n_folds=folds["n_folds"],
                     max_power=cap,
+                    labels=folds["labels"],
                 )
                 for r in SHARES:
                     result = base.with_irreducible_share(r).apply(stat)
                     variants[(cap, r)][test] = result.label_err
-            raw[f"{case}_{model_name}_folds_{len(raw)}"] = folds["residuals"]
+            part = data[train]
+            tested_part = data[test]
+            raw_split = {
+                "fold_residuals": folds["residuals"],
+                "fold_errors": folds["errors"],
+                "fold_rchi2": folds["rchi2"] if folds["rchi2"] is not None else np.full(len(train), np.nan),
+                "fold_reference": reference[train],
+                "fold_snr": _snr(part),
+                "test_labels": stat.labels,
+                "test_errors": stat.label_err,
+                "test_rchi2": stat.reduced_chi2
+                if stat.reduced_chi2 is not None
+                else np.full(len(test), np.nan),
+                "test_reference": reference[test],
+                "test_snr": _snr(tested_part),
+                "test_rows": np.asarray(test),
+            }
+            n_split = sum(
+                1 for k in raw if k.startswith(f"{case}_{model_name}_s") and k.endswith("test_rows")
+            )
+            for name, value in raw_split.items():
+                raw[f"{case}_{model_name}_s{n_split}_{name}"] = np.asarray(value, dtype=float)
         tested = np.unique(np.concatenate([t for _, t in splits]))
         delta = stat_pred[tested] - reference[tested]
         grid = {
@@ -141,6 +172,8 @@ def run_case(case: str, splits, data, names, models, epochs: int, raw: dict) -> 
             "nn_epochs": epochs if model_name == "nn" else None,
             "grid": grid,
         }
+        if RAW_PATH:
+            np.savez(RAW_PATH[0], **raw)  # after every model: partial results are kept
         row = grid["cap3"]
         log(
             f"{case} {model_name}: r=1 std z {row['r1']['std_z']} cov {row['r1']['coverage_1sigma']};"
@@ -217,6 +250,8 @@ def main() -> None:
         args.out.write_text(json.dumps(merged, indent=2) + "\n")
         return
     record = start(args, THREADS)
+    if args.raw is not None:
+        RAW_PATH.append(args.raw)
     models = args.models.split(",")
     results: dict = {"run": record, "cases": {}, "setup": {}}
     raw: dict = {}
@@ -247,6 +282,7 @@ def main() -> None:
     results["summary"] = summary(results["cases"])
     if args.raw is not None:
         np.savez(args.raw, **raw)
+        log(f"wrote {args.raw}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     log(f"wrote {args.out}")

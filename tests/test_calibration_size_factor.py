@@ -1,7 +1,8 @@
-"""The calibration's training-size factor f = sqrt(1 − (1 − r)/K) and model format 3."""
+"""The calibration's training-size factor f = sqrt(1 − (1 − r)/K) and model formats 3 and 4."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -60,15 +61,17 @@ def trained(tmp_path_factory):
     return sim.dataset, folder, fitted
 
 
-def test_format_3_keeps_the_size_factor(trained):
+def test_format_4_keeps_the_size_factor_and_the_label_space_term(trained):
     dataset, folder, fitted = trained
     path = fitted.save(folder / "f.starlabel")
     header = read_model_header(path)
-    assert header["format_version"] == 3
+    assert header["format_version"] == 4
+    assert header["calibration"]["local"] == {"neighbours": 14, "n_refs": 200}
     assert header["calibration"]["irreducible_share"] == 0.3
     assert header["calibration"]["size_factor"] == pytest.approx((1 - 0.7 / 5) ** 0.5)
     loaded = load_model(path)
     assert loaded.calibration.irreducible_share == 0.3
+    np.testing.assert_array_equal(loaded.calibration.local.sq, fitted.calibration.local.sq)
     np.testing.assert_allclose(loaded.infer(dataset[200:]).cov, fitted.infer(dataset[200:]).cov, rtol=1e-10)
 
 
@@ -78,8 +81,9 @@ def _as_format_two(path, out):
         arrays = {k: archive[k] for k in archive.files}
     header = json.loads(arrays.pop("__header__").tobytes().decode())
     header["format_version"] = 2
-    for key in ("irreducible_share", "size_factor"):
+    for key in ("irreducible_share", "size_factor", "local"):
         del header["calibration"][key]
+    arrays = {k: v for k, v in arrays.items() if ".calibration.local." not in k}
     with open(out, "wb") as handle:
         np.savez(handle, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
     return out
@@ -92,9 +96,12 @@ def test_format_2_file_loads_without_the_factor_and_says_so(trained, caplog):
         loaded = load_model(old)
     assert "model format 2" in caplog.text and "no training-size factor (f = 1)" in caplog.text
     assert loaded.calibration.size_factor == 1.0
-    # Same calibration as learned, applied without f: errors larger by 1/f.
+    assert loaded.calibration.local is None
+    # Same calibration as learned (without the label-space term format 4 added),
+    # applied without f: errors larger by 1/f.
     f = fitted.calibration.size_factor
-    ratio = loaded.infer(dataset[200:]).label_err / fitted.infer(dataset[200:]).label_err
+    plain = eqx.tree_at(lambda m: m.calibration, fitted, dataclasses.replace(fitted.calibration, local=None))
+    ratio = loaded.infer(dataset[200:]).label_err / plain.infer(dataset[200:]).label_err
     np.testing.assert_allclose(ratio, 1.0 / f, rtol=1e-9)
 
 

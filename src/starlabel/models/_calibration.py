@@ -44,6 +44,7 @@ from jaxtyping import Array, Float
 
 from .._internal import fold_indices
 from ..data import InferenceResult, SpectralDataset
+from ._local_errors import MAX_LOCAL_POWER, LocalErrors
 
 __all__ = [
     "CALIBRATION_FOLDS",
@@ -113,6 +114,11 @@ class ErrorCalibration(eqx.Module):
     irreducible_share : float
         ``r`` in [0, 1]: share of the held-out error variance that does not shrink with
         more training data; sets :attr:`size_factor`. 1 (the default) leaves it off.
+    local : LocalErrors, optional
+        The label-space term (model format 4): the added error also grows as
+        ``(L(ℓ)/L̄)^(δ/2)``, ``L`` the mean squared held-out residual of the training stars
+        nearest the star's inferred labels. None (calibrations learned before format 4,
+        or without inferred labels): no such term.
     """
 
     label_names: tuple[str, ...] = eqx.field(static=True)
@@ -127,6 +133,7 @@ class ErrorCalibration(eqx.Module):
     n_folds: int = eqx.field(static=True, default=CALIBRATION_FOLDS)
     n_stars: int = eqx.field(static=True, default=0)
     irreducible_share: float = eqx.field(static=True, default=1.0)
+    local: LocalErrors | None = None
 
     def __check_init__(self) -> None:
         share = self.irreducible_share
@@ -158,20 +165,27 @@ class ErrorCalibration(eqx.Module):
         """A copy with another irreducible share ``r`` (hence another :attr:`size_factor`)."""
         return dataclasses.replace(self, irreducible_share=share)
 
-    def floor_variance(self, rchi2: np.ndarray) -> np.ndarray:
-        """``σ_sys² (χ²_ν / rchi2_ref)^γ`` per star and label, shape (stars, labels).
+    def floor_variance(self, rchi2: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """``σ_sys² (χ²_ν / rchi2_ref)^γ (L(ℓ)/L̄)^δ`` per star and label, shape (stars, labels).
 
-        Stars without a finite, positive reduced χ² get the plain ``σ_sys²``.
+        Stars without a finite, positive reduced χ² get the plain ``σ_sys²``; the
+        label-space factor is 1 without :attr:`local`, without ``labels`` (stars, labels)
+        or for a star whose inferred labels are not all finite.
         """
         rchi2 = np.asarray(rchi2, dtype=float)
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.where(np.isfinite(rchi2) & (rchi2 > 0), rchi2 / float(self.rchi2_ref), 1.0)
         ratio = np.clip(ratio, _RATIO_RANGE[0], _RATIO_RANGE[1])
         gamma = np.asarray(self.misfit_power, dtype=float)
-        return np.asarray(self.floor, dtype=float)[None, :] ** 2 * ratio[:, None] ** gamma[None, :]
+        floor2 = np.asarray(self.floor, dtype=float)[None, :] ** 2 * ratio[:, None] ** gamma[None, :]
+        if self.local is not None and labels is not None:
+            floor2 = floor2 * self.local.factor(np.asarray(labels, dtype=float))
+        return floor2
 
-    def total_cov(self, cov: np.ndarray, rchi2: np.ndarray | None = None) -> np.ndarray:
-        """Calibrated covariances ``f² [D C D + diag(σ_sys² (χ²_ν/χ̃²_ν)^γ)]`` with ``D = diag(a)``.
+    def total_cov(
+        self, cov: np.ndarray, rchi2: np.ndarray | None = None, labels: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Calibrated covariances ``f² [D C D + diag(σ_sys² (χ²_ν/χ̃²_ν)^γ (L/L̄)^δ)]``, ``D = diag(a)``.
 
         Labels whose statistical variance is zero (frozen) or not finite keep it:
         the floor is added only where the model reports a positive variance.
@@ -182,6 +196,9 @@ class ErrorCalibration(eqx.Module):
             Statistical covariances, labels in :attr:`label_names` order.
         rchi2 : ndarray, shape (stars,), optional
             Reduced χ² of each star's fit (default: the typical value for every star).
+        labels : ndarray, shape (stars, labels), optional
+            The inferred labels (for the label-space term :attr:`local`; without them
+            that factor is 1).
 
         Returns
         -------
@@ -189,7 +206,7 @@ class ErrorCalibration(eqx.Module):
         """
         cov = np.asarray(cov, dtype=float)
         a = np.asarray(self.scale, dtype=float)
-        floor2 = self.floor_variance(np.full(cov.shape[0], np.nan) if rchi2 is None else rchi2)
+        floor2 = self.floor_variance(np.full(cov.shape[0], np.nan) if rchi2 is None else rchi2, labels)
         diag = np.diagonal(cov, axis1=1, axis2=2)
         with np.errstate(invalid="ignore"):
             add = np.where(diag > 0, floor2, 0.0)
@@ -229,7 +246,7 @@ class ErrorCalibration(eqx.Module):
         stat = with_stat_errors(result)
         return dataclasses.replace(
             stat,
-            cov=self.total_cov(result.cov, result.reduced_chi2),
+            cov=self.total_cov(result.cov, result.reduced_chi2, result.labels),
             meta={**stat.meta, "errors": "calibrated", "error_calibration": self.describe()},
         )
 
@@ -246,16 +263,31 @@ class ErrorCalibration(eqx.Module):
                 strict=True,
             )
         ]
+        if self.local is not None:
+            parts = [
+                f"{p}, local={float(d):.2g}" for p, d in zip(parts, np.asarray(self.local.power), strict=True)
+            ]
+        local = (
+            ""
+            if self.local is None
+            else f"; label-space term from the {self.local.neighbours} nearest of {self.local.n_refs} held-out stars"
+        )
         return (
             f"{self.n_folds}-fold CV on {self.n_stars} training stars; training-size factor"
-            f" f={self.size_factor:.3f} (irreducible share {self.irreducible_share:g}); " + "; ".join(parts)
+            f" f={self.size_factor:.3f} (irreducible share {self.irreducible_share:g}){local}; "
+            + "; ".join(parts)
         )
 
     def table(self) -> list[dict[str, Any]]:
         """Per-label rows (label, a, σ_sys, held-out std z and coverage before/after)."""
         arrays = [np.asarray(getattr(self, f)) for f in _REPORTED]
+        power = None if self.local is None else np.asarray(self.local.power)
         return [
-            {"label": name, **{f: float(a[k]) for f, a in zip(_REPORTED, arrays, strict=True)}}
+            {
+                "label": name,
+                **{f: float(a[k]) for f, a in zip(_REPORTED, arrays, strict=True)},
+                **({} if power is None else {"local_power": float(power[k])}),
+            }
             for k, name in enumerate(self.label_names)
         ]
 
@@ -268,6 +300,7 @@ class ErrorCalibration(eqx.Module):
             "n_stars": self.n_stars,
             "irreducible_share": self.irreducible_share,
             "size_factor": self.size_factor,  # for readers of the header; derived from the above
+            **({} if self.local is None else {"local": self.local.config()}),
         }
 
     @classmethod
@@ -275,7 +308,8 @@ class ErrorCalibration(eqx.Module):
         """A placeholder calibration with the structure ``config`` describes.
 
         Headers written before model format 3 have no ``irreducible_share``: those
-        calibrations were learned without the training-size factor (f = 1) and keep it.
+        calibrations were learned without the training-size factor (f = 1) and keep it;
+        before format 4 none has a label-space term (``local``).
         """
         names = tuple(config["label_names"])
         # device_put of numpy, not jnp.ones: load_model replaces it, and jnp.ones would
@@ -289,6 +323,7 @@ class ErrorCalibration(eqx.Module):
             n_folds=int(config["n_folds"]),
             n_stars=int(config["n_stars"]),
             irreducible_share=float(config.get("irreducible_share", 1.0)),
+            local=None if config.get("local") is None else LocalErrors.skeleton(config["local"], len(names)),
         )
 
 
@@ -364,24 +399,31 @@ def apply_calibration(
 
 # --------------------------------------------------------------------------- fitting
 def _nll(
-    params: np.ndarray, delta2: np.ndarray, sigma2: np.ndarray, log_ratio: np.ndarray
+    params: np.ndarray, delta2: np.ndarray, sigma2: np.ndarray, logs: np.ndarray
 ) -> tuple[float, np.ndarray]:
-    """Gaussian negative log-likelihood of residuals; gradient in (ln a, ln σ_sys, γ)."""
+    """Gaussian negative log-likelihood of residuals; gradient in (ln a, ln σ_sys, powers).
+
+    ``logs`` (stars, terms) are the log factors the floor grows with (ln χ²_ν/χ̃²_ν and
+    ln L/L̄); ``params[2:]`` their powers (γ, δ).
+    """
     a2, s2 = np.exp(2.0 * params[0]), np.exp(2.0 * params[1])
-    floor = s2 * np.exp(params[2] * log_ratio)
+    floor = s2 * np.exp(logs @ params[2:])
     var = a2 * sigma2 + floor
     value = 0.5 * np.sum(delta2 / var + np.log(var))
     dvar = 0.5 * (1.0 / var - delta2 / var**2)
-    grad = [np.sum(dvar * 2.0 * a2 * sigma2), np.sum(dvar * 2.0 * floor), np.sum(dvar * floor * log_ratio)]
+    grad = [np.sum(dvar * 2.0 * a2 * sigma2), np.sum(dvar * 2.0 * floor), *(logs.T @ (dvar * floor))]
     return float(value), np.array(grad)
 
 
 def _fit_label(
-    delta: np.ndarray, sigma: np.ndarray, log_ratio: np.ndarray, max_power: float = _MAX_POWER
-) -> tuple[float, float, float, np.ndarray]:
-    """Maximum-likelihood (a, σ_sys, γ) for one label, refitted without |z| > 5 outliers.
+    delta: np.ndarray, sigma: np.ndarray, logs: np.ndarray, max_powers: np.ndarray
+) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Maximum-likelihood (a, σ_sys, powers) for one label, refitted without |z| > 5 outliers.
 
-    Also returns the stars kept in the last fit (bool, like ``delta``).
+    ``logs`` (stars, terms) and ``max_powers`` (terms,): the floor is
+    ``σ_sys² exp(logs @ powers)`` with ``0 ≤ powers ≤ max_powers`` (a term that is 0 for
+    every star gets power 0). Also returns the stars kept in the last fit (bool, like
+    ``delta``).
     """
     from scipy.optimize import minimize
 
@@ -390,26 +432,30 @@ def _fit_label(
     # ln σ_sys is bounded below far under the residual spread: a floor of 1e-6 of it is
     # "no floor" for every purpose, and the bound keeps the optimiser finite.
     low = np.log(1e-6 * spread)
-    power_max = max_power if np.any(log_ratio != 0) else 0.0
-    params = np.array([np.log(max(np.sqrt(np.mean((delta / sigma) ** 2)), 1e-3)), np.log(0.5 * spread), 0.0])
+    top = np.where(np.any(logs != 0, axis=0), max_powers, 0.0)
+    lower = np.array([-20.0, low, *np.zeros(len(top))])
+    upper = np.array([20.0, np.log(100.0 * spread), *top])
+    params = np.array(
+        [np.log(max(np.sqrt(np.mean((delta / sigma) ** 2)), 1e-3)), np.log(0.5 * spread), *np.zeros(len(top))]
+    )
     for _ in range(5):
         best = minimize(
             _nll,
-            np.clip(params, [-20.0, low, 0.0], [20.0, np.log(100.0 * spread), power_max]),
-            args=(delta[keep] ** 2, sigma[keep] ** 2, log_ratio[keep]),
+            np.clip(params, lower, upper),
+            args=(delta[keep] ** 2, sigma[keep] ** 2, logs[keep]),
             jac=True,
             method="L-BFGS-B",
-            bounds=[(-20.0, 20.0), (low, np.log(100.0 * spread)), (0.0, power_max)],
+            bounds=list(zip(lower, upper, strict=True)),
         )
         params = best.x
         a, s = np.exp(params[:2])
-        z = delta / np.sqrt((a * sigma) ** 2 + s**2 * np.exp(params[2] * log_ratio))
+        z = delta / np.sqrt((a * sigma) ** 2 + s**2 * np.exp(logs @ params[2:]))
         new_keep = np.abs(z) < _CLIP
         if np.array_equal(new_keep, keep) or new_keep.sum() < _MIN_STARS:
             break
         keep = new_keep
     a, s = np.exp(params[:2])
-    return float(a), float(s if s > 1e-5 * spread else 0.0), float(params[2]), keep
+    return float(a), float(s if s > 1e-5 * spread else 0.0), params[2:], keep
 
 
 def _balance(z: np.ndarray) -> float:
@@ -440,8 +486,10 @@ def fit_error_calibration(
     n_folds: int = CALIBRATION_FOLDS,
     irreducible_share: float = 1.0,
     max_power: float = _MAX_POWER,
+    labels: np.ndarray | None = None,
+    neighbours: int | None = None,
 ) -> ErrorCalibration:
-    """Fit ``σ_total² = (a σ_stat)² + σ_sys² (χ²_ν/χ̃²_ν)^γ`` per label to held-out residuals.
+    """Fit ``σ_total² = (a σ_stat)² + σ_sys² (χ²_ν/χ̃²_ν)^γ (L/L̄)^δ`` per label to held-out residuals.
 
     Maximum likelihood of ``Δ ~ N(0, σ_total²)`` per label, with ``a > 0``,
     ``σ_sys ≥ 0`` and ``0 ≤ γ ≤ 2`` (γ = 0 without ``rchi2``). Robust to a few
@@ -471,6 +519,13 @@ def fit_error_calibration(
         its kind's measured :data:`IRREDUCIBLE_SHARE`.
     max_power : float
         Upper bound of ``γ``.
+    labels : ndarray, shape (stars, labels), optional
+        The held-out stars' inferred labels. With them the floor also grows with the
+        held-out residuals of the star's ``neighbours`` nearest stars in label space
+        (:class:`~starlabel.models._local_errors.LocalErrors`, ``0 ≤ δ ≤ 1.5``, each star's
+        own residual left out); without them ``δ`` = 0 and there is no such term.
+    neighbours : int, optional
+        ``k`` of that term (default √stars within [10, 50]).
 
     Returns
     -------
@@ -501,6 +556,15 @@ def fit_error_calibration(
     else:  # no χ² (e.g. the NN regressor): a constant floor
         ratio = np.ones(len(residuals))
     log_ratio = np.log(ratio)
+    local = None if labels is None else LocalErrors.from_residuals(residuals, labels, neighbours=neighbours)
+    # The reference stars are the fit's own stars: each one's residual is left out of its
+    # own neighbourhood, so δ is learned from residuals the term did not see.
+    log_local = (
+        np.zeros(residuals.shape)
+        if local is None or labels is None
+        else local.log_ratio(np.asarray(labels, dtype=float), leave_one_out=True)
+    )
+    powers = []
     for k, name in enumerate(names):
         good = good_all[:, k]
         if good.sum() < _MIN_STARS:
@@ -510,9 +574,12 @@ def fit_error_calibration(
                 " or without calibration (calibrate=False / --no-calibrate)."
             )
         delta, sigma = residuals[good, k], errors[good, k]
-        a, s, gamma, kept = _fit_label(delta, sigma, log_ratio[good], max_power)
+        logs = np.stack([log_ratio[good], log_local[good, k]], axis=1)
+        a, s, power, kept = _fit_label(delta, sigma, logs, np.array([max_power, MAX_LOCAL_POWER]))
+        gamma = float(power[0])
+        powers.append(float(power[1]))
         z0 = delta / sigma
-        z1 = delta / np.sqrt((a * sigma) ** 2 + s**2 * ratio[good] ** gamma)
+        z1 = delta / np.sqrt((a * sigma) ** 2 + s**2 * np.exp(logs @ power))
         width = _balance(z1[kept])
         a, s, z1 = a * width, s * width, z1 / width
         for f, v in zip(
@@ -528,6 +595,7 @@ def fit_error_calibration(
         n_folds=int(n_folds),
         n_stars=int(good_all.all(axis=1).sum()),
         irreducible_share=irreducible_share,
+        local=None if local is None else local.with_power(np.array(powers)),
     )
 
 
@@ -578,15 +646,23 @@ def cross_validated_calibration(
     residuals = np.full(reference.shape, np.nan)
     errors = np.full(reference.shape, np.nan)
     rchi2 = np.full(n, np.nan)
+    predicted = np.full(reference.shape, np.nan)
     everyone = np.arange(n)
     for held in fold_indices(n, n_folds, seed):
         fitted = refit(np.setdiff1d(everyone, held))
         result = infer(fitted, held)
+        predicted[held] = result.labels
         residuals[held] = result.labels - reference[held]
         errors[held] = result.label_err
         rchi2[held] = result.reduced_chi2
     return fit_error_calibration(
-        residuals, errors, label_names, rchi2=rchi2, n_folds=n_folds, irreducible_share=irreducible_share
+        residuals,
+        errors,
+        label_names,
+        rchi2=rchi2,
+        n_folds=n_folds,
+        irreducible_share=irreducible_share,
+        labels=predicted,
     )
 
 

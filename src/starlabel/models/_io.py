@@ -5,7 +5,7 @@ A model file is a NumPy ``.npz`` archive (a zip; the suffix is conventionally
 
 * ``__header__``: UTF-8 JSON, one object::
 
-      {"format": "starlabel-model", "format_version": 3,
+      {"format": "starlabel-model", "format_version": 4,
        "library_version": "0.1.0", "kind": "cannon",
        "label_names": ["teff", "logg", "m_h"], "config": {...},
        "training_set": {"sha256": "…", "of": "arrays", "n_stars": 500, "source": "…"},
@@ -72,11 +72,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "starlabel-model"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bump when the header or array naming changes; loaders read older versions and refuse newer.
 
 2: optional error calibration (header ``calibration``, arrays ``.calibration.*``).
-3: the calibration's training-size factor (``calibration.irreducible_share``, ``size_factor``)."""
+3: the calibration's training-size factor (``calibration.irreducible_share``, ``size_factor``).
+4: the calibration's optional label-space term (header ``calibration.local``, arrays
+   ``.calibration.local.*``); files without it load as before."""
 
 MODEL_KINDS: dict[str, str] = {
     "cannon": "starlabel.models.cannon:FittedCannon",

@@ -1,0 +1,163 @@
+r"""The label-space term of the error calibration: how large the errors are *here*.
+
+A model's real errors differ across label space (hot dwarfs have weak lines, metal-poor
+stars fewer of them, the edges of the training set are extrapolated), and the
+statistical error and the fit's χ² catch only part of that. :class:`LocalErrors`
+keeps the held-out cross-validation residuals of the training stars together with
+their inferred labels, and for any star returns
+
+.. math:: L(\ell)/\bar L ,
+
+the mean squared held-out residual of its ``k`` nearest training stars (in inferred
+labels standardised by the training labels' mean and spread) over the mean of all of
+them. :class:`~starlabel.models.ErrorCalibration` multiplies its floor by
+:math:`(L/\bar L)^{\delta}` per label, with ``δ`` fitted by maximum likelihood on the
+held-out residuals together with ``a``, ``σ_sys`` and ``γ``. While fitting, each
+training star's own residual is left out of its neighbourhood (leave-one-out), so ``δ``
+is learned from residuals the term did not see.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+__all__ = ["LocalErrors", "MAX_LOCAL_POWER"]
+
+MAX_LOCAL_POWER = 1.5
+"""Upper bound of ``δ``: at 1 the floor follows the neighbourhood's mean squared error
+exactly; a little above lets the fit undo the smoothing of ``k`` neighbours."""
+_RANGE = (0.01, 100.0)
+"""``L/L̄`` is clipped to this range: one neighbourhood of catastrophic stars or of
+perfect ones must not give an absurd error."""
+_MAX_REFS = 20_000
+"""At most this many held-out training stars are kept (a random subset beyond): bounds
+the model file and the neighbour search."""
+_WINSOR = 0.99
+"""Squared residuals above this quantile are clipped to it before averaging: a few
+catastrophic stars must not set their whole neighbourhood's error."""
+
+
+def default_neighbours(n_stars: int) -> int:
+    """``k = √n`` clipped to [10, 50]: 20 for 400 training stars, 45 for 2,000."""
+    return int(np.clip(round(np.sqrt(n_stars)), 10, 50))
+
+
+class LocalErrors(eqx.Module):
+    """Held-out residuals in label space and the power ``δ`` of their local mean square.
+
+    Attributes
+    ----------
+    center, spread : Float[Array, " labels"]
+        Mean and standard deviation of the reference stars' inferred labels (label
+        units): labels are compared as ``(ℓ − center) / spread``.
+    points : Float[Array, "refs labels"]
+        The reference (held-out training) stars' standardised inferred labels.
+    sq : Float[Array, "refs labels"]
+        Their squared held-out residuals over the mean of those (dimensionless; NaN
+        where a residual is missing), the largest 1 % clipped.
+    power : Float[Array, " labels"]
+        ``δ`` per label, in [0, 1.5]; 0 turns the term off for that label.
+    neighbours : int
+        ``k``, the reference stars averaged per star.
+    """
+
+    center: Float[Array, " labels"]
+    spread: Float[Array, " labels"]
+    points: Float[Array, "refs labels"]
+    sq: Float[Array, "refs labels"]
+    power: Float[Array, " labels"]
+    neighbours: int = eqx.field(static=True, default=20)
+
+    @property
+    def n_refs(self) -> int:
+        """Number of reference stars."""
+        return int(self.points.shape[0])
+
+    @classmethod
+    def from_residuals(
+        cls, residuals: np.ndarray, labels: np.ndarray, *, neighbours: int | None = None, seed: int = 0
+    ) -> LocalErrors | None:
+        """Reference set from held-out residuals and inferred labels, both (stars, labels).
+
+        Stars whose inferred labels are not all finite are not kept. Returns None when
+        fewer than ``2 k`` stars remain (no neighbourhood to speak of). ``power`` is 0:
+        the calibration fit sets it.
+        """
+        residuals = np.asarray(residuals, dtype=float)
+        labels = np.asarray(labels, dtype=float)
+        rows = np.flatnonzero(np.all(np.isfinite(labels), axis=1))
+        k = default_neighbours(len(rows)) if neighbours is None else int(neighbours)
+        if k < 1 or len(rows) < 2 * k:
+            return None
+        if len(rows) > _MAX_REFS:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, _MAX_REFS, replace=False))
+        center = labels[rows].mean(axis=0)
+        spread = labels[rows].std(axis=0)
+        spread = np.where(spread > 0, spread, 1.0)
+        squared = residuals[rows] ** 2
+        with np.errstate(invalid="ignore"):
+            top = np.nanquantile(squared, _WINSOR, axis=0)
+            squared = np.minimum(squared, top[None, :])
+            mean = np.nanmean(squared, axis=0)
+        mean = np.where(np.isfinite(mean) & (mean > 0), mean, 1.0)
+        return cls(
+            center=jnp.asarray(center),
+            spread=jnp.asarray(spread),
+            points=jnp.asarray((labels[rows] - center) / spread),
+            sq=jnp.asarray(squared / mean[None, :]),
+            power=jnp.zeros(labels.shape[1]),
+            neighbours=k,
+        )
+
+    def with_power(self, power: np.ndarray) -> LocalErrors:
+        """A copy with another ``δ`` per label."""
+        return dataclasses.replace(self, power=jnp.asarray(np.asarray(power, dtype=float)))
+
+    def log_ratio(self, labels: np.ndarray, *, leave_one_out: bool = False) -> np.ndarray:
+        """``ln(L(ℓ)/L̄)`` per star and label, shape (stars, labels); 0 where unknown.
+
+        ``leave_one_out`` (for the reference stars themselves) drops each star's nearest
+        reference star, itself, from its neighbourhood.
+        """
+        from scipy.spatial import KDTree
+
+        labels = np.asarray(labels, dtype=float)
+        out = np.zeros(labels.shape)
+        finite = np.all(np.isfinite(labels), axis=1)
+        if not finite.any():
+            return out
+        points = np.asarray(self.points)
+        k = min(self.neighbours, self.n_refs - int(leave_one_out))
+        query = (labels[finite] - np.asarray(self.center)) / np.asarray(self.spread)
+        _, index = KDTree(points).query(query, k=k + int(leave_one_out))
+        index = np.asarray(index).reshape(len(query), -1)[:, int(leave_one_out) :]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            # a neighbourhood without any residual is NaN ("Mean of empty slice"): factor 1
+            warnings.simplefilter("ignore", RuntimeWarning)
+            local = np.nanmean(np.asarray(self.sq)[index], axis=1)
+        log_local = np.log(np.clip(np.where(np.isfinite(local), local, 1.0), *_RANGE))
+        out[finite] = log_local
+        return out
+
+    def factor(self, labels: np.ndarray) -> np.ndarray:
+        """``(L(ℓ)/L̄)^δ`` per star and label, shape (stars, labels); 1 where unknown."""
+        return np.exp(self.log_ratio(labels) * np.asarray(self.power, dtype=float)[None, :])
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able structure for the model-file header."""
+        return {"neighbours": self.neighbours, "n_refs": self.n_refs}
+
+    @classmethod
+    def skeleton(cls, config: dict[str, Any], n_labels: int) -> LocalErrors:
+        """Placeholder with the structure ``config`` describes (arrays replaced on load)."""
+        vector = jax.device_put(np.ones(n_labels))
+        table = jax.device_put(np.ones((int(config["n_refs"]), n_labels)))
+        return cls(vector, vector, table, table, vector, neighbours=int(config["neighbours"]))
