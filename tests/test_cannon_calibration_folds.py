@@ -1,7 +1,10 @@
 """The error calibration's folds train on the full arrays with held-out stars at weight 0.
 
 That is the same fit as training on the fold's rows alone (``train[rows]``): same label
-scaling, same θ, s² and pixel_ok to rounding, and therefore the same calibration.
+scaling, same θ, s² and pixel_ok. Each fold's EM starts from the full fit's scatter and
+stops at a looser tolerance (``_FOLD_TOL``) than the final fit: at a tight tolerance it
+reaches the sliced fit's fixed point to rounding; at the default one it stays within its
+tolerance of it in fewer iterations, and the calibration is the sliced folds' to ~1e-4.
 """
 
 from __future__ import annotations
@@ -39,48 +42,87 @@ def _fold_refit(model: Cannon, train: SpectralDataset, monkeypatch, **fit_option
     return captured[0], fitted
 
 
-def _assert_same_fit(a, b) -> None:
+def _assert_same_fit(a, b, theta_atol: float = 1e-12, s2_rtol: float = 1e-10) -> None:
     np.testing.assert_array_equal(np.asarray(a.pixel_ok), np.asarray(b.pixel_ok))
     np.testing.assert_allclose(np.asarray(a.label_scaler.shift), np.asarray(b.label_scaler.shift), rtol=0)
     np.testing.assert_allclose(np.asarray(a.label_scaler.scale), np.asarray(b.label_scaler.scale), rtol=0)
-    np.testing.assert_allclose(np.asarray(a.theta), np.asarray(b.theta), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(a.s2), np.asarray(b.s2), rtol=1e-10, atol=1e-16)
+    np.testing.assert_allclose(np.asarray(a.theta), np.asarray(b.theta), rtol=theta_atol, atol=theta_atol)
+    np.testing.assert_allclose(np.asarray(a.s2), np.asarray(b.s2), rtol=s2_rtol, atol=1e-16)
     np.testing.assert_allclose(np.asarray(a.label_space.train), np.asarray(b.label_space.train), rtol=0)
-    assert dict(a.training_info) == dict(b.training_info)
+    info_a, info_b = dict(a.training_info), dict(b.training_info)
+    for info in (info_a, info_b):
+        info.pop("em_iterations")
+    assert info_a == info_b
 
 
-def test_fold_fit_equals_the_fit_on_the_sliced_rows(train, monkeypatch, rng):
+def _fold_and_sliced(model, train, monkeypatch, rng):
     weights = rng.uniform(0.3, 2.0, train.n_stars)
-    model = Cannon(label_names=train.label_names)
     refit, fitted = _fold_refit(model, train, monkeypatch, star_weights=weights)
-    monkeypatch.undo()
     everyone = np.arange(train.n_stars)
     held = np.sort(rng.choice(train.n_stars, 52, replace=False))
     rows = np.setdiff1d(everyone, held)
     with jax.enable_x64(True):  # as inside Cannon.fit, where the calibration calls it
         folded = refit(rows)
+    monkeypatch.undo()
     sliced = model.fit(train[rows], star_weights=weights[rows], calibrate=False)
-    _assert_same_fit(folded, sliced)
     assert dict(folded.training_info)["n_train"] == 208 - np.isin([3, 77, 150], rows).sum()
     # ...and the fold is not the full fit: the held-out stars really are left out.
     assert np.max(np.abs(np.asarray(folded.theta) - np.asarray(fitted.theta))) > 1e-4
+    return folded, sliced
+
+
+def test_warm_started_fold_reaches_the_sliced_fit(train, monkeypatch, rng):
+    # At a tight tolerance for both (fold tolerance no looser than the model's), the
+    # start from the full fit's scatter leads to the sliced fit's fixed point.
+    monkeypatch.setattr(cannon_model, "_FOLD_TOL", 0.0)
+    folded, sliced = _fold_and_sliced(
+        Cannon(label_names=train.label_names, tol=1e-12), train, monkeypatch, rng
+    )
+    _assert_same_fit(folded, sliced, theta_atol=1e-10, s2_rtol=1e-8)
+
+
+def test_default_fold_is_within_its_tolerance_of_the_sliced_fit(train, monkeypatch, rng):
+    folded, sliced = _fold_and_sliced(Cannon(label_names=train.label_names), train, monkeypatch, rng)
+    # The EM stops when no pixel's s² moves by more than _FOLD_TOL of s² plus its noise
+    # variance; θ (fluxes ~1, standard errors ~1e-3 here) moves far less than its error.
+    noise = np.median(1.0 / train.ivar[train.ivar > 0])
+    s2_fold, s2_sliced = np.asarray(folded.s2), np.asarray(sliced.s2)
+    assert np.max(np.abs(s2_fold - s2_sliced) / (s2_sliced + noise)) < cannon_model._FOLD_TOL
+    _assert_same_fit(folded, sliced, theta_atol=1e-5, s2_rtol=1e300)  # s² checked above
+    assert dict(folded.training_info)["em_iterations"] < dict(sliced.training_info)["em_iterations"]
 
 
 def test_calibration_equals_the_one_from_sliced_folds(train, monkeypatch):
     model = Cannon(label_names=train.label_names)
-    fitted = model.fit(train)  # the weight-0 folds
+    seen = []  # the held-out residuals and errors each calibration is fitted to
+    original = _calibration.fit_error_calibration
+
+    def recording(residuals, errors, *args, **kwargs):
+        seen.append((np.asarray(residuals), np.asarray(errors)))
+        return original(residuals, errors, *args, **kwargs)
+
+    monkeypatch.setattr(_calibration, "fit_error_calibration", recording)
+    fitted = model.fit(train)  # the weight-0, warm-started folds
     with jax.enable_x64(True):  # as inside Cannon.fit
         sliced = _calibration.calibrated_fit(
             model.fit(train, calibrate=False), train, lambda rows: model.fit(train[rows], calibrate=False)
         )
     a, b = fitted.calibration, sliced.calibration
     assert (a.n_folds, a.n_stars) == (b.n_folds, b.n_stars) == (5, 257)
-    # Models equal to ~1e-12 give held-out labels equal to the test step's tolerance
-    # (~1e-8) and calibration parameters equal to that of the optimiser that fits them.
-    for field, rtol in (("z_std_before", 1e-6), ("rchi2_ref", 1e-6), ("z_std_after", 1e-5)):
-        np.testing.assert_allclose(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)), rtol=rtol)
-    for field in ("scale", "floor", "misfit_power"):
-        np.testing.assert_allclose(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)), rtol=1e-5)
+    # The folds' s² are within _FOLD_TOL (1e-3) of the sliced folds' fully converged
+    # ones (see above): the held-out labels move by a few 1e-4 of their errors and the
+    # errors by ~1e-4 of themselves, far inside the ±4 % sampling noise of std z here.
+    (res_a, err_a), (res_b, err_b) = seen
+    good = np.isfinite(res_b)
+    assert np.array_equal(good, np.isfinite(res_a))
+    assert np.max(np.abs(res_a - res_b)[good] / err_b[good]) < 1e-3
+    np.testing.assert_allclose(err_a[good], err_b[good], rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(a.z_std_before), np.asarray(b.z_std_before), rtol=2e-4)
+    np.testing.assert_allclose(np.asarray(a.rchi2_ref), np.asarray(b.rchi2_ref), rtol=2e-4)
+    # The fit's final widths come from a grid of factors in steps of 0.5 % (_balance),
+    # so a change that small can move them by one step.
+    for field in ("scale", "floor", "misfit_power", "z_std_after"):
+        np.testing.assert_allclose(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)), rtol=1.2e-2)
 
 
 def test_a_fold_with_too_few_stars_names_the_calibration(monkeypatch):
