@@ -2,7 +2,8 @@
 
 The numpyro models here are small and fixed (a line, a cluster), so we drive them
 ourselves: numpyro's ``potential_energy`` gives the negative log-posterior in
-unconstrained space, a damped Newton method finds the MAP (and the Laplace
+unconstrained space, a damped Newton method
+(:func:`starlabel.inference.damped_newton`) finds the MAP (and the Laplace
 Hessian), and blackjax's NUTS kernel (with Stan-style step-size and
 diagonal-metric warmup, all inside one ``jit``) samples. ``numpyro.infer.MCMC``
 would recompile on every ``run`` call; here the compiled program is
@@ -26,6 +27,8 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
+
+from ..inference import Marquardt, damped_newton
 
 __all__: list[str] = []
 
@@ -80,52 +83,41 @@ class _Mode(eqx.Module):
     converged: bool
 
 
+_DAMPING = Marquardt(
+    initial=1e-2 / 3.0, shrink=1.0 / 3.0, grow=4.0, smallest=0.0, largest=float("inf"), offset=1.0
+)
+
+
 @eqx.filter_jit
 def _newton(potential: _Potential, model_args: tuple, z0: dict, max_steps: int) -> tuple[dict, Array, Array]:
-    # Damped Newton (Levenberg-Marquardt on the Hessian). The mixture posteriors have
-    # a handful of parameters, so the exact Hessian is cheap, and this loop compiles
-    # several times faster than a quasi-Newton solver; the Hessian it ends with is
-    # the Laplace approximation's precision matrix.
+    # Damped Newton (Levenberg–Marquardt on the exact Hessian, damping scaled by
+    # |diag H| + 1, which stays positive where H is indefinite). The mixture posteriors
+    # have a handful of parameters, so the exact Hessian is cheap, and this loop
+    # compiles several times faster than a quasi-Newton solver; the Hessian at the
+    # returned point is the Laplace approximation's precision matrix.
     flat0, unravel = ravel_pytree(z0)
 
     def f(flat: Array) -> Array:
         return potential(unravel(flat), model_args)
 
-    value_and_grad = jax.value_and_grad(f)
+    def linearise(flat: Array) -> tuple[Array, Array]:
+        return jax.grad(f)(flat), jax.jacfwd(jax.grad(f))(flat)
 
-    # The loop evaluates f, ∇f and ∇²f once per iteration, at a *candidate* point, and
-    # keeps them when the candidate is accepted: the Hessian is traced once, and the
-    # one returned belongs to the returned point.
-    def cond(carry: tuple) -> Array:
-        return (carry[-2] < max_steps) & ~carry[-1]
-
-    def body(carry: tuple) -> tuple:
-        candidate, x, fx, g, h, damping, it, _ = carry
-        f_new, g_new = value_and_grad(candidate)
-        h_new = jax.jacfwd(jax.grad(f))(candidate)
-        accept = jnp.isfinite(f_new) & (f_new <= fx)
-        small = accept & ((jnp.max(jnp.abs(g_new)) < 1e-7) | (fx - f_new < 1e-11 * (1.0 + jnp.abs(f_new))))
-        x, fx = jnp.where(accept, candidate, x), jnp.where(accept, f_new, fx)
-        g, h = jnp.where(accept, g_new, g), jnp.where(accept, h_new, h)
-        damping = jnp.where(accept, damping / 3.0, damping * 4.0)
-        scale = jnp.abs(jnp.diagonal(h)) + 1.0
-        candidate = x - jnp.linalg.solve(h + damping * jnp.diag(scale), g)
-        return candidate, x, fx, g, h, damping, it + 1, small
-
-    n = flat0.shape[0]
-    inf = jnp.asarray(jnp.inf, flat0.dtype)
-    init = (
+    # damped_newton's loss is 2 f; converged when a Newton step would gain < 1e-14 in
+    # it or an accepted step gained < 1e-11 (1 + |f|) in f.
+    final = damped_newton(
+        lambda flat: 2.0 * f(flat),
+        linearise,
         flat0,
-        flat0,
-        inf,
-        jnp.zeros(n, flat0.dtype),
-        jnp.eye(n, dtype=flat0.dtype),
-        jnp.asarray(1e-2, flat0.dtype),
-        jnp.asarray(0),
-        jnp.asarray(False),
+        damping=_DAMPING,
+        max_steps=max_steps,
+        tol=1e-14,
+        atol=2e-11,
+        rtol=1e-11,
+        solve=jnp.linalg.solve,
     )
-    _, x, _, _, h, _, _, done = jax.lax.while_loop(cond, body, init)
-    return unravel(x), 0.5 * (h + h.T), done
+    _, h = linearise(final.x)
+    return unravel(final.x), 0.5 * (h + h.T), final.converged
 
 
 def find_map(

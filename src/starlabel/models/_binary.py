@@ -337,6 +337,7 @@ class _BinaryFit(eqx.Module):
 
 
 @eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # a trace counter for the no-retrace test
 def _fit_binary_chunk(
     model: BinaryModel,
     flux: Array,

@@ -40,6 +40,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._internal import map_chunks, x64
 from ..data import Flag, InferenceResult, SpectralDataset
+from ..inference import Marquardt, damped_newton, pin_inactive
 from .base import AbstractFluxModel, AbstractLinearFluxModel, flux_model_of
 from .cannon._posterior_mean import infer_posterior_mean
 
@@ -578,12 +579,7 @@ class NuisanceFit(eqx.Module):
     converged: Bool[Array, " stars"]
 
 
-class _LMState(eqx.Module):
-    params: Array
-    chi2: Array
-    damping: Array
-    done: Array
-    iteration: Array
+_DAMPING = Marquardt(initial=1e-2, shrink=1.0 / 3.0, grow=4.0, smallest=1e-9, largest=1e8)
 
 
 def _lm(
@@ -596,53 +592,39 @@ def _lm(
     free: Array,
     n_iter: int,
 ) -> tuple[Array, Array, Array, Array]:
-    """Levenberg–Marquardt (Marquardt-scaled damping) for one star from one start."""
+    """:func:`starlabel.inference.damped_newton` on χ² for one star from one start.
+
+    Done when a full Gauss–Newton step would gain less than Δχ² = 10⁻³ (well below the
+    1 that defines a 1σ change), when an accepted step gained less than that, or when
+    no damping finds a better point: under vmap every star waits for the slowest.
+    """
     sqrt_w = jnp.sqrt(omega)
 
     def chi2_of(p: Array) -> Array:
         return jnp.sum(omega * (flux - model.flux(p)) ** 2)
 
-    def normal(p: Array) -> tuple[Array, Array]:
+    def linearise(p: Array) -> tuple[Array, Array]:
         model_flux, jac = model.flux_and_jacobian(p)
-        weighted = jac * free[None, :] * sqrt_w[:, None]
-        F = weighted.T @ weighted
-        grad = weighted.T @ (sqrt_w * (flux - model_flux))
-        return F + jnp.diag(jnp.where(free, 0.0, 1.0)), grad
+        weighted = jac * sqrt_w[:, None]
+        return weighted.T @ (sqrt_w * (model_flux - flux)), weighted.T @ weighted
 
-    def step(state: _LMState) -> _LMState:
-        F, grad = normal(state.params)
-        scaled = F + state.damping * jnp.diag(jnp.maximum(jnp.diagonal(F), 1e-12))
-        delta = jnp.linalg.solve(scaled, grad) * free
-        trial = jnp.clip(state.params + delta, lower, upper)
-        trial_chi2 = chi2_of(trial)
-        better = jnp.isfinite(trial_chi2) & (trial_chi2 < state.chi2)
-        # Δχ² well below the 1 that defines a 1σ change.
-        small = jnp.abs(state.chi2 - trial_chi2) < 1e-3
-        # The undamped Gauss–Newton step's predicted Δχ² (gᵀF⁻¹g): once it is negligible
-        # the fit is at its minimum, and a rejected step there is round-off, not a reason to
-        # raise the damping ~17 times (under vmap every star would wait for that).
-        newton = jnp.linalg.solve(F, grad) * free
-        flat = jnp.dot(newton, grad) < 1e-3
-        damping = jnp.where(better, state.damping / 3.0, state.damping * 4.0)
-        return _LMState(
-            jnp.where(better, trial, state.params),
-            jnp.where(better, trial_chi2, state.chi2),
-            jnp.clip(damping, 1e-9, 1e9),
-            # Done on a negligible improvement, at a flat minimum, or when no damping finds
-            # a better point.
-            (better & small) | flat | (damping > 1e8),
-            state.iteration + 1,
-        )
-
-    def keep_going(state: _LMState) -> Array:
-        return (state.iteration < n_iter) & ~state.done
-
-    init = _LMState(p0, chi2_of(p0), jnp.asarray(1e-2, dtype=flux.dtype), jnp.asarray(False), jnp.asarray(0))
-    # A while loop, not a fixed count: under vmap it stops once every star is done.
-    final = jax.lax.while_loop(keep_going, step, init)
-    F, _ = normal(final.params)
+    final = damped_newton(
+        chi2_of,
+        linearise,
+        p0,
+        damping=_DAMPING,
+        max_steps=n_iter,
+        tol=1e-3,
+        atol=1e-3,
+        solve=jnp.linalg.solve,
+        free=free > 0,
+        lower=lower,
+        upper=upper,
+    )
+    _, F = linearise(final.x)
+    F, _ = pin_inactive(F, jnp.zeros_like(final.x), free > 0)
     cov = jnp.linalg.inv(F) * free[:, None] * free[None, :]
-    return final.params, cov, final.chi2, final.done
+    return final.x, cov, final.loss, final.converged | final.stalled
 
 
 class _ScanOut(eqx.Module):
@@ -734,6 +716,7 @@ def _ccf_scan(
 
 
 @eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # a trace counter for the no-retrace test
 def _fit_chunk(
     model: NuisanceModel,
     flux: Array,

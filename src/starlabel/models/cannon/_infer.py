@@ -192,7 +192,9 @@ def _fit_chunk(
     return jax.vmap(one)(spectrum_stats(flux, ivar, theta, pairs, s2, pixel_ok), frozen_values)
 
 
-fit_chunk = eqx.filter_jit(_fit_chunk)
+# The trace counter (no limit) lets tests prove a second call on the same shapes reuses
+# the compiled program: eqx.debug.get_num_traces(fit_chunk).
+fit_chunk = eqx.filter_jit(eqx.debug.assert_max_traces(_fit_chunk, max_traces=None))
 
 _FIT_FIELDS = ("x", "cov", "chi2", "n_good", "n_iter", "converged", "hit_bound")
 
