@@ -33,6 +33,7 @@ families, so every family and estimator can use it. See ``docs/uncertainties.md`
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,8 @@ from jaxtyping import Array, Float
 from .._internal import fold_indices
 from ..data import InferenceResult, SpectralDataset
 from ._local_errors import MAX_LOCAL_POWER, LocalErrors
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CALIBRATION_FOLDS",
@@ -71,6 +74,10 @@ from 0.89 to 0.91; for Lux any r < 1 widens the already too wide line-list [Fe/H
 widens the giants' spreads to 1.11–1.14 and fails the 250-star giants test ([M/H]
 1.24), so it stays at 1: the share depends on the training labels' own noise (exact
 simulated labels against ASPCAP's), not on the family alone."""
+
+LEARN_SIZE_FACTOR = frozenset({"cannon", "lux", "nn"})
+"""Model kinds whose ``fit`` learns the training-size factor per label from a half-size
+cross-validation (two more fits on half the stars); others use :data:`IRREDUCIBLE_SHARE`."""
 
 STAT_SUFFIX = "_err_stat"
 """Suffix of the extra result columns holding the statistical (uncalibrated) errors."""
@@ -119,6 +126,11 @@ class ErrorCalibration(eqx.Module):
         ``(L(ℓ)/L̄)^(δ/2)``, ``L`` the mean squared held-out residual of the training stars
         nearest the star's inferred labels. None (calibrations learned before format 4,
         or without inferred labels): no such term.
+    size_power : Float[Array, " labels"], optional
+        ``α`` per label (model format 4), learned from a second cross-validation at half
+        the training set: the held-out mean squared error falls as ``N^(−α)``, so the final
+        model's errors are the folds' times ``((K−1)/K)^(α/2)`` (:attr:`size_factors`),
+        which then replaces the factor from :attr:`irreducible_share`.
     """
 
     label_names: tuple[str, ...] = eqx.field(static=True)
@@ -134,6 +146,7 @@ class ErrorCalibration(eqx.Module):
     n_stars: int = eqx.field(static=True, default=0)
     irreducible_share: float = eqx.field(static=True, default=1.0)
     local: LocalErrors | None = None
+    size_power: Float[Array, " labels"] | None = None
 
     def __check_init__(self) -> None:
         share = self.irreducible_share
@@ -161,9 +174,23 @@ class ErrorCalibration(eqx.Module):
         """
         return float(np.sqrt(1.0 - (1.0 - self.irreducible_share) / self.n_folds))
 
+    @property
+    def size_factors(self) -> np.ndarray:
+        """Per-label training-size factors, shape (labels,).
+
+        ``((K−1)/K)^(α/2)`` when :attr:`size_power` was learned, else :attr:`size_factor`
+        for every label.
+        """
+        if self.size_power is None:
+            return np.full(len(self.label_names), self.size_factor)
+        return ((self.n_folds - 1) / self.n_folds) ** (0.5 * np.asarray(self.size_power, dtype=float))
+
     def with_irreducible_share(self, share: float) -> ErrorCalibration:
-        """A copy with another irreducible share ``r`` (hence another :attr:`size_factor`)."""
-        return dataclasses.replace(self, irreducible_share=share)
+        """A copy with another irreducible share ``r`` (another :attr:`size_factor`).
+
+        A learned :attr:`size_power` is dropped: ``r`` then sets the factor.
+        """
+        return dataclasses.replace(self, irreducible_share=share, size_power=None)
 
     def floor_variance(self, rchi2: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """``σ_sys² (χ²_ν / rchi2_ref)^γ (L(ℓ)/L̄)^δ`` per star and label, shape (stars, labels).
@@ -185,7 +212,9 @@ class ErrorCalibration(eqx.Module):
     def total_cov(
         self, cov: np.ndarray, rchi2: np.ndarray | None = None, labels: np.ndarray | None = None
     ) -> np.ndarray:
-        """Calibrated covariances ``f² [D C D + diag(σ_sys² (χ²_ν/χ̃²_ν)^γ (L/L̄)^δ)]``, ``D = diag(a)``.
+        """Calibrated covariances ``F [D C D + diag(σ_sys² (χ²_ν/χ̃²_ν)^γ (L/L̄)^δ)] F``.
+
+        ``D = diag(a)``, ``F = diag(f)`` the training-size factors (:attr:`size_factors`).
 
         Labels whose statistical variance is zero (frozen) or not finite keep it:
         the floor is added only where the model reports a positive variance.
@@ -213,7 +242,8 @@ class ErrorCalibration(eqx.Module):
         total = cov * (a[:, None] * a[None, :])[None]
         k = np.arange(cov.shape[1])
         total[:, k, k] += add
-        return total * self.size_factor**2
+        f = self.size_factors
+        return total * (f[:, None] * f[None, :])[None]
 
     def apply(self, result: InferenceResult) -> InferenceResult:
         """``result`` with calibrated covariances; the statistical errors kept as extras.
@@ -272,11 +302,15 @@ class ErrorCalibration(eqx.Module):
             if self.local is None
             else f"; label-space term from the {self.local.neighbours} nearest of {self.local.n_refs} held-out stars"
         )
-        return (
-            f"{self.n_folds}-fold CV on {self.n_stars} training stars; training-size factor"
-            f" f={self.size_factor:.3f} (irreducible share {self.irreducible_share:g}){local}; "
-            + "; ".join(parts)
-        )
+        if self.size_power is None:
+            size = f"training-size factor f={self.size_factor:.3f} (irreducible share {self.irreducible_share:g})"
+        else:
+            size = "training-size factors learned from a half-size CV"
+            parts = [
+                f"{p}, f={f:.3f} (alpha={float(al):.2g})"
+                for p, f, al in zip(parts, self.size_factors, np.asarray(self.size_power), strict=True)
+            ]
+        return f"{self.n_folds}-fold CV on {self.n_stars} training stars; {size}{local}; " + "; ".join(parts)
 
     def table(self) -> list[dict[str, Any]]:
         """Per-label rows (label, a, σ_sys, held-out std z and coverage before/after)."""
@@ -301,6 +335,7 @@ class ErrorCalibration(eqx.Module):
             "irreducible_share": self.irreducible_share,
             "size_factor": self.size_factor,  # for readers of the header; derived from the above
             **({} if self.local is None else {"local": self.local.config()}),
+            **({} if self.size_power is None else {"size_factors": self.size_factors.tolist()}),
         }
 
     @classmethod
@@ -324,6 +359,7 @@ class ErrorCalibration(eqx.Module):
             n_stars=int(config["n_stars"]),
             irreducible_share=float(config.get("irreducible_share", 1.0)),
             local=None if config.get("local") is None else LocalErrors.skeleton(config["local"], len(names)),
+            size_power=ones if "size_factors" in config else None,
         )
 
 
@@ -336,6 +372,8 @@ _REPORTED = (
     "coverage_before",
     "coverage_after",
 )
+_MAX_SIZE_POWER = 2.0
+"""Upper bound of the learned ``α`` (held-out MSE ∝ N^−α)."""
 _RATIO_RANGE = (0.1, 100.0)
 """χ²_ν / χ̃²_ν is clipped to this range: a star far outside it is flagged POOR_FIT anyway,
 and the clip keeps one absurd fit from getting an absurd error."""
@@ -488,6 +526,7 @@ def fit_error_calibration(
     max_power: float = _MAX_POWER,
     labels: np.ndarray | None = None,
     neighbours: int | None = None,
+    half_residuals: np.ndarray | None = None,
 ) -> ErrorCalibration:
     """Fit ``σ_total² = (a σ_stat)² + σ_sys² (χ²_ν/χ̃²_ν)^γ (L/L̄)^δ`` per label to held-out residuals.
 
@@ -526,6 +565,11 @@ def fit_error_calibration(
         own residual left out); without them ``δ`` = 0 and there is no such term.
     neighbours : int, optional
         ``k`` of that term (default √stars within [10, 50]).
+    half_residuals : ndarray, shape (stars, labels), optional
+        Held-out residuals of the same stars from a 2-fold cross-validation (models
+        trained on half the training set). With them the training-size factor is learned
+        per label (:attr:`ErrorCalibration.size_power`) instead of set by
+        ``irreducible_share``.
 
     Returns
     -------
@@ -596,7 +640,35 @@ def fit_error_calibration(
         n_stars=int(good_all.all(axis=1).sum()),
         irreducible_share=irreducible_share,
         local=None if local is None else local.with_power(np.array(powers)),
+        size_power=None
+        if half_residuals is None
+        else jnp.asarray(_size_power(residuals, np.asarray(half_residuals, dtype=float), n_folds)),
     )
+
+
+def _size_power(residuals: np.ndarray, half: np.ndarray, n_folds: int) -> np.ndarray:
+    """``α`` per label from the held-out mean squared error at (K−1)/K and at 1/2 of N.
+
+    ``MSE ∝ N^(−α)`` through both points: ``α = ln(MSE_half / MSE_K) / ln(2 (K−1)/K)``,
+    clipped to [0, 2] (errors that grow with more training data are noise; faster than
+    N⁻² is not extrapolated). Same stars in both (finite in both), squared residuals
+    above the K-fold ones' 99th percentile clipped to it, so a few catastrophic stars
+    do not decide.
+    """
+    if half.shape != residuals.shape:
+        raise ValueError(
+            f"`half_residuals` {half.shape} must have the shape of `residuals` {residuals.shape}."
+        )
+    alpha = np.zeros(residuals.shape[1])
+    for k in range(residuals.shape[1]):
+        both = np.isfinite(residuals[:, k]) & np.isfinite(half[:, k])
+        if both.sum() < _MIN_STARS:
+            continue
+        full2, half2 = residuals[both, k] ** 2, half[both, k] ** 2
+        top = np.quantile(full2, 0.99)
+        ratio = np.mean(np.minimum(half2, top)) / max(float(np.mean(np.minimum(full2, top))), 1e-300)
+        alpha[k] = np.clip(np.log(ratio) / np.log(2.0 * (n_folds - 1) / n_folds), 0.0, _MAX_SIZE_POWER)
+    return alpha
 
 
 def cross_validated_calibration(
@@ -608,6 +680,7 @@ def cross_validated_calibration(
     n_folds: int = CALIBRATION_FOLDS,
     seed: int = 0,
     irreducible_share: float = 1.0,
+    learn_size_factor: bool = False,
 ) -> ErrorCalibration:
     """Learn an :class:`ErrorCalibration` by K-fold cross-validation on a training set.
 
@@ -631,6 +704,12 @@ def cross_validated_calibration(
         Seed of the fold assignment.
     irreducible_share : float
         ``r`` of the training-size factor (see :func:`fit_error_calibration`).
+    learn_size_factor : bool
+        Also run a 2-fold cross-validation (two more fits, on half the stars each) and
+        learn the training-size factor per label from how the held-out errors shrink
+        from N/2 to (K−1)N/K training stars (``half_residuals`` of
+        :func:`fit_error_calibration`). If a half-size fit fails (too few stars), the
+        factor falls back to ``irreducible_share``.
 
     Returns
     -------
@@ -655,6 +734,7 @@ def cross_validated_calibration(
         residuals[held] = result.labels - reference[held]
         errors[held] = result.label_err
         rchi2[held] = result.reduced_chi2
+    half = _half_size_residuals(refit, infer, reference, seed) if learn_size_factor else None
     return fit_error_calibration(
         residuals,
         errors,
@@ -663,7 +743,33 @@ def cross_validated_calibration(
         n_folds=n_folds,
         irreducible_share=irreducible_share,
         labels=predicted,
+        half_residuals=half,
     )
+
+
+def _half_size_residuals(
+    refit: Callable[[np.ndarray], Any],
+    infer: Callable[[Any, np.ndarray], InferenceResult],
+    reference: np.ndarray,
+    seed: int,
+) -> np.ndarray | None:
+    """Held-out residuals of a 2-fold cross-validation; None if a half-size fit fails."""
+    n = reference.shape[0]
+    half = np.full(reference.shape, np.nan)
+    everyone = np.arange(n)
+    for held in fold_indices(n, 2, seed + 1):
+        try:
+            fitted = refit(np.setdiff1d(everyone, held))
+        except ValueError as error:
+            logger.warning(
+                "the training-size factor is not learned (a fit on half the %d training stars failed:"
+                " %s); using the irreducible share instead.",
+                n,
+                error,
+            )
+            return None
+        half[held] = infer(fitted, held).labels - reference[held]
+    return half
 
 
 def calibrated_fit(
@@ -674,6 +780,7 @@ def calibrated_fit(
     n_folds: int = CALIBRATION_FOLDS,
     seed: int = 0,
     irreducible_share: float | None = None,
+    learn_size_factor: bool | None = None,
 ) -> Any:
     """``fitted`` carrying the calibration its family's default test step needs.
 
@@ -682,8 +789,11 @@ def calibrated_fit(
     fitted model's ``calibration`` field. ``irreducible_share`` defaults to the
     fitted model's kind's entry in :data:`IRREDUCIBLE_SHARE` (1 for other kinds).
     """
+    kind = getattr(fitted, "kind", "")
     if irreducible_share is None:
-        irreducible_share = IRREDUCIBLE_SHARE.get(getattr(fitted, "kind", ""), 1.0)
+        irreducible_share = IRREDUCIBLE_SHARE.get(kind, 1.0)
+    if learn_size_factor is None:
+        learn_size_factor = kind in LEARN_SIZE_FACTOR
     names = tuple(fitted.label_names)
     if train.labels is None:
         raise ValueError("the training set has no labels to calibrate the errors against.")
@@ -704,6 +814,13 @@ def calibrated_fit(
             ) from error
 
     calibration = cross_validated_calibration(
-        refit_fold, infer, reference, names, n_folds=n_folds, seed=seed, irreducible_share=irreducible_share
+        refit_fold,
+        infer,
+        reference,
+        names,
+        n_folds=n_folds,
+        seed=seed,
+        irreducible_share=irreducible_share,
+        learn_size_factor=learn_size_factor,
     )
     return eqx.tree_at(lambda m: m.calibration, fitted, calibration, is_leaf=lambda x: x is None)
