@@ -270,6 +270,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/starlabel-latency"))
     parser.add_argument("--skip-ho", action="store_true", help="leave Ho's thecannon out")
+    parser.add_argument("--sizes", default=None, help="test-set sizes, e.g. 5000 (default 100,5000,10000)")
+    parser.add_argument(
+        "--no-extras", action="store_true", help="only the train/infer/Ho rows: no 5-label or IO part"
+    )
     _common.add_arguments(parser)
     args = parser.parse_args()
     record = _common.start(args, THREADS)
@@ -277,6 +281,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True)
     n_train = 300 if args.quick else 1000
     sizes = [100] if args.quick else [100, 5000, 10_000]
+    if args.sizes:
+        sizes = [int(n) for n in args.sizes.split(",")]
     cmd = _starlabel_command()
     report: dict = {"run": record, "quick": args.quick, "n_train": n_train, "pixels": N_PIXELS}
 
@@ -322,6 +328,13 @@ def main() -> None:
         "end_to_end_vs_thecannon": "CLI train + infer at 5,000 test spectra >= 3x faster than Ho's"
         " in-process train + test with a warm cache, >= 2x cold",
     }
+
+    if args.no_extras:
+        report["run"] = _common.finish(record)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+        _common.log(f"wrote {args.out}")
+        return
 
     # 5 labels: the first infer of 1,200 spectra the cache has not seen, after one of 1,000.
     small = [1000, 2200]
