@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ._aligned import is_aligned as is_aligned
     from ._atomic import atomic_path as atomic_path
     from ._atomic import partial_path as partial_path
+    from ._atomic import write_json_atomic as write_json_atomic
     from ._chunks import map_chunks as map_chunks
     from ._chunks import repeat_first_row as repeat_first_row
     from ._folds import fold_indices as fold_indices

@@ -10,11 +10,13 @@ for writers that pick their format from it (astropy, pyarrow).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "partial_path"]
+__all__ = ["atomic_path", "partial_path", "write_json_atomic"]
 
 
 def partial_path(path: Path, suffix: str = "") -> Path:
@@ -51,3 +53,9 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "", fsync: bool =
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON so that a crash leaves either the old file or the new one, never half."""
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=1, default=str)

@@ -24,7 +24,16 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .._internal import atomic_path
-from ..data import DATASET_SUFFIXES, RESULT_SUFFIXES, Flag, InferenceResult, read_dataset, read_result
+from ..data import (
+    DATASET_SUFFIXES,
+    MANIFEST_NAME,
+    RESULT_SUFFIXES,
+    Flag,
+    InferenceResult,
+    read_dataset,
+    read_result,
+    read_run,
+)
 from ._metrics import label_metrics
 from ._plots import find_kiel_labels, plot_kiel, plot_one_to_one, plot_residuals
 from ._uncertainty_plots import plot_zscore_histograms, zscore_summary
@@ -50,13 +59,7 @@ img { max-width: 100%; display: block; margin: .6em 0; }
 def _locate(source: Path) -> tuple[Path | None, Path]:
     """(run directory or None, results table) for a run directory or a results file."""
     if source.is_dir():
-        manifest_path = source / "manifest.json"
-        if not manifest_path.exists():
-            raise FileNotFoundError(
-                f"{str(source)!r} is a folder without manifest.json; pass a run directory"
-                " (OUT.run from `starlabel infer`) or a results table."
-            )
-        output = Path(json.loads(manifest_path.read_text())["output"])
+        output = Path(read_run(source).output)
         if not output.exists():
             raise FileNotFoundError(
                 f"run {str(source)!r} has no merged output {str(output)!r} yet; finish or resume"
@@ -71,7 +74,7 @@ def _locate(source: Path) -> tuple[Path | None, Path]:
             f" suffix {sorted(RESULT_SUFFIXES)}."
         )
     run_dir = source.with_name(source.name + ".run")
-    return (run_dir if (run_dir / "manifest.json").exists() else None), source
+    return (run_dir if (run_dir / MANIFEST_NAME).exists() else None), source
 
 
 def _reference(
@@ -179,16 +182,16 @@ def _run_section(run_dir: Path | None) -> list[str]:
     if run_dir is None:
         return []
     parts = ["<h2>Run</h2>"]
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    model = manifest.get("model", {})
+    manifest = read_run(run_dir)
+    model = manifest.model
     rows: list[tuple[str, Any]] = [
         ("run directory", str(run_dir)),
         ("model", f"{model.get('kind')} — {model.get('path')} (sha256 {str(model.get('sha256'))[:12]}…)"),
         ("model labels", ", ".join(model.get("label_names") or [])),
-        ("input files", len(manifest.get("inputs", []))),
-        ("options", json.dumps(manifest.get("options", {}))),
-        ("engine (latest attempt)", json.dumps(manifest.get("engine", {}))),
-        ("starlabel", manifest.get("library_version")),
+        ("input files", len(manifest.inputs)),
+        ("options", json.dumps(dict(manifest.options))),
+        ("engine (latest attempt)", json.dumps(dict(manifest.engine))),
+        ("starlabel", manifest.library_version),
     ]
     summary_path = run_dir / "summary.json"
     if summary_path.exists():

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._inputs import InputFile
+from ..data import InputFile
 
 __all__ = ["ChunkSpec", "Segment", "plan_chunks", "CHUNK_PLAN"]
 

@@ -11,53 +11,12 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from .._internal._hashing import discard_background_hash, sha256_of_file
-from ..data import DATASET_SUFFIXES, open_rows
+from ..data import DATASET_SUFFIXES, InputFile, open_rows
 
 __all__ = ["InputFile", "resolve_inputs", "describe_inputs"]
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """One input dataset file as recorded in a run manifest.
-
-    Attributes
-    ----------
-    path : str
-        Absolute path.
-    size : int
-        Size in bytes.
-    mtime_ns : int
-        Modification time (ns); with ``size`` it decides whether a restart must re-hash.
-    sha256 : str
-        Hex SHA-256 of the file's bytes.
-    n_stars, n_pixels : int
-        Shape of its ``flux`` array; ``-1`` when the file could not be read.
-    error : str
-        Why the file cannot be used (empty when it can). Such files go to the errors
-        report instead of stopping the run.
-    """
-
-    path: str
-    size: int
-    mtime_ns: int
-    sha256: str
-    n_stars: int
-    n_pixels: int
-    error: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-able dict for the manifest."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, record: dict[str, Any]) -> InputFile:
-        """Inverse of :meth:`to_json`."""
-        return cls(**record)
 
 
 def _expand(entry: str) -> list[Path]:

@@ -18,11 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .._internal import atomic_path
-from ..data import PROVENANCE_KEY, InferenceResult, arrow_table
+from .._internal import atomic_path, write_json_atomic
+from ..data import PROVENANCE_KEY, InferenceResult, InputFile, arrow_table
 from ._chunks import ChunkSpec, Segment
-from ._inputs import InputFile
-from ._manifest import write_json_atomic
 
 __all__ = [
     "ERRORS_NAME",

@@ -17,6 +17,7 @@ again; see :func:`run_inference`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,16 +27,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .._internal import write_json_atomic
 from .._internal._compile_cache import default_compilation_cache_dir
 from .._internal._prefetch import import_in_background
 from .._internal._progress import Progress
-from ..data import RESULT_SUFFIXES
+from ..data import RESULT_SUFFIXES, RunManifest, read_manifest
 from ..models import MODEL_KINDS, TestStep, read_model_header
 from ._chunks import CHUNK_PLAN, plan_chunks
 from ._engine import AbstractEngine, WorkerSpec
 from ._engine_choice import resolve_engine
 from ._inputs import describe_inputs, resolve_inputs
-from ._manifest import RunManifest, file_sha256, read_manifest, write_json_atomic
 from ._parts import (
     PARTS_DIR,
     clear_partials,
@@ -312,7 +313,7 @@ def run_inference(
     manifest = RunManifest(
         model={
             "path": str(model_path),
-            "sha256": file_sha256(model_path),
+            "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
             "kind": header.get("kind"),
             "label_names": header.get("label_names"),
             "library_version": header.get("library_version"),

@@ -18,6 +18,7 @@ from jaxtyping import Array, PRNGKeyArray
 from ..._internal import x64
 from ...data import Flag, InferenceResult, SpectralDataset
 from ...inference import AbstractLabelPrior, gaussian_from_precision, nuts, whiten
+from .._posterior import nuts_columns
 from ._flux_model import PolynomialSpectrum
 from ._posterior_mean import (
     LogLikelihood,
@@ -83,8 +84,12 @@ def infer_nuts(
     Returns
     -------
     InferenceResult
-        Posterior means and covariances of the draws; extra ``rhat_max`` (worst split-R̂
-        over labels), ``ess_min``, ``n_divergent``; NOT_CONVERGED where R̂ > 1.05.
+        Posterior means and covariances of the draws; extra columns and the
+        NOT_CONVERGED rule shared with ``uncertainty="nuts"``
+        (:func:`~starlabel.models._posterior.nuts_columns`): ``rhat_<label>``,
+        ``ess_<label>``, ``rhat_max`` (worst split-R̂ over labels), ``ess_min``,
+        ``n_divergent``, ``nuts_divergent``, ``nuts_step_size``; NOT_CONVERGED where
+        the worst R̂ > 1.05 or is not finite.
     """
     model = polynomial_spectrum(fitted)
     check_data(model, data)
@@ -120,8 +125,9 @@ def infer_nuts(
         return (
             jnp.mean(draws, axis=0),
             jnp.cov(draws.T),
-            jnp.max(post.rhat),
-            jnp.min(post.ess),
+            post.rhat,
+            post.ess,
+            jnp.mean(post.step_size),
             jnp.sum(post.num_divergent),
         )
 
@@ -144,11 +150,12 @@ def infer_nuts(
                 )
             ]
         )
-    mean, post_cov, rhat, ess, divergent = (np.concatenate([o[i] for o in outs]) for i in range(5))
+    mean, post_cov, rhat, ess, step_size, divergent = (np.concatenate([o[i] for o in outs]) for i in range(6))
     post_cov = post_cov.reshape(-1, model.n_labels, model.n_labels)
     chi2 = np.asarray(chi2_at(model, stats, jnp.asarray(mean)))
     n_good = np.asarray(stats.n_good)
-    flags = np.where(rhat > 1.05, int(Flag.NOT_CONVERGED), 0).astype(np.int64)
+    extra, not_converged = nuts_columns(model.label_names, rhat, ess, step_size, divergent)
+    flags = np.where(not_converged, int(Flag.NOT_CONVERGED), 0).astype(np.int64)
     return InferenceResult(
         ids=data.ids,
         label_names=model.label_names,
@@ -157,6 +164,6 @@ def infer_nuts(
         chi2=chi2,
         dof=(n_good - model.n_labels).astype(float),
         flags=flags,
-        extra={"rhat_max": rhat, "ess_min": ess, "n_divergent": divergent.astype(np.int64)},
+        extra=extra,
         meta={"estimator": "nuts", "prior": label_prior.kind, "temperature": temperature},
     )

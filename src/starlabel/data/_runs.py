@@ -1,4 +1,4 @@
-"""The run manifest: what a run was asked to do, so a restart can continue or refuse.
+"""Run directories: the manifest of what a run was asked to do, and its public reader.
 
 ``RUN_DIR/manifest.json`` records the model file (path, SHA-256, kind, label names,
 the starlabel version that wrote it), the inference options, the chunk size, the
@@ -8,23 +8,26 @@ difference is refused with a message naming it, because mixing parts computed wi
 two models or two option sets would give a silently inconsistent catalogue. The
 engine and the number of workers are recorded too but may change between attempts:
 both engines produce identical results.
+
+The format lives here, with the other file formats, so that every layer above
+(:mod:`starlabel.evaluate`'s report, :mod:`starlabel.pipeline` that writes it) reads a
+run directory through :func:`read_run` instead of parsing its JSON by raw keys.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._errors import StarlabelUserError
-from .._internal import atomic_path
+from .._internal import write_json_atomic
 from .._version import __version__
-from ._inputs import InputFile
 
-__all__ = ["MANIFEST_NAME", "RunManifest", "RunMismatchError", "read_manifest", "write_json_atomic"]
+__all__ = ["MANIFEST_NAME", "InputFile", "RunManifest", "RunMismatchError", "read_manifest", "read_run"]
 
 MANIFEST_NAME = "manifest.json"
 _FORMAT = "starlabel-run"
@@ -35,15 +38,43 @@ class RunMismatchError(StarlabelUserError, RuntimeError):
     """A run directory holds work done with a different model, inputs or options."""
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so that a crash leaves either the old file or the new one, never half."""
-    with atomic_path(path, fsync=True) as tmp, open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=1, default=str)
+@dataclass(frozen=True)
+class InputFile:
+    """One input dataset file as recorded in a run manifest.
 
+    Attributes
+    ----------
+    path : str
+        Absolute path.
+    size : int
+        Size in bytes.
+    mtime_ns : int
+        Modification time (ns); with ``size`` it decides whether a restart must re-hash.
+    sha256 : str
+        Hex SHA-256 of the file's bytes.
+    n_stars, n_pixels : int
+        Shape of its ``flux`` array; ``-1`` when the file could not be read.
+    error : str
+        Why the file cannot be used (empty when it can). Such files go to the errors
+        report instead of stopping the run.
+    """
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a (small) file such as a model."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    n_stars: int
+    n_pixels: int
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict for the manifest."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> InputFile:
+        """Inverse of :meth:`to_json`."""
+        return cls(**record)
 
 
 @dataclass(frozen=True)
@@ -180,3 +211,33 @@ def read_manifest(run_dir: Path) -> RunManifest | None:
             f"{str(path)!r} is not a readable starlabel run manifest ({error}); rerun with"
             " overwrite=True (CLI: --overwrite) to start the run afresh."
         ) from error
+
+
+def read_run(path: str | os.PathLike[str]) -> RunManifest:
+    """The manifest of a run directory (``OUTPUT.run`` of :func:`~starlabel.pipeline.run_inference`).
+
+    Parameters
+    ----------
+    path : path-like
+        The run directory.
+
+    Returns
+    -------
+    RunManifest
+        Model, options (``infer_options``, ``test_step``), output path, inputs, engine.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` holds no ``manifest.json``.
+    RunMismatchError
+        If the manifest is not a readable starlabel run manifest.
+    """
+    run_dir = Path(path)
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        raise FileNotFoundError(
+            f"{str(run_dir)!r} is a folder without {MANIFEST_NAME}; pass a run directory"
+            " (OUT.run from `starlabel infer`) or a results table."
+        )
+    return manifest
