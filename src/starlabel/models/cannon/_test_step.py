@@ -30,7 +30,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, Real
 
 from ...inference import DampedNewtonState, Marquardt, cholesky_solve, damped_newton, pin_inactive
 from ._normal import outer_pairs, unpack_pairs
@@ -48,12 +48,17 @@ class LabelStepOptions(eqx.Module):
 
 
 class SpectrumStats(eqx.Module):
-    """Sufficient statistics of a spectrum for the Cannon χ² (batched: a leading stars axis)."""
+    """Sufficient statistics ``(c, g, H)`` and usable-pixel count of a spectrum's χ².
+
+    Batched: a leading stars axis (see the module docstring for the χ²). The one type for these statistics: the MAP step here and the grid posterior-mean
+    steps both read it (``n_good`` is an integer count, or a float where a caller has
+    already converted it for the Student-t likelihood).
+    """
 
     c: Float[Array, "*stars"]
     g: Float[Array, "*stars terms"]
     H: Float[Array, "*stars terms terms"]
-    n_good: Int[Array, "*stars"]
+    n_good: Real[Array, "*stars"]
 
 
 class LabelFit(eqx.Module):
