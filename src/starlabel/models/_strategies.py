@@ -334,7 +334,9 @@ class TestStep(eqx.Module):
         if isinstance(uncertainty, NUTS) and isinstance(flat.get("posterior_options"), Mapping):
             # The sampler settings of uncertainty="nuts" travel in posterior_options.
             posterior = dict(flat.pop("posterior_options"))
-            sampler = {k: posterior.pop(k) for k in ("num_warmup", "num_samples", "num_chains") if k in posterior}
+            sampler = {
+                k: posterior.pop(k) for k in ("num_warmup", "num_samples", "num_chains") if k in posterior
+            }
             uncertainty = NUTS(**sampler)
             if posterior:
                 flat["posterior_options"] = posterior
