@@ -43,6 +43,7 @@ from ..inference import (
     split_rhat,
     whiten,
 )
+from ._nuts_columns import RHAT_MAX, nuts_columns
 from .base import AbstractLatentModel
 
 __all__ = [
@@ -50,7 +51,6 @@ __all__ = [
     "LinearPredictionVariance",
     "PosteriorMethod",
     "check_uncertainty",
-    "nuts_columns",
     "posterior_infer",
     "refine_uncertainty",
     "training_prediction_variance",
@@ -62,56 +62,6 @@ at the MAP; ``"nuts"``: posterior draws (whitened NUTS) summarised by mean and c
 
 POSTERIOR_METHODS: tuple[str, ...] = get_args(PosteriorMethod)
 _NEWTON_TOL = 1e-6
-RHAT_MAX = 1.05
-"""Stars whose worst label split-R̂ exceeds this (or is not finite) are NOT_CONVERGED."""
-
-
-def nuts_columns(
-    label_names: tuple[str, ...],
-    rhat: ArrayLike,
-    ess: ArrayLike,
-    step_size: ArrayLike,
-    divergent: ArrayLike,
-    rhat_max: float = RHAT_MAX,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The one set of NUTS diagnostics columns and the one R̂ rule of every NUTS test step.
-
-    Parameters
-    ----------
-    label_names : tuple of str
-    rhat, ess : ndarray, shape (stars, labels)
-        Split-R̂ and effective sample size of each label's draws.
-    step_size : ndarray, shape (stars,)
-        Mean adapted step size (whitened units).
-    divergent : ndarray, shape (stars,)
-        Divergent transitions among the kept draws.
-    rhat_max : float
-        Largest acceptable R̂.
-
-    Returns
-    -------
-    extra : dict
-        ``rhat_<label>``, ``ess_<label>``, ``rhat_max`` (worst label), ``ess_min``,
-        ``n_divergent`` (= ``nuts_divergent``), ``nuts_step_size``.
-    not_converged : ndarray of bool, shape (stars,)
-        Worst R̂ above ``rhat_max`` or not finite.
-    """
-    rhat, ess = np.asarray(rhat, dtype=float), np.asarray(ess, dtype=float)
-    divergent = np.asarray(divergent).astype(np.int64)
-    extra: dict[str, np.ndarray] = {}
-    for i, name in enumerate(label_names):
-        extra[f"rhat_{name}"] = rhat[:, i]
-        extra[f"ess_{name}"] = ess[:, i]
-    worst = np.max(rhat, axis=1)
-    extra["rhat_max"] = worst
-    extra["ess_min"] = np.min(ess, axis=1)
-    extra["n_divergent"] = divergent
-    extra["nuts_step_size"] = np.asarray(step_size, dtype=float)
-    extra["nuts_divergent"] = divergent
-    return extra, ~(worst <= rhat_max)
-
-
-"""Newton decrement gᵀH⁻¹g (in nats) below which the MAP counts as converged."""
 
 
 class LinearPredictionVariance(eqx.Module):

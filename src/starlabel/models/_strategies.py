@@ -330,8 +330,16 @@ class TestStep(eqx.Module):
             else:
                 sampler = {k: flat.pop(k) for k in ("num_warmup", "num_samples", "num_chains") if k in flat}
                 estimator = NUTS(prior, _temperature(temperature), scale, calibration, **sampler)
-        uncertainty_name = flat.pop("uncertainty", "fisher")
-        uncertainty = _uncertainty(uncertainty_name)
+        uncertainty = _uncertainty(flat.pop("uncertainty", "fisher"))
+        if isinstance(uncertainty, NUTS) and isinstance(flat.get("posterior_options"), Mapping):
+            # The sampler settings of uncertainty="nuts" travel in posterior_options.
+            posterior = dict(flat.pop("posterior_options"))
+            sampler = {
+                k: posterior.pop(k) for k in ("num_warmup", "num_samples", "num_chains") if k in posterior
+            }
+            uncertainty = NUTS(**sampler)
+            if posterior:
+                flat["posterior_options"] = posterior
         fit_rv = bool(flat.pop("fit_rv", False))
         continuum_order = flat.pop("continuum_order", None)
         nuisance = Nuisance(fit_rv, continuum_order) if fit_rv or continuum_order is not None else None
@@ -360,6 +368,9 @@ class TestStep(eqx.Module):
                 flat.update(estimator.sampler_options())
         if not isinstance(self.uncertainty, Fisher):
             flat["uncertainty"] = self.uncertainty.name
+            if isinstance(self.uncertainty, NUTS) and self.uncertainty.sampler_options():
+                posterior = dict(self.options.get("posterior_options") or {})
+                flat["posterior_options"] = {**self.uncertainty.sampler_options(), **posterior}
         if self.nuisance is not None:
             if self.nuisance.rv:
                 flat["fit_rv"] = True
@@ -369,7 +380,7 @@ class TestStep(eqx.Module):
             flat["binary"] = True
             if self.binary.calibration is not None:
                 flat["binary_calibration"] = dict(self.binary.calibration)
-        flat.update(self.options)
+        flat.update({k: v for k, v in self.options.items() if k not in flat})
         return flat
 
     # ------------------------------------------------------------------ JSON form

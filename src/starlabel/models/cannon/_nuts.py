@@ -18,7 +18,7 @@ from jaxtyping import Array, PRNGKeyArray
 from ..._internal import x64
 from ...data import Flag, InferenceResult, SpectralDataset
 from ...inference import AbstractLabelPrior, gaussian_from_precision, nuts, whiten
-from .._posterior import nuts_columns
+from .._nuts_columns import nuts_columns
 from ._flux_model import PolynomialSpectrum
 from ._posterior_mean import (
     LogLikelihood,
@@ -86,7 +86,7 @@ def infer_nuts(
     InferenceResult
         Posterior means and covariances of the draws; extra columns and the
         NOT_CONVERGED rule shared with ``uncertainty="nuts"``
-        (:func:`~starlabel.models._posterior.nuts_columns`): ``rhat_<label>``,
+        (:func:`~starlabel.models._nuts_columns.nuts_columns`): ``rhat_<label>``,
         ``ess_<label>``, ``rhat_max`` (worst split-R̂ over labels), ``ess_min``,
         ``n_divergent``, ``nuts_divergent``, ``nuts_step_size``; NOT_CONVERGED where
         the worst R̂ > 1.05 or is not finite.
