@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from starlabel.data import Flag, SpectralDataset, simulate_cannon
 from starlabel.models import load_model
 from starlabel.models.cannon import Cannon, FittedCannon
+from starlabel.models.cannon._infer import fit_chunk
 from starlabel.models.cannon._test_step import (
     LabelStepOptions,
     _levenberg_marquardt,
@@ -256,3 +258,14 @@ def test_sufficient_statistics_match_the_pixel_sums(setup, n_stars):
     expected_H = np.einsum("np,pi,pj->nij", omega, theta, theta)
     np.testing.assert_allclose(stats.H, expected_H, rtol=1e-10, atol=1e-8)
     np.testing.assert_array_equal(stats.n_good, np.sum(omega > 0, axis=1))
+
+
+def test_second_test_step_call_does_not_retrace(setup):
+    # fit_chunk carries an eqx.debug.assert_max_traces counter: a second call on the same
+    # shapes must reuse the compiled program (a retrace costs seconds per chunk).
+    _, fitted, test, _ = setup
+    fitted.infer(test[:512])
+    traced = eqx.debug.get_num_traces(fit_chunk)
+    assert traced >= 1
+    fitted.infer(test[:512])
+    assert eqx.debug.get_num_traces(fit_chunk) == traced

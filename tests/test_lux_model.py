@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import numpy as np
 import pytest
 
 from starlabel.data import Flag, SpectralDataset, simulate_linear_latent
 from starlabel.models.lux import Lux
+from starlabel.models.lux._test_step import latent_posterior
 
 NAMES = ("label_0", "label_1")
 
@@ -143,3 +145,15 @@ def test_bad_inputs_raise_clear_errors(sim, fitted_pair):
         Lux(NAMES).fit(sim.dataset[:64].replace(labels=all_nan))
     with pytest.raises(TypeError, match="SpectralDataset"):
         Lux(NAMES).fit(sim.dataset[:64].flux)
+
+
+def test_second_test_step_call_does_not_retrace(sim, fitted_pair):
+    # latent_posterior carries an eqx.debug.assert_max_traces counter: a second call on
+    # the same shapes must reuse the compiled program (a retrace costs seconds per chunk).
+    _, model2 = fitted_pair
+    test = sim.dataset[384:]
+    model2.infer(test)
+    traced = eqx.debug.get_num_traces(latent_posterior)
+    assert traced >= 1
+    model2.infer(test)
+    assert eqx.debug.get_num_traces(latent_posterior) == traced

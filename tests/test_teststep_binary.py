@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from starlabel.data import SpectralDataset
-from starlabel.models._binary import BinaryModel, fit_binary
-from starlabel.models._nuisance import build_nuisance_model
+from starlabel.models._binary import BinaryModel, _fit_binary_chunk, fit_binary
+from starlabel.models._nuisance import _fit_chunk, build_nuisance_model
 from test_teststep_sim import (
     PIVOT,
     SCALE,
@@ -255,3 +256,19 @@ def test_cli_infer_binary_columns_and_old_models(dwarfs, tmp_path):
     result = CliRunner().invoke(app, [*args, "--binary", "--fit-rv"], catch_exceptions=False)
     assert result.exit_code == 0 and "has no binary calibration" in result.output
     assert np.all(np.isnan(np.asarray(Table.read(out_old, format="ascii.ecsv")["p_binary"], dtype=float)))
+
+
+def test_second_fit_does_not_retrace(chip, rng):
+    # The single-star (RV) fit and the binary fit carry eqx.debug.assert_max_traces
+    # counters: a second call on the same shapes (the synthetic test's chunk of 24) must
+    # reuse both compiled programs (a retrace costs seconds per chunk).
+    model, lines, wavelength = chip
+    data, _, _ = _binaries(lines, wavelength, rng, 2)
+
+    def counts() -> tuple[int, int]:
+        fit_binary(model, data, dv_max=80.0, chunk_size=24)
+        return eqx.debug.get_num_traces(_fit_chunk), eqx.debug.get_num_traces(_fit_binary_chunk)
+
+    traced = counts()
+    assert min(traced) >= 1
+    assert counts() == traced

@@ -47,21 +47,23 @@ from jaxtyping import Array, Float
 
 from .._internal import map_chunks, x64
 from ..data import Flag, InferenceResult, SpectralDataset
-from ._nuisance import (
-    AbstractPackedModel,
+from ._doppler import (
     DopplerResampler,
-    NuisanceModel,
     SplinePrefilter,
-    _best_of,
     _doppler,
-    _templates,
-    build_nuisance_model,
     correlate_lags,
-    fit_nuisance,
-    fit_quality,
     lag_velocity,
     rest_columns,
     rest_spline,
+)
+from ._nuisance import (
+    AbstractPackedModel,
+    NuisanceModel,
+    _best_of,
+    _templates,
+    build_nuisance_model,
+    fit_nuisance,
+    fit_quality,
 )
 from .base import AbstractFluxModel
 
