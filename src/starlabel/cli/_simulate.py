@@ -66,6 +66,13 @@ def simulate(
             " (c,n,o,na,mg,al,si,s,k,ca,ti,v,mn,ni)."
         ),
     ] = None,
+    free_vmicro: Annotated[
+        bool,
+        typer.Option(
+            "--free-vmicro",
+            help="lines: make the microturbulence a free label vmicro (km/s) instead of a function of logg.",
+        ),
+    ] = False,
     snr_min: Annotated[float, typer.Option(help="lines: lowest per-star S/N per pixel.")] = 60.0,
     snr_max: Annotated[float, typer.Option(help="lines: highest per-star S/N (drawn uniformly).")] = 250.0,
     rv_scale: Annotated[
@@ -88,7 +95,7 @@ def simulate(
 ) -> None:
     """Write a simulated dataset with known labels.
 
-    `lines` writes the labels teff, logg, fe_h, alpha_fe, vmacro (+ <x>_fe) and the truth
+    `lines` writes the labels teff, logg, fe_h, alpha_fe, vmacro (+ vmicro, <x>_fe) and the truth
     columns rv, snr, is_binary, q, flux_ratio, delta_v, teff_2, logg_2, vmacro_2.
     """
     from ..data import simulate_cannon, simulate_linear_latent, simulate_lines, write_dataset
@@ -102,6 +109,7 @@ def simulate(
             n_stars,
             population=population.value,
             elements=_split_labels(elements) or (),
+            free_vmicro=free_vmicro,
             snr=(snr_min, snr_max),
             rv_scale=rv_scale,
             binary_fraction=binary_fraction,

@@ -104,6 +104,34 @@ _CALIBRATE_HELP = (
 )
 
 
+def _censor_windows(censor: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """``--censor``: a JSON file of windows, ``aspcap``, or a .npy file of ASPCAP window codes."""
+    if str(censor).lower() == "aspcap" and not censor.exists():
+        from ..survey import aspcap_censor
+
+        windows: dict[str, Any] = aspcap_censor(names)
+    elif censor.suffix.lower() == ".npy":
+        from ..survey import aspcap_censor
+
+        windows = aspcap_censor(names, path=censor)
+    else:
+        if not censor.exists():
+            raise FileNotFoundError(
+                f"--censor file {str(censor)!r} does not exist (give a JSON windows file, 'aspcap' or"
+                " an ASPCAP window-code .npy file)."
+            )
+        try:
+            return json.loads(censor.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--censor file {str(censor)!r} is not valid JSON: {error}") from None
+    typer.echo(
+        f"censoring {len(windows)} element label(s) to ASPCAP windows: "
+        + ", ".join(f"{name} ({len(w)} windows)" for name, w in windows.items()),
+        err=True,
+    )
+    return windows
+
+
 @train_app.command("cannon")
 @_user_errors
 def train_cannon(
@@ -118,7 +146,10 @@ def train_cannon(
     censor: Annotated[
         Path | None,
         typer.Option(
-            help="JSON file {label: [[start_Å, end_Å], ...]}: each label only acts inside its windows."
+            help="JSON file {label: [[start_Å, end_Å], ...]}: each label only acts inside its windows;"
+            " or 'aspcap': each element label (mg_fe, al_h, ti2_fe, …) only acts inside ASPCAP's"
+            " windows for its element (fe_h, m_h, teff, logg, vmicro stay free; needs wavelengths and"
+            " the astroNN window file, see docs/abundances.md); or a .npy file of ASPCAP window codes."
         ),
     ] = None,
     l1: Annotated[float, typer.Option(help="L1 regularisation strength on non-constant θ terms.")] = 0.0,
@@ -153,17 +184,10 @@ def train_cannon(
     _use_compilation_cache(compilation_cache)  # after reading: a bad file fails before JAX loads
     from ..models.cannon import Cannon
 
-    windows = None
-    if censor is not None:
-        if not censor.exists():
-            raise FileNotFoundError(f"--censor file {str(censor)!r} does not exist.")
-        try:
-            windows = json.loads(censor.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--censor file {str(censor)!r} is not valid JSON: {error}") from None
     names = dataset.label_names if dataset is not None else _split_labels(labels)
     if names is None:
         raise ValueError("--stream needs --labels: name the label columns, e.g. --labels teff,logg,m_h.")
+    windows = None if censor is None else _censor_windows(censor, tuple(names))
     model = Cannon(label_names=names, order=order, terms=terms, censor=windows, l1=l1)
     if dataset is None:
         typer.echo(f"training set: {data} (streamed in blocks of stars)", err=True)

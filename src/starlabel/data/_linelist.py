@@ -213,6 +213,7 @@ def line_list() -> LineList:
             jnp.float32(ref[0, 1]),
             jnp.float32(ref[0, 2]),
             jnp.asarray(abundances[0], jnp.float32),
+            jnp.float32(np.nan),
             _line_arrays(partial),
         )[0]
     )
@@ -273,9 +274,17 @@ def microturbulence(logg: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
 
 
 def _line_optics(
-    teff: jax.Array, logg: jax.Array, fe_h: jax.Array, abundance: jax.Array, lines: dict[str, jax.Array]
+    teff: jax.Array,
+    logg: jax.Array,
+    fe_h: jax.Array,
+    abundance: jax.Array,
+    vmicro: jax.Array,
+    lines: dict[str, jax.Array],
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One star's line-centre optical depth, Doppler width and damping, per line.
+
+    ``vmicro`` is the microturbulence ξ in km/s; NaN ties it to logg
+    (:func:`microturbulence`).
 
     Returns ``(log10 τ0, Doppler 1/e half-width Δ in km/s, log10 a)``, each shape (lines,).
     τ0 = gf · N_absorber/N_H · exp(−χ/kT) · λ / (κ_c Δ): the Boltzmann factor for the
@@ -297,7 +306,7 @@ def _line_optics(
         stage == NEUTRAL, log_neutral[e1], jnp.where(stage == ION, log_ionised[e1], log_molecule - 10.0)
     )
     log_kappa = log_pe + 2.5 * jnp.log10(theta) + 0.754 * theta
-    xi = microturbulence(logg)
+    xi = jnp.where(jnp.isnan(vmicro), microturbulence(logg), vmicro)
     doppler = jnp.sqrt(2.0 * 0.008314 * teff / lines["sp_mass"] + xi**2)  # km/s; 2k/m_u = 0.01663
     # Van der Waals damping grows with the gas pressure; a = Γ / (4π Δν_D).
     _, log_pg_ref = _atmosphere(jnp.float32(4750.0), jnp.float32(2.5), jnp.float32(0.0))
@@ -408,6 +417,7 @@ def _profile_coefficients(
     logg: jax.Array,
     fe_h: jax.Array,
     abundance: jax.Array,
+    vmicro: jax.Array,
     vmacro: jax.Array,
     sigma_inst: jax.Array,
     lines: dict[str, jax.Array],
@@ -424,7 +434,7 @@ def _profile_coefficients(
     exceeds d_c < 1. Returned rows: Lorentz amplitude, Lorentz γ², Gauss amplitude,
     Gauss 1/(2σ²), all in pixel units.
     """
-    log_tau, doppler, log_a = _line_optics(teff, logg, fe_h, abundance, lines)
+    log_tau, doppler, log_a = _line_optics(teff, logg, fe_h, abundance, vmicro, lines)
     log_tau = jnp.minimum(log_tau, 6.5)
     delta = doppler / VELOCITY_PER_PIXEL  # Doppler width in pixels
     width = jnp.exp(np.log(10.0) * _interp_cog(cog, log_tau, log_a)) * delta  # equivalent width, pixels
@@ -479,6 +489,7 @@ def _render(
     logg: jax.Array,
     fe_h: jax.Array,
     abundance: jax.Array,
+    vmicro: jax.Array,
     vmacro: jax.Array,
     pixel_shift: jax.Array,
     sigma_inst: jax.Array,
@@ -488,8 +499,8 @@ def _render(
     n_rest: int,
 ) -> jax.Array:
     """Noise-free, continuum-normalised flux of a batch of stars, shape (stars, pixels)."""
-    coefficients = jax.vmap(_profile_coefficients, in_axes=(0, 0, 0, 0, 0, None, None, None))(
-        teff, logg, fe_h, abundance, vmacro, sigma_inst, lines, cog
+    coefficients = jax.vmap(_profile_coefficients, in_axes=(0, 0, 0, 0, 0, 0, None, None, None))(
+        teff, logg, fe_h, abundance, vmicro, vmacro, sigma_inst, lines, cog
     )
     whole = jnp.floor(pixel_shift)
     return jax.vmap(_render_one, in_axes=(0, 0, 0, None, None))(
@@ -507,6 +518,7 @@ def line_spectra(
     pixels: np.ndarray,
     resolution: float,
     *,
+    vmicro: np.ndarray | None = None,
     max_velocity: float = 0.0,
     chunk: int = 64,
 ) -> np.ndarray:
@@ -522,6 +534,8 @@ def line_spectra(
         apStar pixel indices to return.
     resolution : float
         Spectral resolving power R = λ/Δλ(FWHM) at 16,000 Å; it varies by ±3 % across the band.
+    vmicro : ndarray, shape (stars,), optional
+        Microturbulence ξ, km/s; default (or NaN) ξ tied to logg by :func:`microturbulence`.
     max_velocity : float
         Cover shifts up to this |velocity| (km/s) too, so that calls with different
         velocities share one pixel layout and one compilation.
@@ -552,7 +566,8 @@ def line_spectra(
     cog = jnp.asarray(curve_of_growth(), jnp.float32)
     size = chunk  # one batch shape per pixel layout: one compilation
     out = np.empty((n, len(pixels)), dtype=np.float32)
-    columns = [np.asarray(c, np.float32) for c in (teff, logg, fe_h, vmacro, shift)]
+    xi = np.full(n, np.nan) if vmicro is None else vmicro
+    columns = [np.asarray(c, np.float32) for c in (teff, logg, fe_h, vmacro, shift, xi)]
     abundance = np.asarray(abundance, np.float32)
     for lo in range(0, n, size):
         hi = min(lo + size, n)
@@ -564,6 +579,7 @@ def line_spectra(
             batch[1],
             batch[2],
             ab,
+            batch[5],
             batch[3],
             batch[4],
             sigma_inst,

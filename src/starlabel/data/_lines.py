@@ -17,6 +17,7 @@ from ._linelist import (
     apstar_wavelength,
     line_list,
     line_spectra,
+    microturbulence,
     solar_abundances,
 )
 from ._simulate import snr_bounds
@@ -113,6 +114,38 @@ class LineSimulation:
             "delta_v": self.delta_v,
             **secondary,
         }
+
+    def element_windows(self, half_width: float = 3.0) -> dict[str, list[tuple[float, float]]]:
+        """Censoring windows of the free element labels: where each element has lines.
+
+        The simulator's analogue of ASPCAP's per-element windows (whose wavelengths
+        are those of real lines, not of this line list): for each ``<x>_fe`` label, the
+        intervals ``±half_width`` pixels around every line the element takes part in
+        (its atoms, and molecules containing it: CO and CN for C, CN for N, OH and CO
+        for O). Pass the result as ``Cannon(censor=...)``.
+
+        Parameters
+        ----------
+        half_width : float
+            Half-width of each window in apStar pixels (3 ≈ the line FWHM at R = 22,500).
+
+        Returns
+        -------
+        dict of str to list of (start, end)
+            ``{<x>_fe: [(start_Å, end_Å), ...]}``, one interval per line, sorted.
+        """
+        ds = self.dataset
+        lines = self.lines
+        names = [e.lower() for e in ELEMENTS]
+        out = {}
+        for label in ds.label_names:
+            if not label.endswith("_fe") or label[:-3] not in names:
+                continue
+            k = names.index(label[:-3])
+            pixel = np.sort(lines.pixel[(lines.element == k) | (lines.element2 == k)])
+            low, high = apstar_wavelength(pixel - half_width), apstar_wavelength(pixel + half_width)
+            out[label] = [(float(a), float(b)) for a, b in zip(low, high, strict=True)]
+        return out
 
     def truth_dataset(self) -> SpectralDataset:
         """The dataset with every :data:`LINE_TRUTH` column added as a label.
@@ -310,6 +343,7 @@ _FIXABLE_RANGES = {
     "fe_h": (-3.0, 1.0),
     "alpha_fe": (-0.5, 1.0),
     "vmacro": (0.0, 30.0),
+    "vmicro": (0.0, 10.0),
     "q": (0.05, 1.0),
 }
 
@@ -318,15 +352,17 @@ def _fixed_values(
     labels: Mapping[str, float | Sequence[float] | np.ndarray] | None,
     n_stars: int,
     element_names: tuple[str, ...],
+    free_vmicro: bool = False,
 ) -> dict[str, np.ndarray]:
     """The caller's fixed labels / truth values, each broadcast to (stars,)."""
-    allowed = LINE_LABELS + tuple(f"{e}_fe" for e in element_names) + ("rv", "q", "delta_v")
+    extra = ("vmicro",) if free_vmicro else ()
+    allowed = LINE_LABELS + extra + tuple(f"{e}_fe" for e in element_names) + ("rv", "q", "delta_v")
     fixed = {}
     for name, value in (labels or {}).items():
         if name not in allowed:
             raise ValueError(
                 f"labels has {name!r}, which cannot be fixed; fixable: {list(allowed)}"
-                " (name an element in `elements` to fix its <x>_fe)."
+                " (name an element in `elements` to fix its <x>_fe; free_vmicro=True to fix vmicro)."
             )
         try:
             fixed[name] = np.broadcast_to(np.asarray(value, dtype=float), (n_stars,)).copy()
@@ -369,6 +405,7 @@ def simulate_lines(
     *,
     population: str = "giants",
     elements: Sequence[str] = (),
+    free_vmicro: bool = False,
     snr: float | tuple[float, float] = (60.0, 250.0),
     rv_scale: float = 0.0,
     binary_fraction: float = 0.0,
@@ -400,7 +437,12 @@ def simulate_lines(
     Saha equation at a photospheric electron pressure P_e(T_eff, logg, [Fe/H]) for
     atoms, or dissociation equilibrium ∝ P_gas 10^(θ D0) for molecules; the H⁻
     continuum opacity κ_c ∝ P_e θ^2.5 10^(0.754θ); Δ = √(2kT/m + ξ²) the Doppler width,
-    with microturbulence ξ tied to logg. So neutral lines of ionised metals hardly
+    with microturbulence ξ tied to logg (ξ = 2.478 − 0.325 logg km/s, clipped to
+    0.6–2.5) or, with ``free_vmicro``, a free label ``vmicro`` scattered around that
+    relation. ξ adds to the thermal speed in Δ, so it lowers the line-centre depth τ0
+    (∝ 1/Δ) and, once a line saturates, raises its equivalent width W (∝ Δ √(ln τ0)):
+    weak lines are insensitive to it, strong ones grow with it, which is how
+    spectroscopists measure it. So neutral lines of ionised metals hardly
     depend on gravity, ions and molecules do, and everything saturates.
 
     **Curve of growth and profile.** The equivalent width comes from a tabulated Voigt
@@ -431,7 +473,8 @@ def simulate_lines(
     hotter, plus a red clump), dwarfs (main sequence 4,200–6,500 K and stars leaving
     it) or a 50/50 mix; [Fe/H] ~ N(−0.1, 0.3) clipped to [−1.5, 0.5]; [α/Fe] on a low-α
     sequence anticorrelated with [Fe/H] and a high-α metal-poor one; vmacro from
-    Teff/logg relations with 15 % scatter.
+    Teff/logg relations with 15 % scatter; with ``free_vmicro``, vmicro = ξ(logg) ×
+    exp(N(0, 0.2²)) clipped to 0.3–4 km/s.
 
     Parameters
     ----------
@@ -442,7 +485,12 @@ def simulate_lines(
     elements : sequence of str
         Elements from :data:`LINE_ELEMENTS` whose [X/Fe] become free labels
         ``<x>_fe`` (their trend plus N(0, 0.08²) dex; α elements vary around [α/Fe]).
-        Elements not named follow their trend exactly.
+        Elements not named follow their trend exactly. All of :data:`LINE_ELEMENTS`
+        with ``free_vmicro`` gives an APOGEE-like 18-label set (Teff, logg, [Fe/H],
+        vmicro and 14 [X/Fe]; [α/Fe] then has no spectral effect of its own).
+    free_vmicro : bool
+        Make the microturbulence a free label ``vmicro`` (km/s, after
+        :data:`LINE_LABELS`) instead of a function of logg.
     snr : float or (low, high)
         Per-pixel S/N at the continuum; a range draws each star's S/N uniformly.
     rv_scale : float
@@ -514,10 +562,15 @@ def simulate_lines(
     rng = np.random.default_rng(seed)
 
     stars = _draw_population(rng, n_stars, population)
-    fixed = _fixed_values(labels, n_stars, element_names)
+    fixed = _fixed_values(labels, n_stars, element_names, free_vmicro)
     for name in LINE_LABELS:
         if name in fixed:
             stars[name] = fixed[name]
+    vmicro = None
+    if free_vmicro:  # drawn only when asked, so seeds without it give the same stars as before
+        tied = np.asarray(microturbulence(stars["logg"]))
+        vmicro = np.clip(tied * np.exp(rng.normal(0.0, 0.2, n_stars)), 0.3, 4.0)
+        vmicro = fixed.get("vmicro", vmicro)
     if "logg" in fixed:
         stars["giant"] = stars["logg"] < 3.7
     x_fe = _element_trends(stars)
@@ -554,6 +607,7 @@ def simulate_lines(
         rv,
         pixels,
         resolution,
+        vmicro=vmicro,
         max_velocity=fastest,
     )
     secondary = {k: np.full(n_stars, np.nan) for k in ("teff", "logg", "vmacro")}
@@ -587,14 +641,17 @@ def simulate_lines(
         continuum = _smooth_continuum(rng, pixels, n_stars, continuum_error)
     observed = _observe(rng, flux, continuum, star_snr, _noise_pattern(pixels), bad_pixel_fraction)
 
-    names = LINE_LABELS + tuple(f"{e}_fe" for e in element_names)
-    true_labels = np.stack([stars[k] for k in LINE_LABELS] + element_labels, axis=1)
+    extra = [vmicro] if vmicro is not None else []
+    names = LINE_LABELS + ("vmicro",) * len(extra) + tuple(f"{e}_fe" for e in element_names)
+    true_labels = np.stack([stars[k] for k in LINE_LABELS] + extra + element_labels, axis=1)
     second_labels = true_labels.copy()
     second_labels[:, 0], second_labels[:, 1], second_labels[:, 4] = (
         secondary["teff"],
         secondary["logg"],
         secondary["vmacro"],
     )
+    if extra:  # the companion's microturbulence follows its own logg
+        second_labels[:, len(LINE_LABELS)] = np.asarray(microturbulence(secondary["logg"]))
     second_labels[~binary] = np.nan
     dataset = SpectralDataset(
         observed.flux,

@@ -18,6 +18,12 @@ from ._apogee import join_allstar as join_allstar
 from ._apogee import read_allstar as read_allstar
 from ._apogee import read_apstar as read_apstar
 from ._apogee import read_aspcapstar as read_aspcapstar
+from ._aspcap_windows import ASPCAP_WINDOW_ELEMENTS as ASPCAP_WINDOW_ELEMENTS
+from ._aspcap_windows import aspcap_censor as aspcap_censor
+from ._aspcap_windows import aspcap_window_file as aspcap_window_file
+from ._aspcap_windows import aspcap_window_masks as aspcap_window_masks
+from ._aspcap_windows import aspcap_windows as aspcap_windows
+from ._aspcap_windows import label_element as label_element
 from ._bitmask import APOGEE_PIXMASK as APOGEE_PIXMASK
 from ._bitmask import DEFAULT_BAD_BITS as DEFAULT_BAD_BITS
 from ._bitmask import PixelMask as PixelMask

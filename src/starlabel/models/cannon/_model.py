@@ -29,6 +29,7 @@ from ._infer import (
     run_test_step,
     start_pool,
 )
+from ._quadratic_step import quadratic_form, run_quadratic_step, use_quadratic_step
 from ._test_step import LabelStepOptions, theta_pairs
 from ._train import (
     L1_SOLVERS,
@@ -689,11 +690,18 @@ class FittedCannon(AbstractFittedFluxModel):
         if len(pool) == 0:
             pool = np.median(train, axis=0)[None, :]
         options = LabelStepOptions(max_iter=max_iter, tol=tol)
-        arrays = (self.theta, theta_pairs(self.theta), self.s2, self.pixel_ok)
-        raw = run_test_step(
-            data.flux, data.ivar, frozen_values, arrays, pool, free, lower, upper,
-            np.asarray(space.box), self.vectorizer, options, chunk_size,
-        )  # fmt: skip
+        if use_quadratic_step(self.vectorizer):  # many labels: see _quadratic_step
+            starts = np.concatenate([np.zeros((1, len(self.label_names))), pool])[:n_starts]
+            raw = run_quadratic_step(
+                data.flux, data.ivar, frozen_values, quadratic_form(self.vectorizer, self.theta),
+                self.s2, self.pixel_ok, starts, free, lower, upper, options, chunk_size,
+            )  # fmt: skip
+        else:
+            arrays = (self.theta, theta_pairs(self.theta), self.s2, self.pixel_ok)
+            raw = run_test_step(
+                data.flux, data.ivar, frozen_values, arrays, pool, free, lower, upper,
+                np.asarray(space.box), self.vectorizer, options, chunk_size,
+            )  # fmt: skip
         result = assemble_result(
             raw,
             ids=data.ids,
