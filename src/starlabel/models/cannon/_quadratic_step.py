@@ -43,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
+from ...inference import pin_inactive
 from ._infer import _padded, chunk_length
-from ._normal import pin_inactive
 from ._test_step import LabelFit, LabelStepOptions
 from ._vectorizer import PolynomialVectorizer
 
