@@ -27,8 +27,9 @@ recorded; sizes are arguments and recorded. Full run (a quiet machine, long)::
 
     .venv/bin/python benchmarks/abundances.py
 
-The run committed in ``results/abundances.json`` used smaller sizes on a busy machine;
-its ``run`` block says so.
+The run committed in ``results/abundances.json`` used ``--allow-busy --skip-line-list
+--n-speed 128 --n-stats 32 --n-ho 16 --chunk 128`` on a busy machine; its ``run`` block
+says so.
 """
 
 from __future__ import annotations
