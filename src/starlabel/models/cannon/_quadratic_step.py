@@ -9,12 +9,12 @@ L (T = (L+1)(L+2)/2 for a quadratic model):
 ====== ====== ============================ ==========================
 labels terms  statistics per spectrum       residual GN per iteration
 ====== ====== ============================ ==========================
-5      21     0.0033 GFLOP (cheap, exact)  0.0004 GFLOP
-18     190    0.26 GFLOP, θθᵀ table 1.0 GB 0.0094 GFLOP
+5      21     0.0037 GFLOP (cheap, exact)  0.0010 GFLOP
+18     190    0.26 GFLOP, θθᵀ table 1.0 GB 0.0104 GFLOP
 ====== ====== ============================ ==========================
 
-(P = 7,214, float64; a multiply–add counted as 2 FLOP.) At 18 labels the statistics
-alone cost as much as ~28 Gauss–Newton iterations, and the table does not fit in a
+(P = 7,214, float64; a multiply–add counted as 2 FLOP; :func:`flops_per_spectrum`.)
+At 18 labels the statistics alone cost as much as ~25 Gauss–Newton iterations, and the table does not fit in a
 laptop's cache or a small GPU. So for a model of at most second order with many terms
 we never form them. A quadratic Cannon is, per pixel,
 
@@ -24,7 +24,7 @@ with ``a_λ`` its linear coefficients and ``Q_λ`` (symmetric, labels × labels)
 quadratic ones. The Jacobian is ``J_λ = a_λ + Q_λ x`` — one (P·L × L)(L) product, a
 GEMM across a batch of spectra — and the model flux ``c + ½(a + J)·x`` follows from it.
 Each Levenberg–Marquardt iteration evaluates the trial point's residuals, χ², gradient
-``JᵀΩr`` and Fisher matrix ``JᵀΩJ``: about 2·P·L² multiply–adds, 36× fewer than the
+``JᵀΩr`` and Fisher matrix ``JᵀΩJ``: about 2·P·L² multiply–adds, 25× fewer than the
 statistics at 18 labels. The iteration (starts, damping, bounds, frozen labels, the
 Newton-decrement stopping rule, the inverse-Fisher covariance) is the same as the
 default step's, so results agree to the convergence tolerance; the starts are the
@@ -32,7 +32,8 @@ training mean (in place of the linear estimate, which needs ``H``) and the train
 stars of the default step.
 
 :func:`use_quadratic_step` chooses this path for second-order models with at least
-:data:`QUADRATIC_STEP_MIN_TERMS` terms (measured crossover: see ``docs/abundances.md``).
+:data:`QUADRATIC_STEP_MIN_TERMS` terms (the FLOP estimate and measurements are in
+``docs/abundances.md``).
 """
 
 from __future__ import annotations
@@ -58,10 +59,10 @@ __all__ = [
 ]
 
 QUADRATIC_STEP_MIN_TERMS = 120
-"""Second-order models with at least this many terms (10 labels: 66 terms) take the
+"""Second-order models with at least this many terms (14 labels: 120 terms) take the
 residual step. The statistics cost P·T²/2 multiply–adds once, the residual step about
-2·P·L² per iteration; with ~15 iterations per spectrum (three starts explored) they
-break even near T ≈ 60."""
+2·P·L² per iteration; with ~13 evaluations per spectrum (three starts explored) they
+break even near there, and above it the θθᵀ table passes half a GB."""
 
 _BATCH = 32
 """Spectra evaluated together inside a chunk: their Jacobians (batch × pixels × labels)
