@@ -258,7 +258,8 @@ def defaults(cases: dict) -> dict:
 def _refit_split(raw, prefix: str, model: str, variant: str) -> np.ndarray:
     """Held-out calibrated errors of one split, the calibration refitted on its fold arrays.
 
-    ``variant``: ``"default"`` (what ``fit`` stores now: the label-space term for the
+    ``variant``: ``"learned_f"`` (the default plus the opt-in learned training-size factor,
+    where half-size residuals were recorded), ``"default"`` (what ``fit`` stores now: the label-space term for the
     kinds in ``LABEL_TERM``, learned f for those in ``LEARN_SIZE_FACTOR``) or ``"previous"`` (the calibration before the
     label-space term and the learned f: γ ≤ 2 and the family's r).
     """
@@ -266,7 +267,7 @@ def _refit_split(raw, prefix: str, model: str, variant: str) -> np.ndarray:
     rchi2 = raw[f"{prefix}fold_rchi2"]
     half = raw.get(f"{prefix}fold_half_residuals")
     names = tuple(f"label{k}" for k in range(residuals.shape[1]))
-    default = variant == "default"
+    default = variant in ("default", "learned_f")
     calibration = FIT(
         residuals,
         raw[f"{prefix}fold_errors"],
@@ -279,7 +280,7 @@ def _refit_split(raw, prefix: str, model: str, variant: str) -> np.ndarray:
         half_residuals=half
         if default
         and half is not None
-        and model in calibration_module.LEARN_SIZE_FACTOR
+        and (model in calibration_module.LEARN_SIZE_FACTOR or variant == "learned_f")
         and np.isfinite(half).any()
         else None,
     )
@@ -304,7 +305,11 @@ def from_raw(paths: list[Path]) -> dict:
                 {key[len(run) + 2 :].split("_", 1)[0] for key in raw if key.startswith(run + "_s")}
             )
             row: dict = {}
-            for variant in ("default", "previous"):
+            variants = ["default", "previous"]
+            half = raw.get(f"{run}_s{splits[0]}_fold_half_residuals")
+            if half is not None and np.isfinite(half).any():
+                variants.append("learned_f")  # the opt-in learned training-size factor
+            for variant in variants:
                 z, delta = [], []
                 for split in splits:
                     prefix = f"{run}_s{split}_"
