@@ -69,6 +69,7 @@ def _recording_fit(original):
                 "rchi2": kwargs.get("rchi2"),
                 "n_folds": kwargs.get("n_folds", 5),
                 "labels": kwargs.get("labels"),
+                "half_residuals": kwargs.get("half_residuals"),
             }
         )
         return original(residuals, errors, label_names, **kwargs)
@@ -111,7 +112,10 @@ def run_case(case: str, splits, data, names, models, epochs: int, raw: dict) -> 
     for model_name in models:
         stat_pred = np.full(reference.shape, np.nan)
         variants = {(c, r): np.full(reference.shape, np.nan) for c in CAPS for r in SHARES}
+        learned = np.full(reference.shape, np.nan)
+        plain = np.full(reference.shape, np.nan)
         seconds = {"with": 0.0, "without": 0.0}
+        size_factors = []
         for train, test in splits:
             _RECORDED.clear()
             _CAL_START.clear()
@@ -120,6 +124,7 @@ def run_case(case: str, splits, data, names, models, epochs: int, raw: dict) -> 
             seconds["with"] += time.perf_counter() - t0
             seconds["without"] += _CAL_START[0] - t0
             folds = _RECORDED[0]
+            size_factors.append(np.round(fitted.calibration.size_factors, 4).tolist())
             stat = fitted.infer(data[test], calibrate=False)
             stat_pred[test] = stat.labels
             for cap in CAPS:
@@ -135,12 +140,31 @@ def run_case(case: str, splits, data, names, models, epochs: int, raw: dict) -> 
                 for r in SHARES:
                     result = base.with_irreducible_share(r).apply(stat)
                     variants[(cap, r)][test] = result.label_err
+            # What fit stored: the label-space term and, where learned, per-label f.
+            learned[test] = fitted.calibration.apply(stat).label_err
+            # The same without the label-space term (the calibration before it).
+            plain[test] = (
+                FIT(
+                    folds["residuals"],
+                    folds["errors"],
+                    names,
+                    rchi2=folds["rchi2"],
+                    n_folds=folds["n_folds"],
+                    half_residuals=folds["half_residuals"],
+                )
+                .apply(stat)
+                .label_err
+            )
             part = data[train]
             tested_part = data[test]
             raw_split = {
                 "fold_residuals": folds["residuals"],
                 "fold_errors": folds["errors"],
                 "fold_rchi2": folds["rchi2"] if folds["rchi2"] is not None else np.full(len(train), np.nan),
+                "fold_half_residuals": folds["half_residuals"]
+                if folds["half_residuals"] is not None
+                else np.full(folds["residuals"].shape, np.nan),
+                "size_factors": fitted.calibration.size_factors,
                 "fold_reference": reference[train],
                 "fold_snr": _snr(part),
                 "test_labels": stat.labels,
@@ -162,6 +186,8 @@ def run_case(case: str, splits, data, names, models, epochs: int, raw: dict) -> 
         grid = {
             f"cap{c:g}": {f"r{r:g}": _stats(delta / variants[(c, r)][tested]) for r in SHARES} for c in CAPS
         }
+        grid["fit_default"] = _stats(delta / learned[tested])
+        grid["fit_default_without_label_term"] = _stats(delta / plain[tested])
         out[model_name] = {
             "labels": list(names),
             "n_test": int(len(tested)),
@@ -170,15 +196,15 @@ def run_case(case: str, splits, data, names, models, epochs: int, raw: dict) -> 
             "train_seconds_with": round(seconds["with"], 2),
             "train_time_ratio": round(seconds["with"] / seconds["without"], 2),
             "nn_epochs": epochs if model_name == "nn" else None,
+            "size_factors": size_factors,
             "grid": grid,
         }
         if RAW_PATH:
             np.savez(RAW_PATH[0], **raw)  # after every model: partial results are kept
-        row = grid["cap3"]
+        row = grid["fit_default"]
         log(
-            f"{case} {model_name}: r=1 std z {row['r1']['std_z']} cov {row['r1']['coverage_1sigma']};"
-            f" r=0 std z {row['r0']['std_z']} cov {row['r0']['coverage_1sigma']}"
-            f"; time {seconds}"
+            f"{case} {model_name}: default std z {row['std_z']} cov {row['coverage_1sigma']};"
+            f" f {size_factors}; time {seconds}"
         )
     return out
 
@@ -214,14 +240,89 @@ def defaults(cases: dict) -> dict:
     rows = {}
     for case, models in cases.items():
         for model, row in models.items():
-            stats = row["grid"][f"cap{cap:g}"][f"r{shares.get(model, 1.0):g}"]
+            stats = row["grid"]["fit_default"]
             s, c = np.asarray(stats["std_z"]), np.asarray(stats["coverage_1sigma"])
             missed = (np.abs(s - 1) > TOLERANCE[0]) | (np.abs(c - 0.6827) > TOLERANCE[1])
             rows[f"{case}/{model}"] = {
                 **stats,
                 "missed": [n for n, m in zip(row["labels"], missed, strict=True) if m],
             }
-    return {"irreducible_share": shares, "max_power": cap, "held_out": rows}
+    return {
+        "irreducible_share": shares,
+        "learn_size_factor": sorted(calibration_module.LEARN_SIZE_FACTOR),
+        "max_power": cap,
+        "held_out": rows,
+    }
+
+
+def _refit_split(raw, prefix: str, model: str, variant: str) -> np.ndarray:
+    """Held-out calibrated errors of one split, the calibration refitted on its fold arrays.
+
+    ``variant``: ``"learned_f"`` (the default plus the opt-in learned training-size factor,
+    where half-size residuals were recorded), ``"default"`` (what ``fit`` stores now: the label-space term for the
+    kinds in ``LABEL_TERM``, learned f for those in ``LEARN_SIZE_FACTOR``) or ``"previous"`` (the calibration before the
+    label-space term and the learned f: γ ≤ 2 and the family's r).
+    """
+    residuals = raw[f"{prefix}fold_residuals"]
+    rchi2 = raw[f"{prefix}fold_rchi2"]
+    half = raw.get(f"{prefix}fold_half_residuals")
+    names = tuple(f"label{k}" for k in range(residuals.shape[1]))
+    default = variant in ("default", "learned_f")
+    calibration = FIT(
+        residuals,
+        raw[f"{prefix}fold_errors"],
+        names,
+        rchi2=None if np.all(np.isnan(rchi2)) else rchi2,
+        irreducible_share=calibration_module.IRREDUCIBLE_SHARE.get(model, 1.0),
+        labels=raw[f"{prefix}fold_reference"] + residuals
+        if default and model in calibration_module.LABEL_TERM
+        else None,
+        half_residuals=half
+        if default
+        and half is not None
+        and (model in calibration_module.LEARN_SIZE_FACTOR or variant == "learned_f")
+        and np.isfinite(half).any()
+        else None,
+    )
+    errors = raw[f"{prefix}test_errors"]
+    k = np.arange(errors.shape[1])
+    cov = np.zeros((*errors.shape, errors.shape[1]))
+    cov[:, k, k] = errors**2
+    total = calibration.total_cov(cov, raw[f"{prefix}test_rchi2"], raw[f"{prefix}test_labels"])
+    return np.sqrt(np.diagonal(total, axis1=1, axis2=2))
+
+
+def from_raw(paths: list[Path]) -> dict:
+    """Held-out std z and coverage per case and model from recorded fold arrays (``--raw``)."""
+    out: dict = {}
+    for path in paths:
+        with np.load(path) as archive:
+            raw = {key: archive[key] for key in archive.files}
+        runs = sorted({key.rsplit("_s", 1)[0] for key in raw if key.endswith("_test_rows")})
+        for run in runs:
+            case, model = run.split("_", 1)
+            splits = sorted(
+                {key[len(run) + 2 :].split("_", 1)[0] for key in raw if key.startswith(run + "_s")}
+            )
+            row: dict = {}
+            variants = ["default", "previous"]
+            half = raw.get(f"{run}_s{splits[0]}_fold_half_residuals")
+            if half is not None and np.isfinite(half).any():
+                variants.append("learned_f")  # the opt-in learned training-size factor
+            for variant in variants:
+                z, delta = [], []
+                for split in splits:
+                    prefix = f"{run}_s{split}_"
+                    d = raw[f"{prefix}test_labels"] - raw[f"{prefix}test_reference"]
+                    z.append(d / _refit_split(raw, prefix, model, variant))
+                    delta.append(d)
+                row[variant] = _stats(np.concatenate(z))
+            delta_all = np.concatenate(delta)
+            row["rmse"] = np.sqrt(np.mean(delta_all**2, axis=0)).tolist()
+            row["n_test"] = int(len(delta_all))
+            row["source"] = str(path.name)
+            out.setdefault(case, {})[model] = row
+    return out
 
 
 def main() -> None:
@@ -231,12 +332,27 @@ def main() -> None:
     parser.add_argument("--models", default="cannon,lux,nn")
     parser.add_argument("--nn-epochs", type=int, default=300)
     parser.add_argument("--merge", nargs="+", type=Path)
+    parser.add_argument(
+        "--from-raw",
+        nargs="+",
+        type=Path,
+        help="refit the calibration (current code) on recorded fold arrays (--raw files) and"
+        " write the held-out statistics to --out",
+    )
     parser.add_argument("--note", default="", help="with --merge: a note recorded in the JSON")
     parser.add_argument("--raw", type=Path, default=None, help="also save fold residuals (.npz)")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "calibration_size_factor.json"
     )
     args = parser.parse_args()
+    if args.from_raw:
+        cases = from_raw(args.from_raw)
+        result = {"note": args.note, "refit_from": [str(p) for p in args.from_raw], "cases": cases}
+        for case, models in cases.items():
+            for model, row in models.items():
+                log(f"{case} {model}: {row['default']} (previous {row['previous']})")
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
         merged = {"runs": [p["run"] for p in parts], "cases": {}, "setup": {}}

@@ -72,23 +72,39 @@ def _report_calibration(fitted: Any) -> None:
     if calibration is None:
         typer.echo("errors: not calibrated (<label>_err will be the model's statistical errors)")
         return
+    local = calibration.local is not None
     typer.echo(
         f"error calibration ({calibration.n_folds}-fold cross-validation on the training set):"
-        " sigma_total^2 = f^2 [(a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma]"
+        " sigma_total^2 = f^2 [(a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma"
+        + (" (L/mean L)^delta]" if local else "]")
     )
+    if local:
+        typer.echo(
+            f"  L: mean squared held-out error of the {calibration.local.neighbours} training stars"
+            " nearest in inferred labels"
+        )
+    if calibration.size_power is None:
+        typer.echo(
+            f"  training-size factor f = {calibration.size_factor:.3f} (irreducible share"
+            f" r = {calibration.irreducible_share:g}: the fold models train on"
+            f" {calibration.n_folds - 1}/{calibration.n_folds} of the stars)"
+        )
+    else:
+        typer.echo(
+            "  training-size factor f per label, from how the held-out errors shrink between"
+            f" 1/2 and {calibration.n_folds - 1}/{calibration.n_folds} of the stars"
+        )
+    factors = calibration.size_factors
     typer.echo(
-        f"  training-size factor f = {calibration.size_factor:.3f} (irreducible share"
-        f" r = {calibration.irreducible_share:g}: the fold models train on"
-        f" {calibration.n_folds - 1}/{calibration.n_folds} of the stars)"
+        f"  {'label':<10} {'a':>9} {'sigma_sys':>10} {'gamma':>6}"
+        + (f" {'delta':>6}" if local else "")
+        + f" {'f':>6}   held-out std z before → after   |z|<1 before → after"
     )
-    typer.echo(
-        f"  {'label':<10} {'a':>9} {'sigma_sys':>10} {'gamma':>6}   held-out std z before → after"
-        "   |z|<1 before → after"
-    )
-    for row in calibration.table():
+    for k, row in enumerate(calibration.table()):
+        delta = f" {row['local_power']:>6.2f}" if local else ""
         typer.echo(
             f"  {row['label']:<10} {row['scale']:>9.3g} {row['floor']:>10.4g} {row['misfit_power']:>6.2f}"
-            f"   {row['z_std_before']:>6.2f} → {row['z_std_after']:<6.2f}"
+            f"{delta} {factors[k]:>6.3f}   {row['z_std_before']:>6.2f} → {row['z_std_after']:<6.2f}"
             f"            {row['coverage_before']:>5.1%} → {row['coverage_after']:.1%}"
         )
 
