@@ -44,6 +44,7 @@ from ..inference import (
     whiten,
 )
 from ._nuts_columns import RHAT_MAX, nuts_columns
+from ._strategies import NUTS, AbstractUncertainty
 from .base import AbstractLatentModel
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "LinearPredictionVariance",
     "PosteriorMethod",
     "check_uncertainty",
+    "resolve_uncertainty",
     "posterior_infer",
     "refine_uncertainty",
     "training_prediction_variance",
@@ -673,3 +675,18 @@ def check_uncertainty(uncertainty: str) -> PosteriorMethod:
     if not _is_posterior_method(uncertainty):
         raise ValueError(f"unknown uncertainty {uncertainty!r}; choose one of {list(POSTERIOR_METHODS)}.")
     return uncertainty
+
+
+def resolve_uncertainty(
+    uncertainty: str | AbstractUncertainty, posterior_options: Mapping[str, Any] | None
+) -> tuple[PosteriorMethod, Mapping[str, Any] | None]:
+    """The models' ``infer(uncertainty=…)``: a name, or a typed :class:`AbstractUncertainty`.
+
+    ``Fisher()``, ``Laplace()``, ``NUTS(num_samples=…)`` (whose sampler settings join
+    ``posterior_options``) or the words ``"fisher"``, ``"laplace"``, ``"nuts"``.
+    """
+    if isinstance(uncertainty, AbstractUncertainty):
+        if isinstance(uncertainty, NUTS) and uncertainty.sampler_options():
+            posterior_options = {**uncertainty.sampler_options(), **dict(posterior_options or {})}
+        uncertainty = uncertainty.name
+    return check_uncertainty(uncertainty), posterior_options

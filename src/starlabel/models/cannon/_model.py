@@ -16,7 +16,8 @@ from ..._internal import as_float_array, x64
 from ..._internal._buckets import bucket_size
 from ...data import InferenceResult, ShiftScale, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration, calibrated_fit
-from .._posterior import check_uncertainty, refine_uncertainty
+from .._posterior import refine_uncertainty, resolve_uncertainty
+from .._strategies import AbstractUncertainty
 from ..base import AbstractFittedFluxModel, AbstractSpectralModel
 from ._censor import active_terms, resolve_censor
 from ._flux_model import PolynomialSpectrum
@@ -613,7 +614,7 @@ class FittedCannon(AbstractFittedFluxModel):
         max_iter: int = 100,
         tol: float = 1e-6,
         poor_fit: float = 3.0,
-        uncertainty: str = "fisher",
+        uncertainty: str | AbstractUncertainty = "fisher",
         posterior_options: Mapping[str, Any] | None = None,
         calibrate: bool = True,
     ) -> InferenceResult:
@@ -641,7 +642,7 @@ class FittedCannon(AbstractFittedFluxModel):
             Convergence when a full Gauss–Newton step would lower χ² by < ``tol``.
         poor_fit : float
             Reduced χ² above which POOR_FIT is set.
-        uncertainty : {"fisher", "laplace", "nuts"}
+        uncertainty : {"fisher", "laplace", "nuts"} or Fisher, Laplace, NUTS
             ``"fisher"`` (default): labels at the χ² minimum, covariance the inverse
             Fisher matrix with noise variance σ² + s² (flux errors plus the intrinsic
             scatter). ``"laplace"``: the observed curvature there instead (adds the
@@ -679,7 +680,7 @@ class FittedCannon(AbstractFittedFluxModel):
             raise ValueError(f"`n_starts` must be an integer ≥ 1, got {n_starts!r}.")
         if not (isinstance(chunk_size, int) and chunk_size >= 1):
             raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
-        check_uncertainty(uncertainty)
+        uncertainty, posterior_options = resolve_uncertainty(uncertainty, posterior_options)
         if uncertainty != "fisher" and frozen:
             raise ValueError("`frozen` labels work with uncertainty='fisher' only; drop one of them.")
         shift, scale = self._scale()

@@ -15,7 +15,8 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from ..._internal import as_float_array, map_chunks, x64
 from ...data import Flag, InferenceResult, ShiftScale, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration
-from .._posterior import check_uncertainty, refine_uncertainty
+from .._posterior import refine_uncertainty, resolve_uncertainty
+from .._strategies import AbstractUncertainty
 from ..base import AbstractLatentModel
 from ._error_models import AbstractScatter, error_model_from_config
 from ._objective import LOG_2PI, DataBlock, LuxOutput
@@ -226,7 +227,7 @@ class FittedLux(AbstractLatentModel):
         chunk_size: int = 4096,
         steps: int = 50,
         include_label_scatter: bool = True,
-        uncertainty: str = "fisher",
+        uncertainty: str | AbstractUncertainty = "fisher",
         posterior_options: Mapping[str, Any] | None = None,
         calibrate: bool = True,
     ) -> InferenceResult:
@@ -258,7 +259,7 @@ class FittedLux(AbstractLatentModel):
             uncertainty of the star's label as the training labels measure it, not
             only of the noise-free ``latents_to_labels`` value. Without a learned
             label scatter this changes nothing.
-        uncertainty : {"fisher", "laplace", "nuts"}
+        uncertainty : {"fisher", "laplace", "nuts"} or Fisher, Laplace, NUTS
             ``"fisher"`` (default): the latent posterior above (exact Gaussian for
             affine transforms, Laplace otherwise), with the learned flux scatter in the
             noise. ``"laplace"`` / ``"nuts"``: :func:`starlabel.models.posterior_infer`
@@ -284,7 +285,7 @@ class FittedLux(AbstractLatentModel):
             entries − latent_size, ``flags`` (NOT_CONVERGED, FEW_PIXELS,
             BAD_COVARIANCE, OUTSIDE_TRAINING, POOR_FIT), ``extra["<label>_err_stat"]``.
         """
-        check_uncertainty(uncertainty)
+        uncertainty, posterior_options = resolve_uncertainty(uncertainty, posterior_options)
         if uncertainty != "fisher" and tuple(inputs) != ("flux",):
             raise ValueError(
                 f"uncertainty={uncertainty!r} conditions on the flux alone; use inputs=('flux',)"

@@ -15,7 +15,8 @@ from ..._internal import as_float_array, x64
 from ...data import InferenceResult, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration, calibrated_fit
 from .._flux_fit import label_result
-from .._posterior import check_uncertainty, refine_uncertainty
+from .._posterior import refine_uncertainty, resolve_uncertainty
+from .._strategies import AbstractUncertainty
 from ..base import AbstractFittedFluxModel, AbstractSpectralModel
 from ..nn import _as_names
 from ._flux_model import PayneSpectrum
@@ -317,7 +318,7 @@ class FittedPayne(AbstractFittedFluxModel):
         max_iter: int = 50,
         chunk_size: int = 64,
         poor_fit: float = 3.0,
-        uncertainty: str = "fisher",
+        uncertainty: str | AbstractUncertainty = "fisher",
         posterior_options: Mapping[str, Any] | None = None,
         calibrate: bool = True,
     ) -> InferenceResult:
@@ -337,7 +338,7 @@ class FittedPayne(AbstractFittedFluxModel):
             compiled batch.
         poor_fit : float
             Reduced χ² above which POOR_FIT is set.
-        uncertainty : {"fisher", "laplace", "nuts"}
+        uncertainty : {"fisher", "laplace", "nuts"} or Fisher, Laplace, NUTS
             ``"fisher"`` (default): inverse Fisher matrix at the χ² minimum;
             ``"laplace"``/``"nuts"``: see :func:`starlabel.models.posterior_infer`.
         posterior_options : mapping, optional
@@ -364,7 +365,7 @@ class FittedPayne(AbstractFittedFluxModel):
                     "`data.wavelength` differs from the training wavelength grid; resample the"
                     " spectra onto the model's grid (FittedPayne.wavelength)."
                 )
-        check_uncertainty(uncertainty)
+        uncertainty, posterior_options = resolve_uncertainty(uncertainty, posterior_options)
         spectrum = self.flux_model()
         fit = fit_payne_labels(
             spectrum,
