@@ -19,11 +19,12 @@ takes its descents and searches. Convergence is declared when the Newton decreme
 
 Why a hand-written loop and not ``optimistix.LevenbergMarquardt``: (1) the Cannon step
 works on each spectrum's sufficient statistics (terms × terms), not on pixel
-residuals, which is what makes it fast (measured in ``benchmarks/results/solver.json``:
-optimistix's Levenberg–Marquardt on the same statistics, written as residuals
-``Lᵀv − L⁻¹g``, under ``vmap`` over 1,024 spectra, against this loop); (2) bounds are
-enforced by projection with the active constraints removed from the step, and frozen
-parameters are pinned, neither of which optimistix's least-squares solvers offer;
+residuals; on those same statistics, written as residuals ``Lᵀv − L⁻¹g`` and vmapped
+over 2,048 spectra, ``optimistix.LevenbergMarquardt`` took 5.6× the wall time and 14×
+the CPU time of this loop (``benchmarks/results/solver_optimistix.json``, a busy
+2-core machine); (2) bounds are enforced by projection with the active constraints
+removed from the step, and frozen parameters are pinned, neither of which optimistix's
+least-squares solvers offer;
 (3) the small systems are solved by an unrolled Cholesky (:func:`cholesky_solve`),
 which XLA's CPU runtime runs as straight-line code inside the batched ``while_loop``.
 General-purpose MAP fits over parameter pytrees go through optimistix instead
