@@ -31,11 +31,8 @@ from .._internal import as_float_array, check_shape, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference import (
     RESULTS,
-    Marquardt,
     PosteriorSamples,
-    damped_newton,
     effective_sample_size,
-    eigh_solve,
     gaussian_fisher_information,
     gaussian_from_precision,
     hessian,
@@ -181,33 +178,30 @@ def _negative_log_posterior(
     return -_log_posterior(params, args)
 
 
+def _regularised_solve(matrix: Float[Array, "n n"], vector: Float[Array, " n"]) -> Float[Array, " n"]:
+    # Newton step that stays a descent step where the Hessian is indefinite.
+    values, vectors = jnp.linalg.eigh(matrix)
+    values = jnp.maximum(jnp.abs(values), 1e-10 * jnp.max(jnp.abs(values)))
+    return vectors @ ((vectors.T @ vector) / values)
+
+
 def _newton(
     args: tuple[_Adaptor, Array, Array], start: Float[Array, " n"], steps: int
 ) -> tuple[Array, Array]:
-    """Fixed-count Newton iterations (a batch under vmap waits for its slowest member).
+    """Fixed-count Newton iterations (a batch under vmap waits for its slowest member)."""
 
-    Undamped Newton steps of :func:`starlabel.inference.damped_newton` that stay
-    descent steps where the Hessian is indefinite (:func:`starlabel.inference.eigh_solve`),
-    and keep the old point when a step makes things worse (far from the mode).
-    """
+    def step(params: Array, _: None) -> tuple[Array, None]:
+        grad = jax.grad(_log_posterior)(params, args)
+        precision = hessian(_negative_log_posterior, params, args)
+        candidate = params + _regularised_solve(precision, grad)
+        # Keep the old point when the step makes things worse (far from the mode).
+        better = _log_posterior(candidate, args) >= _log_posterior(params, args)
+        return jnp.where(better & jnp.all(jnp.isfinite(candidate)), candidate, params), None
 
-    def linearise(params: Array) -> tuple[Array, Array]:
-        return -jax.grad(_log_posterior)(params, args), hessian(_negative_log_posterior, params, args)
-
-    final = damped_newton(
-        lambda params: -2.0 * _log_posterior(params, args),
-        linearise,
-        start,
-        damping=_UNDAMPED,
-        max_steps=steps,
-        tol=0.0,
-        solve=eigh_solve,
-    )
-    grad, precision = linearise(final.x)
-    return final.x, grad @ eigh_solve(precision, grad)
-
-
-_UNDAMPED = Marquardt(initial=0.0, shrink=1.0, grow=1.0, smallest=0.0, largest=float("inf"))
+    params, _ = jax.lax.scan(step, start, None, length=steps)
+    grad = jax.grad(_log_posterior)(params, args)
+    decrement = grad @ _regularised_solve(hessian(_negative_log_posterior, params, args), grad)
+    return params, decrement
 
 
 def _log_likelihood_of_flux(
