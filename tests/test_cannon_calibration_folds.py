@@ -121,8 +121,18 @@ def test_calibration_equals_the_one_from_sliced_folds(train, monkeypatch):
     np.testing.assert_allclose(np.asarray(a.rchi2_ref), np.asarray(b.rchi2_ref), rtol=2e-4)
     # The fit's final widths come from a grid of factors in steps of 0.5 % (_balance),
     # so a change that small can move them by one step.
-    for field in ("scale", "floor", "misfit_power", "z_std_after"):
+    for field in ("scale", "z_std_after"):
         np.testing.assert_allclose(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)), rtol=1.2e-2)
+    # A floor far below the scaled statistical errors (log g's here: ~3e-4 dex) is barely
+    # constrained by the likelihood, and its misfit power and label-space exponent trade
+    # against it (a 1e-4 change of the inputs moved log g's floor by 10 % and its power
+    # by 3 %), so compare what users get: the calibrated errors.
+    cov = np.zeros((err_b.shape[0], err_b.shape[1], err_b.shape[1]))
+    k = np.arange(err_b.shape[1])
+    cov[:, k, k] = np.where(good, err_b, 1.0) ** 2
+    total_a = np.sqrt(np.diagonal(a.total_cov(cov), axis1=1, axis2=2))
+    total_b = np.sqrt(np.diagonal(b.total_cov(cov), axis1=1, axis2=2))
+    np.testing.assert_allclose(total_a, total_b, rtol=1.2e-2)
 
 
 def test_a_fold_with_too_few_stars_names_the_calibration(monkeypatch):
