@@ -41,7 +41,7 @@ from ...inference import (
 from .._sanity import unusable_widths
 from ..base import AbstractFittedFluxModel
 from ._flux_model import PolynomialSpectrum
-from ._test_step import spectrum_stats, theta_pairs
+from ._test_step import SpectrumStats, spectrum_stats, theta_pairs
 
 __all__ = [
     "PolynomialSpectrum",
@@ -78,28 +78,19 @@ def polynomial_spectrum(fitted: Any) -> PolynomialSpectrum:
     )
 
 
-class SpectrumStatistics(eqx.Module):
-    """Per-star χ² statistics ``(c, g, H)`` and the number of usable pixels."""
-
-    c: Float[Array, " stars"]
-    g: Float[Array, "stars terms"]
-    H: Float[Array, "stars terms terms"]
-    n_good: Float[Array, " stars"]
-
-
 @eqx.filter_jit
 def _statistics(
     model: PolynomialSpectrum, flux: Array, ivar: Array, theta: Array | None
-) -> SpectrumStatistics:
+) -> SpectrumStats:
     if theta is None:
         # Shared coefficients: the Cannon test step's statistics (one GEMM per batch).
         shared = spectrum_stats(flux, ivar, model.theta, theta_pairs(model.theta), model.s2, model.pixel_ok)
-        return SpectrumStatistics(shared.c, shared.g, shared.H, shared.n_good.astype(flux.dtype))
+        return SpectrumStats(shared.c, shared.g, shared.H, shared.n_good.astype(flux.dtype))
     # Per-star coefficients (shifted/continuum-scaled models of the nuisance fits).
     omega = jax.vmap(model.weights)(ivar)
     H = jnp.einsum("np,npa,npb->nab", omega, theta, theta)
     g = jnp.einsum("np,npa->na", omega * flux, theta)
-    return SpectrumStatistics(
+    return SpectrumStats(
         jnp.sum(omega * flux**2, axis=1), g, H, jnp.sum(omega > 0, axis=1).astype(flux.dtype)
     )
 
@@ -110,7 +101,7 @@ def spectrum_statistics(
     flux: Any,
     ivar: Any,
     theta: Any = None,
-) -> SpectrumStatistics:
+) -> SpectrumStats:
     """χ² statistics of every spectrum (see the module docstring).
 
     Parameters
@@ -205,7 +196,7 @@ def check_temperature(temperature: Any) -> float:
 
 
 @x64
-def chi2_at(model: PolynomialSpectrum, stats: SpectrumStatistics, labels: Array) -> Array:
+def chi2_at(model: PolynomialSpectrum, stats: SpectrumStats, labels: Array) -> Array:
     v = jax.vmap(model.label_vector)(labels)
     return stats.c - 2.0 * jnp.sum(stats.g * v, axis=1) + jnp.einsum("na,nab,nb->n", v, stats.H, v)
 
@@ -414,7 +405,7 @@ def _as_grid_posterior(post: ImportancePosterior) -> GridPosterior:
 def _assemble(
     model: PolynomialSpectrum,
     data: SpectralDataset,
-    stats: SpectrumStatistics,
+    stats: SpectrumStats,
     post: GridPosterior,
     prior: AbstractLabelPrior,
     temperature: float,
