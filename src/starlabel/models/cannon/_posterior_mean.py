@@ -79,9 +79,7 @@ def polynomial_spectrum(fitted: Any) -> PolynomialSpectrum:
 
 
 @eqx.filter_jit
-def _statistics(
-    model: PolynomialSpectrum, flux: Array, ivar: Array, theta: Array | None
-) -> SpectrumStats:
+def _statistics(model: PolynomialSpectrum, flux: Array, ivar: Array, theta: Array | None) -> SpectrumStats:
     if theta is None:
         # Shared coefficients: the Cannon test step's statistics (one GEMM per batch).
         shared = spectrum_stats(flux, ivar, model.theta, theta_pairs(model.theta), model.s2, model.pixel_ok)
