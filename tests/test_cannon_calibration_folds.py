@@ -2,7 +2,7 @@
 
 That is the same fit as training on the fold's rows alone (``train[rows]``): same label
 scaling, same θ, s² and pixel_ok. Each fold's EM starts from the full fit's scatter and
-stops at a looser tolerance (``_FOLD_TOL``) than the final fit: at a tight tolerance it
+stops at a looser tolerance (``_folds.FOLD_TOL``) than the final fit: at a tight tolerance it
 reaches the sliced fit's fixed point to rounding; at the default one it stays within its
 tolerance of it in fewer iterations, and the calibration is the sliced folds' to ~1e-4.
 """
@@ -16,6 +16,7 @@ import pytest
 from starlabel.data import SpectralDataset, simulate_cannon
 from starlabel.models import _calibration
 from starlabel.models.cannon import Cannon
+from starlabel.models.cannon import _folds as cannon_folds
 from starlabel.models.cannon import _model as cannon_model
 
 
@@ -74,7 +75,7 @@ def _fold_and_sliced(model, train, monkeypatch, rng):
 def test_warm_started_fold_reaches_the_sliced_fit(train, monkeypatch, rng):
     # At a tight tolerance for both (fold tolerance no looser than the model's), the
     # start from the full fit's scatter leads to the sliced fit's fixed point.
-    monkeypatch.setattr(cannon_model, "_FOLD_TOL", 0.0)
+    monkeypatch.setattr(cannon_folds, "FOLD_TOL", 0.0)
     folded, sliced = _fold_and_sliced(
         Cannon(label_names=train.label_names, tol=1e-12), train, monkeypatch, rng
     )
@@ -83,11 +84,11 @@ def test_warm_started_fold_reaches_the_sliced_fit(train, monkeypatch, rng):
 
 def test_default_fold_is_within_its_tolerance_of_the_sliced_fit(train, monkeypatch, rng):
     folded, sliced = _fold_and_sliced(Cannon(label_names=train.label_names), train, monkeypatch, rng)
-    # The EM stops when no pixel's s² moves by more than _FOLD_TOL of s² plus its noise
+    # The EM stops when no pixel's s² moves by more than FOLD_TOL of s² plus its noise
     # variance; θ (fluxes ~1, standard errors ~1e-3 here) moves far less than its error.
     noise = np.median(1.0 / train.ivar[train.ivar > 0])
     s2_fold, s2_sliced = np.asarray(folded.s2), np.asarray(sliced.s2)
-    assert np.max(np.abs(s2_fold - s2_sliced) / (s2_sliced + noise)) < cannon_model._FOLD_TOL
+    assert np.max(np.abs(s2_fold - s2_sliced) / (s2_sliced + noise)) < cannon_folds.FOLD_TOL
     _assert_same_fit(folded, sliced, theta_atol=1e-5, s2_rtol=1e300)  # s² checked above
     assert dict(folded.training_info)["em_iterations"] < dict(sliced.training_info)["em_iterations"]
 
@@ -109,7 +110,7 @@ def test_calibration_equals_the_one_from_sliced_folds(train, monkeypatch):
         )
     a, b = fitted.calibration, sliced.calibration
     assert (a.n_folds, a.n_stars) == (b.n_folds, b.n_stars) == (5, 257)
-    # The folds' s² are within _FOLD_TOL (1e-3) of the sliced folds' fully converged
+    # The folds' s² are within FOLD_TOL (1e-3) of the sliced folds' fully converged
     # ones (see above): the held-out labels move by a few 1e-4 of their errors and the
     # errors by ~1e-4 of themselves, far inside the ±4 % sampling noise of std z here.
     (res_a, err_a), (res_b, err_b) = seen

@@ -35,6 +35,8 @@ logger = logging.getLogger("starlabel")
 
 _CALLS: dict[str, Callable[..., Any]] = {}
 """Key -> jitted call of the exported program, for later calls in this process."""
+_KEYS: dict[Hashable, str] = {}
+"""(name, static, shapes, x64) -> key, so that a process builds each key once."""
 
 
 def exported_dir() -> Path | None:
@@ -102,7 +104,13 @@ def exported_call(
     if folder is None:
         return jax.jit(fn)(*arrays)
     avals = [jax.ShapeDtypeStruct(np.shape(a), jax.dtypes.canonicalize_dtype(a.dtype)) for a in arrays]
-    key = _key(name, static, avals)
+    # The key's repr of `static` (Equinox modules print through wadler_lindig) costs
+    # tens of ms; a process computes it once per configuration and shapes.
+    memo = (name, static, tuple((a.shape, str(a.dtype)) for a in avals), jax.config.jax_enable_x64)  # pyright: ignore[reportAttributeAccessIssue]
+    try:
+        key = _KEYS.get(memo) or _KEYS.setdefault(memo, _key(name, static, avals))
+    except TypeError:  # an unhashable configuration
+        key = _key(name, static, avals)
     call = _CALLS.get(key)
     if call is None:
         path = folder / f"{name}-{key}.stablehlo"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -13,63 +13,24 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ..._internal import as_float_array, x64
-from ..._internal._buckets import bucket_size
 from ...data import InferenceResult, ShiftScale, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration, calibrated_fit
 from .._posterior import refine_uncertainty, resolve_uncertainty
 from .._strategies import AbstractUncertainty
 from ..base import AbstractFittedFluxModel, AbstractSpectralModel
-from ._censor import active_terms, resolve_censor
+from ._censor import active_terms
 from ._flux_model import PolynomialSpectrum
-from ._infer import (
-    LabelSpace,
-    assemble_result,
-    nearest_distance,
-    resolve_bounds,
-    resolve_frozen,
-    run_test_step,
-    start_pool,
-)
-from ._quadratic_step import quadratic_form, run_quadratic_step, use_quadratic_step
-from ._test_step import LabelStepOptions, theta_pairs
-from ._train import (
-    L1_SOLVERS,
-    TrainingArrays,
-    TrainingOptions,
-    fit_arrays,
-    training_arrays,
-    training_star_weights,
-)
+from ._folds import fold_refit
+from ._infer import LabelSpace
+from ._map import check_options, infer_map
+from ._prepare import Prepared, label_matrix, label_space, prepare_labels
+from ._serialise import fitted_config, fitted_skeleton
+from ._train import L1_SOLVERS, TrainingArrays, fit_arrays, training_arrays
 from ._vectorizer import PolynomialVectorizer
 
 __all__ = ["Cannon", "FittedCannon"]
 
 logger = logging.getLogger(__name__)
-
-_FOLD_TOL = 1e-3
-"""EM tolerance of the error calibration's fold fits (the final fit keeps ``Cannon.tol``).
-Started from the full fit's scatter, a fold needs 3–4 EM iterations at 1e-3 against
-8–9 from zero at 1e-5; on the line-list spectra (5 labels, 7,214 px, 2,000 stars) the
-calibration's σ_sys and γ moved by < 2e-5 (relative), the calibrated errors of 500 test
-stars by < 3e-5, and training with calibration took 3.6× the time without instead of
-4.6× (CPU 3.9× instead of 7.7×; ``benchmarks/results/calibration_train_time.json``)."""
-_MAX_KEPT_TRAIN = 2048
-"""Training labels kept in the model (for starts and the OUTSIDE_TRAINING test)."""
-
-
-def _label_matrix(data: SpectralDataset, label_names: tuple[str, ...], what: str) -> np.ndarray:
-    if not isinstance(data, SpectralDataset):
-        raise TypeError(f"`{what}` must be a SpectralDataset, got {type(data).__name__}.")
-    if data.labels is None:
-        raise ValueError(
-            f"`{what}` has no labels; the Cannon trains on spectra with known labels"
-            f" {list(label_names)} (pass labels= and label_names= to SpectralDataset)."
-        )
-    missing = [n for n in label_names if n not in data.label_names]
-    if missing:
-        raise ValueError(f"`{what}` lacks labels {missing}; it has {list(data.label_names)}.")
-    # Index the columns directly: select_labels would copy the whole dataset.
-    return data.labels[:, [data.label_index(n) for n in label_names]]
 
 
 def _names(value: Sequence[str]) -> tuple[str, ...]:
@@ -83,47 +44,6 @@ def _names(value: Sequence[str]) -> tuple[str, ...]:
 
 def _terms(value: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
     return value if value is None or isinstance(value, str) else tuple(value)
-
-
-class _Prepared(NamedTuple):
-    labels: np.ndarray
-    complete: np.ndarray
-    weights: np.ndarray
-    used: np.ndarray
-    vectorizer: PolynomialVectorizer
-    l1: np.ndarray
-    allowed: np.ndarray
-    active: np.ndarray
-    options: TrainingOptions
-
-    def design(self) -> tuple[ShiftScale, np.ndarray, np.ndarray]:
-        """Label scaler fitted on the used stars, scaled labels and design matrix (stars, terms)."""
-        scaler = ShiftScale.fit(self.labels[self.used], robust=False)
-        shift, scale = np.asarray(scaler.shift), np.asarray(scaler.scale)
-        scaled = np.where(self.complete[:, None], (self.labels - shift) / scale, 0.0)
-        # Evaluated on a bucketed number of rows so that its small programs are shared
-        # by training sets of similar size (see starlabel._internal._buckets).
-        n = len(scaled)
-        rows = np.zeros((bucket_size(n, minimum=8), scaled.shape[1]))
-        rows[:n] = scaled
-        return scaler, scaled, np.asarray(_design(self.vectorizer, rows))[:n]
-
-
-# One compiled program (cached across runs) instead of ~25 eager operations that each
-# compile, or at least lower, in every process.
-_design = eqx.filter_jit(lambda vectorizer, x: vectorizer.design(x))
-
-
-def label_space(scaled: np.ndarray) -> LabelSpace:
-    """Training-label summary (scaled units) from the used training stars' labels."""
-    kept = scaled
-    if len(kept) > _MAX_KEPT_TRAIN:
-        kept = kept[np.sort(np.random.default_rng(0).choice(len(kept), _MAX_KEPT_TRAIN, replace=False))]
-    return LabelSpace(
-        box=jax.device_put(np.stack([scaled.min(axis=0), scaled.max(axis=0)])),
-        train=jax.device_put(np.ascontiguousarray(kept)),
-        nn_radius=jnp.asarray(float(np.max(nearest_distance(kept, kept, exclude_self=True)))),
-    )
 
 
 class Cannon(AbstractSpectralModel):
@@ -207,47 +127,22 @@ class Cannon(AbstractSpectralModel):
             return PolynomialVectorizer.from_terms(self.label_names, self.terms)
         return PolynomialVectorizer.from_order(self.label_names, self.order)
 
-    def _prepare(self, train: SpectralDataset, star_weights: Any = None) -> _Prepared:
+    def _prepare(self, train: SpectralDataset, star_weights: Any = None) -> Prepared:
         """Validate a training set and build everything training needs except the scaling."""
-        labels = _label_matrix(train, self.label_names, "train")
+        labels = label_matrix(train, self.label_names, "train")
         return self._prepare_labels(
             labels, train.n_pixels, train.wavelength, star_weights, "the training set"
         )
 
     def _prepare_labels(
         self, labels: np.ndarray, n_pixels: int, wavelength: Any, star_weights: Any, source: str
-    ) -> _Prepared:
+    ) -> Prepared:
         """:meth:`_prepare` from the label matrix alone (no spectra), for streamed training too."""
-        vectorizer = self.vectorizer
-        weights, used, complete = training_star_weights(
-            labels, star_weights, vectorizer.n_terms, self.label_names, source
-        )
-        l1 = np.array(
-            np.broadcast_to(np.asarray(self.l1, dtype=float), (n_pixels,))
-            if np.ndim(self.l1) == 0
-            else self.l1,
-            dtype=float,
-        )
-        if l1.shape != (n_pixels,):
-            raise ValueError(
-                f"`l1` has shape {l1.shape}; give a number or one value per pixel ({n_pixels},)."
-            )
-        allowed = resolve_censor(self.censor, self.label_names, n_pixels, wavelength)
-        return _Prepared(
-            labels=labels,
-            complete=complete,
-            weights=weights,
-            used=used,
-            vectorizer=vectorizer,
-            l1=l1,
-            allowed=allowed,
-            active=active_terms(vectorizer.exponent_array, allowed),
-            options=TrainingOptions(max_iter=self.max_iter, tol=self.tol, l1_solver=self.l1_solver),
-        )
+        return prepare_labels(self, labels, n_pixels, wavelength, star_weights, source)
 
     def _fitted(
         self,
-        prep: _Prepared,
+        prep: Prepared,
         scaler: ShiftScale,
         scaled: np.ndarray,
         trained: tuple[Any, Any, Any],
@@ -280,7 +175,7 @@ class Cannon(AbstractSpectralModel):
 
     def _fit_arrays(
         self,
-        prep: _Prepared,
+        prep: Prepared,
         arrays: TrainingArrays,
         wavelength: Any,
         info: Mapping[str, Any] | None = None,
@@ -343,23 +238,7 @@ class Cannon(AbstractSpectralModel):
         if not calibrate:
             return fitted
 
-        def refit(rows: np.ndarray) -> FittedCannon:
-            # A calibration fold keeps every star in the arrays and gives the held-out
-            # ones weight 0 (exact zeros in every sum): the same padded device arrays and
-            # compiled program as the fit above, no sliced copies of the spectra. The
-            # label scaling is fitted on the fold's stars, as for train[rows]. The EM
-            # starts from the full fit's scatter, 4/5 of the same stars: the same fixed
-            # point in fewer iterations.
-            weights = np.zeros(train.n_stars)
-            weights[rows] = 1.0 if star_weights is None else np.asarray(star_weights, dtype=float)[rows]
-            fold = self._prepare_labels(
-                prep.labels, train.n_pixels, train.wavelength, weights, "the training set"
-            )
-            missing = {"n_missing_labels": int(np.sum(~prep.complete[rows]))}
-            tol = max(self.tol, _FOLD_TOL)
-            return self._fit_arrays(fold, arrays, train.wavelength, missing, init=fitted, tol=tol)
-
-        return calibrated_fit(fitted, train, refit)
+        return calibrated_fit(fitted, train, fold_refit(self, prep, arrays, train, star_weights, fitted))
 
     @x64
     def fit_file(
@@ -676,47 +555,14 @@ class FittedCannon(AbstractFittedFluxModel):
         if not isinstance(data, SpectralDataset):
             raise TypeError(f"`data` must be a SpectralDataset, got {type(data).__name__}.")
         self._check_grid(data)
-        if not (isinstance(n_starts, int) and n_starts >= 1):
-            raise ValueError(f"`n_starts` must be an integer ≥ 1, got {n_starts!r}.")
-        if not (isinstance(chunk_size, int) and chunk_size >= 1):
-            raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+        check_options(n_starts=n_starts, chunk_size=chunk_size)
         uncertainty, posterior_options = resolve_uncertainty(uncertainty, posterior_options)
         if uncertainty != "fisher" and frozen:
             raise ValueError("`frozen` labels work with uncertainty='fisher' only; drop one of them.")
-        shift, scale = self._scale()
-        space = self.label_space
-        lower, upper = resolve_bounds(bounds, self.label_names, shift, scale, space.safety_box)
-        free, frozen_values = resolve_frozen(frozen, self.label_names, data.n_stars, shift, scale)
-        train = np.asarray(space.train)
-        pool = start_pool(train, n_starts - 1)
-        if len(pool) == 0:
-            pool = np.median(train, axis=0)[None, :]
-        options = LabelStepOptions(max_iter=max_iter, tol=tol)
-        if use_quadratic_step(self.vectorizer):  # many labels: see _quadratic_step
-            starts = np.concatenate([np.zeros((1, len(self.label_names))), pool])[:n_starts]
-            raw = run_quadratic_step(
-                data.flux, data.ivar, frozen_values, quadratic_form(self.vectorizer, self.theta),
-                self.s2, self.pixel_ok, starts, free, lower, upper, options, chunk_size,
-            )  # fmt: skip
-        else:
-            arrays = (self.theta, theta_pairs(self.theta), self.s2, self.pixel_ok)
-            raw = run_test_step(
-                data.flux, data.ivar, frozen_values, arrays, pool, free, lower, upper,
-                np.asarray(space.box), self.vectorizer, options, chunk_size,
-            )  # fmt: skip
-        result = assemble_result(
-            raw,
-            ids=data.ids,
-            label_names=self.label_names,
-            shift=shift,
-            scale=scale,
-            free=free,
-            outside=space.outside(raw["x"], free),
-            box=np.asarray(space.box),
-            n_terms=self.vectorizer.n_terms,
-            poor_fit=poor_fit,
-            meta={"model": "cannon", "n_starts": n_starts, "max_iter": max_iter, "uncertainty": "fisher"},
-        )
+        result = infer_map(
+            self, data, n_starts=n_starts, bounds=bounds, frozen=frozen, chunk_size=chunk_size,
+            max_iter=max_iter, tol=tol, poor_fit=poor_fit,
+        )  # fmt: skip
         if uncertainty == "fisher":
             return apply_calibration(self.calibration, result, calibrate=calibrate)
         refined = refine_uncertainty(self, data, result, result.labels, uncertainty, posterior_options)
@@ -739,40 +585,9 @@ class FittedCannon(AbstractFittedFluxModel):
     # ------------------------------------------------------------------ serialisation
     def config(self) -> dict[str, Any]:
         """JSON-able structure: labels, term exponents, sizes, training diagnostics."""
-        return {
-            "label_names": list(self.label_names),
-            "exponents": [list(row) for row in self.vectorizer.exponents],
-            "n_pixels": self.n_pixels,
-            "n_kept_train": int(self.label_space.train.shape[0]),
-            "has_wavelength": self.wavelength is not None,
-            "training_info": dict(self.training_info),
-        }
+        return fitted_config(self)
 
     @classmethod
     def skeleton(cls, config: dict[str, Any]) -> FittedCannon:
         """A FittedCannon with the structure ``config`` describes and zero arrays."""
-        names = tuple(config["label_names"])
-        exponents = tuple(tuple(int(p) for p in row) for row in config["exponents"])
-        n_pixels, n_terms, n_labels = int(config["n_pixels"]), len(exponents), len(names)
-
-        # Placeholders put on the device from numpy (load_model replaces every array):
-        # jnp.zeros & co. would each compile a small program per shape in every process
-        # that loads a model. Device arrays, not numpy ones, because the fields are typed.
-        def zeros(shape: Any, dtype: Any = float) -> Array:
-            return jax.device_put(np.zeros(shape, dtype=dtype))
-
-        return cls(
-            label_names=names,
-            vectorizer=PolynomialVectorizer(names, exponents),
-            label_scaler=ShiftScale(zeros(n_labels), zeros(n_labels)),
-            theta=zeros((n_pixels, n_terms)),
-            s2=zeros(n_pixels),
-            pixel_ok=zeros(n_pixels, bool),
-            allowed=zeros((n_labels, n_pixels), bool),
-            l1=zeros(n_pixels),
-            wavelength=zeros(n_pixels) if config["has_wavelength"] else None,
-            label_space=LabelSpace(
-                zeros((2, n_labels)), zeros((int(config["n_kept_train"]), n_labels)), zeros(())
-            ),
-            training_info=tuple(sorted(config.get("training_info", {}).items())),
-        )
+        return fitted_skeleton(cls, config)
