@@ -56,6 +56,10 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "latency.json"
+# Measure this checkout's source, in this process and every child, whatever checkout an
+# editable install of the environment points to.
+sys.path.insert(0, str(REPO / "src"))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
 N_PIXELS = 7214
 LABELS = ("teff", "logg", "fe_h")
 LABELS_5 = ("teff", "logg", "fe_h", "mg_fe", "si_fe")
@@ -325,6 +329,7 @@ def main() -> None:
     _common.add_arguments(parser)
     args = parser.parse_args()
     record = _common.start(args, THREADS)
+    record["source"] = str(REPO / "src")
     if args.note:
         record["note"] = args.note
     shutil.rmtree(args.workdir, ignore_errors=True)
