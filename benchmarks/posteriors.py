@@ -335,6 +335,90 @@ def run_emcee(fitted, whitening, flux, ivar, walkers, steps, burn, seed):
     }, chain.reshape(-1, centre.size)
 
 
+def compare_mixture_samplers(quick: bool) -> dict:
+    """The mixtures' NUTS before (Stan-style warm-up) and after (whitened ``inference.nuts``).
+
+    Both run on the line-with-outliers fit (N = 32, 600 warm-up + 1000 draws, as its test)
+    and on the cluster-membership fit (1,120 simulated stars, 200 + 200, as its test), cold
+    (compile + run) then warm (a second seed), interleaved so that load affects both alike.
+    Timed: the sampler call alone, in process CPU seconds and wall seconds. ESS: one
+    estimator for both (``starlabel.inference.effective_sample_size``, minimum over sites).
+    """
+    import _stan_warmup
+
+    from starlabel.inference import effective_sample_size as ess_of
+    from starlabel.mixtures import (
+        _cluster,
+        _line,
+        fit_line_with_outliers,
+        fit_membership_table,
+        simulate_cluster_field,
+        simulate_line_with_outliers,
+    )
+    from starlabel.mixtures import _sampling as new
+
+    def old_run(model, model_args, mode, key, **kw):
+        return _stan_warmup.run_nuts(model, model_args, mode.values, key, **kw)
+
+    def timed_sampler(sampler, record):
+        def run(*a, **kw):
+            c0, w0 = time.process_time(), time.perf_counter()
+            chain = sampler(*a, **kw)
+            record.update(cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - w0)
+            return chain
+
+        return run
+
+    line_sim = simulate_line_with_outliers()
+    cluster_sim = simulate_cluster_field(n_field=1000, n_cluster=120, n_missing=4, seed=3)
+    line_counts = (200, 200) if quick else (600, 1000)
+    cluster_counts = (100, 100) if quick else (200, 200)
+
+    def line(seed):
+        w, n = line_counts
+        return fit_line_with_outliers(
+            line_sim.x, line_sim.y, line_sim.y_err, num_warmup=w, num_samples=n, seed=seed
+        )
+
+    def cluster(seed):
+        w, n = cluster_counts
+        table = cluster_sim.table
+        fit = fit_membership_table(
+            table, position_columns=("ra", "dec"), n_field_max=2, num_warmup=w, num_samples=n, seed=seed
+        )
+        return fit.fit
+
+    out: dict = {}
+    for problem, fit, module in (("line", line, _line), ("cluster", cluster, _cluster)):
+        rows: dict = {}
+        for phase, seed in (("cold", 0), ("warm", 1)):
+            for name, sampler in (("before_stan_warmup", old_run), ("after_inference_nuts", new.run_nuts)):
+                record: dict = {}
+                module.run_nuts = timed_sampler(sampler, record)
+                try:
+                    result = fit(seed)
+                finally:
+                    module.run_nuts = new.run_nuts
+                sites = {k: np.asarray(v) for k, v in result.samples.items()}
+                min_ess = min(float(np.min(np.asarray(ess_of(v[None])))) for v in sites.values())
+                record.update(
+                    divergences=int(result.divergences),
+                    min_ess=min_ess,
+                    min_ess_per_cpu_s=min_ess / record["cpu_s"],
+                    medians={k: np.median(v, axis=0).ravel().tolist() for k, v in sites.items()},
+                )
+                rows.setdefault(name, {})[phase] = record
+                _common.log(
+                    problem,
+                    phase,
+                    name,
+                    {k: record[k] for k in ("cpu_s", "wall_s", "min_ess", "divergences")},
+                )
+        out[problem] = rows
+    out["counts"] = {"line": line_counts, "cluster": cluster_counts}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -344,9 +428,35 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "posteriors.json")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--vmap-batch", type=int, default=16, help="stars for the vmap comparison (0: skip)")
+    parser.add_argument(
+        "--mixtures",
+        action="store_true",
+        help="only the mixtures' NUTS before/after (writes results/posteriors_mixtures.json by default)",
+    )
     _common.add_arguments(parser)
     args = parser.parse_args()
     run_record = _common.start(args, THREADS)
+    if args.mixtures:
+        out_path = args.out
+        if out_path.name == "posteriors.json":
+            out_path = out_path.with_name("posteriors_mixtures.json")
+        comparison = compare_mixture_samplers(args.quick)
+        record = _common.finish(run_record)
+        busy = record["busy"] or max(record["load_average_after"][0], record["load_average_before"][0]) > 2.5
+        record["busy"] = busy
+        result = {
+            "run": record,
+            "description": "mixtures NUTS: former Stan-style warm-up vs inference.nuts (Laplace-whitened);"
+            " see compare_mixture_samplers in benchmarks/posteriors.py",
+            "quick": args.quick,
+            "note": "side by side in one run, interleaved; compare CPU seconds"
+            + (" (box busy: load > 2.5)" if busy else ""),
+            **comparison,
+        }
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2)[:3000])
+        return
 
     warmup, draws, repeats = (200, 200, 1) if args.quick else (1000, 1000, 3)
     walkers, steps, burn = (16, 1500, 500) if args.quick else (16, 15000, 5000)

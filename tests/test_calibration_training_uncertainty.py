@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from starlabel.data import InferenceResult, SpectralDataset
-from starlabel.models._posterior import posterior_infer, training_prediction_variance
+from starlabel.models import posterior_infer, training_prediction_variance
 
 N_PIXELS, N_TRAIN, N_TEST, N_REFITS, SIGMA = 40, 60, 24, 300, 0.05
 

@@ -7,9 +7,11 @@
 * the subpackages depend on each other in the architecture's order
   (data → survey → inference → models → mixtures → evaluate → demo → pipeline → cli).
 
+* no module in src/starlabel is longer than ``MAX_LINES`` (one concept per module).
+
 ``KNOWN_CYCLES`` and ``KNOWN_PRIVATE_IMPORTS`` list what is still to be untangled
-(empty since the typed test step); the tests fail on anything new, and on a listed entry
-that has been fixed, so that the lists only shrink.
+(empty since the typed test step), ``KNOWN_LONG`` the modules being split; the tests fail
+on anything new, and on a listed entry that has been fixed, so that the lists only shrink.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ LAYERS = ["data", "survey", "inference", "models", "mixtures", "evaluate", "demo
 
 KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_PRIVATE_IMPORTS: set[tuple[str, str]] = set()
+MAX_LINES = 600
+# Being split by other helpers at the time of writing; the lead empties this after merging.
+KNOWN_LONG: set[str] = {
+    "models/_calibration.py",
+    "models/cannon/_model.py",
+    "models/_binary.py",
+    "models/_nuisance.py",
+}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -136,6 +146,16 @@ def test_subpackages_follow_the_architecture_order() -> None:
             if s in LAYERS and t in LAYERS and LAYERS.index(t) > LAYERS.index(s):
                 backwards.add((source, target))
     assert backwards == set(), f"imports against the data → … → cli order: {sorted(backwards)}"
+
+
+def test_no_module_is_longer_than_the_limit() -> None:
+    lengths = {
+        path.relative_to(SRC).as_posix(): len(path.read_text().splitlines()) for path in SRC.rglob("*.py")
+    }
+    long = {name for name, n in lengths.items() if n > MAX_LINES}
+    new = {name: lengths[name] for name in sorted(long - KNOWN_LONG)}
+    assert not new, f"modules over {MAX_LINES} lines (split them by concept): {new}"
+    assert KNOWN_LONG - long == set(), f"now short enough; remove from KNOWN_LONG: {KNOWN_LONG - long}"
 
 
 def test_the_checker_sees_a_cycle_and_a_private_import(tmp_path) -> None:

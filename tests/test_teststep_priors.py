@@ -12,14 +12,8 @@ import numpyro.distributions as dist
 import pytest
 from scipy import stats
 
-from starlabel.inference._priors import (
-    DistributionPrior,
-    FlatPrior,
-    GaussianPrior,
-    KDEPrior,
-    prior_from_dict,
-    resolve_prior,
-)
+from starlabel.inference._prior_choice import prior_from_dict, resolve_prior
+from starlabel.inference._priors import DistributionPrior, FlatPrior, GaussianPrior, KDEPrior
 
 NAMES = ("teff", "logg", "m_h")
 

@@ -25,11 +25,14 @@ from ._result import read_result as read_result
 from ._rows import RowSource as RowSource
 from ._rows import open_rows as open_rows
 from ._runs import MANIFEST_NAME as MANIFEST_NAME
+from ._runs import SUMMARY_NAME as SUMMARY_NAME
 from ._runs import InputFile as InputFile
+from ._runs import RunCounts as RunCounts
 from ._runs import RunManifest as RunManifest
 from ._runs import RunMismatchError as RunMismatchError
 from ._runs import read_manifest as read_manifest
 from ._runs import read_run as read_run
+from ._runs import read_run_counts as read_run_counts
 from ._shared import SHARED_DATA_ENV as SHARED_DATA_ENV
 from ._shared import shared_data_dir as shared_data_dir
 from ._simulate import STELLAR_LABELS as STELLAR_LABELS

@@ -11,7 +11,8 @@ both engines produce identical results.
 
 The format lives here, with the other file formats, so that every layer above
 (:mod:`starlabel.evaluate`'s report, :mod:`starlabel.pipeline` that writes it) reads a
-run directory through :func:`read_run` instead of parsing its JSON by raw keys.
+run directory through :func:`read_run` (and its latest attempt's counts through
+:func:`read_run_counts`) instead of parsing its JSON by raw keys.
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ from .._errors import StarlabelUserError
 from .._internal import write_json_atomic
 from .._version import __version__
 
-__all__ = ["MANIFEST_NAME", "InputFile", "RunManifest", "RunMismatchError", "read_manifest", "read_run"]
+__all__ = [
+    "MANIFEST_NAME",
+    "SUMMARY_NAME",
+    "InputFile",
+    "RunCounts",
+    "RunManifest",
+    "RunMismatchError",
+    "read_manifest",
+    "read_run",
+    "read_run_counts",
+]
 
 MANIFEST_NAME = "manifest.json"
+SUMMARY_NAME = "summary.json"
 _FORMAT = "starlabel-run"
 _FORMAT_VERSION = 1
 
@@ -241,3 +253,57 @@ def read_run(path: str | os.PathLike[str]) -> RunManifest:
             " (OUT.run from `starlabel infer`) or a results table."
         )
     return manifest
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """The counts and timing of a run's latest attempt, read from ``RUN_DIR/summary.json``.
+
+    The pipeline writes the file (``RunSummary.to_json``); readers use this type instead
+    of its raw keys. Attributes as in ``starlabel.pipeline.RunSummary``: spectra in the
+    inputs, in the output, failed, from unreadable files (count of files), processed by
+    the latest attempt, resumed from earlier attempts; its wall time (s) and rate
+    (spectra/s).
+    """
+
+    n_spectra: int
+    n_written: int
+    n_failed: int
+    n_bad_inputs: int
+    n_processed: int
+    n_resumed: int
+    seconds: float
+    spectra_per_second: float
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> RunCounts:
+        """From the parsed ``summary.json`` (a KeyError names a missing entry)."""
+        return cls(
+            n_spectra=int(record["n_spectra"]),
+            n_written=int(record["n_written"]),
+            n_failed=int(record["n_failed"]),
+            n_bad_inputs=int(record["n_bad_inputs"]),
+            n_processed=int(record["n_processed"]),
+            n_resumed=int(record["n_resumed"]),
+            seconds=float(record["seconds"]),
+            spectra_per_second=float(record["spectra_per_second"]),
+        )
+
+
+def read_run_counts(path: str | os.PathLike[str]) -> RunCounts | None:
+    """The latest attempt's :class:`RunCounts` of run directory ``path``; None before one finished.
+
+    Raises
+    ------
+    RunMismatchError
+        If ``summary.json`` exists but is not a readable run summary.
+    """
+    summary = Path(path) / SUMMARY_NAME
+    if not summary.exists():
+        return None
+    try:
+        return RunCounts.from_json(json.loads(summary.read_text()))
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunMismatchError(
+            f"{str(summary)!r} is not a readable starlabel run summary ({error})."
+        ) from error

@@ -33,6 +33,7 @@ from ..data import (
     read_dataset,
     read_result,
     read_run,
+    read_run_counts,
 )
 from ._metrics import label_metrics
 from ._plots import find_kiel_labels, plot_kiel, plot_one_to_one, plot_residuals
@@ -193,19 +194,18 @@ def _run_section(run_dir: Path | None) -> list[str]:
         ("engine (latest attempt)", json.dumps(dict(manifest.engine))),
         ("starlabel", manifest.library_version),
     ]
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
+    counts = read_run_counts(run_dir)
+    if counts is not None:
         rows += [
-            ("spectra in inputs", summary.get("n_spectra")),
-            ("spectra in output", summary.get("n_written")),
-            ("failed spectra", summary.get("n_failed")),
-            ("bad input files", summary.get("n_bad_inputs")),
+            ("spectra in inputs", counts.n_spectra),
+            ("spectra in output", counts.n_written),
+            ("failed spectra", counts.n_failed),
+            ("bad input files", counts.n_bad_inputs),
             (
                 "latest attempt",
-                f"{summary.get('n_processed')} spectra in {summary.get('seconds', 0):.1f} s"
-                f" ({summary.get('spectra_per_second', float('nan')):.0f} spectra/s);"
-                f" {summary.get('n_resumed')} resumed from earlier attempts",
+                f"{counts.n_processed} spectra in {counts.seconds:.1f} s"
+                f" ({counts.spectra_per_second:.0f} spectra/s);"
+                f" {counts.n_resumed} resumed from earlier attempts",
             ),
         ]
     parts.append(_table(("", "value"), rows, left=2))

@@ -46,12 +46,12 @@ if TYPE_CHECKING:
     from ._nuts import nuts as nuts
     from ._optax import delay as delay
     from ._optax import group_optimisers as group_optimisers
+    from ._prior_choice import resolve_prior as resolve_prior
     from ._priors import AbstractLabelPrior as AbstractLabelPrior
     from ._priors import DistributionPrior as DistributionPrior
     from ._priors import FlatPrior as FlatPrior
     from ._priors import GaussianPrior as GaussianPrior
     from ._priors import KDEPrior as KDEPrior
-    from ._priors import resolve_prior as resolve_prior
     from ._reparam import WhitenedLogDensity as WhitenedLogDensity
     from ._reparam import Whitening as Whitening
     from ._reparam import whiten as whiten

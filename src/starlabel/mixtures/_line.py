@@ -293,9 +293,10 @@ def fit_line_with_outliers(
         jnp.asarray(float(prior_scale)),
     )
     start = _robust_start(arrays["x"], arrays["y"], arrays["y_err"])
-    map_values = find_map(_line_model, data, start).values
+    mode = find_map(_line_model, data, start)
+    map_values = mode.values
     chain = run_nuts(
-        _line_model, data, map_values, jax.random.key(seed), num_warmup=num_warmup, num_samples=num_samples
+        _line_model, data, mode, jax.random.key(seed), num_warmup=num_warmup, num_samples=num_samples
     )
     samples = {k: chain.samples[k] for k in ("m", "b", "outlier_mean", "outlier_scale", "weights")}
     posterior = posterior_membership(_line_log_probs, samples, *data[:3])

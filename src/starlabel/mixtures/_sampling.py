@@ -4,11 +4,10 @@ The numpyro models here are small and fixed (a line, a cluster), so we drive the
 ourselves: numpyro's ``potential_energy`` gives the negative log-posterior in
 unconstrained space, a damped Newton method
 (:func:`starlabel.inference.damped_newton`) finds the MAP (and the Laplace
-Hessian), and blackjax's NUTS kernel (with Stan-style step-size and
-diagonal-metric warmup, all inside one ``jit``) samples. ``numpyro.infer.MCMC``
-would recompile on every ``run`` call; here the compiled program is
-cached on the model function and the data shapes, so a second fit of the
-same-sized problem starts at once. Data always travel as arguments, never in
+Hessian), and the library's whitened NUTS (:func:`starlabel.inference.nuts`, blackjax's
+kernel, whitened by that Hessian) samples. ``numpyro.infer.MCMC`` would recompile on
+every ``run`` call; here the compiled program is cached on the model function and the
+data shapes, so a second fit of the same-sized problem starts at once. Data always travel as arguments, never in
 closures, so they are not baked into the compiled program as constants.
 """
 
@@ -17,18 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import blackjax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.adaptation.step_size import dual_averaging_adaptation
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
-from ..inference import Marquardt, damped_newton
+from ..inference import Marquardt, damped_newton, gaussian_from_precision, nuts, whiten
 
 __all__: list[str] = []
 
@@ -147,110 +144,56 @@ def laplace_samples(
     return to_constrained(model, model_args, draws, batched=True), True
 
 
-class _Warmup(eqx.Module):
-    """Adaptation state carried through the scan: step size, metric, running moments."""
+class _LogPosterior(eqx.Module):
+    """Log-posterior of ``model`` over unconstrained parameters (what NUTS samples)."""
 
-    step: Any
-    inverse_mass: Array
-    count: Array
-    mean: Array
-    m2: Array
+    potential: _Potential
 
-
-def _schedule(num_warmup: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step flags: inside a slow (metric) window, and last step of such a window.
-
-    Stan's layout, simplified to two slow windows: 15% step-size only, slow windows
-    over 15-40% and 40-90% (the metric is re-estimated at the end of each), then 10%
-    step-size only with the final metric.
-    """
-    edges = [int(round(f * num_warmup)) for f in (0.15, 0.4, 0.9)]
-    steps = np.arange(num_warmup)
-    slow = (steps >= edges[0]) & (steps < edges[2])
-    window_end = np.isin(steps, [edges[1] - 1, edges[2] - 1]) & slow
-    return slow, window_end
-
-
-@eqx.filter_jit
-def _nuts(
-    potential: _Potential, model_args: tuple, z0: dict, key: PRNGKeyArray, num_warmup: int, num_samples: int
-) -> tuple[dict, Array, Array]:
-    # One NUTS kernel serves warmup and sampling: its step size and metric are scan
-    # carries, so the (large) trajectory builder is compiled once, not twice as with
-    # blackjax.window_adaptation followed by blackjax.nuts: half the compile time.
-    def logdensity(z: dict) -> Array:
-        return -potential(z, model_args)
-
-    flat0, unravel = ravel_pytree(z0)
-    n_dim = flat0.shape[0]
-    kernel = blackjax.nuts.build_kernel()
-    da_init, da_update, _ = dual_averaging_adaptation(0.85)
-    slow, window_end = _schedule(num_warmup)
-    total = num_warmup + num_samples
-    in_warmup = np.arange(total) < num_warmup
-    slow = np.concatenate([slow, np.zeros(num_samples, bool)])
-    window_end = np.concatenate([window_end, np.zeros(num_samples, bool)])
-
-    def one(carry: tuple[Any, _Warmup], xs: tuple) -> tuple[tuple[Any, _Warmup], tuple]:
-        state, warm = carry
-        k, warming, is_slow, is_end = xs
-        step_size = jnp.where(warming, jnp.exp(warm.step.log_step_size), jnp.exp(warm.step.log_step_size_avg))
-        state, info = kernel(k, state, logdensity, step_size, warm.inverse_mass)
-        flat, _ = ravel_pytree(state.position)
-        # Welford running variance of the positions inside slow windows.
-        count = warm.count + is_slow
-        delta = flat - warm.mean
-        mean = jnp.where(is_slow, warm.mean + delta / jnp.maximum(count, 1), warm.mean)
-        m2 = jnp.where(is_slow, warm.m2 + delta * (flat - mean), warm.m2)
-        step = jax.tree.map(
-            lambda new, old: jnp.where(warming, new, old),
-            da_update(warm.step, info.acceptance_rate),
-            warm.step,
-        )
-        # Stan's regularised variance: shrink towards 1e-3 for short windows.
-        variance = m2 / jnp.maximum(count - 1, 1)
-        regular = (count / (count + 5.0)) * variance + 1e-3 * (5.0 / (count + 5.0))
-        restarted = da_init(jnp.exp(step.log_step_size))
-        warm = _Warmup(
-            step=jax.tree.map(lambda new, old: jnp.where(is_end, new, old), restarted, step),
-            inverse_mass=jnp.where(is_end, regular, warm.inverse_mass),
-            count=jnp.where(is_end, 0, count),
-            mean=jnp.where(is_end, 0.0, mean),
-            m2=jnp.where(is_end, 0.0, m2),
-        )
-        return (state, warm), (state.position, info.is_divergent, info.acceptance_rate)
-
-    dtype = flat0.dtype
-    warm = _Warmup(
-        step=da_init(jnp.asarray(0.1, dtype)),
-        inverse_mass=jnp.ones(n_dim, dtype),
-        count=jnp.asarray(0),
-        mean=jnp.zeros(n_dim, dtype),
-        m2=jnp.zeros(n_dim, dtype),
-    )
-    state = blackjax.nuts.init(unravel(flat0), logdensity)
-    xs = (jax.random.split(key, total), jnp.asarray(in_warmup), jnp.asarray(slow), jnp.asarray(window_end))
-    _, (positions, divergent, acceptance) = jax.lax.scan(one, (state, warm), xs)
-    positions = jax.tree.map(lambda leaf: leaf[num_warmup:], positions)
-    return positions, jnp.sum(divergent[num_warmup:]), jnp.mean(acceptance[num_warmup:])
+    def __call__(self, z: PyTree[Array], model_args: tuple) -> Array:
+        return -self.potential(z, model_args)
 
 
 def run_nuts(
     model: Callable[..., None],
     model_args: tuple,
-    init_values: dict[str, Any],
+    mode: _Mode,
     key: PRNGKeyArray,
     *,
     num_warmup: int,
     num_samples: int,
 ) -> _Chain:
-    """One NUTS chain started at ``init_values`` (constrained), constrained samples out."""
-    z0 = to_unconstrained(model, model_args, init_values)
-    positions, divergent, acceptance = _nuts(_Potential(model), model_args, z0, key, num_warmup, num_samples)
+    """One NUTS chain whitened by the Laplace approximation at ``mode``, constrained samples out.
+
+    The library's one sampler path, :func:`starlabel.inference.nuts`: in coordinates
+    whitened by the Hessian at the MAP (non-positive curvatures floored, see
+    :func:`~starlabel.inference.whiten`) the sampler needs no metric adaptation, only
+    the step size (dual averaging, target acceptance 0.85 as before). It replaced a
+    Stan-style diagonal-metric warm-up written here; ``benchmarks/posteriors.py
+    --mixtures`` compares the two side by side (results/posteriors_mixtures.json).
+    """
+    whitening = whiten(gaussian_from_precision(mode.z, jnp.asarray(mode.hessian)))
+    post = nuts(
+        _LogPosterior(_Potential(model)),
+        whitening,
+        model_args,
+        key,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=1,
+        target_accept=0.85,
+        # Diagnosed below with numpy: compiling R̂ and ESS into the sampler's program
+        # would add to the compile time, which dominates a single fit.
+        diagnose=False,
+    )
+    positions = jax.tree.map(lambda leaf: leaf[0], post.samples)
     samples = to_constrained(model, model_args, positions, batched=True)
-    samples = {k: np.asarray(v) for k, v in samples.items()}
-    ess = [
+    min_ess = min(
         float(np.min(effective_sample_size(np.asarray(leaf).reshape(1, num_samples, -1))))
         for leaf in jax.tree.leaves(positions)
-    ]
-    return _Chain(samples, int(divergent), float(acceptance), float(min(ess)))
+    )
+    return _Chain(
+        {k: np.asarray(v) for k, v in samples.items()},
+        int(np.sum(np.asarray(post.num_divergent))),
+        float(np.mean(np.asarray(post.acceptance_rate))),
+        min_ess,
+    )

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from ._io import save_model as save_model
     from ._nuisance import infer_with_nuisance as infer_with_nuisance
     from ._posterior import POSTERIOR_METHODS as POSTERIOR_METHODS
-    from ._posterior import LinearPredictionVariance as LinearPredictionVariance
     from ._posterior import posterior_infer as posterior_infer
-    from ._posterior import training_prediction_variance as training_prediction_variance
+    from ._prediction_variance import LinearPredictionVariance as LinearPredictionVariance
+    from ._prediction_variance import training_prediction_variance as training_prediction_variance
     from ._strategies import ESTIMATORS as ESTIMATORS
     from ._strategies import MAP as MAP
     from ._strategies import NUTS as NUTS

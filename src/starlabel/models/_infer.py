@@ -34,6 +34,7 @@ from ._strategies import (
     calibration_from_options,
 )
 from ._temperature import check_width_scale, rescale_uncertainty, select_temperature, unfitted_configuration
+from .base import AbstractFittedModel, AbstractFluxModel, AbstractLatentModel, AbstractSpectralModel
 from .cannon._nuts import infer_nuts
 from .cannon._posterior_mean import check_temperature, infer_posterior_mean
 
@@ -41,7 +42,7 @@ __all__ = ["infer", "run_test_step", "infer_labels"]
 
 
 def infer(
-    fitted: Any,
+    fitted: AbstractFittedModel | AbstractFluxModel,
     data: SpectralDataset,
     *,
     estimator: AbstractEstimator | None = None,
@@ -49,7 +50,7 @@ def infer(
     nuisance: Nuisance | None = None,
     binary: Binary | None = None,
     train: SpectralDataset | None = None,
-    model: Any = None,
+    model: AbstractSpectralModel | None = None,
     key: PRNGKeyArray | None = None,
     **options: Any,
 ) -> InferenceResult:
@@ -57,8 +58,9 @@ def infer(
 
     Parameters
     ----------
-    fitted : AbstractFittedModel
-        The trained model.
+    fitted : AbstractFittedModel or AbstractFluxModel
+        The trained model (a bare flux model only with a velocity/continuum nuisance or
+        a binary fit).
     data : SpectralDataset
         Spectra on the model's grid (with ``wavelength`` for velocity/continuum/binary).
     estimator : MAP, PosteriorMean or NUTS, optional
@@ -106,11 +108,11 @@ def infer(
 
 def run_test_step(
     step: TestStep,
-    fitted: Any,
+    fitted: AbstractFittedModel | AbstractFluxModel,
     data: SpectralDataset,
     *,
     train: SpectralDataset | None = None,
-    model: Any = None,
+    model: AbstractSpectralModel | None = None,
     key: PRNGKeyArray | None = None,
 ) -> InferenceResult:
     """Run ``step`` on ``data`` (see :func:`infer`, which builds the step from its arguments)."""
@@ -162,7 +164,7 @@ def run_test_step(
 
 def _estimate(
     step: TestStep,
-    fitted: Any,
+    fitted: AbstractFittedModel | AbstractFluxModel,
     data: SpectralDataset,
     estimator: AbstractEstimator,
     temperature: float,
@@ -191,15 +193,22 @@ def _estimate(
         )
     if isinstance(estimator, MAP):
         uncertainty = step.uncertainty
+        if isinstance(fitted, AbstractFluxModel):
+            raise TypeError(
+                f"a bare {type(fitted).__name__} (AbstractFluxModel) has no test step of its own;"
+                " fit it with a velocity/continuum nuisance or pass a fitted model."
+            )
+        # A model whose `infer` delegates here exposes its own step as `infer_map`.
+        own_step = fitted.infer_map if isinstance(fitted, AbstractLatentModel) else fitted.infer
         if isinstance(uncertainty, Fisher):
-            return fitted.infer(data, **options)
+            return own_step(data, **options)
         if isinstance(uncertainty, NUTS):
             posterior = {
                 **uncertainty.sampler_options(),
                 **dict(options.pop("posterior_options", None) or {}),
             }
             options["posterior_options"] = posterior
-        return fitted.infer(data, uncertainty=uncertainty.name, **options)
+        return own_step(data, uncertainty=uncertainty.name, **options)
     if isinstance(estimator, PosteriorMean):
         likelihood = {} if estimator.likelihood == "gaussian" else {"likelihood": estimator.likelihood}
         return infer_posterior_mean(
@@ -218,14 +227,14 @@ def _estimate(
 
 
 def infer_labels(
-    fitted: Any,
+    fitted: AbstractFittedModel | AbstractFluxModel,
     data: SpectralDataset,
     *,
     estimator: str = "map",
     prior: Any = "none",
     temperature: float | str = 1.0,
     train: SpectralDataset | None = None,
-    model: Any = None,
+    model: AbstractSpectralModel | None = None,
     fit_rv: bool = False,
     continuum_order: int | None = None,
     binary: bool = False,

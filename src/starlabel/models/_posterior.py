@@ -1,15 +1,15 @@
 """Label uncertainties for any fitted model with a JAX log-likelihood: Fisher, Laplace, NUTS.
 
 This is the glue between ``models/`` and the model-agnostic ``inference/`` toolkit
-(models may import inference, never the reverse). It needs only what every
-generative model here exposes:
+(models may import inference, never the reverse). It is written against the abstract
+classes of :mod:`starlabel.models.base`, needing only what they declare:
 
-* ``fitted.log_likelihood(params, flux, ivar) -> scalar`` (pure JAX), Gaussian in the
+* :meth:`AbstractGenerativeModel.log_likelihood` ``(params, flux, ivar) -> scalar`` (pure JAX), Gaussian in the
   flux with a variance that does not depend on ``params`` — the Cannon (``params`` =
   labels in their own units, variance σ² + s²) and Lux (``params`` = latents,
   variance σ² + learned scatter);
-* for latent-variable models, ``fitted.latents_to_labels`` and
-  ``fitted.latent_log_prior`` (Lux);
+* for an :class:`AbstractLatentModel`, ``latents_to_labels`` and ``latent_log_prior``
+  (Lux);
 * a starting point: ``fitted.infer_latents(data)`` or ``fitted.infer(data).labels``.
 
 What each method includes is documented in ``docs/uncertainties.md``.
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Key, PRNGKeyArray
 
-from .._internal import as_float_array, check_shape, x64
+from .._internal import as_float_array, check_shape, map_chunks, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference import (
     RESULTS,
@@ -41,18 +41,17 @@ from ..inference import (
     whiten,
 )
 from ._nuts_columns import RHAT_MAX, nuts_columns
+from ._prediction_variance import LinearPredictionVariance
 from ._strategies import NUTS, AbstractUncertainty
-from .base import AbstractLatentModel
+from .base import AbstractGenerativeModel, AbstractLatentModel
 
 __all__ = [
     "POSTERIOR_METHODS",
-    "LinearPredictionVariance",
     "PosteriorMethod",
     "check_uncertainty",
     "resolve_uncertainty",
     "posterior_infer",
     "refine_uncertainty",
-    "training_prediction_variance",
 ]
 
 PosteriorMethod = Literal["fisher", "laplace", "nuts"]
@@ -63,96 +62,10 @@ POSTERIOR_METHODS: tuple[str, ...] = get_args(PosteriorMethod)
 _NEWTON_TOL = 1e-6
 
 
-class LinearPredictionVariance(eqx.Module):
-    r"""Variance of a linear-in-coefficients model's mean flux from its training fit.
-
-    For :math:`\mu_\lambda(\ell) = \theta_\lambda \cdot v(x(\ell))` with each pixel's
-    coefficients fitted independently, :math:`q_\lambda(\ell) = v^\top C_\lambda v`
-    where :math:`C_\lambda` is the covariance of :math:`\hat\theta_\lambda`. Build it with
-    :func:`training_prediction_variance`.
-
-    Attributes
-    ----------
-    coefficient_cov : Float[Array, "pixels terms terms"]
-        :math:`C_\lambda` (flux² units); zero rows/columns for censored terms.
-    vectorizer : PolynomialVectorizer-like
-        ``vectorizer(x) -> (terms,)``.
-    label_scaler : ShiftScale-like
-        ``label_scaler.transform(labels) -> x``.
-    """
-
-    coefficient_cov: Float[Array, "pixels terms terms"]
-    vectorizer: Any
-    label_scaler: Any
-
-    def __call__(self, labels: Float[Array, " labels"]) -> Float[Array, " pixels"]:
-        """Per-pixel variance of the predicted flux at ``labels`` (labels' own units)."""
-        v = self.vectorizer(self.label_scaler.transform(labels))
-        return jnp.einsum("ptu,t,u->p", self.coefficient_cov, v, v)
-
-
-@x64
-def training_prediction_variance(fitted: Any, train: SpectralDataset) -> LinearPredictionVariance:
-    r"""Covariance of a Cannon-like model's coefficients from its training set, per pixel.
-
-    :math:`C_\lambda = (\sum_n \omega_{n\lambda} v_n v_n^\top)^{-1}` with
-    :math:`\omega = 1/(\sigma^2 + s_\lambda^2)` — the inverse Fisher matrix of pixel
-    :math:`\lambda`'s weighted least-squares fit, treating the training labels as exact
-    and s² as known. Pass the result as ``posterior_infer(..., prediction_variance=...)``
-    to add this training uncertainty to the label covariances. Censored (inactive)
-    coefficients are held at zero, as in training. L1-regularised fits are treated as
-    unregularised (the covariance is then an upper bound).
-
-    Parameters
-    ----------
-    fitted : fitted model
-        With ``theta`` (pixels, terms), ``s2`` (pixels,), ``vectorizer``,
-        ``label_scaler``, ``label_names`` and optionally ``active_terms`` (pixels, terms).
-    train : SpectralDataset
-        The training set the model was fitted on (labels ``fitted.label_names``).
-
-    Returns
-    -------
-    LinearPredictionVariance
-
-    Raises
-    ------
-    TypeError
-        If ``fitted`` is not linear in per-pixel coefficients (lacks the attributes above).
-    ValueError
-        If ``train`` is on another pixel grid or lacks the model's labels.
-    """
-    needed = ("theta", "s2", "vectorizer", "label_scaler")
-    missing = [name for name in needed if not hasattr(fitted, name)]
-    if missing:
-        raise TypeError(
-            f"`fitted` ({type(fitted).__name__}) lacks {missing}: training_prediction_variance"
-            " needs a model linear in per-pixel coefficients, such as FittedCannon."
-        )
-    theta = jnp.asarray(fitted.theta)
-    if train.n_pixels != theta.shape[0]:
-        raise ValueError(f"`train` has {train.n_pixels} pixels but the model has {theta.shape[0]}.")
-    labels = train.select_labels(fitted.label_names).labels
-    if labels is None:  # select_labels refuses a dataset without labels; this tells the checker
-        raise ValueError("`train` has no labels: training_prediction_variance needs the training set.")
-    rows = np.all(np.isfinite(labels), axis=1)
-    design = fitted.vectorizer.design(fitted.label_scaler.transform(jnp.asarray(labels[rows])))
-    ivar = jnp.asarray(train.ivar[rows])
-    omega = ivar / (1.0 + ivar * jnp.asarray(fitted.s2)[None, :])
-    precision = jnp.einsum("np,nt,nu->ptu", omega, design, design)
-    n_terms = theta.shape[1]
-    active = jnp.asarray(getattr(fitted, "active_terms", np.ones(theta.shape, bool)), dtype=bool)
-    both = active[:, :, None] & active[:, None, :]
-    eye = jnp.eye(n_terms, dtype=precision.dtype)
-    # Inactive terms are fixed at zero: invert on the active block only.
-    cov = jnp.linalg.inv(jnp.where(both, precision, eye[None]))
-    return LinearPredictionVariance(jnp.where(both, cov, 0.0), fitted.vectorizer, fitted.label_scaler)
-
-
 class _Adaptor(eqx.Module):
     """A fitted model seen as a log density over one star's parameters (pure JAX)."""
 
-    fitted: Any
+    fitted: AbstractGenerativeModel
     latent: bool = eqx.field(static=True)
     prediction_variance: LinearPredictionVariance | None = None
 
@@ -161,10 +74,14 @@ class _Adaptor(eqx.Module):
 
     def log_prior(self, params: Float[Array, " n"]) -> Float[Array, ""]:
         # Labels get a flat prior; Lux latents their N(0, I).
-        return self.fitted.latent_log_prior(params) if self.latent else jnp.zeros((), params.dtype)
+        if isinstance(self.fitted, AbstractLatentModel):
+            return self.fitted.latent_log_prior(params)
+        return jnp.zeros((), params.dtype)
 
     def labels(self, params: Float[Array, " n"]) -> Float[Array, " labels"]:
-        return self.fitted.latents_to_labels(params) if self.latent else params
+        if isinstance(self.fitted, AbstractLatentModel):
+            return self.fitted.latents_to_labels(params)
+        return params
 
 
 def _log_posterior(params: Float[Array, " n"], args: tuple[_Adaptor, Array, Array]) -> Float[Array, ""]:
@@ -365,22 +282,25 @@ def _analyse_chunk(
     return jax.vmap(one)(rows)
 
 
-def _adaptor_and_start(fitted: Any, data: SpectralDataset, start: Any) -> tuple[_Adaptor, np.ndarray]:
-    if not callable(getattr(fitted, "log_likelihood", None)):
+def _adaptor_and_start(
+    fitted: AbstractGenerativeModel, data: SpectralDataset, start: ArrayLike | None
+) -> tuple[_Adaptor, np.ndarray]:
+    if not isinstance(fitted, AbstractGenerativeModel):
         raise TypeError(
-            f"`fitted` ({type(fitted).__name__}) has no log_likelihood(params, flux, ivar);"
-            " posterior_infer needs a fitted generative model such as FittedCannon or FittedLux."
+            f"`fitted` ({type(fitted).__name__}) is not an AbstractGenerativeModel with a"
+            " log_likelihood(params, flux, ivar); posterior_infer needs a fitted generative model"
+            " such as FittedCannon, FittedPayne or FittedLux."
         )
-    latent = isinstance(fitted, AbstractLatentModel)
+    adaptor = _Adaptor(fitted, isinstance(fitted, AbstractLatentModel))
     if start is not None:
         given = as_float_array(start, "start")
-        size = fitted.latent_size if latent else len(fitted.label_names)
-        what = "latents" if latent else "labels"
+        size = fitted.latent_size if isinstance(fitted, AbstractLatentModel) else len(fitted.label_names)
+        what = "latents" if adaptor.latent else "labels"
         check_shape(given, (data.n_stars, size), "start", f"(stars, {what}) for {data.n_stars} stars")
-        return _Adaptor(fitted, latent), given
-    if latent:
-        return _Adaptor(fitted, latent), np.asarray(fitted.infer_latents(data)[0], dtype=np.float64)
-    return _Adaptor(fitted, latent), np.asarray(fitted.infer(data).labels, dtype=np.float64)
+        return adaptor, given
+    if isinstance(fitted, AbstractLatentModel):
+        return adaptor, np.asarray(fitted.infer_latents(data)[0], dtype=np.float64)
+    return adaptor, np.asarray(fitted.infer(data).labels, dtype=np.float64)
 
 
 def _check_options(method: str, num_warmup: int, num_samples: int, num_chains: int, chunk_size: int) -> None:
@@ -396,17 +316,9 @@ def _check_options(method: str, num_warmup: int, num_samples: int, num_chains: i
             raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
 
 
-def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:
-    # Repeat the last row so every chunk has one shape (one compilation).
-    missing = size - array.shape[0]
-    if missing == 0:
-        return array
-    return np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
-
-
 @x64
 def posterior_infer(
-    fitted: Any,
+    fitted: AbstractGenerativeModel,
     data: SpectralDataset,
     *,
     method: PosteriorMethod = "fisher",
@@ -443,9 +355,9 @@ def posterior_infer(
 
     Parameters
     ----------
-    fitted : fitted model
-        Exposes ``log_likelihood(params, flux, ivar)`` (pure JAX, Gaussian in the flux
-        with a parameter-independent variance) and ``infer`` (or, for latent models,
+    fitted : AbstractGenerativeModel
+        Its ``log_likelihood(params, flux, ivar)`` (pure JAX, Gaussian in the flux with a
+        parameter-independent variance) and ``infer`` (for an :class:`AbstractLatentModel`:
         ``infer_latents``, ``latents_to_labels`` and ``latent_log_prior``).
     data : SpectralDataset
         Spectra on the model's pixel grid; their labels, if any, are not used.
@@ -458,7 +370,8 @@ def posterior_infer(
     newton_steps : int
         Newton iterations refining the starting point (0 keeps it).
     chunk_size : int
-        Stars per compiled call; the last chunk is padded, so one compilation serves all.
+        Stars per compiled call; the last chunk is padded (:func:`starlabel._internal.map_chunks`),
+        so one compilation serves all.
     rhat_max : float
         NUTS stars whose largest label R̂ exceeds this get ``Flag.NOT_CONVERGED``.
     vectorize : bool
@@ -526,22 +439,18 @@ def posterior_infer(
         int(num_chains),
         bool(vectorize),
     )
-    parts: list[_StarOutput] = []
-    for begin in range(0, n_stars, size):
-        stop = min(begin + size, n_stars)
-        out = _analyse_chunk(
-            adaptor,
-            jnp.asarray(_pad_rows(data.flux[begin:stop], size)),
-            jnp.asarray(_pad_rows(data.ivar[begin:stop], size)),
-            jnp.asarray(_pad_rows(start[begin:stop], size)),
-            jnp.concatenate(
-                [keys[begin:stop], jnp.repeat(keys[stop - 1 : stop], size - (stop - begin), axis=0)]
-            ),
-            jnp.asarray(method == "fisher"),
-            settings,
+    use_fisher = jnp.asarray(method == "fisher")
+
+    def chunk(rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> _StarOutput:
+        flux, ivar, params0, key_data = rows
+        keys = jax.random.wrap_key_data(jnp.asarray(key_data))
+        return _analyse_chunk(
+            adaptor, jnp.asarray(flux), jnp.asarray(ivar), jnp.asarray(params0), keys, use_fisher, settings
         )
-        parts.append(jax.tree.map(lambda a, n=stop - begin: np.asarray(a[:n]), out))
-    star = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+
+    # Keys travel as raw data: the padding copies rows with numpy, which typed keys refuse.
+    rows = (data.flux, data.ivar, start, np.asarray(jax.random.key_data(keys)))
+    star: _StarOutput = map_chunks(chunk, rows, size=size)
     return _result(
         fitted,
         data,
@@ -558,7 +467,7 @@ def posterior_infer(
 
 
 def _result(
-    fitted: Any,
+    fitted: AbstractGenerativeModel,
     data: SpectralDataset,
     adaptor: _Adaptor,
     star: _StarOutput,
@@ -587,7 +496,7 @@ def _result(
     flags |= np.where(not_converged, int(Flag.NOT_CONVERGED), 0)
     cov = np.where(star.positive_definite[:, None, None], star.cov, np.nan)
     meta: dict[str, Any] = {
-        "model": str(getattr(fitted, "kind", type(fitted).__name__)),
+        "model": str(fitted.kind),
         "uncertainty": method,
         "parameters": "latents" if adaptor.latent else "labels",
         "training_uncertainty": adaptor.prediction_variance is not None,
@@ -616,7 +525,7 @@ def _result(
 
 
 def refine_uncertainty(
-    fitted: Any,
+    fitted: AbstractGenerativeModel,
     data: SpectralDataset,
     first: InferenceResult,
     start: ArrayLike,
@@ -632,7 +541,7 @@ def refine_uncertainty(
 
     Parameters
     ----------
-    fitted : fitted model
+    fitted : AbstractGenerativeModel
         As for :func:`posterior_infer`.
     data : SpectralDataset
         The spectra ``first`` was inferred from.

@@ -44,6 +44,7 @@ __all__ = [
     "TestStep",
     "ESTIMATORS",
     "UNCERTAINTIES",
+    "as_uncertainty",
     "calibration_options",
     "calibration_from_options",
 ]
@@ -330,7 +331,7 @@ class TestStep(eqx.Module):
             else:
                 sampler = {k: flat.pop(k) for k in ("num_warmup", "num_samples", "num_chains") if k in flat}
                 estimator = NUTS(prior, _temperature(temperature), scale, calibration, **sampler)
-        uncertainty = _uncertainty(flat.pop("uncertainty", "fisher"))
+        uncertainty = as_uncertainty(flat.pop("uncertainty", "fisher"))
         if isinstance(uncertainty, NUTS) and isinstance(flat.get("posterior_options"), Mapping):
             # The sampler settings of uncertainty="nuts" travel in posterior_options.
             posterior = dict(flat.pop("posterior_options"))
@@ -441,7 +442,8 @@ def _calibration(value: Any) -> ErrorCalibration:
     return calibration_from_options(value, tuple(value.get("label_names", ())))
 
 
-def _uncertainty(name: Any) -> AbstractUncertainty:
+def as_uncertainty(name: str | AbstractUncertainty) -> AbstractUncertainty:
+    """``Fisher()``, ``Laplace()`` or ``NUTS()`` for its name; an uncertainty object unchanged."""
     if isinstance(name, AbstractUncertainty):
         return name
     classes: dict[str, type[AbstractUncertainty]] = {"fisher": Fisher, "laplace": Laplace, "nuts": NUTS}

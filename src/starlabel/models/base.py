@@ -79,6 +79,17 @@ class AbstractGenerativeModel(AbstractFittedModel):
     def predict_flux(self, labels: Float[Array, "stars labels"] | np.ndarray) -> np.ndarray:
         """Model flux, shape (stars, pixels), at ``labels`` given in the labels' own units."""
 
+    @abc.abstractmethod
+    def log_likelihood(
+        self, params: Float[Array, " params"], flux: Float[Array, " pixels"], ivar: Float[Array, " pixels"]
+    ) -> Float[Array, ""]:
+        """Log-likelihood of one spectrum (pure JAX) given its parameters.
+
+        ``params`` are the labels in their own units, or the latents of an
+        :class:`AbstractLatentModel`; Gaussian in the flux with a variance that does not
+        depend on ``params`` (what the Fisher/Laplace/NUTS uncertainties use).
+        """
+
 
 class AbstractFluxModel(eqx.Module):
     """Labels of one star → its normalised flux, with the noise model the fits use.
@@ -225,14 +236,16 @@ class AbstractLatentModel(AbstractGenerativeModel):
         """Log prior density of one star's latents."""
 
     @abc.abstractmethod
-    def log_likelihood(
-        self, latents: Float[Array, " latents"], flux: Float[Array, " pixels"], ivar: Float[Array, " pixels"]
-    ) -> Float[Array, ""]:
-        """Log-likelihood of one spectrum given its latents."""
-
-    @abc.abstractmethod
     def infer_latents(self, data: SpectralDataset, **options: Any) -> Any:
         """Per-star latents (first element: means, shape (stars, latents))."""
+
+    @abc.abstractmethod
+    def infer_map(self, data: SpectralDataset, **options: Any) -> InferenceResult:
+        """The model's own test step (MAP labels; ``uncertainty=`` a posterior method name).
+
+        What :func:`starlabel.models.infer` runs for ``estimator=MAP()``; the model's
+        ``infer`` delegates to that entry point, so options are checked in one place.
+        """
 
 
 def flux_model_of(fitted: Any) -> AbstractFluxModel:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from ..._internal import x64
+from ..._internal import map_chunks, x64
 from ...data import Flag, InferenceResult, SpectralDataset
 from ...inference import AbstractLabelPrior, gaussian_from_precision, nuts, whiten
 from .._nuts_columns import nuts_columns
@@ -132,25 +132,17 @@ def infer_nuts(
         )
 
     run = jax.jit(jax.vmap(one))
-    keys = jax.random.split(key, data.n_stars)
-    outs = []
-    for begin in range(0, data.n_stars, chunk_size):
-        end = min(begin + chunk_size, data.n_stars)
-        sl = slice(begin, end)
-        outs.append(
-            [
-                np.asarray(o)
-                for o in run(
-                    jnp.asarray(centre[sl]),
-                    jnp.asarray(cov[sl]),
-                    stats.c[sl],
-                    stats.g[sl],
-                    stats.H[sl],
-                    keys[sl],
-                )
-            ]
-        )
-    mean, post_cov, rhat, ess, step_size, divergent = (np.concatenate([o[i] for o in outs]) for i in range(6))
+
+    def chunk(rows: tuple[Any, ...]) -> tuple[Array, ...]:
+        *arrays, key_data = (jnp.asarray(a) for a in rows)
+        return run(*arrays, jax.random.wrap_key_data(key_data))
+
+    # Keys travel as raw data: the padding copies rows with numpy, which typed keys refuse.
+    keys = jax.random.key_data(jax.random.split(key, data.n_stars))
+    rows = (centre, cov, stats.c, stats.g, stats.H, np.asarray(keys))
+    mean, post_cov, rhat, ess, step_size, divergent = map_chunks(
+        chunk, rows, size=min(chunk_size, data.n_stars)
+    )
     post_cov = post_cov.reshape(-1, model.n_labels, model.n_labels)
     chi2 = np.asarray(chi2_at(model, stats, jnp.asarray(mean)))
     n_good = np.asarray(stats.n_good)

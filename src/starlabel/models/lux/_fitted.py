@@ -15,8 +15,9 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from ..._internal import as_float_array, map_chunks, x64
 from ...data import Flag, InferenceResult, ShiftScale, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration
+from .._infer import infer as typed_infer
 from .._posterior import refine_uncertainty, resolve_uncertainty
-from .._strategies import AbstractUncertainty
+from .._strategies import AbstractUncertainty, as_uncertainty
 from ..base import AbstractLatentModel
 from ._error_models import AbstractScatter, error_model_from_config
 from ._objective import LOG_2PI, DataBlock, LuxOutput
@@ -211,14 +212,31 @@ class FittedLux(AbstractLatentModel):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean (stars, latents) and covariance (stars, latents, latents) of latents.
 
-        Same arguments as :meth:`infer`.
+        Same arguments as :meth:`infer_map`.
         """
         outputs, blocks = self._blocks(data, inputs, extra)
         post = self._posterior(outputs, blocks, chunk_size, steps)
         return post.mean, post.cov
 
-    @x64
     def infer(
+        self,
+        data: SpectralDataset,
+        *,
+        uncertainty: str | AbstractUncertainty = "fisher",
+        **options: Any,
+    ) -> InferenceResult:
+        """Infer labels of every star in ``data``: :func:`starlabel.models.infer` with ``estimator=MAP()``.
+
+        The one typed entry point checks the choices and runs :meth:`infer_map`, where
+        the arguments (``inputs``, ``extra``, ``chunk_size``, ``steps``,
+        ``include_label_scatter``, ``posterior_options``, ``calibrate``) are documented.
+        ``uncertainty`` is ``"fisher"`` (default), ``"laplace"``, ``"nuts"`` or a
+        ``Fisher()``/``Laplace()``/``NUTS(…)`` object.
+        """
+        return typed_infer(self, data, uncertainty=as_uncertainty(uncertainty), **options)
+
+    @x64
+    def infer_map(
         self,
         data: SpectralDataset,
         *,
@@ -231,9 +249,10 @@ class FittedLux(AbstractLatentModel):
         posterior_options: Mapping[str, Any] | None = None,
         calibrate: bool = True,
     ) -> InferenceResult:
-        """Infer labels of every star in ``data`` from its flux (by default) alone.
+        """Lux's own test step: labels of every star in ``data`` from its flux (by default) alone.
 
-        Each star's latents get their posterior given the outputs in ``inputs`` with the
+        What :meth:`infer` (through :func:`starlabel.models.infer`) runs. Each star's
+        latents get their posterior given the outputs in ``inputs`` with the
         trained parameters fixed (exact for affine transforms, otherwise ``steps``
         Levenberg–Marquardt iterations and the Laplace approximation). Labels are the
         label transform of the latent mode; their covariance propagates the latent
