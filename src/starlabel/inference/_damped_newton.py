@@ -197,7 +197,11 @@ def damped_newton(
     DampedNewtonState
     """
     solve = cholesky_solve if solve is None else solve
-    if (evaluate is None) == (loss is None or linearise is None):
+    if (
+        (loss is None or linearise is None)
+        if evaluate is None
+        else (loss is not None or linearise is not None)
+    ):
         raise ValueError("give either `loss` and `linearise`, or `evaluate` (with both None).")
     if free is None:
         free = jnp.ones(x0.shape, dtype=bool)
