@@ -51,7 +51,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import log  # noqa: E402
 
-from starlabel.data import LINE_ELEMENTS, ShiftScale, SpectralDataset, simulate_lines  # noqa: E402
+from starlabel.data import LINE_ELEMENTS, Flag, ShiftScale, SpectralDataset, simulate_lines  # noqa: E402
 from starlabel.models.cannon import Cannon, FittedCannon, PolynomialVectorizer  # noqa: E402
 from starlabel.models.cannon import _quadratic_step as quadratic  # noqa: E402
 from starlabel.models.cannon._infer import LabelSpace  # noqa: E402
@@ -93,8 +93,8 @@ def flop_estimate(rate: float, n_train: int, n_pixels: int, n_labels: int, itera
         "measured_float64_gemm_gflops": round(rate / 1e9, 2),
         "statistics_gflop_per_spectrum": round(per["statistics"] / 1e9, 4),
         "statistics_pair_table_gb": round(per["pair_table_bytes"] / 1e9, 3),
-        "residual_gflop_per_iteration": round(per["residual_iteration"] / 1e9, 5),
-        "residual_iterations_assumed": iterations,
+        "residual_gflop_per_evaluation": round(per["residual_iteration"] / 1e9, 5),
+        "residual_evaluations_per_spectrum": iterations,
         "best_spectra_per_s_statistics": round(rate / per["statistics"], 1),
         "best_spectra_per_s_residual": round(rate / (per["residual_iteration"] * iterations), 1),
         "training_n_stars": n_train,
@@ -172,12 +172,18 @@ def crb_ratio(fitted: FittedCannon, truth: np.ndarray, labels: np.ndarray, total
     """Per-label RMSE of ``labels`` over the Cramér–Rao bound at ``truth`` (noise σ_total)."""
     result_labels = labels
     shift, scale = np.asarray(fitted.label_scaler.shift), np.asarray(fitted.label_scaler.scale)
-    with jax.enable_x64(True):
-        jac = np.asarray(jax.vmap(fitted.vectorizer.jacobian)(jnp.asarray((truth - shift) / scale)))
-    derivative = np.einsum("pt,ntk->nkp", np.asarray(fitted.theta), jac) / scale[None, :, None]
-    omega = np.where(np.asarray(fitted.pixel_ok), 1.0 / total**2, 0.0)
-    fisher = np.einsum("nkp,np,njp->nkj", derivative, omega, derivative)
-    crb = np.sqrt(np.mean(np.diagonal(np.linalg.inv(fisher), axis1=1, axis2=2), axis=0))
+    theta, pixel_ok = np.asarray(fitted.theta), np.asarray(fitted.pixel_ok)
+    variances = []
+    for start in range(0, len(truth), 128):  # (stars, labels, pixels) blocks: bounded memory
+        rows = slice(start, start + 128)
+        with jax.enable_x64(True):
+            x = jnp.asarray((truth[rows] - shift) / scale)
+            jac = np.asarray(jax.vmap(fitted.vectorizer.jacobian)(x))
+        derivative = np.einsum("pt,ntk->nkp", theta, jac) / scale[None, :, None]
+        omega = np.where(pixel_ok, 1.0 / total[rows] ** 2, 0.0)
+        fisher = np.einsum("nkp,np,njp->nkj", derivative, omega, derivative)
+        variances.append(np.diagonal(np.linalg.inv(fisher), axis1=1, axis2=2))
+    crb = np.sqrt(np.mean(np.concatenate(variances), axis=0))
     rmse = np.sqrt(np.mean((result_labels - truth) ** 2, axis=0))
     ratio = rmse / crb
     return {
@@ -186,6 +192,8 @@ def crb_ratio(fitted: FittedCannon, truth: np.ndarray, labels: np.ndarray, total
         "crb": _round(crb),
         "rmse_over_crb": _round(ratio, 3),
         "max_abs_ratio_minus_1": round(float(np.max(np.abs(ratio - 1))), 3),
+        # An RMSE over n Gaussian errors has relative standard error ~1/sqrt(2n).
+        "ratio_standard_error": round(float(1.0 / np.sqrt(2.0 * len(truth))), 3),
         "target": "every label within 10 % of the CRB",
         "met": bool(np.all(np.abs(ratio - 1) <= 0.10)),
     }
@@ -241,76 +249,105 @@ def ho_test_step(model: FittedCannon, data: SpectralDataset) -> tuple[float, np.
     return seconds, np.asarray(ds.test_label_vals)
 
 
+def statistics_case(model: FittedCannon, data: SpectralDataset, result, n_stats: int) -> dict:
+    """The sufficient-statistics step on the same model (forced), few spectra: it needs
+    the 1 GB θθᵀ table."""
+    few = data[np.arange(n_stats)]
+    threshold = quadratic.QUADRATIC_STEP_MIN_TERMS
+    quadratic.QUADRATIC_STEP_MIN_TERMS = 10**9
+    try:
+        model.infer(few, calibrate=False, chunk_size=n_stats)  # compile
+        start = time.perf_counter()
+        stats = model.infer(few, calibrate=False, chunk_size=n_stats)
+        seconds = time.perf_counter() - start
+    finally:
+        quadratic.QUADRATIC_STEP_MIN_TERMS = threshold
+    out = {
+        "n_spectra": n_stats,
+        "seconds_warm": round(seconds, 2),
+        "spectra_per_s": round(n_stats / seconds, 1),
+        "max_label_difference_to_residual_scaled": round(
+            float(np.max(np.abs(stats.labels - result.labels[:n_stats]))), 6
+        ),
+    }
+    log(f"statistics step {out}")
+    return out
+
+
 def speed_case(args: argparse.Namespace) -> dict:
     model = speed_model(7214)
     rng = np.random.default_rng(8)
     truth = rng.normal(0.0, 0.5, (args.n_speed, 18))
     sigma = 0.01
-    flux = model.predict_flux(truth) + rng.normal(0.0, sigma, (args.n_speed, 7214))
+    # The model's own family: noise of variance σ² + s², the variance the test step assumes.
+    total = np.sqrt(sigma**2 + np.asarray(model.s2))[None, :] * np.ones((args.n_speed, 1))
+    flux = model.predict_flux(truth) + rng.normal(0.0, 1.0, (args.n_speed, 7214)) * total
     data = SpectralDataset(flux, ivar=np.full(flux.shape, sigma**-2.0))
     out: dict = {"n_pixels": 7214, "n_labels": 18, "n_terms": 190}
 
     start = time.perf_counter()
-    first = model.infer(data[np.arange(64)], calibrate=False, chunk_size=64)
-    out["residual_first_call_s_64_spectra"] = round(time.perf_counter() - start, 2)
-    times = []
+    model.infer(data[np.arange(args.chunk)], calibrate=False, chunk_size=args.chunk)
+    out["residual_first_call_s"] = round(time.perf_counter() - start, 2)
+    times, cpu = [], []
     for _ in range(2):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = model.infer(data, calibrate=False, chunk_size=args.chunk)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     iterations = float(np.median(result.extra["n_iter"]))
     out["residual"] = {
         "n_spectra": args.n_speed,
+        "n_starts": 3,
         "seconds_warm_best_of_2": round(min(times), 2),
+        "cpu_seconds_best_of_2": round(min(cpu), 2),
         "spectra_per_s": round(args.n_speed / min(times), 1),
+        "spectra_per_cpu_s": round(args.n_speed / min(cpu), 1),
         "median_lm_iterations": iterations,
+        "max_lm_iterations": int(np.max(result.extra["n_iter"])),
+        "converged_fraction": round(float(np.mean((result.flags & int(Flag.NOT_CONVERGED)) == 0)), 4),
         "rmse_scaled": round(float(np.sqrt(np.mean((result.labels - truth) ** 2))), 5),
     }
-    del first
     log(f"residual step {out['residual']}")
-    total = np.sqrt(sigma**2 + np.asarray(model.s2))[None, :] * np.ones((args.n_speed, 1))
     out["model_family_crb"] = crb_ratio(model, truth, result.labels, total)
     out["model_family_crb"]["model"] = "the 18-label speed model (spectrum-like theta), not a fitted one"
     log(f"CRB {out['model_family_crb']}")
 
-    # The sufficient-statistics step on the same model (forced), few spectra: it needs
-    # the 1 GB θθᵀ table.
-    few = data[np.arange(args.n_stats)]
-    threshold = quadratic.QUADRATIC_STEP_MIN_TERMS
-    quadratic.QUADRATIC_STEP_MIN_TERMS = 10**9
-    try:
-        model.infer(few, calibrate=False, chunk_size=args.n_stats)  # compile
-        start = time.perf_counter()
-        stats = model.infer(few, calibrate=False, chunk_size=args.n_stats)
-        seconds = time.perf_counter() - start
-    finally:
-        quadratic.QUADRATIC_STEP_MIN_TERMS = threshold
-    out["statistics"] = {
-        "n_spectra": args.n_stats,
-        "seconds_warm": round(seconds, 2),
-        "spectra_per_s": round(args.n_stats / seconds, 1),
-        "max_label_difference_to_residual_scaled": round(
-            float(np.max(np.abs(stats.labels - result.labels[: args.n_stats]))), 6
-        ),
-    }
-    log(f"statistics step {out['statistics']}")
+    if args.n_stats > 0:
+        out["statistics"] = statistics_case(model, data, result, args.n_stats)
+    else:
+        out["statistics"] = "skipped (--n-stats 0): its unrolled 18-label Cholesky compiles for minutes"
 
     ho_data = data[np.arange(args.n_ho)]
+    start_cpu = time.process_time()
     seconds, ho_labels = ho_test_step(model, ho_data)
+    ho_cpu = time.process_time() - start_cpu
+    ours = result.labels[: args.n_ho]
+    ho_err = np.sqrt(np.diagonal(result.cov[: args.n_ho], axis1=1, axis2=2))
     out["ho_thecannon"] = {
         "n_spectra": args.n_ho,
+        "spectra": "the first n_spectra of the residual step's spectra",
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(ho_cpu, 2),
         "spectra_per_s": round(args.n_ho / seconds, 2),
+        "spectra_per_cpu_s": round(args.n_ho / ho_cpu, 2),
         "rmse_scaled": round(float(np.sqrt(np.mean((ho_labels - truth[: args.n_ho]) ** 2))), 5),
+        "ours_rmse_scaled_same_spectra": round(float(np.sqrt(np.mean((ours - truth[: args.n_ho]) ** 2))), 5),
+        "max_abs_difference_to_ours_over_error": round(float(np.max(np.abs(ho_labels - ours) / ho_err)), 3),
         "same_model": "Ho's CannonModel given this model's theta, scatter, pivots and scales",
     }
     log(f"Ho {out['ho_thecannon']}")
-    out["speedup_over_ho"] = round(out["residual"]["spectra_per_s"] / out["ho_thecannon"]["spectra_per_s"], 1)
+    ho = out["ho_thecannon"]
+    out["speedup_over_ho"] = round(out["residual"]["spectra_per_s"] / ho["spectra_per_s"], 1)
+    out["speedup_over_ho_cpu_seconds"] = round(
+        out["residual"]["spectra_per_cpu_s"] / ho["spectra_per_cpu_s"], 1
+    )
     out["targets"] = {
         "spectra_per_s": 150,
         "speedup_over_ho": 5,
         "met_spectra_per_s": out["residual"]["spectra_per_s"] >= 150,
         "met_speedup": out["speedup_over_ho"] >= 5,
+        "note": "wall-clock on a busy machine understates both; the CPU-second columns compare the"
+        " two side by side in the same run",
     }
     return out
 
@@ -324,7 +361,7 @@ def main() -> None:
     parser.add_argument("--first-pixel", type=int, default=0)
     parser.add_argument("--n-speed", type=int, default=2048, help="spectra timed for the residual step")
     parser.add_argument("--n-stats", type=int, default=64, help="spectra timed for the statistics step")
-    parser.add_argument("--n-ho", type=int, default=32, help="spectra for Ho's test step")
+    parser.add_argument("--n-ho", type=int, default=64, help="spectra for Ho's test step")
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--skip-line-list", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -336,7 +373,9 @@ def main() -> None:
     result: dict = {"benchmark": "abundances", "issue": 19}
     speed = speed_case(args)
     result["test_step_18_labels"] = speed
-    result["flop_estimate"] = flop_estimate(rate, 5000, 7214, 18, speed["residual"]["median_lm_iterations"])
+    # Evaluations per spectrum: one per start, the first point's, one per iteration.
+    evaluations = speed["residual"]["n_starts"] + 1 + speed["residual"]["median_lm_iterations"]
+    result["flop_estimate"] = flop_estimate(rate, 5000, 7214, 18, evaluations)
     if not args.skip_line_list:
         lines, fitted, test = line_list_case(args)
         result["line_list"] = lines

@@ -23,10 +23,11 @@ from typer.testing import CliRunner
 
 from starlabel.cli import app
 from starlabel.data import LINE_ELEMENTS, ShiftScale, SpectralDataset, read_result, simulate_lines
+from starlabel.inference import Marquardt, damped_newton
 from starlabel.models import load_model
 from starlabel.models.cannon import FittedCannon, PolynomialVectorizer, censor_from_windows
 from starlabel.models.cannon._infer import LabelSpace
-from starlabel.models.cannon._quadratic_step import use_quadratic_step
+from starlabel.models.cannon._quadratic_step import _evaluate, quadratic_form, use_quadratic_step
 from starlabel.survey import (
     ASPCAP_WINDOW_ELEMENTS,
     GRIDS,
@@ -195,7 +196,7 @@ def _quadratic_cannon(n_pixels: int, seed: int) -> FittedCannon:
 
 
 def test_18_label_cannon_reaches_the_cramer_rao_bound():
-    n_test, n_pixels = 400, 300
+    n_test, n_pixels = 1000, 300
     model = _quadratic_cannon(n_pixels, seed=7)
     assert model.vectorizer.n_terms == 190 and use_quadratic_step(model.vectorizer)
 
@@ -209,6 +210,8 @@ def test_18_label_cannon_reaches_the_cramer_rao_bound():
     test = SpectralDataset(flux, ivar=1.0 / sigma**2)
     result = model.infer(test, calibrate=False)
     assert np.mean(result.flags == 0) > 0.95
+    # From the training mean the Gauss–Newton steps converge at once (one evaluation each).
+    assert np.median(result.extra["n_iter"]) <= 4 and np.max(result.extra["n_iter"]) <= 8
 
     # Cramér–Rao bound per star: the inverse Fisher matrix at the true labels.
     shift, scale = np.asarray(model.label_scaler.shift), np.asarray(model.label_scaler.scale)
@@ -221,7 +224,59 @@ def test_18_label_cannon_reaches_the_cramer_rao_bound():
     crb = np.sqrt(np.mean(np.diagonal(np.linalg.inv(fisher), axis1=1, axis2=2), axis=0))
     rmse = np.sqrt(np.mean((result.labels - truth) ** 2, axis=0))
     ratio = rmse / crb
-    assert np.all(np.abs(ratio - 1.0) < 0.15), dict(zip(LABELS_18, np.round(ratio, 3), strict=True))
+    # 1,000 spectra: the ratio's standard error is 1/sqrt(2000) ≈ 2 %, so 10 % can fail.
+    assert np.all(np.abs(ratio - 1.0) < 0.10), dict(zip(LABELS_18, np.round(ratio, 3), strict=True))
     # The reported errors are that bound (evaluated at the estimate instead of the truth).
     reported = np.sqrt(np.mean(result.label_err**2, axis=0))
     np.testing.assert_allclose(reported, crb, rtol=0.05)
+
+    # The float32 Jacobian/Fisher products leave the labels at the float64 optimum: at
+    # the returned labels the float64 objective's Newton decrement gᵀM⁻¹g (the χ² a
+    # further step would gain; labels off by δ·error give ~δ²) is far below 1e-4.
+    n = 64
+    with jax.enable_x64(True):
+        form = quadratic_form(model.vectorizer, model.theta, dtype=np.float64)
+        ivar = np.asarray(test.ivar[:n])
+        omega = ivar / (1.0 + ivar * np.asarray(model.s2)[None, :])
+        pad = form.constant.size - n_pixels
+        blocks = lambda a: jnp.asarray(np.pad(a, ((0, 0), (0, pad))).reshape(n, *form.constant.shape))  # noqa: E731
+        x = jnp.asarray((result.labels[:n] - shift) / scale)
+        chi2, g, M = jax.vmap(lambda f, w, x: _evaluate(form, f, w, x))(
+            blocks(test.flux[:n]), blocks(omega), x
+        )
+        decrement = np.einsum("nk,nk->n", g, np.linalg.solve(M, g[..., None])[..., 0])
+    np.testing.assert_allclose(chi2, result.chi2[:n], rtol=1e-9)
+    assert np.max(decrement) < 1e-4, np.max(decrement)
+
+
+def test_damped_newton_evaluate_matches_loss_and_linearise():
+    """One carried ``evaluate`` reaches the same minimum as ``loss`` + ``linearise``."""
+    with jax.enable_x64(True):
+        t = jnp.linspace(0.0, 3.0, 40)
+        data = 2.0 * jnp.exp(-0.7 * t) + 0.3 + 0.01 * jnp.sin(7.0 * t)
+
+        def residual(p: jax.Array) -> jax.Array:
+            return data - (p[0] * jnp.exp(-p[1] * t) + p[2])
+
+        def linearise(p: jax.Array) -> tuple[jax.Array, jax.Array]:
+            J = -jax.jacfwd(residual)(p)  # model Jacobian
+            return -J.T @ residual(p), J.T @ J
+
+        def evaluate(p: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+            return (residual(p) @ residual(p), *linearise(p))
+
+        x0 = jnp.array([1.0, 0.2, 0.0])
+        kwargs = {"damping": Marquardt(), "max_steps": 50, "tol": 1e-12, "lower": jnp.array([0.0, 0.0, 0.25])}
+        plain = jax.jit(lambda x: damped_newton(lambda p: residual(p) @ residual(p), linearise, x, **kwargs))(
+            x0
+        )
+        carried = jax.jit(lambda x: damped_newton(None, None, x, evaluate=evaluate, **kwargs))(x0)
+        assert bool(plain.converged) and bool(carried.converged)
+        np.testing.assert_allclose(carried.x, plain.x, rtol=1e-9)
+        assert float(carried.x[2]) > 0.25  # the bound is inactive at the minimum …
+        assert carried.grad is not None and carried.curvature is not None
+        np.testing.assert_allclose(carried.curvature, linearise(carried.x)[1], rtol=1e-12)
+        # … and the carried path stops as soon as it lands (no extra step to find out).
+        assert int(carried.iteration) <= int(plain.iteration)
+        with pytest.raises(ValueError, match="either"):
+            damped_newton(lambda p: p @ p, None, x0, evaluate=evaluate, **kwargs)

@@ -7,7 +7,9 @@ constants. The caller describes the local quadratic model of its objective ``L``
 
 .. math:: L(x + \delta) \approx L(x) + 2 g^\top \delta + \delta^\top M \delta,
 
-by ``linearise(x) -> (g, M)`` (for a χ² that is ``g = Jᵀ W (m − f)`` and
+by ``linearise(x) -> (g, M)`` (or, where loss, gradient and curvature share most of
+their work, by one ``evaluate(x) -> (L, g, M)`` carried from step to step: see
+:func:`damped_newton`) (for a χ² that is ``g = Jᵀ W (m − f)`` and
 ``M = Jᵀ W J``, i.e. half the gradient and half the Gauss–Newton Hessian; for a
 negative log density ``L = −2 log p``, ``g`` is its gradient and ``M`` its Hessian).
 Each iteration solves ``(M + λ D) δ = −g`` on the free, unblocked parameters, projects
@@ -100,6 +102,9 @@ class DampedNewtonState(eqx.Module):
         less than ``atol + rtol·|L|``.
     stalled : Bool[Array, ""]
         ``λ`` passed the damping rule's ``largest``.
+    grad, curvature : arrays, shapes (n,) and (n, n), or None
+        With ``evaluate``: ``g`` and ``M`` at ``x`` (unpinned), carried between steps so
+        each step evaluates only its trial point. None otherwise.
     """
 
     x: Vector
@@ -108,6 +113,8 @@ class DampedNewtonState(eqx.Module):
     iteration: Int[Array, ""]
     converged: Bool[Array, ""]
     stalled: Bool[Array, ""]
+    grad: Vector | None = None
+    curvature: Matrix | None = None
 
 
 def pin_inactive(
@@ -127,8 +134,8 @@ def pin_inactive(
 
 
 def damped_newton(
-    loss: Callable[[Vector], Float[Array, ""]],
-    linearise: Callable[[Vector], tuple[Vector, Matrix]],
+    loss: Callable[[Vector], Float[Array, ""]] | None,
+    linearise: Callable[[Vector], tuple[Vector, Matrix]] | None,
     x0: Vector,
     *,
     damping: Marquardt,
@@ -141,18 +148,19 @@ def damped_newton(
     upper: Vector | None = None,
     atol: float = 0.0,
     rtol: float = 0.0,
+    evaluate: Callable[[Vector], tuple[Float[Array, ""], Vector, Matrix]] | None = None,
 ) -> DampedNewtonState:
     """Minimise ``loss`` from ``x0`` by damped Newton steps (see the module docstring).
 
     Parameters
     ----------
-    loss : callable
+    loss : callable or None
         ``loss(x) -> scalar``, evaluated at the (projected) start and, unless ``change``
-        is given, at every trial point.
-    linearise : callable
+        is given, at every trial point. None with ``evaluate``.
+    linearise : callable or None
         ``linearise(x) -> (g, M)``, shapes ``(n,)`` and ``(n, n)``: half the gradient of
         ``loss`` and half its (Gauss–Newton) Hessian, so that ``gᵀM⁻¹g`` is the
-        predicted decrease of ``loss``.
+        predicted decrease of ``loss``. None with ``evaluate``.
     x0 : Float[Array, " n"]
         The start; projected into ``[lower, upper]`` first.
     damping : Marquardt
@@ -176,12 +184,25 @@ def damped_newton(
     atol, rtol : float
         Also converged when an accepted step changes ``loss`` by less than
         ``atol + rtol·|loss|`` (0 turns this test off).
+    evaluate : callable, optional
+        ``evaluate(x) -> (loss, g, M)`` in place of ``loss`` and ``linearise``, for
+        objectives whose three parts share their expensive work (a residual χ² whose
+        Jacobian gives both the model and ``JᵀWJ``). Each step then evaluates only its
+        trial point, and the state carries ``g`` and ``M`` of the accepted point
+        (``DampedNewtonState.grad``, ``.curvature``), so one iteration costs one
+        evaluation where ``loss`` + ``linearise`` cost two.
 
     Returns
     -------
     DampedNewtonState
     """
     solve = cholesky_solve if solve is None else solve
+    if (
+        (loss is None or linearise is None)
+        if evaluate is None
+        else (loss is not None or linearise is not None)
+    ):
+        raise ValueError("give either `loss` and `linearise`, or `evaluate` (with both None).")
     if free is None:
         free = jnp.ones(x0.shape, dtype=bool)
     bounded = lower is not None or upper is not None
@@ -189,35 +210,64 @@ def damped_newton(
     upper = jnp.full_like(x0, jnp.inf) if upper is None else upper
 
     def change_of(x: Vector, trial: Vector, loss_x: Float[Array, ""]) -> Float[Array, ""]:
+        assert loss is not None
         if change is None:
             return loss(trial) - loss_x
         return change(x, trial, loss_x)
 
-    def step(state: DampedNewtonState) -> DampedNewtonState:
-        g, M = linearise(state.x)
+    def newton(x: Vector, g: Vector, M: Matrix) -> tuple[Bool[Array, " n"], Matrix, Vector, Array]:
+        """The step's free unknowns, the pinned system and the Newton decrement ``gᵀM⁻¹g``."""
         use = free
         if bounded:
             # A parameter pinned at a bound with the descent direction pointing outwards
             # is an active constraint: drop it from this step.
-            blocked = ((state.x <= lower) & (g > 0)) | ((state.x >= upper) & (g < 0))
+            blocked = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
             use = free & ~blocked
         M, r = pin_inactive(M, g, use)
         decrement = r @ solve(M, r)
-        at_minimum = jnp.isfinite(decrement) & (jnp.abs(decrement) <= tol)
+        return use, M, r, jnp.isfinite(decrement) & (jnp.abs(decrement) <= tol)
+
+    def step(state: DampedNewtonState) -> DampedNewtonState:
+        if evaluate is None:
+            assert linearise is not None
+            g, M = linearise(state.x)
+        else:
+            assert state.grad is not None and state.curvature is not None
+            g, M = state.grad, state.curvature
+        use, M, r, at_minimum = newton(state.x, g, M)
         delta = solve(M + state.damping * jnp.diag(damping.diagonal(M)), -r)
         trial = state.x + jnp.where(use, delta, 0.0)
         if bounded:
             trial = jnp.clip(trial, lower, upper)
-        delta_loss = change_of(state.x, trial, state.loss)
+        if evaluate is None:
+            delta_loss = change_of(state.x, trial, state.loss)
+            carried = None
+        else:
+            carried = evaluate(trial)
+            delta_loss = carried[0] - state.loss
         accept = (delta_loss <= 0) & jnp.isfinite(delta_loss) & ~at_minimum
         small = accept & (jnp.abs(delta_loss) < atol + rtol * jnp.abs(state.loss))
+        converged = at_minimum | small
+        if carried is None:
+            new_loss, grad, curvature = state.loss + delta_loss, None, None
+        else:
+            assert state.grad is not None and state.curvature is not None
+            # The trial's own loss, not a running sum: evaluate's loss is exact.
+            new_loss = carried[0]
+            grad = jnp.where(accept, carried[1], state.grad)
+            curvature = jnp.where(accept, carried[2], state.curvature)
+            # The accepted point's g and M are at hand: test it now rather than in a
+            # further step, which would evaluate one more (unused) trial point.
+            converged = converged | (accept & newton(trial, carried[1], carried[2])[3])
         return DampedNewtonState(
             x=jnp.where(accept, trial, state.x),
-            loss=jnp.where(accept, state.loss + delta_loss, state.loss),
+            loss=jnp.where(accept, new_loss, state.loss),
             damping=damping.update(state.damping, accept),
             iteration=state.iteration + jnp.where(at_minimum, 0, 1),
-            converged=at_minimum | small,
+            converged=converged,
             stalled=state.damping > damping.largest,
+            grad=grad,
+            curvature=curvature,
         )
 
     def cond(state: DampedNewtonState) -> Array:
@@ -225,13 +275,22 @@ def damped_newton(
 
     if bounded:
         x0 = jnp.clip(x0, lower, upper)
+    if evaluate is None:
+        assert loss is not None
+        loss0, g0, M0 = loss(x0), None, None
+        converged0 = jnp.array(False)
+    else:
+        loss0, g0, M0 = evaluate(x0)
+        converged0 = newton(x0, g0, M0)[3]
     init = DampedNewtonState(
         x=x0,
-        loss=loss(x0),
+        loss=loss0,
         damping=jnp.asarray(damping.initial, dtype=x0.dtype),
         iteration=jnp.array(0),
-        converged=jnp.array(False),
+        converged=converged0,
         stalled=jnp.array(False),
+        grad=g0,
+        curvature=M0,
     )
     # A while loop, not a fixed count: under vmap it stops once every problem is done.
     return jax.lax.while_loop(cond, step, init)

@@ -36,7 +36,15 @@ from ...inference import DampedNewtonState, Marquardt, cholesky_solve, damped_ne
 from ._normal import outer_pairs, unpack_pairs
 from ._vectorizer import PolynomialVectorizer
 
-__all__ = ["LabelStepOptions", "SpectrumStats", "LabelFit", "spectrum_stats", "fit_labels", "theta_pairs"]
+__all__ = [
+    "LabelStepOptions",
+    "SpectrumStats",
+    "LabelFit",
+    "spectrum_stats",
+    "fit_labels",
+    "theta_pairs",
+    "pixel_weights",
+]
 
 
 class LabelStepOptions(eqx.Module):
@@ -79,6 +87,18 @@ def theta_pairs(theta: Float[Array, "pixels terms"]) -> Float[Array, "pixels pai
     return outer_pairs(theta)
 
 
+def pixel_weights(
+    ivar: Float[Array, "*stars pixels"], s2: Float[Array, " pixels"], usable: Float[Array, " pixels"]
+) -> Float[Array, "*stars pixels"]:
+    """χ² weights ``ω = 1/(σ² + s²)`` of a spectrum's pixels, 0 where unusable.
+
+    ``usable`` is the 0/1 float mask of trained pixels. Written as ``w/(1 + w s²)`` with
+    ``w = max(ivar, 0)`` so that a pixel without information (ivar 0) gets exactly 0.
+    """
+    w = jnp.maximum(ivar, 0.0)
+    return usable * w / (1.0 + w * s2)
+
+
 _STATS_BLOCK = 128
 """Spectra per matrix product in :func:`spectrum_stats`.
 
@@ -113,14 +133,13 @@ def spectrum_stats(
 
     def one(spectrum: tuple[Array, Array]) -> SpectrumStats:
         f, w = spectrum
-        w = jnp.maximum(w, 0.0)
-        omega = usable * w / (1.0 + w * s2)
+        omega = pixel_weights(w, s2, usable)
         weighted = omega * f
         return SpectrumStats(
             c=(weighted * f) @ ones,
             g=weighted @ theta,
             H=unpack_pairs(omega @ pairs, theta.shape[1]),
-            n_good=(jnp.sign(w) @ usable).astype(int),
+            n_good=(jnp.sign(jnp.maximum(w, 0.0)) @ usable).astype(int),
         )
 
     # Accelerators have no such cache to keep and prefer one large product.
