@@ -269,3 +269,16 @@ def test_second_test_step_call_does_not_retrace(setup):
     assert traced >= 1
     fitted.infer(test[:512])
     assert eqx.debug.get_num_traces(fit_chunk) == traced
+
+
+def test_infer_of_any_size_reuses_one_compiled_program(setup):
+    # Every call runs in full chunks, so the calibration's held-out folds at training
+    # time, a handful of spectra and a full chunk all run one compiled test step.
+    _, fitted, test, truth = setup
+    fitted.infer(test[:5])
+    traced = eqx.debug.get_num_traces(fit_chunk)
+    for n in (1, 7, 40, 300):
+        result = fitted.infer(test[:n])
+        assert result.n_stars == n
+        np.testing.assert_allclose(result.labels[:, 0], truth[:n, 0], atol=10 * np.std(truth[:, 0]))
+    assert eqx.debug.get_num_traces(fit_chunk) == traced
