@@ -37,10 +37,14 @@ THREADS = pin_threads()
 import numpy as np  # noqa: E402
 
 import starlabel.models._calibration as calibration_module  # noqa: E402
+import starlabel.models._calibration_cv as calibration_cv  # noqa: E402
+import starlabel.models._calibration_fit as calibration_fit  # noqa: E402
 import starlabel.models.cannon._model as cannon_module  # noqa: E402
 import starlabel.models.lux._model as lux_module  # noqa: E402
 import starlabel.models.nn as nn_module  # noqa: E402
+from starlabel._internal import fold_indices  # noqa: E402
 from starlabel.data import simulate_lines  # noqa: E402
+from starlabel.models._training_distance import TrainingDistance  # noqa: E402
 from starlabel.models.cannon import Cannon  # noqa: E402
 from starlabel.models.lux import Lux  # noqa: E402
 from starlabel.models.nn import NNRegressor  # noqa: E402
@@ -86,7 +90,7 @@ def _timed_calibrated_fit(original):
 
 
 FIT = calibration_module.fit_error_calibration
-calibration_module.fit_error_calibration = _recording_fit(FIT)
+calibration_cv.fit_error_calibration = _recording_fit(FIT)
 for module in (cannon_module, lux_module, nn_module):
     module.calibrated_fit = _timed_calibrated_fit(module.calibrated_fit)
 
@@ -236,7 +240,7 @@ def summary(cases: dict) -> dict:
 
 def defaults(cases: dict) -> dict:
     """The library's defaults (r per family, γ cap) and the held-out statistics they give."""
-    shares, cap = calibration_module.IRREDUCIBLE_SHARE, calibration_module._MAX_POWER
+    shares, cap = calibration_module.IRREDUCIBLE_SHARE, calibration_fit._MAX_POWER
     rows = {}
     for case, models in cases.items():
         for model, row in models.items():
@@ -255,28 +259,41 @@ def defaults(cases: dict) -> dict:
     }
 
 
+PREVIOUS_SHARE = {"cannon": 0.7, "lux": 1.0, "nn": 1.0}
+"""The irreducible shares before the distance term (variant ``"previous"``)."""
+
+
 def _refit_split(raw, prefix: str, model: str, variant: str) -> np.ndarray:
     """Held-out calibrated errors of one split, the calibration refitted on its fold arrays.
 
     ``variant``: ``"learned_f"`` (the default plus the opt-in learned training-size factor,
-    where half-size residuals were recorded), ``"default"`` (what ``fit`` stores now: the label-space term for the
-    kinds in ``LABEL_TERM``, learned f for those in ``LEARN_SIZE_FACTOR``) or ``"previous"`` (the calibration before the
-    label-space term and the learned f: γ ≤ 2 and the family's r).
+    where half-size residuals were recorded), ``"default"`` (what ``fit`` stores now: the
+    label-space term for the kinds in ``LABEL_TERM``, the distance term for those in
+    ``DISTANCE_TERM``, learned f for those in ``LEARN_SIZE_FACTOR``, the family's r) or
+    ``"previous"`` (the default before the distance term: the label-space term for the
+    kinds in ``LABEL_TERM``, r from :data:`PREVIOUS_SHARE`). The distance term's folds
+    are those of ``calibrated_fit`` (5 folds, seed 0), recomputed here.
     """
     residuals = raw[f"{prefix}fold_residuals"]
     rchi2 = raw[f"{prefix}fold_rchi2"]
     half = raw.get(f"{prefix}fold_half_residuals")
     names = tuple(f"label{k}" for k in range(residuals.shape[1]))
     default = variant in ("default", "learned_f")
+    reference = raw[f"{prefix}fold_reference"]
+    distance = None
+    if default and model in calibration_cv.DISTANCE_TERM:
+        folds = list(fold_indices(len(reference), calibration_module.CALIBRATION_FOLDS, 0))
+        distance = TrainingDistance.from_folds(reference, reference + residuals, folds)
     calibration = FIT(
         residuals,
         raw[f"{prefix}fold_errors"],
         names,
         rchi2=None if np.all(np.isnan(rchi2)) else rchi2,
-        irreducible_share=calibration_module.IRREDUCIBLE_SHARE.get(model, 1.0),
-        labels=raw[f"{prefix}fold_reference"] + residuals
-        if default and model in calibration_module.LABEL_TERM
-        else None,
+        irreducible_share=calibration_module.IRREDUCIBLE_SHARE.get(model, 1.0)
+        if default
+        else PREVIOUS_SHARE.get(model, 1.0),
+        distance=distance,
+        labels=reference + residuals if model in calibration_module.LABEL_TERM else None,
         half_residuals=half
         if default
         and half is not None

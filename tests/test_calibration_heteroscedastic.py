@@ -111,3 +111,67 @@ def test_training_size_factor_is_learned_from_a_half_size_cv(alpha):
     np.testing.assert_allclose(calibration.size_power, alpha, atol=0.15)
     np.testing.assert_allclose(calibration.size_factors, 0.8 ** (alpha / 2), atol=0.02)
     assert "alpha=" in calibration.describe()
+
+
+def _distance_case(seed, n=4000, df=4.0):
+    """A 'model' whose error grows as √(distance to its training labels).
+
+    The distance is to the nearest 1/150 of the training set (10 of 1,500 stars), so
+    the error does not depend on the training set's size, only on where the star is.
+    """
+    from scipy.spatial import KDTree
+
+    rng = np.random.default_rng(seed)
+    truth = rng.standard_t(df, size=(n, 2))  # a dense core and sparse wings
+
+    def infer(train_labels, rows):
+        distance, _ = KDTree(train_labels).query(truth[rows], k=max(2, round(len(train_labels) / 150)))
+        sd = 0.05 * np.sqrt(distance.mean(axis=1) / 0.1)[:, None] * np.ones((1, 2))
+        labels = truth[rows] + rng.normal(size=(len(rows), 2)) * sd
+        cov = np.zeros((len(rows), 2, 2))
+        cov[:, [0, 1], [0, 1]] = 0.01**2
+        return InferenceResult(
+            ids=rows.astype(str),
+            label_names=("x", "y"),
+            labels=labels,
+            cov=cov,
+            chi2=np.full(len(rows), np.nan),
+            dof=np.full(len(rows), np.nan),
+            flags=np.zeros(len(rows), dtype=int),
+        )
+
+    return truth, infer
+
+
+def test_distance_term_follows_errors_that_grow_away_from_the_training_set():
+    truth, infer = _distance_case(3)
+    train = np.arange(1500)
+    kwargs = dict(label_term=False)
+    with_term = cross_validated_calibration(
+        lambda rows: truth[train][rows],
+        lambda m, rows: infer(m, train[rows]),
+        truth[train],
+        ("x", "y"),
+        distance_term=True,
+        **kwargs,
+    )
+    without = cross_validated_calibration(
+        lambda rows: truth[train][rows],
+        lambda m, rows: infer(m, train[rows]),
+        truth[train],
+        ("x", "y"),
+        **kwargs,
+    )
+    # Held out: 2,500 new stars against the model trained on all 1,500.
+    test = np.arange(1500, 4000)
+    result = infer(truth[train], test)
+    z_with = (result.labels - truth[test]) / with_term.apply(result).label_err
+    z_without = (result.labels - truth[test]) / without.apply(result).label_err
+    coverage = np.mean(np.abs(z_with) < 1, axis=0)
+    assert np.all(np.abs(np.std(z_with, axis=0) - 1) < 0.05), np.std(z_with, axis=0)
+    assert np.all(np.abs(coverage - 0.683) < 0.03), coverage
+    # A constant floor mixes small and large errors and lets the far stars' z run wide.
+    assert np.all(np.std(z_without, axis=0) > 1.05), np.std(z_without, axis=0)
+    power = np.asarray(with_term.distance.power)
+    assert np.all((power > 0.8) & (power < 2.0)), power  # variance ∝ D: η ≈ 1
+    assert "distance=" in with_term.describe()

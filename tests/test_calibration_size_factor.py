@@ -61,17 +61,20 @@ def trained(tmp_path_factory):
     return sim.dataset, folder, fitted
 
 
-def test_format_4_keeps_the_size_factor_and_the_label_space_term(trained):
+def test_format_5_keeps_the_size_factor_and_the_label_space_and_distance_terms(trained):
     dataset, folder, fitted = trained
     path = fitted.save(folder / "f.starlabel")
     header = read_model_header(path)
-    assert header["format_version"] == 4
+    assert header["format_version"] == 5
     assert header["calibration"]["local"] == {"neighbours": 14, "n_refs": 200}
+    assert header["calibration"]["distance"] == {"neighbours": 10, "n_refs": 200}
     assert header["calibration"]["irreducible_share"] == 0.3
     assert header["calibration"]["size_factor"] == pytest.approx((1 - 0.7 / 5) ** 0.5)
     loaded = load_model(path)
     assert loaded.calibration.irreducible_share == 0.3
     np.testing.assert_array_equal(loaded.calibration.local.sq, fitted.calibration.local.sq)
+    np.testing.assert_array_equal(loaded.calibration.distance.points, fitted.calibration.distance.points)
+    np.testing.assert_array_equal(loaded.calibration.distance.power, fitted.calibration.distance.power)
     np.testing.assert_allclose(loaded.infer(dataset[200:]).cov, fitted.infer(dataset[200:]).cov, rtol=1e-10)
 
 

@@ -72,13 +72,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "starlabel-model"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Bump when the header or array naming changes; loaders read older versions and refuse newer.
 
 2: optional error calibration (header ``calibration``, arrays ``.calibration.*``).
 3: the calibration's training-size factor (``calibration.irreducible_share``, ``size_factor``).
 4: the calibration's optional label-space term (header ``calibration.local``, arrays
-   ``.calibration.local.*``); files without it load as before."""
+   ``.calibration.local.*``); files without it load as before.
+5: the calibration's optional distance term (header ``calibration.distance``, arrays
+   ``.calibration.distance.*``); files without it load as before."""
 
 MODEL_KINDS: dict[str, str] = {
     "cannon": "starlabel.models.cannon:FittedCannon",

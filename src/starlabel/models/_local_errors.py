@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-__all__ = ["LocalErrors", "MAX_LOCAL_POWER"]
+__all__ = ["LocalErrors", "MAX_LOCAL_POWER", "placeholders", "reference_rows"]
 
 MAX_LOCAL_POWER = 1.5
 """Upper bound of ``δ``: at 1 the floor follows the neighbourhood's mean squared error
@@ -97,11 +97,7 @@ class LocalErrors(eqx.Module):
         k = default_neighbours(len(rows)) if neighbours is None else int(neighbours)
         if k < 1 or len(rows) < 2 * k:
             return None
-        if len(rows) > _MAX_REFS:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, _MAX_REFS, replace=False))
-        center = labels[rows].mean(axis=0)
-        spread = labels[rows].std(axis=0)
-        spread = np.where(spread > 0, spread, 1.0)
+        rows, center, spread = reference_rows(labels, rows, seed)
         squared = residuals[rows] ** 2
         with np.errstate(invalid="ignore"):
             top = np.nanquantile(squared, _WINSOR, axis=0)
@@ -158,6 +154,29 @@ class LocalErrors(eqx.Module):
     @classmethod
     def skeleton(cls, config: dict[str, Any], n_labels: int) -> LocalErrors:
         """Placeholder with the structure ``config`` describes (arrays replaced on load)."""
-        vector = jax.device_put(np.ones(n_labels))
-        table = jax.device_put(np.ones((int(config["n_refs"]), n_labels)))
+        vector, table = placeholders(config, n_labels)
         return cls(vector, vector, table, table, vector, neighbours=int(config["neighbours"]))
+
+
+def placeholders(config: dict[str, Any], n_labels: int) -> tuple[jax.Array, jax.Array]:
+    """Ones of shape (labels,) and (refs, labels) for a label-space term's skeleton.
+
+    ``device_put`` of numpy, not ``jnp.ones``: loading replaces them, and ``jnp.ones``
+    would compile a small program per shape in every process that loads a model.
+    """
+    return jax.device_put(np.ones(n_labels)), jax.device_put(np.ones((int(config["n_refs"]), n_labels)))
+
+
+def reference_rows(
+    labels: np.ndarray, rows: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows a label-space term keeps (a random 20,000 beyond), their labels' mean and spread.
+
+    ``labels`` (stars, labels), ``rows`` the candidate rows (int); the spread is 1 for a
+    label without any (all equal).
+    """
+    if len(rows) > _MAX_REFS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, _MAX_REFS, replace=False))
+    center = labels[rows].mean(axis=0)
+    spread = labels[rows].std(axis=0)
+    return rows, center, np.where(spread > 0, spread, 1.0)

@@ -1,0 +1,240 @@
+"""The cross-validation driver of the error calibration, shared by every family's ``fit``.
+
+:func:`cross_validated_calibration` refits a model on K−1 folds of its training set,
+runs the uncalibrated test step on the held-out fold and hands the residuals to
+:func:`~._calibration_fit.fit_error_calibration`; :func:`calibrated_fit` does that for
+a fitted model of any family and stores the result in its ``calibration`` field, with
+the per-family defaults below (measured, see ``docs/uncertainties.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import numpy as np
+
+from .._internal import fold_indices
+from ..data import InferenceResult, SpectralDataset
+from ._calibration_fit import fit_error_calibration
+from ._error_calibration import CALIBRATION_FOLDS, ErrorCalibration
+from ._training_distance import TrainingDistance
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IRREDUCIBLE_SHARE",
+    "LABEL_TERM",
+    "LEARN_SIZE_FACTOR",
+    "DISTANCE_TERM",
+    "calibrated_fit",
+    "cross_validated_calibration",
+]
+
+IRREDUCIBLE_SHARE: dict[str, float] = {"cannon": 0.7, "lux": 1.0, "nn": 0.0}
+"""Default irreducible share ``r`` per model kind, used by ``fit`` (1 for other kinds:
+no factor). Measured on held-out stars (``benchmarks/results/calibration_size_factor.json``,
+``benchmarks/results/calibration_distance_term.json``, ``docs/uncertainties.md``): for
+the Cannon r = 0.7 (f = 0.970 with 5 folds) keeps every label of the real giants within
+the targets; for Lux any r < 1 widens the line-list [Fe/H] and [α/Fe] spreads and fails
+the 250-star giants test (log g 1.18). For the NN r = 0 (f = 0.894): its held-out errors
+shrink the most with more training stars (the final network is clearly better than the
+fold networks), and with the distance and label-space terms r = 0 meets both targets
+for every giants label (std z 1.04–1.10, 68–70 %) and brings the line-list labels to
+std z 0.94–1.02 and 67–73 % (r = 1: 0.86–0.97, 72–79 %)."""
+
+LABEL_TERM = frozenset({"cannon", "lux", "nn"})
+"""Model kinds whose ``fit`` learns the label-space term (:class:`LocalErrors`). The NN
+too since its r is 0: with the distance term and r = 0 the term lowers the giants'
+worst miss (std z 1.10 → 1.10, coverage 71.4 → 70.2 %) at equal line-list figures
+(``benchmarks/results/calibration_distance_term.json``). Without r = 0 it had lowered
+the NN's line-list std z from 0.88–0.96 to 0.85–0.91
+(``benchmarks/results/calibration_label_term.json``)."""
+
+LEARN_SIZE_FACTOR: frozenset[str] = frozenset()
+"""Model kinds whose ``fit`` learns the training-size factor per label from a half-size
+cross-validation (two more fits on half the stars); others use :data:`IRREDUCIBLE_SHARE`.
+Empty (opt-in: ``calibrated_fit(..., learn_size_factor=True)``) until measured at full
+size: an earlier form (MSE ∝ N^−α, α ≤ 2) made the Cannon's errors too small on 250
+and 1,000 training stars (held-out std z 1.10–1.16 on the giants)."""
+
+DISTANCE_TERM = frozenset({"cannon", "lux", "nn"})
+"""Model kinds whose ``fit`` learns the distance term (:class:`TrainingDistance`): every
+family. It is what makes the NN's tails honest (giants 1σ coverage 76 → 74 % on its own,
+70 % with r = 0; see :mod:`._training_distance`), and costs the Cannon and Lux nothing
+on the giants (max distance from the targets 0.51 → 0.48 and 0.29 → 0.37 tolerances)."""
+
+
+def cross_validated_calibration(
+    refit: Callable[[np.ndarray], Any],
+    infer: Callable[[Any, np.ndarray], InferenceResult],
+    reference: np.ndarray,
+    label_names: tuple[str, ...],
+    *,
+    n_folds: int = CALIBRATION_FOLDS,
+    seed: int = 0,
+    irreducible_share: float = 1.0,
+    learn_size_factor: bool = False,
+    label_term: bool = True,
+    distance_term: bool = False,
+) -> ErrorCalibration:
+    """Learn an :class:`ErrorCalibration` by K-fold cross-validation on a training set.
+
+    For each fold: ``fitted = refit(kept_rows)`` trains on the other folds and
+    ``infer(fitted, held_rows)`` runs the *uncalibrated* test step on the held-out
+    stars; their residuals against ``reference`` and statistical errors are then fitted
+    by :func:`fit_error_calibration`. Only the training set is used.
+
+    Parameters
+    ----------
+    refit : callable
+        ``rows (n,) int → fitted model`` trained on those training rows only.
+    infer : callable
+        ``(fitted, rows) → InferenceResult`` with statistical errors for those rows.
+    reference : ndarray, shape (stars, labels)
+        The training labels (NaN = unknown).
+    label_names : tuple of str
+    n_folds : int
+        K (default 5).
+    seed : int
+        Seed of the fold assignment.
+    irreducible_share : float
+        ``r`` of the training-size factor (see :func:`fit_error_calibration`).
+    learn_size_factor : bool
+        Also run a 2-fold cross-validation (two more fits, on half the stars each) and
+        learn the training-size factor per label from how the held-out errors shrink
+        from N/2 to (K−1)N/K training stars (``half_residuals`` of
+        :func:`fit_error_calibration`). If a half-size fit fails (too few stars), the
+        factor falls back to ``irreducible_share``.
+    label_term : bool
+        Learn the label-space term from the held-out stars' inferred labels
+        (``labels`` of :func:`fit_error_calibration`).
+    distance_term : bool
+        Learn the distance term: the floor's growth with the distance of the inferred
+        labels from the training labels (``distance`` of :func:`fit_error_calibration`).
+
+    Returns
+    -------
+    ErrorCalibration
+
+    Raises
+    ------
+    ValueError
+        On a bad ``n_folds`` or too few usable held-out stars.
+    """
+    reference = np.asarray(reference, dtype=float)
+    n = reference.shape[0]
+    residuals = np.full(reference.shape, np.nan)
+    errors = np.full(reference.shape, np.nan)
+    rchi2 = np.full(n, np.nan)
+    predicted = np.full(reference.shape, np.nan)
+    everyone = np.arange(n)
+    folds = list(fold_indices(n, n_folds, seed))
+    for held in folds:
+        fitted = refit(np.setdiff1d(everyone, held))
+        result = infer(fitted, held)
+        predicted[held] = result.labels
+        residuals[held] = result.labels - reference[held]
+        errors[held] = result.label_err
+        rchi2[held] = result.reduced_chi2
+    half = _half_size_residuals(refit, infer, reference, seed) if learn_size_factor else None
+    return fit_error_calibration(
+        residuals,
+        errors,
+        label_names,
+        rchi2=rchi2,
+        n_folds=n_folds,
+        irreducible_share=irreducible_share,
+        labels=predicted if label_term else None,
+        half_residuals=half,
+        distance=TrainingDistance.from_folds(reference, predicted, folds) if distance_term else None,
+    )
+
+
+def _half_size_residuals(
+    refit: Callable[[np.ndarray], Any],
+    infer: Callable[[Any, np.ndarray], InferenceResult],
+    reference: np.ndarray,
+    seed: int,
+) -> np.ndarray | None:
+    """Held-out residuals of a 2-fold cross-validation; None if a half-size fit fails."""
+    n = reference.shape[0]
+    half = np.full(reference.shape, np.nan)
+    everyone = np.arange(n)
+    for held in fold_indices(n, 2, seed + 1):
+        try:
+            fitted = refit(np.setdiff1d(everyone, held))
+        except ValueError as error:
+            logger.warning(
+                "the training-size factor is not learned (a fit on half the %d training stars failed:"
+                " %s); using the irreducible share instead.",
+                n,
+                error,
+            )
+            return None
+        half[held] = infer(fitted, held).labels - reference[held]
+    return half
+
+
+def calibrated_fit(
+    fitted: Any,
+    train: SpectralDataset,
+    refit: Callable[[np.ndarray], Any],
+    *,
+    n_folds: int = CALIBRATION_FOLDS,
+    seed: int = 0,
+    irreducible_share: float | None = None,
+    learn_size_factor: bool | None = None,
+    label_term: bool | None = None,
+    distance_term: bool | None = None,
+) -> Any:
+    """``fitted`` carrying the calibration its family's default test step needs.
+
+    Shared by every family's ``fit(calibrate=True)``: cross-validates ``refit`` on
+    ``train`` (the training labels are the reference) and stores the result in the
+    fitted model's ``calibration`` field. ``irreducible_share`` defaults to the
+    fitted model's kind's entry in :data:`IRREDUCIBLE_SHARE` (1 for other kinds).
+    """
+    kind = getattr(fitted, "kind", "")
+    if irreducible_share is None:
+        irreducible_share = IRREDUCIBLE_SHARE.get(kind, 1.0)
+    if learn_size_factor is None:
+        learn_size_factor = kind in LEARN_SIZE_FACTOR
+    if label_term is None:
+        label_term = kind in LABEL_TERM
+    if distance_term is None:
+        distance_term = kind in DISTANCE_TERM
+    names = tuple(fitted.label_names)
+    if train.labels is None:
+        raise ValueError("the training set has no labels to calibrate the errors against.")
+    # Index the label columns directly: select_labels would copy the spectra too.
+    reference = train.labels[:, [train.label_index(n) for n in names]]
+
+    def infer(model: Any, rows: np.ndarray) -> InferenceResult:
+        return model.infer(train[rows], calibrate=False)
+
+    def refit_fold(rows: np.ndarray) -> Any:
+        try:
+            return refit(rows)
+        except ValueError as error:
+            raise ValueError(
+                f"error calibration refits the model on {n_folds - 1}/{n_folds} of the training set"
+                f" ({len(rows)} of {train.n_stars} stars), which failed: {error} Train on more stars,"
+                " or without calibration (calibrate=False; --no-calibrate on the command line)."
+            ) from error
+
+    calibration = cross_validated_calibration(
+        refit_fold,
+        infer,
+        reference,
+        names,
+        n_folds=n_folds,
+        seed=seed,
+        irreducible_share=irreducible_share,
+        learn_size_factor=learn_size_factor,
+        label_term=label_term,
+        distance_term=distance_term,
+    )
+    return eqx.tree_at(lambda m: m.calibration, fitted, calibration, is_leaf=lambda x: x is None)
