@@ -186,3 +186,31 @@ def test_cli_train_payne_then_infer(sim, tmp_path):
     assert np.all((np.std(z, axis=0) > 0.6) & (np.std(z, axis=0) < 1.6)), np.std(z, axis=0)
     bad = runner.invoke(app, [*args, "--hidden", "32,x"])
     assert bad.exit_code == 2 and "--hidden" in bad.output
+
+
+def test_cli_train_payne_learns_the_binary_decision(sim, tmp_path):
+    """`train payne --binary-calibration` (docs/payne.md): 5 refits of a small network score
+    the held-out training stars; `infer --binary --fit-rv` then decides with that rule."""
+    from starlabel.models import read_model_header
+
+    train = write_dataset(sim.dataset[:100], tmp_path / "train.npz")
+    test = write_dataset(sim.dataset[N_TRAIN : N_TRAIN + 8], tmp_path / "test.npz")
+    model = tmp_path / "payne.starlabel"
+    runner = CliRunner()
+    args = ["train", "payne", str(train), "--labels", ",".join(LABELS), "-o", str(model), "--no-calibrate"]
+    done = runner.invoke(
+        app, [*args, "--hidden", "16,16", "--components", "8", "--epochs", "30", "--binary-calibration"]
+    )
+    assert done.exit_code == 0, done.output
+    assert "binary decision: binary_score >" in done.output
+    decision = read_model_header(model)["binary_calibration"]
+    assert decision["n_stars"] == 100 and decision["n_folds"] == 5 and np.isfinite(decision["threshold"])
+    out = tmp_path / "labels.csv"
+    done = runner.invoke(
+        app, ["infer", str(model), str(test), "-o", str(out), "--binary", "--fit-rv", "--no-progress"]
+    )
+    assert done.exit_code == 0, done.output
+    table = read_result(out)
+    p = np.asarray(table.extra["p_binary"], dtype=float)
+    assert np.all((p >= 0) & (p <= 1)), p  # filled: the learned rule decided, not ΔBIC > 0
+    assert np.asarray(table.extra["binary"], dtype=bool).sum() <= 1  # these are single stars

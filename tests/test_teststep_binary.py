@@ -178,7 +178,8 @@ def test_learned_decision_detects_binaries_and_spares_singles(dwarfs):
     flagged, truth = result.extra["binary"], test.is_binary
     assert flagged[truth].mean() >= 0.95, flagged[truth].sum()
     assert flagged[~truth].mean() <= 0.01, flagged[~truth].sum()
-    assert (result.extra["delta_bic"][~truth] > 0).mean() > 0.3  # what a fixed threshold would do
+    # (delta_bic of the singles is not compared with a fixed threshold here: with a calibration,
+    # stars the screen rules out keep their 2-iteration two-star fit, a lower bound.)
     # The rule and the columns agree: binary ⇔ score above the threshold ⇔ the BINARY bit.
     score, p = result.extra["binary_score"], result.extra["p_binary"]
     np.testing.assert_array_equal(flagged, score > decision.threshold)

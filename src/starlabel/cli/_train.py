@@ -148,6 +148,16 @@ def _censor_windows(censor: Path, names: tuple[str, ...]) -> dict[str, Any]:
     return windows
 
 
+_BinaryCalibration = Annotated[
+    bool,
+    typer.Option(
+        "--binary-calibration",
+        help="Also learn the decision of `infer --binary` (the binary_score threshold that 0.2% of"
+        " the training stars exceed) by 5-fold cross-validation of two-star fits; needs wavelengths.",
+    ),
+]
+
+
 @train_app.command("cannon")
 @_user_errors
 def train_cannon(
@@ -180,14 +190,7 @@ def train_cannon(
     ] = False,
     compilation_cache: _CompilationCache = True,
     calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
-    binary_calibration: Annotated[
-        bool,
-        typer.Option(
-            "--binary-calibration",
-            help="Also learn the decision of `infer --binary` (the binary_score threshold that 0.2% of"
-            " the training stars exceed) by 5-fold cross-validation of two-star fits; needs wavelengths.",
-        ),
-    ] = False,
+    binary_calibration: _BinaryCalibration = False,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
     if stream and binary_calibration:
@@ -221,18 +224,23 @@ def train_cannon(
             fitted = model.fit(dataset, calibrate=calibrate)
     _report_calibration(fitted)
     if binary_calibration and dataset is not None:  # (--stream was refused above)
-        from ..models import learn_binary_calibration, save_model
-
-        with console.status("learning the binary decision (5-fold cross-validation of two-star fits)…"):
-            decision = learn_binary_calibration(model, dataset)
-        typer.echo(
-            f"binary decision: binary_score > {decision.threshold:.4g} ({decision.false_positive_rate:.1%}"
-            f" of {decision.n_stars} held-out training stars above it)"
-        )
-        save_model(fitted, output, training_set=dataset, binary_calibration=decision)
-        typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
+        _save_with_binary_decision(model, fitted, dataset, output)
         return
     _save_fitted(fitted, output, dataset if dataset is not None else data)
+
+
+def _save_with_binary_decision(model: Any, fitted: Any, dataset: Any, output: Path) -> None:
+    """Learn the binary decision on the training set (K refits of ``model``) and save it in the file."""
+    from ..models import learn_binary_calibration, save_model
+
+    with console.status("learning the binary decision (5-fold cross-validation of two-star fits)…"):
+        decision = learn_binary_calibration(model, dataset)
+    typer.echo(
+        f"binary decision: binary_score > {decision.threshold:.4g} ({decision.false_positive_rate:.1%}"
+        f" of {decision.n_stars} held-out training stars above it)"
+    )
+    save_model(fitted, output, training_set=dataset, binary_calibration=decision)
+    typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
 
 
 class ScatterKind(StrEnum):
@@ -313,6 +321,7 @@ def train_payne(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     compilation_cache: _CompilationCache = True,
     calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
+    binary_calibration: _BinaryCalibration = False,
 ) -> None:
     """Train The Payne (neural network from labels to the whole spectrum, learned scatter)."""
     try:
@@ -336,4 +345,7 @@ def train_payne(
         err=True,
     )
     _report_calibration(fitted)
+    if binary_calibration:  # K more trainings of the network
+        _save_with_binary_decision(model, fitted, dataset, output)
+        return
     _save_fitted(fitted, output, dataset)

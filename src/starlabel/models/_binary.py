@@ -60,6 +60,7 @@ from ._nuisance import (
     AbstractPackedModel,
     NuisanceModel,
     _best_of,
+    _lm,
     _templates,
     build_nuisance_model,
     fit_nuisance,
@@ -407,6 +408,21 @@ def _fit_binary_chunk(
     return _BinaryFit(params, cov, chi2, done)
 
 
+@eqx.filter_jit
+def _refine_binary_chunk(
+    model: BinaryModel, flux: Array, ivar: Array, start: Array, lower: Array, upper: Array, n_iter: int
+) -> _BinaryFit:
+    """Levenberg–Marquardt on from the screening fit's parameters (one start per star)."""
+    free = jnp.asarray(model.free(), dtype=flux.dtype)
+
+    def one_star(f: Array, iv: Array, p0: Array) -> tuple[Array, ...]:
+        omega = jnp.where(model.resampler.usable, model.spectrum.weights(iv), 0.0)
+        params, cov, chi2, done = _lm(model, f, omega, p0, lower, upper, free, n_iter)
+        return params, cov, chi2, done
+
+    return _BinaryFit(*jax.vmap(one_star)(flux, ivar, start))
+
+
 @x64
 def fit_binary(
     fitted: Any,
@@ -420,6 +436,8 @@ def fit_binary(
     n_templates: int = 2,
     n_starts: int = 1,
     n_iter: int = 20,
+    n_iter_screen: int = 2,
+    screen: float = 0.25,
     bic_threshold: float = 0.0,
     calibration: BinaryCalibration | dict[str, Any] | None = None,
     chunk_size: int = 8,
@@ -449,6 +467,17 @@ def fit_binary(
         pairs refined by LM.
     n_iter : int
         Cap on Levenberg–Marquardt iterations per start (single and binary fits).
+    n_iter_screen : int
+        Iterations of the two-star fit for every star (the screen). With a
+        ``calibration``, only stars whose screened ``binary_score`` exceeds ``screen``
+        × its threshold are fitted on to ``n_iter``; the rest, which the learned rule
+        cannot call binary, keep their screened fit (a lower bound of the converged
+        score: the LM only lowers χ²). Without one, every star is fitted on.
+    screen : float
+        Share of the learned threshold above which a screened star is refined
+        (default ¼). On 200 line-list dwarfs and 40 binaries (benchmarks/binary.py
+        setting) the screen of 2 iterations sent 43 stars on (the 40 binaries), the
+        whole fit ran at 63 instead of 31 spectra per CPU-second and decided the same.
     bic_threshold : float
         Without a ``calibration``: flag a binary when ``ΔBIC = Δχ² − Δk ln n >
         bic_threshold`` (a fixed rule that flags many misfit single stars; a note in
@@ -519,13 +548,57 @@ def fit_binary(
             upper,
             max_lag,
             int(n_starts),
-            int(n_iter),
+            int(min(n_iter_screen, n_iter)),
         ),
         (data.flux, data.ivar, single_params),
         size=min(chunk_size, data.n_stars),
     )
     decision = None if calibration is None else BinaryCalibration.from_dict(calibration)
+    if n_iter > n_iter_screen:
+        fit = _refine(
+            binary, single_model, single, fit, data, decision, screen, lower, upper, n_iter, chunk_size
+        )
     return _assemble(binary, single_model, single, fit, data, bic_threshold, decision, poor_fit)
+
+
+def _refine(
+    binary: BinaryModel,
+    single_model: NuisanceModel,
+    single: Any,
+    fit: _BinaryFit,
+    data: SpectralDataset,
+    decision: BinaryCalibration | None,
+    screen: float,
+    lower: Array,
+    upper: Array,
+    n_iter: int,
+    chunk_size: int,
+) -> _BinaryFit:
+    """Fit on the screened stars the learned rule could still call binary (all without a rule)."""
+    if decision is None:
+        rows = np.arange(data.n_stars)
+    else:
+        extra = int(binary.free().sum()) - int(single_model.free().sum())
+        delta = np.asarray(single.chi2) - np.asarray(fit.chi2)
+        score = binary_score(
+            delta, np.asarray(fit.chi2), np.asarray(single.n_good), extra, int(binary.free().sum())
+        )
+        rows = np.flatnonzero(~(score <= screen * decision.threshold))  # NaN scores are refined too
+    if len(rows) == 0:
+        return fit
+    refined = map_chunks(
+        lambda r: _refine_binary_chunk(
+            binary, jnp.asarray(r[0]), jnp.asarray(r[1]), jnp.asarray(r[2]), lower, upper, int(n_iter)
+        ),
+        (data.flux[rows], data.ivar[rows], np.asarray(fit.params)[rows]),
+        size=min(chunk_size, data.n_stars),  # the screen's chunk shape: no new compilation
+    )
+    # The refined run starts at the screened optimum and never raises χ²: keep the lower.
+    better = np.asarray(refined.chi2) <= np.asarray(fit.chi2)[rows]
+    merged = [np.array(leaf) for leaf in (fit.params, fit.cov, fit.chi2, fit.converged)]
+    for leaf, new in zip(merged, (refined.params, refined.cov, refined.chi2, refined.converged), strict=True):
+        leaf[rows[better]] = np.asarray(new)[better]
+    return _BinaryFit(*(jnp.asarray(leaf) for leaf in merged))
 
 
 def binary_score(
