@@ -419,6 +419,73 @@ def compare_mixture_samplers(quick: bool) -> dict:
     return out
 
 
+def _scan_newton(args, start, steps):
+    """The Laplace mode's former loop (``models/_posterior.py`` before it moved onto
+    ``inference.damped_newton``), kept verbatim as the baseline of ``--laplace-newton``."""
+    from starlabel.inference import eigh_solve, hessian
+    from starlabel.models._posterior import _log_posterior, _negative_log_posterior
+
+    def step(params, _):
+        grad = jax.grad(_log_posterior)(params, args)
+        precision = hessian(_negative_log_posterior, params, args)
+        candidate = params + eigh_solve(precision, grad)
+        better = _log_posterior(candidate, args) >= _log_posterior(params, args)
+        return jnp.where(better & jnp.all(jnp.isfinite(candidate)), candidate, params), None
+
+    params, _ = jax.lax.scan(step, start, None, length=steps)
+    grad = jax.grad(_log_posterior)(params, args)
+    return params, grad @ eigh_solve(hessian(_negative_log_posterior, params, args), grad)
+
+
+def compare_laplace_newton(quick: bool) -> dict:
+    """``posterior_infer(method="laplace")``: the former ``lax.scan`` Newton vs ``damped_newton``.
+
+    A quadratic Cannon (3 labels, 200 pixels, 500 training stars) and 1,024 and 4,096 test
+    stars in one vmapped chunk each (the size at which a batched ``eigh`` inside a
+    ``while_loop`` was suspected of hanging XLA-CPU). Cold (compile + run) and warm CPU
+    and wall seconds, and the largest difference of labels, covariances and decrements.
+    """
+    from starlabel.models import _posterior
+    from starlabel.models.cannon import Cannon
+
+    sizes = (256,) if quick else (1024, 4096)
+    new_newton = _posterior._newton
+    out: dict = {}
+    for n_test in sizes:
+        sim = simulate_cannon(n_stars=500 + n_test, n_pixels=200, n_labels=3, snr=(30.0, 100.0), seed=5)
+        fitted = Cannon(sim.dataset.label_names, order=2).fit(sim.dataset[:500])
+        test = sim.dataset[500:]
+        start = fitted.infer(test).labels
+        rows: dict = {}
+        results = {}
+        for name, newton in (("before_scan", _scan_newton), ("after_damped_newton", new_newton)):
+            _posterior._newton = newton
+            try:
+                record = {}
+                for phase in ("cold", "warm"):
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    result = _posterior.posterior_infer(
+                        fitted, test, method="laplace", start=start, chunk_size=n_test
+                    )
+                    record[f"{phase}_cpu_s"] = time.process_time() - c0
+                    record[f"{phase}_wall_s"] = time.perf_counter() - w0
+                results[name] = result
+                rows[name] = record
+                _common.log("laplace newton", n_test, name, record)
+            finally:
+                _posterior._newton = new_newton
+        a, b = results["before_scan"], results["after_damped_newton"]
+        rows["max_abs_difference"] = {
+            "labels": float(np.max(np.abs(a.labels - b.labels))),
+            "cov": float(np.nanmax(np.abs(a.cov - b.cov))),
+            "newton_decrement": float(
+                np.max(np.abs(a.extra["newton_decrement"] - b.extra["newton_decrement"]))
+            ),
+        }
+        out[str(n_test)] = rows
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -433,30 +500,47 @@ def main() -> None:
         action="store_true",
         help="only the mixtures' NUTS before/after (writes results/posteriors_mixtures.json by default)",
     )
+    parser.add_argument(
+        "--laplace-newton",
+        action="store_true",
+        help="only the Laplace mode's Newton loop before/after (writes results/posteriors_laplace_newton.json)",
+    )
     _common.add_arguments(parser)
     args = parser.parse_args()
     run_record = _common.start(args, THREADS)
-    if args.mixtures:
-        out_path = args.out
-        if out_path.name == "posteriors.json":
-            out_path = out_path.with_name("posteriors_mixtures.json")
-        comparison = compare_mixture_samplers(args.quick)
-        record = _common.finish(run_record)
-        busy = record["busy"] or max(record["load_average_after"][0], record["load_average_before"][0]) > 2.5
-        record["busy"] = busy
-        result = {
-            "run": record,
-            "description": "mixtures NUTS: former Stan-style warm-up vs inference.nuts (Laplace-whitened);"
+    side_by_side = {
+        "laplace_newton": (
+            compare_laplace_newton,
+            "posteriors_laplace_newton.json",
+            "posterior_infer(method='laplace') Newton mode: lax.scan vs inference.damped_newton"
+            " (eigh_solve, undamped); see compare_laplace_newton in benchmarks/posteriors.py",
+        ),
+        "mixtures": (
+            compare_mixture_samplers,
+            "posteriors_mixtures.json",
+            "mixtures NUTS: former Stan-style warm-up vs inference.nuts (Laplace-whitened);"
             " see compare_mixture_samplers in benchmarks/posteriors.py",
-            "quick": args.quick,
-            "note": "side by side in one run, interleaved; compare CPU seconds"
-            + (" (box busy: load > 2.5)" if busy else ""),
-            **comparison,
-        }
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=2))
-        print(json.dumps(result, indent=2)[:3000])
-        return
+        ),
+    }
+    for flag, (compare, name, description) in side_by_side.items():
+        if getattr(args, flag):
+            out_path = args.out.with_name(name) if args.out.name == "posteriors.json" else args.out
+            comparison = compare(args.quick)
+            record = _common.finish(run_record)
+            loads = (record["load_average_before"][0], record["load_average_after"][0])
+            record["busy"] = bool(record["busy"] or max(loads) > 2.5)
+            result = {
+                "run": record,
+                "description": description,
+                "quick": args.quick,
+                "note": "before and after side by side in one process; compare CPU seconds"
+                + (" (box busy: load > 2.5)" if record["busy"] else ""),
+                **comparison,
+            }
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(result, indent=2))
+            print(json.dumps(result, indent=2)[:3000])
+            return
 
     warmup, draws, repeats = (200, 200, 1) if args.quick else (1000, 1000, 3)
     walkers, steps, burn = (16, 1500, 500) if args.quick else (16, 15000, 5000)
