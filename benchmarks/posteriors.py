@@ -460,6 +460,8 @@ def compare_laplace_newton(quick: bool) -> dict:
         results = {}
         for name, newton in (("before_scan", _scan_newton), ("after_damped_newton", new_newton)):
             _posterior._newton = newton
+            # The compiled chunk program holds whichever _newton it was traced with.
+            jax.clear_caches()
             try:
                 record = {}
                 for phase in ("cold", "warm"):
