@@ -31,9 +31,7 @@ from .._internal import as_float_array, check_shape, map_chunks, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference import (
     RESULTS,
-    Marquardt,
     PosteriorSamples,
-    damped_newton,
     effective_sample_size,
     eigh_solve,
     gaussian_fisher_information,
@@ -98,32 +96,28 @@ def _negative_log_posterior(
     return -_log_posterior(params, args)
 
 
-_UNDAMPED = Marquardt(initial=0.0, shrink=1.0, grow=1.0, smallest=0.0)
-
-
 def _newton(
     args: tuple[_Adaptor, Array, Array], start: Float[Array, " n"], steps: int
 ) -> tuple[Array, Array]:
-    """``steps`` Newton iterations on the log posterior, and the Newton decrement at the end.
+    """``steps`` Newton iterations (uphill steps refused), and the Newton decrement at the end.
 
-    :func:`starlabel.inference.damped_newton`, undamped (uphill steps refused) with
-    :func:`~starlabel.inference.eigh_solve` (|eigenvalues|: an indefinite Hessian still
-    steps downhill); ``tol = 0`` runs all ``steps``. Bit-identical to the ``lax.scan``
-    it replaced (``benchmarks/results/posteriors_laplace_newton.json``).
+    A ``lax.scan``, not :func:`starlabel.inference.damped_newton`'s ``while_loop``:
+    that loop with the same :func:`~starlabel.inference.eigh_solve` gave bit-identical
+    results on 1,024 stars but compiled longer and, at 4,096 stars in one vmapped chunk,
+    hung XLA-CPU (batched eigh in a while_loop: threads idle, CPU time frozen)
+    (``benchmarks/results/posteriors_laplace_newton.json``); its unrolled Cholesky would
+    need damping here (indefinite Hessians far from the mode), which changes the numbers.
     """
 
-    def loss(params: Array) -> Array:
-        return -2.0 * _log_posterior(params, args)
+    def step(params: Array, _: None) -> tuple[Array, None]:
+        grad = jax.grad(_log_posterior)(params, args)
+        candidate = params + eigh_solve(hessian(_negative_log_posterior, params, args), grad)
+        better = _log_posterior(candidate, args) >= _log_posterior(params, args)
+        return jnp.where(better & jnp.all(jnp.isfinite(candidate)), candidate, params), None
 
-    def linearise(params: Array) -> tuple[Array, Array]:
-        return -jax.grad(_log_posterior)(params, args), hessian(_negative_log_posterior, params, args)
-
-    final = damped_newton(
-        loss, linearise, start, damping=_UNDAMPED, max_steps=steps, tol=0.0, solve=eigh_solve
-    )
-    grad = jax.grad(_log_posterior)(final.x, args)
-    decrement = grad @ eigh_solve(hessian(_negative_log_posterior, final.x, args), grad)
-    return final.x, decrement
+    params, _ = jax.lax.scan(step, start, None, length=steps)
+    grad = jax.grad(_log_posterior)(params, args)
+    return params, grad @ eigh_solve(hessian(_negative_log_posterior, params, args), grad)
 
 
 def _log_likelihood_of_flux(
