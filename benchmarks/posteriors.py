@@ -419,6 +419,78 @@ def compare_mixture_samplers(quick: bool) -> dict:
     return out
 
 
+def _damped_newton_mode(args, start, steps):
+    """The Laplace mode on ``inference.damped_newton`` (undamped, ``eigh_solve``): the candidate
+    that ``models/_posterior.py`` did not adopt (``--laplace-newton`` measures why)."""
+    from starlabel.inference import Marquardt, damped_newton, eigh_solve, hessian
+    from starlabel.models._posterior import _log_posterior, _negative_log_posterior
+
+    def loss(p):
+        return -2.0 * _log_posterior(p, args)
+
+    def linearise(p):
+        return -jax.grad(_log_posterior)(p, args), hessian(_negative_log_posterior, p, args)
+
+    undamped = Marquardt(initial=0.0, shrink=1.0, grow=1.0, smallest=0.0)
+    final = damped_newton(
+        loss, linearise, start, damping=undamped, max_steps=steps, tol=0.0, solve=eigh_solve
+    )
+    grad = jax.grad(_log_posterior)(final.x, args)
+    return final.x, grad @ eigh_solve(hessian(_negative_log_posterior, final.x, args), grad)
+
+
+def compare_laplace_newton(quick: bool) -> dict:
+    """``posterior_infer(method="laplace")``: its ``lax.scan`` Newton vs ``damped_newton``.
+
+    A quadratic Cannon (3 labels, 200 pixels, 500 training stars) and 1,024 test stars in
+    one vmapped chunk. Cold (compile + run) and warm CPU and wall seconds, and the largest
+    difference of labels, covariances and decrements. Not run here: 4,096 stars in one
+    chunk, where the ``damped_newton`` variant hung XLA-CPU on 2026-12-07 (batched eigh in
+    a ``while_loop``; all threads idle, CPU time frozen for minutes; killed).
+    """
+    from starlabel.models import _posterior
+    from starlabel.models.cannon import Cannon
+
+    sizes = (256,) if quick else (1024,)
+    scan_newton = _posterior._newton
+    out: dict = {}
+    for n_test in sizes:
+        sim = simulate_cannon(n_stars=500 + n_test, n_pixels=200, n_labels=3, snr=(30.0, 100.0), seed=5)
+        fitted = Cannon(sim.dataset.label_names, order=2).fit(sim.dataset[:500])
+        test = sim.dataset[500:]
+        start = fitted.infer(test).labels
+        rows: dict = {}
+        results = {}
+        for name, newton in (("scan_kept", scan_newton), ("damped_newton_candidate", _damped_newton_mode)):
+            _posterior._newton = newton
+            # The compiled chunk program holds whichever _newton it was traced with.
+            jax.clear_caches()
+            try:
+                record = {}
+                for phase in ("cold", "warm"):
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    result = _posterior.posterior_infer(
+                        fitted, test, method="laplace", start=start, chunk_size=n_test
+                    )
+                    record[f"{phase}_cpu_s"] = time.process_time() - c0
+                    record[f"{phase}_wall_s"] = time.perf_counter() - w0
+                results[name] = result
+                rows[name] = record
+                _common.log("laplace newton", n_test, name, record)
+            finally:
+                _posterior._newton = scan_newton
+        a, b = results["scan_kept"], results["damped_newton_candidate"]
+        rows["max_abs_difference"] = {
+            "labels": float(np.max(np.abs(a.labels - b.labels))),
+            "cov": float(np.nanmax(np.abs(a.cov - b.cov))),
+            "newton_decrement": float(
+                np.max(np.abs(a.extra["newton_decrement"] - b.extra["newton_decrement"]))
+            ),
+        }
+        out[str(n_test)] = rows
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -433,30 +505,47 @@ def main() -> None:
         action="store_true",
         help="only the mixtures' NUTS before/after (writes results/posteriors_mixtures.json by default)",
     )
+    parser.add_argument(
+        "--laplace-newton",
+        action="store_true",
+        help="only the Laplace mode's Newton loop before/after (writes results/posteriors_laplace_newton.json)",
+    )
     _common.add_arguments(parser)
     args = parser.parse_args()
     run_record = _common.start(args, THREADS)
-    if args.mixtures:
-        out_path = args.out
-        if out_path.name == "posteriors.json":
-            out_path = out_path.with_name("posteriors_mixtures.json")
-        comparison = compare_mixture_samplers(args.quick)
-        record = _common.finish(run_record)
-        busy = record["busy"] or max(record["load_average_after"][0], record["load_average_before"][0]) > 2.5
-        record["busy"] = busy
-        result = {
-            "run": record,
-            "description": "mixtures NUTS: former Stan-style warm-up vs inference.nuts (Laplace-whitened);"
+    side_by_side = {
+        "laplace_newton": (
+            compare_laplace_newton,
+            "posteriors_laplace_newton.json",
+            "posterior_infer(method='laplace') Newton mode: its lax.scan (kept) vs inference.damped_newton"
+            " (eigh_solve, undamped; not adopted); see compare_laplace_newton in benchmarks/posteriors.py",
+        ),
+        "mixtures": (
+            compare_mixture_samplers,
+            "posteriors_mixtures.json",
+            "mixtures NUTS: former Stan-style warm-up vs inference.nuts (Laplace-whitened);"
             " see compare_mixture_samplers in benchmarks/posteriors.py",
-            "quick": args.quick,
-            "note": "side by side in one run, interleaved; compare CPU seconds"
-            + (" (box busy: load > 2.5)" if busy else ""),
-            **comparison,
-        }
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=2))
-        print(json.dumps(result, indent=2)[:3000])
-        return
+        ),
+    }
+    for flag, (compare, name, description) in side_by_side.items():
+        if getattr(args, flag):
+            out_path = args.out.with_name(name) if args.out.name == "posteriors.json" else args.out
+            comparison = compare(args.quick)
+            record = _common.finish(run_record)
+            loads = (record["load_average_before"][0], record["load_average_after"][0])
+            record["busy"] = bool(record["busy"] or max(loads) > 2.5)
+            result = {
+                "run": record,
+                "description": description,
+                "quick": args.quick,
+                "note": "before and after side by side in one process; compare CPU seconds"
+                + (" (box busy: load > 2.5)" if record["busy"] else ""),
+                **comparison,
+            }
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(result, indent=2))
+            print(json.dumps(result, indent=2)[:3000])
+            return
 
     warmup, draws, repeats = (200, 200, 1) if args.quick else (1000, 1000, 3)
     walkers, steps, burn = (16, 1500, 500) if args.quick else (16, 15000, 5000)

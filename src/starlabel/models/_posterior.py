@@ -33,6 +33,7 @@ from ..inference import (
     RESULTS,
     PosteriorSamples,
     effective_sample_size,
+    eigh_solve,
     gaussian_fisher_information,
     gaussian_from_precision,
     hessian,
@@ -95,30 +96,28 @@ def _negative_log_posterior(
     return -_log_posterior(params, args)
 
 
-def _regularised_solve(matrix: Float[Array, "n n"], vector: Float[Array, " n"]) -> Float[Array, " n"]:
-    # Newton step that stays a descent step where the Hessian is indefinite.
-    values, vectors = jnp.linalg.eigh(matrix)
-    values = jnp.maximum(jnp.abs(values), 1e-10 * jnp.max(jnp.abs(values)))
-    return vectors @ ((vectors.T @ vector) / values)
-
-
 def _newton(
     args: tuple[_Adaptor, Array, Array], start: Float[Array, " n"], steps: int
 ) -> tuple[Array, Array]:
-    """Fixed-count Newton iterations (a batch under vmap waits for its slowest member)."""
+    """``steps`` Newton iterations (uphill steps refused), and the Newton decrement at the end.
+
+    A ``lax.scan``, not :func:`starlabel.inference.damped_newton`'s ``while_loop``:
+    that loop with the same :func:`~starlabel.inference.eigh_solve` gave bit-identical
+    results on 1,024 stars but compiled longer and, at 4,096 stars in one vmapped chunk,
+    hung XLA-CPU (batched eigh in a while_loop: threads idle, CPU time frozen)
+    (``benchmarks/results/posteriors_laplace_newton.json``); its unrolled Cholesky would
+    need damping here (indefinite Hessians far from the mode), which changes the numbers.
+    """
 
     def step(params: Array, _: None) -> tuple[Array, None]:
         grad = jax.grad(_log_posterior)(params, args)
-        precision = hessian(_negative_log_posterior, params, args)
-        candidate = params + _regularised_solve(precision, grad)
-        # Keep the old point when the step makes things worse (far from the mode).
+        candidate = params + eigh_solve(hessian(_negative_log_posterior, params, args), grad)
         better = _log_posterior(candidate, args) >= _log_posterior(params, args)
         return jnp.where(better & jnp.all(jnp.isfinite(candidate)), candidate, params), None
 
     params, _ = jax.lax.scan(step, start, None, length=steps)
     grad = jax.grad(_log_posterior)(params, args)
-    decrement = grad @ _regularised_solve(hessian(_negative_log_posterior, params, args), grad)
-    return params, decrement
+    return params, grad @ eigh_solve(hessian(_negative_log_posterior, params, args), grad)
 
 
 def _log_likelihood_of_flux(

@@ -19,6 +19,7 @@ from ..._internal import map_chunks, x64
 from ...data import Flag, InferenceResult, SpectralDataset
 from ...inference import AbstractLabelPrior, gaussian_from_precision, nuts, whiten
 from .._nuts_columns import nuts_columns
+from ..base import AbstractFittedModel, AbstractFluxModel
 from ._flux_model import PolynomialSpectrum
 from ._posterior_mean import (
     LogLikelihood,
@@ -46,7 +47,7 @@ class _LogPosterior(eqx.Module):
 
 @x64
 def infer_nuts(
-    fitted: Any,
+    fitted: AbstractFittedModel | AbstractFluxModel,
     data: SpectralDataset,
     key: PRNGKeyArray,
     *,
@@ -66,8 +67,9 @@ def infer_nuts(
 
     Parameters
     ----------
-    fitted : FittedCannon
-        The trained model (its ``infer`` provides the MAP starting points).
+    fitted : AbstractFittedModel or AbstractFluxModel
+        A polynomial-in-labels model (FittedCannon or its PolynomialSpectrum); a fitted
+        model's ``infer`` provides the MAP starting points unless ``start`` is given.
     data : SpectralDataset
         Spectra on the model's grid.
     key : PRNGKeyArray
@@ -95,7 +97,14 @@ def infer_nuts(
     check_data(model, data)
     temperature = check_temperature(temperature)
     label_prior = posterior_prior(model, prior)
-    first: InferenceResult = fitted.infer(data) if start is None else start
+    if start is not None:
+        first = start
+    elif isinstance(fitted, AbstractFittedModel):
+        first = fitted.infer(data)
+    else:
+        raise TypeError(
+            f"a bare {type(fitted).__name__} has no MAP test step: pass `start` (MAP labels, cov)."
+        )
     centre = np.asarray(first.labels, dtype=float)
     cov = np.asarray(first.cov, dtype=float)
     # Fall back to the model's label scale where the MAP covariance is unusable; the

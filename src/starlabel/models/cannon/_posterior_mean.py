@@ -39,7 +39,7 @@ from ...inference import (
     resolve_prior,
 )
 from .._sanity import unusable_widths
-from ..base import AbstractFittedFluxModel
+from ..base import AbstractFittedFluxModel, AbstractFittedModel, AbstractFluxModel
 from ._flux_model import PolynomialSpectrum
 from ._test_step import SpectrumStats, spectrum_stats, theta_pairs
 
@@ -57,7 +57,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- model view
-def polynomial_spectrum(fitted: Any) -> PolynomialSpectrum:
+def polynomial_spectrum(fitted: object) -> PolynomialSpectrum:
     """The :class:`PolynomialSpectrum` of a fitted Cannon (or the spectrum itself).
 
     Raises
@@ -137,7 +137,7 @@ class LogLikelihood(eqx.Module):
         return -0.5 * (self.dof + n_good) * jnp.log1p(jnp.maximum(chi2, 0.0) / self.dof)
 
 
-def posterior_prior(fitted: Any, prior: Any) -> AbstractLabelPrior:
+def posterior_prior(fitted: AbstractFittedModel | AbstractFluxModel, prior: Any) -> AbstractLabelPrior:
     """Resolve ``prior`` ("none", "gaussian", "kde", dict, object) against a fitted model.
 
     ``"gaussian"`` and ``"kde"`` are fitted to the training labels the model keeps.
@@ -201,7 +201,7 @@ def chi2_at(model: PolynomialSpectrum, stats: SpectrumStats, labels: Array) -> A
 
 @x64
 def infer_posterior_mean(
-    fitted: Any,
+    fitted: AbstractFittedModel | AbstractFluxModel,
     data: SpectralDataset,
     *,
     prior: Any = "none",
@@ -358,16 +358,16 @@ def check_method(method: str, n_labels: int) -> str:
     return method
 
 
-def map_start(fitted: Any, data: SpectralDataset) -> np.ndarray | None:
-    """The model's own (multi-start) MAP labels, where it has an ``infer``; else None.
+def map_start(fitted: AbstractFittedModel | AbstractFluxModel, data: SpectralDataset) -> np.ndarray | None:
+    """The model's own (multi-start) MAP labels for a fitted model; None for a bare flux model.
 
     The importance sampler's Newton steps start from the better of these and the
     training labels: on few pixels the χ² surface has local minima that a start at the
     nearest training label can fall into, which the MAP's multi-start avoids.
     """
-    infer = getattr(fitted, "infer", None)
-    if infer is None:
+    if not isinstance(fitted, AbstractFittedModel):
         return None
+    infer = fitted.infer
     if "calibrate" in inspect.signature(infer).parameters:
         return np.asarray(infer(data, calibrate=False).labels)  # only the labels are used
     return np.asarray(infer(data).labels)
