@@ -261,6 +261,8 @@ def defaults(cases: dict) -> dict:
 
 PREVIOUS_SHARE = {"cannon": 0.7, "lux": 1.0, "nn": 1.0}
 """The irreducible shares before the distance term (variant ``"previous"``)."""
+PREVIOUS_LABEL_TERM = frozenset({"cannon", "lux"})
+"""The kinds with the label-space term before the distance term (variant ``"previous"``)."""
 
 
 def _refit_split(raw, prefix: str, model: str, variant: str) -> np.ndarray:
@@ -271,7 +273,7 @@ def _refit_split(raw, prefix: str, model: str, variant: str) -> np.ndarray:
     label-space term for the kinds in ``LABEL_TERM``, the distance term for those in
     ``DISTANCE_TERM``, learned f for those in ``LEARN_SIZE_FACTOR``, the family's r) or
     ``"previous"`` (the default before the distance term: the label-space term for the
-    kinds in ``LABEL_TERM``, r from :data:`PREVIOUS_SHARE`). The distance term's folds
+    kinds in :data:`PREVIOUS_LABEL_TERM`, r from :data:`PREVIOUS_SHARE`). The distance term's folds
     are those of ``calibrated_fit`` (5 folds, seed 0), recomputed here.
     """
     residuals = raw[f"{prefix}fold_residuals"]
@@ -293,7 +295,9 @@ def _refit_split(raw, prefix: str, model: str, variant: str) -> np.ndarray:
         if default
         else PREVIOUS_SHARE.get(model, 1.0),
         distance=distance,
-        labels=reference + residuals if model in calibration_module.LABEL_TERM else None,
+        labels=reference + residuals
+        if model in (calibration_module.LABEL_TERM if default else PREVIOUS_LABEL_TERM)
+        else None,
         half_residuals=half
         if default
         and half is not None

@@ -12,7 +12,9 @@ training and 400 held-out dwarfs, a small network. With 400 held-out stars std z
 sampling error of about 0.05 (heavier tails: more) and the 1σ coverage about 2.3 %,
 and the calibration is itself learned from 400 stars: the bounds below (std z within
 ±0.15 of 1, coverage 68 ± 8 %) allow for that and still fail a calibration that is off
-by 20 % in width or misses the tails badly.
+by 20 % in width or misses the tails badly. Each case took about 25 s of CPU (a
+5-fold calibrated fit); measured: NN std z 1.04–1.14 and 66–69 % within ±1σ, Lux
+0.99–1.09 and 66–73 %.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def _assert_targets(z):
     assert np.all(np.abs(coverage - 0.683) < 0.08), coverage
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "stat_off"),
     [

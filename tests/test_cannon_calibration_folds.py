@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from starlabel.data import SpectralDataset, simulate_cannon
-from starlabel.models import _calibration
+from starlabel.models import _calibration, _calibration_cv
 from starlabel.models.cannon import Cannon
 from starlabel.models.cannon import _folds as cannon_folds
 from starlabel.models.cannon import _model as cannon_model
@@ -102,7 +102,7 @@ def test_calibration_equals_the_one_from_sliced_folds(train, monkeypatch):
         seen.append((np.asarray(residuals), np.asarray(errors)))
         return original(residuals, errors, *args, **kwargs)
 
-    monkeypatch.setattr(_calibration, "fit_error_calibration", recording)
+    monkeypatch.setattr(_calibration_cv, "fit_error_calibration", recording)  # where the CV calls it
     fitted = model.fit(train)  # the weight-0, warm-started folds
     with jax.enable_x64(True):  # as inside Cannon.fit
         sliced = _calibration.calibrated_fit(

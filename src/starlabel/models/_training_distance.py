@@ -22,12 +22,15 @@ The held-out stars of fold ``j`` are measured against the training labels of fol
 ``j``'s model only (the other folds), with ``k (K−1)/K`` neighbours, so that their
 ``D`` has the meaning it has for a new star against the full training set with ``k``:
 the same share of the training set. Measured on held-out stars
-(``benchmarks/results/calibration.json``): on the real giants the NN's held-out
-absolute residuals correlate with ``D`` (Spearman 0.08–0.26, the strongest of the
-cheap per-star features tried: the statistical error, the S/N, linear and quadratic
-functions of the inferred labels), and the term lowers the NN's held-out 1σ coverage
-from 76 % toward 68 % at unchanged std z; linear and quadratic label terms instead
-blew up on the edges (Lux log g std z 2.7).
+(``benchmarks/results/calibration_distance_term.json`` and the fold arrays behind it):
+on the real giants the NN's held-out absolute residuals correlate with ``D`` (Spearman
+0.08–0.26, the strongest of the cheap per-star features tried: the statistical error,
+the S/N, linear and quadratic functions of the inferred labels), and the term alone
+brings the NN's held-out 1σ coverage from 76 % to 74–75 % (with the NN's r = 0:
+67.6–70.2 % at std z 1.04–1.10). Linear and quadratic label terms instead blew up on the
+edges (Lux log g std z 2.7). The fold models' disagreement was not used: for a held-out
+training star all but one fold model saw it, so it does not measure what it would for
+a new star, and keeping K networks would multiply the model file.
 """
 
 from __future__ import annotations
