@@ -155,7 +155,7 @@ def plot_parallax_components(
         if log:
             ax.set_yscale("log")
             ax.set_ylim(bottom=0.3)  # below one star per bin the weighted tails are noise
-    axes[0].legend(fontsize=8)
+    axes[0].legend(loc="upper right", fontsize=8)
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -163,7 +163,7 @@ def _chi2_plot(rchi2: np.ndarray, path: Path) -> Path:
         ax.set_xscale("log")
         ax.axvline(float(np.median(good)), color="tab:red", lw=1, label=f"median {np.median(good):.3g}")
         ax.axvline(1.0, color="tab:green", lw=1, label="χ²/dof = 1")
-        ax.legend(fontsize=8)
+        ax.legend(loc="upper right", fontsize=8)
     ax.set(xlabel="reduced χ² (χ²/dof)", ylabel="stars")
     return _save(fig, path)
 

@@ -204,7 +204,7 @@ def plot_zscore_histograms(
         ax.set_title(f"{name}: std {np.std(finite):.3f}, |z|<1 {inside:.3f}", fontsize=9)
         ax.set_xlabel("(inferred − true) / σ")
     axes[0].set_ylabel("density")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(loc="upper right", fontsize=8)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -347,7 +347,7 @@ def plot_uncertainty_vs_snr(
         ax.set_xlabel("S/N")
         ax.set_title(name, fontsize=9)
     axes[0].set_ylabel("1-σ uncertainty")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(loc="upper right", fontsize=7)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
