@@ -172,8 +172,14 @@ def main() -> None:
         val = np.sort(order[: max(2, round(payne.validation_fraction * n_train))])
         held = final.infer(train[val], calibrate=False)
         reference = train[val].select_labels(names).labels
+        # labels=: the local (label-space) floor term, as Payne.fit's 5-fold calibration uses.
         calibration = fit_error_calibration(
-            held.labels - reference, held.label_err, names, rchi2=held.reduced_chi2, n_folds=1
+            held.labels - reference,
+            held.label_err,
+            names,
+            rchi2=held.reduced_chi2,
+            n_folds=1,
+            labels=held.labels,
         )
         fitted = eqx.tree_at(lambda m: m.calibration, final, calibration, is_leaf=lambda x: x is None)
         calibration_seconds = time.perf_counter() - t0
