@@ -58,12 +58,18 @@ def scores(result, truth: np.ndarray, names: tuple[str, ...]) -> dict[str, dict[
     return out
 
 
-def timed_infer(fitted, test) -> tuple[object, float, float]:
+CPU_SECONDS: dict[str, float] = {}
+"""Process CPU seconds (all threads) of each model's compiled test step: on a busy machine
+the side-by-side comparison, since wall time there measures the other jobs too."""
+
+
+def timed_infer(fitted, test, name: str) -> tuple[object, float, float]:
     t0 = time.perf_counter()
     fitted.infer(test)
     first = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = fitted.infer(test)
+    CPU_SECONDS[name] = time.process_time() - c0
     return result, first, time.perf_counter() - t0
 
 
@@ -117,13 +123,15 @@ def main() -> None:
     t0 = time.perf_counter()
     cannon = Cannon(names).fit(train, calibrate=calibrate)
     cannon_train = time.perf_counter() - t0
-    result, first, warm = timed_infer(cannon, test)
+    result, first, warm = timed_infer(cannon, test, "cannon")
     models["cannon"] = {
         "settings": {"order": 2},
         "train_seconds": cannon_train,
         "infer_first_seconds": first,
         "infer_seconds": warm,
         "spectra_per_second": n_test / warm,
+        "infer_cpu_seconds": CPU_SECONDS["cannon"],
+        "spectra_per_cpu_second": n_test / CPU_SECONDS["cannon"],
         "labels": scores(result, truth, names),
     }
     _common.log("Cannon:", models["cannon"]["labels"], f"{n_test / warm:.0f} spectra/s")
@@ -164,14 +172,20 @@ def main() -> None:
         val = np.sort(order[: max(2, round(payne.validation_fraction * n_train))])
         held = final.infer(train[val], calibrate=False)
         reference = train[val].select_labels(names).labels
+        # labels=: the local (label-space) floor term, as Payne.fit's 5-fold calibration uses.
         calibration = fit_error_calibration(
-            held.labels - reference, held.label_err, names, rchi2=held.reduced_chi2, n_folds=1
+            held.labels - reference,
+            held.label_err,
+            names,
+            rchi2=held.reduced_chi2,
+            n_folds=1,
+            labels=held.labels,
         )
         fitted = eqx.tree_at(lambda m: m.calibration, final, calibration, is_leaf=lambda x: x is None)
         calibration_seconds = time.perf_counter() - t0
     else:
         fitted, calibration_seconds = final, 0.0
-    result, first, warm = timed_infer(fitted, test)
+    result, first, warm = timed_infer(fitted, test, "payne")
     models["payne"] = {
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in payne.hyperparameters().items()},
         "train_seconds": final_seconds + calibration_seconds,
@@ -184,6 +198,8 @@ def main() -> None:
         "infer_first_seconds": first,
         "infer_seconds": warm,
         "spectra_per_second": n_test / warm,
+        "infer_cpu_seconds": CPU_SECONDS["payne"],
+        "spectra_per_cpu_second": n_test / CPU_SECONDS["payne"],
         "calibration": args.payne_calibration,
         "labels": scores(result, truth, names),
         "labels_statistical_errors": scores(statistical, truth, names),
@@ -195,6 +211,7 @@ def main() -> None:
         "rmse_25pct_below_cannon": {n: ratio[n] <= 0.75 for n in ("teff", "logg", "fe_h")},
         "std_z_in_0.9_1.1": {n: 0.9 <= models["payne"]["labels"][n]["std_z"] <= 1.1 for n in names},
         "test_step_1000_per_s": models["payne"]["spectra_per_second"] >= 1000,
+        "test_step_1000_per_cpu_s": models["payne"]["spectra_per_cpu_second"] >= 1000,
     }
     output = {
         "benchmark": "payne",
@@ -213,6 +230,9 @@ def main() -> None:
         "models": models,
         "payne_over_cannon_rmse": ratio,
         "targets_met": targets,
+        "note": "2-core machine shared with other jobs (see run.load_average_*): test-step speeds"
+        " are compared side by side in CPU seconds (spectra_per_cpu_second, all threads of this"
+        " process); wall-clock spectra_per_second includes waiting for the other jobs.",
         "run": _common.finish(record),
     }
     _common.write_result(output, args.out)

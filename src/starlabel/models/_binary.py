@@ -43,21 +43,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array
 
 from .._internal import map_chunks, x64
 from ..data import Flag, InferenceResult, SpectralDataset
-from ._doppler import (
-    DopplerResampler,
-    SplinePrefilter,
-    _doppler,
-    correlate_lags,
-    lag_velocity,
-    rest_columns,
-    rest_spline,
-)
+from ._binary_calibration import BinaryCalibration, binary_score
+from ._binary_model import DEFAULT_SHARED, BinaryModel, shared_indices
+from ._doppler import _doppler, correlate_lags, lag_velocity
 from ._nuisance import (
-    AbstractPackedModel,
     NuisanceModel,
     _best_of,
     _lm,
@@ -66,270 +59,15 @@ from ._nuisance import (
     fit_nuisance,
     fit_quality,
 )
-from .base import AbstractFluxModel
 
-__all__ = ["BinaryCalibration", "BinaryModel", "DEFAULT_SHARED", "fit_binary", "learn_binary_calibration"]
-
-DEFAULT_SHARED: tuple[str, ...] = ("fe_h", "m_h", "feh", "mh", "metallicity")
-"""Label names treated as shared by both components when ``shared`` is not given."""
-
-
-_PROBABILITIES = np.linspace(0.0, 1.0, 201)
-"""Probability levels at which a :class:`BinaryCalibration` keeps the held-out scores."""
-
-
-@dataclasses.dataclass(frozen=True)
-class BinaryCalibration:
-    """The binary decision learned on a training set (see the module docstring).
-
-    Attributes
-    ----------
-    quantiles : tuple of float
-        ``binary_score`` of the cross-validated training stars at the probability levels
-        ``linspace(0, 1, len(quantiles))`` (non-decreasing).
-    threshold : float
-        A star is a binary when its ``binary_score`` exceeds this: the
-        ``1 − false_positive_rate`` quantile of the held-out scores (or its
-        exponential-tail estimate from the top 10 %, whichever is higher).
-    false_positive_rate : float
-        Share of the training stars above the threshold.
-    n_stars, n_folds : int
-        Held-out stars and cross-validation folds it was learned from.
-    fit_rv : bool
-        Whether the fits it was learned from had a free velocity.
-    """
-
-    quantiles: tuple[float, ...]
-    threshold: float
-    false_positive_rate: float
-    n_stars: int
-    n_folds: int
-    fit_rv: bool = True
-
-    def __post_init__(self) -> None:
-        q = np.asarray(self.quantiles, dtype=float)
-        if q.ndim != 1 or len(q) < 2 or not np.all(np.isfinite(q)) or np.any(np.diff(q) < 0):
-            raise ValueError("BinaryCalibration.quantiles must be ≥ 2 finite non-decreasing scores.")
-        if not 0.0 < self.false_positive_rate < 1.0:
-            raise ValueError(f"false_positive_rate must be in (0, 1), got {self.false_positive_rate}.")
-
-    @classmethod
-    def from_scores(
-        cls, scores: Any, *, false_positive_rate: float = 0.002, n_folds: int = 5, fit_rv: bool = True
-    ) -> BinaryCalibration:
-        """From held-out training stars' ``binary_score`` (NaN: a failed fit, left out)."""
-        scores = np.asarray(scores, dtype=float)
-        good = scores[np.isfinite(scores)]
-        if len(good) < 20:
-            raise ValueError(
-                f"learning the binary threshold needs ≥ 20 held-out stars with a finite score, got"
-                f" {len(good)}; train on more stars."
-            )
-        if not 0.0 < false_positive_rate < 1.0:
-            raise ValueError(f"false_positive_rate must be in (0, 1), got {false_positive_rate}.")
-        return cls(
-            tuple(float(x) for x in np.quantile(good, _PROBABILITIES)),
-            _tail_quantile(good, false_positive_rate),
-            float(false_positive_rate),
-            len(good),
-            int(n_folds),
-            bool(fit_rv),
-        )
-
-    def p_binary(self, score: Any) -> np.ndarray:
-        """Share of the held-out training stars with a lower score (0 … 1; NaN stays NaN)."""
-        score = np.asarray(score, dtype=float)
-        q = np.asarray(self.quantiles)
-        probabilities = np.linspace(0.0, 1.0, len(q))
-        # Ties (a flat stretch of quantiles) take their highest level, so p is a CDF.
-        unique, last = np.unique(q[::-1], return_index=True)
-        levels = probabilities[::-1][last]
-        out = np.interp(score, unique, levels, left=0.0, right=1.0)
-        return np.where(np.isfinite(score), out, np.nan)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (the model-file header's ``binary_calibration``)."""
-        return dataclasses.asdict(self) | {"quantiles": list(self.quantiles)}
-
-    @classmethod
-    def from_dict(cls, config: Any) -> BinaryCalibration:
-        """Inverse of :meth:`to_dict`; a clear error naming what is missing."""
-        if isinstance(config, BinaryCalibration):
-            return config
-        fields = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(config, dict) or not set(fields[:5]) <= set(config):
-            raise ValueError(
-                f"a binary calibration needs the keys {fields[:5]}; got"
-                f" {sorted(config) if isinstance(config, dict) else type(config).__name__}."
-                " Retrain with `starlabel train cannon --binary-calibration`."
-            )
-        return cls(
-            quantiles=tuple(float(x) for x in config["quantiles"]),
-            threshold=float(config["threshold"]),
-            false_positive_rate=float(config["false_positive_rate"]),
-            n_stars=int(config["n_stars"]),
-            n_folds=int(config["n_folds"]),
-            fit_rv=bool(config.get("fit_rv", True)),
-        )
-
-
-def _tail_quantile(scores: np.ndarray, rate: float, tail: float = 0.1) -> float:
-    """The ``1 − rate`` quantile, never below its estimate from an exponential tail.
-
-    An empirical 99.5th percentile of a few hundred stars is one of their two or three
-    highest scores, as noisy as that; the excesses over the 90th percentile, fitted by an
-    exponential of their mean (peaks over threshold), give a steadier extrapolation. The
-    larger of the two is kept, so a short training set errs towards fewer false alarms.
-    """
-    empirical = float(np.quantile(scores, 1.0 - rate))
-    if rate >= tail:
-        return empirical
-    start = float(np.quantile(scores, 1.0 - tail))
-    excess = scores[scores > start] - start
-    if len(excess) < 5:
-        return empirical
-    return max(empirical, start + float(np.mean(excess)) * float(np.log(tail / rate)))
-
-
-class BinaryModel(AbstractPackedModel):
-    """Flux of two stars: ``w S_{v1} m(ℓ1) + (1 − w) S_{v1+Δv} m(ℓ2)``.
-
-    Parameters are packed as ``[ℓ1 (labels), ℓ2 (free labels), u, Δv, v1]`` with
-    ``w = ½ + ½ σ(u)`` (σ the logistic function), Δv and v1 in km/s. ``m`` is any
-    :class:`~starlabel.models.AbstractFluxModel`: a linear one (the Cannon) is shifted
-    through its prefiltered θ (``theta_spline``), any other through ``prefilter``, as in
-    :class:`~starlabel.models._nuisance.NuisanceModel`.
-
-    Attributes
-    ----------
-    spectrum : AbstractFluxModel
-    resampler : DopplerResampler
-    theta_spline : Float[Array, "pixels terms"] or None
-        A linear model's prefiltered coefficients for velocity shifts.
-    shared : tuple of int
-        Indices of labels the components share.
-    fit_rv : bool
-        Whether the primary's velocity v1 is free (else 0).
-    flux_ratio : callable, optional
-        ``flux_ratio(ℓ1, ℓ2) -> w`` (pure JAX); replaces the free ``w``.
-    prefilter : SplinePrefilter, optional
-        The B-spline prefilter of a non-linear model's spectra.
-    """
-
-    spectrum: AbstractFluxModel
-    resampler: DopplerResampler
-    theta_spline: Float[Array, "pixels terms"] | None
-    shared: tuple[int, ...] = eqx.field(static=True)
-    fit_rv: bool = eqx.field(static=True)
-    flux_ratio: Callable[[Array, Array], Array] | None = eqx.field(static=True, default=None)
-    prefilter: SplinePrefilter | None = None
-
-    @classmethod
-    def like(
-        cls,
-        single: NuisanceModel,
-        shared: tuple[int, ...],
-        fit_rv: bool,
-        flux_ratio: Callable[[Array, Array], Array] | None = None,
-    ) -> BinaryModel:
-        """The two-star model on the single-star model's grid, spectrum and prefilter."""
-        return cls(
-            single.spectrum,
-            single.resampler,
-            single.theta_spline,
-            shared,
-            fit_rv,
-            flux_ratio,
-            single.prefilter,
-        )
-
-    @property
-    def n_labels(self) -> int:
-        """Labels per star."""
-        return self.spectrum.n_labels
-
-    @property
-    def free_secondary(self) -> np.ndarray:
-        """Indices of the secondary's own (not shared) labels."""
-        return np.array([k for k in range(self.n_labels) if k not in self.shared], dtype=np.int64)
-
-    @property
-    def n_params(self) -> int:
-        """Length of the packed parameter vector."""
-        return self.n_labels + len(self.free_secondary) + 3
-
-    def unpack(self, params: Float[Array, " params"]) -> tuple[Array, Array, Array, Array, Array]:
-        """``(ℓ1, ℓ2, w, Δv, v1)``."""
-        k, j = self.n_labels, len(self.free_secondary)
-        l1 = params[:k]
-        l2 = l1.at[self.free_secondary].set(params[k : k + j]) if j else l1
-        u, dv, v1 = params[k + j], params[k + j + 1], params[k + j + 2]
-        w = self.flux_ratio(l1, l2) if self.flux_ratio is not None else 0.5 + 0.5 * jax.nn.sigmoid(u)
-        return l1, l2, w, dv, v1
-
-    def rest_spline(self, labels: Float[Array, " labels"]) -> Float[Array, " pixels"]:
-        """B-spline coefficients of one component's rest-frame spectrum."""
-        return rest_spline(self.spectrum, self.theta_spline, self.prefilter, labels)
-
-    def components(self, params: Float[Array, " params"]) -> tuple[Array, Array]:
-        """The two weighted component spectra (pixels,) as observed."""
-        l1, l2, w, dv, v1 = self.unpack(params)
-        m1 = self.resampler(self.rest_spline(l1), v1)
-        m2 = self.resampler(self.rest_spline(l2), v1 + dv)
-        return w * m1, (1.0 - w) * m2
-
-    def flux(self, params: Float[Array, " params"]) -> Float[Array, " pixels"]:
-        """Model flux of one star."""
-        a, b = self.components(params)
-        return a + b
-
-    def jacobian(self, params: Float[Array, " params"]) -> Float[Array, "pixels params"]:
-        """∂flux/∂params (analytic; autodiff when ``flux_ratio`` ties w to the labels)."""
-        return self.flux_and_jacobian(params)[1]
-
-    def flux_and_jacobian(self, params: Float[Array, " params"]) -> tuple[Array, Array]:
-        """Flux and ∂flux/∂params from one rest-frame evaluation per star (a θ product)."""
-        if self.flux_ratio is not None:
-            return self.flux(params), jax.jacfwd(self.flux)(params)
-        k, own = self.n_labels, self.free_secondary
-        l1, l2, w, dv, v1 = self.unpack(params)
-        # m(ℓ) and ∂m/∂ℓ of each star (θx and θ∂x/∂ℓ): the dominant cost of an LM step.
-        rest1 = rest_columns(self.spectrum, self.theta_spline, self.prefilter, l1)
-        rest2 = rest_columns(self.spectrum, self.theta_spline, self.prefilter, l2)
-        first, second = self.resampler(rest1, v1), self.resampler(rest2, v1 + dv)
-        m1, d1, m2, d2 = first[:, 0], first[:, 1:], second[:, 0], second[:, 1:]
-        dm1 = self.resampler.derivative(rest1[:, 0], v1)
-        dm2 = self.resampler.derivative(rest2[:, 0], v1 + dv)
-        shared = np.isin(np.arange(k), own, invert=True)
-        d_l1 = w * d1 + (1.0 - w) * d2 * jnp.asarray(shared, dtype=d2.dtype)[None, :]
-        sig = 2.0 * (w - 0.5)
-        dw_du = 0.5 * sig * (1.0 - sig)
-        columns = [
-            d_l1,
-            (1.0 - w) * d2[:, own],
-            (dw_du * (m1 - m2))[:, None],
-            ((1.0 - w) * dm2)[:, None],
-            (w * dm1 + (1.0 - w) * dm2)[:, None],
-        ]
-        return w * m1 + (1.0 - w) * m2, jnp.concatenate(columns, axis=1)
-
-    def free(self) -> np.ndarray:
-        """Bool (params,): which parameters are fitted."""
-        free = np.ones(self.n_params, dtype=bool)
-        free[-3] = self.flux_ratio is None
-        free[-1] = self.fit_rv
-        return free
-
-
-def _shared_indices(label_names: tuple[str, ...], shared: Sequence[str] | None) -> tuple[int, ...]:
-    if shared is None:
-        return tuple(i for i, n in enumerate(label_names) if n.lower() in DEFAULT_SHARED)
-    unknown = [n for n in shared if n not in label_names]
-    if unknown:
-        raise ValueError(
-            f"`shared` names unknown labels {unknown}; the model's labels are {list(label_names)}."
-        )
-    return tuple(label_names.index(n) for n in shared)
+__all__ = [
+    "BinaryCalibration",
+    "BinaryModel",
+    "DEFAULT_SHARED",
+    "binary_score",
+    "fit_binary",
+    "learn_binary_calibration",
+]
 
 
 class _BinaryFit(eqx.Module):
@@ -526,7 +264,7 @@ def fit_binary(
         single_model = dataclasses.replace(single_model, fit_rv=False)
     spectrum = single_model.spectrum
     binary = BinaryModel.like(
-        single_model, _shared_indices(spectrum.label_names, shared), bool(fit_rv), flux_ratio
+        single_model, shared_indices(spectrum.label_names, shared), bool(fit_rv), flux_ratio
     )
     single = fit_nuisance(single_model, data, n_starts=1, n_iter=n_iter, chunk_size=chunk_size, scan="ccf")
     own = binary.free_secondary
@@ -599,20 +337,6 @@ def _refine(
     for leaf, new in zip(merged, (refined.params, refined.cov, refined.chi2, refined.converged), strict=True):
         leaf[rows[better]] = np.asarray(new)[better]
     return _BinaryFit(*(jnp.asarray(leaf) for leaf in merged))
-
-
-def binary_score(
-    delta_chi2: Any, chi2_binary: Any, n_good: Any, extra_params: int, n_binary: int
-) -> np.ndarray:
-    """ΔBIC with Δχ² in units of the binary fit's reduced χ² (when that exceeds 1).
-
-    A model misfit inflates both the reduced χ² and the Δχ² a second component gains, by
-    the same factor for a given star, so the ratio is comparable across S/N.
-    """
-    n_good = np.maximum(np.asarray(n_good, dtype=float), 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rchi2 = np.asarray(chi2_binary) / np.maximum(n_good - n_binary, 1.0)
-        return np.asarray(delta_chi2) / np.maximum(rchi2, 1.0) - extra_params * np.log(n_good)
 
 
 def _assemble(
