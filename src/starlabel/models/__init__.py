@@ -57,7 +57,6 @@ if TYPE_CHECKING:
     from .base import AbstractGenerativeModel as AbstractGenerativeModel
     from .base import AbstractLatentModel as AbstractLatentModel
     from .base import AbstractLinearFluxModel as AbstractLinearFluxModel
-    from .base import AbstractMapStepModel as AbstractMapStepModel
     from .base import AbstractSpectralModel as AbstractSpectralModel
     from .base import flux_model_of as flux_model_of
     from .cannon._nuts import infer_nuts as infer_nuts

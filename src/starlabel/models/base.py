@@ -42,7 +42,6 @@ __all__ = [
     "AbstractGenerativeModel",
     "AbstractFittedFluxModel",
     "AbstractLatentModel",
-    "AbstractMapStepModel",
     "AbstractFluxModel",
     "AbstractLinearFluxModel",
     "flux_model_of",
@@ -201,18 +200,6 @@ class AbstractLinearFluxModel(AbstractFluxModel):
         return self.theta @ self.label_vector(labels)
 
 
-class AbstractMapStepModel(AbstractFittedModel):
-    """A fitted model whose ``infer`` delegates to :func:`starlabel.models.infer`.
-
-    Its own test step is :meth:`infer_map`, which that entry point runs for
-    ``estimator=MAP()``, so the choices are checked in one place (Cannon, Lux).
-    """
-
-    @abc.abstractmethod
-    def infer_map(self, data: SpectralDataset, **options: Any) -> InferenceResult:
-        """The model's own test step (MAP labels; ``uncertainty=`` a posterior method name)."""
-
-
 class AbstractFittedFluxModel(AbstractGenerativeModel):
     """A fitted model whose spectra come from a per-star :class:`AbstractFluxModel`.
 
@@ -229,7 +216,7 @@ class AbstractFittedFluxModel(AbstractGenerativeModel):
         """The unfitted model that refits this family the same way (cross-validation)."""
 
 
-class AbstractLatentModel(AbstractGenerativeModel, AbstractMapStepModel):
+class AbstractLatentModel(AbstractGenerativeModel):
     """A fitted model whose labels are a function of per-star latents (Lux).
 
     Attributes
@@ -251,6 +238,14 @@ class AbstractLatentModel(AbstractGenerativeModel, AbstractMapStepModel):
     @abc.abstractmethod
     def infer_latents(self, data: SpectralDataset, **options: Any) -> Any:
         """Per-star latents (first element: means, shape (stars, latents))."""
+
+    @abc.abstractmethod
+    def infer_map(self, data: SpectralDataset, **options: Any) -> InferenceResult:
+        """The model's own test step (MAP labels; ``uncertainty=`` a posterior method name).
+
+        What :func:`starlabel.models.infer` runs for ``estimator=MAP()``; the model's
+        ``infer`` delegates to that entry point, so options are checked in one place.
+        """
 
 
 def flux_model_of(fitted: Any) -> AbstractFluxModel:

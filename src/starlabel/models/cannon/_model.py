@@ -15,15 +15,14 @@ from jaxtyping import Array, Bool, Float
 from ..._internal import as_float_array, x64
 from ...data import InferenceResult, ShiftScale, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration, calibrated_fit
-from .._infer import infer as typed_infer
 from .._posterior import refine_uncertainty, resolve_uncertainty
-from .._strategies import AbstractUncertainty, as_uncertainty
-from ..base import AbstractFittedFluxModel, AbstractMapStepModel, AbstractSpectralModel
+from .._strategies import AbstractUncertainty
+from ..base import AbstractFittedFluxModel, AbstractSpectralModel
 from ._censor import active_terms
 from ._flux_model import PolynomialSpectrum
 from ._folds import fold_refit
 from ._infer import LabelSpace
-from ._map import check_options, map_step
+from ._map import check_options, infer_map
 from ._prepare import Prepared, label_matrix, label_space, prepare_labels
 from ._serialise import fitted_config, fitted_skeleton
 from ._train import L1_SOLVERS, TrainingArrays, fit_arrays, training_arrays
@@ -302,7 +301,7 @@ class Cannon(AbstractSpectralModel):
         )
 
 
-class FittedCannon(AbstractFittedFluxModel, AbstractMapStepModel):
+class FittedCannon(AbstractFittedFluxModel):
     """A trained Cannon: per-pixel coefficients θ, scatter s², label scaling, censoring.
 
     Attributes
@@ -482,14 +481,8 @@ class FittedCannon(AbstractFittedFluxModel, AbstractMapStepModel):
         return -0.5 * jnp.sum(omega * residual**2) + 0.5 * jnp.sum(log_norm)
 
     # ------------------------------------------------------------------ test step
-    def infer(
-        self, data: SpectralDataset, *, uncertainty: str | AbstractUncertainty = "fisher", **options: Any
-    ) -> InferenceResult:
-        """Labels of every spectrum by :func:`starlabel.models.infer`; options: :meth:`infer_map`."""
-        return typed_infer(self, data, uncertainty=as_uncertainty(uncertainty), **options)
-
     @x64
-    def infer_map(
+    def infer(
         self,
         data: SpectralDataset,
         *,
@@ -504,7 +497,7 @@ class FittedCannon(AbstractFittedFluxModel, AbstractMapStepModel):
         posterior_options: Mapping[str, Any] | None = None,
         calibrate: bool = True,
     ) -> InferenceResult:
-        """The Cannon's own test step: labels, covariances, χ² and flags of every spectrum.
+        """Labels, covariances, χ² and flags for every spectrum in ``data``.
 
         Parameters
         ----------
@@ -566,7 +559,7 @@ class FittedCannon(AbstractFittedFluxModel, AbstractMapStepModel):
         uncertainty, posterior_options = resolve_uncertainty(uncertainty, posterior_options)
         if uncertainty != "fisher" and frozen:
             raise ValueError("`frozen` labels work with uncertainty='fisher' only; drop one of them.")
-        result = map_step(
+        result = infer_map(
             self, data, n_starts=n_starts, bounds=bounds, frozen=frozen, chunk_size=chunk_size,
             max_iter=max_iter, tol=tol, poor_fit=poor_fit,
         )  # fmt: skip
