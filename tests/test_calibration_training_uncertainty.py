@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from starlabel.data import InferenceResult, SpectralDataset
-from starlabel.models import posterior_infer, training_prediction_variance
+from starlabel.models import AbstractGenerativeModel, posterior_infer, training_prediction_variance
 
 N_PIXELS, N_TRAIN, N_TEST, N_REFITS, SIGMA = 40, 60, 24, 300, 0.05
 
@@ -38,14 +39,14 @@ class Quadratic(eqx.Module):
         return jnp.stack([jnp.ones_like(x[:, 0]), x[:, 0], x[:, 0] ** 2], axis=1)
 
 
-class LinearModel(eqx.Module):
+class LinearModel(AbstractGenerativeModel):
     """A one-label polynomial spectral model; its test step returns a given start."""
 
     kind: ClassVar[str] = "test-linear"
+    label_names: tuple[str, ...] = eqx.field(static=True)
     theta: jnp.ndarray
     s2: jnp.ndarray
     start: np.ndarray = eqx.field(static=False)
-    label_names: tuple[str, ...] = eqx.field(static=True, default=("teff",))
     vectorizer: Quadratic = Quadratic()
     label_scaler: Scaler = Scaler(jnp.array([4800.0]), jnp.array([300.0]))
 
@@ -53,6 +54,19 @@ class LinearModel(eqx.Module):
         model = self.theta @ self.vectorizer(self.label_scaler.transform(labels))
         omega = ivar / (1.0 + ivar * self.s2)
         return -0.5 * jnp.sum(omega * (flux - model) ** 2)
+
+    def predict_flux(self, labels):
+        rows = jnp.atleast_2d(jnp.asarray(labels, float))
+        return np.asarray(
+            jax.vmap(lambda row: self.theta @ self.vectorizer(self.label_scaler.transform(row)))(rows)
+        )
+
+    def config(self):
+        return {"label_names": list(self.label_names)}
+
+    @classmethod
+    def skeleton(cls, config):
+        raise NotImplementedError("this test model is never saved")
 
     def infer(self, data):
         n = data.n_stars
@@ -95,7 +109,7 @@ def map_labels(theta, test_flux, start):
 def refit(rng, theta_true, design, test_labels):
     flux = design @ theta_true.T + SIGMA * rng.normal(size=(N_TRAIN, N_PIXELS))
     theta = np.linalg.lstsq(design, flux, rcond=None)[0].T  # equal weights: plain least squares
-    return LinearModel(jnp.asarray(theta), jnp.zeros(N_PIXELS), test_labels), flux
+    return LinearModel(("teff",), jnp.asarray(theta), jnp.zeros(N_PIXELS), test_labels), flux
 
 
 def test_training_variance_matches_refits(setup):
