@@ -18,6 +18,7 @@ import pytest
 from starlabel.data import Flag, SpectralDataset, simulate_cannon
 from starlabel.models import load_model
 from starlabel.models.cannon import Cannon, FittedCannon
+from starlabel.models.cannon import _infer as cannon_infer
 from starlabel.models.cannon._infer import fit_chunk
 from starlabel.models.cannon._test_step import (
     LabelStepOptions,
@@ -260,7 +261,14 @@ def test_sufficient_statistics_match_the_pixel_sums(setup, n_stars):
     np.testing.assert_array_equal(stats.n_good, np.sum(omega > 0, axis=1))
 
 
-def test_second_test_step_call_does_not_retrace(setup):
+@pytest.fixture
+def traced_here(monkeypatch):
+    """Trace in this process: a CLI test run earlier in the same worker switches on the
+    persistent cache, whose exported programs would load without tracing fit_chunk."""
+    monkeypatch.setattr(cannon_infer, "exported_dir", lambda: None)
+
+
+def test_second_test_step_call_does_not_retrace(setup, traced_here):
     # fit_chunk carries an eqx.debug.assert_max_traces counter: a second call on the same
     # shapes must reuse the compiled program (a retrace costs seconds per chunk).
     _, fitted, test, _ = setup
@@ -271,7 +279,7 @@ def test_second_test_step_call_does_not_retrace(setup):
     assert eqx.debug.get_num_traces(fit_chunk) == traced
 
 
-def test_infer_of_any_size_reuses_one_compiled_program(setup):
+def test_infer_of_any_size_reuses_one_compiled_program(setup, traced_here):
     # Every call runs in full chunks, so the calibration's held-out folds at training
     # time, a handful of spectra and a full chunk all run one compiled test step.
     _, fitted, test, truth = setup
