@@ -13,8 +13,10 @@ Each training set is fitted twice, ``calibrate=False`` (the statistical errors, 
 with ``starlabel train --no-calibrate``) and ``calibrate=True`` (the default: 5-fold
 cross-validation inside the training set), both timed. The table gives, per label, the
 spread std(z) and the share with |z| < 1 of z = (inferred − reference)/``<label>_err``
-on the held-out stars, and the RMSE of both fits' labels. The box is a shared 2-core
-CPU: the load average is recorded with the timings.
+on the held-out stars, and the RMSE of both fits' labels. Training is timed in wall and
+in this process's CPU seconds; on a busy machine (``machine.busy``: 1-minute load above
+0.7 × CPUs) compare the CPU seconds. The JSON is rewritten after every model, so a run
+cut short keeps the models it finished.
 
 Run:  python benchmarks/calibration.py [--quick] [--out benchmarks/results/calibration.json]
       (``--cases giants`` and ``--cases lines`` may run as two processes writing two
@@ -62,15 +64,18 @@ def run_case(name: str, splits, reference: np.ndarray, names, quick: bool, data,
     out: dict = {}
     for model_name in models:
         factory = MODELS[model_name]
+        load_before = os.getloadavg()
         pred = {False: np.full(reference.shape, np.nan), True: np.full(reference.shape, np.nan)}
         errs = {False: np.full(reference.shape, np.nan), True: np.full(reference.shape, np.nan)}
         seconds = {False: 0.0, True: 0.0}
+        cpu = {False: 0.0, True: 0.0}  # this process's CPU seconds: fair side by side on a busy box
         calibrations = []
         for train, test in splits:
             for calibrate in (False, True):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 fitted = factory(names, quick).fit(data[train], calibrate=calibrate)
                 seconds[calibrate] += time.perf_counter() - start
+                cpu[calibrate] += time.process_time() - start_cpu
                 result = fitted.infer(data[test])
                 pred[calibrate][test], errs[calibrate][test] = result.labels, result.label_err
                 if calibrate:
@@ -87,6 +92,10 @@ def run_case(name: str, splits, reference: np.ndarray, names, quick: bool, data,
             "train_seconds_without": round(seconds[False], 2),
             "train_seconds_with": round(seconds[True], 2),
             "train_time_ratio": round(seconds[True] / seconds[False], 2),
+            "train_cpu_seconds_without": round(cpu[False], 2),
+            "train_cpu_seconds_with": round(cpu[True], 2),
+            "train_cpu_ratio": round(cpu[True] / cpu[False], 2),
+            "load_average_before": load_before,
             "nn_epochs": NN_EPOCHS[0] if model_name == "nn" and not quick else None,
             "load_average_after": os.getloadavg(),
             "calibrations": calibrations,
@@ -113,12 +122,17 @@ def table(results: dict) -> str:
                     f" | {b['coverage_1sigma'][k]:.1%} → {a['coverage_1sigma'][k]:.1%}"
                     f" | {b['rmse'][k]:.4g} → {a['rmse'][k]:.4g} |"
                 )
-    lines += ["", "| data | model | train s without | with | ratio |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| data | model | train s without | with | ratio | CPU s without | with | CPU ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for case, models in results["cases"].items():
         for model, row in models.items():
             lines.append(
                 f"| {case} | {model} | {row['train_seconds_without']} | {row['train_seconds_with']}"
-                f" | {row['train_time_ratio']} |"
+                f" | {row['train_time_ratio']} | {row.get('train_cpu_seconds_without', '—')}"
+                f" | {row.get('train_cpu_seconds_with', '—')} | {row.get('train_cpu_ratio', '—')} |"
             )
     return "\n".join(lines)
 
@@ -151,6 +165,9 @@ def main() -> None:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "load_average_start": os.getloadavg(),
+            # Busy as benchmarks/_common.py counts it: 1-minute load above 0.7 × CPUs. Wall
+            # seconds then include waiting for other jobs; compare the CPU seconds.
+            "busy": os.getloadavg()[0] > 0.7 * (os.cpu_count() or 1),
         },
         "quick": args.quick,
         "cases": {},
@@ -189,6 +206,7 @@ def main() -> None:
             "lines", splits, data.labels, data.label_names, args.quick, data, models, save("lines")
         )
     results["machine"]["load_average_end"] = os.getloadavg()
+    results["machine"]["busy"] |= os.getloadavg()[0] > 0.7 * (os.cpu_count() or 1)
     text = table(results)
     print(text)
     results["table_markdown"] = text
