@@ -191,7 +191,7 @@ class Cannon(AbstractSpectralModel):
         scaler, scaled, design = prep.design()
         start = None if init is None else (np.asarray(init.theta), np.asarray(init.s2))
         theta, s2, pixel_ok, n_iter, converged = fit_arrays(
-            arrays, design, prep.weights, prep.active, prep.l1, prep.options, start, tol
+            arrays, design, prep.weights, prep.active, prep.l1, prep.options, start, tol, prep.vectorizer
         )
         if not converged:
             logger.warning(

@@ -1,41 +1,82 @@
 """Training many-term quadratic Cannons from weighted label moments.
 
-The exact trainer (:mod:`._train`) forms every pixel's normal matrix
+**FLOP floor.** The exact trainer (:mod:`._train`) forms every pixel's normal matrix
 ``A_λ = Σ_n ω_nλ v_n v_nᵀ`` from the packed products ``v_t v_u``: 2·N·P·T(T+1)/2 FLOP
 per EM iteration, twice (θ and the leverage term), i.e. 2.7 TFLOP for 5,000 stars ×
-7,214 pixels × 190 terms (18 labels). But every product ``v_t v_u`` of a quadratic
+7,214 pixels × 190 terms (18 labels) — 20+ s per iteration even at a 2-core machine's
+float32 GEMM peak, and it takes ~8 iterations. Every product ``v_t v_u`` of a quadratic
 model's terms is a monomial of degree ≤ 4 in the labels, and there are only
 K = C(L+4, 4) of them (7,315 at 18 labels, against 18,145 pairs). So
 
     A_λ[t, u] = M_λ[m(t, u)],   M = Ωᵀ Φ   (pixels × stars)(stars × K),
 
-one matrix product of 2·N·P·K FLOP (0.53 TFLOP), gathered into each pixel's T × T
-matrix. The product runs in float32 (labels scaled to unit spread, so monomials are
-O(1)); float32's rounding of ``A`` is removed by one step of iterative refinement whose
-residual ``b − Aθ = Vᵀ Ω (f − Vθ)`` is computed from the spectra in float64 (2·N·P·T
-FLOP), not from the rounded ``A``.
+one matrix product of 2·N·P·K FLOP (0.53 TFLOP, a few seconds of float32 BLAS GEMM),
+gathered into each pixel's T × T matrix (P·T³/3 = 17 GFLOP of Cholesky factors).
+The product runs in float32 (labels scaled to unit spread, so monomials are O(1));
+its rounding is removed by one step of iterative refinement whose residual
+``b − Aθ = Vᵀ Ω (f − Vθ)`` is computed from the spectra in float64 (2·N·P·T FLOP).
 
-The intrinsic scatter s² enters only through ``ω = w/(σ² + s²)``, so each scatter update
-needs new moments. We take a fixed number of EM passes (the exact trainer's update, with
-its leverage term ``Σ_n w g² v_nᵀ A⁻¹ v_n`` approximated by ``T · Σ g ω / Σ ω`` — exact
-when a pixel's noise is the same for every star — which avoids a second moment
-product). ``benchmarks/abundances.py`` compares θ, s² and the test-step labels with the
-exact trainer.
+**Few passes.** s² enters only through ``ω = w/(σ² + s²)``, so each new s² needs new
+moments; we therefore make each moment product count. A *pass* solves θ at the current
+s² (one product), then solves the scatter's stationarity condition
+
+    s² = [Σ_n w g² (r_n² − σ_n²) + Σ_n w g² v_nᵀ A⁻¹ v_n] / Σ_n w g²,   g = 1/(σ² + s²)
+
+(the exact trainer's EM fixed point, see :mod:`._train`) to convergence with θ — and so
+the residuals r — held fixed: per-pixel scalar iterations over (stars,) arrays, no
+moments. θ depends on s² only through the weights, to second order, so two passes
+reach the exact trainer's fixed point to well within its statistical error
+(``benchmarks/results/abundances.json``); each later pass costs one more product.
+
+**Leverage.** ``Σ_n w g² v_nᵀ A⁻¹ v_n`` would need a second moment product (weights
+``w g²``). We write each star's leverage as ``h_n = ω_n q_n`` with ``q_n = v_nᵀ A⁻¹ v_n``
+taken from a *pixel group's* normal matrix (pixels grouped by the ratio of scatter to
+noise variance, whose weights across stars look alike) and normalised so that
+``Σ_n h_n`` is the pixel's number of active terms, as it is exactly. This is exact
+when the noise is the same for every star at a pixel, and when it factorises into a
+per-star and a per-pixel part at s² = 0.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
 from ...inference import pin_inactive
 from ._vectorizer import PolynomialVectorizer
 
-__all__ = ["product_monomials", "fit_moments"]
+__all__ = [
+    "MOMENT_MIN_TERMS",
+    "MOMENT_PASSES",
+    "fit_moments",
+    "fit_moment_blocks",
+    "product_monomials",
+    "use_moments",
+]
+
+MOMENT_MIN_TERMS = 120
+"""Quadratic models with at least this many terms (and no L1) train from moments."""
+
+MOMENT_PASSES = 2
+"""Moment products per training (see the module docstring)."""
+
+_GROUPS = 14
+"""Pixel groups for the leverage shape: s² = 0, then half-dex bins of s²/σ² from 1e-3."""
+
+
+def use_moments(vectorizer: PolynomialVectorizer | None, l1: np.ndarray) -> bool:
+    """Whether :func:`._train.fit_arrays` trains from moments (many terms, order ≤ 2, no L1)."""
+    return (
+        vectorizer is not None
+        and vectorizer.order <= 2
+        and vectorizer.n_terms >= MOMENT_MIN_TERMS
+        and not bool(np.any(np.asarray(l1) > 0))
+    )
 
 
 def product_monomials(vectorizer: PolynomialVectorizer) -> tuple[PolynomialVectorizer, np.ndarray]:
@@ -54,58 +95,149 @@ def product_monomials(vectorizer: PolynomialVectorizer) -> tuple[PolynomialVecto
     return monomials, index
 
 
-@jax.jit
-def _moments(omega: Float[Array, "stars pixels"], phi: Float[Array, "stars monomials"]) -> Array:
-    return omega.astype(jnp.float32).T @ phi.astype(jnp.float32)
+def _monomial_design(design: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Φ (stars, monomials) float32: each monomial as the product of its first pair of terms."""
+    n_monomials = int(index.max()) + 1
+    first_t = np.zeros(n_monomials, dtype=np.int64)
+    first_u = np.zeros(n_monomials, dtype=np.int64)
+    # Reversed, so the first (t, u) in row-major order is the one that stays.
+    flat = index.ravel()[::-1]
+    pairs = np.arange(index.size)[::-1]
+    first_t[flat], first_u[flat] = pairs // index.shape[1], pairs % index.shape[1]
+    d32 = design.astype(np.float32)
+    return d32[:, first_t] * d32[:, first_u]
 
 
 @jax.jit
 def _solve_block(
     moments: Float[Array, "pixels monomials"],
-    index: Array,
-    b: Float[Array, "pixels terms"],
+    index: Int[Array, "terms terms"],
+    flux: Float[Array, "stars pixels"],
+    omega: Float[Array, "stars pixels"],
+    design: Float[Array, "stars terms"],
     active: Bool[Array, "pixels terms"],
 ) -> tuple[Array, Array, Array]:
-    """θ of a block of pixels, the Cholesky factors and their finiteness."""
-    A = moments.astype(jnp.float64)[:, index]
-    A, b = pin_inactive(A, b, active)
+    """θ (pixels, terms) refined once in float64, residuals (stars, pixels), finiteness."""
+    A = moments.astype(design.dtype)[:, index]
+    A, b = pin_inactive(A, (omega * flux).T @ design, active)
     chol = jnp.linalg.cholesky(A)
-    theta = jax.vmap(jax.scipy.linalg.cho_solve, in_axes=((0, None), 0))((chol, True), b)
-    return theta, chol, jnp.all(jnp.isfinite(theta), axis=1)
+    solve = jax.vmap(jax.scipy.linalg.cho_solve, in_axes=((0, None), 0))
+    theta = jnp.where(active, solve((chol, True), b), 0.0)
+    residual = flux - design @ theta.T
+    # Iterative refinement: the float64 residual of the normal equations, from the spectra.
+    theta = theta + jnp.where(active, solve((chol, True), (omega * residual).T @ design), 0.0)
+    finite = jnp.all(jnp.isfinite(theta), axis=1)
+    theta = jnp.where(finite[:, None], theta, 0.0)
+    return theta, flux - design @ theta.T, finite
 
 
 @jax.jit
-def _refine_block(chol: Array, residual_rhs: Array, active: Bool[Array, "pixels terms"]) -> Array:
-    step = jax.vmap(jax.scipy.linalg.cho_solve, in_axes=((0, None), 0))((chol, True), residual_rhs)
-    return jnp.where(active, step, 0.0)
+def _scatter(
+    residual: Float[Array, "stars pixels"],
+    ivar: Float[Array, "stars pixels"],
+    weights: Float[Array, " stars"],
+    shape: Float[Array, "stars pixels"],
+    n_active: Float[Array, " pixels"],
+    s2: Float[Array, " pixels"],
+) -> Array:
+    """The scatter's fixed point at fixed residuals (see the module docstring).
+
+    ``shape``: each star's ``q_n`` (leverage per unit weight) at its pixel's group.
+    Iterated with Aitken's extrapolation (as :mod:`._train`) until s² changes by
+    < 1e-9 of σ² + s², at most 100 times.
+    """
+    variance = jnp.where(ivar > 0, 1.0 / jnp.where(ivar > 0, ivar, 1.0), 0.0)
+    e = residual * residual - variance
+    var_typ = jnp.sum(jnp.where(ivar > 0, weights[:, None], 0.0), axis=0) / jnp.maximum(
+        weights @ ivar, 1e-300
+    )
+
+    def update(s2: Array) -> Array:
+        g = ivar / (1.0 + ivar * s2[None, :])
+        wg2 = weights[:, None] * g * g
+        leverage = (
+            n_active
+            * jnp.sum(wg2 * shape, axis=0)
+            / jnp.maximum(jnp.sum(weights[:, None] * g * shape, axis=0), 1e-300)
+        )
+        numerator = jnp.sum(wg2 * e, axis=0) + leverage
+        return jnp.maximum(numerator / jnp.maximum(jnp.sum(wg2, axis=0), 1e-300), 0.0)
+
+    def body(state: tuple[Array, Array, Array, Array]) -> tuple[Array, Array, Array, Array]:
+        s2, last_step, i, _ = state
+        new = update(s2)
+        step = new - s2
+        ratio = step / jnp.where(last_step != 0, last_step, jnp.inf)
+        smooth = (ratio > 0) & (ratio < 0.9) & (i > 0)
+        jump = jnp.where(smooth, step * ratio / (1.0 - jnp.where(smooth, ratio, 0.0)), 0.0)
+        change = jnp.max(jnp.abs(step) / (new + var_typ + 1e-300))
+        return jnp.maximum(new + jump, 0.0), step, i + 1, change
+
+    def cond(state: tuple[Array, Array, Array, Array]) -> Array:
+        return (state[2] < 100) & (state[3] > 1e-9)
+
+    init = (s2, jnp.zeros_like(s2), jnp.array(0), jnp.array(jnp.inf, dtype=s2.dtype))
+    return jax.lax.while_loop(cond, body, init)[0]
 
 
-def fit_moments(
-    flux: np.ndarray,
-    ivar: np.ndarray,
-    scaled_labels: np.ndarray,
+def _groups(s2: np.ndarray, var_typ: np.ndarray) -> np.ndarray:
+    """Pixel group (pixels,) by s²/σ²_typical: 0 for s² ≈ 0, then half-dex bins."""
+    ratio = s2 / np.maximum(var_typ, 1e-300)
+    bins = np.floor(2.0 * np.log10(np.maximum(ratio, 1e-300) / 1e-3)).astype(np.int64)
+    return np.where(ratio <= 1e-3, 0, 1 + np.clip(bins, 0, _GROUPS - 2))
+
+
+def _leverage_shapes(weight_sums: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """``q_n = v_nᵀ A_G⁻¹ v_n`` (groups, stars) with ``A_G = Σ_n ω̄_nG v_n v_nᵀ``."""
+    shapes = np.ones((weight_sums.shape[1], design.shape[0]))
+    for group in range(weight_sums.shape[1]):
+        w = weight_sums[:, group]
+        if not np.any(w > 0):
+            continue
+        A = design.T @ (w[:, None] * design)
+        try:
+            chol = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            continue
+        solved = np.linalg.solve(chol, design.T)  # L⁻¹ V ᵀ, (terms, stars)
+        shapes[group] = np.sum(solved * solved, axis=0)
+    return shapes
+
+
+def fit_moment_blocks(
+    flux_blocks: Sequence[np.ndarray],
+    ivar_blocks: Sequence[np.ndarray],
+    n_pixels: int,
+    design: np.ndarray,
     vectorizer: PolynomialVectorizer,
     star_weights: np.ndarray,
     active: np.ndarray,
     *,
-    passes: int = 3,
-    block: int = 256,
+    s2_init: np.ndarray | None = None,
+    passes: int = MOMENT_PASSES,
+    block: int = 512,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train θ (pixels, terms) and s² (pixels,) of a model of order ≤ 2 from label moments.
 
     Parameters
     ----------
-    flux, ivar : arrays, shape (stars, pixels)
-    scaled_labels : array, shape (stars, labels)
-        Labels in the model's scaled units (training set: mean 0, unit spread).
+    flux_blocks, ivar_blocks : sequences of arrays, each shape (stars, block pixels)
+        The training spectra in consecutive blocks of pixels (the last block may be
+        padded past ``n_pixels``; padding is ignored). Stars of weight 0 (padding) add
+        nothing.
+    n_pixels : int
+    design : array, shape (stars, terms)
+        ``vectorizer``'s terms at the training stars' scaled labels (unit spread).
     vectorizer : PolynomialVectorizer
         Of order ≤ 2 (its term products are then of degree ≤ 4).
     star_weights : array, shape (stars,)
     active : bool array, shape (pixels, terms)
-        Terms allowed at each pixel (censoring).
+        Terms allowed at each pixel (censoring): inactive terms are exactly 0.
+    s2_init : array, shape (pixels,), optional
+        Scatter the first pass solves θ at (default 0).
     passes : int
-        Scatter updates: s² starts at 0 and is updated after each pass's θ; the θ
-        returned is solved at the last s².
+        Moment products: θ is solved at the scatter of the previous pass, and the s²
+        returned is the fixed point at that θ.
     block : int
         Pixels gathered into normal matrices at a time (memory: block · T² float64).
 
@@ -115,55 +247,108 @@ def fit_moments(
     """
     if vectorizer.order > 2:
         raise ValueError(f"moment training needs a model of order ≤ 2, got {vectorizer.order}.")
-    flux, ivar = np.asarray(flux, dtype=np.float64), np.asarray(ivar, dtype=np.float64)
     weights = np.asarray(star_weights, dtype=np.float64)
-    n_stars, n_pixels = flux.shape
-    monomials, index = product_monomials(vectorizer)
-    with jax.enable_x64(True):
-        x = jnp.asarray(scaled_labels, dtype=jnp.float64)
-        phi = jax.device_put(np.asarray(monomials.design(x), dtype=np.float32))
-        design = np.asarray(vectorizer.design(x))
-    index_j = jax.device_put(index)
-    has_data = (ivar > 0) & (weights[:, None] > 0)
-    n_active = active.sum(axis=1)
-    usable = has_data.sum(axis=0) > n_active
+    design = np.asarray(design, dtype=np.float64)
+    _, index = product_monomials(vectorizer)
+    phi = _monomial_design(design, index)
+    n_terms = design.shape[1]
+    starts = np.cumsum([0] + [b.shape[1] for b in flux_blocks])
+    has_data = np.concatenate([np.sum((iv > 0) & (weights[:, None] > 0), axis=0) for iv in ivar_blocks])
+    usable = has_data[:n_pixels] > active.sum(axis=1)
     active = active & usable[:, None]
-    variance = np.where(ivar > 0, 1.0 / np.where(ivar > 0, ivar, 1.0), 0.0)
-    s2 = np.zeros(n_pixels)
-    theta = np.zeros((n_pixels, vectorizer.n_terms))
+    n_active = active.sum(axis=1).astype(np.float64)
+    weight_ivar = np.concatenate([weights @ iv for iv in ivar_blocks])[:n_pixels]
+    var_typ = np.concatenate([weights @ (iv > 0) for iv in ivar_blocks])[:n_pixels] / np.maximum(
+        weight_ivar, 1e-300
+    )
+    mean_flux = np.concatenate([weights @ (iv * f) for f, iv in zip(flux_blocks, ivar_blocks, strict=True)])
+    mean_flux = mean_flux[:n_pixels] / np.maximum(weight_ivar, 1e-300)
+    s2 = np.zeros(n_pixels) if s2_init is None else np.maximum(np.asarray(s2_init, dtype=float), 0.0)
+    s2 = np.where(usable, s2, 0.0)
+    theta = np.zeros((n_pixels, n_terms))
     ok = np.zeros(n_pixels, dtype=bool)
-    for pass_ in range(passes + 1):
-        g = ivar / (1.0 + ivar * s2[None, :])
-        omega = weights[:, None] * g
-        with jax.enable_x64(True):
-            moments = _moments(jax.device_put(omega), phi)
-        b = (omega * flux).T @ design  # (pixels, terms), float64
-        chols = []
-        for start in range(0, n_pixels, block):
-            rows = slice(start, min(start + block, n_pixels))
-            with jax.enable_x64(True):
-                th, chol, finite = _solve_block(moments[rows], index_j, jnp.asarray(b[rows]), active[rows])
-            theta[rows], ok[rows] = np.asarray(th), np.asarray(finite) & usable[rows]
-            chols.append(chol)
-        theta = np.where(ok[:, None], theta, 0.0)
-        residual = flux - design @ theta.T
-        if pass_ == passes:
-            # One step of iterative refinement against the exact (float64) normal
-            # equations; the scatter updates before it do without.
-            rhs = (omega * residual).T @ design
-            for k, start in enumerate(range(0, n_pixels, block)):
-                rows = slice(start, min(start + block, n_pixels))
-                with jax.enable_x64(True):
-                    step = np.asarray(_refine_block(chols[k], jnp.asarray(rhs[rows]), active[rows]))
-                theta[rows] += np.where(ok[rows, None], step, 0.0)
-            break
-        wg2 = omega * g
-        # Leverage Σ_n w g² v_nᵀA⁻¹v_n with each star's leverage ω_n v_nᵀA⁻¹v_n replaced
-        # by its share T·ω_n/Σω of their total (exact for equal noise at a pixel).
-        leverage = n_active * (g * omega).sum(axis=0) / np.maximum(omega.sum(axis=0), 1e-300)
-        numerator = (wg2 * (residual * residual - variance)).sum(axis=0) + leverage
-        s2 = np.where(ok, np.maximum(numerator / np.maximum(wg2.sum(axis=0), 1e-300), 0.0), 0.0)
-    mean_flux = (weights @ (ivar * flux)) / np.maximum(weights @ ivar, 1e-300)
+    with jax.enable_x64(True):
+        index_j = jax.device_put(index.astype(np.int32))
+        design_j, weights_j = jax.device_put(design), jax.device_put(weights)
+        for _ in range(passes):
+            group = _groups(s2, var_typ)
+            sums = np.zeros((design.shape[0], _GROUPS))
+            for k, iv in enumerate(ivar_blocks):
+                stop = min(starts[k + 1], n_pixels) - starts[k]
+                g = iv[:, :stop] / (1.0 + iv[:, :stop] * s2[starts[k] : starts[k] + stop])
+                onehot = group[starts[k] : starts[k] + stop, None] == np.arange(_GROUPS)[None, :]
+                sums += (weights[:, None] * g) @ onehot
+            shapes = _leverage_shapes(sums, design)
+            new_s2 = np.zeros(n_pixels)
+            for k, (f_block, iv_block) in enumerate(zip(flux_blocks, ivar_blocks, strict=True)):
+                for lo in range(0, min(starts[k + 1], n_pixels) - starts[k], block):
+                    hi = min(lo + block, min(starts[k + 1], n_pixels) - starts[k])
+                    rows = slice(starts[k] + lo, starts[k] + hi)
+                    theta[rows], new_s2[rows], ok[rows] = _pixel_block(
+                        f_block[:, lo:hi], iv_block[:, lo:hi], s2[rows], phi, index_j, design_j,
+                        weights_j, active[rows], n_active[rows], shapes[group[rows]].T, block,
+                    )  # fmt: skip
+            s2 = np.where(ok & usable, new_s2, 0.0)
+    ok &= usable
     theta = np.where(ok[:, None], theta, 0.0)
     theta[~ok, 0] = mean_flux[~ok]
     return theta, np.where(ok, s2, 0.0), ok
+
+
+def _pixel_block(
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    s2: np.ndarray,
+    phi: np.ndarray,
+    index: Array,
+    design: Array,
+    weights: Array,
+    active: np.ndarray,
+    n_active: np.ndarray,
+    shape: np.ndarray,
+    block: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over ≤ ``block`` pixels: moments, θ at ``s2``, then the scatter's fixed point."""
+    n = flux.shape[1]
+    pad = block - n
+    g = ivar / (1.0 + ivar * s2[None, :])
+    omega = np.asarray(weights)[:, None] * g
+    # The one big product: float32 BLAS GEMM, (pixels × stars)(stars × monomials).
+    moments = omega.T.astype(np.float32) @ phi
+    padded = lambda a, value=0.0: np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)], constant_values=value)  # noqa: E731
+    theta, residual, finite = _solve_block(
+        np.pad(moments, ((0, pad), (0, 0))),
+        index,
+        padded(np.asarray(flux, dtype=np.float64)),
+        padded(omega),
+        design,
+        np.pad(active, ((0, pad), (0, 0)), constant_values=True),
+    )
+    new_s2 = _scatter(
+        residual, padded(np.asarray(ivar, dtype=np.float64)), weights, padded(shape, 1.0),
+        np.pad(n_active, (0, pad)), np.pad(s2, (0, pad)),
+    )  # fmt: skip
+    return np.asarray(theta)[:n], np.asarray(new_s2)[:n], np.asarray(finite)[:n]
+
+
+def fit_moments(
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    design: np.ndarray,
+    vectorizer: PolynomialVectorizer,
+    star_weights: np.ndarray,
+    active: np.ndarray,
+    **options: object,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`fit_moment_blocks` on whole (stars, pixels) arrays ``flux`` and ``ivar``."""
+    flux, ivar = np.asarray(flux, dtype=np.float64), np.asarray(ivar, dtype=np.float64)
+    return fit_moment_blocks(
+        [flux],
+        [ivar],
+        flux.shape[1],
+        design,
+        vectorizer,
+        star_weights,
+        active,
+        **options,  # pyright: ignore[reportArgumentType]
+    )

@@ -44,7 +44,9 @@ from ..._internal._buckets import bucket_size
 from ..._internal._exported import exported_call, exported_dir
 from ...inference import pin_inactive
 from ._l1 import lasso_coordinate_descent, lasso_fista
+from ._moments import MOMENT_PASSES, fit_moment_blocks, use_moments
 from ._normal import outer_pairs, pack_pairs, unpack_pairs
+from ._vectorizer import PolynomialVectorizer
 
 logger = logging.getLogger(__name__)
 
@@ -362,6 +364,7 @@ def fit_arrays(
     options: TrainingOptions,
     init: tuple[np.ndarray, np.ndarray] | None = None,
     tol: float | None = None,
+    vectorizer: PolynomialVectorizer | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, bool]:
     """:func:`fit_pixels` on spectra already prepared by :func:`training_arrays`.
 
@@ -371,7 +374,21 @@ def fit_arrays(
     (see :func:`fit_block_impl`'s ``s2_init``, ``theta_init``); the same fixed point, in
     fewer iterations when the start is near it. Default: s² = 0. ``tol`` overrides
     ``options.tol`` without compiling another program.
+
+    ``vectorizer``: the model's terms (``design``'s columns). Given, and a quadratic
+    model with many terms and no L1 (:func:`._moments.use_moments`), training runs from
+    label moments (:mod:`._moments`: the same fixed point in a few matrix products
+    instead of per-pixel EM); the returned iteration count is then its passes.
     """
+    if use_moments(vectorizer, l1):
+        assert vectorizer is not None
+        n = arrays.n_stars
+        theta, s2, ok = fit_moment_blocks(
+            [np.asarray(f)[:n] for f in arrays.flux], [np.asarray(i)[:n] for i in arrays.ivar],
+            arrays.n_pixels, design, vectorizer, star_weights, active,
+            s2_init=None if init is None else init[1],
+        )  # fmt: skip
+        return theta, s2, ok, MOMENT_PASSES, True
     rows, block, n_pixels = arrays.flux[0].shape[0], arrays.block, arrays.n_pixels
     use_l1 = bool(np.any(l1 > 0))
     n_terms = design.shape[1]
