@@ -313,9 +313,8 @@ def _refit_split(raw, prefix: str, model: str, variant: str) -> np.ndarray:
     return np.sqrt(np.diagonal(total, axis1=1, axis2=2))
 
 
-def from_raw(paths: list[Path]) -> dict:
-    """Held-out std z and coverage per case and model from recorded fold arrays (``--raw``)."""
-    out: dict = {}
+def recorded_runs(paths: list[Path]):
+    """Yield ``(path, raw, run, case, model, splits)`` for each run in recorded ``--raw`` files."""
     for path in paths:
         with np.load(path) as archive:
             raw = {key: archive[key] for key in archive.files}
@@ -325,24 +324,31 @@ def from_raw(paths: list[Path]) -> dict:
             splits = sorted(
                 {key[len(run) + 2 :].split("_", 1)[0] for key in raw if key.startswith(run + "_s")}
             )
-            row: dict = {}
-            variants = ["default", "previous"]
-            half = raw.get(f"{run}_s{splits[0]}_fold_half_residuals")
-            if half is not None and np.isfinite(half).any():
-                variants.append("learned_f")  # the opt-in learned training-size factor
-            for variant in variants:
-                z, delta = [], []
-                for split in splits:
-                    prefix = f"{run}_s{split}_"
-                    d = raw[f"{prefix}test_labels"] - raw[f"{prefix}test_reference"]
-                    z.append(d / _refit_split(raw, prefix, model, variant))
-                    delta.append(d)
-                row[variant] = _stats(np.concatenate(z))
-            delta_all = np.concatenate(delta)
-            row["rmse"] = np.sqrt(np.mean(delta_all**2, axis=0)).tolist()
-            row["n_test"] = int(len(delta_all))
-            row["source"] = str(path.name)
-            out.setdefault(case, {})[model] = row
+            yield path, raw, run, case, model, splits
+
+
+def from_raw(paths: list[Path]) -> dict:
+    """Held-out std z and coverage per case and model from recorded fold arrays (``--raw``)."""
+    out: dict = {}
+    for path, raw, run, case, model, splits in recorded_runs(paths):
+        row: dict = {}
+        variants = ["default", "previous"]
+        half = raw.get(f"{run}_s{splits[0]}_fold_half_residuals")
+        if half is not None and np.isfinite(half).any():
+            variants.append("learned_f")  # the opt-in learned training-size factor
+        for variant in variants:
+            z, delta = [], []
+            for split in splits:
+                prefix = f"{run}_s{split}_"
+                d = raw[f"{prefix}test_labels"] - raw[f"{prefix}test_reference"]
+                z.append(d / _refit_split(raw, prefix, model, variant))
+                delta.append(d)
+            row[variant] = _stats(np.concatenate(z))
+        delta_all = np.concatenate(delta)
+        row["rmse"] = np.sqrt(np.mean(delta_all**2, axis=0)).tolist()
+        row["n_test"] = int(len(delta_all))
+        row["source"] = str(path.name)
+        out.setdefault(case, {})[model] = row
     return out
 
 
