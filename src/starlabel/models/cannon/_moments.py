@@ -39,12 +39,16 @@ per-star and a per-pixel part at s² = 0.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 from jaxtyping import Array, Bool, Float, Int
 
 from ...inference import pin_inactive
@@ -108,27 +112,55 @@ def _monomial_design(design: np.ndarray, index: np.ndarray) -> np.ndarray:
     return d32[:, first_t] * d32[:, first_u]
 
 
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """OpenBLAS (numpy's and scipy's, which JAX's LAPACK calls use) on one thread.
+
+    Thousands of 190 × 190 factorisations run 5–15× slower when OpenBLAS splits each
+    across threads (measured on 2 cores); the big moment product keeps all threads.
+    A no-op where the libraries cannot be found.
+    """
+    restore: list[tuple[object, int]] = []
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+        for path in sorted(paths):
+            lib = ctypes.CDLL(path)
+            for suffix in ("64_", ""):
+                setter = getattr(lib, f"scipy_openblas_set_num_threads{suffix}", None)
+                getter = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    restore.append((setter, int(getter())))
+                    setter(1)
+                    break
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        for setter, threads in restore:
+            setter(threads)  # pyright: ignore[reportCallIssue]
+
+
 @jax.jit
-def _solve_block(
+def _factor(
     moments: Float[Array, "pixels monomials"],
     index: Int[Array, "terms terms"],
-    flux: Float[Array, "stars pixels"],
-    omega: Float[Array, "stars pixels"],
-    design: Float[Array, "stars terms"],
+    b: Float[Array, "pixels terms"],
     active: Bool[Array, "pixels terms"],
-) -> tuple[Array, Array, Array]:
-    """θ (pixels, terms) refined once in float64, residuals (stars, pixels), finiteness."""
-    A = moments.astype(design.dtype)[:, index]
-    A, b = pin_inactive(A, (omega * flux).T @ design, active)
+) -> tuple[Array, Array]:
+    """θ (pixels, terms) from float32 moments and right-hand sides, and the float64 factors."""
+    A, b = pin_inactive(moments.astype(jnp.float64)[:, index], b.astype(jnp.float64), active)
     chol = jnp.linalg.cholesky(A)
-    solve = jax.vmap(jax.scipy.linalg.cho_solve, in_axes=((0, None), 0))
-    theta = jnp.where(active, solve((chol, True), b), 0.0)
-    residual = flux - design @ theta.T
-    # Iterative refinement: the float64 residual of the normal equations, from the spectra.
-    theta = theta + jnp.where(active, solve((chol, True), (omega * residual).T @ design), 0.0)
-    finite = jnp.all(jnp.isfinite(theta), axis=1)
-    theta = jnp.where(finite[:, None], theta, 0.0)
-    return theta, flux - design @ theta.T, finite
+    return jnp.where(active, _cho_solve((chol, True), b), 0.0), chol
+
+
+@jax.jit
+def _refine(chol: Array, rhs: Float[Array, "pixels terms"], active: Bool[Array, "pixels terms"]) -> Array:
+    return jnp.where(active, _cho_solve((chol, True), rhs), 0.0)
+
+
+_cho_solve = jax.vmap(jax.scipy.linalg.cho_solve, in_axes=((0, None), 0))
 
 
 @jax.jit
@@ -199,7 +231,7 @@ def _leverage_shapes(weight_sums: np.ndarray, design: np.ndarray) -> np.ndarray:
             chol = np.linalg.cholesky(A)
         except np.linalg.LinAlgError:
             continue
-        solved = np.linalg.solve(chol, design.T)  # L⁻¹ V ᵀ, (terms, stars)
+        solved = scipy.linalg.solve_triangular(chol, design.T, lower=True)  # L⁻¹Vᵀ (terms, stars)
         shapes[group] = np.sum(solved * solved, axis=0)
     return shapes
 
@@ -268,9 +300,11 @@ def fit_moment_blocks(
     theta = np.zeros((n_pixels, n_terms))
     ok = np.zeros(n_pixels, dtype=bool)
     with jax.enable_x64(True):
-        index_j = jax.device_put(index.astype(np.int32))
-        design_j, weights_j = jax.device_put(design), jax.device_put(weights)
-        for _ in range(passes):
+        terms = _Terms(
+            phi, design, design.astype(np.float32), jax.device_put(index.astype(np.int32)),
+            weights, jax.device_put(weights),
+        )  # fmt: skip
+        for pass_ in range(passes):
             group = _groups(s2, var_typ)
             sums = np.zeros((design.shape[0], _GROUPS))
             for k, iv in enumerate(ivar_blocks):
@@ -278,15 +312,17 @@ def fit_moment_blocks(
                 g = iv[:, :stop] / (1.0 + iv[:, :stop] * s2[starts[k] : starts[k] + stop])
                 onehot = group[starts[k] : starts[k] + stop, None] == np.arange(_GROUPS)[None, :]
                 sums += (weights[:, None] * g) @ onehot
-            shapes = _leverage_shapes(sums, design)
+            with _single_threaded_blas():
+                shapes = _leverage_shapes(sums, design)
             new_s2 = np.zeros(n_pixels)
             for k, (f_block, iv_block) in enumerate(zip(flux_blocks, ivar_blocks, strict=True)):
-                for lo in range(0, min(starts[k + 1], n_pixels) - starts[k], block):
-                    hi = min(lo + block, min(starts[k + 1], n_pixels) - starts[k])
+                width = min(starts[k + 1], n_pixels) - starts[k]
+                for lo in range(0, width, block):
+                    hi = min(lo + block, width)
                     rows = slice(starts[k] + lo, starts[k] + hi)
                     theta[rows], new_s2[rows], ok[rows] = _pixel_block(
-                        f_block[:, lo:hi], iv_block[:, lo:hi], s2[rows], phi, index_j, design_j,
-                        weights_j, active[rows], n_active[rows], shapes[group[rows]].T, block,
+                        terms, f_block[:, lo:hi], iv_block[:, lo:hi], s2[rows], active[rows],
+                        n_active[rows], shapes[group[rows]].T, block, refine=pass_ == passes - 1,
                     )  # fmt: skip
             s2 = np.where(ok & usable, new_s2, 0.0)
     ok &= usable
@@ -295,40 +331,63 @@ def fit_moment_blocks(
     return theta, np.where(ok, s2, 0.0), ok
 
 
+class _Terms(NamedTuple):
+    """Per-star arrays every block uses."""
+
+    phi: np.ndarray
+    """Monomials (stars, K) float32."""
+    design: np.ndarray
+    """Terms (stars, T) float64."""
+    design32: np.ndarray
+    index: Array
+    """(T, T) monomial of each product of terms, on the device."""
+    weights: np.ndarray
+    weights_j: Array
+
+
 def _pixel_block(
+    terms: _Terms,
     flux: np.ndarray,
     ivar: np.ndarray,
     s2: np.ndarray,
-    phi: np.ndarray,
-    index: Array,
-    design: Array,
-    weights: Array,
     active: np.ndarray,
     n_active: np.ndarray,
     shape: np.ndarray,
     block: int,
+    refine: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass over ≤ ``block`` pixels: moments, θ at ``s2``, then the scatter's fixed point."""
     n = flux.shape[1]
     pad = block - n
-    g = ivar / (1.0 + ivar * s2[None, :])
-    omega = np.asarray(weights)[:, None] * g
-    # The one big product: float32 BLAS GEMM, (pixels × stars)(stars × monomials).
-    moments = omega.T.astype(np.float32) @ phi
-    padded = lambda a, value=0.0: np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)], constant_values=value)  # noqa: E731
-    theta, residual, finite = _solve_block(
-        np.pad(moments, ((0, pad), (0, 0))),
-        index,
-        padded(np.asarray(flux, dtype=np.float64)),
-        padded(omega),
-        design,
-        np.pad(active, ((0, pad), (0, 0)), constant_values=True),
-    )
+    flux, ivar = np.asarray(flux, dtype=np.float64), np.asarray(ivar, dtype=np.float64)
+    omega = terms.weights[:, None] * (ivar / (1.0 + ivar * s2[None, :]))
+    # The one big product, float32 BLAS GEMM (pixels × stars)(stars × monomials), and
+    # the right-hand sides in float32 too: the refinement below restores float64.
+    omega32 = np.ascontiguousarray(omega.T, dtype=np.float32)
+    moments = np.pad(omega32 @ terms.phi, ((0, pad), (0, 0)))
+    b = np.pad((omega32 * flux.T.astype(np.float32)) @ terms.design32, ((0, pad), (0, 0)))
+    active = np.pad(active, ((0, pad), (0, 0)), constant_values=True)
+    with _single_threaded_blas():
+        theta, chol = jax.block_until_ready(_factor(moments, terms.index, b, active))
+    theta = np.asarray(theta)[:n]
+    residual = flux - terms.design @ theta.T
+    if refine:
+        # Iterative refinement: the float64 residual of the normal equations,
+        # b − Aθ = Vᵀ Ω (f − Vθ), from the spectra.
+        rhs = np.pad((omega * residual).T @ terms.design, ((0, pad), (0, 0)))
+        with _single_threaded_blas():
+            step = np.asarray(_refine(chol, rhs, active))[:n]
+        theta = theta + step
+        residual -= terms.design @ step.T
+    finite = np.all(np.isfinite(theta), axis=1)
+    theta = np.where(finite[:, None], theta, 0.0)
+    residual = np.where(finite[None, :], residual, flux)
+    padded = lambda a, value=0.0: np.pad(a, ((0, 0), (0, pad)), constant_values=value)  # noqa: E731
     new_s2 = _scatter(
-        residual, padded(np.asarray(ivar, dtype=np.float64)), weights, padded(shape, 1.0),
+        padded(residual), padded(ivar), terms.weights_j, padded(shape, 1.0),
         np.pad(n_active, (0, pad)), np.pad(s2, (0, pad)),
     )  # fmt: skip
-    return np.asarray(theta)[:n], np.asarray(new_s2)[:n], np.asarray(finite)[:n]
+    return theta, np.asarray(new_s2)[:n], finite
 
 
 def fit_moments(
