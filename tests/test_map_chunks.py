@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -41,3 +42,21 @@ def test_bad_input_is_named() -> None:
         map_chunks(lambda c: c, (np.zeros(3), np.zeros(4)), size=2)
     with pytest.raises(ValueError, match="chunk size must be ≥ 1"):
         map_chunks(lambda c: c, np.zeros(3), size=0)
+
+
+def test_workers_give_the_same_rows_in_order_and_keep_64_bit() -> None:
+    import threading
+
+    seen_threads, dtypes = set(), []
+
+    def fn(chunk):
+        seen_threads.add(threading.get_ident())
+        dtypes.append(jnp.asarray(chunk).dtype)
+        return jnp.asarray(chunk) * 2.0
+
+    rows = np.linspace(0.0, 1.0, 23) + 1e-12  # the 1e-12 survives only in float64
+    with jax.enable_x64(True):
+        out = map_chunks(fn, rows, size=4, workers=3)
+    np.testing.assert_array_equal(out, 2.0 * rows)
+    assert set(map(str, dtypes)) == {"float64"} and len(dtypes) == 6
+    assert threading.get_ident() not in seen_threads

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ._atomic import write_json_atomic as write_json_atomic
     from ._chunks import map_chunks as map_chunks
     from ._chunks import repeat_first_row as repeat_first_row
+    from ._chunks import usable_cpus as usable_cpus
     from ._folds import fold_indices as fold_indices
     from ._folds import fold_of as fold_of
     from ._precision import x64 as x64

@@ -4,19 +4,33 @@ XLA compiles a program per input shape, so a function mapped over the stars of a
 survey is called on chunks of exactly ``size`` rows; the last, short chunk is padded
 (by default with copies of its first row, which keeps the padded rows finite and
 well-conditioned) and the padded outputs are dropped.
+
+With ``workers > 1`` the chunks run in a thread pool: XLA releases the GIL while it
+executes, so chunks of small per-star programs (a batched Levenberg–Marquardt), whose
+operations are too small for XLA's own intra-op threads, run side by side on the cores.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
 import numpy as np
 
-__all__ = ["map_chunks", "repeat_first_row"]
+__all__ = ["map_chunks", "repeat_first_row", "usable_cpus"]
 
 Rows = TypeVar("Rows")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one): ``workers``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 def repeat_first_row(rows: Rows, size: int) -> Rows:
@@ -36,6 +50,7 @@ def map_chunks(
     *,
     size: int,
     pad: Callable[[Rows, int], Rows] = repeat_first_row,
+    workers: int = 1,
 ) -> Any:
     """Apply ``fn`` to ``rows`` ``size`` rows at a time and concatenate its outputs.
 
@@ -55,6 +70,9 @@ def map_chunks(
         ``pad(short_chunk, size)`` returns the last chunk grown to ``size`` rows; the
         default repeats its first row. Pass another rule where padded rows must be
         inert in a particular way (zero inverse variance, unobserved masks).
+    workers
+        Chunks run at once in threads (each under the caller's 64-bit setting, which
+        JAX keeps per thread). Use it where one chunk cannot keep the cores busy.
 
     Returns
     -------
@@ -72,14 +90,27 @@ def map_chunks(
         raise ValueError(f"every chunked array must have the same number of rows, got shapes {shapes}.")
     if n == 0:
         raise ValueError("map_chunks got zero rows.")
-    pieces = []
+    chunks = []
     for start in range(0, n, size):
         stop = min(start + size, n)
         chunk = jax.tree.map(lambda leaf, a=start, b=stop: leaf[a:b], rows)
-        if stop - start < size:
-            chunk = pad(chunk, size)
-        out = fn(chunk)
-        pieces.append(jax.tree.map(lambda leaf, k=stop - start: np.asarray(leaf)[:k], out))
+        chunks.append((pad(chunk, size) if stop - start < size else chunk, stop - start))
+
+    def run(item: tuple[Rows, int]) -> Any:
+        out = fn(item[0])
+        return jax.tree.map(lambda leaf, k=item[1]: np.asarray(leaf)[:k], out)
+
+    if workers <= 1 or len(chunks) == 1:
+        pieces = [run(item) for item in chunks]
+    else:
+        enable = bool(jax.config.read("jax_enable_x64"))  # thread-local: re-enter it in the workers
+
+        def in_worker(item: tuple[Rows, int]) -> Any:
+            with jax.enable_x64(enable):
+                return run(item)
+
+        with concurrent.futures.ThreadPoolExecutor(min(workers, len(chunks))) as pool:
+            pieces = list(pool.map(in_worker, chunks))
     if len(pieces) == 1:
         return pieces[0]
     return jax.tree.map(lambda *parts: np.concatenate(parts), *pieces)

@@ -400,6 +400,31 @@ def rest_columns(
     return prefilter(jnp.concatenate([flux[:, None], jac], axis=1))
 
 
+def _fft_length(n_pixels: int, max_lag: int) -> int:
+    return 1 << int(math.ceil(math.log2(n_pixels + max_lag + 1)))
+
+
+def lag_transform(a: Array, max_lag: int) -> Array:
+    """Zero-padded real FFT of ``a`` (last axis: pixels) for :func:`lags_from_transform`.
+
+    Correlations of several spectra with one another share their transforms: a star's
+    weighted flux and weights are transformed once for all templates, and templates
+    that every star shares once per batch.
+    """
+    return jnp.fft.rfft(a, _fft_length(a.shape[-1], max_lag))
+
+
+def lags_from_transform(product: Array, n_pixels: int, max_lag: int) -> Float[Array, " lags"]:
+    """Lags ``−max_lag … max_lag`` of the inverse transform of ``product``.
+
+    ``product = lag_transform(a) * conj(lag_transform(b))`` gives :func:`correlate_lags`;
+    a sum of such products (any linear combination of correlations) costs one inverse.
+    """
+    n_fft = _fft_length(n_pixels, max_lag)
+    c = jnp.fft.irfft(product, n_fft)
+    return jnp.concatenate([c[n_fft - max_lag :], c[: max_lag + 1]])
+
+
 def correlate_lags(a: Array, b: Array, max_lag: int) -> Float[Array, " lags"]:
     """``c[s] = Σ_i a[i] b[i − s]`` for integer lags ``s = −max_lag … max_lag`` (by FFT).
 
@@ -407,9 +432,8 @@ def correlate_lags(a: Array, b: Array, max_lag: int) -> Float[Array, " lags"]:
     velocity ``v(s)`` (:func:`lag_velocity`), and ``b`` shifted by ``s`` pixels is ``b``
     seen at that velocity: one FFT product replaces a scan over the velocity grid.
     """
-    n_fft = 1 << int(math.ceil(math.log2(a.shape[-1] + max_lag + 1)))
-    c = jnp.fft.irfft(jnp.fft.rfft(a, n_fft) * jnp.conj(jnp.fft.rfft(b, n_fft)), n_fft)
-    return jnp.concatenate([c[n_fft - max_lag :], c[: max_lag + 1]])
+    product = lag_transform(a, max_lag) * jnp.conj(lag_transform(b, max_lag))
+    return lags_from_transform(product, a.shape[-1], max_lag)
 
 
 def lag_velocity(lag: Any, step: float) -> Any:
