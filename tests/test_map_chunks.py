@@ -59,4 +59,4 @@ def test_workers_give_the_same_rows_in_order_and_keep_64_bit() -> None:
         out = map_chunks(fn, rows, size=4, workers=3)
     np.testing.assert_array_equal(out, 2.0 * rows)
     assert set(map(str, dtypes)) == {"float64"} and len(dtypes) == 6
-    assert threading.get_ident() not in seen_threads
+    assert len(seen_threads) >= 2  # the first chunk in the caller (it compiles), the rest in workers

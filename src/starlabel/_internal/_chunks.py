@@ -109,8 +109,11 @@ def map_chunks(
             with jax.enable_x64(enable):
                 return run(item)
 
-        with concurrent.futures.ThreadPoolExecutor(min(workers, len(chunks))) as pool:
-            pieces = list(pool.map(in_worker, chunks))
+        # The first chunk runs here, alone: it compiles (or loads) the program once,
+        # where workers starting together would each compile it.
+        first = run(chunks[0])
+        with concurrent.futures.ThreadPoolExecutor(min(workers, len(chunks) - 1)) as pool:
+            pieces = [first, *pool.map(in_worker, chunks[1:])]
     if len(pieces) == 1:
         return pieces[0]
     return jax.tree.map(lambda *parts: np.concatenate(parts), *pieces)
