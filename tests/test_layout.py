@@ -228,3 +228,21 @@ def test_the_checker_sees_a_cycle_and_a_private_import(tmp_path) -> None:
         "if TYPE_CHECKING:\n    from .a import b\nelse:\n    from .c import d\nfrom .e import f\n"
     )
     assert [node.module for node in _runtime_imports(tree)] == ["c", "e"]
+
+
+def test_the_checker_follows_package_init_and_function_imports(tmp_path) -> None:
+    """The shape of the cycle that reverted 819c0d2: a generic module imports a private
+    module of a family package, whose ``__init__`` imports the family's model, whose
+    method imports the generic module back (here inside a function)."""
+    files = {
+        "__init__.py": "",
+        "generic.py": "from .family._helpers import helper\n",
+        "family/__init__.py": "from ._model import Model as Model\n",
+        "family/_helpers.py": "def helper():\n    return 1\n",
+        "family/_model.py": "class Model:\n    def infer(self):\n        from ..generic import helper\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert _cycles(_edges(tmp_path)) == {frozenset({"generic", "family", "family._model"})}
+    assert _cycles(_named(tmp_path)) == set()  # what the checker saw before: no cycle
