@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from starlabel.data import InferenceResult, SpectralDataset
-from starlabel.models import AbstractGenerativeModel, posterior_infer, training_prediction_variance
+from starlabel.models import AbstractLinearFittedModel, posterior_infer, training_prediction_variance
 
 N_PIXELS, N_TRAIN, N_TEST, N_REFITS, SIGMA = 40, 60, 24, 300, 0.05
 
@@ -39,7 +39,7 @@ class Quadratic(eqx.Module):
         return jnp.stack([jnp.ones_like(x[:, 0]), x[:, 0], x[:, 0] ** 2], axis=1)
 
 
-class LinearModel(AbstractGenerativeModel):
+class LinearModel(AbstractLinearFittedModel):
     """A one-label polynomial spectral model; its test step returns a given start."""
 
     kind: ClassVar[str] = "test-linear"
@@ -49,6 +49,10 @@ class LinearModel(AbstractGenerativeModel):
     start: np.ndarray = eqx.field(static=False)
     vectorizer: Quadratic = Quadratic()
     label_scaler: Scaler = Scaler(jnp.array([4800.0]), jnp.array([300.0]))
+
+    @property
+    def active_terms(self):
+        return np.ones(self.theta.shape, bool)
 
     def log_likelihood(self, labels, flux, ivar):
         model = self.theta @ self.vectorizer(self.label_scaler.transform(labels))

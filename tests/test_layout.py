@@ -31,10 +31,11 @@ MAX_LINES = 600
 KNOWN_LONG: set[str] = set()
 
 
-def _modules() -> dict[str, tuple[Path, bool]]:
+def _modules(root: Path = SRC) -> dict[str, tuple[Path, bool]]:
+    """Dotted name (relative to ``root``; the root package is ``""``) → (file, is a package)."""
     found = {}
-    for path in SRC.rglob("*.py"):
-        parts = list(path.relative_to(SRC).with_suffix("").parts)
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
         is_package = parts[-1] == "__init__"
         if is_package:
             parts = parts[:-1]
@@ -43,7 +44,7 @@ def _modules() -> dict[str, tuple[Path, bool]]:
 
 
 def _runtime_imports(tree: ast.Module) -> list[ast.ImportFrom]:
-    """Relative ``from`` imports, skipping ``if TYPE_CHECKING:`` blocks."""
+    """Relative ``from`` imports anywhere (functions included), skipping ``if TYPE_CHECKING:`` blocks."""
     out: list[ast.ImportFrom] = []
 
     def visit(node: ast.AST) -> None:
@@ -60,20 +61,87 @@ def _runtime_imports(tree: ast.Module) -> list[ast.ImportFrom]:
     return out
 
 
-def _edges() -> dict[str, set[str]]:
-    """Module → modules it imports at run time (package ``__init__`` targets resolved to the module named)."""
-    modules = _modules()
+def _resolve(package: list[str], node: ast.ImportFrom) -> str:
+    """The absolute (root-relative) module a relative ``from`` import names."""
+    base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def _lazy_exports(modules: dict[str, tuple[Path, bool]]) -> dict[str, dict[str, str]]:
+    """Package → {name: module it loads} for ``__init__`` files that end in ``lazy_exports``.
+
+    Such a package imports the module behind a name when the name is looked up
+    (``from ..models import fit_binary`` runs models/_binary.py), so that lookup is an edge.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for name, (path, is_package) in modules.items():
+        source = path.read_text()
+        if not is_package or "lazy_exports(" not in source:
+            continue
+        exports = {}
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                for statement in node.body:
+                    if isinstance(statement, ast.ImportFrom) and statement.level:
+                        target = _resolve(name.split(".") if name else [], statement)
+                        for alias in statement.names:
+                            submodule = f"{target}.{alias.name}".strip(".")
+                            exports[alias.asname or alias.name] = (
+                                submodule if submodule in modules else target
+                            )
+        out[name] = exports
+    return out
+
+
+def _ancestors(module: str) -> list[str]:
+    """The packages whose ``__init__`` runs before ``module`` does (root ``""`` left out)."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _named(root: Path = SRC) -> dict[str, set[str]]:
+    """Module → the modules its imports name (a package for a name from its ``__init__``)."""
+    modules = _modules(root)
     edges: dict[str, set[str]] = defaultdict(set)
     for name, (path, is_package) in modules.items():
-        package = name.split(".") if is_package else name.split(".")[:-1]
+        package = [part for part in (name.split(".") if is_package else name.split(".")[:-1]) if part]
         for node in _runtime_imports(ast.parse(path.read_text())):
-            base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
-            target = ".".join([*base, *([node.module] if node.module else [])])
+            target = _resolve(package, node)
             for alias in node.names:
                 candidate = f"{target}.{alias.name}".strip(".")
                 module = candidate if candidate in modules else target
                 if module in modules and module != name:
                     edges[name].add(module)
+    return edges
+
+
+def _edges(root: Path = SRC) -> dict[str, set[str]]:
+    """Module → modules whose code runs when it imports (counting imports inside functions).
+
+    ``from .cannon._nuts import f`` runs ``cannon/__init__.py`` (and everything it imports)
+    before ``cannon/_nuts.py``, so it is an edge to both; packages that hold the importing
+    module are left out (they are already in ``sys.modules`` while it runs). A name that a
+    lazy package exports is an edge to the module that defines it.
+    """
+    modules = _modules(root)
+    lazy = _lazy_exports(modules)
+    edges: dict[str, set[str]] = defaultdict(set)
+    for name, (path, is_package) in modules.items():
+        package = name.split(".") if is_package else name.split(".")[:-1]
+        package = [part for part in package if part]
+        running = {name, *_ancestors(name)}
+        for node in _runtime_imports(ast.parse(path.read_text())):
+            target = _resolve(package, node)
+            for alias in node.names:
+                candidate = f"{target}.{alias.name}".strip(".")
+                if candidate in modules:
+                    imported = [candidate]
+                else:
+                    imported = [target, lazy.get(target, {}).get(alias.name, target)]
+                for module in imported:
+                    for runs in [*_ancestors(module), module]:
+                        if runs in modules and runs not in running:
+                            edges[name].add(runs)
     return edges
 
 
@@ -124,7 +192,7 @@ def test_no_new_import_cycles() -> None:
 
 def test_subpackages_use_each_other_through_public_names() -> None:
     private = set()
-    for source, targets in _edges().items():
+    for source, targets in _named().items():
         for target in targets:
             crossing = _top(source) != _top(target) and _top(target) not in SHARED and "." in source
             if crossing and any(part.startswith("_") for part in target.split(".")[1:]):
@@ -135,7 +203,7 @@ def test_subpackages_use_each_other_through_public_names() -> None:
 
 def test_subpackages_follow_the_architecture_order() -> None:
     backwards = set()
-    for source, targets in _edges().items():
+    for source, targets in _named().items():
         for target in targets:
             s, t = _top(source), _top(target)
             if s in LAYERS and t in LAYERS and LAYERS.index(t) > LAYERS.index(s):
@@ -160,3 +228,21 @@ def test_the_checker_sees_a_cycle_and_a_private_import(tmp_path) -> None:
         "if TYPE_CHECKING:\n    from .a import b\nelse:\n    from .c import d\nfrom .e import f\n"
     )
     assert [node.module for node in _runtime_imports(tree)] == ["c", "e"]
+
+
+def test_the_checker_follows_package_init_and_function_imports(tmp_path) -> None:
+    """The shape of the cycle that reverted 819c0d2: a generic module imports a private
+    module of a family package, whose ``__init__`` imports the family's model, whose
+    method imports the generic module back (here inside a function)."""
+    files = {
+        "__init__.py": "",
+        "generic.py": "from .family._helpers import helper\n",
+        "family/__init__.py": "from ._model import Model as Model\n",
+        "family/_helpers.py": "def helper():\n    return 1\n",
+        "family/_model.py": "class Model:\n    def infer(self):\n        from ..generic import helper\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert _cycles(_edges(tmp_path)) == {frozenset({"generic", "family", "family._model"})}
+    assert _cycles(_named(tmp_path)) == set()  # what the checker saw before: no cycle

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from ._calibration import apply_calibration as apply_calibration
     from ._calibration import cross_validated_calibration as cross_validated_calibration
     from ._calibration import fit_error_calibration as fit_error_calibration
+    from ._estimators import infer_nuts as infer_nuts
+    from ._estimators import infer_posterior_mean as infer_posterior_mean
+    from ._estimators import posterior_flux_model as posterior_flux_model
     from ._infer import infer as infer
     from ._infer import infer_labels as infer_labels
     from ._infer import run_test_step as run_test_step
@@ -56,11 +59,12 @@ if TYPE_CHECKING:
     from .base import AbstractFluxModel as AbstractFluxModel
     from .base import AbstractGenerativeModel as AbstractGenerativeModel
     from .base import AbstractLatentModel as AbstractLatentModel
+    from .base import AbstractLinearFittedModel as AbstractLinearFittedModel
     from .base import AbstractLinearFluxModel as AbstractLinearFluxModel
+    from .base import AbstractMapStepModel as AbstractMapStepModel
+    from .base import AbstractPosteriorFluxModel as AbstractPosteriorFluxModel
     from .base import AbstractSpectralModel as AbstractSpectralModel
     from .base import flux_model_of as flux_model_of
-    from .cannon._nuts import infer_nuts as infer_nuts
-    from .cannon._posterior_mean import infer_posterior_mean as infer_posterior_mean
-    from .cannon._posterior_mean import polynomial_spectrum as polynomial_spectrum
+    from .cannon._flux_model import polynomial_spectrum as polynomial_spectrum
 
 __getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -59,6 +59,7 @@ from ._nuisance import (
     fit_nuisance,
     fit_quality,
 )
+from .base import AbstractFittedModel, AbstractFluxModel
 
 __all__ = [
     "BinaryCalibration",
@@ -165,7 +166,7 @@ def _refine_binary_chunk(
 
 @x64
 def fit_binary(
-    fitted: Any,
+    fitted: AbstractFittedModel | AbstractFluxModel,
     data: SpectralDataset,
     *,
     fit_rv: bool = True,

@@ -20,6 +20,7 @@ from jaxtyping import PRNGKeyArray
 from ..data import InferenceResult, SpectralDataset
 from ._binary import fit_binary
 from ._calibration import ErrorCalibration
+from ._estimators import check_temperature, infer_nuts, infer_posterior_mean
 from ._nuisance import infer_with_nuisance
 from ._strategies import (
     MAP,
@@ -34,9 +35,7 @@ from ._strategies import (
     calibration_from_options,
 )
 from ._temperature import check_width_scale, rescale_uncertainty, select_temperature, unfitted_configuration
-from .base import AbstractFittedModel, AbstractFluxModel, AbstractLatentModel, AbstractSpectralModel
-from .cannon._nuts import infer_nuts
-from .cannon._posterior_mean import check_temperature, infer_posterior_mean
+from .base import AbstractFittedModel, AbstractFluxModel, AbstractMapStepModel, AbstractSpectralModel
 
 __all__ = ["infer", "run_test_step", "infer_labels"]
 
@@ -199,7 +198,7 @@ def _estimate(
                 " fit it with a velocity/continuum nuisance or pass a fitted model."
             )
         # A model whose `infer` delegates here exposes its own step as `infer_map`.
-        own_step = fitted.infer_map if isinstance(fitted, AbstractLatentModel) else fitted.infer
+        own_step = fitted.infer_map if isinstance(fitted, AbstractMapStepModel) else fitted.infer
         if isinstance(uncertainty, Fisher):
             return own_step(data, **options)
         if isinstance(uncertainty, NUTS):

@@ -53,9 +53,9 @@ from ._doppler import (
     rest_columns,
     rest_spline,
 )
+from ._estimators import infer_posterior_mean
 from ._nuisance_model import AbstractPackedModel, NuisanceModel, build_nuisance_model
-from .base import AbstractFluxModel, AbstractLinearFluxModel
-from .cannon._posterior_mean import infer_posterior_mean
+from .base import AbstractFittedModel, AbstractFluxModel, AbstractLinearFluxModel
 
 __all__ = [
     "C_KMS",
@@ -395,7 +395,7 @@ def _nuisance_columns(model: NuisanceModel, fit: NuisanceFit) -> dict[str, np.nd
 
 @x64
 def infer_with_nuisance(
-    fitted: Any,
+    fitted: AbstractFittedModel | AbstractFluxModel,
     data: SpectralDataset,
     *,
     fit_rv: bool = True,

@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._doppler import DopplerResampler, SplinePrefilter, find_regions, rest_columns, rest_spline
-from .base import AbstractFluxModel, AbstractLinearFluxModel, flux_model_of
+from .base import AbstractFittedModel, AbstractFluxModel, AbstractLinearFluxModel, flux_model_of
 
 __all__ = ["AbstractPackedModel", "NuisanceModel", "build_nuisance_model"]
 
@@ -167,7 +167,7 @@ class NuisanceModel(AbstractPackedModel):
 
 
 def build_nuisance_model(
-    fitted: Any,
+    fitted: AbstractFittedModel | AbstractFluxModel,
     wavelength: Any,
     *,
     fit_rv: bool = True,

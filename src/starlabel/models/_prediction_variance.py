@@ -17,6 +17,7 @@ from jaxtyping import Array, Float
 
 from .._internal import x64
 from ..data import SpectralDataset
+from .base import AbstractLinearFittedModel
 
 __all__ = ["LinearPredictionVariance", "training_prediction_variance"]
 
@@ -50,7 +51,7 @@ class LinearPredictionVariance(eqx.Module):
 
 
 @x64
-def training_prediction_variance(fitted: Any, train: SpectralDataset) -> LinearPredictionVariance:
+def training_prediction_variance(fitted: object, train: SpectralDataset) -> LinearPredictionVariance:
     r"""Covariance of a Cannon-like model's coefficients from its training set, per pixel.
 
     :math:`C_\lambda = (\sum_n \omega_{n\lambda} v_n v_n^\top)^{-1}` with
@@ -63,9 +64,9 @@ def training_prediction_variance(fitted: Any, train: SpectralDataset) -> LinearP
 
     Parameters
     ----------
-    fitted : fitted model
-        With ``theta`` (pixels, terms), ``s2`` (pixels,), ``vectorizer``,
-        ``label_scaler``, ``label_names`` and optionally ``active_terms`` (pixels, terms).
+    fitted : AbstractLinearFittedModel
+        ``theta`` (pixels, terms), ``s2`` (pixels,), ``vectorizer``, ``label_scaler``,
+        ``label_names`` and ``active_terms`` (pixels, terms): a FittedCannon.
     train : SpectralDataset
         The training set the model was fitted on (labels ``fitted.label_names``).
 
@@ -76,16 +77,14 @@ def training_prediction_variance(fitted: Any, train: SpectralDataset) -> LinearP
     Raises
     ------
     TypeError
-        If ``fitted`` is not linear in per-pixel coefficients (lacks the attributes above).
+        If ``fitted`` is not linear in per-pixel coefficients (not an AbstractLinearFittedModel).
     ValueError
         If ``train`` is on another pixel grid or lacks the model's labels.
     """
-    needed = ("theta", "s2", "vectorizer", "label_scaler")
-    missing = [name for name in needed if not hasattr(fitted, name)]
-    if missing:
+    if not isinstance(fitted, AbstractLinearFittedModel):
         raise TypeError(
-            f"`fitted` ({type(fitted).__name__}) lacks {missing}: training_prediction_variance"
-            " needs a model linear in per-pixel coefficients, such as FittedCannon."
+            f"`fitted` ({type(fitted).__name__}) has no per-pixel coefficients theta:"
+            " training_prediction_variance needs an AbstractLinearFittedModel, such as FittedCannon."
         )
     theta = jnp.asarray(fitted.theta)
     if train.n_pixels != theta.shape[0]:
@@ -99,7 +98,7 @@ def training_prediction_variance(fitted: Any, train: SpectralDataset) -> LinearP
     omega = ivar / (1.0 + ivar * jnp.asarray(fitted.s2)[None, :])
     precision = jnp.einsum("np,nt,nu->ptu", omega, design, design)
     n_terms = theta.shape[1]
-    active = jnp.asarray(getattr(fitted, "active_terms", np.ones(theta.shape, bool)), dtype=bool)
+    active = jnp.asarray(fitted.active_terms, dtype=bool)
     both = active[:, :, None] & active[:, None, :]
     eye = jnp.eye(n_terms, dtype=precision.dtype)
     # Inactive terms are fixed at zero: invert on the active block only.

@@ -10,7 +10,6 @@ keep the best. Test data are never used.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -22,9 +21,9 @@ from ..data import Flag, InferenceResult, SpectralDataset
 from ..inference import resolve_prior
 from ._accuracy_guard import guard_temperature
 from ._calibration import ErrorCalibration, fit_error_calibration
+from ._estimators import check_method, infer_posterior_mean, map_start
 from ._strategies import calibration_options
-from .base import AbstractFittedFluxModel
-from .cannon._posterior_mean import check_method, infer_posterior_mean, map_start
+from .base import AbstractFittedFluxModel, AbstractFittedModel, AbstractFluxModel, AbstractSpectralModel
 
 __all__ = [
     "TemperatureSelection",
@@ -177,7 +176,7 @@ def rescale_uncertainty(result: InferenceResult, width_scale: Any) -> InferenceR
 
 
 def select_temperature(
-    model: Any,
+    model: AbstractSpectralModel,
     train: SpectralDataset,
     *,
     prior: Any = "kde",
@@ -341,11 +340,9 @@ def select_temperature(
     )
 
 
-def _fit_uncalibrated(model: Any, data: SpectralDataset) -> Any:
+def _fit_uncalibrated(model: AbstractSpectralModel, data: SpectralDataset) -> AbstractFittedModel:
     """``model.fit(data)`` without the default-test-step error calibration (not used here)."""
-    if "calibrate" in inspect.signature(model.fit).parameters:
-        return model.fit(data, calibrate=False)
-    return model.fit(data)
+    return model.fit(data, calibrate=False)
 
 
 class _HeldOutScores(NamedTuple):
@@ -518,7 +515,9 @@ def _posterior_calibration(chosen: _HeldOutScores, temperature: float) -> ErrorC
     return calibration
 
 
-def unfitted_configuration(fitted: Any, model: Any = None) -> Any:
+def unfitted_configuration(
+    fitted: AbstractFittedModel | AbstractFluxModel, model: AbstractSpectralModel | None = None
+) -> AbstractSpectralModel:
     """The unfitted configuration to refit in temperature cross-validation.
 
     ``model`` when given; else ``fitted.configuration()`` for an

@@ -12,10 +12,15 @@ abstract, named ``AbstractX``, or final; concrete methods are never overridden):
   (trained) → :class:`AbstractGenerativeModel` (also labels → spectra), refined into
   :class:`AbstractFittedFluxModel` (exposes a per-star :class:`AbstractFluxModel`: Cannon,
   Payne) and :class:`AbstractLatentModel` (labels are a function of latents: Lux);
+  :class:`AbstractMapStepModel` marks a fitted model whose ``infer`` delegates to
+  :func:`starlabel.models.infer`, which runs the model's own step ``infer_map`` (Cannon, Lux);
 * flux models: :class:`AbstractFluxModel` (labels of one star → its normalised flux,
-  pure JAX) and :class:`AbstractLinearFluxModel` (flux linear in a feature vector of the
-  labels: the Cannon). The generic test-step pieces (radial velocity, continuum,
-  Fisher/Laplace/NUTS uncertainties) are written against :class:`AbstractFluxModel`.
+  pure JAX), :class:`AbstractLinearFluxModel` (flux linear in a feature vector of the
+  labels) and :class:`AbstractPosteriorFluxModel` (a linear model whose label posterior
+  the ``PosteriorMean``/``NUTS`` estimators integrate: the Cannon's). The generic
+  test-step pieces (radial velocity, continuum, binary, Fisher/Laplace/NUTS
+  uncertainties, the estimators' routing) are written against these classes and never
+  import a model family.
 
 Serialisation contract: ``config()`` returns the JSON-able hyperparameters needed to
 rebuild a *skeleton* (any array values) with ``skeleton(config)``; the saved arrays
@@ -25,7 +30,7 @@ are the skeleton's array leaves, matched by their pytree key paths.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
@@ -41,9 +46,12 @@ __all__ = [
     "AbstractFittedModel",
     "AbstractGenerativeModel",
     "AbstractFittedFluxModel",
+    "AbstractLinearFittedModel",
     "AbstractLatentModel",
+    "AbstractMapStepModel",
     "AbstractFluxModel",
     "AbstractLinearFluxModel",
+    "AbstractPosteriorFluxModel",
     "flux_model_of",
 ]
 
@@ -68,8 +76,12 @@ class AbstractSpectralModel(eqx.Module):
     label_names: eqx.AbstractVar[tuple[str, ...]]
 
     @abc.abstractmethod
-    def fit(self, train: SpectralDataset, **options: Any) -> AbstractFittedModel:
-        """Fit to ``train`` (spectra with labels ``label_names``); return a fitted model."""
+    def fit(self, train: SpectralDataset, *, calibrate: bool = True, **options: Any) -> AbstractFittedModel:
+        """Fit to ``train`` (spectra with labels ``label_names``); return a fitted model.
+
+        ``calibrate=False`` skips learning the default test step's error calibration
+        (the cross-validation refits, which need no calibration of their own, pass it).
+        """
 
 
 class AbstractGenerativeModel(AbstractFittedModel):
@@ -200,6 +212,52 @@ class AbstractLinearFluxModel(AbstractFluxModel):
         return self.theta @ self.label_vector(labels)
 
 
+class AbstractPosteriorFluxModel(AbstractLinearFluxModel):
+    """A linear flux model whose label posterior has per-spectrum χ² statistics.
+
+    The ``PosteriorMean`` and ``NUTS`` estimators of :func:`starlabel.models.infer`
+    (and the tempering cross-validation, and the nuisance fit's posterior mean) call
+    these methods, so the generic test step does not import the family that implements
+    them (the Cannon's ``PolynomialSpectrum``).
+    """
+
+    @abc.abstractmethod
+    def infer_posterior_mean(
+        self, data: SpectralDataset, *, fitted: AbstractFittedModel | None = None, **options: Any
+    ) -> InferenceResult:
+        """Posterior mean and covariance of every star's labels (grid or importance sampling).
+
+        ``fitted``: the fitted model this flux model comes from, whose own MAP labels
+        start the importance sampler (None: the training labels only).
+        """
+
+    @abc.abstractmethod
+    def infer_nuts(
+        self,
+        data: SpectralDataset,
+        key: Any,
+        *,
+        fitted: AbstractFittedModel | None = None,
+        **options: Any,
+    ) -> InferenceResult:
+        """Posterior mean and covariance of NUTS draws (``fitted``'s MAP whitens the sampler)."""
+
+
+class AbstractMapStepModel(AbstractFittedModel):
+    """A fitted model whose ``infer`` delegates to :func:`starlabel.models.infer`.
+
+    Its own test step is :meth:`infer_map`, which that entry point runs for
+    ``estimator=MAP()``, so the choices are checked in one place (Cannon, Lux).
+    """
+
+    @abc.abstractmethod
+    def infer_map(self, data: SpectralDataset, **options: Any) -> InferenceResult:
+        """The model's own test step: MAP labels; ``uncertainty=`` a posterior method name.
+
+        ``calibrate=False`` leaves the model's error calibration off.
+        """
+
+
 class AbstractFittedFluxModel(AbstractGenerativeModel):
     """A fitted model whose spectra come from a per-star :class:`AbstractFluxModel`.
 
@@ -216,7 +274,42 @@ class AbstractFittedFluxModel(AbstractGenerativeModel):
         """The unfitted model that refits this family the same way (cross-validation)."""
 
 
-class AbstractLatentModel(AbstractGenerativeModel):
+class AbstractLinearFittedModel(AbstractGenerativeModel):
+    """A fitted model whose flux is linear in per-pixel coefficients (the Cannon).
+
+    ``flux_λ(ℓ) = θ_λ · v(label_scaler.transform(ℓ))``: what the training uncertainty of
+    the coefficients (:func:`~starlabel.models.training_prediction_variance`) needs.
+
+    Attributes
+    ----------
+    vectorizer : callable Module
+        Scaled labels (labels,) → feature vector (terms,); ``design`` for (stars, labels).
+    label_scaler : ShiftScale
+        Labels (own units) → scaled labels.
+    theta : Float[Array, "pixels terms"]
+        Coefficients (flux units).
+    s2 : Float[Array, " pixels"]
+        Intrinsic scatter variance per pixel, flux².
+    """
+
+    # Declared for the type checker only. Under this module's postponed annotations
+    # equinox reads ``eqx.AbstractVar[...]`` as a plain field, whose place in the base
+    # would fix the order of every subclass's fields (FittedCannon puts the vectorizer
+    # before θ, simpler linear models after); ``isinstance`` and ``active_terms`` are the
+    # run-time contract.
+    if TYPE_CHECKING:
+        vectorizer: Any
+        label_scaler: Any
+        theta: Float[Array, "pixels terms"]
+        s2: Float[Array, " pixels"]
+
+    @property
+    @abc.abstractmethod
+    def active_terms(self) -> np.ndarray:
+        """Bool (pixels, terms): coefficients fitted in training (False: censored, held at 0)."""
+
+
+class AbstractLatentModel(AbstractGenerativeModel, AbstractMapStepModel):
     """A fitted model whose labels are a function of per-star latents (Lux).
 
     Attributes
@@ -239,16 +332,8 @@ class AbstractLatentModel(AbstractGenerativeModel):
     def infer_latents(self, data: SpectralDataset, **options: Any) -> Any:
         """Per-star latents (first element: means, shape (stars, latents))."""
 
-    @abc.abstractmethod
-    def infer_map(self, data: SpectralDataset, **options: Any) -> InferenceResult:
-        """The model's own test step (MAP labels; ``uncertainty=`` a posterior method name).
 
-        What :func:`starlabel.models.infer` runs for ``estimator=MAP()``; the model's
-        ``infer`` delegates to that entry point, so options are checked in one place.
-        """
-
-
-def flux_model_of(fitted: Any) -> AbstractFluxModel:
+def flux_model_of(fitted: object) -> AbstractFluxModel:
     """The :class:`AbstractFluxModel` of a fitted model (or the flux model itself).
 
     Raises

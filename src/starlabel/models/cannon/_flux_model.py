@@ -1,4 +1,9 @@
-"""``PolynomialSpectrum``: the Cannon's labels → flux model, θ · v((ℓ − shift)/scale)."""
+"""``PolynomialSpectrum``: the Cannon's labels → flux model, θ · v((ℓ − shift)/scale).
+
+It implements :class:`~starlabel.models.AbstractPosteriorFluxModel`: the generic test
+step's ``PosteriorMean`` and ``NUTS`` estimators reach the Cannon's integrators
+(``_posterior_mean``, ``_nuts``) through its methods.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,15 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array, Bool, Float
 
-from ..base import AbstractLinearFluxModel
+from ...data import InferenceResult, SpectralDataset
+from ..base import AbstractFittedFluxModel, AbstractFittedModel, AbstractPosteriorFluxModel
+from ._nuts import nuts_posterior
+from ._posterior_mean import posterior_mean
 
-__all__ = ["PolynomialSpectrum"]
+__all__ = ["PolynomialSpectrum", "polynomial_spectrum"]
 
 
-class PolynomialSpectrum(AbstractLinearFluxModel):
+class PolynomialSpectrum(AbstractPosteriorFluxModel):
     """A pure-JAX view of a model whose flux is ``θ · v((ℓ − shift)/scale)`` per pixel.
 
     Built from a fitted Cannon by :meth:`FittedCannon.flux_model`; this is what the
@@ -68,3 +76,36 @@ class PolynomialSpectrum(AbstractLinearFluxModel):
         self.pixel_ok = pixel_ok
         self.train_labels = train_labels
         self.box = box
+
+    def infer_posterior_mean(
+        self, data: SpectralDataset, *, fitted: AbstractFittedModel | None = None, **options: Any
+    ) -> InferenceResult:
+        """Grid/importance posterior mean (options: ``cannon._posterior_mean.posterior_mean``)."""
+        return posterior_mean(self, data, fitted=fitted, **options)
+
+    def infer_nuts(
+        self, data: SpectralDataset, key: Any, *, fitted: AbstractFittedModel | None = None, **options: Any
+    ) -> InferenceResult:
+        """NUTS posterior mean (options: ``cannon._nuts.nuts_posterior``)."""
+        return nuts_posterior(self, data, key, fitted=fitted, **options)
+
+
+def polynomial_spectrum(fitted: object) -> PolynomialSpectrum:
+    """The :class:`PolynomialSpectrum` of a fitted Cannon (or the spectrum itself).
+
+    Raises
+    ------
+    TypeError
+        If ``fitted`` has no polynomial flux model: the grid test steps need a model
+        linear in its coefficients.
+    """
+    if isinstance(fitted, PolynomialSpectrum):
+        return fitted
+    if isinstance(fitted, AbstractFittedFluxModel):
+        model = fitted.flux_model()
+        if isinstance(model, PolynomialSpectrum):
+            return model
+    raise TypeError(
+        f"{type(fitted).__name__} is not a polynomial-in-labels model: the posterior-mean,"
+        " grid test steps need one such as a FittedCannon (or a PolynomialSpectrum)."
+    )

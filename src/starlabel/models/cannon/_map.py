@@ -1,6 +1,6 @@
 """The default test step of a trained Cannon: multi-start MAP labels of every spectrum.
 
-:func:`infer_map` resolves the options against the model (bounds and frozen labels in
+:func:`map_step` resolves the options against the model (bounds and frozen labels in
 scaled units, starting points from the kept training labels), runs the batched
 Levenberg–Marquardt of ``_test_step`` (or, for many labels, the quadratic residual
 step of ``_quadratic_step``) over the spectra in fixed-size chunks, and assembles the
@@ -26,10 +26,10 @@ from ._test_step import LabelStepOptions
 if TYPE_CHECKING:
     from ._model import FittedCannon
 
-__all__ = ["check_options", "infer_map"]
+__all__ = ["check_options", "map_step"]
 
 
-def infer_map(
+def map_step(
     fitted: FittedCannon,
     data: SpectralDataset,
     *,

@@ -15,14 +15,20 @@ from jaxtyping import Array, Bool, Float
 from ..._internal import as_float_array, x64
 from ...data import InferenceResult, ShiftScale, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration, calibrated_fit
+from .._infer import infer as typed_infer
 from .._posterior import refine_uncertainty, resolve_uncertainty
-from .._strategies import AbstractUncertainty
-from ..base import AbstractFittedFluxModel, AbstractSpectralModel
+from .._strategies import AbstractUncertainty, as_uncertainty
+from ..base import (
+    AbstractFittedFluxModel,
+    AbstractLinearFittedModel,
+    AbstractMapStepModel,
+    AbstractSpectralModel,
+)
 from ._censor import active_terms
 from ._flux_model import PolynomialSpectrum
 from ._folds import fold_refit
 from ._infer import LabelSpace
-from ._map import check_options, infer_map
+from ._map import check_options, map_step
 from ._prepare import Prepared, label_matrix, label_space, prepare_labels
 from ._serialise import fitted_config, fitted_skeleton
 from ._train import L1_SOLVERS, TrainingArrays, fit_arrays, training_arrays
@@ -301,7 +307,7 @@ class Cannon(AbstractSpectralModel):
         )
 
 
-class FittedCannon(AbstractFittedFluxModel):
+class FittedCannon(AbstractFittedFluxModel, AbstractLinearFittedModel, AbstractMapStepModel):
     """A trained Cannon: per-pixel coefficients θ, scatter s², label scaling, censoring.
 
     Attributes
@@ -481,8 +487,14 @@ class FittedCannon(AbstractFittedFluxModel):
         return -0.5 * jnp.sum(omega * residual**2) + 0.5 * jnp.sum(log_norm)
 
     # ------------------------------------------------------------------ test step
-    @x64
     def infer(
+        self, data: SpectralDataset, *, uncertainty: str | AbstractUncertainty = "fisher", **options: Any
+    ) -> InferenceResult:
+        """Labels of every spectrum by :func:`starlabel.models.infer`; options: :meth:`infer_map`."""
+        return typed_infer(self, data, uncertainty=as_uncertainty(uncertainty), **options)
+
+    @x64
+    def infer_map(
         self,
         data: SpectralDataset,
         *,
@@ -497,7 +509,7 @@ class FittedCannon(AbstractFittedFluxModel):
         posterior_options: Mapping[str, Any] | None = None,
         calibrate: bool = True,
     ) -> InferenceResult:
-        """Labels, covariances, χ² and flags for every spectrum in ``data``.
+        """The Cannon's own test step: labels, covariances, χ² and flags of every spectrum.
 
         Parameters
         ----------
@@ -523,16 +535,12 @@ class FittedCannon(AbstractFittedFluxModel):
             Reduced χ² above which POOR_FIT is set.
         uncertainty : {"fisher", "laplace", "nuts"} or Fisher, Laplace, NUTS
             ``"fisher"`` (default): labels at the χ² minimum, covariance the inverse
-            Fisher matrix with noise variance σ² + s² (flux errors plus the intrinsic
-            scatter). ``"laplace"``: the observed curvature there instead (adds the
-            model's second derivatives weighted by the residuals). ``"nuts"``: posterior
-            mean and covariance of NUTS draws started at the minimum (``extra`` gains
-            ``rhat_<label>``, ``ess_<label>``). See
-            :func:`starlabel.models.posterior_infer`; neither mode uses ``bounds``.
+            Fisher matrix with noise variance σ² + s². ``"laplace"``: the observed
+            curvature there; ``"nuts"``: NUTS draws started there (``extra`` gains
+            ``rhat_<label>``, ``ess_<label>``); see :func:`starlabel.models.posterior_infer`.
         posterior_options : mapping, optional
-            Keywords for :func:`~starlabel.models.posterior_infer` when ``uncertainty``
-            is not ``"fisher"`` (``num_warmup``, ``num_samples``, ``num_chains``,
-            ``seed``, ``prediction_variance`` to add the training uncertainty, …).
+            Keywords for :func:`~starlabel.models.posterior_infer` (``num_warmup``,
+            ``num_samples``, ``num_chains``, ``seed``, ``prediction_variance``, …).
         calibrate : bool
             Apply the model's :attr:`calibration` (default True): ``cov`` becomes the
             calibrated total ``D C D + diag(σ_sys²)`` and the statistical errors are
@@ -549,8 +557,7 @@ class FittedCannon(AbstractFittedFluxModel):
         Raises
         ------
         ValueError
-            If ``data`` has a different number of pixels or wavelength grid, or the
-            options are malformed.
+            If ``data`` is on another pixel or wavelength grid, or an option is malformed.
         """
         if not isinstance(data, SpectralDataset):
             raise TypeError(f"`data` must be a SpectralDataset, got {type(data).__name__}.")
@@ -559,7 +566,7 @@ class FittedCannon(AbstractFittedFluxModel):
         uncertainty, posterior_options = resolve_uncertainty(uncertainty, posterior_options)
         if uncertainty != "fisher" and frozen:
             raise ValueError("`frozen` labels work with uncertainty='fisher' only; drop one of them.")
-        result = infer_map(
+        result = map_step(
             self, data, n_starts=n_starts, bounds=bounds, frozen=frozen, chunk_size=chunk_size,
             max_iter=max_iter, tol=tol, poor_fit=poor_fit,
         )  # fmt: skip

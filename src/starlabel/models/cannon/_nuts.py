@@ -7,7 +7,7 @@ The same posterior as :func:`~starlabel.models.infer_posterior_mean` (χ² stati
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
@@ -18,20 +18,15 @@ from jaxtyping import Array, PRNGKeyArray
 from ..._internal import map_chunks, x64
 from ...data import Flag, InferenceResult, SpectralDataset
 from ...inference import AbstractLabelPrior, gaussian_from_precision, nuts, whiten
+from .._estimators import check_temperature
 from .._nuts_columns import nuts_columns
-from ..base import AbstractFittedModel, AbstractFluxModel
-from ._flux_model import PolynomialSpectrum
-from ._posterior_mean import (
-    LogLikelihood,
-    check_data,
-    check_temperature,
-    chi2_at,
-    polynomial_spectrum,
-    posterior_prior,
-    spectrum_statistics,
-)
+from ..base import AbstractFittedModel
+from ._posterior_mean import LogLikelihood, check_data, chi2_at, posterior_prior, spectrum_statistics
 
-__all__ = ["infer_nuts"]
+if TYPE_CHECKING:  # the flux model calls this module: its method is this function
+    from ._flux_model import PolynomialSpectrum
+
+__all__ = ["nuts_posterior"]
 
 
 class _LogPosterior(eqx.Module):
@@ -46,11 +41,12 @@ class _LogPosterior(eqx.Module):
 
 
 @x64
-def infer_nuts(
-    fitted: AbstractFittedModel | AbstractFluxModel,
+def nuts_posterior(
+    model: PolynomialSpectrum,
     data: SpectralDataset,
     key: PRNGKeyArray,
     *,
+    fitted: AbstractFittedModel | None = None,
     prior: Any = "none",
     temperature: float = 1.0,
     num_warmup: int = 300,
@@ -67,13 +63,15 @@ def infer_nuts(
 
     Parameters
     ----------
-    fitted : AbstractFittedModel or AbstractFluxModel
-        A polynomial-in-labels model (FittedCannon or its PolynomialSpectrum); a fitted
-        model's ``infer`` provides the MAP starting points unless ``start`` is given.
+    model : PolynomialSpectrum
+        A polynomial-in-labels flux model (``FittedCannon.flux_model()``).
     data : SpectralDataset
         Spectra on the model's grid.
     key : PRNGKeyArray
         Random key; the result is a deterministic function of it.
+    fitted : AbstractFittedModel, optional
+        The fitted model ``model`` comes from: its ``infer`` provides the MAP starting
+        points unless ``start`` is given.
     prior, temperature
         As in :func:`infer_posterior_mean`.
     num_warmup, num_samples, num_chains : int
@@ -93,17 +91,16 @@ def infer_nuts(
         ``n_divergent``, ``nuts_divergent``, ``nuts_step_size``; NOT_CONVERGED where
         the worst R̂ > 1.05 or is not finite.
     """
-    model = polynomial_spectrum(fitted)
     check_data(model, data)
     temperature = check_temperature(temperature)
     label_prior = posterior_prior(model, prior)
     if start is not None:
         first = start
-    elif isinstance(fitted, AbstractFittedModel):
+    elif fitted is not None:
         first = fitted.infer(data)
     else:
         raise TypeError(
-            f"a bare {type(fitted).__name__} has no MAP test step: pass `start` (MAP labels, cov)."
+            f"a bare {type(model).__name__} has no MAP test step: pass `start` (MAP labels, cov)."
         )
     centre = np.asarray(first.labels, dtype=float)
     cov = np.asarray(first.cov, dtype=float)

@@ -18,9 +18,8 @@ draws of the same posterior are in :mod:`starlabel.models.cannon._nuts`.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
@@ -38,44 +37,19 @@ from ...inference import (
     importance_posterior,
     resolve_prior,
 )
+from .._estimators import check_method, check_temperature, map_start
 from .._sanity import unusable_widths
-from ..base import AbstractFittedFluxModel, AbstractFittedModel, AbstractFluxModel
-from ._flux_model import PolynomialSpectrum
+from ..base import AbstractFittedModel, AbstractFluxModel
 from ._test_step import SpectrumStats, spectrum_stats, theta_pairs
 
+if TYPE_CHECKING:  # the flux model calls this module: its methods are these functions
+    from ._flux_model import PolynomialSpectrum
+
 __all__ = [
-    "PolynomialSpectrum",
-    "polynomial_spectrum",
     "spectrum_statistics",
     "posterior_prior",
-    "infer_posterior_mean",
-    "map_start",
-    "check_temperature",
-    "GRID_MAX_LABELS",
-    "POSTERIOR_METHODS",
+    "posterior_mean",
 ]
-
-
-# --------------------------------------------------------------------------- model view
-def polynomial_spectrum(fitted: object) -> PolynomialSpectrum:
-    """The :class:`PolynomialSpectrum` of a fitted Cannon (or the spectrum itself).
-
-    Raises
-    ------
-    TypeError
-        If ``fitted`` has no polynomial flux model: the grid test steps need a model
-        linear in its coefficients.
-    """
-    if isinstance(fitted, PolynomialSpectrum):
-        return fitted
-    if isinstance(fitted, AbstractFittedFluxModel):
-        model = fitted.flux_model()
-        if isinstance(model, PolynomialSpectrum):
-            return model
-    raise TypeError(
-        f"{type(fitted).__name__} is not a polynomial-in-labels model: the posterior-mean,"
-        " grid test steps need one such as a FittedCannon (or a PolynomialSpectrum)."
-    )
 
 
 @eqx.filter_jit
@@ -137,12 +111,11 @@ class LogLikelihood(eqx.Module):
         return -0.5 * (self.dof + n_good) * jnp.log1p(jnp.maximum(chi2, 0.0) / self.dof)
 
 
-def posterior_prior(fitted: AbstractFittedModel | AbstractFluxModel, prior: Any) -> AbstractLabelPrior:
-    """Resolve ``prior`` ("none", "gaussian", "kde", dict, object) against a fitted model.
+def posterior_prior(model: AbstractFluxModel, prior: Any) -> AbstractLabelPrior:
+    """Resolve ``prior`` ("none", "gaussian", "kde", dict, object) against a flux model.
 
     ``"gaussian"`` and ``"kde"`` are fitted to the training labels the model keeps.
     """
-    model = polynomial_spectrum(fitted)
     return resolve_prior(prior, model.label_names, np.asarray(model.train_labels))
 
 
@@ -181,18 +154,6 @@ def check_data(model: PolynomialSpectrum, data: SpectralDataset) -> None:
         )
 
 
-def check_temperature(temperature: Any) -> float:
-    if isinstance(temperature, str):
-        raise ValueError(
-            f"`temperature`={temperature!r}: pass a number here; 'auto' means choosing T by"
-            " cross-validation on the training set with select_temperature(model, train)."
-        )
-    value = float(temperature)
-    if not value > 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
-    return value
-
-
 @x64
 def chi2_at(model: PolynomialSpectrum, stats: SpectrumStats, labels: Array) -> Array:
     v = jax.vmap(model.label_vector)(labels)
@@ -200,10 +161,11 @@ def chi2_at(model: PolynomialSpectrum, stats: SpectrumStats, labels: Array) -> A
 
 
 @x64
-def infer_posterior_mean(
-    fitted: AbstractFittedModel | AbstractFluxModel,
+def posterior_mean(
+    model: PolynomialSpectrum,
     data: SpectralDataset,
     *,
+    fitted: AbstractFittedModel | None = None,
     prior: Any = "none",
     temperature: float = 1.0,
     bounds: Mapping[str, Sequence[float | None]] | None = None,
@@ -232,7 +194,7 @@ def infer_posterior_mean(
       Student-t mixture built on the Laplace covariance
       (:func:`starlabel.inference.importance_posterior`); scales to any label count.
 
-    ``"auto"`` takes the grid up to :data:`GRID_MAX_LABELS` labels and importance
+    ``"auto"`` takes the grid up to ``GRID_MAX_LABELS`` (3) labels and importance
     sampling above: with a few thousand nodes a grid has ≥ 12 nodes per axis in 3
     dimensions but only 4 in 5, where its finest stage collapses onto one node for
     narrow (many-pixel) posteriors and the widths come out near zero (see
@@ -240,10 +202,12 @@ def infer_posterior_mean(
 
     Parameters
     ----------
-    fitted : FittedCannon or PolynomialSpectrum
-        A trained polynomial-in-labels model.
+    model : PolynomialSpectrum
+        A polynomial-in-labels flux model (``FittedCannon.flux_model()``).
     data : SpectralDataset
         Spectra on the model's pixel grid.
+    fitted : AbstractFittedModel, optional
+        The fitted model ``model`` comes from: its own MAP starts the importance sampler.
     prior : "none", "gaussian", "kde", dict or AbstractLabelPrior
         Label prior; "gaussian"/"kde" are fitted to the model's training labels.
     temperature : float
@@ -266,7 +230,7 @@ def infer_posterior_mean(
         The integrator (see above).
     start : array-like, shape (stars, labels), optional
         Extra per-star starting point for the importance sampler's mode search; default
-        the model's own MAP (:func:`map_start`) when ``theta`` is not given. The
+        ``fitted``'s own MAP (``map_start``) when ``theta`` is not given. The
         training labels are always tried too.
     n_samples : int
         Importance draws per star.
@@ -292,7 +256,6 @@ def infer_posterior_mean(
     ValueError
         On data of the wrong shape, a bad temperature or prior name, or empty bounds.
     """
-    model = polynomial_spectrum(fitted)
     check_data(model, data)
     temperature = check_temperature(temperature)
     if likelihood not in ("gaussian", "student"):
@@ -341,36 +304,6 @@ def infer_posterior_mean(
     name = likelihood if likelihood == "gaussian" else f"student(dof={float(dof):g})"
     result = _assemble(model, data, stats, post, label_prior, temperature, poor_fit, name, min_eff)
     return dataclasses.replace(result, meta={**result.meta, "method": method})
-
-
-GRID_MAX_LABELS: int = 3
-"""Largest label count for which ``method="auto"`` integrates on the grid."""
-
-POSTERIOR_METHODS: tuple[str, ...] = ("auto", "grid", "importance")
-"""Integrators :func:`infer_posterior_mean` accepts."""
-
-
-def check_method(method: str, n_labels: int) -> str:
-    if method not in POSTERIOR_METHODS:
-        raise ValueError(f"unknown posterior method {method!r}; choose one of {list(POSTERIOR_METHODS)}.")
-    if method == "auto":
-        return "grid" if n_labels <= GRID_MAX_LABELS else "importance"
-    return method
-
-
-def map_start(fitted: AbstractFittedModel | AbstractFluxModel, data: SpectralDataset) -> np.ndarray | None:
-    """The model's own (multi-start) MAP labels for a fitted model; None for a bare flux model.
-
-    The importance sampler's Newton steps start from the better of these and the
-    training labels: on few pixels the χ² surface has local minima that a start at the
-    nearest training label can fall into, which the MAP's multi-start avoids.
-    """
-    if not isinstance(fitted, AbstractFittedModel):
-        return None
-    infer = fitted.infer
-    if "calibrate" in inspect.signature(infer).parameters:
-        return np.asarray(infer(data, calibrate=False).labels)  # only the labels are used
-    return np.asarray(infer(data).labels)
 
 
 def _candidates(model: PolynomialSpectrum, count: int = 256) -> np.ndarray:
