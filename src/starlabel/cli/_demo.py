@@ -25,6 +25,6 @@ def demo(
     _use_compilation_cache(compilation_cache)
     from ..demo import run_demo
 
-    summary = run_demo(out, quick=quick, real=real, console=console)
+    summary = run_demo(out, quick=quick, real=real, console=console())
     typer.echo(summary.text)
     typer.echo(f"\nplots, tables and summary written to {out}/ (summary: {summary.path})")

@@ -71,7 +71,7 @@ def members(
     _use_compilation_cache(compilation_cache)
     from ..mixtures import fit_membership_table
 
-    with console.status("fitting the cluster and field mixture…"):
+    with console().status("fitting the cluster and field mixture…"):
         result = fit_membership_table(
             table,
             pm_columns=None if pm is None else tuple(c.strip() for c in pm.split(",")),

@@ -19,7 +19,7 @@ def _cross_validated_temperature(model: Path, train: Path, prior: str, likelihoo
 
     fitted = load_model(model)
     training = read_dataset(train, labels=fitted.label_names)
-    with console.status("choosing the temperature by cross-validation on the training set…"):
+    with console().status("choosing the temperature by cross-validation on the training set…"):
         selection = select_temperature(
             unfitted_configuration(fitted), training, prior=prior, likelihood=likelihood
         )

@@ -220,7 +220,7 @@ def train_cannon(
                 err=True,
             )
     else:
-        with console.status(f"training The Cannon{_calibration_progress(calibrate)}…"):
+        with console().status(f"training The Cannon{_calibration_progress(calibrate)}…"):
             fitted = model.fit(dataset, calibrate=calibrate)
     _report_calibration(fitted)
     if binary_calibration and dataset is not None:  # (--stream was refused above)
@@ -233,7 +233,7 @@ def _save_with_binary_decision(model: Any, fitted: Any, dataset: Any, output: Pa
     """Learn the binary decision on the training set (K refits of ``model``) and save it in the file."""
     from ..models import learn_binary_calibration, save_model
 
-    with console.status("learning the binary decision (5-fold cross-validation of two-star fits)…"):
+    with console().status("learning the binary decision (5-fold cross-validation of two-star fits)…"):
         decision = learn_binary_calibration(model, dataset)
     typer.echo(
         f"binary decision: binary_score > {decision.threshold:.4g} ({decision.false_positive_rate:.1%}"
@@ -270,7 +270,7 @@ def train_lux(
     from ..models.lux import Lux
 
     model = Lux(label_names=dataset.label_names, latent_size=latent_size, scatter=scatter.value)
-    with console.status(f"training Lux{_calibration_progress(calibrate)}…"):
+    with console().status(f"training Lux{_calibration_progress(calibrate)}…"):
         fitted = model.fit(dataset, calibrate=calibrate)
     _report_calibration(fitted)
     _save_fitted(fitted, output, dataset)
@@ -295,7 +295,7 @@ def train_nn(
     from ..models.nn import NNRegressor
 
     model = NNRegressor(label_names=dataset.label_names, hidden=widths, epochs=epochs, seed=seed)
-    with console.status(f"training the NN regressor{_calibration_progress(calibrate)}…"):
+    with console().status(f"training the NN regressor{_calibration_progress(calibrate)}…"):
         fitted = model.fit(dataset, calibrate=calibrate)
     _report_calibration(fitted)
     _save_fitted(fitted, output, dataset)
@@ -337,7 +337,7 @@ def train_payne(
     model = Payne(
         label_names=dataset.label_names, hidden=widths, n_components=components, epochs=epochs, seed=seed
     )
-    with console.status(f"training The Payne{_calibration_progress(calibrate)}…"):
+    with console().status(f"training The Payne{_calibration_progress(calibrate)}…"):
         fitted = model.fit(dataset, calibrate=calibrate)
     typer.echo(
         f"network {'-'.join(map(str, fitted.network.sizes))}: best validation epoch {fitted.best_epoch}"

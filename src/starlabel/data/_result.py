@@ -20,7 +20,8 @@ from numpy.typing import ArrayLike
 
 from .._internal import check_label_names
 from .._version import __version__
-from ._tables import TABLE_FORMATS, read_table_file, table_column, write_table_file
+from ._ecsv import ecsv_csv_text
+from ._tables import TABLE_FORMATS, read_table_file, table_column, write_table_file, write_text_file
 from ._units import DESCRIPTIONS, column_units
 
 __all__ = ["Flag", "InferenceResult", "PROVENANCE_KEY", "RESULT_SUFFIXES", "read_result", "result_provenance"]
@@ -243,12 +244,7 @@ class InferenceResult:
         """
         from astropy.table import Table
 
-        meta: dict[str, Any] = {
-            str(k): v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool))
-        }
-        meta["label_names"] = ",".join(self.label_names)
-        meta[PROVENANCE_KEY] = result_provenance(self.meta)
-        table = Table(meta=meta)
+        table = Table(meta=self._table_meta())
         for name, column in self._columns().items():
             table[name] = column
         for column, unit in column_units(table.colnames, self.label_names).items():
@@ -257,6 +253,22 @@ class InferenceResult:
             if name.lower() in DESCRIPTIONS:
                 table_column(table, name).description = DESCRIPTIONS[name.lower()]
         return table
+
+    def _table_meta(self) -> dict[str, Any]:
+        """The table's metadata (see :meth:`to_table`)."""
+        meta: dict[str, Any] = {
+            str(k): v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool))
+        }
+        meta["label_names"] = ",".join(self.label_names)
+        meta[PROVENANCE_KEY] = result_provenance(self.meta)
+        return meta
+
+    def _csv_text(self) -> str | None:
+        """The CSV file :meth:`write` writes, built without astropy; None where astropy must."""
+        columns = self._columns()
+        descriptions = {n: DESCRIPTIONS[n.lower()] for n in self.label_names if n.lower() in DESCRIPTIONS}
+        units = column_units(list(columns), self.label_names)
+        return ecsv_csv_text(columns, units, descriptions, self._table_meta())
 
     def _columns(self) -> dict[str, np.ndarray]:
         """The table's columns in order (see :meth:`to_table`)."""
@@ -294,6 +306,9 @@ class InferenceResult:
                 f"cannot tell the table format of {str(path)!r} from its suffix; use one of"
                 f" {sorted(RESULT_SUFFIXES)}."
             )
+        if path.suffix.lower() == ".csv" and (text := self._csv_text()) is not None:
+            # The same bytes as the astropy table's CSV, without importing astropy (module _ecsv).
+            return write_text_file(text, path, overwrite=overwrite)
         return write_table_file(self.to_table(), path, hdf5_path="results", overwrite=overwrite)
 
     def concatenate_with(self, others: Sequence[InferenceResult]) -> InferenceResult:

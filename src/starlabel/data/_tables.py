@@ -29,6 +29,7 @@ __all__ = [
     "TABLE_FORMATS",
     "arrow_table",
     "csv_comment_header",
+    "csv_body",
     "csv_text",
     "read_table_file",
     "table_column",
@@ -323,6 +324,23 @@ def write_table_file(
     return path
 
 
+def write_text_file(text: str, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
+    """Write a table already formatted as ``text`` (a CSV file) atomically; returns the path.
+
+    Raises
+    ------
+    FileExistsError
+        When ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=path.suffix) as tmp, open(tmp, "w", newline="") as handle:
+        handle.write(text)
+    return path
+
+
 # Characters that make astropy's CSV writer quote or trim a string value.
 _CSV_SPECIAL = (",", '"', "\n", "\r")
 
@@ -342,12 +360,19 @@ def csv_text(table: Any) -> str | None:
     """
     if any(getattr(table[n], "mask", None) is not None or table[n].info.format for n in table.colnames):
         return None
-    names = [str(name) for name in table.colnames]
+    return csv_body([str(name) for name in table.colnames], [np.asarray(table[n]) for n in table.colnames])
+
+
+def csv_body(names: list[str], arrays: list[np.ndarray]) -> str | None:
+    """:func:`csv_text` of plain columns: the header line and rows astropy writes, or None.
+
+    ``names`` and ``arrays`` (each shape (rows,)) in table order; None for what
+    astropy's writer alone reproduces (see :func:`csv_text`).
+    """
     if any(char in name for name in names for char in _CSV_SPECIAL) or any(n != n.strip() for n in names):
         return None
     columns: list[list[str]] = [names]
-    for name in table.colnames:
-        values = np.asarray(table[name])
+    for values in arrays:
         if values.ndim != 1 or values.dtype.kind not in "fiubU":
             return None
         if values.dtype.kind == "U" and len(values):

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._internal._nearest import k_nearest
+
 __all__ = ["LocalErrors", "MAX_LOCAL_POWER", "placeholders", "reference_rows"]
 
 MAX_LOCAL_POWER = 1.5
@@ -123,8 +125,6 @@ class LocalErrors(eqx.Module):
         ``leave_one_out`` (for the reference stars themselves) drops each star's nearest
         reference star, itself, from its neighbourhood.
         """
-        from scipy.spatial import KDTree
-
         labels = np.asarray(labels, dtype=float)
         out = np.zeros(labels.shape)
         finite = np.all(np.isfinite(labels), axis=1)
@@ -133,8 +133,7 @@ class LocalErrors(eqx.Module):
         points = np.asarray(self.points)
         k = min(self.neighbours, self.n_refs - int(leave_one_out))
         query = (labels[finite] - np.asarray(self.center)) / np.asarray(self.spread)
-        _, index = KDTree(points).query(query, k=k + int(leave_one_out))
-        index = np.asarray(index).reshape(len(query), -1)[:, int(leave_one_out) :]
+        index = k_nearest(points, query, k + int(leave_one_out))[1][:, int(leave_one_out) :]
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             # a neighbourhood without any residual is NaN ("Mean of empty slice"): factor 1
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._internal._nearest import k_nearest
 from ._local_errors import placeholders, reference_rows
 
 __all__ = ["MAX_DISTANCE_POWER", "TrainingDistance"]
@@ -173,12 +174,9 @@ class TrainingDistance(eqx.Module):
 
 def _log_distance(points: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
     """``ln`` of the mean distance of each query row to its ``k`` nearest ``points``; NaN if not finite."""
-    from scipy.spatial import KDTree
-
     out = np.full(len(query), np.nan)
     finite = np.all(np.isfinite(query), axis=1)
     if finite.any() and len(points):
-        distance, _ = KDTree(points).query(query[finite], k=k)
-        mean = np.asarray(distance).reshape(int(finite.sum()), -1).mean(axis=1)
+        mean = k_nearest(points, query[finite], k)[0].mean(axis=1)
         out[finite] = np.log(np.maximum(mean, 1e-12))  # an exact twin of k training stars
     return out

@@ -352,9 +352,9 @@ def run_inference(
         memmap=bool(memmap),
     )
 
-    if output.suffix.lower() != ".parquet":
-        # The merge below builds an astropy Table; import it on the core the test step
-        # leaves idle instead of after the last chunk.
+    if output.suffix.lower() not in (".parquet", ".csv"):
+        # The merge below builds an astropy Table (not for Parquet, nor CSV: data._ecsv);
+        # import it on the core the test step leaves idle instead of after the last chunk.
         import_in_background("astropy.table")
     n_processed = 0
     first_done_at = None

@@ -19,6 +19,7 @@ from jaxtyping import Array, Bool, Float
 
 from ..._internal import empty_aligned
 from ..._internal._exported import exported_call, exported_dir
+from ..._internal._nearest import k_nearest
 from ...data import Flag, InferenceResult
 from .._sanity import unusable_widths
 from ._test_step import LabelFit, LabelStepOptions, SpectrumStats, fit_labels, spectrum_stats
@@ -78,19 +79,16 @@ class LabelSpace(eqx.Module):
 def nearest_distance(points: np.ndarray, train: np.ndarray, *, exclude_self: bool = False) -> np.ndarray:
     """Euclidean distance from each row of ``points`` to the nearest row of ``train``.
 
-    A k-d tree query (scipy). With ``exclude_self`` (``points`` is ``train``) each row's
-    own zero distance is skipped: the second neighbour is taken.
+    :func:`~starlabel._internal._nearest.k_nearest` (no scipy import at these sizes). With
+    ``exclude_self`` (``points`` is ``train``) each row's own zero distance is skipped: the
+    second neighbour is taken.
     """
-    # cKDTree comes from a compiled module without stubs, which pyright cannot read.
-    from scipy.spatial import cKDTree  # pyright: ignore[reportAttributeAccessIssue]
-
     if len(points) == 0:
         return np.empty(0)
     k = 2 if exclude_self else 1
     if len(train) < k:
         return np.full(len(points), np.inf)
-    distance, _ = cKDTree(train).query(points, k=k)
-    return distance[:, -1] if exclude_self else distance
+    return k_nearest(train, points, k)[0][:, -1]
 
 
 def start_pool(train: np.ndarray, n: int) -> np.ndarray:

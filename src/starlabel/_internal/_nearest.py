@@ -1,0 +1,76 @@
+"""Nearest neighbours in label space, without importing scipy for small problems.
+
+Training and the test step look up nearest training stars in a few label dimensions:
+the distance to the nearest one (the outside-the-training-set flag), the mean distance
+to the k nearest (the calibration's distance term) and the k nearest themselves (its
+label-space term). For the sizes a training run or a chunk of the test step meets
+(≤ :data:`BRUTE_FORCE_PAIRS` point pairs, e.g. 2,048 × 2,048) every distance is
+computed in NumPy, in blocks, in milliseconds; importing ``scipy.spatial`` for a k-d
+tree would cost about 0.2 s of every ``starlabel`` process. Larger problems use the
+tree. Both give the same neighbours and distances to rounding (points at exactly equal
+distances may come in another order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["BRUTE_FORCE_PAIRS", "k_nearest"]
+
+BRUTE_FORCE_PAIRS = 1 << 24
+"""Above this many (query, point) pairs, :func:`k_nearest` builds a k-d tree."""
+
+_BLOCK_ELEMENTS = 1 << 21
+"""Differences held at once by the brute-force search (16 MB of float64)."""
+
+
+def k_nearest(points: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances and indices of the ``k`` rows of ``points`` nearest each row of ``query``.
+
+    Parameters
+    ----------
+    points : ndarray, shape (n, dims)
+        Reference points (finite).
+    query : ndarray, shape (m, dims)
+        Query points (finite).
+    k : int
+        Neighbours per query, ≥ 1; beyond the n points, distance inf and index n (as
+        scipy's k-d tree query).
+
+    Returns
+    -------
+    distance : ndarray, shape (m, k)
+        Ascending along each row.
+    index : ndarray of int, shape (m, k)
+        Rows of ``points``.
+    """
+    points = np.asarray(points, dtype=float)
+    query = np.asarray(query, dtype=float)
+    n, m = len(points), len(query)
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1, got {k}.")
+    if k > n:
+        distance, index = k_nearest(points, query, n) if n else (np.empty((m, 0)), np.empty((m, 0), int))
+        missing = (m, k - n)
+        return np.hstack([distance, np.full(missing, np.inf)]), np.hstack([index, np.full(missing, n)])
+    if m * n > BRUTE_FORCE_PAIRS:
+        from scipy.spatial import KDTree
+
+        distance, index = KDTree(points).query(query, k=k)
+        return np.asarray(distance).reshape(m, k), np.asarray(index).reshape(m, k)
+    distance = np.empty((m, k))
+    index = np.empty((m, k), dtype=np.int64)
+    rows = max(1, _BLOCK_ELEMENTS // max(1, n * points.shape[1]))
+    for start in range(0, m, rows):
+        block = query[start : start + rows]
+        squared = np.sum((block[:, None, :] - points[None, :, :]) ** 2, axis=2)  # (rows, n)
+        if k < n:
+            nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
+        else:
+            nearest = np.broadcast_to(np.arange(n), squared.shape)
+        picked = np.take_along_axis(squared, nearest, axis=1)
+        # Sort by distance, then index: the order a k-d tree query gives without ties.
+        order = np.lexsort((nearest, picked), axis=1)
+        index[start : start + rows] = np.take_along_axis(nearest, order, axis=1)
+        distance[start : start + rows] = np.sqrt(np.take_along_axis(picked, order, axis=1))
+    return distance, index

@@ -1,0 +1,44 @@
+"""Nearest neighbours without scipy for small problems (_internal/_nearest.py) = scipy's k-d tree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.spatial import KDTree
+
+from starlabel._internal import _nearest
+from starlabel._internal._nearest import k_nearest
+
+
+@pytest.mark.parametrize("brute", [True, False], ids=["numpy", "kd-tree"])
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_k_nearest_is_the_kd_trees(brute, k, monkeypatch):
+    rng = np.random.default_rng(k)
+    points, query = rng.normal(size=(300, 4)), rng.normal(size=(1200, 4))
+    monkeypatch.setattr(_nearest, "BRUTE_FORCE_PAIRS", 10**9 if brute else 0)
+    monkeypatch.setattr(_nearest, "_BLOCK_ELEMENTS", 5000)  # several blocks
+    distance, index = k_nearest(points, query, k)
+    expected_distance, expected_index = KDTree(points).query(query, k=k)
+    assert distance.shape == index.shape == (1200, k)
+    np.testing.assert_allclose(distance, np.reshape(expected_distance, (1200, k)), rtol=1e-12)
+    np.testing.assert_array_equal(index, np.reshape(expected_index, (1200, k)))
+
+
+def test_more_neighbours_than_points_are_infinitely_far():
+    points = np.array([[0.0, 0.0], [3.0, 4.0]])
+    distance, index = k_nearest(points, np.array([[0.0, 0.0]]), 3)
+    np.testing.assert_array_equal(distance, [[0.0, 5.0, np.inf]])
+    np.testing.assert_array_equal(index, [[0, 1, 2]])
+
+
+def test_small_problems_do_not_import_scipy():
+    code = (
+        "import sys, numpy as np\n"
+        "from starlabel._internal._nearest import k_nearest\n"
+        "k_nearest(np.random.default_rng(0).normal(size=(2048, 5)), np.zeros((1024, 5)), 32)\n"
+        "assert 'scipy.spatial' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
