@@ -17,9 +17,11 @@ the ratios are fair even on a busy machine), the EM iterations per fit, and how 
 two calibrations and the calibrated errors of held-out test stars differ.
 
 Cases: the line-list simulator (dwarfs, 5 labels, 7,214 px, 2,000 training and 500
-test stars) and the 500 real APOGEE giants (100 px; 400 training, 100 test).
+test stars) and the 500 real APOGEE giants (100 px; 400 training, 100 test). With
+``--models cannon,nn`` the NN (default configuration) is timed the same way, without
+and with calibration (under ``nn`` in the JSON).
 
-Run:  python benchmarks/calibration_train_time.py [--repeats 2] [--allow-busy]
+Run:  python benchmarks/calibration_train_time.py [--repeats 2] [--models cannon,nn] [--allow-busy]
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np  # noqa: E402
 import starlabel.models.cannon._model as cannon_module  # noqa: E402
 from starlabel.data import simulate_lines  # noqa: E402
 from starlabel.models.cannon import Cannon  # noqa: E402
+from starlabel.models.nn import NNRegressor  # noqa: E402
 
 _ITERATIONS: list[int] = []
 _ORIGINAL = cannon_module.Cannon._fit_arrays
@@ -115,29 +118,75 @@ def run_case(name: str, train, test, repeats: int) -> dict:
     return row
 
 
+def run_case_nn(name: str, train, test, repeats: int, epochs: int) -> dict:
+    """The NN (``NNRegressor``, default configuration): ``fit`` without and with calibration.
+
+    Same protocol as the Cannon's (warm-up on the same shapes, then alternating timed
+    fits, wall and CPU seconds); the NN has no warm/cold fold variants.
+    """
+    model = NNRegressor(train.label_names, epochs=epochs)
+
+    def timed(calibrate: bool):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fitted = model.fit(train, calibrate=calibrate)
+        return fitted, time.perf_counter() - wall, time.process_time() - cpu
+
+    for calibrate in (False, True):  # warm-up: every program compiled once
+        timed(calibrate)
+    seconds = {k: {"wall": [], "cpu": []} for k in ("without", "with")}
+    fitted = {}
+    for _ in range(repeats):
+        for key, calibrate in (("without", False), ("with", True)):
+            fitted[key], wall, cpu = timed(calibrate)
+            seconds[key]["wall"].append(round(wall, 3))
+            seconds[key]["cpu"].append(round(cpu, 3))
+    best = {k: {t: min(v[t]) for t in ("wall", "cpu")} for k, v in seconds.items()}
+    ratio = {
+        f"with_over_without_{t}": round(best["with"][t] / best["without"][t], 2) for t in ("wall", "cpu")
+    }
+    log(f"{name} nn: {json.dumps(ratio)}")
+    return {
+        "labels": list(train.label_names),
+        "n_train": int(train.n_stars),
+        "n_pixels": int(train.n_pixels),
+        "epochs": epochs,
+        "seconds": seconds,
+        "best_seconds": best,
+        **ratio,
+        "calibration": fitted["with"].calibration.table(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cases", default="lines,giants")
+    parser.add_argument("--models", default="cannon", help="comma-separated: cannon, nn")
+    parser.add_argument("--nn-epochs", type=int, default=300, help="NN training epochs (default 300)")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "calibration_train_time.json"
     )
     args = parser.parse_args()
     record = start(args, THREADS)
     results: dict = {"run": record, "repeats": args.repeats, "cases": {}}
-    cases = args.cases.split(",")
+    cases, models = args.cases.split(","), args.models.split(",")
+    data = {}
     if "lines" in cases:
-        data = simulate_lines(2500, population="dwarfs", seed=15).dataset
-        results["cases"]["lines"] = run_case(
-            "lines", data[np.arange(2000)], data[np.arange(2000, 2500)], args.repeats
-        )
+        lines = simulate_lines(2500, population="dwarfs", seed=15).dataset
+        data["lines"] = (lines[np.arange(2000)], lines[np.arange(2000, 2500)])
     if "giants" in cases:
         from _common import giants_cv_splits
 
         giants, splits = giants_cv_splits()
-        train, test = splits[0]
-        results["cases"]["giants"] = run_case("giants", giants[train], giants[test], args.repeats)
+        data["giants"] = (giants[splits[0][0]], giants[splits[0][1]])
+    for case, (train, test) in data.items():
+        if "cannon" in models:
+            results["cases"][case] = run_case(case, train, test, args.repeats)
+        if "nn" in models:
+            results.setdefault("nn", {})[case] = run_case_nn(case, train, test, args.repeats, args.nn_epochs)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")  # a cut-short run keeps its cases
     results["run"] = finish(record)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
