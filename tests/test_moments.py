@@ -76,16 +76,17 @@ def test_moment_trainer_matches_the_exact_trainer(sim, rng):
     weights = rng.uniform(0.2, 2.0, N_STARS)
     active = np.ones((N_PIXELS, vec.n_terms), bool)
     theta, s2, ok = _exact(data, design, weights, active)
-    # Three passes reach the EM's fixed point (θ's standard error here is ~1e-3);
-    # the default two are within a few % of θ's error.
-    for passes, theta_tol in ((3, 2e-6), (moments.MOMENT_PASSES, 5e-5)):
+    # Two passes (the default) and three reach the EM's fixed point: θ to 2e-6 (its
+    # standard error here is ~1e-3); one pass is 1e-3 off.
+    for passes, theta_tol in ((1, 5e-3), (moments.MOMENT_PASSES, 2e-6), (3, 2e-6)):
         fast_theta, fast_s2, fast_ok = fit_moments(
             data.flux, data.ivar, design, vec, weights, active, passes=passes
         )
         np.testing.assert_array_equal(fast_ok, ok)
         assert not ok[5] and not ok[9]
         np.testing.assert_allclose(fast_theta, theta, atol=theta_tol)
-        _assert_scatter_close(fast_s2, s2, ok)
+        if passes > 1:
+            _assert_scatter_close(fast_s2, s2, ok)
 
 
 def test_censored_terms_are_exactly_zero_and_match_the_exact_trainer(sim, rng):
@@ -109,8 +110,8 @@ def test_cannon_fit_trains_many_term_models_from_moments(sim, monkeypatch):
     monkeypatch.setattr(moments, "MOMENT_MIN_TERMS", 10)
     fast = Cannon(label_names=data.label_names).fit(data, calibrate=False)
     assert dict(fast.training_info)["em_iterations"] == moments.MOMENT_PASSES
-    np.testing.assert_allclose(fast.theta, exact.theta, atol=5e-5)
-    np.testing.assert_allclose(np.sqrt(fast.s2), np.sqrt(exact.s2), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(fast.theta, exact.theta, atol=5e-6)
+    np.testing.assert_allclose(np.sqrt(fast.s2), np.sqrt(exact.s2), rtol=1e-3, atol=1e-5)
     # L1 keeps the exact trainer (the lasso needs the normal matrices at every step).
     vec, _ = _design(sim)
     assert moments.use_moments(vec, np.zeros(N_PIXELS))
@@ -130,7 +131,7 @@ def test_18_label_moment_trainer_maximises_the_marginal_likelihood():
     with jax.enable_x64(True):
         design = np.asarray(vec.design(jnp.asarray(x)))
     active = np.ones((data.n_pixels, vec.n_terms), bool)
-    theta, s2, ok = fit_moments(data.flux, data.ivar, design, vec, np.ones(400), active, passes=3)
+    theta, s2, ok = fit_moments(data.flux, data.ivar, design, vec, np.ones(400), active)
     assert ok.all()
 
     def solve(log_s2, p):

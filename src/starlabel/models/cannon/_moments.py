@@ -24,9 +24,13 @@ s² (one product), then solves the scatter's stationarity condition
 
 (the exact trainer's EM fixed point, see :mod:`._train`) to convergence with θ — and so
 the residuals r — held fixed: per-pixel scalar iterations over (stars,) arrays, no
-moments. θ depends on s² only through the weights, to second order, so two passes
-reach the exact trainer's fixed point to well within its statistical error
-(``benchmarks/results/abundances.json``); each later pass costs one more product.
+moments. θ depends on s² only through the weights, to second order, so the second
+pass's s² is already at the fixed point. Its θ is then moved to that s² without new
+moments, by a few steps of iterative refinement ``θ += α A⁻¹ Vᵀ Ω' (f − Vθ)`` at the
+new weights Ω', preconditioned by the pass's factors (whose float32 rounding the same
+steps remove), and s² is solved once more at the final θ. Two products then match the
+exact trainer to ~1e-6 in θ (``tests/test_moments.py``;
+``benchmarks/results/abundances.json``).
 
 **Leverage.** ``Σ_n w g² v_nᵀ A⁻¹ v_n`` would need a second moment product (weights
 ``w g²``). We write each star's leverage as ``h_n = ω_n q_n`` with ``q_n = v_nᵀ A⁻¹ v_n``
@@ -68,6 +72,9 @@ MOMENT_MIN_TERMS = 120
 
 MOMENT_PASSES = 2
 """Moment products per training (see the module docstring)."""
+
+REFINE_STEPS = 3
+"""Refinement steps of the last pass: θ moves to the last s² and to float64 accuracy."""
 
 _GROUPS = 14
 """Pixel groups for the leverage shape: s² = 0, then half-dex bins of s²/σ² from 1e-3."""
@@ -371,22 +378,37 @@ def _pixel_block(
         theta, chol = jax.block_until_ready(_factor(moments, terms.index, b, active))
     theta = np.asarray(theta)[:n]
     residual = flux - terms.design @ theta.T
-    if refine:
-        # Iterative refinement: the float64 residual of the normal equations,
-        # b − Aθ = Vᵀ Ω (f − Vθ), from the spectra.
-        rhs = np.pad((omega * residual).T @ terms.design, ((0, pad), (0, 0)))
-        with _single_threaded_blas():
-            step = np.asarray(_refine(chol, rhs, active))[:n]
-        theta = theta + step
-        residual -= terms.design @ step.T
     finite = np.all(np.isfinite(theta), axis=1)
-    theta = np.where(finite[:, None], theta, 0.0)
-    residual = np.where(finite[None, :], residual, flux)
     padded = lambda a, value=0.0: np.pad(a, ((0, 0), (0, pad)), constant_values=value)  # noqa: E731
-    new_s2 = _scatter(
-        padded(residual), padded(ivar), terms.weights_j, padded(shape, 1.0),
-        np.pad(n_active, (0, pad)), np.pad(s2, (0, pad)),
-    )  # fmt: skip
+
+    def scatter(theta: np.ndarray, residual: np.ndarray, start: np.ndarray) -> np.ndarray:
+        residual = np.where(finite[None, :], residual, flux)
+        out = _scatter(
+            padded(residual), padded(ivar), terms.weights_j, padded(shape, 1.0),
+            np.pad(n_active, (0, pad)), np.pad(start, (0, pad)),
+        )  # fmt: skip
+        return np.asarray(out)[:n]
+
+    new_s2 = scatter(theta, residual, s2)
+    if refine:
+        # θ at the new s² without new moments, and float32's rounding removed: steps of
+        # iterative refinement θ += α A⁻¹ Vᵀ Ω' (f − Vθ), the float64 residual of the
+        # normal equations at the new weights Ω', preconditioned by this pass's A. The
+        # eigenvalues of A⁻¹A' lie within the range of ω'/ω over the stars, so
+        # α = 2/(min + max) makes every step a contraction.
+        new_omega = terms.weights[:, None] * (ivar / (1.0 + ivar * new_s2[None, :]))
+        ratio = np.where(omega > 0, new_omega / np.where(omega > 0, omega, 1.0), np.nan)
+        alpha = 2.0 / (np.nanmin(ratio, axis=0, initial=np.inf) + np.nanmax(ratio, axis=0, initial=0.0))
+        alpha = np.where(np.isfinite(alpha), alpha, 1.0)
+        for _ in range(REFINE_STEPS):
+            rhs = alpha[:, None] * ((new_omega * residual).T @ terms.design)
+            with _single_threaded_blas():
+                step = np.asarray(_refine(chol, np.pad(rhs, ((0, pad), (0, 0))), active))[:n]
+            theta = theta + step
+            residual -= terms.design @ step.T
+        finite = np.all(np.isfinite(theta), axis=1)
+        new_s2 = scatter(theta, residual, new_s2)
+    theta = np.where(finite[:, None], theta, 0.0)
     return theta, np.asarray(new_s2)[:n], finite
 
 
