@@ -43,7 +43,7 @@ from ._train import theta_covariance, usable_terms, with_fallback
 
 ArrayLike = Array | np.ndarray
 
-__all__ = ["PixelSums", "closed_under_scaling", "pixel_sums", "solve_fold"]
+__all__ = ["PixelSums", "closed_under_scaling", "pixel_sums", "solve_fold", "total_sums"]
 
 
 POWERS = 4
@@ -127,12 +127,14 @@ def _gathered_sums_impl(
 
 
 def _solve_impl(
-    s: PixelSums,
+    plus: PixelSums,
+    minus: PixelSums | None,
     active: Bool[Array, "pixels terms"],
     s0: Float[Array, " pixels"],
     *,
     steps: int,
 ) -> tuple[Array, Array, Array]:
+    s = plus if minus is None else jax.tree_util.tree_map(jnp.subtract, plus, minus)
     n_terms = active.shape[1]
     usable, active = usable_terms(jnp.round(s.n_good).astype(jnp.int32), active)
     both = active[:, :, None] & active[:, None, :]
@@ -198,7 +200,7 @@ def pixel_sums(
 
 
 def solve_fold(
-    sums: PixelSums, active: ArrayLike, s0: ArrayLike, steps: int = 3
+    sums: PixelSums, minus: PixelSums | None, active: ArrayLike, s0: ArrayLike, steps: int = 3
 ) -> tuple[Array, Array, Array]:
     """θ (pixels, terms), s² (pixels,), pixel_ok (pixels,) of the fit whose sums are ``sums``.
 
@@ -207,7 +209,7 @@ def solve_fold(
     by θ at the new scatter.
     """
     fn = _solve_programs(steps)
-    theta, s2, ok = _call("cannon_fold_solve", fn, [sums, active, s0], static=steps)
+    theta, s2, ok = _call("cannon_fold_solve", fn, [sums, minus, active, s0], static=steps)
     return theta, s2, ok
 
 
@@ -224,6 +226,19 @@ def _gathered_tuple(*arrays: Array) -> tuple[Array, ...]:
 @functools.cache
 def _solve_programs(steps: int) -> Any:
     return jax.jit(functools.partial(_solve_impl, steps=steps))
+
+
+def total_sums(parts: list[PixelSums]) -> PixelSums:
+    """The sums over the union of disjoint sets of stars: the sum of their sums (one program)."""
+    return PixelSums(*_call("cannon_fold_sums_total", _total, [parts], static=len(parts)))
+
+
+@jax.jit
+def _total(parts: list[PixelSums]) -> tuple[Array, ...]:
+    total = parts[0]
+    for part in parts[1:]:
+        total = jax.tree_util.tree_map(jnp.add, total, part)
+    return tuple(jax.tree_util.tree_leaves(total))
 
 
 def _call(name: str, fn: Any, arrays: list[Any], static: Any = ()) -> tuple[Array, ...]:

@@ -20,19 +20,16 @@ a ``refit(rows)`` that trains the same configuration on the stars ``rows``. Two 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..._internal import fold_indices
 from ..._internal._buckets import bucket_size
 from ...data import SpectralDataset
 from .._error_calibration import CALIBRATION_FOLDS
-from ._fold_stats import PixelSums, closed_under_scaling, pixel_sums, solve_fold
+from ._fold_stats import PixelSums, closed_under_scaling, pixel_sums, solve_fold, total_sums
 from ._prepare import Prepared
 from ._train import TrainingArrays
 
@@ -134,7 +131,7 @@ class _SummedFolds:
             if not any(np.array_equal(part, held) for part in parts):
                 parts = [np.arange(n)]
             per_part = [self._sums_of(part) for part in parts]
-            self.full = [functools.reduce(_add, blocks) for blocks in zip(*per_part, strict=True)]
+            self.full = [total_sums(list(blocks)) for blocks in zip(*per_part, strict=True)]
         return self.full
 
     def refit(self, rows: np.ndarray) -> FittedCannon:
@@ -147,12 +144,14 @@ class _SummedFolds:
         )
         held = np.setdiff1d(np.arange(n), rows)
         full = self._full(held)
+        # Each block's sums, less those of the held-out stars (none for a half: its own sums).
         if rows.tobytes() in self.sums:  # the other half of a 2-fold split
-            sums = self.sums[rows.tobytes()]
+            plus, minus = self.sums[rows.tobytes()], [None] * len(full)
         else:
-            sums = [_subtract(a, b) for a, b in zip(full, self._sums_of(held), strict=True)]
+            plus, minus = full, self._sums_of(held)
         parts = [
-            solve_fold(block, active, s0) for block, (_, active, s0) in zip(sums, self.blocks, strict=True)
+            solve_fold(a, b, active, s0)
+            for a, b, (_, active, s0) in zip(plus, minus, self.blocks, strict=True)
         ]
         theta, s2, ok = (
             np.concatenate(
@@ -162,14 +161,6 @@ class _SummedFolds:
         )
         info = {"em_iterations": 0, "converged": True, "n_missing_labels": int(np.sum(~prep.complete[rows]))}
         return self.model._fitted(fold, self.scaler, self.scaled, (theta, s2, ok), self.wavelength, info)
-
-
-def _add(a: PixelSums, b: PixelSums) -> PixelSums:
-    return jax.tree_util.tree_map(jnp.add, a, b)
-
-
-def _subtract(a: PixelSums, b: PixelSums) -> PixelSums:
-    return jax.tree_util.tree_map(jnp.subtract, a, b)
 
 
 def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
