@@ -56,6 +56,7 @@ from ._nuisance import (
     _lm,
     _templates,
     build_nuisance_model,
+    compiled_view,
     fit_nuisance,
     fit_quality,
 )
@@ -90,7 +91,7 @@ def _fit_binary_chunk(
     upper: Array,
     max_lag: int,
     n_starts: int,
-    n_iter: int,
+    n_iter: Array,
 ) -> _BinaryFit:
     k = model.n_labels
     own = model.free_secondary
@@ -214,7 +215,8 @@ def fit_binary(
         ``calibration``, only stars whose screened ``binary_score`` exceeds ``screen``
         × its threshold are fitted on to ``n_iter``; the rest, which the learned rule
         cannot call binary, keep their screened fit (a lower bound of the converged
-        score: the LM only lowers χ²). Without one, every star is fitted on.
+        score: the LM only lowers χ²). Without one, every star is fitted to ``n_iter``
+        in one pass (the same compiled program: the iteration cap is traced).
     screen : float
         Share of the learned threshold above which a screened star is refined
         (default ¼). On 200 line-list dwarfs and 40 binaries (benchmarks/binary.py
@@ -287,6 +289,8 @@ def fit_binary(
     step = max(b[3] for b in binary.resampler.blocks)
     max_lag = int(math.floor(math.log(_doppler(float(dv_max))) / step))
     single_params = np.asarray(single.params)
+    binary = compiled_view(binary)  # templates and bounds are taken: share programs across models
+    decision = None if calibration is None else BinaryCalibration.from_dict(calibration)
     fit = map_chunks(
         lambda rows: _fit_binary_chunk(
             binary,
@@ -298,14 +302,14 @@ def fit_binary(
             upper,
             max_lag,
             int(n_starts),
-            int(min(n_iter_screen, n_iter)),
+            # Traced: the screen and a full fit (no calibration) share one program.
+            jnp.asarray(n_iter if decision is None else min(n_iter_screen, n_iter)),
         ),
         (data.flux, data.ivar, single_params),
         size=min(chunk_size, data.n_stars),
         workers=workers,
     )
-    decision = None if calibration is None else BinaryCalibration.from_dict(calibration)
-    if n_iter > n_iter_screen:
+    if decision is not None and n_iter > n_iter_screen:
         fit = _refine(
             binary,
             single_model,
@@ -329,7 +333,7 @@ def _refine(
     single: Any,
     fit: _BinaryFit,
     data: SpectralDataset,
-    decision: BinaryCalibration | None,
+    decision: BinaryCalibration,
     screen: float,
     lower: Array,
     upper: Array,
@@ -337,16 +341,13 @@ def _refine(
     chunk_size: int,
     workers: int,
 ) -> _BinaryFit:
-    """Fit on the screened stars the learned rule could still call binary (all without a rule)."""
-    if decision is None:
-        rows = np.arange(data.n_stars)
-    else:
-        extra = int(binary.free().sum()) - int(single_model.free().sum())
-        delta = np.asarray(single.chi2) - np.asarray(fit.chi2)
-        score = binary_score(
-            delta, np.asarray(fit.chi2), np.asarray(single.n_good), extra, int(binary.free().sum())
-        )
-        rows = np.flatnonzero(~(score <= screen * decision.threshold))  # NaN scores are refined too
+    """Fit on the screened stars the learned rule could still call binary."""
+    extra = int(binary.free().sum()) - int(single_model.free().sum())
+    delta = np.asarray(single.chi2) - np.asarray(fit.chi2)
+    score = binary_score(
+        delta, np.asarray(fit.chi2), np.asarray(single.n_good), extra, int(binary.free().sum())
+    )
+    rows = np.flatnonzero(~(score <= screen * decision.threshold))  # NaN scores are refined too
     if len(rows) == 0:
         return fit
     refined = map_chunks(

@@ -54,7 +54,7 @@ from ._doppler import (
     rest_spline,
 )
 from ._estimators import infer_posterior_mean
-from ._nuisance_model import AbstractPackedModel, NuisanceModel, build_nuisance_model
+from ._nuisance_model import AbstractPackedModel, NuisanceModel, build_nuisance_model, compiled_view
 from .base import AbstractFittedModel, AbstractFluxModel, AbstractLinearFluxModel
 
 __all__ = [
@@ -68,6 +68,7 @@ __all__ = [
     "NuisanceModel",
     "NuisanceFit",
     "build_nuisance_model",
+    "compiled_view",
     "fit_nuisance",
     "infer_with_nuisance",
 ]
@@ -94,7 +95,7 @@ def _lm(
     lower: Array,
     upper: Array,
     free: Array,
-    n_iter: int,
+    n_iter: int | Array,
 ) -> tuple[Array, Array, Array, Array]:
     """:func:`starlabel.inference.damped_newton` on χ² for one star from one start.
 
@@ -246,7 +247,7 @@ def _best_of(
     upper: Array,
     free: Array,
     n_starts: int,
-    n_iter: int,
+    n_iter: int | Array,
 ) -> tuple[Array, ...]:
     """LM from the ``n_starts`` starts with the lowest scan χ²; the lowest final χ² wins."""
     order = jnp.argsort(jnp.where(jnp.isfinite(scan_chi2), scan_chi2, jnp.inf))[:n_starts]
@@ -338,9 +339,10 @@ def fit_nuisance(
     big = np.full(model.n_continuum, np.inf)
     lower = jnp.asarray(np.concatenate([safe_lo, [-v_max], -big]))
     upper = jnp.asarray(np.concatenate([safe_hi, [v_max], big]))
+    compiled = compiled_view(model)
     fit = map_chunks(
         lambda rows: _fit_chunk(
-            model,
+            compiled,
             jnp.asarray(rows[0]),
             jnp.asarray(rows[1]),
             templates,

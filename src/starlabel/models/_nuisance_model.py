@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
@@ -19,7 +19,7 @@ from jaxtyping import Array, Float
 from ._doppler import DopplerResampler, SplinePrefilter, find_regions, rest_columns, rest_spline
 from .base import AbstractFittedModel, AbstractFluxModel, AbstractLinearFluxModel, flux_model_of
 
-__all__ = ["AbstractPackedModel", "NuisanceModel", "build_nuisance_model"]
+__all__ = ["AbstractPackedModel", "NuisanceModel", "build_nuisance_model", "compiled_view"]
 
 
 def _continuum_basis(wavelength: np.ndarray, regions: np.ndarray, order: int) -> np.ndarray:
@@ -38,8 +38,10 @@ class AbstractPackedModel(eqx.Module):
     """A model flux of packed parameters (labels and nuisances) with its Jacobian.
 
     What the batched Levenberg–Marquardt fits; labels alone are an
-    :class:`~starlabel.models.AbstractFluxModel`.
+    :class:`~starlabel.models.AbstractFluxModel` (``spectrum``).
     """
+
+    spectrum: eqx.AbstractVar[AbstractFluxModel]
 
     @abc.abstractmethod
     def flux(self, params: Float[Array, " params"]) -> Float[Array, " pixels"]:
@@ -164,6 +166,20 @@ class NuisanceModel(AbstractPackedModel):
         free = np.ones(self.n_params, dtype=bool)
         free[self.n_labels] = self.fit_rv
         return free
+
+
+_Model = TypeVar("_Model", bound=AbstractPackedModel)
+
+
+def compiled_view(model: _Model) -> _Model:
+    """``model`` (with a ``spectrum``) keeping one training label row, for compiled fits.
+
+    The batched fits never read the training labels (their templates and bounds are
+    taken before), but as an array of the model pytree their shape keys the compiled
+    programs: a model refitted on another number of stars (each fold of a binary
+    calibration, then the final model) compiled every fit again.
+    """
+    return eqx.tree_at(lambda m: m.spectrum.train_labels, model, model.spectrum.train_labels[:1])
 
 
 def build_nuisance_model(

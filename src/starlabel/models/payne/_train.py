@@ -13,6 +13,8 @@ which the training residuals underestimate.
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -67,6 +69,16 @@ def _block(params, static, opt_state, optimiser, data, val, key: PRNGKeyArray, b
     return params, opt_state, train_loss, val_loss
 
 
+@functools.lru_cache(maxsize=16)
+def _adam(learning_rate: float, steps: int) -> optax.GradientTransformation:
+    """One optimiser object per setting, so that retrainings share the compiled loop.
+
+    ``_block`` is compiled per optimiser identity (its functions are static): a fresh
+    ``optax.adam`` per training (K-fold refits, a calibration) compiled it every time.
+    """
+    return optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
+
+
 def train_network(
     network: PayneNetwork,
     data: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -102,7 +114,7 @@ def train_network(
     val32 = tuple(jnp.asarray(a, dtype=jnp.float32) for a in val)
     batch = int(min(batch_size, x.shape[0]))
     steps = max(1, epochs * (x.shape[0] // batch))
-    optimiser = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
+    optimiser = _adam(float(learning_rate), int(steps))
     params, static = eqx.partition(network, eqx.is_inexact_array)
     opt_state = optimiser.init(params)
     best_params, best_val, best_epoch = params, np.inf, 0
