@@ -107,6 +107,11 @@ def run_case(name: str, splits, reference: np.ndarray, names, quick: bool, data,
     return out
 
 
+def _name(model: str, row: dict) -> str:
+    """The model's name in the table; rows kept from an earlier run (``"stale"``) say so."""
+    return f"{model} (earlier run, stale)" if row.get("stale") else model
+
+
 def table(results: dict) -> str:
     """The issue's table: std z, coverage and RMSE per label and model, before → after."""
     lines = [
@@ -118,7 +123,7 @@ def table(results: dict) -> str:
             for k, label in enumerate(row["labels"]):
                 b, a = row["before"], row["after"]
                 lines.append(
-                    f"| {case} | {model} | {label} | {b['std_z'][k]:.2f} → {a['std_z'][k]:.2f}"
+                    f"| {case} | {_name(model, row)} | {label} | {b['std_z'][k]:.2f} → {a['std_z'][k]:.2f}"
                     f" | {b['coverage_1sigma'][k]:.1%} → {a['coverage_1sigma'][k]:.1%}"
                     f" | {b['rmse'][k]:.4g} → {a['rmse'][k]:.4g} |"
                 )
@@ -130,7 +135,7 @@ def table(results: dict) -> str:
     for case, models in results["cases"].items():
         for model, row in models.items():
             lines.append(
-                f"| {case} | {model} | {row['train_seconds_without']} | {row['train_seconds_with']}"
+                f"| {case} | {_name(model, row)} | {row['train_seconds_without']} | {row['train_seconds_with']}"
                 f" | {row['train_time_ratio']} | {row.get('train_cpu_seconds_without', '—')}"
                 f" | {row.get('train_cpu_seconds_with', '—')} | {row.get('train_cpu_ratio', '—')} |"
             )
