@@ -249,8 +249,8 @@ def main() -> None:
             "target_spectra_per_second": 50,
             "baseline_before_this_work": BASELINE,
         },
-        "note": "2-core machine shared with four other engineers' jobs: see the load averages; wall"
-        " times on a quiet machine are shorter. spectra_per_cpu_second counts this process's CPU time"
+        "note": "run.busy says whether other jobs shared the 2-core machine (load averages in run and"
+        " speed); a busy machine's wall times are longer. spectra_per_cpu_second counts this process's CPU time"
         " over all its threads; on a quiet 2-core machine the wall rate is about that times"
         " two_cores.workers_default.cpu_over_wall there (both cores work when the XLA threads run"
         " together: see share_of_busy_samples_with_2_xla_threads_running).",
