@@ -39,6 +39,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ..._internal._exported import exported_call, exported_dir
 from ...inference import pin_inactive
 from ._normal import outer_pairs, pack_pairs, unpack_pairs
+from ._scatter import noise_variance
 from ._train import theta_covariance, usable_terms, with_fallback
 
 ArrayLike = Array | np.ndarray
@@ -98,7 +99,7 @@ def _sums_impl(
     has_data = (ivar > 0) & (weights[:, None] > 0)
     flux = jnp.where(ivar > 0, flux, 0.0)  # rows without data may hold anything
     g = ivar / (1.0 + ivar * s0[None, :])
-    variance = jnp.where(ivar > 0, 1.0 / jnp.where(ivar > 0, ivar, 1.0), 0.0)
+    variance = noise_variance(ivar)
     powers = [weights[:, None] * g]
     for _ in range(POWERS - 1):
         powers.append(powers[-1] * g)

@@ -56,6 +56,7 @@ import scipy.linalg
 from jaxtyping import Array, Bool, Float, Int
 
 from ...inference import pin_inactive
+from ._scatter import aitken, noise_variance, typical_variance
 from ._vectorizer import PolynomialVectorizer
 
 __all__ = [
@@ -185,11 +186,8 @@ def _scatter(
     Iterated with Aitken's extrapolation (as :mod:`._train`) until s² changes by
     < 1e-9 of σ² + s², at most 100 times.
     """
-    variance = jnp.where(ivar > 0, 1.0 / jnp.where(ivar > 0, ivar, 1.0), 0.0)
-    e = residual * residual - variance
-    var_typ = jnp.sum(jnp.where(ivar > 0, weights[:, None], 0.0), axis=0) / jnp.maximum(
-        weights @ ivar, 1e-300
-    )
+    e = residual * residual - noise_variance(ivar)
+    var_typ = typical_variance(ivar, weights)
 
     def update(s2: Array) -> Array:
         g = ivar / (1.0 + ivar * s2[None, :])
@@ -206,11 +204,8 @@ def _scatter(
         s2, last_step, i, _ = state
         new = update(s2)
         step = new - s2
-        ratio = step / jnp.where(last_step != 0, last_step, jnp.inf)
-        smooth = (ratio > 0) & (ratio < 0.9) & (i > 0)
-        jump = jnp.where(smooth, step * ratio / (1.0 - jnp.where(smooth, ratio, 0.0)), 0.0)
         change = jnp.max(jnp.abs(step) / (new + var_typ + 1e-300))
-        return jnp.maximum(new + jump, 0.0), step, i + 1, change
+        return aitken(new, step, last_step, i), step, i + 1, change
 
     def cond(state: tuple[Array, Array, Array, Array]) -> Array:
         return (state[2] < 100) & (state[3] > 1e-9)

@@ -46,6 +46,7 @@ from ...inference import pin_inactive
 from ._l1 import lasso_coordinate_descent, lasso_fista
 from ._moments import MOMENT_PASSES, fit_moment_blocks, use_moments
 from ._normal import outer_pairs, pack_pairs, unpack_pairs
+from ._scatter import aitken, noise_variance, typical_variance
 from ._vectorizer import PolynomialVectorizer
 
 logger = logging.getLogger(__name__)
@@ -205,10 +206,8 @@ def fit_block_impl(
     has_data = (ivar > 0) & (star_weights[:, None] > 0)
     usable, active = usable_terms(jnp.sum(has_data, axis=0), active)
     both = active[:, :, None] & active[:, None, :]
-    variance = jnp.where(ivar > 0, 1.0 / jnp.where(ivar > 0, ivar, 1.0), 0.0)
-    # A typical noise variance per pixel, only to make the convergence test unit-free.
-    weight_sum = jnp.sum(jnp.where(has_data, star_weights[:, None], 0.0), axis=0)
-    var_typ = weight_sum / jnp.maximum(star_weights @ ivar, 1e-300)
+    variance = noise_variance(ivar)
+    var_typ = typical_variance(ivar, star_weights)
     pairs = outer_pairs(design)
     is_constant = jnp.arange(design.shape[1]) == 0
     penalty = jnp.where(active & ~is_constant[None, :], l1[:, None], 0.0) if use_l1 else None
@@ -241,14 +240,7 @@ def fit_block_impl(
         # Pixels without usable data have var_typ = 0 and would make this 0/0 = NaN, which
         # ends the loop after one iteration for every pixel; they take no part.
         change = jnp.max(jnp.where(usable & finite, jnp.abs(step) / (s2 + var_typ), 0.0))
-        # EM converges linearly: successive steps shrink by a nearly constant ratio ρ per
-        # pixel. Aitken's extrapolation jumps to the limit, s² + step·ρ/(1 − ρ), where the
-        # ratio is a clean contraction (0 < ρ < 0.9); it leaves the fixed point unchanged.
-        ratio = step / jnp.where(state.step != 0, state.step, jnp.inf)
-        smooth = (ratio > 0) & (ratio < 0.9) & (state.iteration > 0)
-        s2 = jnp.maximum(
-            jnp.where(smooth, s2 + step * ratio / (1.0 - jnp.where(smooth, ratio, 0.0)), s2), 0.0
-        )
+        s2 = aitken(s2, step, state.step, state.iteration)
         return _EMState(theta, state.s2, finite, s2, step, state.iteration + 1, change)
 
     stop = jnp.asarray(options.tol if tol is None else tol, dtype=flux.dtype)
