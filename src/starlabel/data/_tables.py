@@ -282,6 +282,15 @@ def read_table_file(path: str | os.PathLike[str], *, hdf5_path: str | None = Non
     return Table.read(path, **kwargs)
 
 
+def _writable_path(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """``path`` as a Path whose folder exists; refuses to replace a file unless asked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_table_file(
     table: Any, path: str | os.PathLike[str], *, hdf5_path: str, overwrite: bool = True
 ) -> Path:
@@ -300,11 +309,8 @@ def write_table_file(
     ValueError
         For an unknown suffix.
     """
-    path = Path(path)
+    path = _writable_path(path, overwrite)
     fmt = table_format(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=path.suffix) as tmp:
         if fmt == "fits":
             _write_fits(table, tmp)
@@ -332,10 +338,7 @@ def write_text_file(text: str, path: str | os.PathLike[str], *, overwrite: bool 
     FileExistsError
         When ``path`` exists and ``overwrite`` is false.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable_path(path, overwrite)
     with atomic_path(path, suffix=path.suffix) as tmp, open(tmp, "w", newline="") as handle:
         handle.write(text)
     return path
