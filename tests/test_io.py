@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from starlabel.data import SpectralDataset, read_dataset, simulate_cannon, write_dataset
+from starlabel.data import (
+    SpectralDataset,
+    read_dataset,
+    simulate_cannon,
+    write_dataset,
+    write_table_file,
+)
 
 
 @pytest.fixture
@@ -83,3 +89,19 @@ def test_real_giants_load_with_labels(apogee_giants):
     assert 3500 < np.nanmin(teff) and np.nanmax(teff) < 5500
     assert apogee_giants.wavelength[0] == pytest.approx(15168.13, abs=0.01)
     assert isinstance(apogee_giants, SpectralDataset)
+
+
+def test_table_writers_refuse_to_replace_unless_asked(tmp_path):
+    from astropy.table import Table
+
+    from starlabel.data._tables import write_text_file
+
+    table = Table({"id": ["a", "b"], "teff": [4800.0, 5100.0]})
+    path = write_table_file(table, tmp_path / "new" / "results.ecsv", hdf5_path="results")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_table_file(table, path, hdf5_path="results", overwrite=False)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_text_file("id,teff\n", path, overwrite=False)
+    assert Table.read(path)["teff"][1] == 5100.0
+    write_text_file("id,teff\nc,5000.0\n", tmp_path / "new" / "results.csv")
+    assert (tmp_path / "new" / "results.csv").read_text() == "id,teff\nc,5000.0\n"
