@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import giants_cv_splits, log
+from _common import giants_cv_splits, git_commit, log
 
 from starlabel.data import simulate_lines
 from starlabel.models.cannon import Cannon
@@ -173,6 +173,7 @@ def main() -> None:
             # Busy as benchmarks/_common.py counts it: 1-minute load above 0.7 × CPUs. Wall
             # seconds then include waiting for other jobs; compare the CPU seconds.
             "busy": os.getloadavg()[0] > 0.7 * (os.cpu_count() or 1),
+            **git_commit(),  # the commit the figures are from (and whether the tree was dirty)
         },
         "quick": args.quick,
         "cases": {},
