@@ -148,16 +148,23 @@ def main() -> None:
     parser.add_argument("--cases", default="giants,lines", help="comma-separated: giants, lines")
     parser.add_argument("--models", default="cannon,lux,nn", help="comma-separated model families")
     parser.add_argument("--merge", nargs="+", type=Path, help="join earlier runs' JSON files into --out")
+    parser.add_argument("--note", default="", help="with --merge: the merged file's note")
     parser.add_argument("--nn-epochs", type=int, default=300, help="NN training epochs (default 300)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "calibration.json")
     args = parser.parse_args()
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
-        merged = {**parts[0], "cases": {}, "runs": [p["machine"] for p in parts]}
+        merged = {**parts[0], "cases": {}, "runs": []}
         for part in parts:
+            # A merged file brings its runs along; a single run is its machine record.
+            merged["runs"] += part.get("runs") or [part["machine"]]
             for case, rows in part["cases"].items():
+                for row in rows.values():  # each row names the commit it was measured at
+                    row.setdefault("commit", part["machine"].get("commit"))
                 merged["cases"].setdefault(case, {}).update(rows)
             merged.update({k: v for k, v in part.items() if k.endswith("_setup")})
+        if args.note:
+            merged["note"] = args.note
         merged["table_markdown"] = table(merged)
         print(merged["table_markdown"])
         args.out.write_text(json.dumps(merged, indent=2) + "\n")
