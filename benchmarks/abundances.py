@@ -73,6 +73,7 @@ from starlabel.models.cannon._infer import LabelSpace  # noqa: E402
 from starlabel.models.cannon._moments import fit_moments  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "abundances.json"
+RESULTS_PAYNE = Path(__file__).parent / "results" / "abundances_payne.json"
 LABELS = ("teff", "logg", "fe_h", "vmicro") + tuple(f"{e}_fe" for e in LINE_ELEMENTS)
 
 
@@ -492,9 +493,26 @@ def main() -> None:
         help="only the training cases (moment vs exact check, Cannon.fit at 5,000 x 7,214);"
         " their results replace those in --out, the test-step results there are kept",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--payne",
+        action="store_true",
+        help="only the 18-label Payne beside the Cannon (uncensored and censored) on line-list"
+        " spectra (benchmarks/_abundances_payne.py); writes results/abundances_payne.json",
+    )
+    parser.add_argument("--payne-components", type=int, default=None, help="Payne bottleneck K")
+    parser.add_argument("--payne-epochs", type=int, default=None, help="Payne epoch budget")
+    parser.add_argument("--out", type=Path, default=None, help="default results/abundances.json")
     args = parser.parse_args()
     record = _common.start(args, THREADS)
+
+    if args.payne:
+        from _abundances_payne import payne_case
+
+        result = {"benchmark": "abundances --payne", "issue": 19, "line_list_18_labels": payne_case(args)}
+        result["run"] = _common.finish(record)
+        _common.write_result(result, args.out or RESULTS_PAYNE)
+        return
+    args.out = args.out or RESULTS
 
     if args.training_only:
         result = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "abundances"}

@@ -46,7 +46,8 @@ class Payne(AbstractSpectralModel):
     n_components : int
         Width K of the linear bottleneck before the pixels (default 32): the flux is a
         combination of K learned spectra, which makes the test step fast (see
-        ``payne/_network.py`` for how many line-list spectra need).
+        ``payne/_network.py`` for how many line-list spectra need). At least the number
+        of labels.
     activation : {"silu", "leaky_relu", "sigmoid", "tanh"}
         Hidden activation (default ``"silu"``: smooth, so the Jacobian the test step
         uses is continuous in the labels).
@@ -98,6 +99,13 @@ class Payne(AbstractSpectralModel):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer ≥ 1, got {value!r}.")
+        if self.n_components < len(self.label_names):
+            # The flux is E z + b with K components: with K < labels some label directions
+            # leave z, hence the spectrum, unchanged (a singular Fisher matrix).
+            raise ValueError(
+                f"`n_components` ({self.n_components}) must be at least the number of labels"
+                f" ({len(self.label_names)}): the network's spectra span K dimensions."
+            )
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}.")
         if not 0.0 < self.validation_fraction < 1.0:
