@@ -9,6 +9,10 @@
 
 * no module in src/starlabel is longer than ``MAX_LINES`` (one concept per module).
 
+* abstract attributes are real: no module that writes ``eqx.AbstractVar[...]`` postpones
+  its annotations (equinox reads a string annotation as a plain field and never checks it),
+  and a concrete class that leaves one undefined is refused.
+
 ``KNOWN_CYCLES`` and ``KNOWN_PRIVATE_IMPORTS`` list what is still to be untangled
 (empty since the typed test step), ``KNOWN_LONG`` the modules being split; the tests fail
 on anything new, and on a listed entry that has been fixed, so that the lists only shrink.
@@ -246,3 +250,79 @@ def test_the_checker_follows_package_init_and_function_imports(tmp_path) -> None
         (tmp_path / name).write_text(text)
     assert _cycles(_edges(tmp_path)) == {frozenset({"generic", "family", "family._model"})}
     assert _cycles(_named(tmp_path)) == set()  # what the checker saw before: no cycle
+
+
+def _postponed_abstract_vars(root: Path = SRC) -> list[str]:
+    """Modules with ``from __future__ import annotations`` that annotate with AbstractVar."""
+    found = []
+    for name, (path, _) in _modules(root).items():
+        tree = ast.parse(path.read_text())
+        postponed = any(
+            isinstance(node, ast.ImportFrom)
+            and node.module == "__future__"
+            and any(alias.name == "annotations" for alias in node.names)
+            for node in tree.body
+        )
+        uses = any(
+            isinstance(node, ast.AnnAssign)
+            and any(
+                isinstance(sub, ast.Name | ast.Attribute)
+                and (sub.id if isinstance(sub, ast.Name) else sub.attr) in {"AbstractVar", "AbstractClassVar"}
+                for sub in ast.walk(node.annotation)
+            )
+            for node in ast.walk(tree)
+        )
+        if postponed and uses:
+            found.append(name)
+    return sorted(found)
+
+
+def test_abstract_vars_are_not_postponed_annotations(tmp_path) -> None:
+    assert _postponed_abstract_vars() == []
+    (tmp_path / "bad.py").write_text(
+        "from __future__ import annotations\nimport equinox as eqx\n"
+        "class A(eqx.Module):\n    x: eqx.AbstractVar[int]\n"
+    )
+    (tmp_path / "good.py").write_text(
+        "import equinox as eqx\nclass A(eqx.Module):\n    x: eqx.AbstractVar[int]\n"
+    )
+    assert _postponed_abstract_vars(tmp_path) == ["bad"]
+
+
+def test_a_concrete_class_missing_an_abstract_var_is_refused() -> None:
+    import equinox as eqx
+    import jax.numpy as jnp
+    import pytest
+
+    from starlabel.inference import AbstractLabelPrior
+    from starlabel.models import AbstractFluxModel
+
+    class Partial(AbstractFluxModel):  # no `box`
+        label_names: tuple[str, ...] = eqx.field(static=True)
+        s2: jnp.ndarray
+        pixel_ok: jnp.ndarray
+        train_labels: jnp.ndarray
+
+        def flux(self, labels):
+            return jnp.ones_like(self.s2)
+
+    class Complete(Partial):
+        box: jnp.ndarray
+
+    assert AbstractFluxModel.__abstractvars__ == {"label_names", "s2", "pixel_ok", "train_labels", "box"}
+    assert Partial.__abstractvars__ == {"box"}
+    arrays = (jnp.zeros(3), jnp.ones(3, bool), jnp.zeros((4, 1)))
+    with pytest.raises(TypeError, match="abstract attributes {'box'}"):
+        Partial(("teff",), *arrays)
+    whole = Complete(("teff",), *arrays, jnp.zeros((2, 1)))
+    # The abstract base adds no dataclass field of its own: the subclass's order stands.
+    assert [f.name for f in Complete.__dataclass_fields__.values()] == [
+        "label_names",
+        "s2",
+        "pixel_ok",
+        "train_labels",
+        "box",
+    ]
+    assert whole.n_labels == 1
+
+    assert AbstractLabelPrior.__abstractvars__ == {"label_names"}

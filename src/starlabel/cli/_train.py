@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:  # annotations only: commands import the models they train when run
+    from ..data import SpectralDataset
+    from ..models import AbstractCalibratedModel, AbstractSpectralModel
 
 from ._common import (
     _CompilationCache,
@@ -61,26 +65,26 @@ def _load_training_set(data: Path, labels: str, *, drops_incomplete: bool) -> An
     return dataset
 
 
-def _save_fitted(fitted: Any, output: Path, training_set: Any) -> None:
+def _save_fitted(fitted: AbstractCalibratedModel, output: Path, training_set: SpectralDataset | Path) -> None:
     fitted.save(output, training_set=training_set)  # its checksum goes into the provenance
     typer.echo(f"saved {fitted.kind} model with labels {list(fitted.label_names)} to {output}")
 
 
-def _report_calibration(fitted: Any) -> None:
+def _report_calibration(fitted: AbstractCalibratedModel) -> None:
     """Print the error calibration learned at training time (or that there is none)."""
-    calibration = getattr(fitted, "calibration", None)
+    calibration = fitted.calibration
     if calibration is None:
         typer.echo("errors: not calibrated (<label>_err will be the model's statistical errors)")
         return
-    local = calibration.local is not None
+    local = calibration.local
     typer.echo(
         f"error calibration ({calibration.n_folds}-fold cross-validation on the training set):"
         " sigma_total^2 = f^2 [(a sigma_stat)^2 + sigma_sys^2 (rchi2/median)^gamma"
-        + (" (L/mean L)^delta]" if local else "]")
+        + (" (L/mean L)^delta]" if local is not None else "]")
     )
-    if local:
+    if local is not None:
         typer.echo(
-            f"  L: mean squared held-out error of the {calibration.local.neighbours} training stars"
+            f"  L: mean squared held-out error of the {local.neighbours} training stars"
             " nearest in inferred labels"
         )
     if calibration.size_power is None:
@@ -97,11 +101,11 @@ def _report_calibration(fitted: Any) -> None:
     factors = calibration.size_factors
     typer.echo(
         f"  {'label':<10} {'a':>9} {'sigma_sys':>10} {'gamma':>6}"
-        + (f" {'delta':>6}" if local else "")
+        + (f" {'delta':>6}" if local is not None else "")
         + f" {'f':>6}   held-out std z before → after   |z|<1 before → after"
     )
     for k, row in enumerate(calibration.table()):
-        delta = f" {row['local_power']:>6.2f}" if local else ""
+        delta = f" {row['local_power']:>6.2f}" if local is not None else ""
         typer.echo(
             f"  {row['label']:<10} {row['scale']:>9.3g} {row['floor']:>10.4g} {row['misfit_power']:>6.2f}"
             f"{delta} {factors[k]:>6.3f}   {row['z_std_before']:>6.2f} → {row['z_std_after']:<6.2f}"
@@ -229,7 +233,9 @@ def train_cannon(
     _save_fitted(fitted, output, dataset if dataset is not None else data)
 
 
-def _save_with_binary_decision(model: Any, fitted: Any, dataset: Any, output: Path) -> None:
+def _save_with_binary_decision(
+    model: AbstractSpectralModel, fitted: AbstractCalibratedModel, dataset: SpectralDataset, output: Path
+) -> None:
     """Learn the binary decision on the training set (K refits of ``model``) and save it in the file."""
     from ..models import learn_binary_calibration, save_model
 

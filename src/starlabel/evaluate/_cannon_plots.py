@@ -3,7 +3,7 @@
 Like the other plots here, figures are built on :class:`matplotlib.figure.Figure` and
 written straight to a file. The model is used through its public attributes only
 (``derivatives``, ``label_scaler``, ``scatter``, ``wavelength``, ``pixel_ok``,
-``allowed``, ``label_names``), so this module does not import ``models``.
+``allowed``, ``label_names``) and imports ``models`` for annotations only.
 """
 
 from __future__ import annotations
@@ -11,28 +11,31 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from ._plots import _save
 
+if TYPE_CHECKING:  # annotations only: plotting needs no JAX model code at import
+    from ..models.cannon import FittedCannon
+
 __all__ = ["plot_cannon_derivatives", "plot_cannon_scatter"]
 
 
-def _axis(fitted: Any) -> tuple[np.ndarray, str]:
+def _axis(fitted: FittedCannon) -> tuple[np.ndarray, str]:
     if fitted.wavelength is None:
         return np.arange(fitted.n_pixels), "pixel"
     return np.asarray(fitted.wavelength), "wavelength [Å]"
 
 
 def plot_cannon_derivatives(
-    fitted: Any,
+    fitted: FittedCannon,
     path: str | os.PathLike[str],
     *,
     labels: Sequence[float] | None = None,
-    compare: Any = None,
+    compare: FittedCannon | None = None,
     compare_name: str = "other",
 ) -> Path:
     """θ derivative spectra: flux change per training-set 1σ of each label, vs wavelength.
@@ -82,7 +85,7 @@ def plot_cannon_derivatives(
     return _save(fig, path)
 
 
-def plot_cannon_scatter(fitted: Any, path: str | os.PathLike[str]) -> Path:
+def plot_cannon_scatter(fitted: FittedCannon, path: str | os.PathLike[str]) -> Path:
     """Intrinsic scatter ``s_λ`` (flux units) vs wavelength; untrained pixels marked.
 
     Parameters

@@ -13,8 +13,8 @@ them, whereas a kernel density keeps the posterior off label combinations no tra
 star has, which is what breaks the χ² valleys of the test step (``docs/test_step.md``).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: equinox sees ``eqx.AbstractVar`` only in an
+# evaluated annotation (as a string it becomes a plain dataclass field, never checked).
 import abc
 import importlib
 import json
@@ -89,7 +89,7 @@ class AbstractLabelPrior(eqx.Module):
     def _params(self) -> dict[str, Any]:
         """JSON-able parameters (without ``kind`` and ``label_names``)."""
 
-    def localise(self, centre: Float[Array, " labels"]) -> AbstractLabelPrior:
+    def localise(self, centre: Float[Array, " labels"]) -> "AbstractLabelPrior":
         """A cheaper prior that agrees with this one near ``centre`` (default: itself).
 
         Grid integration evaluates the prior at thousands of nodes per star inside small
@@ -110,7 +110,7 @@ class AbstractLabelPrior(eqx.Module):
         json.dumps(out)  # fail here, not when the model file is written
         return out
 
-    def reorder(self, label_names: Sequence[str]) -> AbstractLabelPrior:
+    def reorder(self, label_names: Sequence[str]) -> "AbstractLabelPrior":
         """Return the prior with its labels permuted into ``label_names`` order.
 
         Raises
@@ -222,7 +222,7 @@ class GaussianPrior(AbstractLabelPrior):
 
     @classmethod
     @x64
-    def fit(cls, labels: Any, label_names: Sequence[str], *, inflate: float = 1.0) -> GaussianPrior:
+    def fit(cls, labels: Any, label_names: Sequence[str], *, inflate: float = 1.0) -> "GaussianPrior":
         """The sample mean and covariance of training labels (rows with NaN are dropped).
 
         Parameters
@@ -318,7 +318,7 @@ class KDEPrior(AbstractLabelPrior):
         max_points: int = 2048,
         n_local: int = 128,
         seed: int = 0,
-    ) -> KDEPrior:
+    ) -> "KDEPrior":
         """A kernel density of training labels.
 
         Parameters

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._infer import run_test_step as run_test_step
     from ._io import FORMAT_VERSION as FORMAT_VERSION
     from ._io import MODEL_KINDS as MODEL_KINDS
+    from ._io import AbstractCalibratedModel as AbstractCalibratedModel
     from ._io import AbstractSavedModel as AbstractSavedModel
     from ._io import load_model as load_model
     from ._io import model_class as model_class

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import equinox as eqx
 import numpy as np
@@ -21,6 +21,9 @@ from ..data import InferenceResult, SpectralDataset
 from ._calibration_fit import fit_error_calibration
 from ._error_calibration import CALIBRATION_FOLDS, ErrorCalibration
 from ._training_distance import TrainingDistance
+from .base import AbstractFittedModel
+
+Calibrated = TypeVar("Calibrated", bound=AbstractFittedModel)
 
 logger = logging.getLogger(__name__)
 
@@ -189,9 +192,9 @@ def _half_size_residuals(
 
 
 def calibrated_fit(
-    fitted: Any,
+    fitted: Calibrated,
     train: SpectralDataset,
-    refit: Callable[[np.ndarray], Any],
+    refit: Callable[[np.ndarray], Calibrated],
     *,
     n_folds: int = CALIBRATION_FOLDS,
     seed: int = 0,
@@ -199,7 +202,7 @@ def calibrated_fit(
     learn_size_factor: bool | None = None,
     label_term: bool | None = None,
     distance_term: bool | None = None,
-) -> Any:
+) -> Calibrated:
     """``fitted`` carrying the calibration its family's default test step needs.
 
     Shared by every family's ``fit(calibrate=True)``: cross-validates ``refit`` on
@@ -207,7 +210,7 @@ def calibrated_fit(
     fitted model's ``calibration`` field. ``irreducible_share`` defaults to the
     fitted model's kind's entry in :data:`IRREDUCIBLE_SHARE` (1 for other kinds).
     """
-    kind = getattr(fitted, "kind", "")
+    kind = fitted.kind
     if irreducible_share is None:
         irreducible_share = IRREDUCIBLE_SHARE.get(kind, 1.0)
     if learn_size_factor is None:
@@ -222,10 +225,10 @@ def calibrated_fit(
     # Index the label columns directly: select_labels would copy the spectra too.
     reference = train.labels[:, [train.label_index(n) for n in names]]
 
-    def infer(model: Any, rows: np.ndarray) -> InferenceResult:
+    def infer(model: Calibrated, rows: np.ndarray) -> InferenceResult:
         return model.infer(train[rows], calibrate=False)
 
-    def refit_fold(rows: np.ndarray) -> Any:
+    def refit_fold(rows: np.ndarray) -> Calibrated:
         try:
             return refit(rows)
         except ValueError as error:

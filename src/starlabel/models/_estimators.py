@@ -18,6 +18,7 @@ from ..data import InferenceResult, SpectralDataset
 from .base import (
     AbstractFittedFluxModel,
     AbstractFittedModel,
+    AbstractFluxModel,
     AbstractMapStepModel,
     AbstractPosteriorFluxModel,
 )
@@ -80,7 +81,7 @@ def map_start(fitted: AbstractFittedModel | None, data: SpectralDataset) -> np.n
     return np.asarray(fitted.infer(data).labels)
 
 
-def posterior_flux_model(fitted: object) -> AbstractPosteriorFluxModel:
+def posterior_flux_model(fitted: AbstractFittedModel | AbstractFluxModel) -> AbstractPosteriorFluxModel:
     """The :class:`AbstractPosteriorFluxModel` of a fitted model (or the flux model itself).
 
     Raises
@@ -98,11 +99,13 @@ def posterior_flux_model(fitted: object) -> AbstractPosteriorFluxModel:
     )
 
 
-def _own(fitted: object) -> AbstractFittedModel | None:
+def _own(fitted: AbstractFittedModel | AbstractFluxModel) -> AbstractFittedModel | None:
     return fitted if isinstance(fitted, AbstractFittedModel) else None
 
 
-def infer_posterior_mean(fitted: object, data: SpectralDataset, **options: Any) -> InferenceResult:
+def infer_posterior_mean(
+    fitted: AbstractFittedModel | AbstractFluxModel, data: SpectralDataset, **options: Any
+) -> InferenceResult:
     """Posterior mean and covariance of each star's labels (grid or importance sampling).
 
     ``fitted`` is a FittedCannon or a PolynomialSpectrum; ``options`` (``prior``,
@@ -120,7 +123,9 @@ def infer_posterior_mean(fitted: object, data: SpectralDataset, **options: Any) 
     return posterior_flux_model(fitted).infer_posterior_mean(data, fitted=_own(fitted), **options)
 
 
-def infer_nuts(fitted: object, data: SpectralDataset, key: PRNGKeyArray, **options: Any) -> InferenceResult:
+def infer_nuts(
+    fitted: AbstractFittedModel | AbstractFluxModel, data: SpectralDataset, key: PRNGKeyArray, **options: Any
+) -> InferenceResult:
     """Posterior mean and covariance by NUTS draws of the same posterior, for any label count.
 
     ``options`` (``prior``, ``temperature``, ``num_warmup``, ``num_samples``,

@@ -20,7 +20,7 @@ from jaxtyping import Array, Bool, Float
 from .._internal import map_chunks, x64
 from ..data import Flag, InferenceResult, SpectralDataset
 from ._nuisance import AbstractPackedModel, _lm, fit_quality
-from .base import AbstractFluxModel, flux_model_of
+from .base import AbstractFittedModel, AbstractFluxModel, flux_model_of
 
 __all__ = [
     "LabelFit",
@@ -105,7 +105,7 @@ def _fit_chunk(
 
 @x64
 def fit_labels(
-    fitted: object,
+    fitted: AbstractFittedModel | AbstractFluxModel,
     data: SpectralDataset,
     *,
     n_templates: int = 16,

@@ -36,8 +36,8 @@ factor; they load with ``f = 1`` (as they were learned) and a logged note. The
 files without it load, and ``--binary`` then uses the fixed rule with a note.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: equinox sees ``eqx.AbstractVar`` only in an
+# evaluated annotation (as a string it becomes a plain dataclass field, never checked).
 import abc
 import importlib
 import json
@@ -53,13 +53,14 @@ import numpy as np
 
 from .._internal import atomic_path, x64
 from .._version import __version__
-from ._calibration import ErrorCalibration
+from ._error_calibration import ErrorCalibration
 
 if TYPE_CHECKING:  # annotations only: base.py builds on this module
     from .base import AbstractFittedModel
 
 __all__ = [
     "AbstractSavedModel",
+    "AbstractCalibratedModel",
     "FORMAT_VERSION",
     "MODEL_KINDS",
     "model_class",
@@ -110,7 +111,7 @@ class AbstractSavedModel(eqx.Module):
 
     @classmethod
     @abc.abstractmethod
-    def skeleton(cls, config: dict[str, Any]) -> AbstractSavedModel:
+    def skeleton(cls, config: dict[str, Any]) -> "AbstractSavedModel":
         """A model with the right pytree structure (array values are placeholders)."""
 
     def save(self, path: str | os.PathLike[str], *, training_set: Any = None) -> Path:
@@ -121,6 +122,17 @@ class AbstractSavedModel(eqx.Module):
         return save_model(self, path, training_set=training_set)
 
 
+class AbstractCalibratedModel(AbstractSavedModel):
+    """A saved model that carries an error calibration (Cannon, Lux, NN, Payne).
+
+    The calibration is learned at training time by cross-validation and applied by the
+    model's default test step; the model file keeps it in its header (``None``: the
+    model was trained without one, and its errors are statistical only).
+    """
+
+    calibration: eqx.AbstractVar[ErrorCalibration | None]
+
+
 def register_model_kind(kind: str, target: str) -> None:
     """Register a third-party fitted-model class (``"package.module:Class"``) under ``kind``."""
     if ":" not in target:
@@ -128,7 +140,7 @@ def register_model_kind(kind: str, target: str) -> None:
     MODEL_KINDS[kind] = target
 
 
-def model_class(kind: str) -> type[AbstractFittedModel]:
+def model_class(kind: str) -> "type[AbstractFittedModel]":
     """The fitted-model class registered under ``kind`` (imported on first use)."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(MODEL_KINDS)}.")
@@ -253,11 +265,11 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 def _calibration(model: AbstractSavedModel) -> ErrorCalibration | None:
-    return getattr(model, "calibration", None)
+    return model.calibration if isinstance(model, AbstractCalibratedModel) else None
 
 
 @x64
-def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
+def load_model(path: str | os.PathLike[str]) -> "AbstractFittedModel":
     """Load a fitted model saved by :func:`save_model`.
 
     Raises
@@ -273,6 +285,8 @@ def load_model(path: str | os.PathLike[str]) -> AbstractFittedModel:
     cls = model_class(header["kind"])
     skeleton = cls.skeleton(header["config"])
     if header.get("calibration") is not None:
+        if not issubclass(cls, AbstractCalibratedModel):
+            raise ValueError(f"{str(path)!r}: a {header['kind']!r} model carries no error calibration.")
         skeleton = eqx.tree_at(
             lambda m: m.calibration,
             skeleton,

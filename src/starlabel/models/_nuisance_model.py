@@ -5,8 +5,8 @@
 :func:`build_nuisance_model`, which puts a fitted model on a data wavelength grid.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: equinox sees ``eqx.AbstractVar`` only in an
+# evaluated annotation (as a string it becomes a plain dataclass field, never checked).
 import abc
 from typing import Any, TypeVar
 

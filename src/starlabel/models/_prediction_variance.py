@@ -17,7 +17,7 @@ from jaxtyping import Array, Float
 
 from .._internal import x64
 from ..data import SpectralDataset
-from .base import AbstractLinearFittedModel
+from .base import AbstractFittedModel, AbstractLinearFittedModel
 
 __all__ = ["LinearPredictionVariance", "training_prediction_variance"]
 
@@ -51,7 +51,9 @@ class LinearPredictionVariance(eqx.Module):
 
 
 @x64
-def training_prediction_variance(fitted: object, train: SpectralDataset) -> LinearPredictionVariance:
+def training_prediction_variance(
+    fitted: AbstractFittedModel, train: SpectralDataset
+) -> LinearPredictionVariance:
     r"""Covariance of a Cannon-like model's coefficients from its training set, per pixel.
 
     :math:`C_\lambda = (\sum_n \omega_{n\lambda} v_n v_n^\top)^{-1}` with

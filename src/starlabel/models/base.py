@@ -14,6 +14,8 @@ abstract, named ``AbstractX``, or final; concrete methods are never overridden):
   Payne) and :class:`AbstractLatentModel` (labels are a function of latents: Lux);
   :class:`AbstractMapStepModel` marks a fitted model whose ``infer`` delegates to
   :func:`starlabel.models.infer`, which runs the model's own step ``infer_map`` (Cannon, Lux);
+  every family's fitted model is also an :class:`~starlabel.models.AbstractCalibratedModel`
+  (it carries the error calibration learned at training; the model file keeps it);
 * flux models: :class:`AbstractFluxModel` (labels of one star → its normalised flux,
   pure JAX), :class:`AbstractLinearFluxModel` (flux linear in a feature vector of the
   labels) and :class:`AbstractPosteriorFluxModel` (a linear model whose label posterior
@@ -27,10 +29,10 @@ rebuild a *skeleton* (any array values) with ``skeleton(config)``; the saved arr
 are the skeleton's array leaves, matched by their pytree key paths.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: equinox sees ``eqx.AbstractVar`` only in an
+# evaluated annotation (as a string it becomes a plain dataclass field, never checked).
 import abc
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -39,7 +41,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ..data import InferenceResult, SpectralDataset
-from ._io import AbstractSavedModel
+from ._io import AbstractCalibratedModel, AbstractSavedModel
 
 __all__ = [
     "AbstractSpectralModel",
@@ -243,11 +245,12 @@ class AbstractPosteriorFluxModel(AbstractLinearFluxModel):
         """Posterior mean and covariance of NUTS draws (``fitted``'s MAP whitens the sampler)."""
 
 
-class AbstractMapStepModel(AbstractFittedModel):
+class AbstractMapStepModel(AbstractFittedModel, AbstractCalibratedModel):
     """A fitted model whose ``infer`` delegates to :func:`starlabel.models.infer`.
 
     Its own test step is :meth:`infer_map`, which that entry point runs for
-    ``estimator=MAP()``, so the choices are checked in one place (Cannon, Lux).
+    ``estimator=MAP()``, so the choices are checked in one place (Cannon, Lux); that
+    step applies the model's error calibration unless ``calibrate=False``.
     """
 
     @abc.abstractmethod
@@ -292,16 +295,10 @@ class AbstractLinearFittedModel(AbstractGenerativeModel):
         Intrinsic scatter variance per pixel, flux².
     """
 
-    # Declared for the type checker only. Under this module's postponed annotations
-    # equinox reads ``eqx.AbstractVar[...]`` as a plain field, whose place in the base
-    # would fix the order of every subclass's fields (FittedCannon puts the vectorizer
-    # before θ, simpler linear models after); ``isinstance`` and ``active_terms`` are the
-    # run-time contract.
-    if TYPE_CHECKING:
-        vectorizer: Any
-        label_scaler: Any
-        theta: Float[Array, "pixels terms"]
-        s2: Float[Array, " pixels"]
+    vectorizer: eqx.AbstractVar[Any]
+    label_scaler: eqx.AbstractVar[Any]
+    theta: eqx.AbstractVar[Float[Array, "pixels terms"]]
+    s2: eqx.AbstractVar[Float[Array, " pixels"]]
 
     @property
     @abc.abstractmethod
@@ -333,7 +330,7 @@ class AbstractLatentModel(AbstractGenerativeModel, AbstractMapStepModel):
         """Per-star latents (first element: means, shape (stars, latents))."""
 
 
-def flux_model_of(fitted: object) -> AbstractFluxModel:
+def flux_model_of(fitted: AbstractFittedModel | AbstractFluxModel) -> AbstractFluxModel:
     """The :class:`AbstractFluxModel` of a fitted model (or the flux model itself).
 
     Raises

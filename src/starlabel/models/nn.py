@@ -22,6 +22,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..data import Flag, InferenceResult, ShiftScale, SpectralDataset
 from ._calibration import ErrorCalibration, apply_calibration, calibrated_fit
+from ._io import AbstractCalibratedModel
 from .base import AbstractFittedModel, AbstractSpectralModel
 
 __all__ = ["NNRegressor", "FittedNNRegressor"]
@@ -265,7 +266,7 @@ def _train(mlp, fit_data, val_data, key, optimiser, epochs: int, batch: int, aug
     return eqx.combine(carry[2], static), train_hist, val_hist, carry[4]
 
 
-class FittedNNRegressor(AbstractFittedModel):
+class FittedNNRegressor(AbstractFittedModel, AbstractCalibratedModel):
     """A trained MLP label regressor (see :class:`NNRegressor`).
 
     Attributes

@@ -33,8 +33,8 @@ Ness, M., Hogg, D. W., Rix, H.-W., Ho, A. Y. Q., & Zasowski, G. 2015, ApJ, 808, 
 Casey, A. R., Hogg, D. W., Ness, M., et al. 2016, arXiv:1603.03040.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: equinox sees ``eqx.AbstractClassVar`` only in an
+# evaluated annotation (as a string it becomes a plain dataclass field, never checked).
 import abc
 import dataclasses
 from collections.abc import Sequence

@@ -10,8 +10,8 @@ Scatter parameters are kept as real numbers whose *square* enters ``V``: the lik
 is then smooth and unconstrained for gradient solvers and ``|s|`` is the scatter.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: equinox sees ``eqx.AbstractVar`` only in an
+# evaluated annotation (as a string it becomes a plain dataclass field, never checked).
 import abc
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -42,7 +42,7 @@ class AbstractErrorModel(eqx.Module):
     """Total noise variance of one output block from its reported variance."""
 
     @abc.abstractmethod
-    def initialise(self, output_size: int) -> AbstractErrorModel:
+    def initialise(self, output_size: int) -> "AbstractErrorModel":
         """Return a copy whose parameters are sized for ``output_size`` columns."""
 
     @abc.abstractmethod
@@ -61,7 +61,7 @@ class AbstractErrorModel(eqx.Module):
 class NoScatter(AbstractErrorModel):
     """Trust the reported uncertainties: ``V = σ²`` (Lux "model 1")."""
 
-    def initialise(self, output_size: int) -> NoScatter:
+    def initialise(self, output_size: int) -> "NoScatter":
         """Nothing to size."""
         return self
 
@@ -86,7 +86,7 @@ class AbstractScatter(AbstractErrorModel):
     per_column: ClassVar[bool]
 
     @abc.abstractmethod
-    def with_scatter(self, scatter: Float[Array, " scatter"]) -> AbstractScatter:
+    def with_scatter(self, scatter: Float[Array, " scatter"]) -> "AbstractScatter":
         """Copy with new scatter values."""
 
     @abc.abstractmethod
@@ -126,11 +126,11 @@ class PixelScatter(AbstractScatter):
     prior_scale: float = eqx.field(default=5.0, static=True)
     per_column: ClassVar[bool] = True
 
-    def initialise(self, output_size: int) -> PixelScatter:
+    def initialise(self, output_size: int) -> "PixelScatter":
         """Start every ``s_j`` at 0.1 (scaled units); EM moves it in one step."""
         return PixelScatter(scatter=jnp.full(output_size, 0.1), prior_scale=self.prior_scale)
 
-    def with_scatter(self, scatter: Float[Array, " scatter"]) -> PixelScatter:
+    def with_scatter(self, scatter: Float[Array, " scatter"]) -> "PixelScatter":
         """Copy with new values."""
         return PixelScatter(scatter=scatter, prior_scale=self.prior_scale)
 
@@ -163,17 +163,17 @@ class ScalarScatter(AbstractScatter):
     prior_scale: float = eqx.field(default=5.0, static=True)
     per_column: ClassVar[bool] = False
 
-    def initialise(self, output_size: int) -> ScalarScatter:
+    def initialise(self, output_size: int) -> "ScalarScatter":
         """Start ``s`` at 0.1; columns share one scale until :meth:`for_scales`."""
         relative = self.relative_scale if self.relative_scale is not None else jnp.ones(output_size)
         return ScalarScatter(scatter=jnp.full(1, 0.1), relative_scale=relative, prior_scale=self.prior_scale)
 
-    def for_scales(self, scales: Float[Array, " outputs"]) -> ScalarScatter:
+    def for_scales(self, scales: Float[Array, " outputs"]) -> "ScalarScatter":
         """Copy whose scatter is uniform in data units for columns scaled by ``scales``."""
         relative = jnp.median(scales) / scales
         return ScalarScatter(scatter=self.scatter, relative_scale=relative, prior_scale=self.prior_scale)
 
-    def with_scatter(self, scatter: Float[Array, " scatter"]) -> ScalarScatter:
+    def with_scatter(self, scatter: Float[Array, " scatter"]) -> "ScalarScatter":
         """Copy with a new value."""
         return ScalarScatter(
             scatter=scatter, relative_scale=self.relative_scale, prior_scale=self.prior_scale
@@ -220,7 +220,7 @@ class FunctionErrorModel(AbstractErrorModel):
         self.fn = fn
         self.params, self.priors = named_parameters(params, priors)
 
-    def initialise(self, output_size: int) -> FunctionErrorModel:
+    def initialise(self, output_size: int) -> "FunctionErrorModel":
         """Check that ``fn`` keeps the shape (output_size,)."""
         shape = jax.eval_shape(lambda e: self.fn(e, **self.params), jnp.ones(output_size)).shape
         if shape != (output_size,):

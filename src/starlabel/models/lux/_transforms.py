@@ -11,8 +11,8 @@ then a weighted least-squares problem, and the latents can be integrated out exa
 so training uses closed-form EM instead of gradient descent (see ``_em.py``).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: equinox sees ``eqx.AbstractVar`` only in an
+# evaluated annotation (as a string it becomes a plain dataclass field, never checked).
 import abc
 import itertools
 from collections.abc import Callable, Mapping
@@ -65,7 +65,7 @@ class AbstractTransform(eqx.Module):
     """
 
     @abc.abstractmethod
-    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> AbstractTransform:
+    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> "AbstractTransform":
         """Return a copy with parameters sized ``(output_size, …latent_size)`` drawn from ``key``."""
 
     @abc.abstractmethod
@@ -104,7 +104,7 @@ class AbstractAffineTransform(AbstractTransform):
     @abc.abstractmethod
     def with_coefficients(
         self, weight: Float[Array, "outputs latents"], bias: Float[Array, " outputs"]
-    ) -> AbstractAffineTransform:
+    ) -> "AbstractAffineTransform":
         """Copy with new ``W`` and ``b`` (``b`` is ignored without a bias)."""
 
     @property
@@ -146,7 +146,7 @@ class LinearTransform(AbstractAffineTransform):
     def __check_init__(self) -> None:
         _check_scale(self.prior_scale, "prior_scale")
 
-    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> LinearTransform:
+    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> "LinearTransform":
         """Weights ~ N(0, 1/latents): outputs start with roughly unit variance."""
         weight = jax.random.normal(key, (output_size, latent_size)) / np.sqrt(latent_size)
         return LinearTransform(weight=weight, prior_scale=self.prior_scale)
@@ -158,7 +158,7 @@ class LinearTransform(AbstractAffineTransform):
 
     def with_coefficients(
         self, weight: Float[Array, "outputs latents"], bias: Float[Array, " outputs"]
-    ) -> LinearTransform:
+    ) -> "LinearTransform":
         """Copy with new ``W`` (``bias`` is ignored)."""
         return LinearTransform(weight=weight, prior_scale=self.prior_scale)
 
@@ -190,7 +190,7 @@ class AffineTransform(AbstractAffineTransform):
     def __check_init__(self) -> None:
         _check_scale(self.prior_scale, "prior_scale")
 
-    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> AffineTransform:
+    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> "AffineTransform":
         """Weights ~ N(0, 1/latents), intercepts 0."""
         weight = jax.random.normal(key, (output_size, latent_size)) / np.sqrt(latent_size)
         return AffineTransform(weight=weight, bias=jnp.zeros(output_size), prior_scale=self.prior_scale)
@@ -201,7 +201,7 @@ class AffineTransform(AbstractAffineTransform):
 
     def with_coefficients(
         self, weight: Float[Array, "outputs latents"], bias: Float[Array, " outputs"]
-    ) -> AffineTransform:
+    ) -> "AffineTransform":
         """Copy with new ``W`` and ``b``."""
         return AffineTransform(weight=weight, bias=bias, prior_scale=self.prior_scale)
 
@@ -262,7 +262,7 @@ class PolynomialTransform(AbstractTransform):
         # Index -1 picks the appended 1, so lower-degree monomials share one gather.
         return jnp.prod(padded[table], axis=1)
 
-    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> PolynomialTransform:
+    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> "PolynomialTransform":
         """Linear-term weights ~ N(0, 1/latents), higher terms and intercepts 0."""
         n_features = len(_polynomial_terms(latent_size, self.degree))
         weight = jnp.zeros((output_size, n_features))
@@ -328,7 +328,7 @@ class MLPTransform(AbstractTransform):
         """Whether the parameter arrays exist."""
         return self.mlp is not None
 
-    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> MLPTransform:
+    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> "MLPTransform":
         """Equinox's default MLP initialisation."""
         mlp = eqx.nn.MLP(
             latent_size,
@@ -410,7 +410,7 @@ class FunctionTransform(AbstractTransform):
         """Always true: the user gives the parameters."""
         return True
 
-    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> FunctionTransform:
+    def initialise(self, latent_size: int, output_size: int, key: PRNGKeyArray) -> "FunctionTransform":
         """Check that ``fn`` maps (latent_size,) to (output_size,); parameters are kept."""
         shape = jax.eval_shape(lambda z: self.fn(z, **self.params), jnp.zeros(latent_size)).shape
         if shape != (output_size,):

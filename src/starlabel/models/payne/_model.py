@@ -15,6 +15,7 @@ from ..._internal import as_float_array, x64
 from ...data import InferenceResult, SpectralDataset
 from .._calibration import ErrorCalibration, apply_calibration, calibrated_fit
 from .._flux_fit import label_result
+from .._io import AbstractCalibratedModel
 from .._posterior import refine_uncertainty, resolve_uncertainty
 from .._strategies import AbstractUncertainty
 from ..base import AbstractFittedFluxModel, AbstractSpectralModel
@@ -231,7 +232,7 @@ def _freeze(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-class FittedPayne(AbstractFittedFluxModel):
+class FittedPayne(AbstractFittedFluxModel, AbstractCalibratedModel):
     """A trained Payne (see :class:`Payne`).
 
     Attributes
