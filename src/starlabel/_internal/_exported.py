@@ -20,16 +20,19 @@ An unreadable entry is exported again.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-__all__ = ["exported_call", "exported_dir"]
+__all__ = ["compile_in_background", "exported_call", "exported_dir", "wait_for_background"]
 
 logger = logging.getLogger("starlabel")
 
@@ -37,6 +40,9 @@ _CALLS: dict[str, Callable[..., Any]] = {}
 """Key -> jitted call of the exported program, for later calls in this process."""
 _KEYS: dict[Hashable, str] = {}
 """(name, static, shapes, x64) -> key, so that a process builds each key once."""
+_PENDING: dict[str, Future[None]] = {}
+"""Key -> a compilation running in a background thread (:func:`compile_in_background`)."""
+_PENDING_AT_EXIT: list[bool] = []
 
 
 def exported_dir() -> Path | None:
@@ -111,15 +117,75 @@ def exported_call(
         key = _KEYS.get(memo) or _KEYS.setdefault(memo, _key(name, static, avals))
     except TypeError:  # an unhashable configuration
         key = _key(name, static, avals)
+    pending = _PENDING.get(key)
+    if pending is not None:  # compiled in the background: wait, then read it from the cache
+        pending.exception()
     call = _CALLS.get(key)
     if call is None:
-        path = folder / f"{name}-{key}.stablehlo"
-        exported = _load(path)
-        if exported is None:
-            exported = jax.export.export(jax.jit(fn))(*avals)
-            _store(path, exported)
-        call = _CALLS[key] = jax.jit(_named(name, exported.call))
+        call = _CALLS[key] = _program(name, fn, key, folder, avals)
     return call(*arrays)
+
+
+def _program(name: str, fn: Callable[..., Any], key: str, folder: Path, avals: Sequence[Any]) -> Any:
+    """The jitted call of the exported program ``key``, loaded, else traced and stored."""
+    import jax
+
+    path = folder / f"{name}-{key}.stablehlo"
+    exported = _load(path)
+    if exported is None:
+        exported = jax.export.export(jax.jit(fn))(*avals)
+        _store(path, exported)
+    return jax.jit(_named(name, exported.call))
+
+
+def compile_in_background(
+    name: str, fn: Callable[..., tuple[Any, ...]], static: Hashable, avals: Sequence[Any]
+) -> Future[None] | None:
+    """Trace, export and compile ``fn`` for ``avals`` in a thread, into the persistent cache.
+
+    For a program a command will certainly need later (the test step of a calibrating
+    ``train``): XLA compiles it on the other core while this one works, and the first
+    :func:`exported_call` with the same key waits for it and then reads the executable
+    from the cache instead of compiling it again. ``avals`` are
+    :class:`jax.ShapeDtypeStruct` without sharding (the calls pass uncommitted arrays:
+    NumPy arrays or ``device_put`` without a device). Call it in the precision mode of
+    the later call (x64). None (nothing started) when the cache is off.
+    """
+    import jax
+
+    folder = exported_dir()
+    if folder is None:
+        return None
+    memo = (name, static, tuple((a.shape, str(a.dtype)) for a in avals), jax.config.jax_enable_x64)  # pyright: ignore[reportAttributeAccessIssue]
+    key = _KEYS.get(memo) or _KEYS.setdefault(memo, _key(name, static, avals))
+    if key in _CALLS or key in _PENDING:
+        return _PENDING.get(key)
+    x64 = bool(jax.config.jax_enable_x64)  # pyright: ignore[reportAttributeAccessIssue]
+    future: Future[None] = Future()
+    _PENDING[key] = future
+
+    def work() -> None:
+        try:
+            with jax.enable_x64(x64):  # the precision mode is per thread
+                call = _program(name, fn, key, folder, avals)
+                call.lower(*avals).compile()  # written to the persistent cache
+            _CALLS.setdefault(key, call)
+            future.set_result(None)
+        except BaseException as error:  # the later call compiles it itself
+            logger.debug("starlabel: background compilation of %s failed (%s)", name, error)
+            future.set_exception(error)
+
+    if not _PENDING_AT_EXIT:  # a process that fails first still lets XLA finish, then exits
+        atexit.register(wait_for_background)
+        _PENDING_AT_EXIT.append(True)
+    threading.Thread(target=work, name=f"compile-{name}", daemon=True).start()
+    return future
+
+
+def wait_for_background() -> None:
+    """Wait for every background compilation (before a process exits: see the CLI)."""
+    for future in list(_PENDING.values()):
+        future.exception()
 
 
 def _named(name: str, call: Callable[..., Any]) -> Callable[..., Any]:

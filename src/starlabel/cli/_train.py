@@ -224,6 +224,10 @@ def train_cannon(
                 err=True,
             )
     else:
+        if calibrate:  # its held-out test step compiles on the other core while training runs
+            from ..models.cannon import FittedCannon, prepare_calibration_test_step
+
+            prepare_calibration_test_step(model.vectorizer, dataset.n_pixels, FittedCannon.infer_map)
         with console().status(f"training The Cannon{_calibration_progress(calibrate)}…"):
             fitted = model.fit(dataset, calibrate=calibrate)
     _report_calibration(fitted)

@@ -9,7 +9,7 @@ behind each choice.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from ._error_calibration import _RATIO_RANGE, _REPORTED, CALIBRATION_FOLDS, ErrorCalibration
@@ -263,8 +263,8 @@ def fit_error_calibration(
             rows[f].append(float(v))
     return ErrorCalibration(
         names,
-        **{f: jnp.asarray(rows[f]) for f in _REPORTED},
-        rchi2_ref=jnp.asarray(reference),
+        **{f: jax.device_put(np.asarray(rows[f], dtype=float)) for f in _REPORTED},  # no conversion program
+        rchi2_ref=jax.device_put(np.asarray(reference, dtype=float)),
         n_folds=int(n_folds),
         n_stars=int(good_all.all(axis=1).sum()),
         irreducible_share=irreducible_share,
@@ -272,7 +272,7 @@ def fit_error_calibration(
         distance=None if distance is None else distance[0].with_power(np.array(etas)),
         size_power=None
         if half_residuals is None
-        else jnp.asarray(
+        else jax.device_put(
             np.maximum(
                 _size_power(residuals, np.asarray(half_residuals, dtype=float), n_folds),
                 _share_power(irreducible_share, n_folds),

@@ -25,7 +25,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -107,17 +106,17 @@ class LocalErrors(eqx.Module):
             mean = np.nanmean(squared, axis=0)
         mean = np.where(np.isfinite(mean) & (mean > 0), mean, 1.0)
         return cls(
-            center=jnp.asarray(center),
-            spread=jnp.asarray(spread),
-            points=jnp.asarray((labels[rows] - center) / spread),
-            sq=jnp.asarray(squared / mean[None, :]),
-            power=jnp.zeros(labels.shape[1]),
+            center=jax.device_put(np.asarray(center, dtype=float)),  # no conversion programs
+            spread=jax.device_put(np.asarray(spread, dtype=float)),
+            points=jax.device_put(np.asarray((labels[rows] - center) / spread, dtype=float)),
+            sq=jax.device_put(np.asarray(squared / mean[None, :], dtype=float)),
+            power=jax.device_put(np.zeros(labels.shape[1])),
             neighbours=k,
         )
 
     def with_power(self, power: np.ndarray) -> LocalErrors:
         """A copy with another ``δ`` per label."""
-        return dataclasses.replace(self, power=jnp.asarray(np.asarray(power, dtype=float)))
+        return dataclasses.replace(self, power=jax.device_put(np.asarray(power, dtype=float)))
 
     def log_ratio(self, labels: np.ndarray, *, leave_one_out: bool = False) -> np.ndarray:
         """``ln(L(ℓ)/L̄)`` per star and label, shape (stars, labels); 0 where unknown.

@@ -40,7 +40,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -132,18 +131,19 @@ class TrainingDistance(eqx.Module):
             log_d[held] = _log_distance(points[others], (predicted[held] - center) / spread, k)
         reference_log = float(np.nanmedian(log_d)) if np.isfinite(log_d).any() else 0.0
         term = cls(
-            center=jnp.asarray(center),
-            spread=jnp.asarray(spread),
-            points=jnp.asarray(points),
-            log_reference=jnp.asarray(reference_log),
-            power=jnp.zeros(reference.shape[1]),
+            # device_put, not jnp: no small conversion programs to compile (latency).
+            center=jax.device_put(np.asarray(center, dtype=float)),
+            spread=jax.device_put(np.asarray(spread, dtype=float)),
+            points=jax.device_put(np.asarray(points, dtype=float)),
+            log_reference=jax.device_put(np.float64(reference_log)),
+            power=jax.device_put(np.zeros(reference.shape[1])),
             neighbours=int(neighbours),
         )
         return term, term._clip(log_d - reference_log)
 
     def with_power(self, power: np.ndarray) -> TrainingDistance:
         """A copy with another ``η`` per label."""
-        return dataclasses.replace(self, power=jnp.asarray(np.asarray(power, dtype=float)))
+        return dataclasses.replace(self, power=jax.device_put(np.asarray(power, dtype=float)))
 
     def log_ratio(self, labels: np.ndarray) -> np.ndarray:
         """``ln(D/D̃)`` per star, shape (stars,), clipped; 0 where a label is not finite."""

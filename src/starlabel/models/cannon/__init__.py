@@ -13,6 +13,7 @@ from ._crossval import cross_validate as cross_validate
 from ._flux_model import PolynomialSpectrum as PolynomialSpectrum
 from ._l1 import lasso_coordinate_descent as lasso_coordinate_descent
 from ._l1 import lasso_fista as lasso_fista
+from ._map import prepare_calibration_test_step as prepare_calibration_test_step
 from ._model import Cannon as Cannon
 from ._model import FittedCannon as FittedCannon
 from ._vectorizer import PolynomialVectorizer as PolynomialVectorizer

@@ -44,7 +44,7 @@ from ._train import theta_covariance, usable_terms, with_fallback
 
 ArrayLike = Array | np.ndarray
 
-__all__ = ["PixelSums", "closed_under_scaling", "pixel_sums", "solve_fold", "total_sums"]
+__all__ = ["PixelSums", "add_sums", "closed_under_scaling", "pixel_sums", "solve_fold", "zero_sums"]
 
 
 POWERS = 4
@@ -129,13 +129,13 @@ def _gathered_sums_impl(
 
 def _solve_impl(
     plus: PixelSums,
-    minus: PixelSums | None,
+    minus: PixelSums,
     active: Bool[Array, "pixels terms"],
     s0: Float[Array, " pixels"],
     *,
     steps: int,
 ) -> tuple[Array, Array, Array]:
-    s = plus if minus is None else jax.tree_util.tree_map(jnp.subtract, plus, minus)
+    s = jax.tree_util.tree_map(jnp.subtract, plus, minus)
     n_terms = active.shape[1]
     usable, active = usable_terms(jnp.round(s.n_good).astype(jnp.int32), active)
     both = active[:, :, None] & active[:, None, :]
@@ -203,15 +203,39 @@ def pixel_sums(
 def solve_fold(
     sums: PixelSums, minus: PixelSums | None, active: ArrayLike, s0: ArrayLike, steps: int = 3
 ) -> tuple[Array, Array, Array]:
-    """θ (pixels, terms), s² (pixels,), pixel_ok (pixels,) of the fit whose sums are ``sums``.
+    """θ (pixels, terms), s² (pixels,), pixel_ok (pixels,) of the fit whose sums are ``sums − minus``.
 
-    ``active`` (pixels, terms): the terms censoring leaves free; ``s0`` (pixels,): the
-    scatter ``sums`` were taken at. ``steps`` scatter updates from ``s0``, each followed
-    by θ at the new scatter.
+    ``minus``: the held-out stars' sums (None: nothing held out; zeros are passed, so
+    that both cases run one compiled program). ``active`` (pixels, terms): the terms
+    censoring leaves free; ``s0`` (pixels,): the scatter ``sums`` were taken at.
+    ``steps`` scatter updates from ``s0``, each followed by θ at the new scatter.
     """
     fn = _solve_programs(steps)
+    minus = zero_sums(sums) if minus is None else minus
     theta, s2, ok = _call("cannon_fold_solve", fn, [sums, minus, active, s0], static=steps)
     return theta, s2, ok
+
+
+def add_sums(parts: list[PixelSums]) -> PixelSums:
+    """The sums over the union of disjoint sets of stars: the sum of their sums.
+
+    In NumPy, left to right (a compiled program per number of parts cost more to
+    compile, once per process without a cache, than these adds take).
+    """
+    if len(parts) == 1:
+        return parts[0]
+    fields = [jax.tree_util.tree_leaves(part) for part in parts]
+    total = [np.array(leaf) for leaf in fields[0]]  # copies: the parts stay as they are
+    for leaves in fields[1:]:
+        for into, leaf in zip(total, leaves, strict=True):
+            into += np.asarray(leaf)
+    return PixelSums(*(jax.device_put(leaf) for leaf in total))
+
+
+def zero_sums(like: PixelSums) -> PixelSums:
+    """Sums over no stars, shaped as ``like``."""
+    leaves = jax.tree_util.tree_leaves(like)
+    return PixelSums(*(jax.device_put(np.zeros(np.shape(leaf), leaf.dtype)) for leaf in leaves))
 
 
 @jax.jit
@@ -229,27 +253,19 @@ def _solve_programs(steps: int) -> Any:
     return jax.jit(functools.partial(_solve_impl, steps=steps))
 
 
-def total_sums(parts: list[PixelSums]) -> PixelSums:
-    """The sums over the union of disjoint sets of stars: the sum of their sums (one program)."""
-    return PixelSums(*_call("cannon_fold_sums_total", _total, [parts], static=len(parts)))
-
-
-@jax.jit
-def _total(parts: list[PixelSums]) -> tuple[Array, ...]:
-    total = parts[0]
-    for part in parts[1:]:
-        total = jax.tree_util.tree_map(jnp.add, total, part)
-    return tuple(jax.tree_util.tree_leaves(total))
-
-
 def _call(name: str, fn: Any, arrays: list[Any], static: Any = ()) -> tuple[Array, ...]:
     """``fn(*arrays)``, a tuple of arrays, compiled; through the stored program when the cache is on.
 
     See :mod:`starlabel._internal._exported` (the CLI's case: no tracing in a later process).
     """
-    if exported_dir() is None:
-        return fn(*arrays)
     leaves, tree = jax.tree_util.tree_flatten(arrays)
+    # Every input committed to the one device: the compiled programs' outputs are, and
+    # a program called once with committed and once with uncommitted arrays (sums
+    # added in NumPy) is lowered and compiled twice.
+    device = jax.devices()[0]
+    leaves = [jax.device_put(leaf, device) for leaf in leaves]
+    if exported_dir() is None:
+        return fn(*jax.tree_util.tree_unflatten(tree, leaves))
 
     def flat(*xs: Array) -> tuple[Array, ...]:
         return fn(*jax.tree_util.tree_unflatten(tree, xs))

@@ -29,7 +29,7 @@ from ..._internal import fold_indices
 from ..._internal._buckets import bucket_size
 from ...data import SpectralDataset
 from .._error_calibration import CALIBRATION_FOLDS
-from ._fold_stats import PixelSums, closed_under_scaling, pixel_sums, solve_fold, total_sums
+from ._fold_stats import PixelSums, add_sums, closed_under_scaling, pixel_sums, solve_fold, zero_sums
 from ._prepare import Prepared
 from ._train import TrainingArrays
 
@@ -106,22 +106,32 @@ class _SummedFolds:
             self.blocks.append((stop - start, active, np.pad(s2[start:stop], (0, pad))))
         self.sums: dict[bytes, list[PixelSums]] = {}
         self.full: list[PixelSums] | None = None
+        # Every set of stars is summed in pieces of one size (a K-fold held-out part,
+        # bucketed), so the calibration compiles one summing program, not one per set
+        # size (held-out parts and halves), and the pieces are added in NumPy.
+        n = arrays.n_stars
+        self.piece = bucket_size(-(-n // CALIBRATION_FOLDS) if n >= CALIBRATION_FOLDS else n, minimum=8)
 
     def _sums_of(self, stars: np.ndarray) -> list[PixelSums]:
         """Per block of pixels, the sums over ``stars`` (sorted indices), computed once."""
         key = stars.tobytes()
         if key not in self.sums:
-            size = bucket_size(len(stars), minimum=8)
-            index = np.zeros(size, dtype=np.int64)
-            index[: len(stars)] = stars
-            weights = np.zeros(size)
-            weights[: len(stars)] = self.prep.weights[stars]  # 0 on the padding
-            self.sums[key] = [
-                pixel_sums(flux, ivar, self.design, weights, s0, index)
-                for flux, ivar, (_, _, s0) in zip(
-                    self.arrays.flux, self.arrays.ivar, self.blocks, strict=True
+            pieces = []
+            for begin in range(0, max(len(stars), 1), self.piece):
+                part = stars[begin : begin + self.piece]
+                index = np.zeros(self.piece, dtype=np.int64)
+                index[: len(part)] = part
+                weights = np.zeros(self.piece)
+                weights[: len(part)] = self.prep.weights[part]  # 0 on the padding
+                pieces.append(
+                    [
+                        pixel_sums(flux, ivar, self.design, weights, s0, index)
+                        for flux, ivar, (_, _, s0) in zip(
+                            self.arrays.flux, self.arrays.ivar, self.blocks, strict=True
+                        )
+                    ]
                 )
-            ]
+            self.sums[key] = [add_sums(list(blocks)) for blocks in zip(*pieces, strict=True)]
         return self.sums[key]
 
     def _full(self, held: np.ndarray) -> list[PixelSums]:
@@ -131,7 +141,7 @@ class _SummedFolds:
             if not any(np.array_equal(part, held) for part in parts):
                 parts = [np.arange(n)]
             per_part = [self._sums_of(part) for part in parts]
-            self.full = [total_sums(list(blocks)) for blocks in zip(*per_part, strict=True)]
+            self.full = [add_sums(list(blocks)) for blocks in zip(*per_part, strict=True)]
         return self.full
 
     def refit(self, rows: np.ndarray) -> FittedCannon:
@@ -144,9 +154,11 @@ class _SummedFolds:
         )
         held = np.setdiff1d(np.arange(n), rows)
         full = self._full(held)
-        # Each block's sums, less those of the held-out stars (none for a half: its own sums).
+        # Each block's sums, less those of the held-out stars (zeros for a half: its own
+        # sums; one solving program either way).
         if rows.tobytes() in self.sums:  # the other half of a 2-fold split
-            plus, minus = self.sums[rows.tobytes()], [None] * len(full)
+            plus = self.sums[rows.tobytes()]
+            minus = [zero_sums(p) for p in plus]
         else:
             plus, minus = full, self._sums_of(held)
         parts = [

@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ..._internal import empty_aligned
-from ..._internal._exported import exported_call, exported_dir
+from ..._internal._exported import compile_in_background, exported_call, exported_dir
 from ..._internal._nearest import k_nearest
 from ...data import Flag, InferenceResult
 from .._sanity import unusable_widths
@@ -32,6 +32,7 @@ __all__ = [
     "resolve_frozen",
     "run_test_step",
     "assemble_result",
+    "compile_test_step_in_background",
 ]
 
 
@@ -221,6 +222,44 @@ def _call_fit_chunk(
     fn = functools.partial(_fit_chunk_fields, vectorizer=vectorizer, options=options)
     values = exported_call("cannon_test_step", fn, (vectorizer, options), arrays)
     return dict(zip(_FIT_FIELDS, values, strict=True))
+
+
+def compile_test_step_in_background(
+    vectorizer: PolynomialVectorizer,
+    n_pixels: int,
+    *,
+    n_starts: int,
+    chunk_size: int,
+    options: LabelStepOptions,
+) -> None:
+    """Start compiling the test step a calibrating ``train`` will run, on another thread.
+
+    The error calibration runs the default test step on the held-out stars of each fold
+    (the program a later ``infer`` reuses). Compiling it (about 5 CPU s, the largest
+    program of a cold ``train``) while the training itself runs takes it off the
+    critical path on a machine with a second core. Only with the compilation cache on
+    (the CLI); shapes as :func:`run_test_step` passes them (``n_starts - 1`` training
+    stars as extra starts). Call under x64, as the test step runs.
+    """
+    f64 = np.dtype(np.float64) if jax.config.jax_enable_x64 else np.dtype(np.float32)  # pyright: ignore[reportAttributeAccessIssue]
+    n_labels, n_terms = vectorizer.n_labels, vectorizer.n_terms
+    shapes = [
+        ((chunk_size, n_pixels), f64),  # flux
+        ((chunk_size, n_pixels), f64),  # ivar
+        ((chunk_size, n_labels), f64),  # frozen values
+        ((n_pixels, n_terms), f64),  # theta
+        ((n_pixels, n_terms * (n_terms + 1) // 2), f64),  # packed θθᵀ
+        ((n_pixels,), f64),  # s2
+        ((n_pixels,), np.dtype(bool)),  # pixel_ok
+        ((max(n_starts - 1, 1), n_labels), f64),  # extra starts
+        ((n_labels,), np.dtype(bool)),  # free
+        ((n_labels,), f64),  # lower
+        ((n_labels,), f64),  # upper
+        ((2, n_labels), f64),  # box
+    ]
+    avals = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
+    fn = functools.partial(_fit_chunk_fields, vectorizer=vectorizer, options=options)
+    compile_in_background("cannon_test_step", fn, (vectorizer, options), avals)
 
 
 def chunk_length(n_stars: int, chunk_size: int) -> int:

@@ -18,7 +18,14 @@ import jax
 import numpy as np
 
 from ...data import InferenceResult, SpectralDataset
-from ._infer import assemble_result, resolve_bounds, resolve_frozen, run_test_step, start_pool
+from ._infer import (
+    assemble_result,
+    compile_test_step_in_background,
+    resolve_bounds,
+    resolve_frozen,
+    run_test_step,
+    start_pool,
+)
 from ._normal import pair_table
 from ._quadratic_step import quadratic_form, run_quadratic_step, use_quadratic_step
 from ._test_step import LabelStepOptions
@@ -26,7 +33,7 @@ from ._test_step import LabelStepOptions
 if TYPE_CHECKING:
     from ._model import FittedCannon
 
-__all__ = ["check_options", "map_step"]
+__all__ = ["check_options", "map_step", "prepare_calibration_test_step"]
 
 
 def map_step(
@@ -94,3 +101,26 @@ def check_options(*, n_starts: int, chunk_size: int) -> None:
         raise ValueError(f"`n_starts` must be an integer ≥ 1, got {n_starts!r}.")
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+
+
+def prepare_calibration_test_step(vectorizer: Any, n_pixels: int, infer_map: Any) -> None:
+    """Compile, in the background, the test step a calibrating fit of ``vectorizer`` will run.
+
+    With the default options of ``infer_map`` (:meth:`FittedCannon.infer_map`, those
+    the error calibration uses on its held-out folds); nothing for the many-label
+    residual step (its own program) or without the compilation cache. See
+    :func:`._infer.compile_test_step_in_background`.
+    """
+    import inspect
+
+    if use_quadratic_step(vectorizer):
+        return
+    defaults = {name: p.default for name, p in inspect.signature(infer_map).parameters.items()}
+    with jax.enable_x64(True):  # as infer_map runs
+        compile_test_step_in_background(
+            vectorizer,
+            n_pixels,
+            n_starts=defaults["n_starts"],
+            chunk_size=defaults["chunk_size"],
+            options=LabelStepOptions(max_iter=defaults["max_iter"], tol=defaults["tol"]),
+        )

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ..._internal._buckets import bucket_size
 from ...data import ShiftScale, SpectralDataset
 from ._censor import active_terms, resolve_censor
 from ._infer import LabelSpace, nearest_distance
@@ -27,7 +24,7 @@ from ._vectorizer import PolynomialVectorizer
 if TYPE_CHECKING:
     from ._model import Cannon
 
-__all__ = ["MAX_KEPT_TRAIN", "Prepared", "label_matrix", "label_space", "prepare_labels"]
+__all__ = ["MAX_KEPT_TRAIN", "Prepared", "design_matrix", "label_matrix", "label_space", "prepare_labels"]
 
 MAX_KEPT_TRAIN = 2048
 """Training labels kept in the model (for starts and the OUTSIDE_TRAINING test)."""
@@ -74,17 +71,28 @@ class Prepared(NamedTuple):
         scaler = ShiftScale.fit(self.labels[self.used], robust=False)
         shift, scale = np.asarray(scaler.shift), np.asarray(scaler.scale)
         scaled = np.where(self.complete[:, None], (self.labels - shift) / scale, 0.0)
-        # Evaluated on a bucketed number of rows so that its small programs are shared
-        # by training sets of similar size (see starlabel._internal._buckets).
-        n = len(scaled)
-        rows = np.zeros((bucket_size(n, minimum=8), scaled.shape[1]))
-        rows[:n] = scaled
-        return scaler, scaled, np.asarray(_design(self.vectorizer, rows))[:n]
+        return scaler, scaled, design_matrix(self.vectorizer, scaled)
 
 
-# One compiled program (cached across runs) instead of ~25 eager operations that each
-# compile, or at least lower, in every process.
-_design = eqx.filter_jit(lambda vectorizer, x: vectorizer.design(x))
+def design_matrix(vectorizer: PolynomialVectorizer, x: np.ndarray) -> np.ndarray:
+    """``vectorizer.design(x)`` in NumPy, (stars, labels) -> (stars, terms), float64.
+
+    The same arithmetic in the same order as the vectorizer's (powers by repeated
+    multiplication, the product over labels left to right), so the same numbers
+    (``tests/test_latency_compiles.py``), without compiling a program per number of
+    training stars, once per process without a cache.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    exponents = vectorizer.exponent_array
+    powers = [np.ones_like(x)]
+    for _ in range(int(exponents.max())):
+        powers.append(powers[-1] * x)
+    # factors[s, t, k] = x[s, k] ** exponents[t, k]
+    factors = np.stack(powers, axis=1)[:, exponents, np.arange(vectorizer.n_labels)]
+    result = factors[..., 0]
+    for k in range(1, vectorizer.n_labels):
+        result = result * factors[..., k]
+    return result
 
 
 def prepare_labels(
@@ -139,5 +147,6 @@ def label_space(scaled: np.ndarray) -> LabelSpace:
     return LabelSpace(
         box=jax.device_put(np.stack([scaled.min(axis=0), scaled.max(axis=0)])),
         train=jax.device_put(np.ascontiguousarray(kept)),
-        nn_radius=jnp.asarray(float(np.max(nearest_distance(kept, kept, exclude_self=True)))),
+        # device_put, not jnp.asarray: no conversion program to compile.
+        nn_radius=jax.device_put(np.float64(np.max(nearest_distance(kept, kept, exclude_self=True)))),
     )
