@@ -73,6 +73,26 @@ def timed_infer(fitted, test, name: str) -> tuple[object, float, float]:
     return result, first, time.perf_counter() - t0
 
 
+def cannon_block(model, train, test, truth: np.ndarray, names: tuple[str, ...], calibrate: bool) -> dict:
+    """Train the Cannon (timed), run its test step twice, score it."""
+    _common.log("Cannon: training")
+    t0 = time.perf_counter()
+    cannon = model.fit(train, calibrate=calibrate)
+    cannon_train = time.perf_counter() - t0
+    result, first, warm = timed_infer(cannon, test, "cannon")
+    n_test = len(truth)
+    return {
+        "settings": {"order": 2},
+        "train_seconds": cannon_train,
+        "infer_first_seconds": first,
+        "infer_seconds": warm,
+        "spectra_per_second": n_test / warm,
+        "infer_cpu_seconds": CPU_SECONDS["cannon"],
+        "spectra_per_cpu_second": n_test / CPU_SECONDS["cannon"],
+        "labels": scores(result, truth, names),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the script runs")
@@ -88,6 +108,18 @@ def main() -> None:
         default="kfold",
         help="kfold: the library's 5-fold calibration (retrains 5 times); holdout: fitted on the"
         " final network's own validation stars (no retraining; for a busy machine); none",
+    )
+    parser.add_argument(
+        "--calibration-terms",
+        action="store_true",
+        help="kfold with the corrections the other families' fit uses: a training-size factor"
+        " learned per label (two half-size fits), the distance and label-space terms",
+    )
+    parser.add_argument(
+        "--reuse-cannon",
+        type=Path,
+        default=None,
+        help="take the Cannon's block from this payne.json (same settings) instead of training it",
     )
     _common.add_arguments(parser)
     args = parser.parse_args()
@@ -119,22 +151,16 @@ def main() -> None:
     median_noise = float(np.median(1 / np.sqrt(train.ivar[good])))
     _common.log("PCA RMS residual by K:", pca, "median noise", median_noise)
 
-    _common.log("Cannon: training")
-    t0 = time.perf_counter()
-    cannon = Cannon(names).fit(train, calibrate=calibrate)
-    cannon_train = time.perf_counter() - t0
-    result, first, warm = timed_infer(cannon, test, "cannon")
-    models["cannon"] = {
-        "settings": {"order": 2},
-        "train_seconds": cannon_train,
-        "infer_first_seconds": first,
-        "infer_seconds": warm,
-        "spectra_per_second": n_test / warm,
-        "infer_cpu_seconds": CPU_SECONDS["cannon"],
-        "spectra_per_cpu_second": n_test / CPU_SECONDS["cannon"],
-        "labels": scores(result, truth, names),
-    }
-    _common.log("Cannon:", models["cannon"]["labels"], f"{n_test / warm:.0f} spectra/s")
+    if args.reuse_cannon is not None:
+        import json
+
+        models["cannon"] = json.loads(args.reuse_cannon.read_text())["models"]["cannon"]
+        models["cannon"]["reused_from"] = str(args.reuse_cannon)
+    else:
+        models["cannon"] = cannon_block(Cannon(names), train, test, truth, names, calibrate)
+    _common.log(
+        "Cannon:", models["cannon"]["labels"], f"{models['cannon']['spectra_per_second']:.0f} spectra/s"
+    )
 
     settings = {}
     if args.hidden is not None:
@@ -158,7 +184,13 @@ def main() -> None:
         from starlabel.models._calibration import calibrated_fit
 
         t0 = time.perf_counter()
-        fitted = calibrated_fit(final, train, lambda rows: payne.fit(train[rows], calibrate=False))
+        terms = dict.fromkeys(("learn_size_factor", "label_term", "distance_term"), True)
+        fitted = calibrated_fit(
+            final,
+            train,
+            lambda rows: payne.fit(train[rows], calibrate=False),
+            **(terms if args.calibration_terms else {}),
+        )
         calibration_seconds = time.perf_counter() - t0
     elif args.payne_calibration == "holdout":
         import equinox as eqx
@@ -223,6 +255,9 @@ def main() -> None:
             "n_test": n_test,
             "cannon_calibration": "kfold",
             "payne_calibration": args.payne_calibration,
+            "payne_calibration_terms": "size factor learned per label, distance and label terms"
+            if args.calibration_terms
+            else "the library default for the Payne",
             "quick": bool(args.quick),
         },
         "pca_rms_residual_by_components": pca,
