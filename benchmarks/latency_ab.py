@@ -7,7 +7,10 @@ extracted with ``git archive``) and AFTER (a copy of this checkout's ``src/``), 
 same files, alternating the order every round (B A, A B, …) so that both see the same load, and
 reports the median per tree and the ratio. Each tree has its own compilation cache,
 warmed by one untimed round, so every timed run is a warm-cache run (the JSON counts
-the programs each run compiled: 0 expected).
+the programs each run compiled: 0 expected). With ``--cold`` each round empties the
+tree's cache first: ``train`` compiles (the count of its programs is
+load-independent) and ``infer`` reuses what it stored, as latency.py's cold rows
+(``results/latency_ab_cold.json``).
 
 The case is latency.py's: simulated quadratic-Cannon spectra, 3 labels × 7,214 pixels,
 1,000 training and 5,000 test stars (a 577 MB ``.npz``), ``train cannon`` with the
@@ -57,13 +60,15 @@ def _tree(commit: str, folder: Path) -> Path:
     return folder / "src"
 
 
-def _train_infer(src: Path, workdir: Path, paths: dict, tag: str) -> dict:
+def _train_infer(src: Path, workdir: Path, paths: dict, tag: str, cold: bool = False) -> dict:
     cmd = [sys.executable, "-m", "starlabel.cli"]
     model, out = workdir / f"{tag}.starlabel", workdir / f"{tag}.csv"
     for stale in (out, workdir / f"{tag}.csv.run"):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     env = {"PYTHONPATH": str(src)}
     cache = workdir / f"cache_{tag}"
+    if cold:  # an empty compilation cache: train compiles, infer reuses what train stored
+        shutil.rmtree(cache, ignore_errors=True)
     labels = ",".join(latency.LABELS)
     train = latency._run(
         [*cmd, "train", "cannon", str(paths["train"]), "--labels", labels, "-o", str(model)],
@@ -108,10 +113,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="commit whose src/ is the baseline")
     parser.add_argument("--rounds", type=int, default=4, help="timed rounds per tree")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help="default results/latency_ab[_cold].json")
+    parser.add_argument(
+        "--cold", action="store_true", help="every round from an empty compilation cache (no warm-up round)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/starlabel-latency-ab"))
     _common.add_arguments(parser)
     args = parser.parse_args()
+    if args.out is None:
+        args.out = RESULTS.with_name("latency_ab_cold.json") if args.cold else RESULTS
     record = _common.start(args, THREADS)
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
@@ -120,13 +130,13 @@ def main() -> None:
     shutil.copytree(REPO / "src", after, ignore=shutil.ignore_patterns("__pycache__"))
     trees = {"before": _tree(args.before, args.workdir / "before"), "after": after}
     paths = latency._simulate(args.workdir, 1000, [5000], 3, seed=0)
-    for tag, src in trees.items():  # fills each tree's compilation cache; not timed
+    for tag, src in trees.items() if not args.cold else ():  # fills each cache; not timed
         _train_infer(src, args.workdir, paths, tag)
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     for index in range(args.rounds):
         order = ("before", "after") if index % 2 == 0 else ("after", "before")
         for tag in order:
-            runs[tag].append(_train_infer(trees[tag], args.workdir, paths, tag))
+            runs[tag].append(_train_infer(trees[tag], args.workdir, paths, tag, cold=args.cold))
     summary = {tag: _summary(rows) for tag, rows in runs.items()}
     ratios = {
         f"{key}_before_over_after": summary["before"][key] / summary["after"][key]
@@ -149,6 +159,9 @@ def main() -> None:
             "tree": "a copy of src/ of this checkout, taken at the start",
         },
         "case": "3 labels x 7214 px; train cannon on 1000 stars (default calibration), infer 5000 to CSV",
+        "cache": "cold: emptied before each round's train"
+        if args.cold
+        else "warm: filled by an untimed round",
         # Run with a raised priority on a shared machine, every timed process takes the
         # CPU ahead of the others' work: closer to a quiet machine, and recorded here.
         # With autogroup scheduling (Linux default) a process's nice acts only inside
