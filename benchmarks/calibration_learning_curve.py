@@ -60,7 +60,7 @@ def subsets(n: int, pool: int, repeats: int, rng: np.random.Generator) -> list[n
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--sizes", default="500,1000,1600,2000,2500,3200,4000")
     parser.add_argument("--repeats", type=int, default=2, help="random subsets per other size")
