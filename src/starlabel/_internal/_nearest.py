@@ -63,8 +63,14 @@ def k_nearest(points: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray
     rows = max(1, _BLOCK_ELEMENTS // max(1, n * points.shape[1]))
     for start in range(0, m, rows):
         block = query[start : start + rows]
-        squared = np.sum((block[:, None, :] - points[None, :, :]) ** 2, axis=2)  # (rows, n)
-        if k < n:
+        # (rows, n), one label at a time: np.sum over a length-3 last axis is ~7x slower
+        # (the Cannon's test step spent more time here than in its fits), same sums.
+        squared = (block[:, None, 0] - points[None, :, 0]) ** 2
+        for d in range(1, points.shape[1]):
+            squared += (block[:, None, d] - points[None, :, d]) ** 2
+        if k == 1:  # the outside-the-training-set flag: the first of equal minima, as the tree
+            nearest = np.argmin(squared, axis=1)[:, None]
+        elif k < n:
             nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
         else:
             nearest = np.broadcast_to(np.arange(n), squared.shape)
