@@ -17,10 +17,16 @@ from starlabel.data import SHARED_DATA_ENV, shared_data_dir
 
 # One compilation cache for the whole test session, never the user's: the xdist
 # controller (or the single pytest process) makes the folder and its workers inherit it
-# through the environment, as do the CLI and tutorial subprocesses the tests start.
+# through the environment, as do the CLI and tutorial subprocesses the tests start. Every
+# program is cached (min compile time 0): what one worker or subprocess compiled, the
+# others load. STARLABEL_TEST_CACHE=<folder> uses and keeps that folder instead, so that
+# a rerun on the same machine compiles almost nothing (entries are keyed by the program,
+# so an edited one is compiled again); STARLABEL_TEST_SHARED_CACHE=0 restores the old
+# behaviour (only the CLI's own cache, programs that took >= 1 s).
+_KEEP_CACHE = os.environ.get("STARLABEL_TEST_CACHE")
 _OWN_CACHE = "PYTEST_XDIST_WORKER" not in os.environ or not os.environ.get("STARLABEL_CACHE_DIR")
 if _OWN_CACHE:
-    os.environ["STARLABEL_CACHE_DIR"] = tempfile.mkdtemp(prefix="starlabel-tests-cache-")
+    os.environ["STARLABEL_CACHE_DIR"] = _KEEP_CACHE or tempfile.mkdtemp(prefix="starlabel-tests-cache-")
 if os.environ.get("STARLABEL_TEST_SHARED_CACHE", "1") == "1":
     from starlabel._internal._compile_cache import enable_compilation_cache
 
@@ -160,5 +166,5 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001 - pytest's hook s
 
 
 def pytest_unconfigure(config):  # noqa: ARG001 - pytest's hook signature
-    if _OWN_CACHE:  # the process that made the session's cache folder removes it
+    if _OWN_CACHE and not _KEEP_CACHE:  # the process that made the session's cache folder removes it
         shutil.rmtree(os.environ["STARLABEL_CACHE_DIR"], ignore_errors=True)
