@@ -42,3 +42,14 @@ def test_small_problems_do_not_import_scipy():
         "assert 'scipy.spatial' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("dims", [0, 1, 5, 7])
+def test_brute_force_distances_are_the_plain_sums_bit_for_bit(dims):
+    # Below 8 dimensions np.sum adds left to right: the per-dimension sums are the same numbers.
+    rng = np.random.default_rng(dims)
+    points, query = rng.normal(size=(300, dims)), rng.normal(size=(200, dims))
+    distance, index = k_nearest(points, query, 7)
+    plain = np.sqrt(np.sum((query[:, None, :] - points[None, :, :]) ** 2, axis=2))
+    np.testing.assert_array_equal(distance, np.take_along_axis(plain, index, axis=1))
+    np.testing.assert_array_equal(distance, np.sort(plain, axis=1)[:, :7])

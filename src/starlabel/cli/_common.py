@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import gc
 import os
 import sys
 import traceback
@@ -145,6 +146,14 @@ def _use_compilation_cache(enabled: bool) -> None:
         from .._internal._compile_cache import enable_compilation_cache
 
         enable_compilation_cache()
+    startup_done()
+
+
+def startup_done() -> None:
+    """Collect cyclic garbage again, the start-up's objects frozen out of it (see ``main``)."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def _split_labels(labels: str | None) -> tuple[str, ...] | None:

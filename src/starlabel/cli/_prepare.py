@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import _split_labels, _user_errors, app
+from ._common import _split_labels, _user_errors, app, startup_done
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -57,6 +57,7 @@ def prepare(
     from ..data import write_dataset
     from ..survey import prepare as prepare_spectra
 
+    startup_done()  # many files read: collect cyclic garbage from here on
     dataset, report = prepare_spectra(
         inputs,
         allstar=allstar,
