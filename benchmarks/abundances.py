@@ -29,6 +29,15 @@ Issue 19, deliverable 5. One run records:
   ``--pixels-check`` pixels): θ, s², test labels and per-label RMSE; and ``Cannon.fit``'s
   time at ``--n-train`` (5,000) stars × 7,214 pixels × 190 terms, CPU and wall.
 
+* with ``--payne`` (only this): the 18-label Payne beside the Cannon, uncensored and
+  censored, on 5,000 + 1,000 line-list spectra (``benchmarks/_abundances_payne.py``;
+  ``results/abundances_payne.json``): per label RMSE, std z, RMSE/CRB on each model's
+  own family and the Fisher share outside the element windows; training and test step
+  in wall and CPU seconds. 36 minutes at load 11–14 (the simulation of 6,000 spectra 8,
+  the Cannons 13, the Payne 6)::
+
+      nice -n 5 .venv/bin/python benchmarks/abundances.py --payne
+
 Threads are pinned (``--threads``, default all CPUs for both sides) and the load is
 recorded; sizes are arguments and recorded. Full run (a quiet machine, long)::
 
