@@ -49,7 +49,7 @@ for every giants label (std z 1.04–1.10, 67.6–70.2 %) and brings the line-li
 to std z 0.94–1.02 and 67.4–72.6 % (the previous default, r = 1 without those terms:
 0.87–0.97 and 72.6–78.5 %)."""
 
-LABEL_TERM = frozenset({"cannon", "lux", "nn"})
+LABEL_TERM = frozenset({"cannon", "lux", "nn", "payne"})
 """Model kinds whose ``fit`` learns the label-space term (:class:`LocalErrors`). The NN
 too since its r is 0: with the distance term and r = 0 the term brings the giants'
 worst label from 1.04 to 0.96 tolerances from the targets (Teff std z 1.104 → 1.097,
@@ -58,7 +58,7 @@ worst label from 1.04 to 0.96 tolerances from the targets (Teff std z 1.104 → 
 worst unchanged (1.08). With r = 1 it had lowered the NN's line-list std z from
 0.88–0.96 to 0.85–0.91 (``benchmarks/results/calibration_label_term.json``)."""
 
-LEARN_SIZE_FACTOR: frozenset[str] = frozenset({"cannon"})
+LEARN_SIZE_FACTOR: frozenset[str] = frozenset({"cannon", "payne"})
 """Model kinds whose ``fit`` learns the training-size factor per label from a half-size
 cross-validation (two more fits on half the stars); others use :data:`IRREDUCIBLE_SHARE`.
 The Cannon (``benchmarks/results/calibration_distance_term.json``): on the line-list
@@ -70,9 +70,15 @@ Not the NN: those two fits would take its training with calibration past 6× the
 without (5.2× now), and r = 0 does as well there. Not Lux: not measured at full size.
 An earlier form (MSE ∝ N^−α, α ≤ 2) made the Cannon's errors too small on 250 and 1,000
 training stars; the current one shrinks them by at most √(1 − 1/K), r = 0
-(:func:`~._calibration_fit.fit_error_calibration`)."""
+(:func:`~._calibration_fit.fit_error_calibration`).
+The Payne, with the label-space and distance terms too: its fold networks (4/5 of the
+stars) are clearly worse than the final one, and without these terms its line-list
+errors were too large ([Fe/H] std z 0.895, vmacro 0.83, 70–76 % within 1σ,
+``benchmarks/results/payne.json`` at 6959e39); with them std z 0.94–1.01 and
+65.8–70.0 % for all five labels, training with calibration 5.3× the final fit
+(``benchmarks/results/payne_calibration_terms.json``)."""
 
-DISTANCE_TERM = frozenset({"cannon", "lux", "nn"})
+DISTANCE_TERM = frozenset({"cannon", "lux", "nn", "payne"})
 """Model kinds whose ``fit`` learns the distance term (:class:`TrainingDistance`): every
 family. It is what makes the NN's tails honest (giants 1σ coverage 76 → 74–75 % on its
 own, 67.6–70.2 % with r = 0; see :mod:`._training_distance`), and costs the Cannon and Lux
