@@ -164,14 +164,15 @@ def _levenberg_marquardt(
 ) -> DampedNewtonState:
     """:func:`starlabel.inference.damped_newton` on the statistics of one spectrum."""
 
-    def linearise(x: Array) -> tuple[Array, Array]:
+    def linearise(x: Array) -> tuple[Array, Array, Array]:
         J = vectorizer.jacobian(x)
-        grad = J.T @ (stats.H @ vectorizer(x) - stats.g)  # ½ ∇χ²
-        return grad, J.T @ stats.H @ J  # and ½ Gauss–Newton Hessian of χ²
+        v = vectorizer(x)
+        grad = J.T @ (stats.H @ v - stats.g)  # ½ ∇χ²
+        return grad, J.T @ stats.H @ J, v  # and ½ Gauss–Newton Hessian of χ²; v for `change`
 
-    def change(x: Array, trial: Array, chi2: Array) -> Array:
-        del chi2
-        v, v_trial = vectorizer(x), vectorizer(trial)
+    def change(x: Array, trial: Array, chi2: Array, v: Array) -> Array:
+        del x, chi2
+        v_trial = vectorizer(trial)
         # χ² change written as a product of the (small) step: c − 2v·g + vᵀHv evaluated
         # twice and subtracted would cancel to ~1e-16·c, far above the tolerance.
         return (v_trial - v) @ (stats.H @ (v_trial + v) - 2.0 * stats.g)
