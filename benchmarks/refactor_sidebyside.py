@@ -7,7 +7,7 @@ and that the closing note gives the test-step code's line counts before and afte
 
 How: the pre-refactor commit (``--before``, default e79605e) is checked out as a
 temporary ``git worktree``; the current code is a copy of this checkout's ``src/``.
-Each side runs in its own long-lived worker process (this file with ``--worker``,
+Each side runs in a long-lived worker process (this file with ``--worker``,
 ``PYTHONPATH`` at that tree's ``src``; BLAS/XLA threads pinned to the same count on
 both sides and recorded). A worker simulates the same data (same seeds; a checksum of
 the inputs is recorded per side), fits its models, then runs every timed call once
@@ -15,7 +15,12 @@ untimed (warm-up on the timed shapes: compilation is not timed). The driver then
 the two workers in turn, alternating which goes first (A B, B A, …), to run one timed
 call of a case; the idle worker waits on its pipe and uses no CPU. Each call's wall
 and process CPU seconds (user + system, all threads) are recorded with the load
-average; the summary gives medians and the ratio new/old of both.
+average. The same code runs 10–50 % faster or slower in one process than in another
+(measured while profiling the Cannon test step), so this is repeated with
+``--processes`` fresh worker pairs (default 3, one pair at a time); the summary gives,
+per side, the median over processes of each process's median call, the ratio new/old
+of wall and CPU seconds, and ``noise_cpu``, the largest ratio between two processes of
+the same side: a ratio within ``[1/noise, noise]`` is within noise.
 
 Cases (the old and the new API for the same work):
 
@@ -370,14 +375,33 @@ def line_counts(roots: dict[str, Path]) -> dict[str, Any]:
 
 
 def _summary(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per case and side: the median over worker processes of each process's median call.
+
+    The same code runs 10–50 % faster or slower in one process than in another (memory
+    placement; measured while profiling the Cannon test step), so one worker per side
+    compares two draws of that. ``noise_cpu`` is the largest ratio between two processes
+    of the same side (their medians); a ratio after/before inside ``[1/noise, noise]``
+    is within noise.
+    """
     out: dict[str, Any] = {}
+    processes = sorted({c.get("process", 0) for c in calls})
     for case in CASES:
         row: dict[str, Any] = {}
+        spread = 1.0
         for side in ("before", "after"):
             mine = [c for c in calls if c["case"] == case and c["side"] == side]
+            per_process = {
+                field: [
+                    statistics.median(c[f"{field}_s"] for c in mine if c.get("process", 0) == p)
+                    for p in processes
+                ]
+                for field in ("wall", "cpu")
+            }
+            spread = max(spread, max(per_process["cpu"]) / min(per_process["cpu"]))
             row[side] = {
-                "median_wall_s": statistics.median(c["wall_s"] for c in mine),
-                "median_cpu_s": statistics.median(c["cpu_s"] for c in mine),
+                "median_wall_s": statistics.median(per_process["wall"]),
+                "median_cpu_s": statistics.median(per_process["cpu"]),
+                "process_median_cpu_s": [round(v, 4) for v in per_process["cpu"]],
                 "wall_s": [round(c["wall_s"], 4) for c in mine],
                 "cpu_s": [round(c["cpu_s"], 4) for c in mine],
             }
@@ -385,6 +409,8 @@ def _summary(calls: list[dict[str, Any]]) -> dict[str, Any]:
             row[f"ratio_{field}_after_over_before"] = round(
                 row["after"][f"median_{field}_s"] / row["before"][f"median_{field}_s"], 3
             )
+        row["noise_cpu"] = round(spread, 3)
+        row["within_noise"] = 1.0 / spread <= row["ratio_cpu_after_over_before"] <= spread
         out[case] = row
     return out
 
@@ -392,7 +418,10 @@ def _summary(calls: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default=BEFORE, help="the pre-refactor commit (default e79605e)")
-    parser.add_argument("--rounds", type=int, default=7, help="timed calls per case and side")
+    parser.add_argument("--rounds", type=int, default=5, help="timed calls per case, side and process")
+    parser.add_argument(
+        "--processes", type=int, default=3, help="worker processes per side, one pair after another"
+    )
     parser.add_argument("--quick", action="store_true", help="small shapes, 2 rounds: a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -405,6 +434,7 @@ def main() -> None:
         return
     size = "quick" if args.quick else "full"
     rounds = 2 if args.quick else args.rounds
+    processes = 1 if args.quick else args.processes
     record = _common.start(args, THREADS)
     began = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="starlabel-refactor-"))
@@ -422,19 +452,29 @@ def main() -> None:
         shutil.copytree(REPO / "src", after_src, ignore=shutil.ignore_patterns("__pycache__"))
         roots = {"before": before_tree / "src", "after": after_src}
         counts = line_counts(roots)
-        for name in ("before", "after"):
-            _common.log(f"{name}: simulating, fitting and warming up")
-            sides[name] = _Side(name, roots[name], scratch / f"work_{name}", size, THREADS["threads"])
-        calls = []
-        for r in range(rounds):
-            for k, case in enumerate(CASES):
-                order = ("before", "after") if (r + k) % 2 == 0 else ("after", "before")
-                for name in order:
-                    reply = sides[name].run(case)
-                    calls.append(
-                        {**reply, "side": name, "round": r, "load_1min": round(os.getloadavg()[0], 2)}
-                    )
-            _common.log(f"round {r + 1}/{rounds} done, load {os.getloadavg()[0]:.1f}")
+        calls: list[dict[str, Any]] = []
+        infos: dict[str, Any] = {}
+        for process in range(processes):
+            for name in ("before", "after"):
+                _common.log(f"process {process + 1}/{processes}, {name}: simulating, fitting and warming up")
+                work = scratch / f"work_{name}_{process}"
+                sides[name] = _Side(name, roots[name], work, size, THREADS["threads"])
+            for r in range(rounds):
+                for k, case in enumerate(CASES):
+                    order = ("before", "after") if (r + k + process) % 2 == 0 else ("after", "before")
+                    for name in order:
+                        reply = sides[name].run(case)
+                        load = round(os.getloadavg()[0], 2)
+                        calls.append(
+                            {**reply, "side": name, "process": process, "round": r, "load_1min": load}
+                        )
+                _common.log(
+                    f"process {process + 1}, round {r + 1}/{rounds} done, load {os.getloadavg()[0]:.1f}"
+                )
+            infos = {name: side.info for name, side in sides.items()}
+            for side in sides.values():
+                side.close()
+            sides = {}
     finally:
         for side in sides.values():
             side.close()
@@ -446,13 +486,16 @@ def main() -> None:
         "before_commit": args.before,
         "size": SIZES[size],
         "rounds": rounds,
+        "processes": processes,
         "note": (
-            "Medians of alternating timed calls (A B, B A, ...) in two warm worker processes, one per"
-            " tree, threads pinned alike; compilation happens in the untimed warm-up. On a busy"
+            "Alternating timed calls (A B, B A, ...) in warm worker processes, one per tree at a"
+            " time, `processes` pairs one after another, threads pinned alike; compilation happens"
+            " in the untimed warm-up. Per side: the median over processes of each process's median"
+            " call; noise_cpu: the largest ratio between two processes of one side. On a busy"
             " machine (run.busy) compare the CPU seconds: walls move with the load."
         ),
         "summary": summary,
-        "workers": {name: side.info for name, side in sides.items()},
+        "workers": infos,
         "line_counts": counts,
         "calls": calls,
         "duration_s": round(time.perf_counter() - began, 1),
@@ -465,6 +508,7 @@ def main() -> None:
             f"{case:24s} before {row['before']['median_cpu_s']:.3f} CPU s / {row['before']['median_wall_s']:.3f} wall"
             f"  after {row['after']['median_cpu_s']:.3f} / {row['after']['median_wall_s']:.3f}"
             f"  ratio cpu {row['ratio_cpu_after_over_before']}, wall {row['ratio_wall_after_over_before']}"
+            f"  (noise {row['noise_cpu']}: {'within' if row['within_noise'] else 'OUTSIDE'})"
         )
     for side in ("before", "after"):
         print(
