@@ -22,6 +22,8 @@ seeds and how many seeds have every label within std z 1 ± 0.1 and 68 ± 4 %.
 
 Run:  python benchmarks/calibration_seeds.py [--seeds 15-24]
       (about 6 min on a quiet 2-core box; writes benchmarks/results/calibration_seeds.json)
+      python benchmarks/calibration_seeds.py --quick --allow-busy --out /tmp/seeds.json
+      (a smoke run: two seeds, 600 training / 300 test stars at 1,500 pixels)
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from starlabel.data import simulate_lines  # noqa: E402
 from starlabel.models._calibration_cv import calibrated_fit  # noqa: E402
 from starlabel.models.cannon import Cannon  # noqa: E402
 
-N_TRAIN, N_TEST = 2000, 1000
+SIZES = {"full": (2000, 1000, None), "quick": (600, 300, 1500)}
+"""Training stars, test stars and pixels (None: the simulator's 7,214)."""
 RULES = {"noise_aware": False, "aim_coverage": True}
 """Rule name → ``calibrated_fit(coverage_first=...)``."""
 
@@ -61,17 +64,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--seeds", default="15-24", help="simulator seeds, e.g. 15-24 or 15,17")
+    parser.add_argument("--quick", action="store_true", help="two seeds, small sets: a smoke run")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "calibration_seeds.json"
     )
     args = parser.parse_args()
     record = start(args, THREADS)
+    n_train, n_test, n_pixels = SIZES["quick" if args.quick else "full"]
+    seeds = _seeds(args.seeds)[:2] if args.quick else _seeds(args.seeds)
     rows = []
     names: tuple[str, ...] = ()
-    for seed in _seeds(args.seeds):
-        data = simulate_lines(N_TRAIN + N_TEST, population="dwarfs", seed=seed).dataset
+    for seed in seeds:
+        data = simulate_lines(n_train + n_test, population="dwarfs", n_pixels=n_pixels, seed=seed).dataset
         names = tuple(data.label_names)
-        train, test = data[np.arange(N_TRAIN)], data[np.arange(N_TRAIN, N_TRAIN + N_TEST)]
+        train, test = data[np.arange(n_train)], data[np.arange(n_train, n_train + n_test)]
         fitted = Cannon(names, order=2).fit(train, calibrate=False)
         raw = fitted.infer(test, calibrate=False)
         for rule, coverage_first in RULES.items():
@@ -114,8 +120,9 @@ def main() -> None:
         "run": finish(record),
         "setup": {
             "population": "dwarfs",
-            "n_train": N_TRAIN,
-            "n_test": N_TEST,
+            "n_train": n_train,
+            "n_test": n_test,
+            "n_pixels": int(data.n_pixels),
             "labels": list(names),
             "model": "Cannon(order=2); calibration by calibrated_fit with sliced fold refits",
             "targets": "std z within 1 ± 0.1 and 68 ± 4 % within ±1σ, per label",
