@@ -2,7 +2,7 @@
 
 ``fit_error_calibration`` scales each label's fitted widths by one factor ``c`` that
 balances std(z) = 1 against 68.3 % within ±1σ on the cross-validation's held-out stars
-(``_calibration_fit._balance``). This script compares, on stars none of the fits saw,
+(``_calibration_fit.balance_noise_aware``). This script compares, on stars none of the fits saw,
 
 * ``minimax`` — the earlier rule: ``c`` minimises the larger of ``|std − 1|/0.1`` and
   ``|coverage − 0.683|/0.04`` on the fold stars;
@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import calibration_size_factor as size_factor  # isort: skip  (pins the threads before numpy)
 
-import argparse  # noqa: E402
+import argparse
+import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
@@ -39,7 +40,9 @@ import starlabel.models._calibration_fit as calibration_fit  # noqa: E402
 
 TOLERANCE = (0.1, 0.04)
 COVERAGE = 0.6827
-NEW_BALANCE = calibration_fit._balance
+NEW_BALANCE = calibration_fit.balance_noise_aware
+FIT_ERROR_CALIBRATION = calibration_fit.fit_error_calibration
+"""The library's fit; each rule is passed to it as ``balance``."""
 
 
 def minimax_balance(z: np.ndarray) -> float:
@@ -162,7 +165,7 @@ def payne_case(path: Path) -> dict:
     delta = raw["test_labels"] - raw["test_reference"]
     row: dict = {"tried": {}}
     for rule, balance in {**RULES, **TRIED}.items():
-        calibration_fit._balance = balance
+        calibration_fit.fit_error_calibration = functools.partial(FIT_ERROR_CALIBRATION, balance=balance)
         calibration = calibration_fit.fit_error_calibration(
             raw["fold_residuals"],
             raw["fold_errors"],
@@ -183,7 +186,7 @@ def payne_case(path: Path) -> dict:
             "coverage_1sigma": np.asarray(calibration.coverage_after).round(4).tolist(),
         }
         (row if rule in RULES else row["tried"])[rule] = stats
-    calibration_fit._balance = NEW_BALANCE
+    calibration_fit.fit_error_calibration = FIT_ERROR_CALIBRATION
     row["held_out_over_calibration_rms"] = (
         (_clipped_rms(delta) / _clipped_rms(raw["fold_residuals"])).round(3).tolist()
     )
@@ -216,7 +219,7 @@ def raw_cases(paths: list[Path]) -> dict:
         fold = np.concatenate([raw[p + "fold_residuals"] for p in prefixes])
         row: dict = {"tried": {}}
         for rule, balance in {**RULES, **TRIED}.items():
-            calibration_fit._balance = balance
+            calibration_fit.fit_error_calibration = functools.partial(FIT_ERROR_CALIBRATION, balance=balance)
             fitted = []
             size_factor.FIT = _capturing(fitted)
             z = np.concatenate(
@@ -241,7 +244,7 @@ def raw_cases(paths: list[Path]) -> dict:
             row["half_over_fold_rms"] = ratio.round(3).tolist()
         row.update(rmse=np.sqrt(np.mean(delta**2, axis=0)).tolist(), n_test=int(len(delta)), source=path.name)
         out.setdefault(case, {})[model] = row
-    calibration_fit._balance = NEW_BALANCE
+    calibration_fit.fit_error_calibration = FIT_ERROR_CALIBRATION
     size_factor.FIT = calibration_fit.fit_error_calibration
     return out
 
@@ -269,11 +272,11 @@ def synthetic() -> dict:
     sigma = rng.uniform(0.5, 2.0, (n_fit + 20000, 1))
     residual = 1.5 * sigma * rng.standard_t(8, size=sigma.shape) / np.sqrt(8 / 6)
     for rule, balance in {**RULES, "no_balance": no_balance}.items():
-        calibration_fit._balance = balance
+        calibration_fit.fit_error_calibration = functools.partial(FIT_ERROR_CALIBRATION, balance=balance)
         cal = calibration_fit.fit_error_calibration(residual[:n_fit], sigma[:n_fit], ("x",))
         width = np.sqrt((np.asarray(cal.scale) * sigma[n_fit:]) ** 2 + np.asarray(cal.floor) ** 2)
         out["student_t8"][rule] = _stats(residual[n_fit:] / width)
-    calibration_fit._balance = NEW_BALANCE
+    calibration_fit.fit_error_calibration = FIT_ERROR_CALIBRATION
     return out
 
 

@@ -40,12 +40,13 @@ import numpy as np  # noqa: E402
 
 from starlabel.data import simulate_lines  # noqa: E402
 from starlabel.models._calibration_cv import calibrated_fit  # noqa: E402
+from starlabel.models._calibration_fit import aim_coverage, balance_noise_aware  # noqa: E402
 from starlabel.models.cannon import Cannon  # noqa: E402
 
 SIZES = {"full": (2000, 1000, None), "quick": (600, 300, 1500)}
 """Training stars, test stars and pixels (None: the simulator's 7,214)."""
-RULES = {"noise_aware": False, "aim_coverage": True}
-"""Rule name → ``calibrated_fit(coverage_first=...)``."""
+RULES = {"noise_aware": balance_noise_aware, "aim_coverage": aim_coverage}
+"""Rule name → ``calibrated_fit(balance=...)``."""
 
 
 def _seeds(text: str) -> list[int]:
@@ -80,14 +81,14 @@ def main() -> None:
         train, test = data[np.arange(n_train)], data[np.arange(n_train, n_train + n_test)]
         fitted = Cannon(names, order=2).fit(train, calibrate=False)
         raw = fitted.infer(test, calibrate=False)
-        for rule, coverage_first in RULES.items():
+        for rule, balance in RULES.items():
             calibrated = calibrated_fit(
                 fitted,
                 train,
                 lambda rows, names=names, train=train: Cannon(names, order=2).fit(
                     train[rows], calibrate=False
                 ),
-                coverage_first=coverage_first,
+                balance=balance,
             )
             assert calibrated.calibration is not None
             result = calibrated.calibration.apply(raw)

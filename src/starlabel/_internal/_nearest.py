@@ -78,29 +78,29 @@ def k_nearest(points: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray
         return np.asarray(distance).reshape(m, k), np.asarray(index).reshape(m, k)
     global _brute_force_seconds
     started = time.perf_counter()
-    if k < n:
-        nearest = np.empty((m, k), dtype=np.int64)
-        rows = max(1, _BLOCK_ELEMENTS // max(1, n))
-        scores_of = _ranking_scores(points)
-        for start in range(0, m, rows):
-            scores = scores_of(query[start : start + rows])
-            if k == 1:  # the outside-the-training-set flag: the first of equal minima, as the tree
-                nearest[start : start + rows, 0] = np.argmin(scores, axis=1)
-            else:
-                nearest[start : start + rows] = np.argpartition(scores, k - 1, axis=1)[:, :k]
-    else:
-        nearest = np.broadcast_to(np.arange(n), (m, n))
-    # The candidates' distances summed from their differences, as the tree does: the
-    # ranking scores lose digits to cancellation (|q|² + |p|² − 2q·p), these do not.
-    picked = np.sum((query[:, None, :] - points[nearest]) ** 2, axis=2)
-    if k > 1:  # sort by distance, then index: the order a k-d tree query gives without ties
-        order = np.lexsort((nearest, picked), axis=1)
-        nearest, picked = (
-            np.take_along_axis(nearest, order, axis=1),
-            np.take_along_axis(picked, order, axis=1),
-        )
+    distance = np.empty((m, k))
+    index = np.empty((m, k), dtype=np.int64)
+    rows = max(1, _BLOCK_ELEMENTS // max(1, n))
+    scores_of = _ranking_scores(points)
+    for start in range(0, m, rows):
+        block = query[start : start + rows]
+        if k == 1:  # the outside-the-training-set flag: the first of equal minima, as the tree
+            nearest = np.argmin(scores_of(block), axis=1)[:, None]
+        elif k < n:
+            nearest = np.argpartition(scores_of(block), k - 1, axis=1)[:, :k]
+        else:
+            nearest = np.broadcast_to(np.arange(n), (len(block), n))
+        # The candidates' distances summed from their differences, as the tree does: the
+        # ranking scores lose digits to cancellation (|q|² + |p|² − 2q·p), these do not.
+        picked = np.sum((block[:, None, :] - points[nearest]) ** 2, axis=2)
+        if k > 1:  # sort by distance, then index: the order a k-d tree query gives without ties
+            order = np.lexsort((nearest, picked), axis=1)
+            nearest = np.take_along_axis(nearest, order, axis=1)
+            picked = np.take_along_axis(picked, order, axis=1)
+        index[start : start + rows] = nearest
+        distance[start : start + rows] = np.sqrt(picked)
     _brute_force_seconds += time.perf_counter() - started
-    return np.sqrt(picked), np.ascontiguousarray(nearest, dtype=np.int64)
+    return distance, index
 
 
 def _tree_pays(pairs: int) -> bool:

@@ -93,9 +93,9 @@ of the held-out fold stars within ±1σ, std z kept within 0.93–1.07) instead 
 :func:`~._calibration_fit.balance_noise_aware`. The Cannon: on ten line-list training
 sets (2,000 dwarfs each, 1,000 fresh test stars; ``benchmarks/results/calibration_seeds.json``)
 its z are lighter-tailed than a Gaussian and the noise-aware rule left 64–66 % of the
-test stars within ±1σ on average for four of five labels, all five within both targets
-in 1 of 10 training sets; aiming at the coverage brings that to 4 of 10 and the
-label-by-label share within both targets from 0.68 to 0.82, and keeps the real giants
+test stars within ±1σ on average for four of five labels (64.1–66.5 %), all five within
+both targets in 1 of 10 training sets; aiming at the coverage brings that to 4 of 10 and
+the label-by-label share within both targets from 0.68 to 0.84, and keeps the real giants
 within both (std z 1.06/0.99/1.03, 68.6–69.4 %). Not measured for the other families."""
 
 
@@ -225,7 +225,7 @@ def calibrated_fit(
     learn_size_factor: bool | None = None,
     label_term: bool | None = None,
     distance_term: bool | None = None,
-    coverage_first: bool | None = None,
+    balance: Callable[[np.ndarray], float] | None = None,
 ) -> Calibrated:
     """``fitted`` carrying the calibration its family's default test step needs.
 
@@ -234,7 +234,9 @@ def calibrated_fit(
     fitted model's ``calibration`` field. ``irreducible_share`` defaults to the
     fitted model's kind's entry in :data:`IRREDUCIBLE_SHARE` (1 for other kinds); the
     other options default to the kind's membership of :data:`LEARN_SIZE_FACTOR`,
-    :data:`LABEL_TERM`, :data:`DISTANCE_TERM` and :data:`AIM_COVERAGE`.
+    :data:`LABEL_TERM` and :data:`DISTANCE_TERM`, and ``balance`` to
+    :func:`~._calibration_fit.aim_coverage` for the kinds in :data:`AIM_COVERAGE`, else
+    :func:`~._calibration_fit.balance_noise_aware`.
     """
     kind = fitted.kind
     if irreducible_share is None:
@@ -245,8 +247,8 @@ def calibrated_fit(
         label_term = kind in LABEL_TERM
     if distance_term is None:
         distance_term = kind in DISTANCE_TERM
-    if coverage_first is None:
-        coverage_first = kind in AIM_COVERAGE
+    if balance is None:
+        balance = aim_coverage if kind in AIM_COVERAGE else balance_noise_aware
     names = tuple(fitted.label_names)
     if train.labels is None:
         raise ValueError("the training set has no labels to calibrate the errors against.")
@@ -277,6 +279,6 @@ def calibrated_fit(
         learn_size_factor=learn_size_factor,
         label_term=label_term,
         distance_term=distance_term,
-        balance=aim_coverage if coverage_first else balance_noise_aware,
+        balance=balance,
     )
     return eqx.tree_at(lambda m: m.calibration, fitted, calibration, is_leaf=lambda x: x is None)

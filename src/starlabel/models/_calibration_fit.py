@@ -149,8 +149,8 @@ def aim_coverage(z: np.ndarray) -> float:
     statistics are within their tolerance of the targets, this aims at the centre of
     the coverage target, which matters when z is lighter-tailed than a Gaussian (the
     widths vary more from star to star than the errors do): the Cannon's line-list
-    labels were then 64–65 % within ±1σ on held-out stars on average over ten training
-    sets (``benchmarks/results/calibration_seeds.json``). On Gaussian z, ``c`` is 1
+    labels were then 64.1–66.5 % within ±1σ on held-out stars (four of five labels, mean
+    over ten training sets; ``benchmarks/results/calibration_seeds.json``). On Gaussian z, ``c`` is 1
     within the noise of a percentile (±0.03 on 1,000 stars).
     """
     c = float(np.quantile(np.abs(z), _COVERAGE_1SIGMA))
