@@ -6,22 +6,27 @@ the line-list simulator (seed 15). Both are draws: the calibration learned from 
 label within both targets" holds depends on the draw. This script repeats the Cannon's
 line-list case for several seeds (each seed a fresh simulator draw: 2,000 training and
 1,000 test dwarfs, 5 labels, 7,214 pixels, S/N 60–250, as ``calibration.py``) and, on
-each, learns the calibration twice from the same cross-validation code, once per rule
-for the final width factor (``balance`` of ``fit_error_calibration``):
+each, learns the calibration three times from the same cross-validation code:
 
-* ``noise_aware``: :func:`~starlabel.models._calibration_fit.balance_noise_aware`, the
-  rule of the other families;
-* ``aim_coverage``: :func:`~starlabel.models._calibration_fit.aim_coverage`, the
-  Cannon's default since this measurement (``AIM_COVERAGE``).
+* ``noise_aware``: the model's own labels, final width factor by
+  :func:`~starlabel.models._calibration_fit.balance_noise_aware` (the other families' rule);
+* ``aim_coverage``: the model's own labels, width factor by
+  :func:`~starlabel.models._calibration_fit.aim_coverage` (the Cannon's default before the
+  bias correction; still its rule with ``bias_correction=False``);
+* ``bias_corrected``: the label-space bias correction
+  (:class:`~starlabel.models._local_bias.LocalBias`, ``calibrated_fit(...,
+  bias_correction=True)``) and the noise-aware width factor: the Cannon's default.
 
-Both use ``calibrated_fit`` with fold models refitted from the sliced training rows
+All use ``calibrated_fit`` with fold models refitted from the sliced training rows
 (``Cannon.fit(train[rows], calibrate=False)``; ``Cannon.fit``'s own folds reuse the
-full fit's statistics and agree to ~1e-3 of the errors). It records, per seed, rule
-and label, std z and the share with |z| < 1 on the test stars, then the means over
-seeds and how many seeds have every label within std z 1 ± 0.1 and 68 ± 4 %.
+full fit's statistics and agree to ~1e-3 of the errors). It records, per seed, variant
+and label, std z, the share with |z| < 1 and the RMSE on the test stars (the bias
+correction changes the labels: ``rmse_ratio`` is the RMSE over the model's own
+labels'), then the means over seeds and how many seeds have every label within std z
+1 ± 0.1 and 68 ± 4 %.
 
 Run:  python benchmarks/calibration_seeds.py [--seeds 15-24]
-      (about 6 min on a quiet 2-core box; writes benchmarks/results/calibration_seeds.json)
+      (about 9 min on a quiet 2-core box; writes benchmarks/results/calibration_seeds.json)
       python benchmarks/calibration_seeds.py --quick --allow-busy --out /tmp/seeds.json
       (a smoke run: two seeds, 600 training / 300 test stars at 1,500 pixels)
 """
@@ -45,8 +50,12 @@ from starlabel.models.cannon import Cannon  # noqa: E402
 
 SIZES = {"full": (2000, 1000, None), "quick": (600, 300, 1500)}
 """Training stars, test stars and pixels (None: the simulator's 7,214)."""
-RULES = {"noise_aware": balance_noise_aware, "aim_coverage": aim_coverage}
-"""Rule name → ``calibrated_fit(balance=...)``."""
+VARIANTS = {
+    "noise_aware": (balance_noise_aware, False),
+    "aim_coverage": (aim_coverage, False),
+    "bias_corrected": (balance_noise_aware, True),
+}
+"""Variant name → ``calibrated_fit(balance=..., bias_correction=...)``."""
 
 
 def _seeds(text: str) -> list[int]:
@@ -81,7 +90,8 @@ def main() -> None:
         train, test = data[np.arange(n_train)], data[np.arange(n_train, n_train + n_test)]
         fitted = Cannon(names, order=2).fit(train, calibrate=False)
         raw = fitted.infer(test, calibrate=False)
-        for rule, balance in RULES.items():
+        own_rmse = np.sqrt(np.mean((raw.labels - test.labels) ** 2, axis=0))
+        for variant, (balance, bias_correction) in VARIANTS.items():
             calibrated = calibrated_fit(
                 fitted,
                 train,
@@ -89,34 +99,44 @@ def main() -> None:
                     train[rows], calibrate=False
                 ),
                 balance=balance,
+                bias_correction=bias_correction,
             )
             assert calibrated.calibration is not None
             result = calibrated.calibration.apply(raw)
             z = (result.labels - test.labels) / result.label_err
             std, coverage = np.std(z, axis=0), np.mean(np.abs(z) < 1, axis=0)
+            rmse = np.sqrt(np.mean((result.labels - test.labels) ** 2, axis=0))
             rows.append(
                 {
                     "seed": seed,
-                    "rule": rule,
+                    "variant": variant,
                     "std_z": std.round(4).tolist(),
                     "coverage_1sigma": coverage.round(4).tolist(),
+                    "rmse": rmse.tolist(),
+                    "rmse_ratio": (rmse / own_rmse).round(4).tolist(),
                     "every_label_within": bool(_within(std, coverage).all()),
                 }
             )
-            log(f"seed {seed} {rule}: std z {std.round(3).tolist()} within ±1σ {coverage.round(3).tolist()}")
+            log(
+                f"seed {seed} {variant}: std z {std.round(3).tolist()} within ±1σ"
+                f" {coverage.round(3).tolist()} RMSE / own {(rmse / own_rmse).round(3).tolist()}"
+            )
     summary = {}
-    for rule in RULES:
-        mine = [r for r in rows if r["rule"] == rule]
+    for variant in VARIANTS:
+        mine = [r for r in rows if r["variant"] == variant]
         std = np.array([r["std_z"] for r in mine])
         coverage = np.array([r["coverage_1sigma"] for r in mine])
-        summary[rule] = {
+        ratio = np.array([r["rmse_ratio"] for r in mine])
+        summary[variant] = {
             "mean_std_z": std.mean(axis=0).round(4).tolist(),
             "mean_coverage_1sigma": coverage.mean(axis=0).round(4).tolist(),
             "seeds_every_label_within": int(sum(r["every_label_within"] for r in mine)),
             "share_of_label_seed_pairs_within": round(float(_within(std, coverage).mean()), 3),
+            "mean_rmse_ratio": ratio.mean(axis=0).round(4).tolist(),
+            "range_rmse_ratio": [ratio.min(axis=0).round(4).tolist(), ratio.max(axis=0).round(4).tolist()],
             "n_seeds": len(mine),
         }
-        log(f"{rule}: {summary[rule]}")
+        log(f"{variant}: {summary[variant]}")
     result = {
         "run": finish(record),
         "setup": {
@@ -126,6 +146,7 @@ def main() -> None:
             "n_pixels": int(data.n_pixels),
             "labels": list(names),
             "model": "Cannon(order=2); calibration by calibrated_fit with sliced fold refits",
+            "rmse_ratio": "RMSE of the variant's labels over the model's own (calibrate=False) labels'",
             "targets": "std z within 1 ± 0.1 and 68 ± 4 % within ±1σ, per label",
         },
         "summary": summary,

@@ -61,12 +61,13 @@ def trained(tmp_path_factory):
     return sim.dataset, folder, fitted
 
 
-def test_format_5_keeps_the_size_factor_and_the_label_space_and_distance_terms(trained):
+def test_format_6_keeps_the_size_factor_the_label_space_and_distance_terms_and_the_bias(trained):
     dataset, folder, fitted = trained
     path = fitted.save(folder / "f.starlabel")
     header = read_model_header(path)
-    assert header["format_version"] == 5
+    assert header["format_version"] == 6
     assert header["calibration"]["local"] == {"neighbours": 14, "n_refs": 200}
+    assert header["calibration"]["bias"] == {"neighbours": 14, "n_refs": 200}
     assert header["calibration"]["distance"] == {"neighbours": 10, "n_refs": 200}
     assert header["calibration"]["irreducible_share"] == 0.3
     assert header["calibration"]["size_factor"] == pytest.approx((1 - 0.7 / 5) ** 0.5)
@@ -84,9 +85,11 @@ def _as_format_two(path, out):
         arrays = {k: archive[k] for k in archive.files}
     header = json.loads(arrays.pop("__header__").tobytes().decode())
     header["format_version"] = 2
-    for key in ("irreducible_share", "size_factor", "local"):
+    for key in ("irreducible_share", "size_factor", "local", "bias"):
         del header["calibration"][key]
-    arrays = {k: v for k, v in arrays.items() if ".calibration.local." not in k}
+    arrays = {
+        k: v for k, v in arrays.items() if ".calibration.local." not in k and ".calibration.bias." not in k
+    }
     with open(out, "wb") as handle:
         np.savez(handle, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
     return out
@@ -99,7 +102,7 @@ def test_format_2_file_loads_without_the_factor_and_says_so(trained, caplog):
         loaded = load_model(old)
     assert "model format 2" in caplog.text and "no training-size factor (f = 1)" in caplog.text
     assert loaded.calibration.size_factor == 1.0
-    assert loaded.calibration.local is None
+    assert loaded.calibration.local is None and loaded.calibration.bias is None
     # Same calibration as learned (without the label-space term format 4 added),
     # applied without f: errors larger by 1/f.
     f = fitted.calibration.size_factor

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["BRUTE_FORCE_PAIRS", "TREE_PAIRS", "k_nearest"]
+__all__ = ["BRUTE_FORCE_PAIRS", "TREE_PAIRS", "k_nearest", "neighbour_mean"]
 
 BRUTE_FORCE_PAIRS = 1 << 24
 """Above this many (query, point) pairs, :func:`k_nearest` always builds a k-d tree."""
@@ -101,6 +102,39 @@ def k_nearest(points: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray
         distance[start : start + rows] = np.sqrt(picked)
     _brute_force_seconds += time.perf_counter() - started
     return distance, index
+
+
+def neighbour_mean(
+    points: np.ndarray, values: np.ndarray, query: np.ndarray, k: int, *, leave_one_out: bool = False
+) -> np.ndarray:
+    """Mean of ``values`` over the ``k`` rows of ``points`` nearest each row of ``query``.
+
+    Parameters
+    ----------
+    points : ndarray, shape (n, dims)
+        Reference points (finite).
+    values : ndarray, shape (n, columns)
+        A value per reference point and column; NaN (missing) values are left out of
+        the mean.
+    query : ndarray, shape (m, dims)
+        Query points (finite).
+    k : int
+        Neighbours averaged (at most ``n``, or ``n − 1`` with ``leave_one_out``).
+    leave_one_out : bool
+        For queries that are the reference points themselves: drop each query's nearest
+        point (itself) from its neighbourhood.
+
+    Returns
+    -------
+    ndarray, shape (m, columns)
+        NaN where a neighbourhood has no value in that column.
+    """
+    skip = int(leave_one_out)
+    k = min(k, len(points) - skip)
+    index = k_nearest(points, query, k + skip)[1][:, skip:]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": NaN, said above
+        return np.nanmean(np.asarray(values)[index], axis=1)
 
 
 def _tree_pays(pairs: int) -> bool:

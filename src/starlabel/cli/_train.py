@@ -98,6 +98,12 @@ def _report_calibration(fitted: AbstractCalibratedModel) -> None:
             "  training-size factor f per label, from how the held-out errors shrink between"
             f" 1/2 and {calibration.n_folds - 1}/{calibration.n_folds} of the stars"
         )
+    if calibration.bias is not None:
+        typer.echo(
+            f"  labels corrected by the mean held-out error of the {calibration.bias.neighbours} training"
+            " stars nearest in inferred labels (<label>_bias; train with --no-bias-correction to keep"
+            " the model's own labels)"
+        )
     factors = calibration.size_factors
     typer.echo(
         f"  {'label':<10} {'a':>9} {'sigma_sys':>10} {'gamma':>6}"
@@ -194,6 +200,15 @@ def train_cannon(
     ] = False,
     compilation_cache: _CompilationCache = True,
     calibrate: Annotated[bool, typer.Option(help=_CALIBRATE_HELP)] = True,
+    bias_correction: Annotated[
+        bool,
+        typer.Option(
+            help="With calibration (default), also learn the label-space bias correction: infer"
+            " subtracts from each star's labels the mean held-out error of the training stars"
+            " nearest them (the <label>_bias column). --no-bias-correction keeps the model's own"
+            " labels."
+        ),
+    ] = True,
     binary_calibration: _BinaryCalibration = False,
 ) -> None:
     """Train The Cannon (polynomial in labels, intrinsic scatter, censoring, L1)."""
@@ -229,7 +244,7 @@ def train_cannon(
 
             prepare_calibration_test_step(model.vectorizer, dataset.n_pixels, FittedCannon.infer_map)
         with console().status(f"training The Cannon{_calibration_progress(calibrate)}…"):
-            fitted = model.fit(dataset, calibrate=calibrate)
+            fitted = model.fit(dataset, calibrate=calibrate, bias_correction=bias_correction)
     _report_calibration(fitted)
     if binary_calibration and dataset is not None:  # (--stream was refused above)
         _save_with_binary_decision(model, fitted, dataset, output)

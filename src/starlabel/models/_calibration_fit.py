@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from ._error_calibration import _RATIO_RANGE, _REPORTED, CALIBRATION_FOLDS, ErrorCalibration
+from ._local_bias import LocalBias
 from ._local_errors import MAX_LOCAL_POWER, LocalErrors
 from ._training_distance import MAX_DISTANCE_POWER, TrainingDistance
 
@@ -173,6 +174,7 @@ def fit_error_calibration(
     half_residuals: np.ndarray | None = None,
     distance: tuple[TrainingDistance, np.ndarray] | None = None,
     balance: Callable[[np.ndarray], float] = balance_noise_aware,
+    bias: LocalBias | None = None,
 ) -> ErrorCalibration:
     """Fit ``σ_total² = (a σ_stat)² + σ_sys² (χ²_ν/χ̃²_ν)^γ (L/L̄)^δ (D/D̃)^η`` per label to held-out residuals.
 
@@ -225,6 +227,11 @@ def fit_error_calibration(
     balance : callable
         ``z (kept stars,) -> c``, the final factor on the widths:
         :func:`balance_noise_aware` (default) or :func:`aim_coverage`.
+    bias : LocalBias, optional
+        The label-space bias correction the residuals were corrected with (by the
+        caller: :func:`~._calibration_cv.cross_validated_calibration`), stored in the
+        calibration so that :meth:`ErrorCalibration.apply` corrects the labels the same
+        way.
 
     Returns
     -------
@@ -300,6 +307,7 @@ def fit_error_calibration(
         irreducible_share=irreducible_share,
         local=None if local is None else local.with_power(np.array(powers)),
         distance=None if distance is None else distance[0].with_power(np.array(etas)),
+        bias=bias,
         size_power=None
         if half_residuals is None
         else jax.device_put(

@@ -19,6 +19,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..data import InferenceResult
+from ._local_bias import BIAS_SUFFIX, LocalBias
 from ._local_errors import LocalErrors
 from ._training_distance import TrainingDistance
 
@@ -74,6 +75,11 @@ class ErrorCalibration(eqx.Module):
         The distance term (model format 5): the added error also grows as
         ``(D(ℓ)/D̃)^(η/2)``, ``D`` the mean distance of the star's inferred labels to
         its nearest training labels. None: no such term.
+    bias : LocalBias, optional
+        The label-space bias correction (model format 6): :meth:`apply` subtracts from
+        each star's labels the mean held-out residual of the training stars nearest its
+        inferred labels, and the rest of the calibration was learned on residuals
+        corrected the same way. None: the labels are the model's own.
     """
 
     label_names: tuple[str, ...] = eqx.field(static=True)
@@ -91,6 +97,7 @@ class ErrorCalibration(eqx.Module):
     local: LocalErrors | None = None
     size_power: Float[Array, " labels"] | None = None
     distance: TrainingDistance | None = None
+    bias: LocalBias | None = None
 
     def __check_init__(self) -> None:
         share = self.irreducible_share
@@ -205,7 +212,10 @@ class ErrorCalibration(eqx.Module):
         InferenceResult
             ``cov`` (hence ``<label>_err``) the calibrated total; ``extra`` gains
             ``<label>_err_stat``; ``meta["error_calibration"]`` describes the
-            calibration and ``meta["errors"]`` is ``"calibrated"``.
+            calibration and ``meta["errors"]`` is ``"calibrated"``. With a
+            :attr:`bias` correction the labels are the model's less the correction,
+            which ``extra`` keeps as ``<label>_bias`` (the model's own label is
+            ``<label> + <label>_bias``).
 
         Raises
         ------
@@ -220,9 +230,18 @@ class ErrorCalibration(eqx.Module):
         if result.cov is None:
             raise ValueError("the result has no covariance to calibrate.")
         stat = with_stat_errors(result)
+        # The label-space terms and the correction were learned at the model's own labels.
+        cov = self.total_cov(result.cov, result.reduced_chi2, result.labels)
+        labels, extra = result.labels, stat.extra
+        if self.bias is not None:
+            shift = self.bias.shift(result.labels)
+            labels = result.labels - shift
+            extra = {**extra, **{f"{n}{BIAS_SUFFIX}": shift[:, k] for k, n in enumerate(self.label_names)}}
         return dataclasses.replace(
             stat,
-            cov=self.total_cov(result.cov, result.reduced_chi2, result.labels),
+            labels=labels,
+            cov=cov,
+            extra=extra,
             meta={**stat.meta, "errors": "calibrated", "error_calibration": self.describe()},
         )
 
@@ -261,7 +280,15 @@ class ErrorCalibration(eqx.Module):
                 f"{p}, f={f:.3f} (alpha={float(al):.2g})"
                 for p, f, al in zip(parts, self.size_factors, np.asarray(self.size_power), strict=True)
             ]
-        return f"{self.n_folds}-fold CV on {self.n_stars} training stars; {size}{local}; " + "; ".join(parts)
+        bias = (
+            ""
+            if self.bias is None
+            else f"; labels corrected by the mean held-out residual of the {self.bias.neighbours} nearest"
+            f" of {self.bias.n_refs} held-out stars"
+        )
+        return f"{self.n_folds}-fold CV on {self.n_stars} training stars; {size}{local}{bias}; " + "; ".join(
+            parts
+        )
 
     def table(self) -> list[dict[str, Any]]:
         """Per-label rows (label, a, σ_sys, held-out std z and coverage before/after)."""
@@ -289,6 +316,7 @@ class ErrorCalibration(eqx.Module):
             "size_factor": self.size_factor,  # for readers of the header; derived from the above
             **({} if self.local is None else {"local": self.local.config()}),
             **({} if self.distance is None else {"distance": self.distance.config()}),
+            **({} if self.bias is None else {"bias": self.bias.config()}),
             **({} if self.size_power is None else {"size_factors": self.size_factors.tolist()}),
         }
 
@@ -298,7 +326,8 @@ class ErrorCalibration(eqx.Module):
 
         Headers written before model format 3 have no ``irreducible_share``: those
         calibrations were learned without the training-size factor (f = 1) and keep it;
-        before format 4 none has a label-space term (``local``).
+        before format 4 none has a label-space term (``local``), before format 6 none a
+        bias correction (``bias``).
         """
         names = tuple(config["label_names"])
         # device_put of numpy, not jnp.ones: load_model replaces it, and jnp.ones would
@@ -317,6 +346,7 @@ class ErrorCalibration(eqx.Module):
             if config.get("distance") is None
             else TrainingDistance.skeleton(config["distance"], len(names)),
             size_power=ones if "size_factors" in config else None,
+            bias=None if config.get("bias") is None else LocalBias.skeleton(config["bias"], len(names)),
         )
 
 

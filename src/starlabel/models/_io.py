@@ -73,7 +73,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "starlabel-model"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 """Bump when the header or array naming changes; loaders read older versions and refuse newer.
 
 2: optional error calibration (header ``calibration``, arrays ``.calibration.*``).
@@ -81,7 +81,9 @@ FORMAT_VERSION = 5
 4: the calibration's optional label-space term (header ``calibration.local``, arrays
    ``.calibration.local.*``); files without it load as before.
 5: the calibration's optional distance term (header ``calibration.distance``, arrays
-   ``.calibration.distance.*``); files without it load as before."""
+   ``.calibration.distance.*``); files without it load as before.
+6: the calibration's optional label-space bias correction (header ``calibration.bias``,
+   arrays ``.calibration.bias.*``); files without it load and infer the model's own labels."""
 
 MODEL_KINDS: dict[str, str] = {
     "cannon": "starlabel.models.cannon:FittedCannon",

@@ -20,7 +20,6 @@ is learned from residuals the term did not see.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 import equinox as eqx
@@ -28,7 +27,7 @@ import jax
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._internal._nearest import k_nearest
+from .._internal._nearest import neighbour_mean
 
 __all__ = ["LocalErrors", "MAX_LOCAL_POWER", "placeholders", "reference_rows"]
 
@@ -129,14 +128,11 @@ class LocalErrors(eqx.Module):
         finite = np.all(np.isfinite(labels), axis=1)
         if not finite.any():
             return out
-        points = np.asarray(self.points)
-        k = min(self.neighbours, self.n_refs - int(leave_one_out))
         query = (labels[finite] - np.asarray(self.center)) / np.asarray(self.spread)
-        index = k_nearest(points, query, k + int(leave_one_out))[1][:, int(leave_one_out) :]
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            # a neighbourhood without any residual is NaN ("Mean of empty slice"): factor 1
-            warnings.simplefilter("ignore", RuntimeWarning)
-            local = np.nanmean(np.asarray(self.sq)[index], axis=1)
+        # a neighbourhood without any residual is NaN: factor 1
+        local = neighbour_mean(
+            np.asarray(self.points), np.asarray(self.sq), query, self.neighbours, leave_one_out=leave_one_out
+        )
         log_local = np.log(np.clip(np.where(np.isfinite(local), local, 1.0), *_RANGE))
         out[finite] = log_local
         return out

@@ -208,7 +208,12 @@ class Cannon(AbstractSpectralModel):
 
     @x64
     def fit(
-        self, train: SpectralDataset, *, star_weights: Any = None, calibrate: bool = True
+        self,
+        train: SpectralDataset,
+        *,
+        star_weights: Any = None,
+        calibrate: bool = True,
+        bias_correction: bool = True,
     ) -> FittedCannon:
         """Train θ (pixels, terms) and s² (pixels,) on spectra with known labels.
 
@@ -227,6 +232,14 @@ class Cannon(AbstractSpectralModel):
             reports calibrated ``<label>_err``. False keeps the statistical errors and
             trains faster (3.6× on 2,000 stars × 7,214 px with 5 labels:
             ``benchmarks/results/calibration_train_time.json``).
+        bias_correction : bool
+            With ``calibrate``, also learn the label-space bias correction from the same
+            cross-validation (default True; see
+            :class:`~starlabel.models.ErrorCalibration` and ``docs/uncertainties.md``):
+            :meth:`FittedCannon.infer` then subtracts from each star's labels the mean
+            held-out residual of the training stars nearest them (kept as
+            ``<label>_bias``), and the calibrated errors are those of the corrected
+            labels. False keeps the model's own labels.
 
         Returns
         -------
@@ -244,7 +257,12 @@ class Cannon(AbstractSpectralModel):
         if not calibrate:
             return fitted
 
-        return calibrated_fit(fitted, train, fold_refit(self, prep, arrays, train, star_weights, fitted))
+        return calibrated_fit(
+            fitted,
+            train,
+            fold_refit(self, prep, arrays, train, star_weights, fitted),
+            bias_correction=bias_correction,
+        )
 
     @x64
     def fit_file(
