@@ -117,3 +117,23 @@ def test_cli_corrects_the_bias_by_default_and_no_bias_correction_opts_out(apogee
     z = (corrected.labels - reference) / corrected.label_err
     assert np.all(np.abs(np.std(z, axis=0) - 1) < 0.15), np.std(z, axis=0)
     assert np.all(np.abs(np.mean(np.abs(z) < 1, axis=0) - 0.683) < 0.08), np.mean(np.abs(z) < 1, axis=0)
+
+
+def test_frozen_labels_are_not_moved_and_laplace_labels_are_corrected_alike(apogee_giants):
+    from starlabel.models.cannon import Cannon
+
+    order = np.random.default_rng(7).permutation(apogee_giants.n_stars)
+    train, test = apogee_giants[np.sort(order[:250])], apogee_giants[np.sort(order[250:300])]
+    fitted = Cannon(("teff", "logg", "m_h")).fit(train)
+    fisher = fitted.infer(test)
+    assert np.any(fisher.extra["m_h_bias"] != 0)
+    # A frozen label (held at a given value) keeps that value: its bias is 0.
+    held = fitted.infer(test, frozen={"m_h": 0.0})
+    assert np.all(held.labels[:, 2] == 0.0) and np.all(held.extra["m_h_bias"] == 0.0)
+    # The Laplace approximation shares the optimum, so its labels are corrected alike
+    # (its errors are the statistical ones: the calibration was learned on Fisher's).
+    laplace = fitted.infer(test, uncertainty="laplace")
+    assert laplace.meta["errors"] == "statistical"
+    assert np.all(
+        np.abs(laplace.labels - fisher.labels) < 0.01 * fisher.label_err
+    )  # the optimiser's tolerance

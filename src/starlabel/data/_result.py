@@ -235,8 +235,8 @@ class InferenceResult:
         """As an ``astropy.table.Table``: id, labels, ``<label>_err``, χ², flags, extras.
 
         Columns: ``id``, then for each label ``<label>``, ``<label>_err`` and, when
-        the result has it, ``<label>_err_stat`` (the statistical part of calibrated
-        errors), then ``chi2``, ``dof``, ``rchi2`` (reduced χ²), ``flags`` and any other
+        the result has them, ``<label>_err_stat`` (the statistical part of calibrated
+        errors) and ``<label>_bias`` (the bias correction subtracted), then ``chi2``, ``dof``, ``rchi2`` (reduced χ²), ``flags`` and any other
         extra columns. Covariances are kept as ``cov_<a>_<b>`` for a < b when present.
         Label columns (and their error columns) carry units where the label is recognised
         (:func:`~starlabel.data._units.label_unit`); ``meta`` holds the scalar metadata,
@@ -278,9 +278,10 @@ class InferenceResult:
         for i, name in enumerate(self.label_names):
             columns[name] = self.labels[:, i]
             columns[f"{name}_err"] = errors[:, i]
-            if f"{name}_err_stat" in self.extra:
-                columns[f"{name}_err_stat"] = np.asarray(self.extra[f"{name}_err_stat"])
-                placed.add(f"{name}_err_stat")
+            for beside in (f"{name}_err_stat", f"{name}_bias"):
+                if beside in self.extra:
+                    columns[beside] = np.asarray(self.extra[beside])
+                    placed.add(beside)
         if self.cov is not None:
             for i, a in enumerate(self.label_names):
                 for j in range(i + 1, len(self.label_names)):

@@ -52,7 +52,8 @@ def label_unit(name: str) -> str | None:
 def column_units(columns: Iterable[str], label_names: Sequence[str]) -> dict[str, str]:
     """Units of a result table's columns that carry a label or a velocity.
 
-    A label's unit goes to ``<label>``, ``<label>_err``, ``<label>_err_stat``, ``ref_<label>``, the binary
+    A label's unit goes to ``<label>``, ``<label>_err``, ``<label>_err_stat``, ``<label>_bias``,
+    ``ref_<label>``, the binary
     components ``<label>_1``, ``<label>_2`` (and their ``_err``) and the posterior-mean extras
     ``<label>_best``, ``mode2_<label>``; ``rv``, ``rv_err`` and the binary velocity
     columns are km/s. Columns without a known unit are left out.
@@ -66,6 +67,7 @@ def column_units(columns: Iterable[str], label_names: Sequence[str]) -> dict[str
                 name,
                 f"{name}_err",
                 f"{name}_err_stat",
+                f"{name}_bias",
                 f"ref_{name}",
                 f"{name}_1",
                 f"{name}_2",

@@ -119,6 +119,7 @@ def cross_validated_calibration(
     distance_term: bool = False,
     balance: Callable[[np.ndarray], float] = balance_noise_aware,
     bias_correction: bool = False,
+    exclude: np.ndarray | None = None,
 ) -> ErrorCalibration:
     """Learn an :class:`ErrorCalibration` by K-fold cross-validation on a training set.
 
@@ -162,6 +163,10 @@ def cross_validated_calibration(
         held-out star corrected with the other folds' residuals
         (:func:`~._local_bias.cross_fold_shift`), the half-size residuals with every
         star's but its own.
+    exclude : ndarray of bool, shape (stars,), optional
+        Training stars whose held-out residuals are left out of the calibration (they
+        are still refitted, held out and inferred): stars the model was told to
+        ignore, whose residuals would measure their reference labels, not the model.
 
     Returns
     -------
@@ -188,6 +193,10 @@ def cross_validated_calibration(
         errors[held] = result.label_err
         rchi2[held] = result.reduced_chi2
     half = _half_size_residuals(refit, infer, reference, seed) if learn_size_factor else None
+    if exclude is not None:
+        residuals[np.asarray(exclude, dtype=bool)] = np.nan
+        if half is not None:
+            half[np.asarray(exclude, dtype=bool)] = np.nan
     bias = LocalBias.from_residuals(residuals, predicted) if bias_correction else None
     if bias is not None:
         residuals = residuals - cross_fold_shift(bias, residuals, predicted, fold_of(n, n_folds, seed))
@@ -248,6 +257,7 @@ def calibrated_fit(
     distance_term: bool | None = None,
     balance: Callable[[np.ndarray], float] | None = None,
     bias_correction: bool = False,
+    star_weights: np.ndarray | None = None,
 ) -> Calibrated:
     """``fitted`` carrying the calibration its family's default test step needs.
 
@@ -260,7 +270,9 @@ def calibrated_fit(
     :func:`~._calibration_fit.aim_coverage` for the kinds in :data:`AIM_COVERAGE` without
     ``bias_correction``, else :func:`~._calibration_fit.balance_noise_aware`. ``bias_correction`` (off unless the
     family's ``fit`` asks: the Cannon's does by default) is that of
-    :func:`cross_validated_calibration`.
+    :func:`cross_validated_calibration`. ``star_weights`` (stars,), the training
+    weights ``refit`` applies: stars weighted below 0.5 (e.g. likely outliers of a
+    robust fit) are left out of the calibration (``exclude``).
     """
     kind = fitted.kind
     if irreducible_share is None:
@@ -307,5 +319,6 @@ def calibrated_fit(
         distance_term=distance_term,
         balance=balance,
         bias_correction=bias_correction,
+        exclude=None if star_weights is None else np.asarray(star_weights, dtype=float) < 0.5,
     )
     return eqx.tree_at(lambda m: m.calibration, fitted, calibration, is_leaf=lambda x: x is None)

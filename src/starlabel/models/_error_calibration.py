@@ -229,21 +229,30 @@ class ErrorCalibration(eqx.Module):
             )
         if result.cov is None:
             raise ValueError("the result has no covariance to calibrate.")
-        stat = with_stat_errors(result)
         # The label-space terms and the correction were learned at the model's own labels.
         cov = self.total_cov(result.cov, result.reduced_chi2, result.labels)
-        labels, extra = result.labels, stat.extra
-        if self.bias is not None:
-            shift = self.bias.shift(result.labels)
-            labels = result.labels - shift
-            extra = {**extra, **{f"{n}{BIAS_SUFFIX}": shift[:, k] for k, n in enumerate(self.label_names)}}
+        corrected = self.correct_labels(with_stat_errors(result))
         return dataclasses.replace(
-            stat,
-            labels=labels,
+            corrected,
             cov=cov,
-            extra=extra,
-            meta={**stat.meta, "errors": "calibrated", "error_calibration": self.describe()},
+            meta={**corrected.meta, "errors": "calibrated", "error_calibration": self.describe()},
         )
+
+    def correct_labels(self, result: InferenceResult) -> InferenceResult:
+        """``result`` with the :attr:`bias` correction subtracted from its labels.
+
+        ``extra`` gains ``<label>_bias``, the correction (label units). Labels whose
+        statistical variance is zero (frozen: held at a given value) are not moved.
+        Without a :attr:`bias`, ``result`` unchanged.
+        """
+        if self.bias is None:
+            return result
+        shift = self.bias.shift(result.labels)
+        if result.cov is not None:
+            with np.errstate(invalid="ignore"):
+                shift = np.where(np.diagonal(result.cov, axis1=1, axis2=2) > 0, shift, 0.0)
+        extra = {f"{n}{BIAS_SUFFIX}": shift[:, k] for k, n in enumerate(self.label_names)}
+        return dataclasses.replace(result, labels=result.labels - shift, extra={**result.extra, **extra})
 
     # ------------------------------------------------------------------ report
     def describe(self) -> str:
@@ -377,6 +386,7 @@ def apply_calibration(
     *,
     calibrate: bool = True,
     why_not: str = "",
+    map_labels: bool = False,
 ) -> InferenceResult:
     """Calibrate ``result`` when a calibration exists and is wanted; say which it is.
 
@@ -396,6 +406,10 @@ def apply_calibration(
     why_not : str
         Non-empty when this test step differs from the one calibrated (e.g. another
         ``uncertainty``): the statistical errors are kept and this reason recorded.
+    map_labels : bool
+        With ``why_not``: the labels are still those of the test step the calibration
+        was learned on (e.g. the Laplace approximation at the same optimum), so its
+        label correction (:meth:`ErrorCalibration.correct_labels`) still applies.
 
     Returns
     -------
@@ -410,4 +424,6 @@ def apply_calibration(
     else:
         reason = f"not applied: {why_not or 'no covariance'}"
     stat = with_stat_errors(result)
+    if calibration is not None and calibrate and map_labels:
+        stat = calibration.correct_labels(stat)
     return dataclasses.replace(stat, meta={**stat.meta, "errors": "statistical", "error_calibration": reason})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -29,27 +29,22 @@ from ._flux_model import PolynomialSpectrum
 from ._folds import fold_refit
 from ._infer import LabelSpace
 from ._map import check_options, map_step
-from ._prepare import Prepared, label_matrix, label_space, prepare_labels
+from ._prepare import (
+    Prepared,
+    check_configuration,
+    label_matrix,
+    label_names_tuple,
+    label_space,
+    prepare_labels,
+    terms_tuple,
+)
 from ._serialise import fitted_config, fitted_skeleton
-from ._train import L1_SOLVERS, TrainingArrays, fit_arrays, training_arrays
+from ._train import TrainingArrays, fit_arrays, training_arrays
 from ._vectorizer import PolynomialVectorizer
 
 __all__ = ["Cannon", "FittedCannon"]
 
 logger = logging.getLogger(__name__)
-
-
-def _names(value: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(value, str):
-        raise TypeError(
-            f"`label_names` must be a sequence of names such as ('teff', 'logg'), not the string"
-            f" {value!r}; did you mean {tuple(value.split(','))!r}?"
-        )
-    return tuple(value)
-
-
-def _terms(value: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
-    return value if value is None or isinstance(value, str) else tuple(value)
 
 
 class Cannon(AbstractSpectralModel):
@@ -98,9 +93,9 @@ class Cannon(AbstractSpectralModel):
     Casey et al. (2016), arXiv:1603.03040 (censoring, L1 regularisation).
     """
 
-    label_names: tuple[str, ...] = eqx.field(static=True, converter=_names)
+    label_names: tuple[str, ...] = eqx.field(static=True, converter=label_names_tuple)
     order: int = eqx.field(static=True, default=2)
-    terms: str | tuple[str, ...] | None = eqx.field(static=True, default=None, converter=_terms)
+    terms: str | tuple[str, ...] | None = eqx.field(static=True, default=None, converter=terms_tuple)
     censor: Mapping[str, Any] | None = None
     l1: Any = 0.0
     l1_solver: str = eqx.field(static=True, default="coordinate_descent")
@@ -108,23 +103,7 @@ class Cannon(AbstractSpectralModel):
     tol: float = eqx.field(static=True, default=1e-5)
 
     def __check_init__(self) -> None:
-        if not self.label_names or any(not isinstance(n, str) or not n for n in self.label_names):
-            raise ValueError(
-                f"`label_names` must be non-empty strings such as ('teff', 'logg'), got {self.label_names!r}."
-            )
-        if len(set(self.label_names)) != len(self.label_names):
-            raise ValueError(f"`label_names` repeats a name: {self.label_names}.")
-        if self.l1_solver not in L1_SOLVERS:
-            raise ValueError(f"unknown `l1_solver` {self.l1_solver!r}; choose one of {list(L1_SOLVERS)}.")
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
-            raise ValueError(f"`max_iter` must be an integer ≥ 1, got {self.max_iter!r}.")
-        l1 = np.asarray(self.l1, dtype=float)
-        if l1.ndim > 1 or not np.all(np.isfinite(l1)) or np.any(l1 < 0):
-            raise ValueError(
-                "`l1` must be a finite, non-negative number or one value per pixel (pixels,);"
-                f" got {self.l1!r}."
-            )
-        self.vectorizer  # noqa: B018 - builds the term list, raising on bad `order`/`terms`
+        check_configuration(self)
 
     @property
     def vectorizer(self) -> PolynomialVectorizer:
@@ -233,13 +212,10 @@ class Cannon(AbstractSpectralModel):
             trains faster (3.6× on 2,000 stars × 7,214 px with 5 labels:
             ``benchmarks/results/calibration_train_time.json``).
         bias_correction : bool
-            With ``calibrate``, also learn the label-space bias correction from the same
-            cross-validation (default True; see
-            :class:`~starlabel.models.ErrorCalibration` and ``docs/uncertainties.md``):
-            :meth:`FittedCannon.infer` then subtracts from each star's labels the mean
-            held-out residual of the training stars nearest them (kept as
-            ``<label>_bias``), and the calibrated errors are those of the corrected
-            labels. False keeps the model's own labels.
+            With ``calibrate`` (default True), :meth:`FittedCannon.infer` subtracts from
+            each star's labels the mean held-out residual of the training stars nearest
+            them (``<label>_bias``; ``docs/uncertainties.md``), its errors calibrated on
+            labels corrected alike. False keeps the model's own labels.
 
         Returns
         -------
@@ -256,12 +232,12 @@ class Cannon(AbstractSpectralModel):
         fitted = self._fit_arrays(prep, arrays, train.wavelength)
         if not calibrate:
             return fitted
-
         return calibrated_fit(
             fitted,
             train,
             fold_refit(self, prep, arrays, train, star_weights, fitted),
             bias_correction=bias_correction,
+            star_weights=None if star_weights is None else prep.weights,
         )
 
     @x64
@@ -563,7 +539,9 @@ class FittedCannon(AbstractFittedFluxModel, AbstractLinearFittedModel, AbstractM
             Apply the model's :attr:`calibration` (default True): ``cov`` becomes the
             calibrated total ``D C D + diag(σ_sys²)`` and the statistical errors are
             kept in ``extra["<label>_err_stat"]``. Only the ``"fisher"`` errors it was
-            learned on are calibrated; ``meta["errors"]`` says which you got.
+            learned on are calibrated; ``meta["errors"]`` says which you got. Its label
+            correction (``extra["<label>_bias"]``) applies to the ``"fisher"`` and
+            ``"laplace"`` labels (one optimum), not to NUTS's posterior means.
 
         Returns
         -------
@@ -592,7 +570,10 @@ class FittedCannon(AbstractFittedFluxModel, AbstractLinearFittedModel, AbstractM
             return apply_calibration(self.calibration, result, calibrate=calibrate)
         refined = refine_uncertainty(self, data, result, result.labels, uncertainty, posterior_options)
         why = f"uncertainty={uncertainty!r}; the calibration was learned on 'fisher'"
-        return apply_calibration(self.calibration, refined, calibrate=calibrate, why_not=why)
+        laplace = uncertainty == "laplace"  # same optimum: its labels are corrected alike
+        return apply_calibration(
+            self.calibration, refined, calibrate=calibrate, why_not=why, map_labels=laplace
+        )
 
     def _check_grid(self, data: SpectralDataset) -> None:
         if data.n_pixels != self.n_pixels:

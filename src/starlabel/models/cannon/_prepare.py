@@ -10,6 +10,7 @@ by the in-memory fit, its calibration folds and the streamed ``fit_file``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -18,16 +19,60 @@ import numpy as np
 from ...data import ShiftScale, SpectralDataset
 from ._censor import active_terms, resolve_censor
 from ._infer import LabelSpace, nearest_distance
-from ._train import TrainingOptions, training_star_weights
+from ._train import L1_SOLVERS, TrainingOptions, training_star_weights
 from ._vectorizer import PolynomialVectorizer
 
 if TYPE_CHECKING:
     from ._model import Cannon
 
-__all__ = ["MAX_KEPT_TRAIN", "Prepared", "design_matrix", "label_matrix", "label_space", "prepare_labels"]
+__all__ = [
+    "MAX_KEPT_TRAIN",
+    "Prepared",
+    "check_configuration",
+    "design_matrix",
+    "label_matrix",
+    "label_names_tuple",
+    "label_space",
+    "prepare_labels",
+    "terms_tuple",
+]
 
 MAX_KEPT_TRAIN = 2048
 """Training labels kept in the model (for starts and the OUTSIDE_TRAINING test)."""
+
+
+def label_names_tuple(value: Sequence[str]) -> tuple[str, ...]:
+    """``Cannon.label_names`` as a tuple; a single string is refused (a common slip)."""
+    if isinstance(value, str):
+        raise TypeError(
+            f"`label_names` must be a sequence of names such as ('teff', 'logg'), not the string"
+            f" {value!r}; did you mean {tuple(value.split(','))!r}?"
+        )
+    return tuple(value)
+
+
+def terms_tuple(value: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    """``Cannon.terms`` as given when a string or None, else as a tuple."""
+    return value if value is None or isinstance(value, str) else tuple(value)
+
+
+def check_configuration(model: Cannon) -> None:
+    """Refuse a :class:`~._model.Cannon` configuration that cannot train, naming the field."""
+    names = model.label_names
+    if not names or any(not isinstance(n, str) or not n for n in names):
+        raise ValueError(f"`label_names` must be non-empty strings such as ('teff', 'logg'), got {names!r}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`label_names` repeats a name: {names}.")
+    if model.l1_solver not in L1_SOLVERS:
+        raise ValueError(f"unknown `l1_solver` {model.l1_solver!r}; choose one of {list(L1_SOLVERS)}.")
+    if not (isinstance(model.max_iter, int) and model.max_iter >= 1):
+        raise ValueError(f"`max_iter` must be an integer ≥ 1, got {model.max_iter!r}.")
+    l1 = np.asarray(model.l1, dtype=float)
+    if l1.ndim > 1 or not np.all(np.isfinite(l1)) or np.any(l1 < 0):
+        raise ValueError(
+            f"`l1` must be a finite, non-negative number or one value per pixel (pixels,); got {model.l1!r}."
+        )
+    model.vectorizer  # noqa: B018 - builds the term list, raising on bad `order`/`terms`
 
 
 def label_matrix(data: SpectralDataset, label_names: tuple[str, ...], what: str) -> np.ndarray:
