@@ -26,7 +26,7 @@ labels'), then the means over seeds and how many seeds have every label within s
 1 ± 0.1 and 68 ± 4 %.
 
 Run:  python benchmarks/calibration_seeds.py [--seeds 15-24]
-      (about 9 min on a quiet 2-core box; writes benchmarks/results/calibration_seeds.json)
+      (about 16 min on a quiet 2-core box; writes benchmarks/results/calibration_seeds.json)
       python benchmarks/calibration_seeds.py --quick --allow-busy --out /tmp/seeds.json
       (a smoke run: two seeds, 600 training / 300 test stars at 1,500 pixels)
 """
