@@ -99,7 +99,8 @@ def _giants_cv(quick: bool, likelihood: str, score: str) -> dict:
             likelihood=likelihood,
         )
         chosen.append(selection.temperature)
-        fitted = Cannon(names).fit(data[rest])
+        # The model's own MAP labels, like for like with its posterior means below.
+        fitted = Cannon(names).fit(data[rest], bias_correction=False)
         result = fitted.infer(data[held])
         best[held], best_err[held] = result.labels, result.label_err
         result = infer_posterior_mean(

@@ -137,3 +137,44 @@ def test_frozen_labels_are_not_moved_and_laplace_labels_are_corrected_alike(apog
     assert np.all(
         np.abs(laplace.labels - fisher.labels) < 0.01 * fisher.label_err
     )  # the optimiser's tolerance
+
+
+def test_bounds_hold_nan_covariances_are_corrected_and_the_model_labels_come_back(apogee_giants):
+    import dataclasses
+
+    from starlabel.models import model_labels
+    from starlabel.models.cannon import Cannon
+
+    order = np.random.default_rng(7).permutation(apogee_giants.n_stars)
+    train, test = apogee_giants[np.sort(order[:250])], apogee_giants[np.sort(order[250:300])]
+    fitted = Cannon(("teff", "logg", "m_h")).fit(train)
+    own = fitted.infer(test, calibrate=False)
+    corrected = fitted.infer(test)
+    np.testing.assert_allclose(model_labels(corrected), own.labels, rtol=1e-12)
+    assert np.array_equal(model_labels(own), own.labels)  # nothing to undo
+    # A corrected label stays within the test step's bounds.
+    top = float(np.median(own.labels[:, 0]))
+    bounded = fitted.infer(test, bounds={"teff": (None, top)})
+    assert np.all(bounded.labels[:, 0] <= top)
+    np.testing.assert_allclose(model_labels(bounded)[:, 0] - bounded.extra["teff_bias"], bounded.labels[:, 0])
+    # A star whose covariance is NaN (flagged BAD_COVARIANCE) is corrected like any other.
+    broken = np.array(own.cov)
+    broken[0] = np.nan
+    fixed = fitted.calibration.correct_labels(dataclasses.replace(own, cov=broken))
+    np.testing.assert_allclose(fixed.labels[0], corrected.labels[0], rtol=1e-12)
+    assert np.all(fixed.extra["teff_bias"] != 0)
+
+
+def test_leave_one_out_shift_uses_every_star_not_only_the_kept_references():
+    from starlabel.models._local_bias import leave_one_out_shift
+
+    rng = np.random.default_rng(2)
+    labels = rng.normal(size=(600, 2))
+    residuals = _smooth_bias(labels) + rng.normal(0.0, 0.05, size=labels.shape)
+    bias = LocalBias.from_residuals(residuals, labels)
+    assert bias is not None
+    np.testing.assert_allclose(
+        leave_one_out_shift(bias, residuals, labels),
+        bias.shift(labels, leave_one_out=True),
+        atol=1e-6,  # stored as float32 outside x64
+    )

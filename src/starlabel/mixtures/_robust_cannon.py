@@ -46,6 +46,7 @@ from jaxtyping import Array, Float
 
 from .._internal import fold_of, x64
 from ..data import InferenceResult, SpectralDataset
+from ..models import model_labels
 from ..models.cannon import Cannon, FittedCannon
 
 __all__ = ["RobustCannonFit", "RobustInference", "fit_robust_cannon", "infer_robust"]
@@ -338,7 +339,7 @@ def infer_robust(
     result = fitted.infer(current, **infer_options)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):  # noqa: B007 - EM iterations, each a full test step
-        model_flux = fitted.predict_flux(result.labels)
+        model_flux = fitted.predict_flux(model_labels(result))  # where χ² is least, not the corrected labels
         log_good = np.log1p(-fraction)[:, None] + log_norm - 0.5 * (data.flux - model_flux) ** 2 / var
         log_bad = np.log(fraction)[:, None] + log_uniform
         new_good = np.where(usable, 1.0 / (1.0 + np.exp(np.clip(log_bad - log_good, -700.0, 700.0))), 1.0)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ._calibration import apply_calibration as apply_calibration
     from ._calibration import cross_validated_calibration as cross_validated_calibration
     from ._calibration import fit_error_calibration as fit_error_calibration
+    from ._calibration import model_labels as model_labels
     from ._estimators import infer_nuts as infer_nuts
     from ._estimators import infer_posterior_mean as infer_posterior_mean
     from ._estimators import posterior_flux_model as posterior_flux_model

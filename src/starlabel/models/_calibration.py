@@ -46,6 +46,7 @@ from ._error_calibration import (
     STAT_SUFFIX,
     ErrorCalibration,
     apply_calibration,
+    model_labels,
     with_stat_errors,
 )
 
@@ -61,5 +62,6 @@ __all__ = [
     "calibrated_fit",
     "cross_validated_calibration",
     "fit_error_calibration",
+    "model_labels",
     "with_stat_errors",
 ]

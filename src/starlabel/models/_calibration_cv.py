@@ -20,7 +20,7 @@ from .._internal import fold_indices, fold_of
 from ..data import InferenceResult, SpectralDataset
 from ._calibration_fit import aim_coverage, balance_noise_aware, fit_error_calibration
 from ._error_calibration import CALIBRATION_FOLDS, ErrorCalibration
-from ._local_bias import LocalBias, cross_fold_shift
+from ._local_bias import LocalBias, cross_fold_shift, leave_one_out_shift
 from ._training_distance import TrainingDistance
 from .base import AbstractFittedModel
 
@@ -165,9 +165,11 @@ def cross_validated_calibration(
         (:func:`~._local_bias.cross_fold_shift`), the half-size residuals with every
         star's but its own.
     exclude : ndarray of bool, shape (stars,), optional
-        Training stars whose held-out residuals are left out of the calibration (they
-        are still refitted, held out and inferred): stars the model was told to
-        ignore, whose residuals would measure their reference labels, not the model.
+        Training stars whose held-out residuals are left out of the fits of the
+        calibration and of the bias correction (they are still refitted, held out and
+        inferred, and their labels still count in the χ² median and the distance
+        term): stars the model was told to ignore, whose residuals would measure their
+        reference labels, not the model.
 
     Returns
     -------
@@ -200,11 +202,12 @@ def cross_validated_calibration(
             half[np.asarray(exclude, dtype=bool)] = np.nan
     bias = LocalBias.from_residuals(residuals, predicted) if bias_correction else None
     if bias is not None:
+        residuals_before = residuals
         residuals = residuals - cross_fold_shift(bias, residuals, predicted, fold_of(n, n_folds, seed))
         if half is not None:
             # The same correction at the K-fold labels, each star's own residual left out
             # (it was not made by a half-size model, but it is this star's).
-            half = half - bias.shift(predicted, leave_one_out=True)
+            half = half - leave_one_out_shift(bias, residuals_before, predicted)
     return fit_error_calibration(
         residuals,
         errors,
@@ -218,6 +221,12 @@ def cross_validated_calibration(
         balance=balance,
         bias=bias,
     )
+
+
+def _weighted_out(weights: np.ndarray) -> np.ndarray:
+    """Stars weighted below half the largest weight (bool, like ``weights``)."""
+    top = float(np.max(weights)) if weights.size else 0.0
+    return weights < 0.5 * top
 
 
 def _half_size_residuals(
@@ -272,8 +281,9 @@ def calibrated_fit(
     ``bias_correction``, else :func:`~._calibration_fit.balance_noise_aware`. ``bias_correction`` (off unless the
     family's ``fit`` asks: the Cannon's does by default) is that of
     :func:`cross_validated_calibration`. ``star_weights`` (stars,), the training
-    weights ``refit`` applies: stars weighted below 0.5 (e.g. likely outliers of a
-    robust fit) are left out of the calibration (``exclude``).
+    weights ``refit`` applies: stars weighted below half the largest weight (e.g.
+    likely outliers of a robust fit) are left out of the residuals the calibration
+    and the correction are fitted to (``exclude``).
     """
     kind = fitted.kind
     if irreducible_share is None:
@@ -320,6 +330,6 @@ def calibrated_fit(
         distance_term=distance_term,
         balance=balance,
         bias_correction=bias_correction,
-        exclude=None if star_weights is None else np.asarray(star_weights, dtype=float) < 0.5,
+        exclude=None if star_weights is None else _weighted_out(np.asarray(star_weights, dtype=float)),
     )
     return eqx.tree_at(lambda m: m.calibration, fitted, calibration, is_leaf=lambda x: x is None)

@@ -11,6 +11,7 @@ part as ``<label>_err_stat``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import equinox as eqx
@@ -23,7 +24,14 @@ from ._local_bias import BIAS_SUFFIX, LocalBias
 from ._local_errors import LocalErrors
 from ._training_distance import TrainingDistance
 
-__all__ = ["CALIBRATION_FOLDS", "STAT_SUFFIX", "ErrorCalibration", "apply_calibration", "with_stat_errors"]
+__all__ = [
+    "CALIBRATION_FOLDS",
+    "STAT_SUFFIX",
+    "ErrorCalibration",
+    "apply_calibration",
+    "model_labels",
+    "with_stat_errors",
+]
 
 CALIBRATION_FOLDS = 5
 """Default number of cross-validation folds used at ``fit`` time."""
@@ -198,7 +206,7 @@ class ErrorCalibration(eqx.Module):
         f = self.size_factors
         return total * (f[:, None] * f[None, :])[None]
 
-    def apply(self, result: InferenceResult) -> InferenceResult:
+    def apply(self, result: InferenceResult, bounds: Mapping[str, Any] | None = None) -> InferenceResult:
         """``result`` with calibrated covariances; the statistical errors kept as extras.
 
         Parameters
@@ -206,6 +214,9 @@ class ErrorCalibration(eqx.Module):
         result : InferenceResult
             Output of the test step this calibration was learned on, with the same
             label names.
+        bounds : mapping, optional
+            The test step's label bounds, kept by the corrected labels
+            (:meth:`correct_labels`).
 
         Returns
         -------
@@ -231,28 +242,39 @@ class ErrorCalibration(eqx.Module):
             raise ValueError("the result has no covariance to calibrate.")
         # The label-space terms and the correction were learned at the model's own labels.
         cov = self.total_cov(result.cov, result.reduced_chi2, result.labels)
-        corrected = self.correct_labels(with_stat_errors(result))
+        corrected = self.correct_labels(with_stat_errors(result), bounds)
         return dataclasses.replace(
             corrected,
             cov=cov,
             meta={**corrected.meta, "errors": "calibrated", "error_calibration": self.describe()},
         )
 
-    def correct_labels(self, result: InferenceResult) -> InferenceResult:
+    def correct_labels(
+        self, result: InferenceResult, bounds: Mapping[str, Any] | None = None
+    ) -> InferenceResult:
         """``result`` with the :attr:`bias` correction subtracted from its labels.
 
-        ``extra`` gains ``<label>_bias``, the correction (label units). Labels whose
-        statistical variance is zero (frozen: held at a given value) are not moved.
-        Without a :attr:`bias`, ``result`` unchanged.
+        ``extra`` gains ``<label>_bias``, the correction (label units), so the model's
+        own labels stay recoverable (:func:`model_labels`). Labels whose statistical
+        variance is exactly zero (frozen: held at a given value) are not moved; a
+        corrected label is kept within ``bounds`` (``{label: (low, high)}`` in label
+        units, None for an open side: the test step's own bounds). Without a
+        :attr:`bias`, ``result`` unchanged.
         """
         if self.bias is None:
             return result
         shift = self.bias.shift(result.labels)
-        if result.cov is not None:
-            with np.errstate(invalid="ignore"):
-                shift = np.where(np.diagonal(result.cov, axis1=1, axis2=2) > 0, shift, 0.0)
+        if result.cov is not None:  # a NaN covariance (BAD_COVARIANCE) is not frozen
+            shift = np.where(np.diagonal(result.cov, axis1=1, axis2=2) == 0, 0.0, shift)
+        labels = result.labels - shift
+        for name, (low, high) in (bounds or {}).items():
+            k = self.label_names.index(name)
+            labels[:, k] = np.clip(
+                labels[:, k], -np.inf if low is None else low, np.inf if high is None else high
+            )
+        shift = result.labels - labels
         extra = {f"{n}{BIAS_SUFFIX}": shift[:, k] for k, n in enumerate(self.label_names)}
-        return dataclasses.replace(result, labels=result.labels - shift, extra={**result.extra, **extra})
+        return dataclasses.replace(result, labels=labels, extra={**result.extra, **extra})
 
     # ------------------------------------------------------------------ report
     def describe(self) -> str:
@@ -373,6 +395,20 @@ _RATIO_RANGE = (0.1, 100.0)
 and the clip keeps one absurd fit from getting an absurd error."""
 
 
+def model_labels(result: InferenceResult) -> np.ndarray:
+    """The model's own labels of ``result`` (stars, labels): ``<label> + <label>_bias``.
+
+    The labels a model's flux, χ² and flags refer to; equal to ``result.labels`` when
+    no bias correction was applied. What to start a fit from, or predict flux at.
+    """
+    shift = [result.extra.get(f"{n}{BIAS_SUFFIX}") for n in result.label_names]
+    if all(s is None for s in shift):
+        return result.labels
+    return result.labels + np.stack(
+        [np.zeros(result.n_stars) if s is None else np.asarray(s, dtype=float) for s in shift], axis=1
+    )
+
+
 def with_stat_errors(result: InferenceResult) -> InferenceResult:
     """``result`` with ``<label>_err_stat`` extras equal to its current ``<label>_err``."""
     errors = result.label_err
@@ -387,6 +423,7 @@ def apply_calibration(
     calibrate: bool = True,
     why_not: str = "",
     map_labels: bool = False,
+    bounds: Mapping[str, Any] | None = None,
 ) -> InferenceResult:
     """Calibrate ``result`` when a calibration exists and is wanted; say which it is.
 
@@ -410,13 +447,15 @@ def apply_calibration(
         With ``why_not``: the labels are still those of the test step the calibration
         was learned on (e.g. the Laplace approximation at the same optimum), so its
         label correction (:meth:`ErrorCalibration.correct_labels`) still applies.
+    bounds : mapping, optional
+        The test step's label bounds, kept by corrected labels.
 
     Returns
     -------
     InferenceResult
     """
     if calibration is not None and calibrate and not why_not and result.cov is not None:
-        return calibration.apply(result)
+        return calibration.apply(result, bounds)
     if calibration is None:
         reason = "none: the model was trained without error calibration (retrain to calibrate)"
     elif not calibrate:
@@ -425,5 +464,5 @@ def apply_calibration(
         reason = f"not applied: {why_not or 'no covariance'}"
     stat = with_stat_errors(result)
     if calibration is not None and calibrate and map_labels:
-        stat = calibration.correct_labels(stat)
+        stat = calibration.correct_labels(stat, bounds)
     return dataclasses.replace(stat, meta={**stat.meta, "errors": "statistical", "error_calibration": reason})

@@ -155,7 +155,9 @@ def run_test_step(
     if width_scale is not None:
         result = rescale_uncertainty(result, width_scale)
     if calibration is not None:
-        result = calibration.apply(result)
+        # A width calibration only: a label correction learned on MAP labels does not
+        # belong on posterior means (and a calibration from options has none).
+        result = dataclasses.replace(calibration, bias=None).apply(result)
     if meta_extra:
         result = dataclasses.replace(result, meta={**result.meta, **meta_extra})
     return result

@@ -34,9 +34,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._internal._nearest import neighbour_mean
-from ._local_errors import default_neighbours, placeholders, reference_rows
+from ._local_errors import neighbourhood_mean, placeholders, reference_set
 
-__all__ = ["BIAS_SUFFIX", "LocalBias", "cross_fold_shift"]
+__all__ = ["BIAS_SUFFIX", "LocalBias", "cross_fold_shift", "leave_one_out_shift"]
 
 BIAS_SUFFIX = "_bias"
 """Suffix of the result columns holding the correction subtracted from each label."""
@@ -97,11 +97,10 @@ class LocalBias(eqx.Module):
         when fewer than ``2 k`` stars remain (no neighbourhood to speak of).
         """
         labels = np.asarray(labels, dtype=float)
-        rows = np.flatnonzero(np.all(np.isfinite(labels), axis=1))
-        k = default_neighbours(len(rows)) if neighbours is None else int(neighbours)
-        if k < 1 or len(rows) < 2 * k:
+        found = reference_set(labels, neighbours, seed)
+        if found is None:
             return None
-        rows, center, spread = reference_rows(labels, rows, seed)
+        rows, center, spread, k = found
         return cls(
             center=jax.device_put(np.asarray(center, dtype=float)),  # no conversion programs
             spread=jax.device_put(np.asarray(spread, dtype=float)),
@@ -122,19 +121,8 @@ class LocalBias(eqx.Module):
         (for the reference stars themselves) drops each star's nearest reference star,
         itself, from its neighbourhood.
         """
-        labels = np.asarray(labels, dtype=float)
-        out = np.zeros(labels.shape)
-        finite = np.all(np.isfinite(labels), axis=1)
-        if finite.any():
-            mean = neighbour_mean(
-                np.asarray(self.points),
-                np.asarray(self.residuals),
-                self.standardise(labels[finite]),
-                self.neighbours,
-                leave_one_out=leave_one_out,
-            )
-            out[finite] = np.where(np.isfinite(mean), mean, 0.0)
-        return out
+        mean = neighbourhood_mean(self, self.residuals, labels, leave_one_out=leave_one_out)
+        return np.where(np.isfinite(mean), mean, 0.0)
 
     def config(self) -> dict[str, Any]:
         """JSON-able structure for the model-file header."""
@@ -178,4 +166,27 @@ def cross_fold_shift(
         held, other = ref_fold == f, ref_fold != f
         mean = neighbour_mean(points[other], trimmed[other], points[held], bias.neighbours)
         out[finite[held]] = np.where(np.isfinite(mean), mean, 0.0)
+    return out
+
+
+def leave_one_out_shift(bias: LocalBias, residuals: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each star's bias from every other star's residual (not its own), shape (stars, labels).
+
+    As :meth:`LocalBias.shift` with ``leave_one_out`` at the stars' own labels, but over
+    all of them (``bias`` keeps at most 20,000, and a star outside that subset would
+    lose its nearest *other* star instead of itself). 0 where the labels are not all
+    finite or no neighbour has a residual.
+    """
+    labels = np.asarray(labels, dtype=float)
+    finite = np.flatnonzero(np.all(np.isfinite(labels), axis=1))
+    points = bias.standardise(labels[finite])
+    mean = neighbour_mean(
+        points,
+        _trimmed(np.asarray(residuals, dtype=float)[finite]),
+        points,
+        bias.neighbours,
+        leave_one_out=True,
+    )
+    out = np.zeros(labels.shape)
+    out[finite] = np.where(np.isfinite(mean), mean, 0.0)
     return out

@@ -20,7 +20,7 @@ is learned from residuals the term did not see.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import equinox as eqx
 import jax
@@ -29,7 +29,14 @@ from jaxtyping import Array, Float
 
 from .._internal._nearest import neighbour_mean
 
-__all__ = ["LocalErrors", "MAX_LOCAL_POWER", "placeholders", "reference_rows"]
+__all__ = [
+    "LocalErrors",
+    "MAX_LOCAL_POWER",
+    "neighbourhood_mean",
+    "placeholders",
+    "reference_rows",
+    "reference_set",
+]
 
 MAX_LOCAL_POWER = 1.5
 """Upper bound of ``δ``: at 1 the floor follows the neighbourhood's mean squared error
@@ -93,11 +100,10 @@ class LocalErrors(eqx.Module):
         """
         residuals = np.asarray(residuals, dtype=float)
         labels = np.asarray(labels, dtype=float)
-        rows = np.flatnonzero(np.all(np.isfinite(labels), axis=1))
-        k = default_neighbours(len(rows)) if neighbours is None else int(neighbours)
-        if k < 1 or len(rows) < 2 * k:
+        found = reference_set(labels, neighbours, seed)
+        if found is None:
             return None
-        rows, center, spread = reference_rows(labels, rows, seed)
+        rows, center, spread, k = found
         squared = residuals[rows] ** 2
         with np.errstate(invalid="ignore"):
             top = np.nanquantile(squared, _WINSOR, axis=0)
@@ -123,19 +129,9 @@ class LocalErrors(eqx.Module):
         ``leave_one_out`` (for the reference stars themselves) drops each star's nearest
         reference star, itself, from its neighbourhood.
         """
-        labels = np.asarray(labels, dtype=float)
-        out = np.zeros(labels.shape)
-        finite = np.all(np.isfinite(labels), axis=1)
-        if not finite.any():
-            return out
-        query = (labels[finite] - np.asarray(self.center)) / np.asarray(self.spread)
-        # a neighbourhood without any residual is NaN: factor 1
-        local = neighbour_mean(
-            np.asarray(self.points), np.asarray(self.sq), query, self.neighbours, leave_one_out=leave_one_out
-        )
-        log_local = np.log(np.clip(np.where(np.isfinite(local), local, 1.0), *_RANGE))
-        out[finite] = log_local
-        return out
+        # a star without finite labels, or a neighbourhood without any residual: factor 1
+        local = neighbourhood_mean(self, self.sq, labels, leave_one_out=leave_one_out)
+        return np.log(np.clip(np.where(np.isfinite(local), local, 1.0), *_RANGE))
 
     def factor(self, labels: np.ndarray) -> np.ndarray:
         """``(L(ℓ)/L̄)^δ`` per star and label, shape (stars, labels); 1 where unknown."""
@@ -174,3 +170,54 @@ def reference_rows(
     center = labels[rows].mean(axis=0)
     spread = labels[rows].std(axis=0)
     return rows, center, np.where(spread > 0, spread, 1.0)
+
+
+def reference_set(
+    labels: np.ndarray, neighbours: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """Rows, label mean and spread, and ``k`` of a label-space term built from ``labels``.
+
+    ``labels`` (stars, labels): the held-out stars' inferred labels; stars without all
+    of them finite are not kept; ``k`` defaults to √stars within [10, 50]. None when
+    fewer than ``2 k`` stars remain (no neighbourhood to speak of).
+    """
+    rows = np.flatnonzero(np.all(np.isfinite(labels), axis=1))
+    k = default_neighbours(len(rows)) if neighbours is None else int(neighbours)
+    if k < 1 or len(rows) < 2 * k:
+        return None
+    rows, center, spread = reference_rows(labels, rows, seed)
+    return rows, center, spread, k
+
+
+@runtime_checkable
+class LabelSpaceTerm(Protocol):
+    """What :func:`neighbourhood_mean` reads of a label-space term (LocalErrors, LocalBias)."""
+
+    @property
+    def center(self) -> Any: ...
+    @property
+    def spread(self) -> Any: ...
+    @property
+    def points(self) -> Any: ...
+    @property
+    def neighbours(self) -> int: ...
+
+
+def neighbourhood_mean(
+    term: LabelSpaceTerm, values: Any, labels: np.ndarray, *, leave_one_out: bool = False
+) -> np.ndarray:
+    """Mean of ``values`` (refs, columns) over each star's ``k`` nearest reference stars.
+
+    ``term`` is a label-space term (its ``center``, ``spread``, ``points`` and
+    ``neighbours``); ``labels`` (stars, labels) in label units. NaN for a star whose
+    labels are not all finite or whose neighbourhood has no value in a column.
+    """
+    labels = np.asarray(labels, dtype=float)
+    out = np.full((labels.shape[0], np.shape(values)[1]), np.nan)
+    finite = np.all(np.isfinite(labels), axis=1)
+    if finite.any():
+        query = (labels[finite] - np.asarray(term.center)) / np.asarray(term.spread)
+        out[finite] = neighbour_mean(
+            np.asarray(term.points), np.asarray(values), query, term.neighbours, leave_one_out=leave_one_out
+        )
+    return out

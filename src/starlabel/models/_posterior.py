@@ -41,6 +41,7 @@ from ..inference import (
     split_rhat,
     whiten,
 )
+from ._error_calibration import model_labels
 from ._nuts_columns import RHAT_MAX, nuts_columns
 from ._prediction_variance import LinearPredictionVariance
 from ._strategies import NUTS, AbstractUncertainty
@@ -299,7 +300,8 @@ def _adaptor_and_start(
         return adaptor, given
     if isinstance(fitted, AbstractLatentModel):
         return adaptor, np.asarray(fitted.infer_latents(data)[0], dtype=np.float64)
-    return adaptor, np.asarray(fitted.infer(data).labels, dtype=np.float64)
+    # The optimum itself: a bias-corrected label is not where the likelihood peaks.
+    return adaptor, np.asarray(model_labels(fitted.infer(data)), dtype=np.float64)
 
 
 def _check_options(method: str, num_warmup: int, num_samples: int, num_chains: int, chunk_size: int) -> None:

@@ -202,8 +202,9 @@ class Cannon(AbstractSpectralModel):
             Training spectra with (at least) the labels ``label_names``. Stars missing
             any of these labels (NaN) are left out.
         star_weights : array-like, shape (stars,), optional
-            Non-negative multipliers of each star's log-likelihood, used exactly in both
-            the θ and the s² updates (e.g. EM membership probabilities). Default 1.
+            Non-negative multipliers of each star's log-likelihood in both the θ and the
+            s² updates (e.g. EM membership probabilities; default 1). Stars weighted
+            below half the largest weight stay out of the calibration's fits.
         calibrate : bool
             Also learn the error calibration of the default test step by 5-fold
             cross-validation on ``train`` (default True; see
@@ -567,12 +568,12 @@ class FittedCannon(AbstractFittedFluxModel, AbstractLinearFittedModel, AbstractM
             max_iter=max_iter, tol=tol, poor_fit=poor_fit,
         )  # fmt: skip
         if uncertainty == "fisher":
-            return apply_calibration(self.calibration, result, calibrate=calibrate)
+            return apply_calibration(self.calibration, result, calibrate=calibrate, bounds=bounds)
         refined = refine_uncertainty(self, data, result, result.labels, uncertainty, posterior_options)
         why = f"uncertainty={uncertainty!r}; the calibration was learned on 'fisher'"
         laplace = uncertainty == "laplace"  # same optimum: its labels are corrected alike
         return apply_calibration(
-            self.calibration, refined, calibrate=calibrate, why_not=why, map_labels=laplace
+            self.calibration, refined, calibrate=calibrate, why_not=why, map_labels=laplace, bounds=bounds
         )
 
     def _check_grid(self, data: SpectralDataset) -> None:

@@ -18,6 +18,7 @@ from jaxtyping import Array, PRNGKeyArray
 from ..._internal import map_chunks, x64
 from ...data import Flag, InferenceResult, SpectralDataset
 from ...inference import AbstractLabelPrior, gaussian_from_precision, nuts, whiten
+from .._error_calibration import model_labels
 from .._estimators import check_temperature
 from .._nuts_columns import nuts_columns
 from ..base import AbstractFittedModel
@@ -102,7 +103,7 @@ def nuts_posterior(
         raise TypeError(
             f"a bare {type(model).__name__} has no MAP test step: pass `start` (MAP labels, cov)."
         )
-    centre = np.asarray(first.labels, dtype=float)
+    centre = np.asarray(model_labels(first), dtype=float)  # the optimum, not bias-corrected labels
     cov = np.asarray(first.cov, dtype=float)
     # Fall back to the model's label scale where the MAP covariance is unusable; the
     # sampler then starts from a wider whitening but still converges.
