@@ -34,7 +34,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._internal._nearest import neighbour_mean
-from ._local_errors import neighbourhood_mean, placeholders, reference_set
+from ._label_space import AbstractLabelSpaceTerm, placeholders, reference_set
 
 __all__ = ["BIAS_SUFFIX", "LocalBias", "cross_fold_shift", "leave_one_out_shift"]
 
@@ -58,21 +58,16 @@ def _trimmed(residuals: np.ndarray) -> np.ndarray:
     return out
 
 
-class LocalBias(eqx.Module):
+class LocalBias(AbstractLabelSpaceTerm):
     """Held-out residuals in label space, averaged over a star's neighbours as its bias.
 
     Attributes
     ----------
-    center, spread : Float[Array, " labels"]
-        Mean and standard deviation of the reference stars' inferred labels (label
-        units): labels are compared as ``(ℓ − center) / spread``.
-    points : Float[Array, "refs labels"]
-        The reference (held-out training) stars' standardised inferred labels.
+    center, spread, points, neighbours
+        The reference stars (:class:`~._label_space.AbstractLabelSpaceTerm`).
     residuals : Float[Array, "refs labels"]
         Their held-out ``inferred − reference`` in label units (NaN where unknown),
         clipped per label to the 1st–99th percentile.
-    neighbours : int
-        ``k``, the reference stars averaged per star.
     """
 
     center: Float[Array, " labels"]
@@ -80,11 +75,6 @@ class LocalBias(eqx.Module):
     points: Float[Array, "refs labels"]
     residuals: Float[Array, "refs labels"]
     neighbours: int = eqx.field(static=True, default=20)
-
-    @property
-    def n_refs(self) -> int:
-        """Number of reference stars."""
-        return int(self.points.shape[0])
 
     @classmethod
     def from_residuals(
@@ -109,10 +99,6 @@ class LocalBias(eqx.Module):
             neighbours=k,
         )
 
-    def standardise(self, labels: np.ndarray) -> np.ndarray:
-        """``(labels − center) / spread``, labels (stars, labels) in label units."""
-        return (np.asarray(labels, dtype=float) - np.asarray(self.center)) / np.asarray(self.spread)
-
     def shift(self, labels: np.ndarray, *, leave_one_out: bool = False) -> np.ndarray:
         """The bias ``b(ℓ)`` per star and label, shape (stars, labels), in label units.
 
@@ -121,18 +107,16 @@ class LocalBias(eqx.Module):
         (for the reference stars themselves) drops each star's nearest reference star,
         itself, from its neighbourhood.
         """
-        mean = neighbourhood_mean(self, self.residuals, labels, leave_one_out=leave_one_out)
+        mean = self.neighbourhood_mean(self.residuals, labels, leave_one_out=leave_one_out)
         return np.where(np.isfinite(mean), mean, 0.0)
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able structure for the model-file header."""
-        return {"neighbours": self.neighbours, "n_refs": self.n_refs}
 
     @classmethod
     def skeleton(cls, config: dict[str, Any], n_labels: int) -> LocalBias:
         """Placeholder with the structure ``config`` describes (arrays replaced on load)."""
         vector, table = placeholders(config, n_labels)
-        return cls(vector, vector, table, table, neighbours=int(config["neighbours"]))
+        return cls(
+            center=vector, spread=vector, points=table, residuals=table, neighbours=int(config["neighbours"])
+        )
 
 
 def cross_fold_shift(

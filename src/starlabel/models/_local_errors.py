@@ -20,23 +20,16 @@ is learned from residuals the term did not see.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import equinox as eqx
 import jax
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._internal._nearest import neighbour_mean
+from ._label_space import AbstractLabelSpaceTerm, placeholders, reference_set
 
-__all__ = [
-    "LocalErrors",
-    "MAX_LOCAL_POWER",
-    "neighbourhood_mean",
-    "placeholders",
-    "reference_rows",
-    "reference_set",
-]
+__all__ = ["LocalErrors", "MAX_LOCAL_POWER"]
 
 MAX_LOCAL_POWER = 1.5
 """Upper bound of ``δ``: at 1 the floor follows the neighbourhood's mean squared error
@@ -44,36 +37,23 @@ exactly; a little above lets the fit undo the smoothing of ``k`` neighbours."""
 _RANGE = (0.01, 100.0)
 """``L/L̄`` is clipped to this range: one neighbourhood of catastrophic stars or of
 perfect ones must not give an absurd error."""
-_MAX_REFS = 20_000
-"""At most this many held-out training stars are kept (a random subset beyond): bounds
-the model file and the neighbour search."""
 _WINSOR = 0.99
 """Squared residuals above this quantile are clipped to it before averaging: a few
 catastrophic stars must not set their whole neighbourhood's error."""
 
 
-def default_neighbours(n_stars: int) -> int:
-    """``k = √n`` clipped to [10, 50]: 20 for 400 training stars, 45 for 2,000."""
-    return int(np.clip(round(np.sqrt(n_stars)), 10, 50))
-
-
-class LocalErrors(eqx.Module):
+class LocalErrors(AbstractLabelSpaceTerm):
     """Held-out residuals in label space and the power ``δ`` of their local mean square.
 
     Attributes
     ----------
-    center, spread : Float[Array, " labels"]
-        Mean and standard deviation of the reference stars' inferred labels (label
-        units): labels are compared as ``(ℓ − center) / spread``.
-    points : Float[Array, "refs labels"]
-        The reference (held-out training) stars' standardised inferred labels.
+    center, spread, points, neighbours
+        The reference stars (:class:`~._label_space.AbstractLabelSpaceTerm`).
     sq : Float[Array, "refs labels"]
         Their squared held-out residuals over the mean of those (dimensionless; NaN
         where a residual is missing), the largest 1 % clipped.
     power : Float[Array, " labels"]
         ``δ`` per label, in [0, 1.5]; 0 turns the term off for that label.
-    neighbours : int
-        ``k``, the reference stars averaged per star.
     """
 
     center: Float[Array, " labels"]
@@ -82,11 +62,6 @@ class LocalErrors(eqx.Module):
     sq: Float[Array, "refs labels"]
     power: Float[Array, " labels"]
     neighbours: int = eqx.field(static=True, default=20)
-
-    @property
-    def n_refs(self) -> int:
-        """Number of reference stars."""
-        return int(self.points.shape[0])
 
     @classmethod
     def from_residuals(
@@ -130,94 +105,22 @@ class LocalErrors(eqx.Module):
         reference star, itself, from its neighbourhood.
         """
         # a star without finite labels, or a neighbourhood without any residual: factor 1
-        local = neighbourhood_mean(self, self.sq, labels, leave_one_out=leave_one_out)
+        local = self.neighbourhood_mean(self.sq, labels, leave_one_out=leave_one_out)
         return np.log(np.clip(np.where(np.isfinite(local), local, 1.0), *_RANGE))
 
     def factor(self, labels: np.ndarray) -> np.ndarray:
         """``(L(ℓ)/L̄)^δ`` per star and label, shape (stars, labels); 1 where unknown."""
         return np.exp(self.log_ratio(labels) * np.asarray(self.power, dtype=float)[None, :])
 
-    def config(self) -> dict[str, Any]:
-        """JSON-able structure for the model-file header."""
-        return {"neighbours": self.neighbours, "n_refs": self.n_refs}
-
     @classmethod
     def skeleton(cls, config: dict[str, Any], n_labels: int) -> LocalErrors:
         """Placeholder with the structure ``config`` describes (arrays replaced on load)."""
         vector, table = placeholders(config, n_labels)
-        return cls(vector, vector, table, table, vector, neighbours=int(config["neighbours"]))
-
-
-def placeholders(config: dict[str, Any], n_labels: int) -> tuple[jax.Array, jax.Array]:
-    """Ones of shape (labels,) and (refs, labels) for a label-space term's skeleton.
-
-    ``device_put`` of numpy, not ``jnp.ones``: loading replaces them, and ``jnp.ones``
-    would compile a small program per shape in every process that loads a model.
-    """
-    return jax.device_put(np.ones(n_labels)), jax.device_put(np.ones((int(config["n_refs"]), n_labels)))
-
-
-def reference_rows(
-    labels: np.ndarray, rows: np.ndarray, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The rows a label-space term keeps (a random 20,000 beyond), their labels' mean and spread.
-
-    ``labels`` (stars, labels), ``rows`` the candidate rows (int); the spread is 1 for a
-    label without any (all equal).
-    """
-    if len(rows) > _MAX_REFS:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, _MAX_REFS, replace=False))
-    center = labels[rows].mean(axis=0)
-    spread = labels[rows].std(axis=0)
-    return rows, center, np.where(spread > 0, spread, 1.0)
-
-
-def reference_set(
-    labels: np.ndarray, neighbours: int | None, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-    """Rows, label mean and spread, and ``k`` of a label-space term built from ``labels``.
-
-    ``labels`` (stars, labels): the held-out stars' inferred labels; stars without all
-    of them finite are not kept; ``k`` defaults to √stars within [10, 50]. None when
-    fewer than ``2 k`` stars remain (no neighbourhood to speak of).
-    """
-    rows = np.flatnonzero(np.all(np.isfinite(labels), axis=1))
-    k = default_neighbours(len(rows)) if neighbours is None else int(neighbours)
-    if k < 1 or len(rows) < 2 * k:
-        return None
-    rows, center, spread = reference_rows(labels, rows, seed)
-    return rows, center, spread, k
-
-
-@runtime_checkable
-class LabelSpaceTerm(Protocol):
-    """What :func:`neighbourhood_mean` reads of a label-space term (LocalErrors, LocalBias)."""
-
-    @property
-    def center(self) -> Any: ...
-    @property
-    def spread(self) -> Any: ...
-    @property
-    def points(self) -> Any: ...
-    @property
-    def neighbours(self) -> int: ...
-
-
-def neighbourhood_mean(
-    term: LabelSpaceTerm, values: Any, labels: np.ndarray, *, leave_one_out: bool = False
-) -> np.ndarray:
-    """Mean of ``values`` (refs, columns) over each star's ``k`` nearest reference stars.
-
-    ``term`` is a label-space term (its ``center``, ``spread``, ``points`` and
-    ``neighbours``); ``labels`` (stars, labels) in label units. NaN for a star whose
-    labels are not all finite or whose neighbourhood has no value in a column.
-    """
-    labels = np.asarray(labels, dtype=float)
-    out = np.full((labels.shape[0], np.shape(values)[1]), np.nan)
-    finite = np.all(np.isfinite(labels), axis=1)
-    if finite.any():
-        query = (labels[finite] - np.asarray(term.center)) / np.asarray(term.spread)
-        out[finite] = neighbour_mean(
-            np.asarray(term.points), np.asarray(values), query, term.neighbours, leave_one_out=leave_one_out
+        return cls(
+            center=vector,
+            spread=vector,
+            points=table,
+            sq=table,
+            power=vector,
+            neighbours=int(config["neighbours"]),
         )
-    return out

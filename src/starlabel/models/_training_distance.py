@@ -44,7 +44,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._internal._nearest import k_nearest
-from ._local_errors import placeholders, reference_rows
+from ._label_space import placeholders, reference_rows
 
 __all__ = ["MAX_DISTANCE_POWER", "TrainingDistance"]
 
