@@ -236,8 +236,8 @@ class InferenceResult:
 
         Columns: ``id``, then for each label ``<label>``, ``<label>_err`` and, when
         the result has them, ``<label>_err_stat`` (the statistical part of calibrated
-        errors) and ``<label>_bias`` (the bias correction subtracted), then ``chi2``, ``dof``, ``rchi2`` (reduced χ²), ``flags`` and any other
-        extra columns. Covariances are kept as ``cov_<a>_<b>`` for a < b when present.
+        errors) and ``<label>_bias`` (the bias correction subtracted), then ``chi2``,
+        ``dof``, ``rchi2`` (reduced χ²), ``flags`` and any other extra columns. Covariances are kept as ``cov_<a>_<b>`` for a < b when present.
         Label columns (and their error columns) carry units where the label is recognised
         (:func:`~starlabel.data._units.label_unit`); ``meta`` holds the scalar metadata,
         ``label_names`` and the ``provenance`` record (:func:`result_provenance`).

@@ -197,9 +197,10 @@ def cross_validated_calibration(
         rchi2[held] = result.reduced_chi2
     half = _half_size_residuals(refit, infer, reference, seed) if learn_size_factor else None
     if exclude is not None:
-        residuals[np.asarray(exclude, dtype=bool)] = np.nan
+        excluded = np.asarray(exclude, dtype=bool)
+        residuals[excluded] = np.nan
         if half is not None:
-            half[np.asarray(exclude, dtype=bool)] = np.nan
+            half[excluded] = np.nan
     bias = LocalBias.from_residuals(residuals, predicted) if bias_correction else None
     if bias is not None:
         residuals_before = residuals
@@ -278,9 +279,9 @@ def calibrated_fit(
     other options default to the kind's membership of :data:`LEARN_SIZE_FACTOR`,
     :data:`LABEL_TERM` and :data:`DISTANCE_TERM`, and ``balance`` to
     :func:`~._calibration_fit.aim_coverage` for the kinds in :data:`AIM_COVERAGE` without
-    ``bias_correction``, else :func:`~._calibration_fit.balance_noise_aware`. ``bias_correction`` (off unless the
-    family's ``fit`` asks: the Cannon's does by default) is that of
-    :func:`cross_validated_calibration`. ``star_weights`` (stars,), the training
+    ``bias_correction``, else :func:`~._calibration_fit.balance_noise_aware`.
+    ``bias_correction`` (off unless the family's ``fit`` asks: the Cannon's does by
+    default) is that of :func:`cross_validated_calibration`. ``star_weights`` (stars,), the training
     weights ``refit`` applies: stars weighted below half the largest weight (e.g.
     likely outliers of a robust fit) are left out of the residuals the calibration
     and the correction are fitted to (``exclude``).

@@ -119,6 +119,16 @@ class LocalBias(AbstractLabelSpaceTerm):
         )
 
 
+def _every_star(bias: LocalBias, residuals: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Rows with all labels finite, their standardised labels and trimmed residuals.
+
+    Every such star, not only ``bias``'s reference subset (at most 20,000): the
+    held-out corrections below must find each star's own fold and itself among them.
+    """
+    finite = np.flatnonzero(np.all(np.isfinite(labels), axis=1))
+    return finite, bias.standardise(labels[finite]), _trimmed(np.asarray(residuals, dtype=float)[finite])
+
+
 def cross_fold_shift(
     bias: LocalBias, residuals: np.ndarray, labels: np.ndarray, fold: np.ndarray
 ) -> np.ndarray:
@@ -141,9 +151,7 @@ def cross_fold_shift(
         0 where the labels are not all finite or no neighbour has a residual.
     """
     labels = np.asarray(labels, dtype=float)
-    finite = np.flatnonzero(np.all(np.isfinite(labels), axis=1))
-    points = bias.standardise(labels[finite])
-    trimmed = _trimmed(np.asarray(residuals, dtype=float)[finite])
+    finite, points, trimmed = _every_star(bias, residuals, labels)
     ref_fold = np.asarray(fold)[finite]
     out = np.zeros(labels.shape)
     for f in np.unique(ref_fold):
@@ -162,15 +170,8 @@ def leave_one_out_shift(bias: LocalBias, residuals: np.ndarray, labels: np.ndarr
     finite or no neighbour has a residual.
     """
     labels = np.asarray(labels, dtype=float)
-    finite = np.flatnonzero(np.all(np.isfinite(labels), axis=1))
-    points = bias.standardise(labels[finite])
-    mean = neighbour_mean(
-        points,
-        _trimmed(np.asarray(residuals, dtype=float)[finite]),
-        points,
-        bias.neighbours,
-        leave_one_out=True,
-    )
+    finite, points, trimmed = _every_star(bias, residuals, labels)
+    mean = neighbour_mean(points, trimmed, points, bias.neighbours, leave_one_out=True)
     out = np.zeros(labels.shape)
     out[finite] = np.where(np.isfinite(mean), mean, 0.0)
     return out
